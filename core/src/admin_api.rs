@@ -1,0 +1,176 @@
+//! Requests and replies on the local admin sockets (hub) and control
+//! sockets (spoke). JSON, one request and one reply per connection line.
+//!
+//! The CLI prints the same structs with `--json`, so scripts and people see
+//! the same facts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the hub daemon from `tasuki-hub` subcommands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HubRequest {
+    /// Make an invitation for a new spoke.
+    Invite {
+        /// The spoke's name.
+        name: String,
+        /// Skip admin approval.
+        pre_approved: bool,
+        /// Validity in seconds.
+        valid_secs: u64,
+    },
+    /// List enrolled spokes.
+    ListSpokes,
+    /// Daemon status and counters.
+    Status,
+}
+
+/// A request to the spoke daemon from `tasuki-spoke` subcommands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum SpokeRequest {
+    /// Daemon status and counters.
+    Status,
+}
+
+/// Envelope for every request: carries the protocol version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// [`crate::PROTOCOL_VERSION`] of the client.
+    pub version: u16,
+    /// The request.
+    pub request: T,
+}
+
+/// The reply to any request: a value or an error message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    /// Success.
+    Ok(T),
+    /// Failure, with a message for the user.
+    Error(String),
+}
+
+/// A freshly made invitation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvitationView {
+    /// The one-line invitation to hand to the spoke.
+    pub invitation: String,
+    /// Short id, for listings and the audit log.
+    pub id: String,
+    /// The spoke name.
+    pub name: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Whether it skips approval.
+    pub pre_approved: bool,
+    /// Fingerprint of the hub key the spoke will pin.
+    pub hub_fingerprint: String,
+}
+
+/// One spoke as admins see it (never key bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SpokeView {
+    /// Spoke id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// `pending`, `active` or `revoked`.
+    pub state: String,
+    /// Tunnel address.
+    pub tunnel_addr: String,
+    /// Fingerprint of its static key.
+    pub key_fingerprint: String,
+    /// Enrolment time, Unix seconds.
+    pub enrolled_at: u64,
+    /// Source address of the enrolment.
+    pub enrolled_from: String,
+    /// Host name it reported.
+    pub hostname: String,
+    /// Invitation used.
+    pub invitation: String,
+    /// Current epoch of its link, if any.
+    pub epoch: Option<u64>,
+    /// Last data-plane endpoint seen.
+    pub endpoint: Option<String>,
+    /// Seconds since the last WireGuard handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+/// Data-plane counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams received on the UDP socket.
+    pub rx_datagrams: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Inner packets relayed spoke to spoke.
+    pub relayed: u64,
+    /// Inner packets written to the TUN.
+    pub to_tun: u64,
+    /// Inner packets read from the TUN and sent.
+    pub from_tun: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Drops by reason ([`crate::routing::DropReason::name`]).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// The hub's status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HubStatus {
+    /// Daemon version.
+    pub version: String,
+    /// Hub public key fingerprint.
+    pub fingerprint: String,
+    /// Public endpoint.
+    pub endpoint: String,
+    /// Tunnel network.
+    pub tunnel_net: String,
+    /// Routed subnets.
+    pub routes: Vec<String>,
+    /// TUN interface name.
+    pub interface: String,
+    /// Spokes by state.
+    pub spokes_active: usize,
+    /// Spokes waiting for approval.
+    pub spokes_pending: usize,
+    /// Control connections currently open.
+    pub control_connections: usize,
+    /// Data-plane counters.
+    pub counters: Counters,
+}
+
+/// The spoke's status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SpokeStatus {
+    /// `connecting`, `running` or `refused`.
+    pub state: String,
+    /// Spoke name.
+    pub name: String,
+    /// Tunnel address.
+    pub tunnel_addr: String,
+    /// Hub endpoint.
+    pub hub_endpoint: String,
+    /// Pinned hub key fingerprint.
+    pub hub_fingerprint: String,
+    /// TUN interface name.
+    pub interface: String,
+    /// Whether the control channel is up.
+    pub control_connected: bool,
+    /// Current epoch.
+    pub epoch: Option<u64>,
+    /// Seconds since the last WireGuard handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Last refusal or error from the hub.
+    pub last_error: Option<String>,
+    /// Data-plane counters.
+    pub counters: Counters,
+}

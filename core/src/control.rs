@@ -1,0 +1,161 @@
+//! Control-channel messages between a spoke and the hub.
+//!
+//! They travel inside the Noise channel ([`crate::channel`]), one message per
+//! frame, encoded with postcard. The enrolment and attach exchanges are here;
+//! the key commands of the rotation protocol (patent 0017) are
+//! [`SpokeMessage::KeyReceipt`] and [`HubMessage::KeyDistribution`] and grow
+//! with the rotation work.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::invitation::InvitationId;
+use crate::keys::{KeyEpoch, PublicKey};
+
+/// Which exchange a control connection is for; the first byte a spoke sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Purpose {
+    /// A new spoke enrolling with an invitation (Noise IKpsk2, psk = invitation secret).
+    Enrol = 1,
+    /// An enrolled spoke attaching again (Noise IK, its static key is its identity).
+    Attach = 2,
+}
+
+impl Purpose {
+    /// Reads the purpose byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Enrol),
+            2 => Some(Self::Attach),
+            _ => None,
+        }
+    }
+}
+
+/// The payload of the spoke's first Noise message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the spoke.
+    pub version: u16,
+    /// The invitation being used (enrolment only).
+    pub invitation: Option<InvitationId>,
+}
+
+/// Messages a spoke sends to the hub.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokeMessage {
+    /// First message of an enrolment: the spoke's host name, for the admin.
+    EnrolRequest {
+        /// The machine's host name as the spoke sees it.
+        hostname: String,
+    },
+    /// First message of an attach: "send me my configuration and keys".
+    Attach,
+    /// Receipt report: the spoke has stored epoch `epoch` durably.
+    KeyReceipt {
+        /// The epoch number received.
+        epoch: u64,
+    },
+    /// Keeps an idle connection open and proves the spoke is alive.
+    Keepalive,
+}
+
+/// Messages the hub sends to a spoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HubMessage {
+    /// The spoke's configuration, sent after enrolment and each attach.
+    Welcome(SpokeConfig),
+    /// A key distribution: the epochs the spoke should hold now.
+    KeyDistribution(KeyDelivery),
+    /// The hub refuses the request; the connection closes after this.
+    Refused(Refusal),
+    /// Reply to a keepalive.
+    Keepalive,
+}
+
+/// What a spoke needs to run its data plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpokeConfig {
+    /// Spoke id assigned by the hub.
+    pub spoke_id: u32,
+    /// The spoke's name at the hub.
+    pub name: String,
+    /// The spoke's tunnel address and the tunnel network's prefix length.
+    pub tunnel_addr: Ipv4Net,
+    /// The hub's own address inside the tunnel network.
+    pub hub_tunnel_addr: Ipv4Addr,
+    /// Subnets routed behind the hub (company LAN), besides the tunnel network.
+    pub routes: Vec<Ipv4Net>,
+    /// MTU to set on the spoke's TUN interface.
+    pub mtu: u16,
+    /// WireGuard persistent keepalive, seconds (0 = off).
+    pub keepalive_secs: u16,
+}
+
+/// How a delivered key is protected besides the Noise channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sealing {
+    /// Parallel delivery (patent fig. 8): protected by the control channel alone.
+    Channel,
+}
+
+/// A key distribution: one epoch for the spoke–hub link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDelivery {
+    /// How the key is protected.
+    pub sealing: Sealing,
+    /// The epoch.
+    pub epoch: KeyEpoch,
+}
+
+/// Why the hub refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The Noise handshake failed: the spoke pinned another hub key, or sent garbage.
+    HandshakeFailed,
+    /// The invitation id is not known to this hub.
+    UnknownInvitation,
+    /// The invitation was already used by another spoke.
+    InvitationUsed,
+    /// The invitation expired.
+    InvitationExpired,
+    /// The spoke's key is not enrolled at this hub.
+    UnknownSpoke,
+    /// The spoke waits for an admin's approval.
+    Pending,
+    /// The spoke was revoked.
+    Revoked,
+    /// The spoke speaks another protocol version.
+    VersionMismatch,
+    /// The request does not fit the exchange.
+    ProtocolViolation,
+    /// The hub could not complete the request; try again later.
+    Internal,
+}
+
+/// A refusal with a human-readable explanation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{detail} ({code:?})")]
+pub struct Refusal {
+    /// Machine-readable class.
+    pub code: RefusalCode,
+    /// What a person should know.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// Builds a refusal.
+    pub fn new(code: RefusalCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The identity a control connection proved: its Noise static key.
+pub type PeerIdentity = PublicKey;

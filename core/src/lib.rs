@@ -1,0 +1,36 @@
+//! tasuki's protocol and key logic, free of I/O.
+//!
+//! Everything here is a plain state machine or a pure function: time comes in
+//! as an argument and randomness through a passed RNG, so every rule can be
+//! tested without sockets, clocks or sleeps. The `hub` and `spoke` crates are
+//! thin tokio shells that drive these types.
+//!
+//! One exception is documented where it lives: boringtun's `Tunn` and snow's
+//! handshake read the clock or the OS RNG themselves; [`link`] and
+//! [`channel`] wrap them so that tasuki's own rules stay testable.
+
+pub mod admin_api;
+pub mod channel;
+pub mod codec;
+pub mod control;
+pub mod invitation;
+pub mod keys;
+pub mod link;
+pub mod registry;
+pub mod routing;
+
+/// Protocol version spoken on the control channel and the admin sockets.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest inner IP packet the data plane carries (the TUN MTU).
+///
+/// 1500 (outer MTU) − 20 (IPv4) − 8 (UDP) − 32 (WireGuard header and tag),
+/// rounded down the way WireGuard does so IPv6 outer headers fit too.
+pub const TUNNEL_MTU: u16 = 1420;
+
+/// Size of every buffer handed to boringtun's `encapsulate`/`decapsulate`.
+///
+/// boringtun panics when a buffer is smaller than the packet + 32 bytes or
+/// smaller than 148 bytes (a handshake initiation). 64 KiB covers any UDP
+/// datagram with room to spare.
+pub const DATAGRAM_BUFFER: usize = 65_536;

@@ -1,0 +1,269 @@
+//! The data-plane state of one link (spoke ↔ hub): one WireGuard tunnel per
+//! key epoch.
+//!
+//! boringtun's `Tunn` cannot change its preshared key, so every epoch gets its
+//! own `Tunn` with its own index. The 24-bit WireGuard index of a tunnel is
+//! `link slot << 4 | epoch mod 16`; boringtun shifts it left by 8 for its
+//! sessions, so a receiver index names link and epoch at once (O(1) demux).
+//!
+//! `Tunn` reads the clock and the OS RNG itself; its timers are exercised by
+//! the netns tests, tasuki's own rules by the unit tests here.
+
+use std::sync::Arc;
+
+use boringtun::noise::{rate_limiter::RateLimiter, Tunn};
+
+use crate::keys::{KeyEpoch, PublicKey, StaticKey};
+
+/// Bits of the tunnel index that hold the epoch.
+const EPOCH_BITS: u32 = 4;
+/// Largest link slot that fits the 24-bit tunnel index.
+pub const MAX_SLOT: u32 = (1 << (24 - EPOCH_BITS)) - 1;
+
+/// The tunnel index for `slot` and `epoch` (must be ≤ [`MAX_SLOT`]).
+pub fn tunnel_index(slot: u32, epoch: u64) -> u32 {
+    ((slot & MAX_SLOT) << EPOCH_BITS) | (epoch as u32 & ((1 << EPOCH_BITS) - 1))
+}
+
+/// The link slot named by a receiver index seen on the wire.
+pub fn slot_of_receiver(receiver_index: u32) -> u32 {
+    receiver_index >> (8 + EPOCH_BITS)
+}
+
+/// One epoch's WireGuard tunnel.
+pub struct EpochTunnel {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Its tunnel index.
+    pub index: u32,
+    /// boringtun's tunnel.
+    pub tunn: Tunn,
+}
+
+impl EpochTunnel {
+    /// True once a WireGuard session under this epoch was set up.
+    pub fn has_session(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+}
+
+/// Everything the data plane holds for one peer.
+pub struct Link {
+    slot: u32,
+    peer: PublicKey,
+    keepalive: Option<u16>,
+    tunnels: Vec<EpochTunnel>,
+}
+
+impl Link {
+    /// A link with no epochs yet.
+    pub fn new(slot: u32, peer: PublicKey, keepalive_secs: u16) -> Self {
+        Self {
+            slot,
+            peer,
+            keepalive: (keepalive_secs > 0).then_some(keepalive_secs),
+            tunnels: Vec::new(),
+        }
+    }
+
+    /// The peer's static key.
+    pub fn peer(&self) -> PublicKey {
+        self.peer
+    }
+
+    /// The link's slot.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Adds the tunnel for `epoch` unless it is there already.
+    pub fn install(
+        &mut self,
+        own: &StaticKey,
+        epoch: &KeyEpoch,
+        limiter: Option<Arc<RateLimiter>>,
+    ) {
+        if self.tunnels.iter().any(|t| t.epoch == epoch.number) {
+            return;
+        }
+        let index = tunnel_index(self.slot, epoch.number);
+        let tunn = Tunn::new(
+            own.to_x25519(),
+            self.peer.to_x25519(),
+            Some(*epoch.key.expose()),
+            self.keepalive,
+            index,
+            limiter,
+        );
+        self.tunnels.push(EpochTunnel {
+            epoch: epoch.number,
+            index,
+            tunn,
+        });
+        self.tunnels.sort_by_key(|t| t.epoch);
+    }
+
+    /// Drops the tunnels of epochs for which `keep` is false.
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.tunnels.retain(|t| keep(t.epoch));
+    }
+
+    /// Epoch numbers with a tunnel, oldest first.
+    pub fn epochs(&self) -> Vec<u64> {
+        self.tunnels.iter().map(|t| t.epoch).collect()
+    }
+
+    /// The tunnel that owns a receiver index seen on the wire.
+    pub fn by_receiver(&mut self, receiver_index: u32) -> Option<&mut EpochTunnel> {
+        let index = receiver_index >> 8;
+        self.tunnels.iter_mut().find(|t| t.index == index)
+    }
+
+    /// The newest epoch's tunnel: the one handshakes go to.
+    pub fn newest(&mut self) -> Option<&mut EpochTunnel> {
+        self.tunnels.last_mut()
+    }
+
+    /// The tunnel to encrypt with: the newest that has a session, else the newest.
+    pub fn for_sending(&mut self) -> Option<&mut EpochTunnel> {
+        let pos = self
+            .tunnels
+            .iter()
+            .rposition(EpochTunnel::has_session)
+            .or_else(|| self.tunnels.len().checked_sub(1))?;
+        self.tunnels.get_mut(pos)
+    }
+
+    /// All tunnels, for timer ticks.
+    pub fn tunnels_mut(&mut self) -> impl Iterator<Item = &mut EpochTunnel> {
+        self.tunnels.iter_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boringtun::noise::TunnResult;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn index_names_slot_and_epoch() {
+        for slot in [0, 1, 77, MAX_SLOT] {
+            for epoch in [1u64, 2, 15, 16, 17] {
+                let idx = tunnel_index(slot, epoch);
+                assert!(idx < 1 << 24);
+                assert_eq!(slot_of_receiver(idx << 8 | 0xab), slot);
+            }
+        }
+        assert_ne!(tunnel_index(3, 1), tunnel_index(3, 2));
+    }
+
+    fn pump(a: &mut Tunn, b: &mut Tunn, first: Vec<u8>) -> Vec<Vec<u8>> {
+        // Delivers `first` to b, then ping-pongs replies until quiet; returns
+        // packets written to b's tunnel side.
+        let mut delivered = Vec::new();
+        let mut to_b = vec![first];
+        let mut to_a: Vec<Vec<u8>> = Vec::new();
+        let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
+        for _ in 0..10 {
+            for p in std::mem::take(&mut to_b) {
+                let mut input = p;
+                loop {
+                    match b.decapsulate(None, &input, &mut buf) {
+                        TunnResult::WriteToNetwork(out) => {
+                            to_a.push(out.to_vec());
+                            input = Vec::new();
+                        }
+                        TunnResult::WriteToTunnelV4(out, _) => {
+                            delivered.push(out.to_vec());
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            for p in std::mem::take(&mut to_a) {
+                let mut input = p;
+                while let TunnResult::WriteToNetwork(out) = a.decapsulate(None, &input, &mut buf) {
+                    to_b.push(out.to_vec());
+                    input = Vec::new();
+                }
+            }
+        }
+        delivered
+    }
+
+    #[test]
+    fn same_epoch_talks_and_different_epochs_do_not() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let hub = StaticKey::generate(&mut rng);
+        let spoke = StaticKey::generate(&mut rng);
+        let e1 = KeyEpoch::issue(1, 0, &mut rng);
+        let e2 = KeyEpoch::issue(2, 0, &mut rng);
+
+        let mut hub_link = Link::new(5, spoke.public(), 0);
+        hub_link.install(&hub, &e1, None);
+        let mut spoke_link = Link::new(0, hub.public(), 0);
+        spoke_link.install(&spoke, &e1, None);
+
+        let packet = {
+            let b = etherparse::PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64).udp(1, 2);
+            let mut out = Vec::new();
+            b.write(&mut out, b"x").unwrap();
+            out
+        };
+        let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
+        let init = match spoke_link
+            .for_sending()
+            .unwrap()
+            .tunn
+            .encapsulate(&packet, &mut buf)
+        {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("expected a handshake"),
+        };
+        let got = pump(
+            &mut spoke_link.for_sending().unwrap().tunn,
+            &mut hub_link.newest().unwrap().tunn,
+            init,
+        );
+        assert_eq!(got, vec![packet.clone()]);
+        assert!(hub_link.for_sending().unwrap().has_session());
+
+        // A spoke on epoch 2 cannot complete a handshake with a hub on epoch 1.
+        let mut wrong = Link::new(0, hub.public(), 0);
+        wrong.install(&spoke, &e2, None);
+        let init = match wrong.newest().unwrap().tunn.encapsulate(&packet, &mut buf) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("expected a handshake"),
+        };
+        let mut fresh_hub = Link::new(5, spoke.public(), 0);
+        fresh_hub.install(&hub, &e1, None);
+        let got = pump(
+            &mut wrong.newest().unwrap().tunn,
+            &mut fresh_hub.newest().unwrap().tunn,
+            init,
+        );
+        assert!(got.is_empty());
+        assert!(!wrong.newest().unwrap().has_session());
+    }
+
+    #[test]
+    fn install_is_idempotent_and_retain_drops() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let own = StaticKey::generate(&mut rng);
+        let mut link = Link::new(1, PublicKey([7; 32]), 25);
+        let e1 = KeyEpoch::issue(1, 0, &mut rng);
+        let e2 = KeyEpoch::issue(2, 0, &mut rng);
+        link.install(&own, &e2, None);
+        link.install(&own, &e1, None);
+        link.install(&own, &e1, None);
+        assert_eq!(link.epochs(), vec![1, 2]);
+        assert_eq!(link.newest().unwrap().epoch, 2);
+        let idx = tunnel_index(1, 1) << 8 | 3;
+        assert_eq!(link.by_receiver(idx).unwrap().epoch, 1);
+        link.retain(|e| e != 1);
+        assert_eq!(link.epochs(), vec![2]);
+        assert!(link.by_receiver(idx).is_none());
+    }
+}

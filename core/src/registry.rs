@@ -1,0 +1,548 @@
+//! The hub's registry of invitations and spokes, and the enrolment rules.
+//!
+//! Pure state: the hub shell persists what these methods return (and flushes
+//! it) before it answers anyone. Time comes in as Unix seconds.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::control::{Refusal, RefusalCode, SpokeConfig};
+use crate::invitation::{Invitation, InvitationId};
+use crate::keys::{KeyEpoch, PublicKey, SecretKey};
+use crate::routing::SpokeId;
+
+/// Largest spoke id: ids share the 24-bit WireGuard index with 4 epoch bits.
+pub const MAX_SPOKE_ID: SpokeId = (1 << 20) - 1;
+
+/// Hub-wide settings chosen at `init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubSettings {
+    /// `HOST:PORT` put into invitations; the hub listens on that port (TCP and UDP).
+    pub endpoint: String,
+    /// The tunnel network; the hub takes its first host address.
+    pub tunnel_net: Ipv4Net,
+    /// Subnets routed behind the hub (company LAN).
+    pub routes: Vec<Ipv4Net>,
+    /// WireGuard persistent keepalive spokes should use, seconds (0 = off).
+    pub keepalive_secs: u16,
+}
+
+impl HubSettings {
+    /// The hub's own tunnel address: the first host of the tunnel network.
+    pub fn hub_addr(&self) -> Ipv4Addr {
+        first_host(self.tunnel_net)
+    }
+}
+
+fn first_host(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
+}
+
+/// Where a spoke stands with the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokeState {
+    /// Enrolled, waiting for an admin's approval: no keys, no traffic.
+    Pending,
+    /// Approved: gets keys and carries traffic.
+    Active,
+    /// Cut off for good; coming back needs a fresh enrolment.
+    Revoked,
+}
+
+/// What the hub knows about one enrolled spoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpokeRecord {
+    /// Spoke id (the patent's child-station id).
+    pub id: SpokeId,
+    /// Name given by the admin at invitation.
+    pub name: String,
+    /// The spoke's static public key (its identity).
+    pub public_key: PublicKey,
+    /// Its address in the tunnel network.
+    pub tunnel_addr: Ipv4Addr,
+    /// Approval state.
+    pub state: SpokeState,
+    /// When it enrolled (Unix seconds).
+    pub enrolled_at: u64,
+    /// The source address it enrolled from.
+    pub enrolled_from: String,
+    /// Host name it reported.
+    pub hostname: String,
+    /// The invitation it used.
+    pub invitation: InvitationId,
+}
+
+/// An invitation as the hub keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationRecord {
+    /// Its id.
+    pub id: InvitationId,
+    /// The spoke name it is for.
+    pub name: String,
+    /// The one-time secret (erased from the record once used).
+    pub secret: Option<SecretKey>,
+    /// When it was made (Unix seconds).
+    pub created_at: u64,
+    /// When it stops working (Unix seconds).
+    pub expires_at: u64,
+    /// Whether the spoke may carry traffic without an admin's approval.
+    pub pre_approved: bool,
+    /// The spoke key that used it, once used.
+    pub used_by: Option<PublicKey>,
+}
+
+/// Errors of admin requests to the registry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The name has characters or a length that is not allowed.
+    #[error("invalid spoke name {0:?}: use 1-63 letters, digits, '.', '-' or '_'")]
+    InvalidName(String),
+    /// A spoke or pending invitation already has that name.
+    #[error("the name {0:?} is already taken by a spoke or an open invitation")]
+    NameTaken(String),
+    /// No spoke by that name.
+    #[error("no spoke named {0:?}")]
+    NoSuchSpoke(String),
+    /// The tunnel network has no free address left.
+    #[error("the tunnel network {0} has no free address left")]
+    AddressesExhausted(Ipv4Net),
+    /// Validity must be positive.
+    #[error("an invitation must be valid for at least one second")]
+    ZeroValidity,
+}
+
+/// The result of a successful enrolment.
+#[derive(Clone, Debug)]
+pub struct Enrolled {
+    /// The spoke's record (new or, for a retried enrolment, the existing one).
+    pub spoke: SpokeRecord,
+    /// The invitation, now marked used.
+    pub invitation: InvitationRecord,
+    /// The first key epoch, if the spoke is active and this is a new enrolment.
+    pub first_epoch: Option<KeyEpoch>,
+}
+
+/// Checks a spoke name.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Invitations and spokes, with the rules that change them.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    settings: HubSettings,
+    spokes: BTreeMap<SpokeId, SpokeRecord>,
+    invitations: BTreeMap<InvitationId, InvitationRecord>,
+}
+
+impl Registry {
+    /// A registry restored from stored records.
+    pub fn new(
+        settings: HubSettings,
+        spokes: impl IntoIterator<Item = SpokeRecord>,
+        invitations: impl IntoIterator<Item = InvitationRecord>,
+    ) -> Self {
+        Self {
+            settings,
+            spokes: spokes.into_iter().map(|s| (s.id, s)).collect(),
+            invitations: invitations.into_iter().map(|i| (i.id, i)).collect(),
+        }
+    }
+
+    /// Hub-wide settings.
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// All spokes, by id.
+    pub fn spokes(&self) -> impl Iterator<Item = &SpokeRecord> {
+        self.spokes.values()
+    }
+
+    /// A spoke by id.
+    pub fn spoke(&self, id: SpokeId) -> Option<&SpokeRecord> {
+        self.spokes.get(&id)
+    }
+
+    /// A spoke by name.
+    pub fn spoke_by_name(&self, name: &str) -> Option<&SpokeRecord> {
+        self.spokes.values().find(|s| s.name == name)
+    }
+
+    /// A spoke by its static key.
+    pub fn spoke_by_key(&self, key: &PublicKey) -> Option<&SpokeRecord> {
+        self.spokes.values().find(|s| &s.public_key == key)
+    }
+
+    /// All invitations.
+    pub fn invitations(&self) -> impl Iterator<Item = &InvitationRecord> {
+        self.invitations.values()
+    }
+
+    fn name_taken(&self, name: &str, now: u64) -> bool {
+        self.spokes
+            .values()
+            .any(|s| s.name == name && s.state != SpokeState::Revoked)
+            || self
+                .invitations
+                .values()
+                .any(|i| i.name == name && i.used_by.is_none() && i.expires_at > now)
+    }
+
+    /// Creates an invitation for a new spoke named `name`.
+    pub fn invite<R: RngCore + CryptoRng>(
+        &mut self,
+        name: &str,
+        pre_approved: bool,
+        valid_secs: u64,
+        hub_key: PublicKey,
+        now: u64,
+        rng: &mut R,
+    ) -> Result<(InvitationRecord, Invitation), RegistryError> {
+        validate_name(name)?;
+        if valid_secs == 0 {
+            return Err(RegistryError::ZeroValidity);
+        }
+        if self.name_taken(name, now) {
+            return Err(RegistryError::NameTaken(name.to_owned()));
+        }
+        let record = InvitationRecord {
+            id: InvitationId::generate(rng),
+            name: name.to_owned(),
+            secret: Some(SecretKey::generate(rng)),
+            created_at: now,
+            expires_at: now.saturating_add(valid_secs),
+            pre_approved,
+            used_by: None,
+        };
+        let invitation = Invitation {
+            name: name.to_owned(),
+            hub_endpoint: self.settings.endpoint.clone(),
+            hub_key,
+            id: record.id,
+            secret: record
+                .secret
+                .clone()
+                .unwrap_or_else(|| SecretKey::from_bytes([0; 32])),
+            expires_at: record.expires_at,
+        };
+        self.invitations.insert(record.id, record.clone());
+        Ok((record, invitation))
+    }
+
+    /// The secret that keys the enrolment handshake for invitation `id`,
+    /// or why the enrolment cannot go on.
+    ///
+    /// A spoke that already used the invitation may retry (its reply may have
+    /// been lost); any other key is refused.
+    pub fn enrolment_secret(
+        &self,
+        id: &InvitationId,
+        spoke_key: &PublicKey,
+        now: u64,
+    ) -> Result<SecretKey, Refusal> {
+        let inv = self.invitations.get(id).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::UnknownInvitation,
+                "this hub does not know that invitation",
+            )
+        })?;
+        match &inv.used_by {
+            Some(user) if user != spoke_key => {
+                return Err(Refusal::new(
+                    RefusalCode::InvitationUsed,
+                    "that invitation was already used; ask the admin for a new one",
+                ))
+            }
+            Some(_)
+                if self.spoke_by_key(spoke_key).map(|s| s.state) == Some(SpokeState::Revoked) =>
+            {
+                return Err(Refusal::new(RefusalCode::Revoked, "this spoke was revoked"));
+            }
+            Some(_) => {}
+            None if now >= inv.expires_at => {
+                return Err(Refusal::new(
+                    RefusalCode::InvitationExpired,
+                    "that invitation has expired; ask the admin for a new one",
+                ))
+            }
+            None => {}
+        }
+        inv.secret.clone().ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::InvitationUsed,
+                "that invitation was already used",
+            )
+        })
+    }
+
+    /// Enrols the spoke with key `spoke_key` using invitation `id`, after the
+    /// handshake proved the spoke holds the invitation's secret.
+    pub fn enrol<R: RngCore + CryptoRng>(
+        &mut self,
+        id: &InvitationId,
+        spoke_key: PublicKey,
+        source: &str,
+        hostname: &str,
+        now: u64,
+        rng: &mut R,
+    ) -> Result<Enrolled, Refusal> {
+        // Re-checks everything enrolment_secret checked.
+        self.enrolment_secret(id, &spoke_key, now)?;
+        let inv =
+            self.invitations.get(id).cloned().ok_or_else(|| {
+                Refusal::new(RefusalCode::UnknownInvitation, "unknown invitation")
+            })?;
+        if let Some(existing) = self.spoke_by_key(&spoke_key) {
+            return Ok(Enrolled {
+                spoke: existing.clone(),
+                invitation: inv,
+                first_epoch: None,
+            });
+        }
+        let id_new = self
+            .next_id()
+            .ok_or_else(|| Refusal::new(RefusalCode::Internal, "the hub has no spoke ids left"))?;
+        let addr = self.free_address().ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::Internal,
+                "the tunnel network has no free address left",
+            )
+        })?;
+        let state = if inv.pre_approved {
+            SpokeState::Active
+        } else {
+            SpokeState::Pending
+        };
+        let spoke = SpokeRecord {
+            id: id_new,
+            name: inv.name.clone(),
+            public_key: spoke_key,
+            tunnel_addr: addr,
+            state,
+            enrolled_at: now,
+            enrolled_from: source.to_owned(),
+            hostname: hostname.chars().take(255).collect(),
+            invitation: inv.id,
+        };
+        let mut used = inv;
+        used.used_by = Some(spoke_key);
+        self.spokes.insert(spoke.id, spoke.clone());
+        self.invitations.insert(used.id, used.clone());
+        let first_epoch = (state == SpokeState::Active).then(|| KeyEpoch::issue(1, now, rng));
+        Ok(Enrolled {
+            spoke,
+            invitation: used,
+            first_epoch,
+        })
+    }
+
+    /// Checks that an enrolled spoke may attach; returns its record.
+    pub fn attach(&self, key: &PublicKey) -> Result<&SpokeRecord, Refusal> {
+        let spoke = self.spoke_by_key(key).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::UnknownSpoke,
+                "this spoke is not enrolled at this hub; enrol it with a new invitation",
+            )
+        })?;
+        match spoke.state {
+            SpokeState::Active => Ok(spoke),
+            SpokeState::Pending => Err(Refusal::new(
+                RefusalCode::Pending,
+                "this spoke waits for an admin's approval",
+            )),
+            SpokeState::Revoked => Err(Refusal::new(
+                RefusalCode::Revoked,
+                "this spoke was revoked; it needs a fresh enrolment",
+            )),
+        }
+    }
+
+    /// The configuration a spoke receives on attach.
+    pub fn spoke_config(&self, spoke: &SpokeRecord) -> SpokeConfig {
+        SpokeConfig {
+            spoke_id: spoke.id,
+            name: spoke.name.clone(),
+            tunnel_addr: Ipv4Net::new(spoke.tunnel_addr, self.settings.tunnel_net.prefix_len())
+                .unwrap_or_else(|_| Ipv4Net::from(spoke.tunnel_addr)),
+            hub_tunnel_addr: self.settings.hub_addr(),
+            routes: self.settings.routes.clone(),
+            mtu: crate::TUNNEL_MTU,
+            keepalive_secs: self.settings.keepalive_secs,
+        }
+    }
+
+    /// Drops invitations that expired unused more than `keep_secs` ago.
+    pub fn expire_invitations(&mut self, now: u64, keep_secs: u64) -> Vec<InvitationId> {
+        let gone: Vec<_> = self
+            .invitations
+            .values()
+            .filter(|i| i.used_by.is_none() && i.expires_at.saturating_add(keep_secs) <= now)
+            .map(|i| i.id)
+            .collect();
+        for id in &gone {
+            self.invitations.remove(id);
+        }
+        gone
+    }
+
+    fn next_id(&self) -> Option<SpokeId> {
+        let next = self.spokes.keys().next_back().map_or(1, |id| id + 1);
+        (next <= MAX_SPOKE_ID).then_some(next)
+    }
+
+    fn free_address(&self) -> Option<Ipv4Addr> {
+        let net = self.settings.tunnel_net;
+        let hub = self.settings.hub_addr();
+        net.hosts()
+            .find(|a| *a != hub && !self.spokes.values().any(|s| s.tunnel_addr == *a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn registry() -> Registry {
+        Registry::new(
+            HubSettings {
+                endpoint: "192.0.2.1:51820".into(),
+                tunnel_net: "10.77.0.0/29".parse().unwrap(),
+                routes: vec![],
+                keepalive_secs: 25,
+            },
+            [],
+            [],
+        )
+    }
+
+    const HUB: PublicKey = PublicKey([1; 32]);
+
+    #[test]
+    fn invite_then_enrol_once() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut r = registry();
+        let (_, inv) = r.invite("laptop", true, 60, HUB, 100, &mut rng).unwrap();
+        let spoke = PublicKey([2; 32]);
+        let secret = r.enrolment_secret(&inv.id, &spoke, 110).unwrap();
+        assert_eq!(secret, inv.secret);
+        let e = r
+            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", 110, &mut rng)
+            .unwrap();
+        assert_eq!(e.spoke.id, 1);
+        assert_eq!(
+            e.spoke.tunnel_addr,
+            "10.77.0.2".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(e.spoke.state, SpokeState::Active);
+        assert_eq!(e.first_epoch.as_ref().map(|k| k.number), Some(1));
+        // Another key cannot reuse it.
+        let other = PublicKey([3; 32]);
+        assert_eq!(
+            r.enrolment_secret(&inv.id, &other, 111).unwrap_err().code,
+            RefusalCode::InvitationUsed
+        );
+        // The same key may retry and gets the same record, no new key.
+        let again = r
+            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", 112, &mut rng)
+            .unwrap();
+        assert_eq!(again.spoke, e.spoke);
+        assert!(again.first_epoch.is_none());
+        assert_eq!(r.attach(&spoke).unwrap().id, 1);
+    }
+
+    #[test]
+    fn expired_and_unknown_invitations_are_refused() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut r = registry();
+        let (_, inv) = r.invite("a", true, 10, HUB, 100, &mut rng).unwrap();
+        let k = PublicKey([2; 32]);
+        assert_eq!(
+            r.enrolment_secret(&inv.id, &k, 110).unwrap_err().code,
+            RefusalCode::InvitationExpired
+        );
+        assert_eq!(
+            r.enrolment_secret(&InvitationId([0; 16]), &k, 100)
+                .unwrap_err()
+                .code,
+            RefusalCode::UnknownInvitation
+        );
+        assert!(r.enrol(&inv.id, k, "", "", 110, &mut rng).is_err());
+        assert!(r.spokes().next().is_none());
+        assert_eq!(r.expire_invitations(200, 0), vec![inv.id]);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut r = registry();
+        assert!(matches!(
+            r.invite("", true, 10, HUB, 0, &mut rng),
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert!(matches!(
+            r.invite("a b", true, 10, HUB, 0, &mut rng),
+            Err(RegistryError::InvalidName(_))
+        ));
+        r.invite("a", true, 10, HUB, 0, &mut rng).unwrap();
+        assert_eq!(
+            r.invite("a", true, 10, HUB, 0, &mut rng).unwrap_err(),
+            RegistryError::NameTaken("a".into())
+        );
+        // Once the first invitation expired, the name is free again.
+        assert!(r.invite("a", true, 10, HUB, 20, &mut rng).is_ok());
+        assert_eq!(
+            r.invite("b", true, 0, HUB, 0, &mut rng).unwrap_err(),
+            RegistryError::ZeroValidity
+        );
+    }
+
+    #[test]
+    fn pending_spokes_get_no_keys_and_cannot_attach() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut r = registry();
+        let (_, inv) = r.invite("p", false, 60, HUB, 0, &mut rng).unwrap();
+        let k = PublicKey([4; 32]);
+        let e = r.enrol(&inv.id, k, "", "", 1, &mut rng).unwrap();
+        assert_eq!(e.spoke.state, SpokeState::Pending);
+        assert!(e.first_epoch.is_none());
+        assert_eq!(r.attach(&k).unwrap_err().code, RefusalCode::Pending);
+        assert_eq!(
+            r.attach(&PublicKey([9; 32])).unwrap_err().code,
+            RefusalCode::UnknownSpoke
+        );
+    }
+
+    #[test]
+    fn addresses_run_out_cleanly() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut r = registry();
+        // /29: hosts .1-.6, hub takes .1, so five spokes fit.
+        for i in 0..5u8 {
+            let name = format!("s{i}");
+            let (_, inv) = r.invite(&name, true, 60, HUB, 0, &mut rng).unwrap();
+            r.enrol(&inv.id, PublicKey([10 + i; 32]), "", "", 1, &mut rng)
+                .unwrap();
+        }
+        let (_, inv) = r.invite("s5", true, 60, HUB, 0, &mut rng).unwrap();
+        let err = r
+            .enrol(&inv.id, PublicKey([99; 32]), "", "", 1, &mut rng)
+            .unwrap_err();
+        assert_eq!(err.code, RefusalCode::Internal);
+    }
+}

@@ -1,0 +1,299 @@
+//! Cryptokey routing at the hub: what to do with a decrypted inner packet.
+//!
+//! A packet that arrives through spoke S's tunnel may only carry S's tunnel
+//! address as its source (anything else is forged and dropped). Its
+//! destination decides: another spoke's address → relay to that spoke
+//! (patent claim 9); the hub's own address or a subnet routed behind the hub
+//! → the hub's TUN (claim 12); anything else → drop.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use etherparse::Ipv4HeaderSlice;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The hub's numeric handle for an enrolled spoke.
+pub type SpokeId = u32;
+
+/// Why the data plane dropped a packet; each has a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The inner packet is not a well-formed IPv4 packet.
+    Malformed,
+    /// IPv6 or another protocol the tunnel does not carry.
+    Unsupported,
+    /// The inner source address does not belong to the sending spoke.
+    ForgedSource,
+    /// No spoke and no hub route covers the destination.
+    NoRoute,
+    /// The destination spoke has no usable session yet.
+    NoSession,
+    /// A datagram the WireGuard layer rejected (bad MAC, replay, garbage).
+    BadDatagram,
+    /// A handshake from a key that is not an enrolled, active spoke.
+    UnknownPeer,
+}
+
+impl DropReason {
+    /// Every reason, for counters and metrics.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::Unsupported,
+        DropReason::ForgedSource,
+        DropReason::NoRoute,
+        DropReason::NoSession,
+        DropReason::BadDatagram,
+        DropReason::UnknownPeer,
+    ];
+
+    /// Stable snake_case name used in status output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Unsupported => "unsupported",
+            DropReason::ForgedSource => "forged_source",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoSession => "no_session",
+            DropReason::BadDatagram => "bad_datagram",
+            DropReason::UnknownPeer => "unknown_peer",
+        }
+    }
+}
+
+/// Source and destination of an inner IPv4 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InnerHeader {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+}
+
+/// Reads the inner header with etherparse; never panics on any input.
+pub fn inner_header(packet: &[u8]) -> Result<InnerHeader, DropReason> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => {}
+        Some(6) => return Err(DropReason::Unsupported),
+        _ => return Err(DropReason::Malformed),
+    }
+    let header = Ipv4HeaderSlice::from_slice(packet).map_err(|_| DropReason::Malformed)?;
+    if usize::from(header.total_len()) > packet.len() {
+        return Err(DropReason::Malformed);
+    }
+    Ok(InnerHeader {
+        src: header.source_addr(),
+        dst: header.destination_addr(),
+    })
+}
+
+/// What the hub does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Encrypt toward this spoke.
+    Relay(SpokeId),
+    /// Write to the hub's TUN (hub address or routed LAN).
+    Local,
+    /// Drop it and count the reason.
+    Drop(DropReason),
+}
+
+/// The hub's routing table: tunnel addresses of spokes and the routed subnets.
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    tunnel_net: Ipv4Net,
+    hub_addr: Ipv4Addr,
+    lan: Vec<Ipv4Net>,
+    spokes: HashMap<Ipv4Addr, SpokeId>,
+    addrs: HashMap<SpokeId, Ipv4Addr>,
+}
+
+impl RouteTable {
+    /// A table for a hub at `hub_addr` in `tunnel_net`, routing `lan` behind it.
+    pub fn new(tunnel_net: Ipv4Net, hub_addr: Ipv4Addr, lan: Vec<Ipv4Net>) -> Self {
+        Self {
+            tunnel_net,
+            hub_addr,
+            lan,
+            spokes: HashMap::new(),
+            addrs: HashMap::new(),
+        }
+    }
+
+    /// Adds or moves a spoke's tunnel address.
+    pub fn set_spoke(&mut self, id: SpokeId, addr: Ipv4Addr) {
+        if let Some(old) = self.addrs.insert(id, addr) {
+            self.spokes.remove(&old);
+        }
+        self.spokes.insert(addr, id);
+    }
+
+    /// Removes a spoke (revoked or deleted).
+    pub fn remove_spoke(&mut self, id: SpokeId) {
+        if let Some(addr) = self.addrs.remove(&id) {
+            self.spokes.remove(&addr);
+        }
+    }
+
+    /// The tunnel address of a spoke.
+    pub fn spoke_addr(&self, id: SpokeId) -> Option<Ipv4Addr> {
+        self.addrs.get(&id).copied()
+    }
+
+    /// Decides the fate of a packet decrypted from spoke `from`.
+    pub fn inbound(&self, from: SpokeId, packet: &[u8]) -> Verdict {
+        let header = match inner_header(packet) {
+            Ok(h) => h,
+            Err(reason) => return Verdict::Drop(reason),
+        };
+        if self.addrs.get(&from) != Some(&header.src) {
+            return Verdict::Drop(DropReason::ForgedSource);
+        }
+        self.by_destination(header.dst)
+    }
+
+    /// Decides where a packet read from the hub's TUN goes.
+    pub fn outbound(&self, packet: &[u8]) -> Verdict {
+        match inner_header(packet) {
+            Ok(h) => match self.spokes.get(&h.dst) {
+                Some(&id) => Verdict::Relay(id),
+                None => Verdict::Drop(DropReason::NoRoute),
+            },
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    fn by_destination(&self, dst: Ipv4Addr) -> Verdict {
+        if let Some(&id) = self.spokes.get(&dst) {
+            return Verdict::Relay(id);
+        }
+        if dst == self.hub_addr || self.lan.iter().any(|net| net.contains(&dst)) {
+            return Verdict::Local;
+        }
+        if self.tunnel_net.contains(&dst) {
+            // An unassigned tunnel address: nobody to deliver to.
+            return Verdict::Drop(DropReason::NoRoute);
+        }
+        Verdict::Drop(DropReason::NoRoute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ipv4(src, dst, 64).udp(1000, 2000);
+        let payload = [1u8, 2, 3];
+        let mut out = Vec::new();
+        builder.write(&mut out, &payload).unwrap();
+        out
+    }
+
+    fn table() -> RouteTable {
+        let mut t = RouteTable::new(
+            "10.77.0.0/24".parse().unwrap(),
+            "10.77.0.1".parse().unwrap(),
+            vec!["192.168.50.0/24".parse().unwrap()],
+        );
+        t.set_spoke(1, "10.77.0.2".parse().unwrap());
+        t.set_spoke(2, "10.77.0.3".parse().unwrap());
+        t
+    }
+
+    #[test]
+    fn relays_between_spokes() {
+        let t = table();
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [10, 77, 0, 3])),
+            Verdict::Relay(2)
+        );
+        assert_eq!(
+            t.inbound(2, &packet([10, 77, 0, 3], [10, 77, 0, 2])),
+            Verdict::Relay(1)
+        );
+    }
+
+    #[test]
+    fn hub_and_lan_are_local() {
+        let t = table();
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [10, 77, 0, 1])),
+            Verdict::Local
+        );
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [192, 168, 50, 9])),
+            Verdict::Local
+        );
+    }
+
+    #[test]
+    fn forged_sources_are_dropped() {
+        let t = table();
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 3], [10, 77, 0, 1])),
+            Verdict::Drop(DropReason::ForgedSource)
+        );
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 99], [10, 77, 0, 3])),
+            Verdict::Drop(DropReason::ForgedSource)
+        );
+        assert_eq!(
+            t.inbound(7, &packet([10, 77, 0, 2], [10, 77, 0, 3])),
+            Verdict::Drop(DropReason::ForgedSource)
+        );
+    }
+
+    #[test]
+    fn unknown_destinations_are_dropped() {
+        let t = table();
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [10, 77, 0, 50])),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [8, 8, 8, 8])),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            t.outbound(&packet([192, 168, 50, 9], [10, 77, 0, 9])),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            t.outbound(&packet([192, 168, 50, 9], [10, 77, 0, 3])),
+            Verdict::Relay(2)
+        );
+    }
+
+    #[test]
+    fn bad_packets_never_panic() {
+        let t = table();
+        assert_eq!(t.inbound(1, &[]), Verdict::Drop(DropReason::Malformed));
+        assert_eq!(t.inbound(1, &[0x45]), Verdict::Drop(DropReason::Malformed));
+        assert_eq!(
+            t.inbound(1, &[0x60; 40]),
+            Verdict::Drop(DropReason::Unsupported)
+        );
+        let mut p = packet([10, 77, 0, 2], [10, 77, 0, 3]);
+        p.truncate(p.len() - 1);
+        assert_eq!(t.inbound(1, &p), Verdict::Drop(DropReason::Malformed));
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
+            let _ = t.inbound(1, &junk);
+            let _ = t.outbound(&junk);
+        }
+    }
+
+    #[test]
+    fn moving_a_spoke_forgets_the_old_address() {
+        let mut t = table();
+        t.set_spoke(1, "10.77.0.9".parse().unwrap());
+        assert_eq!(
+            t.inbound(2, &packet([10, 77, 0, 3], [10, 77, 0, 2])),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        t.remove_spoke(1);
+        assert_eq!(t.spoke_addr(1), None);
+    }
+}
