@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub type SpokeId = u32;
 
 /// Why the data plane dropped a packet; each has a counter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum DropReason {
     /// The inner packet is not a well-formed IPv4 packet.

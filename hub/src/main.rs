@@ -1,1 +1,19 @@
-fn main() {}
+//! `tasuki-hub`: the key station. Enrols spokes, issues their throw-away
+//! tunnel keys, relays their traffic and routes it to the company LAN.
+
+mod cli;
+mod control;
+mod daemon;
+mod dataplane;
+mod state;
+
+fn main() -> std::process::ExitCode {
+    tasuki_shell::logging::init();
+    match cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tasuki-hub: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,20 @@
-fn main() {}
+//! `tasuki-spoke`: the daemon on each device. Enrols with the hub once, then
+//! keeps a control channel and a WireGuard tunnel to it, with the keys the
+//! hub issues and rotates.
+
+mod cli;
+mod control;
+mod dataplane;
+mod enrol;
+mod state;
+
+fn main() -> std::process::ExitCode {
+    tasuki_shell::logging::init();
+    match cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tasuki-spoke: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

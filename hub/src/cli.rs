@@ -1,0 +1,304 @@
+//! Command-line interface. Every subcommand but `init` and `run` is a client
+//! of the running daemon's admin socket: nothing else opens the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+use tasuki_core::admin_api::{HubRequest, HubStatus, InvitationView, SpokeView};
+use tasuki_core::keys::StaticKey;
+use tasuki_core::registry::HubSettings;
+
+use crate::daemon::{self, RunOptions};
+use crate::state;
+
+/// Default admin socket.
+pub(crate) const DEFAULT_SOCKET: &str = "/run/tasuki/hub.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "tasuki-hub",
+    version,
+    about = "tasuki key station: enrols spokes, issues and rotates their tunnel keys, relays their traffic",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the hub's identity key and store in a new state directory.
+    Init {
+        /// State directory (created 0700; holds hub.key and the store).
+        #[arg(long, default_value = "/var/lib/tasuki-hub")]
+        state_dir: PathBuf,
+        /// Public HOST:PORT that spokes reach (TCP control and UDP data on the same port).
+        #[arg(long)]
+        endpoint: String,
+        /// Tunnel network; the hub takes its first address, spokes get the others.
+        #[arg(long)]
+        tunnel_net: Ipv4Net,
+        /// A subnet routed behind the hub (company LAN); repeat for several.
+        #[arg(long = "route")]
+        routes: Vec<Ipv4Net>,
+        /// WireGuard persistent keepalive for spokes, seconds (0 = off).
+        #[arg(long, default_value_t = 25)]
+        keepalive: u16,
+    },
+    /// Run the hub daemon.
+    Run {
+        /// State directory made by `init`.
+        #[arg(long, default_value = "/var/lib/tasuki-hub")]
+        state_dir: PathBuf,
+        /// TUN interface name.
+        #[arg(long, default_value = "tasuki0")]
+        interface: String,
+        /// Address to listen on (TCP and UDP); default: all addresses, the endpoint's port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin socket path.
+        #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Manage spokes.
+    Spoke {
+        #[command(subcommand)]
+        command: SpokeCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Show the daemon's status and counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Admin socket of the running hub.
+        #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpokeCommand {
+    /// Print a one-time invitation for a new spoke named NAME.
+    Invite {
+        /// Name of the new spoke (letters, digits, '.', '-', '_').
+        name: String,
+        /// Let the spoke carry traffic without an admin's approval.
+        #[arg(long)]
+        pre_approved: bool,
+        /// How long the invitation stays valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List enrolled spokes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            state_dir,
+            endpoint,
+            tunnel_net,
+            routes,
+            keepalive,
+        } => init(&state_dir, endpoint, tunnel_net, routes, keepalive),
+        Command::Run {
+            state_dir,
+            interface,
+            listen,
+            admin_socket,
+        } => runtime()?.block_on(daemon::run(RunOptions {
+            state_dir,
+            interface,
+            listen,
+            admin_socket,
+        })),
+        Command::Spoke {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(spoke_command(command, &admin_socket)),
+        Command::Status { json, admin_socket } => runtime()?.block_on(async {
+            let status: HubStatus =
+                tasuki_shell::local::request(&admin_socket, HubRequest::Status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init(
+    dir: &Path,
+    endpoint: String,
+    tunnel_net: Ipv4Net,
+    routes: Vec<Ipv4Net>,
+    keepalive: u16,
+) -> Result<()> {
+    let port_ok = endpoint
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            (!host.is_empty())
+                .then(|| port.parse::<u16>().ok())
+                .flatten()
+        })
+        .is_some_and(|p| p != 0);
+    if !port_ok {
+        bail!("--endpoint must be HOST:PORT with a non-zero port, got {endpoint:?}");
+    }
+    if tunnel_net.prefix_len() > 30 {
+        bail!("--tunnel-net {tunnel_net} is too small: use a /30 or larger");
+    }
+    if tunnel_net.trunc() != tunnel_net {
+        bail!(
+            "--tunnel-net {tunnel_net} has host bits set; did you mean {}?",
+            tunnel_net.trunc()
+        );
+    }
+    let key_path = dir.join(state::KEY_FILE);
+    if key_path.exists() {
+        bail!(
+            "{} already holds a hub (found {}); refusing to overwrite its identity",
+            dir.display(),
+            key_path.display()
+        );
+    }
+    tasuki_shell::files::ensure_private_dir(dir)?;
+    let key = StaticKey::generate(&mut rand_core::OsRng);
+    tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
+    let settings = HubSettings {
+        endpoint,
+        tunnel_net,
+        routes,
+        keepalive_secs: keepalive,
+    };
+    state::write_settings(dir, &settings)?;
+    println!("initialised hub in {}", dir.display());
+    println!("  public key:  {}", key.public());
+    println!("  fingerprint: {}", key.public().fingerprint());
+    println!("  endpoint:    {}", settings.endpoint);
+    println!(
+        "  tunnel net:  {} (hub {})",
+        settings.tunnel_net,
+        settings.hub_addr()
+    );
+    Ok(())
+}
+
+async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
+    match command {
+        SpokeCommand::Invite {
+            name,
+            pre_approved,
+            expires,
+            json,
+        } => {
+            let view: InvitationView = tasuki_shell::local::request(
+                socket,
+                HubRequest::Invite {
+                    name,
+                    pre_approved,
+                    valid_secs: expires.as_secs(),
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!("{}", view.invitation);
+                eprintln!(
+                    "invitation {} for spoke {:?}, {}, expires at {} (hub {})",
+                    view.id,
+                    view.name,
+                    if view.pre_approved {
+                        "pre-approved"
+                    } else {
+                        "needs approval"
+                    },
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(view.expires_at)
+                    ),
+                    view.hub_fingerprint
+                );
+                eprintln!("on the spoke: tasuki-spoke enrol <invitation>");
+            }
+        }
+        SpokeCommand::List { json } => {
+            let spokes: Vec<SpokeView> =
+                tasuki_shell::local::request(socket, HubRequest::ListSpokes).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&spokes)?);
+            } else {
+                println!(
+                    "{:<5} {:<20} {:<9} {:<16} {:<6} {:<22} {}",
+                    "ID", "NAME", "STATE", "ADDRESS", "EPOCH", "ENDPOINT", "HANDSHAKE"
+                );
+                for s in spokes {
+                    println!(
+                        "{:<5} {:<20} {:<9} {:<16} {:<6} {:<22} {}",
+                        s.id,
+                        s.name,
+                        s.state,
+                        s.tunnel_addr,
+                        s.epoch.map_or("-".into(), |e| e.to_string()),
+                        s.endpoint.unwrap_or_else(|| "-".into()),
+                        s.last_handshake_secs
+                            .map_or("never".into(), |t| format!("{t}s ago"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &HubStatus) {
+    println!("tasuki-hub {}", s.version);
+    println!("  fingerprint:  {}", s.fingerprint);
+    println!("  endpoint:     {}", s.endpoint);
+    println!("  interface:    {} ({})", s.interface, s.tunnel_net);
+    println!("  routes:       {}", s.routes.join(", "));
+    println!(
+        "  spokes:       {} active, {} pending; {} control connections",
+        s.spokes_active, s.spokes_pending, s.control_connections
+    );
+    let c = &s.counters;
+    println!(
+        "  datagrams:    {} in, {} out; relayed {}, to TUN {}, from TUN {}, handshakes {}",
+        c.rx_datagrams, c.tx_datagrams, c.relayed, c.to_tun, c.from_tun, c.handshakes
+    );
+    let drops: Vec<String> = c.dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "  dropped:      {}",
+        if drops.is_empty() {
+            "none".into()
+        } else {
+            drops.join(" ")
+        }
+    );
+}

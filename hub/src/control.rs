@@ -1,0 +1,275 @@
+//! The hub's control-plane listener: Noise over TCP, one task per spoke.
+//!
+//! A connection must finish its handshake within [`HANDSHAKE_TIMEOUT`], stay
+//! under [`MAX_CONNECTIONS`] in total, and say something at least every
+//! [`IDLE_TIMEOUT`]; anything malformed closes it without touching others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tasuki_core::channel::{refusal_reply, Accepting, Channel};
+use tasuki_core::control::{
+    HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, Sealing, SpokeMessage,
+};
+use tasuki_core::keys::StaticKey;
+use tasuki_shell::frames::{write_frame, FrameReader};
+use tasuki_shell::unix_now;
+use tokio::io::AsyncWrite;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Mutex, Semaphore};
+
+use crate::state::HubState;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Accepts control connections until the listener fails.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<Mutex<HubState>>, key: Arc<StaticKey>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many control connections; refusing");
+            continue;
+        };
+        let state = state.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            state.lock().await.control_connections += 1;
+            if let Err(e) = connection(stream, peer, &state, &key).await {
+                tracing::info!(%peer, error = %format!("{e:#}"), "control connection closed");
+            }
+            state.lock().await.control_connections -= 1;
+            drop(permit);
+        });
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, ch: &mut Channel, msg: &HubMessage) -> Result<()> {
+    let body = ch.seal(msg)?;
+    write_frame(w, &body).await
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, refusal: Refusal) -> Result<()> {
+    write_frame(w, &refusal_reply(&refusal)).await?;
+    bail!("refused: {refusal}")
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &Arc<Mutex<HubState>>,
+    key: &StaticKey,
+) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let first = reader
+        .next(HANDSHAKE_TIMEOUT)
+        .await?
+        .context("closed before the handshake")?;
+    let accepting = match Accepting::read(key, &first) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "control handshake failed");
+            return refuse(
+                &mut w,
+                Refusal::new(
+                    RefusalCode::HandshakeFailed,
+                    "handshake failed: this hub does not hold the key the spoke pinned",
+                ),
+            )
+            .await;
+        }
+    };
+    if accepting.hello.version != tasuki_core::PROTOCOL_VERSION {
+        return refuse(
+            &mut w,
+            Refusal::new(
+                RefusalCode::VersionMismatch,
+                format!(
+                    "protocol version {} is not supported (hub speaks {})",
+                    accepting.hello.version,
+                    tasuki_core::PROTOCOL_VERSION
+                ),
+            ),
+        )
+        .await;
+    }
+    match accepting.purpose {
+        Purpose::Enrol => enrol(accepting, reader, w, peer, state).await,
+        Purpose::Attach => attach(accepting, reader, w, peer, state).await,
+    }
+}
+
+async fn enrol(
+    accepting: Accepting,
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    peer: SocketAddr,
+    state: &Arc<Mutex<HubState>>,
+) -> Result<()> {
+    let Some(invitation) = accepting.hello.invitation else {
+        return refuse(
+            &mut w,
+            Refusal::new(
+                RefusalCode::ProtocolViolation,
+                "enrolment without an invitation",
+            ),
+        )
+        .await;
+    };
+    let spoke_key = accepting.remote;
+    let secret = state
+        .lock()
+        .await
+        .registry
+        .enrolment_secret(&invitation, &spoke_key, unix_now());
+    let secret = match secret {
+        Ok(s) => s,
+        Err(refusal) => {
+            tracing::info!(%peer, %invitation, reason = %refusal, "enrolment refused");
+            return refuse(&mut w, refusal).await;
+        }
+    };
+    let (mut ch, reply) = accepting.complete(Some(&secret))?;
+    write_frame(&mut w, &reply).await?;
+    // The spoke proves it holds the invitation secret with its first message.
+    let body = reader
+        .next(HANDSHAKE_TIMEOUT)
+        .await?
+        .context("closed before the enrolment request")?;
+    let hostname = match ch.open::<SpokeMessage>("enrol request", &body)? {
+        SpokeMessage::EnrolRequest { hostname } => hostname,
+        other => bail!("expected an enrolment request, got {other:?}"),
+    };
+    let outcome = state
+        .lock()
+        .await
+        .enrol(
+            &invitation,
+            spoke_key,
+            &peer.to_string(),
+            &hostname,
+            unix_now(),
+        )
+        .await?;
+    let (enrolled, epoch) = match outcome {
+        Ok(x) => x,
+        Err(refusal) => {
+            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
+            bail!("enrolment refused: {refusal}");
+        }
+    };
+    let config = state.lock().await.registry.spoke_config(&enrolled.spoke);
+    send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
+    match epoch {
+        Some(epoch) => {
+            send(
+                &mut w,
+                &mut ch,
+                &HubMessage::KeyDistribution(KeyDelivery {
+                    sealing: Sealing::Channel,
+                    epoch,
+                }),
+            )
+            .await?;
+            // Wait for the receipt report so the spoke has stored the key.
+            if let Some(body) = reader.next(HANDSHAKE_TIMEOUT).await? {
+                if let SpokeMessage::KeyReceipt { epoch } = ch.open("receipt", &body)? {
+                    tracing::info!(spoke = %enrolled.spoke.name, epoch, "key receipt");
+                }
+            }
+        }
+        None => {
+            send(
+                &mut w,
+                &mut ch,
+                &HubMessage::Refused(Refusal::new(
+                    RefusalCode::Pending,
+                    "enrolled; this spoke waits for an admin's approval",
+                )),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn attach(
+    accepting: Accepting,
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    peer: SocketAddr,
+    state: &Arc<Mutex<HubState>>,
+) -> Result<()> {
+    let spoke = {
+        let st = state.lock().await;
+        st.registry.attach(&accepting.remote).cloned()
+    };
+    let spoke = match spoke {
+        Ok(s) => s,
+        Err(refusal) => {
+            tracing::info!(%peer, key = %accepting.remote.fingerprint(), reason = %refusal, "attach refused");
+            return refuse(&mut w, refusal).await;
+        }
+    };
+    let (mut ch, reply) = accepting.complete(None)?;
+    write_frame(&mut w, &reply).await?;
+    let body = reader
+        .next(HANDSHAKE_TIMEOUT)
+        .await?
+        .context("closed before the attach request")?;
+    match ch.open::<SpokeMessage>("attach", &body)? {
+        SpokeMessage::Attach => {}
+        other => bail!("expected attach, got {other:?}"),
+    }
+    let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
+    let (config, epoch) = {
+        let mut st = state.lock().await;
+        let epoch = st.ensure_epoch(spoke.id, unix_now()).await?;
+        st.attach_session(spoke.id, tx.clone());
+        (st.registry.spoke_config(&spoke), epoch)
+    };
+    tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
+    let result = async {
+        send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
+        send(
+            &mut w,
+            &mut ch,
+            &HubMessage::KeyDistribution(KeyDelivery {
+                sealing: Sealing::Channel,
+                epoch,
+            }),
+        )
+        .await?;
+        loop {
+            tokio::select! {
+                frame = reader.next(IDLE_TIMEOUT) => {
+                    let Some(body) = frame? else { return Ok(()) };
+                    match ch.open::<SpokeMessage>("spoke message", &body)? {
+                        SpokeMessage::Keepalive => send(&mut w, &mut ch, &HubMessage::Keepalive).await?,
+                        SpokeMessage::KeyReceipt { epoch } => {
+                            tracing::debug!(spoke = %spoke.name, epoch, "key receipt");
+                        }
+                        other => bail!("unexpected message {other:?}"),
+                    }
+                }
+                Some(msg) = rx.recv() => send(&mut w, &mut ch, &msg).await?,
+            }
+        }
+    }
+    .await;
+    state.lock().await.detach_session(spoke.id, &tx);
+    result
+}

@@ -1,0 +1,121 @@
+//! `tasuki-hub run`: binds the sockets, creates the TUN, loads the state and
+//! starts the control, admin and data-plane tasks; stops cleanly on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use tasuki_core::admin_api::{HubRequest, Reply};
+use tasuki_core::routing::RouteTable;
+use tasuki_shell::local::SocketGuard;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::dataplane::{DataPlane, DpCommand};
+use crate::state::{self, HubState};
+
+/// Options of `tasuki-hub run`.
+pub(crate) struct RunOptions {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) interface: String,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) admin_socket: PathBuf,
+}
+
+pub(crate) async fn run(opts: RunOptions) -> Result<()> {
+    let key = Arc::new(state::load_key(&opts.state_dir)?);
+    let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(256);
+    let hub = HubState::load(
+        &opts.state_dir,
+        key.clone(),
+        opts.interface.clone(),
+        dp_tx.clone(),
+    )?;
+    let settings = hub.registry.settings().clone();
+    let listen = match opts.listen {
+        Some(a) => a,
+        None => {
+            let port = settings
+                .endpoint
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .context("stored endpoint has no port")?;
+            SocketAddr::from(([0, 0, 0, 0], port))
+        }
+    };
+    let udp = UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind UDP {listen}"))?;
+    let tcp = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind TCP {listen}"))?;
+    let hub_net = Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?;
+    let tun = tasuki_shell::netdev::create_tun(&opts.interface, hub_net, tasuki_core::TUNNEL_MTU)?;
+    let admin = tasuki_shell::local::bind(&opts.admin_socket)?;
+    let _socket_guard = SocketGuard(opts.admin_socket.clone());
+
+    let routes = RouteTable::new(
+        settings.tunnel_net,
+        settings.hub_addr(),
+        settings.routes.clone(),
+    );
+    let links = hub.link_specs();
+    let dataplane = DataPlane::new(key.clone(), udp, tun.device, routes);
+    for spec in links {
+        dp_tx.send(DpCommand::Upsert(spec)).await?;
+    }
+    let state = Arc::new(Mutex::new(hub));
+    tracing::info!(
+        %listen, interface = %tun.name, fingerprint = %key.public().fingerprint(),
+        tunnel = %settings.tunnel_net, "hub running"
+    );
+
+    let dp_task = tokio::spawn(dataplane.run(dp_rx));
+    let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
+    let admin_state = state.clone();
+    let admin_task = tokio::spawn(tasuki_shell::local::serve(admin, move |req: HubRequest| {
+        let state = admin_state.clone();
+        async move { admin_request(&state, req).await }
+    }));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+        r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
+    }
+    control_task.abort();
+    admin_task.abort();
+    Ok(())
+}
+
+async fn admin_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Reply<serde_json::Value> {
+    let result: Result<serde_json::Value> = async {
+        match req {
+            HubRequest::Invite {
+                name,
+                pre_approved,
+                valid_secs,
+            } => {
+                let view = state.lock().await.invite(
+                    &name,
+                    pre_approved,
+                    valid_secs,
+                    tasuki_shell::unix_now(),
+                )?;
+                Ok(serde_json::to_value(view)?)
+            }
+            HubRequest::ListSpokes => Ok(serde_json::to_value(
+                state.lock().await.spoke_views().await,
+            )?),
+            HubRequest::Status => Ok(serde_json::to_value(state.lock().await.status().await)?),
+        }
+    }
+    .await;
+    match result {
+        Ok(v) => Reply::Ok(v),
+        Err(e) => Reply::Error(format!("{e:#}")),
+    }
+}

@@ -1,0 +1,158 @@
+//! The local admin/control socket: a Unix socket that speaks one JSON line
+//! each way per connection. Only root or the daemon's own user may use it;
+//! the check uses the peer's credentials (SO_PEERCRED), not file modes alone.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use tasuki_core::admin_api::{Envelope, Reply};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Largest request line accepted.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// Binds the socket at `path` (replacing a stale one) with mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another daemon is already listening on {}; stop it or pick another socket path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Whether the connecting process may use the socket: root, or the daemon's own user.
+fn peer_allowed(stream: &UnixStream) -> Result<u32> {
+    let cred = stream.peer_cred().context("cannot read peer credentials")?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        Ok(cred.uid())
+    } else {
+        bail!("uid {} is not allowed on this socket", cred.uid())
+    }
+}
+
+/// Serves requests until the listener fails; each connection in its own task.
+pub async fn serve<Req, Resp, F, Fut>(listener: UnixListener, handler: F)
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply<Resp>> + Send,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "local socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = one(stream, &*handler).await {
+                tracing::debug!(error = %format!("{e:#}"), "local request failed");
+            }
+        });
+    }
+}
+
+async fn one<Req, Resp, F, Fut>(mut stream: UnixStream, handler: &F) -> Result<()>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: Fn(Req) -> Fut,
+    Fut: Future<Output = Reply<Resp>>,
+{
+    let reply: Reply<Resp> = match peer_allowed(&stream) {
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a local client");
+            Reply::Error(format!("permission denied: {e}; run as root"))
+        }
+        Ok(_) => {
+            let (r, _) = stream.split();
+            let mut line = String::new();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                BufReader::new(r.take(MAX_LINE)).read_line(&mut line),
+            )
+            .await
+            .context("request timed out")??;
+            match serde_json::from_str::<Envelope<Req>>(&line) {
+                Ok(env) if env.version != tasuki_core::PROTOCOL_VERSION => Reply::Error(format!(
+                    "version mismatch: the CLI speaks {}, the daemon {}; use matching binaries",
+                    env.version,
+                    tasuki_core::PROTOCOL_VERSION
+                )),
+                Ok(env) => handler(env.request).await,
+                Err(e) => Reply::Error(format!("bad request: {e}")),
+            }
+        }
+    };
+    let mut out = serde_json::to_string(&reply)?;
+    out.push('\n');
+    stream.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+/// Sends one request to the daemon at `path` and returns its answer.
+pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+    path: &Path,
+    req: Req,
+) -> Result<Resp> {
+    let mut stream = UnixStream::connect(path).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the daemon at {}: {e}; is it running (and are you root)?",
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(&Envelope {
+        version: tasuki_core::PROTOCOL_VERSION,
+        request: req,
+    })?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stream).read_line(&mut answer),
+    )
+    .await
+    .context("the daemon did not answer in 30 s")??;
+    match serde_json::from_str::<Reply<Resp>>(&answer)
+        .with_context(|| format!("unreadable answer from {}", path.display()))?
+    {
+        Reply::Ok(v) => Ok(v),
+        Reply::Error(e) => bail!("{e}"),
+    }
+}
+
+/// A socket path that removes its file when dropped.
+pub struct SocketGuard(pub PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,150 @@
+//! The spoke's control loop: attach to the hub over Noise, receive the
+//! configuration and keys, store them, report receipt, stay connected, and
+//! reconnect with backoff when the channel drops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tasuki_core::channel::Initiator;
+use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeConfig, SpokeMessage};
+use tasuki_core::keys::StaticKey;
+use tasuki_shell::frames::{write_frame, FrameReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::dataplane::DpCommand;
+use crate::state::{Enrolment, SpokeStore};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE: Duration = Duration::from_secs(20);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the control loop reports for `status`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ControlState {
+    pub(crate) connected: bool,
+    pub(crate) last_error: Option<String>,
+}
+
+pub(crate) struct Control {
+    pub(crate) store: Arc<SpokeStore>,
+    pub(crate) key: Arc<StaticKey>,
+    pub(crate) enrolment: Enrolment,
+    pub(crate) dataplane: mpsc::Sender<DpCommand>,
+    pub(crate) config: watch::Sender<Option<SpokeConfig>>,
+    pub(crate) state: watch::Sender<ControlState>,
+}
+
+impl Control {
+    /// Runs forever: attach, serve, back off, repeat.
+    pub(crate) async fn run(self) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let result = self.session().await;
+            self.state.send_modify(|s| {
+                s.connected = false;
+                if let Err(e) = &result {
+                    s.last_error = Some(format!("{e:#}"));
+                }
+            });
+            match result {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(hub = %self.enrolment.hub_endpoint, error = %format!("{e:#}"), "control channel down")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&self) -> Result<()> {
+        let endpoint = &self.enrolment.hub_endpoint;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .context("timed out connecting")?
+            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        let _ = stream.set_nodelay(true);
+        let (r, mut w) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        let hello = Hello {
+            version: tasuki_core::PROTOCOL_VERSION,
+            invitation: None,
+        };
+        let (init, first) = Initiator::start(
+            Purpose::Attach,
+            &self.key,
+            &self.enrolment.hub_key,
+            None,
+            &hello,
+        )?;
+        write_frame(&mut w, &first).await?;
+        let reply = reader
+            .next(CONNECT_TIMEOUT)
+            .await?
+            .context("the hub closed the connection during the handshake")?;
+        let fingerprint = self.enrolment.hub_key.fingerprint();
+        let mut ch = init
+            .finish(&reply)
+            .map_err(|e| crate::enrol::explain(e, endpoint, &fingerprint))?;
+        write_frame(&mut w, &ch.seal(&SpokeMessage::Attach)?).await?;
+        self.state.send_modify(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        tracing::info!(hub = %endpoint, "control channel up");
+        // The hub may have restarted and lost our session: start a fresh one.
+        let _ = self.dataplane.send(DpCommand::Rehandshake).await;
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                frame = reader.next(IDLE_TIMEOUT) => {
+                    let Some(body) = frame? else { bail!("the hub closed the control channel") };
+                    let msg = ch.open::<HubMessage>("hub message", &body)?;
+                    self.on_message(msg, &mut ch, &mut w).await?;
+                }
+                _ = keepalive.tick() => {
+                    write_frame(&mut w, &ch.seal(&SpokeMessage::Keepalive)?).await?;
+                }
+            }
+        }
+    }
+
+    async fn on_message(
+        &self,
+        msg: HubMessage,
+        ch: &mut tasuki_core::channel::Channel,
+        w: &mut tokio::net::tcp::OwnedWriteHalf,
+    ) -> Result<()> {
+        match msg {
+            HubMessage::Welcome(config) => {
+                let old = self.config.borrow().clone();
+                if old.as_ref() != Some(&config) {
+                    self.store.save_config(&config)?;
+                    if old.is_some() {
+                        tracing::warn!(
+                            "the hub changed this spoke's configuration; restart to apply it"
+                        );
+                    }
+                    self.config.send_replace(Some(config));
+                }
+            }
+            HubMessage::KeyDistribution(delivery) => {
+                // Durable before acknowledged or used.
+                self.store.save_epoch(&delivery.epoch)?;
+                let number = delivery.epoch.number;
+                self.dataplane
+                    .send(DpCommand::Install(delivery.epoch))
+                    .await
+                    .context("data plane stopped")?;
+                write_frame(w, &ch.seal(&SpokeMessage::KeyReceipt { epoch: number })?).await?;
+            }
+            HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
+            HubMessage::Keepalive => {}
+        }
+        Ok(())
+    }
+}

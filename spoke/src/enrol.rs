@@ -1,0 +1,145 @@
+//! `tasuki-spoke enrol`: one Noise handshake keyed by the invitation, with the
+//! hub's key pinned; stores identity, enrolment, configuration and first key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tasuki_core::channel::{ChannelError, Initiator};
+use tasuki_core::control::{Hello, HubMessage, Purpose, RefusalCode, SpokeMessage};
+use tasuki_core::invitation::Invitation;
+use tasuki_shell::frames::{write_frame, FrameReader};
+use tokio::net::TcpStream;
+
+use crate::state::{Enrolment, SpokeStore};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the enrolment ended.
+pub(crate) enum Outcome {
+    /// Enrolled and holding keys.
+    Active {
+        name: String,
+        address: String,
+        epoch: u64,
+    },
+    /// Enrolled; an admin must approve.
+    Pending { name: String },
+}
+
+/// Explains a failed handshake in terms of what the user can check.
+pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> anyhow::Error {
+    match err {
+        ChannelError::Refused(r) if r.code == RefusalCode::HandshakeFailed => anyhow::anyhow!(
+            "the hub at {endpoint} does not hold the pinned key {fingerprint}: \
+             wrong hub, or an invitation for another hub"
+        ),
+        ChannelError::Refused(r) => anyhow::anyhow!("the hub at {endpoint} refused: {}", r.detail),
+        ChannelError::Handshake(_) => anyhow::anyhow!(
+            "the hub at {endpoint} did not prove it holds the pinned key {fingerprint} \
+             and the invitation secret: wrong hub, or a damaged invitation"
+        ),
+        other => anyhow::anyhow!("control channel to {endpoint}: {other}"),
+    }
+}
+
+pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
+    let invitation = Invitation::decode(text)?;
+    let now = tasuki_shell::unix_now();
+    if invitation.is_expired(now) {
+        bail!(
+            "this invitation expired {} s ago; ask the admin for a new one",
+            now - invitation.expires_at
+        );
+    }
+    let store = SpokeStore::open(dir)?;
+    if let Some(e) = store.enrolment()? {
+        bail!(
+            "{} is already enrolled as {:?} with the hub at {}; use another --state-dir",
+            dir.display(),
+            e.name,
+            e.hub_endpoint
+        );
+    }
+    let key = store.key_or_create()?;
+    let endpoint = invitation.hub_endpoint.clone();
+    let fingerprint = invitation.hub_key.fingerprint();
+    let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(&endpoint))
+        .await
+        .with_context(|| format!("timed out connecting to the hub at {endpoint}"))?
+        .with_context(|| format!("cannot connect to the hub at {endpoint}"))?;
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let hello = Hello {
+        version: tasuki_core::PROTOCOL_VERSION,
+        invitation: Some(invitation.id),
+    };
+    let (init, first) = Initiator::start(
+        Purpose::Enrol,
+        &key,
+        &invitation.hub_key,
+        Some(&invitation.secret),
+        &hello,
+    )?;
+    write_frame(&mut w, &first).await?;
+    let reply = reader.next(TIMEOUT).await?.with_context(|| {
+        format!(
+            "the hub at {endpoint} closed the connection: it does not hold the pinned key {fingerprint}"
+        )
+    })?;
+    let mut ch = init
+        .finish(&reply)
+        .map_err(|e| explain(e, &endpoint, &fingerprint))?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_frame(&mut w, &ch.seal(&SpokeMessage::EnrolRequest { hostname })?).await?;
+
+    // Once the hub answers with a configuration or "pending", it has enrolled
+    // us: record that before anything else. If we crash before, the same key
+    // may retry the same invitation.
+    let enrolment = Enrolment {
+        name: invitation.name.clone(),
+        hub_endpoint: endpoint.clone(),
+        hub_key: invitation.hub_key,
+    };
+    let mut config = None;
+    loop {
+        let body = reader
+            .next(TIMEOUT)
+            .await?
+            .context("the hub closed the connection during enrolment")?;
+        match ch.open::<HubMessage>("hub message", &body)? {
+            HubMessage::Welcome(c) => {
+                store.save_enrolment(&enrolment)?;
+                store.save_config(&c)?;
+                config = Some(c);
+            }
+            HubMessage::KeyDistribution(d) => {
+                store.save_epoch(&d.epoch)?;
+                write_frame(
+                    &mut w,
+                    &ch.seal(&SpokeMessage::KeyReceipt {
+                        epoch: d.epoch.number,
+                    })?,
+                )
+                .await?;
+                let c = config.context("the hub sent a key before the configuration")?;
+                return Ok(Outcome::Active {
+                    name: c.name,
+                    address: c.tunnel_addr.to_string(),
+                    epoch: d.epoch.number,
+                });
+            }
+            HubMessage::Refused(r) if r.code == RefusalCode::Pending => {
+                store.save_enrolment(&enrolment)?;
+                return Ok(Outcome::Pending {
+                    name: invitation.name,
+                });
+            }
+            HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
+            HubMessage::Keepalive => {}
+        }
+    }
+}

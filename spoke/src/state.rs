@@ -1,0 +1,111 @@
+//! The spoke's durable state: identity key, pinned hub key, enrolment,
+//! configuration and key epochs. Written and flushed before anything is
+//! acknowledged to the hub.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tasuki_core::control::SpokeConfig;
+use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
+use tasuki_shell::store::{Store, Write};
+
+/// The spoke's identity key file.
+pub(crate) const KEY_FILE: &str = "spoke.key";
+/// The pinned hub key file.
+pub(crate) const HUB_KEY_FILE: &str = "hub.pub";
+const STORE_DIR: &str = "store";
+const META_TREE: &str = "meta";
+const EPOCHS_TREE: &str = "epochs";
+
+/// What the spoke learned when it enrolled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Enrolment {
+    pub(crate) name: String,
+    pub(crate) hub_endpoint: String,
+    pub(crate) hub_key: PublicKey,
+}
+
+/// The spoke's state directory.
+pub(crate) struct SpokeStore {
+    dir: PathBuf,
+    store: Store,
+}
+
+impl SpokeStore {
+    /// Opens (creating) the store in `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        tasuki_shell::files::ensure_private_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            store: Store::open(&dir.join(STORE_DIR))?,
+        })
+    }
+
+    /// The identity key, creating it if there is none yet.
+    pub(crate) fn key_or_create(&self) -> Result<StaticKey> {
+        let path = self.dir.join(KEY_FILE);
+        if path.exists() {
+            return self.key();
+        }
+        let key = StaticKey::generate(&mut rand_core::OsRng);
+        tasuki_shell::files::write_secret_file(&path, key.to_base64().as_bytes())?;
+        Ok(key)
+    }
+
+    /// The identity key.
+    pub(crate) fn key(&self) -> Result<StaticKey> {
+        let path = self.dir.join(KEY_FILE);
+        let text = tasuki_shell::files::read_secret_file(&path)?;
+        StaticKey::from_base64(&text).with_context(|| format!("{} is damaged", path.display()))
+    }
+
+    /// The enrolment, if this spoke enrolled; checks the pinned key file agrees.
+    pub(crate) fn enrolment(&self) -> Result<Option<Enrolment>> {
+        let Some(e) = self.store.get::<Enrolment>(META_TREE, b"enrolment")? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(HUB_KEY_FILE);
+        let pinned = tasuki_shell::files::read_secret_file(&path)?;
+        let pinned = PublicKey::from_base64(&pinned)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+        if pinned != e.hub_key {
+            anyhow::bail!(
+                "{} does not match the hub key in the store; the state directory was tampered with",
+                path.display()
+            );
+        }
+        Ok(Some(e))
+    }
+
+    /// Records the enrolment (pinned hub key file first).
+    pub(crate) fn save_enrolment(&self, e: &Enrolment) -> Result<()> {
+        tasuki_shell::files::write_secret_file(
+            &self.dir.join(HUB_KEY_FILE),
+            e.hub_key.to_base64().as_bytes(),
+        )?;
+        self.store
+            .commit(&[Write::put(META_TREE, *b"enrolment", e)?])
+    }
+
+    /// The configuration from the hub, if received.
+    pub(crate) fn config(&self) -> Result<Option<SpokeConfig>> {
+        self.store.get(META_TREE, b"config")
+    }
+
+    /// Stores the configuration.
+    pub(crate) fn save_config(&self, c: &SpokeConfig) -> Result<()> {
+        self.store.commit(&[Write::put(META_TREE, *b"config", c)?])
+    }
+
+    /// Stored epochs, oldest first.
+    pub(crate) fn epochs(&self) -> Result<Vec<KeyEpoch>> {
+        self.store.all(EPOCHS_TREE)
+    }
+
+    /// Stores an epoch durably (flushed) before it is acknowledged or used.
+    pub(crate) fn save_epoch(&self, e: &KeyEpoch) -> Result<()> {
+        self.store
+            .commit(&[Write::put(EPOCHS_TREE, e.number.to_be_bytes(), e)?])
+    }
+}
