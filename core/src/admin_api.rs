@@ -25,6 +25,47 @@ pub enum HubRequest {
     ListSpokes,
     /// Daemon status and counters.
     Status,
+    /// Rotate one spoke's link key (by name), or every link's.
+    KeyRotate {
+        /// Spoke name; `None` for all.
+        spoke: Option<String>,
+    },
+    /// Show the rotation policy.
+    KeyPolicyShow,
+    /// Replace the rotation policy.
+    KeyPolicySet {
+        /// The new policy.
+        policy: crate::rotation::RotationPolicy,
+    },
+    /// Per-link key status.
+    KeyStatus,
+}
+
+/// One link's key status (never key bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkKeyView {
+    /// Spoke name.
+    pub spoke: String,
+    /// Epoch carrying traffic (confirmed).
+    pub epoch: u64,
+    /// Newest epoch issued.
+    pub latest: u64,
+    /// Newest epoch the spoke reported stored.
+    pub acked: u64,
+    /// Epoch numbers the hub still holds.
+    pub held: Vec<u64>,
+    /// Seconds since the current epoch started carrying traffic.
+    pub age_secs: u64,
+    /// Packets on the link in this epoch.
+    pub packets: u64,
+    /// Bytes on the link in this epoch.
+    pub bytes: u64,
+    /// Rotations completed on this link.
+    pub rotations: u64,
+    /// Seconds until the interval trigger.
+    pub next_interval_in: Option<u64>,
+    /// Whether the spoke's control channel is up.
+    pub control_connected: bool,
 }
 
 /// A request to the spoke daemon from `tasuki-spoke` subcommands.

@@ -59,6 +59,16 @@ pub enum SpokeMessage {
         /// The epoch number received.
         epoch: u64,
     },
+    /// Update report: the spoke's data plane runs a session under `epoch`.
+    UpdateReport {
+        /// The epoch now carrying traffic.
+        epoch: u64,
+    },
+    /// Update request: the spoke asks for a new epoch (it saw a trigger).
+    UpdateRequest {
+        /// Why.
+        reason: String,
+    },
     /// Keeps an idle connection open and proves the spoke is alive.
     Keepalive,
 }
@@ -70,6 +80,12 @@ pub enum HubMessage {
     Welcome(SpokeConfig),
     /// A key distribution: the epochs the spoke should hold now.
     KeyDistribution(KeyDelivery),
+    /// Update notification: switch the data plane to `epoch` now (the hub
+    /// accepts handshakes under it).
+    UpdateNotification {
+        /// The epoch to switch to.
+        epoch: u64,
+    },
     /// The hub refuses the request; the connection closes after this.
     Refused(Refusal),
     /// Reply to a keepalive.
@@ -95,20 +111,27 @@ pub struct SpokeConfig {
     pub keepalive_secs: u16,
 }
 
-/// How a delivered key is protected besides the Noise channel.
+/// How a delivered key travels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Sealing {
+pub enum DeliveryBody {
     /// Parallel delivery (patent fig. 8): protected by the control channel alone.
-    Channel,
+    Channel(KeyEpoch),
+    /// Crossed delivery (fig. 7): sealed under epoch `under` (= k−1), see [`crate::seal`].
+    Crossed {
+        /// The epoch that seals it.
+        under: u64,
+        /// The sealed box.
+        sealed: Vec<u8>,
+    },
 }
 
 /// A key distribution: one epoch for the spoke–hub link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyDelivery {
-    /// How the key is protected.
-    pub sealing: Sealing,
-    /// The epoch.
-    pub epoch: KeyEpoch,
+    /// The epoch number delivered.
+    pub epoch: u64,
+    /// The key, sealed as the policy says.
+    pub body: DeliveryBody,
 }
 
 /// Why the hub refused a request.

@@ -17,7 +17,9 @@ pub mod invitation;
 pub mod keys;
 pub mod link;
 pub mod registry;
+pub mod rotation;
 pub mod routing;
+pub mod seal;
 
 /// Protocol version spoken on the control channel and the admin sockets.
 pub const PROTOCOL_VERSION: u16 = 1;

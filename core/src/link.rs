@@ -38,6 +38,10 @@ pub struct EpochTunnel {
     pub index: u32,
     /// boringtun's tunnel.
     pub tunn: Tunn,
+    /// True once the peer proved it runs a session under this epoch (a data
+    /// packet decrypted, or our handshake was answered). Only then does
+    /// traffic switch to it.
+    pub confirmed: bool,
 }
 
 impl EpochTunnel {
@@ -99,6 +103,7 @@ impl Link {
             epoch: epoch.number,
             index,
             tunn,
+            confirmed: false,
         });
         self.tunnels.sort_by_key(|t| t.epoch);
     }
@@ -124,14 +129,42 @@ impl Link {
         self.tunnels.last_mut()
     }
 
-    /// The tunnel to encrypt with: the newest that has a session, else the newest.
+    /// The tunnel to encrypt with: the newest confirmed one, else the newest
+    /// with a session, else the newest. An unconfirmed new epoch never takes
+    /// traffic from a working old one: no loss at the switch.
     pub fn for_sending(&mut self) -> Option<&mut EpochTunnel> {
         let pos = self
             .tunnels
             .iter()
-            .rposition(EpochTunnel::has_session)
+            .rposition(|t| t.confirmed)
+            .or_else(|| self.tunnels.iter().rposition(EpochTunnel::has_session))
             .or_else(|| self.tunnels.len().checked_sub(1))?;
         self.tunnels.get_mut(pos)
+    }
+
+    /// Marks the tunnel of `epoch` confirmed; returns true the first time.
+    pub fn confirm(&mut self, epoch: u64) -> bool {
+        match self.tunnels.iter_mut().find(|t| t.epoch == epoch) {
+            Some(t) if !t.confirmed => {
+                t.confirmed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The newest confirmed epoch.
+    pub fn confirmed_epoch(&self) -> Option<u64> {
+        self.tunnels
+            .iter()
+            .rev()
+            .find(|t| t.confirmed)
+            .map(|t| t.epoch)
+    }
+
+    /// The tunnel of `epoch`.
+    pub fn by_epoch(&mut self, epoch: u64) -> Option<&mut EpochTunnel> {
+        self.tunnels.iter_mut().find(|t| t.epoch == epoch)
     }
 
     /// All tunnels, for timer ticks.
@@ -262,6 +295,16 @@ mod tests {
         assert_eq!(link.newest().unwrap().epoch, 2);
         let idx = tunnel_index(1, 1) << 8 | 3;
         assert_eq!(link.by_receiver(idx).unwrap().epoch, 1);
+        assert!(link.confirm(1));
+        assert!(!link.confirm(1));
+        assert_eq!(
+            link.for_sending().unwrap().epoch,
+            1,
+            "confirmed beats newer"
+        );
+        assert!(link.confirm(2));
+        assert_eq!(link.for_sending().unwrap().epoch, 2);
+        assert_eq!(link.confirmed_epoch(), Some(2));
         link.retain(|e| e != 1);
         assert_eq!(link.epochs(), vec![2]);
         assert!(link.by_receiver(idx).is_none());

@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Key epochs: rotate, policy, status.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the daemon's status and counters.
     Status {
         /// Print JSON.
@@ -81,6 +89,58 @@ enum Command {
         /// Admin socket of the running hub.
         #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// End the current epoch now and hand out a new one.
+    Rotate {
+        /// The spoke whose link to rotate.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        spoke: Option<String>,
+        /// Rotate every link.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show or change the rotation policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Per-link epochs: number, age, packets, bytes, next trigger (never key bytes).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the policy.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the policy; options not given keep their value.
+    Set {
+        /// End epochs after this long (e.g. 10m, 1h); "off" disables.
+        #[arg(long)]
+        interval: Option<String>,
+        /// End epochs after this many packets; 0 disables.
+        #[arg(long)]
+        max_packets: Option<u64>,
+        /// End epochs after this many bytes; 0 disables.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// How new keys travel: crossed (sealed under the previous key) or parallel.
+        #[arg(long, value_parser = ["crossed", "parallel"])]
+        delivery: Option<String>,
+        /// How long an ended epoch stays for packets in flight (e.g. 10s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
     },
 }
 
@@ -133,6 +193,10 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(spoke_command(command, &admin_socket)),
+        Command::Key {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(key_command(command, &admin_socket)),
         Command::Status { json, admin_socket } => runtime()?.block_on(async {
             let status: HubStatus =
                 tasuki_shell::local::request(&admin_socket, HubRequest::Status).await?;
@@ -255,8 +319,7 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&spokes)?);
             } else {
                 println!(
-                    "{:<5} {:<20} {:<9} {:<16} {:<6} {:<22} {}",
-                    "ID", "NAME", "STATE", "ADDRESS", "EPOCH", "ENDPOINT", "HANDSHAKE"
+                    "ID    NAME                 STATE     ADDRESS          EPOCH  ENDPOINT               HANDSHAKE"
                 );
                 for s in spokes {
                     println!(
@@ -274,6 +337,111 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
+    use tasuki_core::admin_api::LinkKeyView;
+    use tasuki_core::rotation::{Delivery, RotationPolicy};
+    match command {
+        KeyCommand::Rotate { spoke, all: _ } => {
+            let v: serde_json::Value =
+                tasuki_shell::local::request(socket, HubRequest::KeyRotate { spoke }).await?;
+            println!("rotation requested on {} link(s)", v["links"]);
+        }
+        KeyCommand::Policy {
+            command: PolicyCommand::Show { json },
+        } => {
+            let p: RotationPolicy =
+                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow).await?;
+            print_policy(&p, json)?;
+        }
+        KeyCommand::Policy {
+            command:
+                PolicyCommand::Set {
+                    interval,
+                    max_packets,
+                    max_bytes,
+                    delivery,
+                    grace,
+                },
+        } => {
+            let mut p: RotationPolicy =
+                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow).await?;
+            if let Some(i) = interval {
+                p.interval_secs = if i == "off" {
+                    None
+                } else {
+                    let d = humantime::parse_duration(&i).with_context(|| {
+                        format!("--interval {i:?}: use e.g. 30s, 10m, 1h or off")
+                    })?;
+                    if d.as_secs() == 0 {
+                        bail!("--interval must be at least 1s (or off)");
+                    }
+                    Some(d.as_secs())
+                };
+            }
+            if let Some(n) = max_packets {
+                p.max_packets = (n > 0).then_some(n);
+            }
+            if let Some(n) = max_bytes {
+                p.max_bytes = (n > 0).then_some(n);
+            }
+            if let Some(d) = delivery {
+                p.delivery = if d == "parallel" {
+                    Delivery::Parallel
+                } else {
+                    Delivery::Crossed
+                };
+            }
+            if let Some(g) = grace {
+                p.grace_secs = g.as_secs();
+            }
+            let p: RotationPolicy =
+                tasuki_shell::local::request(socket, HubRequest::KeyPolicySet { policy: p })
+                    .await?;
+            print_policy(&p, false)?;
+        }
+        KeyCommand::Status { json } => {
+            let links: Vec<LinkKeyView> =
+                tasuki_shell::local::request(socket, HubRequest::KeyStatus).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+            } else {
+                println!(
+                    "{:<20} {:>6} {:>7} {:>8} {:>10} {:>12} {:>9} {:>10}",
+                    "SPOKE", "EPOCH", "LATEST", "AGE", "PACKETS", "BYTES", "ROTATIONS", "NEXT"
+                );
+                for l in links {
+                    println!(
+                        "{:<20} {:>6} {:>7} {:>7}s {:>10} {:>12} {:>9} {:>10}",
+                        l.spoke,
+                        l.epoch,
+                        l.latest,
+                        l.age_secs,
+                        l.packets,
+                        l.bytes,
+                        l.rotations,
+                        l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+        return Ok(());
+    }
+    let opt = |v: Option<u64>, unit: &str| v.map_or("off".to_string(), |n| format!("{n}{unit}"));
+    println!("interval:    {}", opt(p.interval_secs, "s"));
+    println!("max packets: {}", opt(p.max_packets, ""));
+    println!("max bytes:   {}", opt(p.max_bytes, ""));
+    println!("delivery:    {:?}", p.delivery);
+    println!("grace:       {}s", p.grace_secs);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tasuki_core::channel::{refusal_reply, Accepting, Channel};
 use tasuki_core::control::{
-    HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, Sealing, SpokeMessage,
+    DeliveryBody, HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, SpokeMessage,
 };
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
@@ -179,8 +179,8 @@ async fn enrol(
                 &mut w,
                 &mut ch,
                 &HubMessage::KeyDistribution(KeyDelivery {
-                    sealing: Sealing::Channel,
-                    epoch,
+                    epoch: epoch.number,
+                    body: DeliveryBody::Channel(epoch),
                 }),
             )
             .await?;
@@ -188,6 +188,12 @@ async fn enrol(
             if let Some(body) = reader.next(HANDSHAKE_TIMEOUT).await? {
                 if let SpokeMessage::KeyReceipt { epoch } = ch.open("receipt", &body)? {
                     tracing::info!(spoke = %enrolled.spoke.name, epoch, "key receipt");
+                    // The spoke closes after enrolment; it switches when it attaches.
+                    let _ = state
+                        .lock()
+                        .await
+                        .on_receipt(enrolled.spoke.id, epoch)
+                        .await?;
                 }
             }
         }
@@ -235,24 +241,18 @@ async fn attach(
         other => bail!("expected attach, got {other:?}"),
     }
     let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
-    let (config, epoch) = {
+    let (config, delivery) = {
         let mut st = state.lock().await;
-        let epoch = st.ensure_epoch(spoke.id, unix_now()).await?;
+        let delivery = st.ensure_schedule(spoke.id, unix_now()).await?;
         st.attach_session(spoke.id, tx.clone());
-        (st.registry.spoke_config(&spoke), epoch)
+        (st.registry.spoke_config(&spoke), delivery)
     };
     tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
     let result = async {
         send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
-        send(
-            &mut w,
-            &mut ch,
-            &HubMessage::KeyDistribution(KeyDelivery {
-                sealing: Sealing::Channel,
-                epoch,
-            }),
-        )
-        .await?;
+        if let Some(d) = delivery {
+            send(&mut w, &mut ch, &HubMessage::KeyDistribution(d)).await?;
+        }
         loop {
             tokio::select! {
                 frame = reader.next(IDLE_TIMEOUT) => {
@@ -260,7 +260,20 @@ async fn attach(
                     match ch.open::<SpokeMessage>("spoke message", &body)? {
                         SpokeMessage::Keepalive => send(&mut w, &mut ch, &HubMessage::Keepalive).await?,
                         SpokeMessage::KeyReceipt { epoch } => {
-                            tracing::debug!(spoke = %spoke.name, epoch, "key receipt");
+                            let note = state.lock().await.on_receipt(spoke.id, epoch).await?;
+                            if let Some(note) = note {
+                                send(&mut w, &mut ch, &note).await?;
+                            }
+                        }
+                        SpokeMessage::UpdateReport { epoch } => {
+                            tracing::debug!(spoke = %spoke.name, epoch, "update report");
+                        }
+                        SpokeMessage::UpdateRequest { reason } => {
+                            tracing::info!(spoke = %spoke.name, %reason, "update request");
+                            let _ = state.lock().await.request_rotation(
+                                Some(&spoke.name),
+                                tasuki_core::rotation::Trigger::Event(reason),
+                            );
                         }
                         other => bail!("unexpected message {other:?}"),
                     }

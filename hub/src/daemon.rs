@@ -13,7 +13,7 @@ use tasuki_shell::local::SocketGuard;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::dataplane::{DataPlane, DpCommand};
+use crate::dataplane::{DataPlane, DpCommand, DpEvent};
 use crate::state::{self, HubState};
 
 /// Options of `tasuki-hub run`.
@@ -27,6 +27,7 @@ pub(crate) struct RunOptions {
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(256);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<DpEvent>();
     let hub = HubState::load(
         &opts.state_dir,
         key.clone(),
@@ -62,7 +63,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         settings.routes.clone(),
     );
     let links = hub.link_specs();
-    let dataplane = DataPlane::new(key.clone(), udp, tun.device, routes);
+    let dataplane = DataPlane::new(key.clone(), udp, tun.device, routes, ev_tx);
     for spec in links {
         dp_tx.send(DpCommand::Upsert(spec)).await?;
     }
@@ -74,6 +75,37 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
 
     let dp_task = tokio::spawn(dataplane.run(dp_rx));
     let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
+    let ev_state = state.clone();
+    let events_task = tokio::spawn(async move {
+        while let Some(DpEvent::Confirmed {
+            spoke,
+            epoch,
+            packets,
+            bytes,
+        }) = ev_rx.recv().await
+        {
+            let now = tasuki_shell::unix_now();
+            if let Err(e) = ev_state
+                .lock()
+                .await
+                .on_confirmed(spoke, epoch, now, packets, bytes)
+            {
+                tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
+            }
+        }
+    });
+    let tick_state = state.clone();
+    let rotation_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let mut st = tick_state.lock().await;
+            let usage = st.usage().await;
+            if let Err(e) = st.rotation_tick(tasuki_shell::unix_now(), &usage).await {
+                tracing::error!(error = %format!("{e:#}"), "rotation tick failed");
+            }
+        }
+    });
     let admin_state = state.clone();
     let admin_task = tokio::spawn(tasuki_shell::local::serve(admin, move |req: HubRequest| {
         let state = admin_state.clone();
@@ -88,6 +120,8 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     }
     control_task.abort();
     admin_task.abort();
+    events_task.abort();
+    rotation_task.abort();
     Ok(())
 }
 
@@ -111,6 +145,25 @@ async fn admin_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Reply<s
                 state.lock().await.spoke_views().await,
             )?),
             HubRequest::Status => Ok(serde_json::to_value(state.lock().await.status().await)?),
+            HubRequest::KeyRotate { spoke } => {
+                let n = state
+                    .lock()
+                    .await
+                    .request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)?;
+                Ok(serde_json::json!({ "links": n }))
+            }
+            HubRequest::KeyPolicyShow => Ok(serde_json::to_value(&state.lock().await.policy)?),
+            HubRequest::KeyPolicySet { policy } => {
+                state.lock().await.set_policy(policy.clone())?;
+                Ok(serde_json::to_value(policy)?)
+            }
+            HubRequest::KeyStatus => {
+                let st = state.lock().await;
+                let usage = st.usage().await;
+                Ok(serde_json::to_value(
+                    st.key_status(tasuki_shell::unix_now(), &usage),
+                )?)
+            }
         }
     }
     .await;

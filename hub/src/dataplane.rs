@@ -28,8 +28,22 @@ pub(crate) struct LinkSpec {
     pub(crate) id: SpokeId,
     pub(crate) public_key: PublicKey,
     pub(crate) tunnel_addr: Ipv4Addr,
-    /// Epochs whose tunnels should exist; the newest takes new handshakes.
+    /// Epochs whose tunnels should exist.
     pub(crate) epochs: Vec<KeyEpoch>,
+    /// The epoch that takes new handshakes (the newest the spoke holds).
+    pub(crate) handshake_epoch: u64,
+}
+
+/// Facts the data plane reports to the control side.
+#[derive(Debug)]
+pub(crate) enum DpEvent {
+    /// A data packet decrypted under this epoch for the first time.
+    Confirmed {
+        spoke: SpokeId,
+        epoch: u64,
+        packets: u64,
+        bytes: u64,
+    },
 }
 
 /// Commands from the control side.
@@ -47,6 +61,7 @@ pub(crate) struct LinkStatus {
     pub(crate) last_handshake_secs: Option<u64>,
     pub(crate) rx_bytes: u64,
     pub(crate) tx_bytes: u64,
+    pub(crate) packets: u64,
 }
 
 /// The data plane's status.
@@ -59,8 +74,10 @@ pub(crate) struct DpStatus {
 struct Peer {
     link: Link,
     endpoint: Option<SocketAddr>,
+    handshake_epoch: u64,
     rx_bytes: u64,
     tx_bytes: u64,
+    packets: u64,
 }
 
 /// The data plane task's state.
@@ -75,6 +92,7 @@ pub(crate) struct DataPlane {
     by_key: HashMap<PublicKey, SpokeId>,
     counters: Counters,
     drops: BTreeMap<DropReason, u64>,
+    events: mpsc::UnboundedSender<DpEvent>,
 }
 
 impl DataPlane {
@@ -83,6 +101,7 @@ impl DataPlane {
         udp: UdpSocket,
         tun: tun::AsyncDevice,
         routes: RouteTable,
+        events: mpsc::UnboundedSender<DpEvent>,
     ) -> Self {
         let public = key.public().to_x25519();
         Self {
@@ -96,6 +115,7 @@ impl DataPlane {
             by_key: HashMap::new(),
             counters: Counters::default(),
             drops: BTreeMap::new(),
+            events,
         }
     }
 
@@ -140,9 +160,12 @@ impl DataPlane {
                 let peer = self.peers.entry(spec.id).or_insert_with(|| Peer {
                     link: Link::new(spec.id, spec.public_key, 0),
                     endpoint: None,
+                    handshake_epoch: 0,
                     rx_bytes: 0,
                     tx_bytes: 0,
+                    packets: 0,
                 });
+                peer.handshake_epoch = spec.handshake_epoch;
                 if peer.link.peer() != spec.public_key {
                     peer.link = Link::new(spec.id, spec.public_key, 0);
                 }
@@ -179,6 +202,7 @@ impl DataPlane {
                                 last_handshake_secs: last,
                                 rx_bytes: p.rx_bytes,
                                 tx_bytes: p.tx_bytes,
+                                packets: p.packets,
                             },
                         )
                     })
@@ -256,7 +280,14 @@ impl DataPlane {
                 return;
             };
             let tunnel = match receiver {
-                None => peer.link.newest(),
+                None => {
+                    let hs = peer.handshake_epoch;
+                    if peer.link.epochs().contains(&hs) {
+                        peer.link.by_epoch(hs)
+                    } else {
+                        peer.link.newest()
+                    }
+                }
                 Some(receiver) => peer.link.by_receiver(receiver),
             };
             let Some(tunnel) = tunnel else {
@@ -264,6 +295,8 @@ impl DataPlane {
                 return;
             };
             let had_session = tunnel.has_session();
+            let epoch = tunnel.epoch;
+            let is_data = receiver.is_some() && datagram.first() == Some(&4);
             match tunnel.tunn.decapsulate(Some(src.ip()), datagram, out) {
                 TunnResult::WriteToNetwork(p) => {
                     to_network.push(p.to_vec());
@@ -287,6 +320,16 @@ impl DataPlane {
             if !had_session && tunnel.has_session() {
                 self.counters.handshakes += 1;
                 tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
+            }
+            peer.packets += 1;
+            // A data packet decrypted (keepalives too): the spoke runs this epoch.
+            if is_data && peer.link.confirm(epoch) {
+                let _ = self.events.send(DpEvent::Confirmed {
+                    spoke: id,
+                    epoch,
+                    packets: peer.packets,
+                    bytes: peer.rx_bytes + peer.tx_bytes,
+                });
             }
             // The datagram authenticated: this is where the spoke is now.
             if peer.endpoint != Some(src) {
@@ -342,6 +385,7 @@ impl DataPlane {
             TunnResult::WriteToNetwork(p) => {
                 let len = p.len();
                 peer.tx_bytes += len as u64;
+                peer.packets += 1;
                 let datagram = out[..len].to_vec();
                 self.send(endpoint, &datagram).await;
                 true

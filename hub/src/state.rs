@@ -16,6 +16,7 @@ use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::registry::{
     Enrolled, HubSettings, Registry, RegistryError, SpokeRecord, SpokeState,
 };
+use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger};
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::{Store, Write};
 use tokio::sync::mpsc;
@@ -29,6 +30,7 @@ const SETTINGS_TREE: &str = "settings";
 const SPOKES_TREE: &str = "spokes";
 const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
+const SCHEDULES_TREE: &str = "schedules";
 
 fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
     let mut k = spoke.to_be_bytes().to_vec();
@@ -57,7 +59,8 @@ pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
 /// Everything the control side of the hub knows.
 pub(crate) struct HubState {
     pub(crate) registry: Registry,
-    epochs: HashMap<SpokeId, KeyEpoch>,
+    schedules: HashMap<SpokeId, LinkSchedule>,
+    pub(crate) policy: RotationPolicy,
     store: Store,
     pub(crate) key: Arc<StaticKey>,
     pub(crate) interface: String,
@@ -83,16 +86,26 @@ impl HubState {
         })?;
         let spokes: Vec<SpokeRecord> = store.all(SPOKES_TREE)?;
         let invitations = store.all(INVITATIONS_TREE)?;
-        let mut epochs: HashMap<SpokeId, KeyEpoch> = HashMap::new();
+        let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
         for (spoke, epoch) in store.all::<(SpokeId, KeyEpoch)>(EPOCHS_TREE)? {
-            let newer = epochs.get(&spoke).is_none_or(|e| e.number < epoch.number);
-            if newer {
-                epochs.insert(spoke, epoch);
-            }
+            epochs.entry(spoke).or_default().push(epoch);
         }
+        let mut metas: HashMap<SpokeId, ScheduleMeta> = store
+            .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
+            .into_iter()
+            .collect();
+        let schedules = epochs
+            .into_iter()
+            .map(|(id, list)| {
+                let meta = metas.remove(&id).unwrap_or_default();
+                (id, LinkSchedule::restore(id, list, meta))
+            })
+            .collect();
+        let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         Ok(Self {
             registry: Registry::new(settings, spokes, invitations),
-            epochs,
+            schedules,
+            policy,
             store,
             key,
             interface,
@@ -108,11 +121,12 @@ impl HubState {
             .spokes()
             .filter(|s| s.state == SpokeState::Active)
             .filter_map(|s| {
-                self.epochs.get(&s.id).map(|e| LinkSpec {
+                self.schedules.get(&s.id).map(|sched| LinkSpec {
                     id: s.id,
                     public_key: s.public_key,
                     tunnel_addr: s.tunnel_addr,
-                    epochs: vec![e.clone()],
+                    epochs: sched.epochs(),
+                    handshake_epoch: sched.handshake_epoch(),
                 })
             })
             .collect()
@@ -181,16 +195,25 @@ impl HubState {
                 &enrolled.invitation,
             )?,
         ];
+        let mut schedule = None;
         if let Some(epoch) = &enrolled.first_epoch {
             writes.push(Write::put(
                 EPOCHS_TREE,
                 epoch_key(spoke.id, epoch.number),
                 &(spoke.id, epoch.clone()),
             )?);
+            let sched =
+                LinkSchedule::restore(spoke.id, vec![epoch.clone()], ScheduleMeta::default());
+            writes.push(Write::put(
+                SCHEDULES_TREE,
+                spoke.id.to_be_bytes(),
+                &(spoke.id, sched.meta().clone()),
+            )?);
+            schedule = Some(sched);
         }
         self.store.commit(&writes)?;
-        if let Some(epoch) = &enrolled.first_epoch {
-            self.epochs.insert(spoke.id, epoch.clone());
+        if let (Some(epoch), Some(sched)) = (&enrolled.first_epoch, schedule) {
+            self.schedules.insert(spoke.id, sched);
             tracing::info!(spoke = %spoke.name, id = spoke.id, epoch = epoch.number, "key epoch issued");
         }
         tracing::info!(
@@ -198,24 +221,229 @@ impl HubState {
             state = ?spoke.state, "spoke enrolled"
         );
         self.push_link(spoke.id).await;
-        let current = self.epochs.get(&spoke.id).cloned();
-        Ok(Ok((enrolled, current)))
+        let first = enrolled.first_epoch.clone();
+        Ok(Ok((enrolled, first)))
     }
 
-    /// Ensures an active spoke has an epoch (issuing and storing one if not).
-    pub(crate) async fn ensure_epoch(&mut self, spoke: SpokeId, now: u64) -> Result<KeyEpoch> {
-        if let Some(e) = self.epochs.get(&spoke) {
-            return Ok(e.clone());
+    /// Ensures an active spoke has a key schedule (issuing and storing a first
+    /// epoch if not); returns the delivery the spoke still needs, if any.
+    pub(crate) async fn ensure_schedule(
+        &mut self,
+        spoke: SpokeId,
+        now: u64,
+    ) -> Result<Option<tasuki_core::control::KeyDelivery>> {
+        if !self.schedules.contains_key(&spoke) {
+            let mut sched = LinkSchedule::restore(spoke, vec![], ScheduleMeta::default());
+            let epoch = sched.issue(now, &mut rand_core::OsRng);
+            self.commit_issue(spoke, &sched, &epoch)?;
+            self.schedules.insert(spoke, sched);
+            self.push_link(spoke).await;
         }
-        let epoch = KeyEpoch::issue(1, now, &mut rand_core::OsRng);
-        self.store.commit(&[Write::put(
-            EPOCHS_TREE,
-            epoch_key(spoke, epoch.number),
-            &(spoke, epoch.clone()),
-        )?])?;
-        self.epochs.insert(spoke, epoch.clone());
+        let sched = &self.schedules[&spoke];
+        Ok(sched.delivery(&self.policy)?)
+    }
+
+    fn commit_issue(&self, spoke: SpokeId, sched: &LinkSchedule, epoch: &KeyEpoch) -> Result<()> {
+        self.store.commit(&[
+            Write::put(
+                EPOCHS_TREE,
+                epoch_key(spoke, epoch.number),
+                &(spoke, epoch.clone()),
+            )?,
+            Write::put(
+                SCHEDULES_TREE,
+                spoke.to_be_bytes(),
+                &(spoke, sched.meta().clone()),
+            )?,
+        ])
+    }
+
+    fn commit_meta(&self, spoke: SpokeId) -> Result<()> {
+        if let Some(sched) = self.schedules.get(&spoke) {
+            self.store.commit(&[Write::put(
+                SCHEDULES_TREE,
+                spoke.to_be_bytes(),
+                &(spoke, sched.meta().clone()),
+            )?])?;
+        }
+        Ok(())
+    }
+
+    /// Receipt report from a spoke: epoch `k` takes new handshakes from now.
+    /// Returns the update notification to send back.
+    pub(crate) async fn on_receipt(
+        &mut self,
+        spoke: SpokeId,
+        k: u64,
+    ) -> Result<Option<HubMessage>> {
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(None);
+        };
+        if !sched.on_receipt(k) {
+            return Ok((sched.handshake_epoch() == k)
+                .then_some(HubMessage::UpdateNotification { epoch: k }));
+        }
+        self.commit_meta(spoke)?;
         self.push_link(spoke).await;
-        Ok(epoch)
+        tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
+        Ok(Some(HubMessage::UpdateNotification { epoch: k }))
+    }
+
+    /// The data plane decrypted a packet under epoch `k` of `spoke`.
+    pub(crate) fn on_confirmed(
+        &mut self,
+        spoke: SpokeId,
+        k: u64,
+        now: u64,
+        packets: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        let grace = self.policy.grace_secs;
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(());
+        };
+        if sched.on_confirmed(k, now, packets, bytes, grace) {
+            tracing::info!(
+                spoke,
+                epoch = k,
+                rotations = sched.meta().rotations,
+                "epoch confirmed: carrying traffic"
+            );
+            self.commit_meta(spoke)?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a rotation of one spoke's link, or of all.
+    pub(crate) fn request_rotation(
+        &mut self,
+        name: Option<&str>,
+        trigger: Trigger,
+    ) -> Result<usize> {
+        let ids: Vec<SpokeId> = match name {
+            Some(n) => {
+                let s = self
+                    .registry
+                    .spoke_by_name(n)
+                    .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(n.to_owned())))?;
+                if !self.schedules.contains_key(&s.id) {
+                    anyhow::bail!(
+                        "spoke {n:?} has no key epochs (pending, revoked, or never attached)"
+                    );
+                }
+                vec![s.id]
+            }
+            None => self.schedules.keys().copied().collect(),
+        };
+        for id in &ids {
+            if let Some(s) = self.schedules.get_mut(id) {
+                s.request(trigger.clone());
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Sets and stores the rotation policy.
+    pub(crate) fn set_policy(&mut self, policy: RotationPolicy) -> Result<()> {
+        self.store
+            .commit(&[Write::put(SETTINGS_TREE, *b"policy", &policy)?])?;
+        self.policy = policy;
+        Ok(())
+    }
+
+    /// One rotation tick: issue epochs that are due (for spokes whose control
+    /// channel is up), erase epochs whose grace passed. `usage` gives each
+    /// link's cumulative (packets, bytes).
+    pub(crate) async fn rotation_tick(
+        &mut self,
+        now: u64,
+        usage: &HashMap<SpokeId, (u64, u64)>,
+    ) -> Result<()> {
+        let ids: Vec<SpokeId> = self.schedules.keys().copied().collect();
+        for id in ids {
+            let (packets, bytes) = usage.get(&id).copied().unwrap_or_default();
+            let erased = self
+                .schedules
+                .get_mut(&id)
+                .map(|s| s.take_erasable(now))
+                .unwrap_or_default();
+            if !erased.is_empty() {
+                let writes: Vec<Write<'_>> = erased
+                    .iter()
+                    .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
+                    .collect();
+                self.store.commit(&writes)?;
+                self.push_link(id).await;
+                tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+            }
+            let Some(session) = self.sessions.get(&id).cloned() else {
+                continue;
+            };
+            let Some(sched) = self.schedules.get_mut(&id) else {
+                continue;
+            };
+            let Some(trigger) = sched.due(&self.policy, now, packets, bytes) else {
+                continue;
+            };
+            let epoch = sched.issue(now, &mut rand_core::OsRng);
+            let delivery = sched.delivery(&self.policy)?;
+            let sched = sched.clone();
+            // Durable before it is sent.
+            self.commit_issue(id, &sched, &epoch)?;
+            tracing::info!(spoke = id, epoch = epoch.number, trigger = %trigger.name(), "key epoch issued");
+            if let Some(d) = delivery {
+                let _ = session.try_send(HubMessage::KeyDistribution(d));
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-link key status for `tasuki-hub key status`.
+    pub(crate) fn key_status(
+        &self,
+        now: u64,
+        usage: &HashMap<SpokeId, (u64, u64)>,
+    ) -> Vec<tasuki_core::admin_api::LinkKeyView> {
+        let mut out: Vec<_> = self
+            .schedules
+            .iter()
+            .map(|(id, s)| {
+                let (p, b) = usage.get(id).copied().unwrap_or_default();
+                let (packets, bytes) = s.usage(p, b);
+                tasuki_core::admin_api::LinkKeyView {
+                    spoke: self
+                        .registry
+                        .spoke(*id)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    epoch: s.meta().confirmed,
+                    latest: s.latest(),
+                    acked: s.meta().acked,
+                    held: s.epochs().iter().map(|e| e.number).collect(),
+                    age_secs: now.saturating_sub(s.meta().current_since),
+                    packets,
+                    bytes,
+                    rotations: s.meta().rotations,
+                    next_interval_in: s.next_interval_in(&self.policy, now),
+                    control_connected: self.sessions.contains_key(id),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.spoke.cmp(&b.spoke));
+        out
+    }
+
+    /// Each link's cumulative (packets, bytes) from the data plane.
+    pub(crate) async fn usage(&self) -> HashMap<SpokeId, (u64, u64)> {
+        self.dataplane_status()
+            .await
+            .map(|d| {
+                d.links
+                    .iter()
+                    .map(|(id, l)| (*id, (l.packets, l.rx_bytes + l.tx_bytes)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     async fn push_link(&self, id: SpokeId) {
@@ -262,7 +490,7 @@ impl HubState {
                     enrolled_from: s.enrolled_from.clone(),
                     hostname: s.hostname.clone(),
                     invitation: s.invitation.short(),
-                    epoch: self.epochs.get(&s.id).map(|e| e.number),
+                    epoch: self.schedules.get(&s.id).map(|e| e.meta().confirmed),
                     endpoint: link.and_then(|l| l.endpoint.map(|e| e.to_string())),
                     last_handshake_secs: link.and_then(|l| l.last_handshake_secs),
                     rx_bytes: link.map_or(0, |l| l.rx_bytes),

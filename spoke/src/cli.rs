@@ -226,6 +226,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
         tasuki_shell::netdev::add_routes(&tun.name, &config.routes).await?;
         let epochs = store.epochs()?;
         let dp = DataPlane::new(
+            store.clone(),
             key.clone(),
             enrolment.hub_key,
             hub,

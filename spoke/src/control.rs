@@ -133,14 +133,35 @@ impl Control {
                 }
             }
             HubMessage::KeyDistribution(delivery) => {
+                let link = self
+                    .config
+                    .borrow()
+                    .as_ref()
+                    .map(|c| c.spoke_id)
+                    .context("key before configuration")?;
+                let held = self.store.epochs()?;
+                let epoch = tasuki_core::rotation::open_delivery(link, &delivery, &held)
+                    .context("cannot open the delivered key")?;
+                let number = epoch.number;
                 // Durable before acknowledged or used.
-                self.store.save_epoch(&delivery.epoch)?;
-                let number = delivery.epoch.number;
+                self.store.save_epoch(&epoch)?;
+                if held.is_empty() {
+                    self.dataplane
+                        .send(DpCommand::Install(epoch))
+                        .await
+                        .context("data plane stopped")?;
+                }
+                tracing::info!(epoch = number, "key epoch received");
+                write_frame(w, &ch.seal(&SpokeMessage::KeyReceipt { epoch: number })?).await?;
+            }
+            HubMessage::UpdateNotification { epoch } => {
+                let Some(e) = self.store.epochs()?.into_iter().find(|e| e.number == epoch) else {
+                    bail!("the hub switched to epoch {epoch}, which this spoke does not hold");
+                };
                 self.dataplane
-                    .send(DpCommand::Install(delivery.epoch))
+                    .send(DpCommand::Install(e))
                     .await
                     .context("data plane stopped")?;
-                write_frame(w, &ch.seal(&SpokeMessage::KeyReceipt { epoch: number })?).await?;
             }
             HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
             HubMessage::Keepalive => {}

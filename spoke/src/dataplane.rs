@@ -32,7 +32,12 @@ pub(crate) struct DpStatus {
     pub(crate) last_handshake_secs: Option<u64>,
 }
 
+/// Seconds an old epoch stays after its successor is confirmed.
+const GRACE: Duration = Duration::from_secs(10);
+
 pub(crate) struct DataPlane {
+    store: Arc<crate::state::SpokeStore>,
+    erase: Option<(u64, tokio::time::Instant)>,
     key: Arc<StaticKey>,
     link: Link,
     udp: UdpSocket,
@@ -42,6 +47,7 @@ pub(crate) struct DataPlane {
 
 impl DataPlane {
     pub(crate) async fn new(
+        store: Arc<crate::state::SpokeStore>,
         key: Arc<StaticKey>,
         hub_key: PublicKey,
         hub: SocketAddr,
@@ -61,6 +67,8 @@ impl DataPlane {
             link.install(&key, e, None);
         }
         Ok(Self {
+            store,
+            erase: None,
             key,
             link,
             udp,
@@ -94,11 +102,11 @@ impl DataPlane {
                 },
                 cmd = commands.recv() => match cmd {
                     Some(DpCommand::Install(epoch)) => {
-                        self.link.install(&self.key, &epoch, None);
-                        let keep = epoch.number;
-                        self.link.retain(|e| e >= keep);
-                        tracing::info!(epoch = epoch.number, "key epoch installed");
-                        self.rehandshake(&mut out).await;
+                        if !self.link.epochs().contains(&epoch.number) {
+                            self.link.install(&self.key, &epoch, None);
+                            tracing::info!(epoch = epoch.number, "key epoch installed; handshaking under it");
+                            self.rehandshake(&mut out).await;
+                        }
                     }
                     Some(DpCommand::Rehandshake) => self.rehandshake(&mut out).await,
                     Some(DpCommand::Status(reply)) => {
@@ -119,7 +127,10 @@ impl DataPlane {
             .map(|d| d.as_secs());
         DpStatus {
             counters: self.counters.clone(),
-            epoch: self.link.epochs().last().copied(),
+            epoch: self
+                .link
+                .confirmed_epoch()
+                .or(self.link.epochs().last().copied()),
             last_handshake_secs: last,
         }
     }
@@ -163,6 +174,8 @@ impl DataPlane {
             return;
         };
         let had_session = tunnel.has_session();
+        let epoch = tunnel.epoch;
+        let kind = datagram.first().copied();
         let mut to_network = Vec::new();
         let mut delivered = None;
         match tunnel.tunn.decapsulate(None, datagram, out) {
@@ -188,6 +201,10 @@ impl DataPlane {
             self.counters.handshakes += 1;
             tracing::info!(epoch = tunnel.epoch, "WireGuard session up");
         }
+        // An answered handshake or a decrypted data packet: the hub runs this epoch.
+        if matches!(kind, Some(2) | Some(4)) && self.link.confirm(epoch) {
+            self.on_confirmed(epoch);
+        }
         for p in to_network {
             self.send(&p).await;
         }
@@ -196,6 +213,32 @@ impl DataPlane {
                 Ok(_) => self.counters.to_tun += 1,
                 Err(e) => tracing::debug!(error = %e, "TUN write failed"),
             }
+        }
+    }
+
+    fn on_confirmed(&mut self, epoch: u64) {
+        if self.link.epochs().iter().any(|e| *e < epoch) {
+            tracing::info!(
+                epoch,
+                "epoch confirmed; older epochs end after the grace period"
+            );
+            self.erase = Some((epoch, tokio::time::Instant::now() + GRACE));
+        }
+    }
+
+    fn erase_due(&mut self) {
+        let Some((below, at)) = self.erase else {
+            return;
+        };
+        if tokio::time::Instant::now() < at {
+            return;
+        }
+        self.erase = None;
+        self.link.retain(|e| e >= below);
+        match self.store.erase_epochs_below(below) {
+            Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase ended epochs"),
         }
     }
 
@@ -216,6 +259,7 @@ impl DataPlane {
     }
 
     async fn on_timers(&mut self, out: &mut [u8]) {
+        self.erase_due();
         let mut sends = Vec::new();
         for tunnel in self.link.tunnels_mut() {
             match tunnel.tunn.update_timers(out) {

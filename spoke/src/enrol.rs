@@ -117,21 +117,23 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
                 config = Some(c);
             }
             HubMessage::KeyDistribution(d) => {
-                store.save_epoch(&d.epoch)?;
+                let c = config.context("the hub sent a key before the configuration")?;
+                let epoch = tasuki_core::rotation::open_delivery(c.spoke_id, &d, &[])?;
+                store.save_epoch(&epoch)?;
                 write_frame(
                     &mut w,
                     &ch.seal(&SpokeMessage::KeyReceipt {
-                        epoch: d.epoch.number,
+                        epoch: epoch.number,
                     })?,
                 )
                 .await?;
-                let c = config.context("the hub sent a key before the configuration")?;
                 return Ok(Outcome::Active {
                     name: c.name,
                     address: c.tunnel_addr.to_string(),
-                    epoch: d.epoch.number,
+                    epoch: epoch.number,
                 });
             }
+            HubMessage::UpdateNotification { .. } => {}
             HubMessage::Refused(r) if r.code == RefusalCode::Pending => {
                 store.save_enrolment(&enrolment)?;
                 return Ok(Outcome::Pending {

@@ -103,6 +103,22 @@ impl SpokeStore {
         self.store.all(EPOCHS_TREE)
     }
 
+    /// Erases every stored epoch older than `below` (flushed).
+    pub(crate) fn erase_epochs_below(&self, below: u64) -> Result<Vec<u64>> {
+        let gone: Vec<u64> = self
+            .epochs()?
+            .into_iter()
+            .map(|e| e.number)
+            .filter(|n| *n < below)
+            .collect();
+        let writes: Vec<Write<'_>> = gone
+            .iter()
+            .map(|n| Write::remove(EPOCHS_TREE, n.to_be_bytes()))
+            .collect();
+        self.store.commit(&writes)?;
+        Ok(gone)
+    }
+
     /// Stores an epoch durably (flushed) before it is acknowledged or used.
     pub(crate) fn save_epoch(&self, e: &KeyEpoch) -> Result<()> {
         self.store

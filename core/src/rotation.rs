@@ -1,0 +1,423 @@
+//! Rotation policy and the hub's per-link key schedule (patent 0017–0019).
+//!
+//! The hub is the only source of epochs. For each link it keeps every epoch
+//! a peer may still use and walks each new one through the key commands:
+//! issue → distribution (hub → spoke, sealed under k−1 or the channel) →
+//! receipt report (spoke → hub; now k takes new handshakes) → update
+//! notification (hub → spoke: switch now) → confirmation (a data packet
+//! decrypted under k) → after a grace period, the older epochs are erased.
+//! Everything is a plain function of its inputs; time is Unix seconds.
+
+use std::collections::BTreeMap;
+
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::control::{DeliveryBody, KeyDelivery};
+use crate::keys::KeyEpoch;
+use crate::seal::{self, SealError};
+
+/// How a new key travels (patent figs. 7 and 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Key k sealed under key k−1 inside the control channel.
+    Crossed,
+    /// Key k protected by the control channel alone.
+    Parallel,
+}
+
+/// When epochs end and how new ones travel. Hub-wide default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationPolicy {
+    /// End an epoch after this many seconds.
+    pub interval_secs: Option<u64>,
+    /// End an epoch after this many packets on the link (both directions).
+    pub max_packets: Option<u64>,
+    /// End an epoch after this many bytes on the link (both directions).
+    pub max_bytes: Option<u64>,
+    /// How new keys travel.
+    pub delivery: Delivery,
+    /// Seconds an old epoch stays after its successor is confirmed, for
+    /// packets still in flight.
+    pub grace_secs: u64,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        Self {
+            interval_secs: Some(15 * 60),
+            max_packets: None,
+            max_bytes: None,
+            delivery: Delivery::Crossed,
+            grace_secs: 10,
+        }
+    }
+}
+
+/// Why an epoch ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    /// The interval passed.
+    Interval,
+    /// The packet budget is used up.
+    Packets,
+    /// The byte budget is used up.
+    Bytes,
+    /// An admin asked.
+    Admin,
+    /// A named event (e.g. the spoke's address changed).
+    Event(String),
+}
+
+impl Trigger {
+    /// Short name for logs and status.
+    pub fn name(&self) -> String {
+        match self {
+            Trigger::Interval => "interval".into(),
+            Trigger::Packets => "packets".into(),
+            Trigger::Bytes => "bytes".into(),
+            Trigger::Admin => "admin".into(),
+            Trigger::Event(e) => format!("event:{e}"),
+        }
+    }
+}
+
+/// The durable part of a link's schedule (the epochs are stored apart).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleMeta {
+    /// Highest epoch the spoke reported stored.
+    pub acked: u64,
+    /// Highest epoch confirmed by a decrypted data packet.
+    pub confirmed: u64,
+    /// When the confirmed epoch became current (Unix seconds).
+    pub current_since: u64,
+    /// Rotations done on this link.
+    pub rotations: u64,
+}
+
+/// One link's epochs and where they stand.
+#[derive(Clone, Debug)]
+pub struct LinkSchedule {
+    link: u32,
+    epochs: BTreeMap<u64, KeyEpoch>,
+    meta: ScheduleMeta,
+    base_packets: u64,
+    base_bytes: u64,
+    pending: Option<Trigger>,
+    erase_below: Option<(u64, u64)>,
+}
+
+impl LinkSchedule {
+    /// A schedule restored from stored epochs and meta (or a new link's first epoch).
+    pub fn restore(link: u32, epochs: Vec<KeyEpoch>, meta: ScheduleMeta) -> Self {
+        Self {
+            link,
+            epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
+            meta,
+            base_packets: 0,
+            base_bytes: 0,
+            pending: None,
+            erase_below: None,
+        }
+    }
+
+    /// The durable meta to store after a change.
+    pub fn meta(&self) -> &ScheduleMeta {
+        &self.meta
+    }
+
+    /// Every epoch still held, oldest first.
+    pub fn epochs(&self) -> Vec<KeyEpoch> {
+        self.epochs.values().cloned().collect()
+    }
+
+    /// The newest epoch issued.
+    pub fn latest(&self) -> u64 {
+        self.epochs.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The epoch that takes new WireGuard handshakes: the newest the spoke holds.
+    pub fn handshake_epoch(&self) -> u64 {
+        self.meta.acked.min(self.latest())
+    }
+
+    /// True while an issued epoch has not completed its walk.
+    pub fn in_flight(&self) -> bool {
+        self.latest() > self.meta.acked || self.meta.acked > self.meta.confirmed
+    }
+
+    /// Asks for a rotation at the next opportunity.
+    pub fn request(&mut self, trigger: Trigger) {
+        if self.pending.is_none() {
+            self.pending = Some(trigger);
+        }
+    }
+
+    /// Why the current epoch should end now, if it should. `packets` and
+    /// `bytes` are the link's cumulative counters.
+    pub fn due(
+        &self,
+        policy: &RotationPolicy,
+        now: u64,
+        packets: u64,
+        bytes: u64,
+    ) -> Option<Trigger> {
+        if self.in_flight() || self.epochs.is_empty() {
+            return None;
+        }
+        if let Some(t) = &self.pending {
+            return Some(t.clone());
+        }
+        if policy
+            .interval_secs
+            .is_some_and(|i| now.saturating_sub(self.meta.current_since) >= i)
+        {
+            return Some(Trigger::Interval);
+        }
+        if policy
+            .max_packets
+            .is_some_and(|m| packets.saturating_sub(self.base_packets) >= m)
+        {
+            return Some(Trigger::Packets);
+        }
+        if policy
+            .max_bytes
+            .is_some_and(|m| bytes.saturating_sub(self.base_bytes) >= m)
+        {
+            return Some(Trigger::Bytes);
+        }
+        None
+    }
+
+    /// Issues the next epoch. The caller stores it (flushed) before sending it.
+    pub fn issue<R: RngCore + CryptoRng>(&mut self, now: u64, rng: &mut R) -> KeyEpoch {
+        let epoch = KeyEpoch::issue(self.latest() + 1, now, rng);
+        self.epochs.insert(epoch.number, epoch.clone());
+        self.pending = None;
+        epoch
+    }
+
+    /// The distribution message for the newest epoch if the spoke has not
+    /// reported it yet (sent on issue and re-sent on every attach).
+    pub fn delivery(&self, policy: &RotationPolicy) -> Result<Option<KeyDelivery>, SealError> {
+        let latest = self.latest();
+        if latest == 0 || latest <= self.meta.acked {
+            return Ok(None);
+        }
+        let Some(epoch) = self.epochs.get(&latest) else {
+            return Ok(None);
+        };
+        let previous = self.epochs.get(&(latest - 1));
+        let body = match (policy.delivery, previous) {
+            (Delivery::Crossed, Some(prev)) => DeliveryBody::Crossed {
+                under: prev.number,
+                sealed: seal::seal(self.link, prev, epoch)?,
+            },
+            _ => DeliveryBody::Channel(epoch.clone()),
+        };
+        Ok(Some(KeyDelivery {
+            epoch: latest,
+            body,
+        }))
+    }
+
+    /// Receipt report for epoch `k`; true if it moved the schedule.
+    pub fn on_receipt(&mut self, k: u64) -> bool {
+        if k > self.meta.acked && self.epochs.contains_key(&k) {
+            self.meta.acked = k;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A data packet decrypted under epoch `k`; true if it moved the schedule.
+    /// Older epochs become erasable `grace` seconds later.
+    pub fn on_confirmed(&mut self, k: u64, now: u64, packets: u64, bytes: u64, grace: u64) -> bool {
+        if k <= self.meta.confirmed || !self.epochs.contains_key(&k) {
+            return false;
+        }
+        let rotated = self.meta.confirmed != 0;
+        self.meta.confirmed = k;
+        self.meta.acked = self.meta.acked.max(k);
+        self.meta.current_since = now;
+        if rotated {
+            self.meta.rotations += 1;
+        }
+        self.base_packets = packets;
+        self.base_bytes = bytes;
+        self.erase_below = Some((k, now.saturating_add(grace)));
+        true
+    }
+
+    /// Removes and returns the epochs whose grace period has passed.
+    pub fn take_erasable(&mut self, now: u64) -> Vec<u64> {
+        let Some((below, at)) = self.erase_below else {
+            return Vec::new();
+        };
+        if now < at {
+            return Vec::new();
+        }
+        self.erase_below = None;
+        let gone: Vec<u64> = self.epochs.range(..below).map(|(k, _)| *k).collect();
+        for k in &gone {
+            self.epochs.remove(k);
+        }
+        gone
+    }
+
+    /// Seconds until the interval trigger fires, for status.
+    pub fn next_interval_in(&self, policy: &RotationPolicy, now: u64) -> Option<u64> {
+        policy
+            .interval_secs
+            .map(|i| (self.meta.current_since + i).saturating_sub(now))
+    }
+
+    /// Packets and bytes since the current epoch started.
+    pub fn usage(&self, packets: u64, bytes: u64) -> (u64, u64) {
+        (
+            packets.saturating_sub(self.base_packets),
+            bytes.saturating_sub(self.base_bytes),
+        )
+    }
+}
+
+/// The spoke's side: opens a delivery with the epochs it holds.
+pub fn open_delivery(
+    link: u32,
+    delivery: &KeyDelivery,
+    held: &[KeyEpoch],
+) -> Result<KeyEpoch, SealError> {
+    match &delivery.body {
+        DeliveryBody::Channel(e) if e.number == delivery.epoch => Ok(e.clone()),
+        DeliveryBody::Channel(_) => Err(SealError::Mismatch(delivery.epoch)),
+        DeliveryBody::Crossed { under, sealed } => {
+            let prev =
+                held.iter()
+                    .find(|e| e.number == *under)
+                    .ok_or(SealError::NotPredecessor {
+                        sealed: delivery.epoch,
+                        under: *under,
+                    })?;
+            seal::open(link, prev, delivery.epoch, sealed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn fresh(rng: &mut StdRng) -> LinkSchedule {
+        let mut s = LinkSchedule::restore(3, vec![], ScheduleMeta::default());
+        s.issue(100, rng);
+        assert!(s.on_receipt(1));
+        assert!(s.on_confirmed(1, 100, 0, 0, 10));
+        s
+    }
+
+    #[test]
+    fn full_walk_of_one_rotation() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let policy = RotationPolicy {
+            interval_secs: Some(60),
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        assert_eq!(s.due(&policy, 159, 0, 0), None);
+        assert_eq!(s.due(&policy, 160, 0, 0), Some(Trigger::Interval));
+        let e2 = s.issue(160, &mut rng);
+        assert_eq!(e2.number, 2);
+        assert!(s.in_flight());
+        assert_eq!(
+            s.due(&policy, 500, 0, 0),
+            None,
+            "no new epoch while one is in flight"
+        );
+        assert_eq!(s.handshake_epoch(), 1, "spoke does not hold 2 yet");
+        // Crossed delivery opens only with epoch 1.
+        let d = s.delivery(&policy).unwrap().unwrap();
+        let held = s.epochs()[..1].to_vec();
+        assert_eq!(open_delivery(3, &d, &held).unwrap(), e2);
+        assert!(open_delivery(3, &d, &[]).is_err());
+        assert!(open_delivery(4, &d, &held).is_err());
+        // Receipt: 2 takes handshakes; duplicates change nothing.
+        assert!(s.on_receipt(2));
+        assert!(!s.on_receipt(2));
+        assert!(!s.on_receipt(1));
+        assert_eq!(s.handshake_epoch(), 2);
+        assert_eq!(s.delivery(&policy).unwrap(), None);
+        // Confirmation, then erasure after the grace period.
+        assert!(s.on_confirmed(2, 170, 0, 0, 10));
+        assert!(!s.on_confirmed(2, 171, 0, 0, 10));
+        assert_eq!(s.take_erasable(179), Vec::<u64>::new());
+        assert_eq!(s.take_erasable(180), vec![1]);
+        assert_eq!(s.epochs().len(), 1);
+        assert_eq!(s.meta().rotations, 1);
+        assert!(!s.in_flight());
+    }
+
+    #[test]
+    fn lost_receipt_means_redelivery() {
+        let mut rng = StdRng::seed_from_u64(32);
+        let policy = RotationPolicy::default();
+        let mut s = fresh(&mut rng);
+        s.request(Trigger::Admin);
+        assert_eq!(s.due(&policy, 101, 0, 0), Some(Trigger::Admin));
+        s.issue(101, &mut rng);
+        let first = s.delivery(&policy).unwrap().unwrap();
+        // The receipt never came: the same box again, byte for byte.
+        let again = s.delivery(&policy).unwrap().unwrap();
+        assert_eq!(first, again);
+        // A restart: rebuild from stored epochs and meta, still the same.
+        let restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
+        assert_eq!(restored.delivery(&policy).unwrap().unwrap(), first);
+        assert_eq!(restored.handshake_epoch(), 1);
+    }
+
+    #[test]
+    fn packet_and_byte_budgets() {
+        let mut rng = StdRng::seed_from_u64(33);
+        let policy = RotationPolicy {
+            interval_secs: None,
+            max_packets: Some(100),
+            max_bytes: Some(10_000),
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        assert_eq!(s.due(&policy, 1000, 99, 9_999), None);
+        assert_eq!(s.due(&policy, 1000, 100, 0), Some(Trigger::Packets));
+        assert_eq!(s.due(&policy, 1000, 0, 10_000), Some(Trigger::Bytes));
+        s.issue(1000, &mut rng);
+        s.on_receipt(2);
+        // Budgets count from the confirmation of the new epoch.
+        s.on_confirmed(2, 1001, 150, 20_000, 10);
+        assert_eq!(s.due(&policy, 1002, 200, 20_000), None);
+        assert_eq!(s.usage(200, 25_000), (50, 5_000));
+        assert_eq!(s.due(&policy, 1002, 250, 20_000), Some(Trigger::Packets));
+    }
+
+    #[test]
+    fn parallel_delivery_uses_the_channel() {
+        let mut rng = StdRng::seed_from_u64(34);
+        let policy = RotationPolicy {
+            delivery: Delivery::Parallel,
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        let e2 = s.issue(1, &mut rng);
+        let d = s.delivery(&policy).unwrap().unwrap();
+        assert_eq!(d.body, DeliveryBody::Channel(e2.clone()));
+        assert_eq!(open_delivery(3, &d, &[]).unwrap(), e2);
+    }
+
+    #[test]
+    fn stale_or_unknown_reports_are_ignored() {
+        let mut rng = StdRng::seed_from_u64(35);
+        let mut s = fresh(&mut rng);
+        assert!(!s.on_receipt(9));
+        assert!(!s.on_confirmed(9, 1, 0, 0, 1));
+        assert_eq!(s.take_erasable(u64::MAX), Vec::<u64>::new());
+    }
+}
