@@ -1,1 +1,992 @@
-//! placeholder
+//! End-to-end test harness for tasuki: runs the real `tasuki-hub` and
+//! `tasuki-spoke` binaries in Linux network namespaces.
+//!
+//! The layout matches `scripts/lib-netns.sh`:
+//!
+//! ```text
+//!   wan namespace, bridge br0 (172.30.0.0/24)
+//!     ├── hub      172.30.0.1   ── lan0 192.168.77.1 ── lan host 192.168.77.2
+//!     ├── spoke a  172.30.0.11
+//!     └── spoke b  172.30.0.12
+//!   tunnel 10.77.0.0/24: hub .1, spoke a .2, spoke b .3
+//! ```
+//!
+//! Every [`Topology`] gets its own namespace prefix (`tt{pid}x{n}`) and its
+//! own temporary directory, so tests can run in parallel threads. Dropping
+//! it (also while a test panics) kills every process it started, deletes its
+//! namespaces and removes the directory (set `TASUKI_NETNS_KEEP=1` to keep
+//! the directory and its logs for a post-mortem).
+//!
+//! The tests need root; [`skip_unless_root`] lets them skip cleanly
+//! otherwise. The daemons are found next to the test binary (the
+//! `target/debug` directory), so run `cargo build --workspace` first.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The hub's address on the WAN bridge.
+pub const HUB_WAN: &str = "172.30.0.1";
+/// The hub's public endpoint (TCP control and UDP data).
+pub const HUB_ENDPOINT: &str = "172.30.0.1:51820";
+/// Spoke a's address on the WAN bridge.
+pub const A_WAN: &str = "172.30.0.11";
+/// Spoke b's address on the WAN bridge.
+pub const B_WAN: &str = "172.30.0.12";
+/// The tunnel network.
+pub const TUNNEL_NET: &str = "10.77.0.0/24";
+/// The hub's tunnel address.
+pub const HUB_TUNNEL: &str = "10.77.0.1";
+/// Spoke a's tunnel address (first spoke enrolled).
+pub const A_TUNNEL: &str = "10.77.0.2";
+/// Spoke b's tunnel address (second spoke enrolled).
+pub const B_TUNNEL: &str = "10.77.0.3";
+/// The LAN routed behind the hub.
+pub const LAN_NET: &str = "192.168.77.0/24";
+/// The hub's address on the LAN.
+pub const HUB_LAN: &str = "192.168.77.1";
+/// The LAN host's address.
+pub const LAN_HOST: &str = "192.168.77.2";
+
+/// Default limit for one command run with [`Topology::exec`].
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many log lines of each process a failure message shows.
+const LOG_TAIL_LINES: usize = 40;
+
+/// True when running as root (needed for namespaces, TUN and raw sockets).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns true (after printing why) when `test` must be skipped because
+/// the process is not root. Use as `if skip_unless_root("name") { return; }`.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    // Written to the real stderr, not through `eprintln!`, so the test
+    // harness's output capture does not hide it.
+    // One write, so parallel tests do not interleave their messages.
+    let line =
+        format!("SKIPPED {test}: the network-namespace tests need root (run them with sudo)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    true
+}
+
+/// Paths of the binaries under test.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// `tasuki-hub`.
+    pub hub: PathBuf,
+    /// `tasuki-spoke`.
+    pub spoke: PathBuf,
+    /// `tasuki-nettool` (this crate's helper).
+    pub nettool: PathBuf,
+}
+
+/// Finds the binaries in the target directory of the running test
+/// executable (the parent of its `deps` directory). Panics with a hint to
+/// build the workspace when one is missing.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().expect("cannot find the test executable's path");
+        let mut dir = exe
+            .parent()
+            .expect("the test executable has no parent directory")
+            .to_path_buf();
+        if dir.file_name() == Some(OsStr::new("deps")) {
+            dir.pop();
+        }
+        let find = |name: &str| {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{name} not found at {}: run `cargo build --workspace` first",
+                path.display()
+            );
+            path
+        };
+        Binaries {
+            hub: find("tasuki-hub"),
+            spoke: find("tasuki-spoke"),
+            nettool: find("tasuki-nettool"),
+        }
+    })
+}
+
+/// A process started with [`Topology::spawn`]; the topology owns the
+/// process itself and kills it on drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    /// Short name for messages (the log file's stem).
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+/// A set of network namespaces wired like `scripts/lib-netns.sh`, plus a
+/// temporary state directory and the processes started in them.
+pub struct Topology {
+    /// Namespace name prefix, unique per topology.
+    pub prefix: String,
+    /// The switch namespace holding bridge `br0`.
+    pub ns_wan: String,
+    /// The hub's namespace.
+    pub ns_hub: String,
+    /// Spoke a's namespace.
+    pub ns_a: String,
+    /// Spoke b's namespace.
+    pub ns_b: String,
+    /// The LAN host's namespace.
+    pub ns_lan: String,
+    dir: PathBuf,
+    created: Vec<String>,
+    children: Mutex<Vec<(Proc, Child)>>,
+    logs: Mutex<Vec<PathBuf>>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Topology {
+    /// Creates the namespaces, links and addresses. Panics (after cleaning
+    /// up what it made) if any `ip` command fails.
+    pub fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        // Fail on missing binaries before making anything.
+        binaries();
+        remove_stale_namespaces();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("tt{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("tasuki-netns-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let mut t = Topology {
+            ns_wan: format!("{prefix}-wan"),
+            ns_hub: format!("{prefix}-hub"),
+            ns_a: format!("{prefix}-a"),
+            ns_b: format!("{prefix}-b"),
+            ns_lan: format!("{prefix}-lan"),
+            prefix,
+            dir,
+            created: Vec::new(),
+            children: Mutex::new(Vec::new()),
+            logs: Mutex::new(Vec::new()),
+        };
+        t.build();
+        t
+    }
+
+    fn build(&mut self) {
+        let all = [
+            self.ns_wan.clone(),
+            self.ns_hub.clone(),
+            self.ns_a.clone(),
+            self.ns_b.clone(),
+            self.ns_lan.clone(),
+        ];
+        for ns in &all {
+            ip(&["netns", "add", ns]);
+            self.created.push(ns.clone());
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let wan = self.ns_wan.as_str();
+        ip(&["-n", wan, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", wan, "link", "set", "br0", "up"]);
+        // Links are created directly inside their namespaces, so their
+        // names cannot clash with other topologies or the host.
+        for (ns, host, port) in [
+            (&self.ns_hub, "172.30.0.1/24", "wh"),
+            (&self.ns_a, "172.30.0.11/24", "wa"),
+            (&self.ns_b, "172.30.0.12/24", "wb"),
+        ] {
+            ip(&[
+                "link", "add", port, "netns", wan, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ]);
+            ip(&["-n", wan, "link", "set", port, "master", "br0", "up"]);
+            ip(&["-n", ns, "addr", "add", host, "dev", "eth0"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+        let (hub, lan) = (self.ns_hub.as_str(), self.ns_lan.as_str());
+        ip(&[
+            "link", "add", "lan0", "netns", hub, "type", "veth", "peer", "name", "eth0", "netns",
+            lan,
+        ]);
+        ip(&["-n", hub, "addr", "add", "192.168.77.1/24", "dev", "lan0"]);
+        ip(&["-n", hub, "link", "set", "lan0", "up"]);
+        ip(&["-n", lan, "addr", "add", "192.168.77.2/24", "dev", "eth0"]);
+        ip(&["-n", lan, "link", "set", "eth0", "up"]);
+        ip(&["-n", lan, "route", "add", TUNNEL_NET, "via", HUB_LAN]);
+        ip(&[
+            "netns",
+            "exec",
+            hub,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+
+    /// The topology's temporary directory (state dirs, sockets, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A command that runs `args` inside namespace `ns`, with colours off
+    /// and a parent-death signal so nothing outlives the test process.
+    pub fn command<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        cmd.env("NO_COLOR", "1").stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no shared state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `args` in `ns` to completion (at most [`EXEC_TIMEOUT`]) and
+    /// returns its output, whatever its exit status.
+    pub fn exec<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> Output {
+        self.exec_timeout(ns, args, EXEC_TIMEOUT)
+    }
+
+    /// Like [`Topology::exec`] with an explicit time limit; a command that
+    /// overruns it is killed and the test fails.
+    pub fn exec_timeout<S: AsRef<OsStr>>(&self, ns: &str, args: &[S], limit: Duration) -> Output {
+        let shown = show(args);
+        let mut child = self
+            .command(ns, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `{shown}` in {ns}: {e}"));
+        let out = drain(child.stdout.take());
+        let err = drain(child.stderr.take());
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > limit => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let (out, err) = (join(out), join(err));
+                    self.fail(&format!(
+                        "`{shown}` in {ns} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&err)
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("cannot wait for `{shown}`: {e}"),
+            }
+        };
+        Output {
+            status,
+            stdout: join(out),
+            stderr: join(err),
+        }
+    }
+
+    /// Like [`Topology::exec`] but fails the test unless the command
+    /// succeeds; returns its trimmed stdout.
+    pub fn exec_ok<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> String {
+        let out = self.exec(ns, args);
+        if !out.status.success() {
+            self.fail(&format!(
+                "`{}` in {ns} failed ({})\nstdout: {}\nstderr: {}",
+                show(args),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts `args` in `ns` in the background, stdout and stderr appended
+    /// to `log`. The topology keeps the process and kills it on drop.
+    pub fn spawn<S: AsRef<OsStr>>(&self, ns: &str, args: &[S], log: &Path) -> Proc {
+        let shown = show(args);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("cannot open log {}: {e}", log.display()));
+        let _ = writeln!(file, "=== tasuki-netns-tests: starting `{shown}` in {ns}");
+        let stderr = file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot duplicate log handle: {e}"));
+        let child = self
+            .command(ns, args)
+            .stdout(file)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{shown}` in {ns}: {e}"));
+        let proc = Proc {
+            name: log
+                .file_stem()
+                .map_or_else(|| shown.clone(), |s| s.to_string_lossy().into_owned()),
+            pid: child.id(),
+            log: log.to_path_buf(),
+        };
+        {
+            let mut logs = lock(&self.logs);
+            if !logs.iter().any(|l| l == log) {
+                logs.push(log.to_path_buf());
+            }
+        }
+        lock(&self.children).push((proc.clone(), child));
+        proc
+    }
+
+    /// Whether `p` is still running (false once it exited or was killed).
+    pub fn is_alive(&self, p: &Proc) -> bool {
+        let mut children = lock(&self.children);
+        match children.iter_mut().find(|(q, _)| q.pid == p.pid) {
+            Some((_, child)) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// How `p` exited, if it did (`None` while it runs or once reaped by
+    /// [`Topology::kill9`] / [`Topology::sigterm`]).
+    pub fn exit_status(&self, p: &Proc) -> Option<ExitStatus> {
+        let mut children = lock(&self.children);
+        children
+            .iter_mut()
+            .find(|(q, _)| q.pid == p.pid)
+            .and_then(|(_, child)| child.try_wait().ok().flatten())
+    }
+
+    fn take_child(&self, p: &Proc) -> Option<Child> {
+        let mut children = lock(&self.children);
+        let i = children.iter().position(|(q, _)| q.pid == p.pid)?;
+        Some(children.remove(i).1)
+    }
+
+    /// Kills `p` with SIGKILL and reaps it.
+    pub fn kill9(&self, p: &Proc) {
+        if let Some(mut child) = self.take_child(p) {
+            let _ = child.kill();
+            let _ = child.wait();
+            note(&p.log, "killed with SIGKILL");
+        }
+    }
+
+    /// Sends SIGTERM to `p` and waits up to 10 s for it to exit; fails the
+    /// test (after killing it) if it does not. Returns its exit status.
+    pub fn sigterm(&self, p: &Proc) -> ExitStatus {
+        let Some(mut child) = self.take_child(p) else {
+            self.fail(&format!("{} (pid {}) is not running", p.name, p.pid));
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            self.fail(&format!("{} had already exited ({status})", p.name));
+        }
+        // SAFETY: kill(2) on a child we have not reaped yet, so the pid is ours.
+        unsafe {
+            libc::kill(p.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    note(&p.log, &format!("exited after SIGTERM: {status}"));
+                    return status;
+                }
+                Ok(None) if start.elapsed() > Duration::from_secs(10) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.fail(&format!("{} did not exit within 10 s of SIGTERM", p.name));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("cannot wait for {}: {e}", p.name),
+            }
+        }
+    }
+
+    /// Calls `check` every 150 ms until it returns true; after `timeout`
+    /// fails the test with `what` and the tail of every process log.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        loop {
+            if check() {
+                return;
+            }
+            if start.elapsed() >= timeout {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Panics with `msg` followed by the tail of every process log.
+    pub fn fail(&self, msg: &str) -> ! {
+        panic!("{msg}\n{}", self.log_tails());
+    }
+
+    /// The last lines of every process log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let logs = lock(&self.logs).clone();
+        let mut text = String::new();
+        for log in logs {
+            text.push_str(&format!("\n----- tail of {} -----\n", log.display()));
+            text.push_str(&tail(&log, LOG_TAIL_LINES));
+        }
+        text
+    }
+
+    /// Pings `addr` from `ns` with `ping -c count -i 0.2 -W 1`; true if any
+    /// reply came back (ping's own exit status).
+    pub fn ping(&self, ns: &str, addr: &str, count: u32) -> bool {
+        let count = count.to_string();
+        self.exec(
+            ns,
+            &[
+                "ping", "-q", "-n", "-c", &count, "-i", "0.2", "-W", "1", addr,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    /// Runs `tasuki-nettool ARGS` in `ns` (see its usage) and returns the
+    /// JSON line it printed; fails the test if it fails.
+    pub fn nettool<S: AsRef<OsStr>>(&self, ns: &str, args: &[S]) -> Value {
+        let mut full: Vec<&OsStr> = vec![binaries().nettool.as_os_str()];
+        full.extend(args.iter().map(|a| a.as_ref()));
+        let out = self.exec_ok(ns, &full);
+        parse_json(self, "tasuki-nettool", &out)
+    }
+
+    // ----- hub -----
+
+    /// The hub's state directory.
+    pub fn hub_dir(&self) -> PathBuf {
+        self.dir.join("hub")
+    }
+
+    /// The hub's admin socket.
+    pub fn hub_socket(&self) -> PathBuf {
+        self.dir.join("hub.sock")
+    }
+
+    /// The hub's log file.
+    pub fn hub_log(&self) -> PathBuf {
+        self.dir.join("hub.log")
+    }
+
+    /// `tasuki-hub init` with the standard endpoint, tunnel net and LAN
+    /// route; fails the test if it fails. Returns its stdout.
+    pub fn hub_init(&self) -> String {
+        let hub = binaries().hub.as_os_str();
+        let dir = self.hub_dir();
+        self.exec_ok(
+            &self.ns_hub,
+            &[
+                hub,
+                OsStr::new("init"),
+                OsStr::new("--state-dir"),
+                dir.as_os_str(),
+                OsStr::new("--endpoint"),
+                OsStr::new(HUB_ENDPOINT),
+                OsStr::new("--tunnel-net"),
+                OsStr::new(TUNNEL_NET),
+                OsStr::new("--route"),
+                OsStr::new(LAN_NET),
+            ],
+        )
+    }
+
+    /// Starts `tasuki-hub run` and waits (up to 20 s) until its admin
+    /// socket answers a status request.
+    pub fn start_hub(&self) -> Proc {
+        let hub = binaries().hub.as_os_str();
+        let (dir, socket) = (self.hub_dir(), self.hub_socket());
+        let p = self.spawn(
+            &self.ns_hub,
+            &[
+                hub,
+                OsStr::new("run"),
+                OsStr::new("--state-dir"),
+                dir.as_os_str(),
+                OsStr::new("--admin-socket"),
+                socket.as_os_str(),
+            ],
+            &self.hub_log(),
+        );
+        self.wait_for(
+            "the hub's admin socket to answer",
+            Duration::from_secs(20),
+            || {
+                self.must_be_alive(&p);
+                self.hub_cli(&["status", "--json"]).status.success()
+            },
+        );
+        p
+    }
+
+    /// Runs `tasuki-hub ARGS --admin-socket SOCK` in the hub namespace.
+    pub fn hub_cli(&self, args: &[&str]) -> Output {
+        let socket = self.hub_socket();
+        let mut full: Vec<&OsStr> = vec![binaries().hub.as_os_str()];
+        full.extend(args.iter().map(OsStr::new));
+        full.push(OsStr::new("--admin-socket"));
+        full.push(socket.as_os_str());
+        self.exec(&self.ns_hub, &full)
+    }
+
+    /// `tasuki-hub spoke invite NAME [--pre-approved]`: the invitation text.
+    pub fn invite(&self, name: &str, pre_approved: bool) -> String {
+        let mut args = vec!["spoke", "invite", name];
+        if pre_approved {
+            args.push("--pre-approved");
+        }
+        let out = self.hub_cli(&args);
+        if !out.status.success() {
+            self.fail(&format!(
+                "`tasuki-hub spoke invite {name}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `tasuki-hub status --json`, parsed.
+    pub fn hub_status_json(&self) -> Value {
+        let out = self.hub_cli(&["status", "--json"]);
+        if !out.status.success() {
+            self.fail(&format!(
+                "`tasuki-hub status --json` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        parse_json(
+            self,
+            "tasuki-hub status",
+            &String::from_utf8_lossy(&out.stdout),
+        )
+    }
+
+    /// The hub's status as the typed struct of `tasuki_core::admin_api`.
+    pub fn hub_status(&self) -> tasuki_core::admin_api::HubStatus {
+        let v = self.hub_status_json();
+        serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| self.fail(&format!("unexpected hub status {v}: {e}")))
+    }
+
+    /// The hub's drop counter for `reason` (e.g. `forged_source`), 0 if absent.
+    pub fn hub_dropped(&self, reason: &str) -> u64 {
+        self.hub_status_json()["counters"]["dropped"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    // ----- spokes -----
+
+    /// A state directory for a spoke called `name` (not created).
+    pub fn spoke_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A control socket path for a spoke called `name`.
+    pub fn spoke_socket(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    /// `tasuki-spoke enrol INVITATION --state-dir DIR` in `ns`; the output
+    /// whatever the exit status.
+    pub fn enrol(&self, ns: &str, invitation: &str, state_dir: &Path) -> Output {
+        let spoke = binaries().spoke.as_os_str();
+        self.exec(
+            ns,
+            &[
+                spoke,
+                OsStr::new("enrol"),
+                OsStr::new(invitation),
+                OsStr::new("--state-dir"),
+                state_dir.as_os_str(),
+            ],
+        )
+    }
+
+    /// Like [`Topology::enrol`] but fails the test unless it succeeds.
+    pub fn enrol_ok(&self, ns: &str, invitation: &str, state_dir: &Path) {
+        let out = self.enrol(ns, invitation, state_dir);
+        if !out.status.success() {
+            self.fail(&format!(
+                "enrolment into {} from {ns} failed ({})\nstdout: {}\nstderr: {}",
+                state_dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+
+    /// Starts `tasuki-spoke run` in `ns` and waits (up to 20 s) until its
+    /// control socket answers. Its log is `<state dir>.log`.
+    pub fn start_spoke(&self, ns: &str, state_dir: &Path, socket: &Path) -> Proc {
+        let spoke = binaries().spoke.as_os_str();
+        let log = state_dir.with_extension("log");
+        let p = self.spawn(
+            ns,
+            &[
+                spoke,
+                OsStr::new("run"),
+                OsStr::new("--state-dir"),
+                state_dir.as_os_str(),
+                OsStr::new("--socket"),
+                socket.as_os_str(),
+            ],
+            &log,
+        );
+        self.wait_for(
+            &format!("spoke {}'s control socket to answer", p.name),
+            Duration::from_secs(20),
+            || {
+                self.must_be_alive(&p);
+                self.spoke_cli(socket, &["status", "--json"])
+                    .status
+                    .success()
+            },
+        );
+        p
+    }
+
+    /// Runs `tasuki-spoke ARGS --socket SOCK` (in the hub namespace: the
+    /// control socket is a file, reachable from any namespace).
+    pub fn spoke_cli(&self, socket: &Path, args: &[&str]) -> Output {
+        let mut full: Vec<&OsStr> = vec![binaries().spoke.as_os_str()];
+        full.extend(args.iter().map(OsStr::new));
+        full.push(OsStr::new("--socket"));
+        full.push(socket.as_os_str());
+        self.exec(&self.ns_hub, &full)
+    }
+
+    /// `tasuki-spoke status --json --socket SOCK`, parsed.
+    pub fn spoke_status_json(&self, socket: &Path) -> Value {
+        let out = self.spoke_cli(socket, &["status", "--json"]);
+        if !out.status.success() {
+            self.fail(&format!(
+                "`tasuki-spoke status --json --socket {}` failed ({}): {}",
+                socket.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        parse_json(
+            self,
+            "tasuki-spoke status",
+            &String::from_utf8_lossy(&out.stdout),
+        )
+    }
+
+    /// Fails the test with the logs if `p` has exited.
+    pub fn must_be_alive(&self, p: &Proc) {
+        if let Some(status) = self.exit_status(p) {
+            self.fail(&format!("{} (pid {}) exited: {status}", p.name, p.pid));
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let children = std::mem::take(&mut *lock(&self.children));
+        for (_, mut child) in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.created.iter().rev() {
+            kill_namespace_pids(ns);
+            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "warning: cannot delete namespace {ns}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("warning: cannot run `ip netns del {ns}`: {e}"),
+            }
+        }
+        if std::env::var_os("TASUKI_NETNS_KEEP").is_some() {
+            eprintln!("keeping {} (TASUKI_NETNS_KEEP is set)", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Two spokes enrolled and running, and pinging the hub: the starting point
+/// of most tests. Dereferences to its [`Topology`].
+pub struct TwoSpokes {
+    /// The namespaces and helpers.
+    pub topo: Topology,
+    /// The running hub.
+    pub hub: Proc,
+    /// The running spoke a (10.77.0.2).
+    pub a: Proc,
+    /// The running spoke b (10.77.0.3).
+    pub b: Proc,
+    /// Spoke a's state directory.
+    pub a_dir: PathBuf,
+    /// Spoke b's state directory.
+    pub b_dir: PathBuf,
+    /// Spoke a's control socket.
+    pub a_socket: PathBuf,
+    /// Spoke b's control socket.
+    pub b_socket: PathBuf,
+}
+
+impl TwoSpokes {
+    /// Builds a topology, initialises and starts the hub, enrols spokes a
+    /// and b with pre-approved invitations, starts them and waits until
+    /// both can ping the hub's tunnel address.
+    pub fn up() -> Self {
+        let topo = Topology::new();
+        topo.hub_init();
+        let hub = topo.start_hub();
+        let (a_dir, b_dir) = (topo.spoke_dir("a"), topo.spoke_dir("b"));
+        let (a_socket, b_socket) = (topo.spoke_socket("a"), topo.spoke_socket("b"));
+        let inv_a = topo.invite("a", true);
+        topo.enrol_ok(&topo.ns_a, &inv_a, &a_dir);
+        let inv_b = topo.invite("b", true);
+        topo.enrol_ok(&topo.ns_b, &inv_b, &b_dir);
+        let a = topo.start_spoke(&topo.ns_a, &a_dir, &a_socket);
+        let b = topo.start_spoke(&topo.ns_b, &b_dir, &b_socket);
+        let net = TwoSpokes {
+            topo,
+            hub,
+            a,
+            b,
+            a_dir,
+            b_dir,
+            a_socket,
+            b_socket,
+        };
+        net.wait_tunnel_up(Duration::from_secs(30));
+        net
+    }
+
+    /// Waits until both spokes can ping the hub's tunnel address.
+    pub fn wait_tunnel_up(&self, timeout: Duration) {
+        let t = &self.topo;
+        t.wait_for("spoke a to ping the hub (10.77.0.1)", timeout, || {
+            t.must_be_alive(&self.hub);
+            t.must_be_alive(&self.a);
+            t.ping(&t.ns_a, HUB_TUNNEL, 1)
+        });
+        t.wait_for("spoke b to ping the hub (10.77.0.1)", timeout, || {
+            t.must_be_alive(&self.b);
+            t.ping(&t.ns_b, HUB_TUNNEL, 1)
+        });
+    }
+
+    /// Starts the hub again (after [`Topology::kill9`] or
+    /// [`Topology::sigterm`]) and records the new process.
+    pub fn restart_hub(&mut self) {
+        self.hub = self.topo.start_hub();
+    }
+
+    /// Starts spoke a again from its state directory.
+    pub fn restart_a(&mut self) {
+        let t = &self.topo;
+        self.a = t.start_spoke(&t.ns_a, &self.a_dir, &self.a_socket);
+    }
+
+    /// Starts spoke b again from its state directory.
+    pub fn restart_b(&mut self) {
+        let t = &self.topo;
+        self.b = t.start_spoke(&t.ns_b, &self.b_dir, &self.b_socket);
+    }
+}
+
+impl Deref for TwoSpokes {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.topo
+    }
+}
+
+impl DerefMut for TwoSpokes {
+    fn deref_mut(&mut self) -> &mut Topology {
+        &mut self.topo
+    }
+}
+
+// ----- helpers -----
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock must not stop the clean-up.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn show<S: AsRef<OsStr>>(args: &[S]) -> String {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `ip ARGS` in the current namespace; panics on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip`: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+fn kill_namespace_pids(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<libc::pid_t>() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Deletes namespaces `tt{pid}x{n}-*` left behind by test processes that no
+/// longer exist (e.g. killed before their clean-up ran).
+fn remove_stale_namespaces() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(pid) = stale_owner(name) else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                kill_namespace_pids(name);
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+                eprintln!("removed stale namespace {name}");
+            }
+        }
+    });
+}
+
+/// The pid in a name of the form `tt{pid}x{n}-{wan,hub,a,b,lan}`.
+fn stale_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("tt")?;
+    let (prefix, role) = rest.split_once('-')?;
+    if !["wan", "hub", "a", "b", "lan"].contains(&role) {
+        return None;
+    }
+    let (pid, n) = prefix.split_once('x')?;
+    if pid.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Appends a harness note to a process log.
+fn note(log: &Path, what: &str) {
+    if let Ok(mut f) = OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(f, "=== tasuki-netns-tests: {what}");
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = match File::open(path) {
+        Ok(mut f) => {
+            let mut bytes = Vec::new();
+            let _ = f.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Err(e) => return format!("(cannot read: {e})\n"),
+    };
+    let mut lines: VecDeque<&str> = VecDeque::with_capacity(n);
+    for line in text.lines() {
+        if lines.len() == n {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+    let mut s = lines.into_iter().collect::<Vec<_>>().join("\n");
+    s.push('\n');
+    s
+}
+
+type Drain = std::thread::JoinHandle<Vec<u8>>;
+
+fn drain<R: Read + Send + 'static>(r: Option<R>) -> Option<Drain> {
+    r.map(|mut r| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    })
+}
+
+fn join(d: Option<Drain>) -> Vec<u8> {
+    d.and_then(|h| h.join().ok()).unwrap_or_default()
+}
+
+/// The last line of `text` that parses as JSON (the CLIs pretty-print, so
+/// the whole text is tried first).
+fn parse_json(t: &Topology, what: &str, text: &str) -> Value {
+    if let Ok(v) = serde_json::from_str(text.trim()) {
+        return v;
+    }
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| t.fail(&format!("{what} printed no JSON: {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_owner;
+
+    #[test]
+    fn stale_names() {
+        assert_eq!(stale_owner("tt123x4-hub"), Some(123));
+        assert_eq!(stale_owner("tt123x45-lan"), Some(123));
+        assert_eq!(stale_owner("tt123x4-other"), None);
+        assert_eq!(stale_owner("smk-hub"), None);
+        assert_eq!(stale_owner("tt123-hub"), None);
+        assert_eq!(stale_owner("ttabcx1-a"), None);
+    }
+}
