@@ -86,7 +86,7 @@ async fn connection(
                 &mut w,
                 Refusal::new(
                     RefusalCode::HandshakeFailed,
-                    "handshake failed: this hub does not hold the key the spoke pinned",
+                    "handshake failed: the spoke pinned another hub key, or sent a malformed handshake",
                 ),
             )
             .await;
