@@ -206,8 +206,12 @@ pub struct SpokeStatus {
     pub interface: String,
     /// Whether the control channel is up.
     pub control_connected: bool,
-    /// Current epoch.
+    /// Epoch carrying traffic.
     pub epoch: Option<u64>,
+    /// Epoch numbers held (current, batch, not yet erased).
+    pub held_epochs: Vec<u64>,
+    /// True while a hard limit stops traffic.
+    pub blocked: bool,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_secs: Option<u64>,
     /// Last refusal or error from the hub.

@@ -132,6 +132,28 @@ pub struct KeyDelivery {
     pub epoch: u64,
     /// The key, sealed as the policy says.
     pub body: DeliveryBody,
+    /// When this epoch ends, as the spoke counts it.
+    pub lifetime: Lifetime,
+}
+
+/// How long an epoch lives once it carries traffic, counted by the side that
+/// sees the traffic (the spoke), and what happens when it ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifetime {
+    /// Seconds.
+    pub secs: Option<u64>,
+    /// Packets, both directions.
+    pub packets: Option<u64>,
+    /// Bytes, both directions.
+    pub bytes: Option<u64>,
+    /// The spoke may move to the next held epoch by itself when this one
+    /// ends (batch mode, patent fig. 3).
+    pub self_switch: bool,
+    /// Stop carrying traffic once this epoch is over by more than `slack_secs`
+    /// (or 10 % of its packet/byte budget) and no next epoch is held (0019).
+    pub hard: bool,
+    /// Tolerance before a hard limit bites, seconds.
+    pub slack_secs: u64,
 }
 
 /// Why the hub refused a request.

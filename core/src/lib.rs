@@ -20,6 +20,7 @@ pub mod registry;
 pub mod rotation;
 pub mod routing;
 pub mod seal;
+pub mod spoke_keys;
 
 /// Protocol version spoken on the control channel and the admin sockets.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::control::{DeliveryBody, KeyDelivery};
+use crate::control::{DeliveryBody, KeyDelivery, Lifetime};
 use crate::keys::KeyEpoch;
 use crate::seal::{self, SealError};
 
@@ -40,6 +40,11 @@ pub struct RotationPolicy {
     /// Seconds an old epoch stays after its successor is confirmed, for
     /// packets still in flight.
     pub grace_secs: u64,
+    /// Epochs handed out ahead of need (patent fig. 3); with a batch the
+    /// spoke switches by itself when an epoch ends, even with the hub away.
+    pub batch: u32,
+    /// Stop a spoke's traffic when its epoch is over and it holds no next one.
+    pub hard_limit: bool,
 }
 
 impl Default for RotationPolicy {
@@ -50,6 +55,22 @@ impl Default for RotationPolicy {
             max_bytes: None,
             delivery: Delivery::Crossed,
             grace_secs: 10,
+            batch: 0,
+            hard_limit: false,
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// The lifetime every new epoch is delivered with.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            secs: self.interval_secs,
+            packets: self.max_packets,
+            bytes: self.max_bytes,
+            self_switch: self.batch > 0,
+            hard: self.hard_limit,
+            slack_secs: self.grace_secs.max(5),
         }
     }
 }
@@ -93,6 +114,8 @@ pub struct ScheduleMeta {
     pub current_since: u64,
     /// Rotations done on this link.
     pub rotations: u64,
+    /// The epoch the hub last told the spoke to switch to (0: none).
+    pub notified: u64,
 }
 
 /// One link's epochs and where they stand.
@@ -136,14 +159,59 @@ impl LinkSchedule {
         self.epochs.keys().next_back().copied().unwrap_or(0)
     }
 
-    /// The epoch that takes new WireGuard handshakes: the newest the spoke holds.
+    /// The newest epoch the spoke holds: it takes new handshakes.
     pub fn handshake_epoch(&self) -> u64 {
         self.meta.acked.min(self.latest())
+    }
+
+    /// The epochs a handshake initiation may be under: from the one carrying
+    /// traffic to the newest the spoke holds. WireGuard's responder cannot
+    /// tell the preshared key from an initiation, so the hub answers under
+    /// each of them and the spoke keeps the answer that opens.
+    pub fn handshake_epochs(&self) -> Vec<u64> {
+        let low = self.meta.confirmed.min(self.handshake_epoch());
+        self.epochs
+            .range(low..=self.handshake_epoch())
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// True while an issued epoch has not completed its walk.
     pub fn in_flight(&self) -> bool {
         self.latest() > self.meta.acked || self.meta.acked > self.meta.confirmed
+    }
+
+    /// Issues epochs until `policy.batch` are held beyond the current one.
+    /// The caller stores them (flushed) before sending them.
+    pub fn fill_batch<R: RngCore + CryptoRng>(
+        &mut self,
+        policy: &RotationPolicy,
+        now: u64,
+        rng: &mut R,
+    ) -> Vec<KeyEpoch> {
+        let mut out = Vec::new();
+        if self.epochs.is_empty() {
+            return out;
+        }
+        let target = self.meta.confirmed.max(1) + u64::from(policy.batch);
+        while self.latest() < target {
+            let epoch = KeyEpoch::issue(self.latest() + 1, now, rng);
+            self.epochs.insert(epoch.number, epoch.clone());
+            out.push(epoch);
+        }
+        out
+    }
+
+    /// A pending admin or event trigger in batch mode: the next held epoch
+    /// the spoke should switch to now, if it holds one.
+    pub fn take_switch(&mut self) -> Option<(u64, Trigger)> {
+        let next = self.meta.confirmed + 1;
+        if self.meta.acked < next || self.meta.notified >= next {
+            return None;
+        }
+        let trigger = self.pending.take()?;
+        self.meta.notified = next;
+        Some((next, trigger))
     }
 
     /// Asks for a rotation at the next opportunity.
@@ -162,7 +230,7 @@ impl LinkSchedule {
         packets: u64,
         bytes: u64,
     ) -> Option<Trigger> {
-        if self.in_flight() || self.epochs.is_empty() {
+        if policy.batch > 0 || self.in_flight() || self.epochs.is_empty() {
             return None;
         }
         if let Some(t) = &self.pending {
@@ -197,28 +265,36 @@ impl LinkSchedule {
         epoch
     }
 
-    /// The distribution message for the newest epoch if the spoke has not
-    /// reported it yet (sent on issue and re-sent on every attach).
-    pub fn delivery(&self, policy: &RotationPolicy) -> Result<Option<KeyDelivery>, SealError> {
-        let latest = self.latest();
-        if latest == 0 || latest <= self.meta.acked {
-            return Ok(None);
+    /// The distribution messages for every epoch the spoke has not reported
+    /// yet, oldest first (sent on issue and re-sent on every attach). Each is
+    /// sealed under its predecessor in crossed mode.
+    pub fn deliveries(&self, policy: &RotationPolicy) -> Result<Vec<KeyDelivery>, SealError> {
+        let mut out = Vec::new();
+        for (number, epoch) in self.epochs.range(self.meta.acked + 1..) {
+            let previous = number.checked_sub(1).and_then(|p| self.epochs.get(&p));
+            let body = match (policy.delivery, previous) {
+                (Delivery::Crossed, Some(prev)) => DeliveryBody::Crossed {
+                    under: prev.number,
+                    sealed: seal::seal(self.link, prev, epoch)?,
+                },
+                _ => DeliveryBody::Channel(epoch.clone()),
+            };
+            out.push(KeyDelivery {
+                epoch: *number,
+                body,
+                lifetime: policy.lifetime(),
+            });
         }
-        let Some(epoch) = self.epochs.get(&latest) else {
-            return Ok(None);
-        };
-        let previous = self.epochs.get(&(latest - 1));
-        let body = match (policy.delivery, previous) {
-            (Delivery::Crossed, Some(prev)) => DeliveryBody::Crossed {
-                under: prev.number,
-                sealed: seal::seal(self.link, prev, epoch)?,
-            },
-            _ => DeliveryBody::Channel(epoch.clone()),
-        };
-        Ok(Some(KeyDelivery {
-            epoch: latest,
-            body,
-        }))
+        Ok(out)
+    }
+
+    /// The update notification to (re-)send: in hub-driven mode the newest
+    /// epoch the spoke holds once it is ahead of the one carrying traffic.
+    pub fn notification(&mut self, policy: &RotationPolicy) -> Option<u64> {
+        if policy.batch == 0 && self.meta.acked > self.meta.confirmed {
+            self.meta.notified = self.meta.acked;
+        }
+        (self.meta.notified > self.meta.confirmed).then_some(self.meta.notified)
     }
 
     /// Receipt report for epoch `k`; true if it moved the schedule.
@@ -337,7 +413,7 @@ mod tests {
         );
         assert_eq!(s.handshake_epoch(), 1, "spoke does not hold 2 yet");
         // Crossed delivery opens only with epoch 1.
-        let d = s.delivery(&policy).unwrap().unwrap();
+        let d = s.deliveries(&policy).unwrap().pop().unwrap();
         let held = s.epochs()[..1].to_vec();
         assert_eq!(open_delivery(3, &d, &held).unwrap(), e2);
         assert!(open_delivery(3, &d, &[]).is_err());
@@ -347,7 +423,7 @@ mod tests {
         assert!(!s.on_receipt(2));
         assert!(!s.on_receipt(1));
         assert_eq!(s.handshake_epoch(), 2);
-        assert_eq!(s.delivery(&policy).unwrap(), None);
+        assert!(s.deliveries(&policy).unwrap().is_empty());
         // Confirmation, then erasure after the grace period.
         assert!(s.on_confirmed(2, 170, 0, 0, 10));
         assert!(!s.on_confirmed(2, 171, 0, 0, 10));
@@ -366,13 +442,13 @@ mod tests {
         s.request(Trigger::Admin);
         assert_eq!(s.due(&policy, 101, 0, 0), Some(Trigger::Admin));
         s.issue(101, &mut rng);
-        let first = s.delivery(&policy).unwrap().unwrap();
+        let first = s.deliveries(&policy).unwrap().pop().unwrap();
         // The receipt never came: the same box again, byte for byte.
-        let again = s.delivery(&policy).unwrap().unwrap();
+        let again = s.deliveries(&policy).unwrap().pop().unwrap();
         assert_eq!(first, again);
         // A restart: rebuild from stored epochs and meta, still the same.
         let restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
-        assert_eq!(restored.delivery(&policy).unwrap().unwrap(), first);
+        assert_eq!(restored.deliveries(&policy).unwrap().pop().unwrap(), first);
         assert_eq!(restored.handshake_epoch(), 1);
     }
 
@@ -407,9 +483,71 @@ mod tests {
         };
         let mut s = fresh(&mut rng);
         let e2 = s.issue(1, &mut rng);
-        let d = s.delivery(&policy).unwrap().unwrap();
+        let d = s.deliveries(&policy).unwrap().pop().unwrap();
         assert_eq!(d.body, DeliveryBody::Channel(e2.clone()));
         assert_eq!(open_delivery(3, &d, &[]).unwrap(), e2);
+    }
+
+    #[test]
+    fn batches_are_issued_ahead_and_chained() {
+        let mut rng = StdRng::seed_from_u64(36);
+        let policy = RotationPolicy {
+            batch: 3,
+            interval_secs: Some(5),
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        assert_eq!(
+            s.due(&policy, 10_000, 0, 0),
+            None,
+            "the spoke triggers in batch mode"
+        );
+        let issued = s.fill_batch(&policy, 101, &mut rng);
+        assert_eq!(
+            issued.iter().map(|e| e.number).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(s.fill_batch(&policy, 101, &mut rng).is_empty());
+        // Each delivery opens with the one before: the spoke can walk the chain.
+        let ds = s.deliveries(&policy).unwrap();
+        assert_eq!(ds.len(), 3);
+        assert!(ds.iter().all(|d| d.lifetime.self_switch));
+        let mut held = s.epochs()[..1].to_vec();
+        for d in &ds {
+            held.push(open_delivery(3, d, &held).unwrap());
+        }
+        assert_eq!(held, s.epochs());
+        for k in 2..=4 {
+            assert!(s.on_receipt(k));
+        }
+        assert_eq!(s.handshake_epochs(), vec![1, 2, 3, 4]);
+        // The spoke switched to 2 by itself: the batch is refilled to 5.
+        assert!(s.on_confirmed(2, 110, 0, 0, 1));
+        assert_eq!(s.handshake_epochs(), vec![2, 3, 4]);
+        let more = s.fill_batch(&policy, 110, &mut rng);
+        assert_eq!(more.iter().map(|e| e.number).collect::<Vec<_>>(), vec![5]);
+        // An admin's rotation in batch mode is a notification to switch to 3.
+        s.request(Trigger::Admin);
+        assert_eq!(s.take_switch(), Some((3, Trigger::Admin)));
+        assert_eq!(s.take_switch(), None);
+        assert_eq!(s.notification(&policy), Some(3));
+    }
+
+    #[test]
+    fn hub_driven_notification_is_resent_until_confirmed() {
+        let mut rng = StdRng::seed_from_u64(37);
+        let policy = RotationPolicy::default();
+        let mut s = fresh(&mut rng);
+        assert_eq!(s.notification(&policy), None);
+        s.issue(101, &mut rng);
+        assert_eq!(s.notification(&policy), None, "not before the receipt");
+        s.on_receipt(2);
+        assert_eq!(s.handshake_epochs(), vec![1, 2]);
+        assert_eq!(s.notification(&policy), Some(2));
+        assert_eq!(s.notification(&policy), Some(2));
+        s.on_confirmed(2, 102, 0, 0, 1);
+        assert_eq!(s.notification(&policy), None);
+        assert_eq!(s.handshake_epochs(), vec![2]);
     }
 
     #[test]

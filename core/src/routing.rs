@@ -34,11 +34,13 @@ pub enum DropReason {
     BadDatagram,
     /// A handshake from a key that is not an enrolled, active spoke.
     UnknownPeer,
+    /// The key epoch is over its hard limit and no next one is held.
+    KeyExpired,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -46,6 +48,7 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::BadDatagram,
         DropReason::UnknownPeer,
+        DropReason::KeyExpired,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -58,6 +61,7 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::BadDatagram => "bad_datagram",
             DropReason::UnknownPeer => "unknown_peer",
+            DropReason::KeyExpired => "key_expired",
         }
     }
 }

@@ -141,6 +141,13 @@ enum PolicyCommand {
         /// How long an ended epoch stays for packets in flight (e.g. 10s).
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<Duration>,
+        /// Epochs handed out ahead; the spoke then switches by itself when an
+        /// epoch ends, even while the hub is unreachable (0: the hub drives).
+        #[arg(long)]
+        batch: Option<u32>,
+        /// Stop a spoke's traffic once its epoch is over and it holds no next one.
+        #[arg(long, value_parser = ["on", "off"])]
+        hard_limit: Option<String>,
     },
 }
 
@@ -364,6 +371,8 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
                     max_bytes,
                     delivery,
                     grace,
+                    batch,
+                    hard_limit,
                 },
         } => {
             let mut p: RotationPolicy =
@@ -396,6 +405,15 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
             }
             if let Some(g) = grace {
                 p.grace_secs = g.as_secs();
+            }
+            if let Some(b) = batch {
+                if b > 12 {
+                    bail!("--batch {b} is too large: at most 12 epochs ahead");
+                }
+                p.batch = b;
+            }
+            if let Some(h) = hard_limit {
+                p.hard_limit = h == "on";
             }
             let p: RotationPolicy =
                 tasuki_shell::local::request(socket, HubRequest::KeyPolicySet { policy: p })
@@ -442,6 +460,8 @@ fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result
     println!("max bytes:   {}", opt(p.max_bytes, ""));
     println!("delivery:    {:?}", p.delivery);
     println!("grace:       {}s", p.grace_secs);
+    println!("batch:       {}", p.batch);
+    println!("hard limit:  {}", if p.hard_limit { "on" } else { "off" });
     Ok(())
 }
 

@@ -181,6 +181,7 @@ async fn enrol(
                 &HubMessage::KeyDistribution(KeyDelivery {
                     epoch: epoch.number,
                     body: DeliveryBody::Channel(epoch),
+                    lifetime: state.lock().await.policy.lifetime(),
                 }),
             )
             .await?;
@@ -241,17 +242,17 @@ async fn attach(
         other => bail!("expected attach, got {other:?}"),
     }
     let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
-    let (config, delivery) = {
+    let (config, pending) = {
         let mut st = state.lock().await;
-        let delivery = st.ensure_schedule(spoke.id, unix_now()).await?;
+        let pending = st.ensure_schedule(spoke.id, unix_now()).await?;
         st.attach_session(spoke.id, tx.clone());
-        (st.registry.spoke_config(&spoke), delivery)
+        (st.registry.spoke_config(&spoke), pending)
     };
     tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
     let result = async {
         send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
-        if let Some(d) = delivery {
-            send(&mut w, &mut ch, &HubMessage::KeyDistribution(d)).await?;
+        for msg in pending {
+            send(&mut w, &mut ch, &msg).await?;
         }
         loop {
             tokio::select! {
@@ -266,7 +267,7 @@ async fn attach(
                             }
                         }
                         SpokeMessage::UpdateReport { epoch } => {
-                            tracing::debug!(spoke = %spoke.name, epoch, "update report");
+                            tracing::info!(spoke = %spoke.name, epoch, "update report");
                         }
                         SpokeMessage::UpdateRequest { reason } => {
                             tracing::info!(spoke = %spoke.name, %reason, "update request");

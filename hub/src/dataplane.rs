@@ -30,8 +30,8 @@ pub(crate) struct LinkSpec {
     pub(crate) tunnel_addr: Ipv4Addr,
     /// Epochs whose tunnels should exist.
     pub(crate) epochs: Vec<KeyEpoch>,
-    /// The epoch that takes new handshakes (the newest the spoke holds).
-    pub(crate) handshake_epoch: u64,
+    /// The epochs a handshake initiation may be under (answered under each).
+    pub(crate) handshake_epochs: Vec<u64>,
 }
 
 /// Facts the data plane reports to the control side.
@@ -74,7 +74,7 @@ pub(crate) struct DpStatus {
 struct Peer {
     link: Link,
     endpoint: Option<SocketAddr>,
-    handshake_epoch: u64,
+    handshake_epochs: Vec<u64>,
     rx_bytes: u64,
     tx_bytes: u64,
     packets: u64,
@@ -160,12 +160,12 @@ impl DataPlane {
                 let peer = self.peers.entry(spec.id).or_insert_with(|| Peer {
                     link: Link::new(spec.id, spec.public_key, 0),
                     endpoint: None,
-                    handshake_epoch: 0,
+                    handshake_epochs: Vec::new(),
                     rx_bytes: 0,
                     tx_bytes: 0,
                     packets: 0,
                 });
-                peer.handshake_epoch = spec.handshake_epoch;
+                peer.handshake_epochs = spec.handshake_epochs.clone();
                 if peer.link.peer() != spec.public_key {
                     peer.link = Link::new(spec.id, spec.public_key, 0);
                 }
@@ -279,24 +279,45 @@ impl DataPlane {
                 self.drop_packet(DropReason::UnknownPeer);
                 return;
             };
-            let tunnel = match receiver {
-                None => {
-                    let hs = peer.handshake_epoch;
-                    if peer.link.epochs().contains(&hs) {
-                        peer.link.by_epoch(hs)
-                    } else {
-                        peer.link.newest()
+            let Some(receiver) = receiver else {
+                // A handshake initiation: WireGuard's responder cannot see
+                // which preshared key the spoke used, so answer under every
+                // epoch the spoke may be on; it keeps the answer that opens.
+                let mut candidates = peer.handshake_epochs.clone();
+                if candidates.is_empty() {
+                    candidates.extend(peer.link.epochs().last());
+                }
+                for e in candidates.iter().rev() {
+                    let Some(t) = peer.link.by_epoch(*e) else {
+                        continue;
+                    };
+                    match t.tunn.decapsulate(Some(src.ip()), datagram, out) {
+                        TunnResult::WriteToNetwork(p) => to_network.push(p.to_vec()),
+                        TunnResult::Err(err) => {
+                            tracing::trace!(spoke = id, error = ?err, "initiation rejected")
+                        }
+                        _ => {}
                     }
                 }
-                Some(receiver) => peer.link.by_receiver(receiver),
+                if to_network.is_empty() {
+                    self.drop_packet(DropReason::BadDatagram);
+                    return;
+                }
+                peer.endpoint = Some(src);
+                self.counters.handshakes += 1;
+                for p in to_network {
+                    self.send(src, &p).await;
+                }
+                return;
             };
+            let tunnel = peer.link.by_receiver(receiver);
             let Some(tunnel) = tunnel else {
                 self.drop_packet(DropReason::BadDatagram);
                 return;
             };
             let had_session = tunnel.has_session();
             let epoch = tunnel.epoch;
-            let is_data = receiver.is_some() && datagram.first() == Some(&4);
+            let is_data = datagram.first() == Some(&4);
             match tunnel.tunn.decapsulate(Some(src.ip()), datagram, out) {
                 TunnResult::WriteToNetwork(p) => {
                     to_network.push(p.to_vec());
@@ -318,7 +339,6 @@ impl DataPlane {
                 }
             }
             if !had_session && tunnel.has_session() {
-                self.counters.handshakes += 1;
                 tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
             }
             peer.packets += 1;

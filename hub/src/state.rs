@@ -126,7 +126,7 @@ impl HubState {
                     public_key: s.public_key,
                     tunnel_addr: s.tunnel_addr,
                     epochs: sched.epochs(),
-                    handshake_epoch: sched.handshake_epoch(),
+                    handshake_epochs: sched.handshake_epochs(),
                 })
             })
             .collect()
@@ -226,36 +226,55 @@ impl HubState {
     }
 
     /// Ensures an active spoke has a key schedule (issuing and storing a first
-    /// epoch if not); returns the delivery the spoke still needs, if any.
+    /// epoch if not); returns what the spoke still needs to hear: the
+    /// deliveries it has not acknowledged and a pending update notification.
     pub(crate) async fn ensure_schedule(
         &mut self,
         spoke: SpokeId,
         now: u64,
-    ) -> Result<Option<tasuki_core::control::KeyDelivery>> {
+    ) -> Result<Vec<HubMessage>> {
         if !self.schedules.contains_key(&spoke) {
             let mut sched = LinkSchedule::restore(spoke, vec![], ScheduleMeta::default());
             let epoch = sched.issue(now, &mut rand_core::OsRng);
-            self.commit_issue(spoke, &sched, &epoch)?;
+            self.commit_issue(spoke, &sched, &[epoch])?;
             self.schedules.insert(spoke, sched);
             self.push_link(spoke).await;
         }
-        let sched = &self.schedules[&spoke];
-        Ok(sched.delivery(&self.policy)?)
+        let policy = self.policy.clone();
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<HubMessage> = sched
+            .deliveries(&policy)?
+            .into_iter()
+            .map(HubMessage::KeyDistribution)
+            .collect();
+        if let Some(k) = sched.notification(&policy) {
+            out.push(HubMessage::UpdateNotification { epoch: k });
+        }
+        Ok(out)
     }
 
-    fn commit_issue(&self, spoke: SpokeId, sched: &LinkSchedule, epoch: &KeyEpoch) -> Result<()> {
-        self.store.commit(&[
-            Write::put(
+    fn commit_issue(
+        &self,
+        spoke: SpokeId,
+        sched: &LinkSchedule,
+        epochs: &[KeyEpoch],
+    ) -> Result<()> {
+        let mut writes = Vec::with_capacity(epochs.len() + 1);
+        for epoch in epochs {
+            writes.push(Write::put(
                 EPOCHS_TREE,
                 epoch_key(spoke, epoch.number),
                 &(spoke, epoch.clone()),
-            )?,
-            Write::put(
-                SCHEDULES_TREE,
-                spoke.to_be_bytes(),
-                &(spoke, sched.meta().clone()),
-            )?,
-        ])
+            )?);
+        }
+        writes.push(Write::put(
+            SCHEDULES_TREE,
+            spoke.to_be_bytes(),
+            &(spoke, sched.meta().clone()),
+        )?);
+        self.store.commit(&writes)
     }
 
     fn commit_meta(&self, spoke: SpokeId) -> Result<()> {
@@ -270,23 +289,24 @@ impl HubState {
     }
 
     /// Receipt report from a spoke: epoch `k` takes new handshakes from now.
-    /// Returns the update notification to send back.
+    /// Returns the update notification to send back, if the spoke should switch.
     pub(crate) async fn on_receipt(
         &mut self,
         spoke: SpokeId,
         k: u64,
     ) -> Result<Option<HubMessage>> {
+        let policy = self.policy.clone();
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(None);
         };
-        if !sched.on_receipt(k) {
-            return Ok((sched.handshake_epoch() == k)
-                .then_some(HubMessage::UpdateNotification { epoch: k }));
+        let moved = sched.on_receipt(k);
+        let note = sched.notification(&policy);
+        if moved {
+            self.commit_meta(spoke)?;
+            self.push_link(spoke).await;
+            tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
         }
-        self.commit_meta(spoke)?;
-        self.push_link(spoke).await;
-        tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
-        Ok(Some(HubMessage::UpdateNotification { epoch: k }))
+        Ok(note.map(|epoch| HubMessage::UpdateNotification { epoch }))
     }
 
     /// The data plane decrypted a packet under epoch `k` of `spoke`.
@@ -379,20 +399,46 @@ impl HubState {
             let Some(session) = self.sessions.get(&id).cloned() else {
                 continue;
             };
+            let policy = self.policy.clone();
             let Some(sched) = self.schedules.get_mut(&id) else {
                 continue;
             };
-            let Some(trigger) = sched.due(&self.policy, now, packets, bytes) else {
-                continue;
+            let mut issued = Vec::new();
+            let mut trigger = None;
+            if policy.batch > 0 {
+                issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
+            } else if let Some(t) = sched.due(&policy, now, packets, bytes) {
+                issued.push(sched.issue(now, &mut rand_core::OsRng));
+                trigger = Some(t);
+            }
+            let switch = if policy.batch > 0 {
+                sched.take_switch()
+            } else {
+                None
             };
-            let epoch = sched.issue(now, &mut rand_core::OsRng);
-            let delivery = sched.delivery(&self.policy)?;
+            let deliveries = if issued.is_empty() {
+                Vec::new()
+            } else {
+                sched.deliveries(&policy)?
+            };
             let sched = sched.clone();
-            // Durable before it is sent.
-            self.commit_issue(id, &sched, &epoch)?;
-            tracing::info!(spoke = id, epoch = epoch.number, trigger = %trigger.name(), "key epoch issued");
-            if let Some(d) = delivery {
+            if !issued.is_empty() || switch.is_some() {
+                // Durable before it is sent.
+                self.commit_issue(id, &sched, &issued)?;
+            }
+            for e in &issued {
+                tracing::info!(
+                    spoke = id, epoch = e.number,
+                    trigger = %trigger.as_ref().map_or("batch".into(), |t| t.name()),
+                    "key epoch issued"
+                );
+            }
+            for d in deliveries {
                 let _ = session.try_send(HubMessage::KeyDistribution(d));
+            }
+            if let Some((k, t)) = switch {
+                tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
+                let _ = session.try_send(HubMessage::UpdateNotification { epoch: k });
             }
         }
         Ok(())

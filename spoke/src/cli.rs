@@ -105,9 +105,13 @@ pub(crate) fn main() -> Result<()> {
                     if s.control_connected { "connected" } else { "disconnected" }
                 );
                 println!(
-                    "  epoch:      {}",
-                    s.epoch.map_or("none".into(), |e| e.to_string())
+                    "  epoch:      {} (held: {:?})",
+                    s.epoch.map_or("none".into(), |e| e.to_string()),
+                    s.held_epochs
                 );
+                if s.blocked {
+                    println!("  BLOCKED:    key epoch over its hard limit; waiting for the hub");
+                }
                 println!(
                     "  handshake:  {}",
                     s.last_handshake_secs.map_or("never".into(), |t| format!("{t}s ago"))
@@ -136,6 +140,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
     let (config_tx, mut config_rx) = watch::channel(store.config()?);
     let (state_tx, state_rx) = watch::channel(ControlState::default());
+    let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel::<u64>();
     let listener = tasuki_shell::local::bind(socket)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
 
@@ -146,6 +151,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
         dataplane: dp_tx.clone(),
         config: config_tx,
         state: state_tx,
+        confirmed: tokio::sync::Mutex::new(confirmed_rx),
     };
     let control_task = tokio::spawn(control.run());
 
@@ -176,8 +182,11 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
                         let running = dp_status
                             .as_ref()
                             .is_some_and(|d| d.last_handshake_secs.is_some());
+                        let blocked = dp_status.as_ref().is_some_and(|d| d.blocked);
                         let state = if config.is_none() {
                             "waiting-for-hub"
+                        } else if blocked {
+                            "blocked-key-expired"
                         } else if running {
                             "running"
                         } else {
@@ -195,6 +204,8 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
                             interface: iface,
                             control_connected: control.connected,
                             epoch: d.epoch,
+                            held_epochs: d.held,
+                            blocked,
                             last_handshake_secs: d.last_handshake_secs,
                             last_error: control.last_error,
                             counters: d.counters,
@@ -224,7 +235,6 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
             .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
         let tun = tasuki_shell::netdev::create_tun(interface, config.tunnel_addr, config.mtu)?;
         tasuki_shell::netdev::add_routes(&tun.name, &config.routes).await?;
-        let epochs = store.epochs()?;
         let dp = DataPlane::new(
             store.clone(),
             key.clone(),
@@ -232,12 +242,12 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
             hub,
             config.keepalive_secs,
             tun.device,
-            &epochs,
+            confirmed_tx,
         )
         .await?;
         tracing::info!(
             name = %config.name, addr = %config.tunnel_addr, interface = %tun.name, %hub,
-            epoch = ?epochs.last().map(|e| e.number), "spoke running"
+            epoch = store.current()?, "spoke running"
         );
         anyhow::Ok(dp)
     };

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::dataplane::DpCommand;
 use crate::state::{Enrolment, SpokeStore};
+use tasuki_core::spoke_keys::HeldEpoch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(20);
@@ -35,6 +36,8 @@ pub(crate) struct Control {
     pub(crate) dataplane: mpsc::Sender<DpCommand>,
     pub(crate) config: watch::Sender<Option<SpokeConfig>>,
     pub(crate) state: watch::Sender<ControlState>,
+    /// Epochs the data plane confirmed (sent to the hub as update reports).
+    pub(crate) confirmed: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
 }
 
 impl Control {
@@ -99,8 +102,12 @@ impl Control {
         let _ = self.dataplane.send(DpCommand::Rehandshake).await;
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
+        let mut confirmed = self.confirmed.lock().await;
         loop {
             tokio::select! {
+                Some(epoch) = confirmed.recv() => {
+                    write_frame(&mut w, &ch.seal(&SpokeMessage::UpdateReport { epoch })?).await?;
+                }
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
@@ -139,27 +146,27 @@ impl Control {
                     .as_ref()
                     .map(|c| c.spoke_id)
                     .context("key before configuration")?;
-                let held = self.store.epochs()?;
+                let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
                 let epoch = tasuki_core::rotation::open_delivery(link, &delivery, &held)
                     .context("cannot open the delivered key")?;
                 let number = epoch.number;
+                let held = HeldEpoch {
+                    epoch,
+                    lifetime: delivery.lifetime,
+                };
                 // Durable before acknowledged or used.
-                self.store.save_epoch(&epoch)?;
-                if held.is_empty() {
-                    self.dataplane
-                        .send(DpCommand::Install(epoch))
-                        .await
-                        .context("data plane stopped")?;
-                }
+                self.store.save_epoch(&held)?;
+                self.dataplane
+                    .send(DpCommand::Hold(held))
+                    .await
+                    .context("data plane stopped")?;
                 tracing::info!(epoch = number, "key epoch received");
                 write_frame(w, &ch.seal(&SpokeMessage::KeyReceipt { epoch: number })?).await?;
             }
             HubMessage::UpdateNotification { epoch } => {
-                let Some(e) = self.store.epochs()?.into_iter().find(|e| e.number == epoch) else {
-                    bail!("the hub switched to epoch {epoch}, which this spoke does not hold");
-                };
+                tracing::info!(epoch, "update notification: switching");
                 self.dataplane
-                    .send(DpCommand::Install(e))
+                    .send(DpCommand::SwitchTo(epoch))
                     .await
                     .context("data plane stopped")?;
             }

@@ -1,5 +1,7 @@
 //! The spoke's data plane: one UDP socket to the hub, one TUN, one
-//! WireGuard tunnel per key epoch of the spoke–hub link.
+//! WireGuard tunnel per key epoch of the spoke–hub link. Which epoch to run,
+//! when to move on and when to stop is decided by
+//! `tasuki_core::spoke_keys::SpokeKeys`; this task counts, moves bytes and acts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,17 +9,23 @@ use std::time::Duration;
 
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use tasuki_core::admin_api::Counters;
-use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
+use tasuki_core::keys::{PublicKey, StaticKey};
 use tasuki_core::link::Link;
 use tasuki_core::routing::DropReason;
+use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_core::DATAGRAM_BUFFER;
+use tasuki_shell::unix_now;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::state::SpokeStore;
+
 /// Commands from the control side.
 pub(crate) enum DpCommand {
-    /// Install the tunnel for a newly received epoch.
-    Install(KeyEpoch),
+    /// A delivered epoch, stored and acknowledged.
+    Hold(HeldEpoch),
+    /// Update notification: switch to this epoch now.
+    SwitchTo(u64),
     /// Start a fresh handshake now (the hub may have restarted).
     Rehandshake,
     /// Report status.
@@ -29,31 +37,40 @@ pub(crate) enum DpCommand {
 pub(crate) struct DpStatus {
     pub(crate) counters: Counters,
     pub(crate) epoch: Option<u64>,
+    pub(crate) held: Vec<u64>,
+    pub(crate) blocked: bool,
     pub(crate) last_handshake_secs: Option<u64>,
 }
 
-/// Seconds an old epoch stays after its successor is confirmed.
-const GRACE: Duration = Duration::from_secs(10);
-
 pub(crate) struct DataPlane {
-    store: Arc<crate::state::SpokeStore>,
-    erase: Option<(u64, tokio::time::Instant)>,
+    store: Arc<SpokeStore>,
     key: Arc<StaticKey>,
+    keys: SpokeKeys,
     link: Link,
     udp: UdpSocket,
     tun: tun::AsyncDevice,
     counters: Counters,
+    /// Datagrams in and out, for the epoch's packet budget.
+    packets: u64,
+    /// Datagram bytes in and out, for the epoch's byte budget.
+    bytes: u64,
+    /// The epoch whose handshake was last started by a switch.
+    switching: Option<u64>,
+    blocked: bool,
+    erase: Option<(u64, tokio::time::Instant)>,
+    confirmed_tx: mpsc::UnboundedSender<u64>,
 }
 
 impl DataPlane {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn new(
-        store: Arc<crate::state::SpokeStore>,
+        store: Arc<SpokeStore>,
         key: Arc<StaticKey>,
         hub_key: PublicKey,
         hub: SocketAddr,
         keepalive_secs: u16,
         tun: tun::AsyncDevice,
-        epochs: &[KeyEpoch],
+        confirmed_tx: mpsc::UnboundedSender<u64>,
     ) -> anyhow::Result<Self> {
         let bind: SocketAddr = if hub.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
@@ -62,18 +79,26 @@ impl DataPlane {
         };
         let udp = UdpSocket::bind(bind).await?;
         udp.connect(hub).await?;
+        let held = store.epochs()?;
+        let current = store.current()?;
         let mut link = Link::new(0, hub_key, keepalive_secs);
-        for e in epochs {
-            link.install(&key, e, None);
+        for h in &held {
+            link.install(&key, &h.epoch, None);
         }
         Ok(Self {
+            keys: SpokeKeys::new(held, current, unix_now()),
             store,
-            erase: None,
             key,
             link,
             udp,
             tun,
             counters: Counters::default(),
+            packets: 0,
+            bytes: 0,
+            switching: None,
+            blocked: false,
+            erase: None,
+            confirmed_tx,
         })
     }
 
@@ -83,15 +108,19 @@ impl DataPlane {
         let mut out = vec![0u8; DATAGRAM_BUFFER];
         let mut timers = tokio::time::interval(Duration::from_millis(250));
         // Start a session right away so the hub learns where we are.
-        self.rehandshake(&mut out).await;
+        let first = self.keys.current();
+        let first = if first > 0 {
+            first
+        } else {
+            self.link.epochs().last().copied().unwrap_or(0)
+        };
+        self.handshake(first, &mut out).await;
         loop {
             tokio::select! {
                 r = self.udp.recv(&mut udp_buf) => match r {
                     Ok(n) => self.on_datagram(&udp_buf[..n], &mut out).await,
-                    Err(e) => {
-                        // ICMP unreachable while the hub is down shows up here.
-                        tracing::trace!(error = %e, "UDP receive failed");
-                    }
+                    // ICMP unreachable while the hub is down shows up here.
+                    Err(e) => tracing::trace!(error = %e, "UDP receive failed"),
                 },
                 r = self.tun.recv(&mut tun_buf) => match r {
                     Ok(n) => self.on_tun_packet(&tun_buf[..n], &mut out).await,
@@ -101,14 +130,19 @@ impl DataPlane {
                     }
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(DpCommand::Install(epoch)) => {
-                        if !self.link.epochs().contains(&epoch.number) {
-                            self.link.install(&self.key, &epoch, None);
-                            tracing::info!(epoch = epoch.number, "key epoch installed; handshaking under it");
-                            self.rehandshake(&mut out).await;
-                        }
+                    Some(DpCommand::Hold(h)) => {
+                        self.link.install(&self.key, &h.epoch, None);
+                        self.keys.hold(h);
+                        self.poll_keys(&mut out).await;
                     }
-                    Some(DpCommand::Rehandshake) => self.rehandshake(&mut out).await,
+                    Some(DpCommand::SwitchTo(k)) => {
+                        self.keys.request_switch(k);
+                        self.poll_keys(&mut out).await;
+                    }
+                    Some(DpCommand::Rehandshake) => {
+                        let k = self.switching.unwrap_or(self.keys.current());
+                        self.handshake(k, &mut out).await;
+                    }
                     Some(DpCommand::Status(reply)) => {
                         let _ = reply.send(self.status());
                     }
@@ -125,12 +159,12 @@ impl DataPlane {
             .for_sending()
             .and_then(|t| t.tunn.time_since_last_handshake())
             .map(|d| d.as_secs());
+        let current = self.keys.current();
         DpStatus {
             counters: self.counters.clone(),
-            epoch: self
-                .link
-                .confirmed_epoch()
-                .or(self.link.epochs().last().copied()),
+            epoch: (current > 0).then_some(current),
+            held: self.keys.held(),
+            blocked: self.blocked,
             last_handshake_secs: last,
         }
     }
@@ -144,14 +178,17 @@ impl DataPlane {
     }
 
     async fn send(&mut self, datagram: &[u8]) {
+        self.packets += 1;
+        self.bytes += datagram.len() as u64;
         match self.udp.send(datagram).await {
             Ok(_) => self.counters.tx_datagrams += 1,
             Err(e) => tracing::trace!(error = %e, "UDP send failed"),
         }
     }
 
-    async fn rehandshake(&mut self, out: &mut [u8]) {
-        let Some(tunnel) = self.link.newest() else {
+    /// Starts a handshake under epoch `k` (if its tunnel exists).
+    async fn handshake(&mut self, k: u64, out: &mut [u8]) {
+        let Some(tunnel) = self.link.by_epoch(k) else {
             return;
         };
         if let TunnResult::WriteToNetwork(p) = tunnel.tunn.format_handshake_initiation(out, true) {
@@ -160,10 +197,42 @@ impl DataPlane {
         }
     }
 
+    /// Asks the key state what to do, and does it.
+    async fn poll_keys(&mut self, out: &mut [u8]) {
+        let poll = self.keys.poll(unix_now(), self.packets, self.bytes);
+        if poll.blocked != self.blocked {
+            self.blocked = poll.blocked;
+            if poll.blocked {
+                tracing::warn!(
+                    epoch = self.keys.current(),
+                    "key epoch over its hard limit and no next epoch held: traffic stopped until the hub sends a new key"
+                );
+            } else {
+                tracing::info!("traffic resumed");
+            }
+        }
+        if let Some(k) = poll.switch_to {
+            if self.switching != Some(k) && k != self.keys.current() {
+                self.switching = Some(k);
+                tracing::info!(from = self.keys.current(), to = k, "switching key epoch");
+                self.handshake(k, out).await;
+            }
+        }
+    }
+
     async fn on_datagram(&mut self, datagram: &[u8], out: &mut [u8]) {
         self.counters.rx_datagrams += 1;
+        self.packets += 1;
+        self.bytes += datagram.len() as u64;
         let tunnel = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(_)) => self.link.newest(),
+            Ok(Packet::HandshakeInit(_)) => {
+                let k = self.keys.current();
+                if k > 0 {
+                    self.link.by_epoch(k)
+                } else {
+                    self.link.newest()
+                }
+            }
             Ok(Packet::HandshakeResponse(p)) => self.link.by_receiver(p.receiver_idx),
             Ok(Packet::PacketCookieReply(p)) => self.link.by_receiver(p.receiver_idx),
             Ok(Packet::PacketData(p)) => self.link.by_receiver(p.receiver_idx),
@@ -173,7 +242,6 @@ impl DataPlane {
             self.count_drop(DropReason::BadDatagram);
             return;
         };
-        let had_session = tunnel.has_session();
         let epoch = tunnel.epoch;
         let kind = datagram.first().copied();
         let mut to_network = Vec::new();
@@ -189,26 +257,30 @@ impl DataPlane {
                 }
             }
             TunnResult::WriteToTunnelV4(p, _) => delivered = Some(p.len()),
-            TunnResult::WriteToTunnelV6(..) => {}
-            TunnResult::Done => {}
+            TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {}
             TunnResult::Err(e) => {
+                // Expected during a switch: the hub answers an initiation under
+                // every epoch we may be on, and only one answer opens.
                 tracing::trace!(error = ?e, "datagram rejected");
                 self.count_drop(DropReason::BadDatagram);
                 return;
             }
         }
-        if !had_session && tunnel.has_session() {
-            self.counters.handshakes += 1;
-            tracing::info!(epoch = tunnel.epoch, "WireGuard session up");
-        }
         // An answered handshake or a decrypted data packet: the hub runs this epoch.
         if matches!(kind, Some(2) | Some(4)) && self.link.confirm(epoch) {
+            if kind == Some(2) {
+                self.counters.handshakes += 1;
+            }
             self.on_confirmed(epoch);
         }
         for p in to_network {
             self.send(&p).await;
         }
         if let Some(len) = delivered {
+            if self.blocked {
+                self.count_drop(DropReason::KeyExpired);
+                return;
+            }
             match self.tun.send(&out[..len]).await {
                 Ok(_) => self.counters.to_tun += 1,
                 Err(e) => tracing::debug!(error = %e, "TUN write failed"),
@@ -217,12 +289,30 @@ impl DataPlane {
     }
 
     fn on_confirmed(&mut self, epoch: u64) {
+        if !self
+            .keys
+            .on_confirmed(epoch, unix_now(), self.packets, self.bytes)
+        {
+            return;
+        }
+        if self.switching.is_some_and(|s| s <= epoch) {
+            self.switching = None;
+        }
+        self.blocked = false;
+        tracing::info!(epoch, "key epoch carries traffic");
+        if let Err(e) = self.store.save_current(epoch) {
+            tracing::error!(error = %format!("{e:#}"), "cannot record the current epoch");
+        }
+        let _ = self.confirmed_tx.send(epoch);
         if self.link.epochs().iter().any(|e| *e < epoch) {
-            tracing::info!(
+            let grace = self
+                .keys
+                .get(epoch)
+                .map_or(10, |h| h.lifetime.slack_secs.max(1));
+            self.erase = Some((
                 epoch,
-                "epoch confirmed; older epochs end after the grace period"
-            );
-            self.erase = Some((epoch, tokio::time::Instant::now() + GRACE));
+                tokio::time::Instant::now() + Duration::from_secs(grace),
+            ));
         }
     }
 
@@ -235,6 +325,7 @@ impl DataPlane {
         }
         self.erase = None;
         self.link.retain(|e| e >= below);
+        self.keys.erase_below(below);
         match self.store.erase_epochs_below(below) {
             Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),
             Ok(_) => {}
@@ -245,6 +336,10 @@ impl DataPlane {
     async fn on_tun_packet(&mut self, packet: &[u8], out: &mut [u8]) {
         if packet.first().map(|b| b >> 4) != Some(4) {
             self.count_drop(DropReason::Unsupported);
+            return;
+        }
+        if self.blocked {
+            self.count_drop(DropReason::KeyExpired);
             return;
         }
         let Some(tunnel) = self.link.for_sending() else {
@@ -260,6 +355,7 @@ impl DataPlane {
 
     async fn on_timers(&mut self, out: &mut [u8]) {
         self.erase_due();
+        self.poll_keys(out).await;
         let mut sends = Vec::new();
         for tunnel in self.link.tunnels_mut() {
             match tunnel.tunn.update_timers(out) {

@@ -119,7 +119,10 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
             HubMessage::KeyDistribution(d) => {
                 let c = config.context("the hub sent a key before the configuration")?;
                 let epoch = tasuki_core::rotation::open_delivery(c.spoke_id, &d, &[])?;
-                store.save_epoch(&epoch)?;
+                store.save_epoch(&tasuki_core::spoke_keys::HeldEpoch {
+                    epoch: epoch.clone(),
+                    lifetime: d.lifetime.clone(),
+                })?;
                 write_frame(
                     &mut w,
                     &ch.seal(&SpokeMessage::KeyReceipt {

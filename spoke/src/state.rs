@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tasuki_core::control::SpokeConfig;
-use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
+use tasuki_core::keys::{PublicKey, StaticKey};
+use tasuki_core::spoke_keys::HeldEpoch;
 use tasuki_shell::store::{Store, Write};
 
 /// The spoke's identity key file.
@@ -99,8 +100,19 @@ impl SpokeStore {
     }
 
     /// Stored epochs, oldest first.
-    pub(crate) fn epochs(&self) -> Result<Vec<KeyEpoch>> {
+    pub(crate) fn epochs(&self) -> Result<Vec<HeldEpoch>> {
         self.store.all(EPOCHS_TREE)
+    }
+
+    /// The epoch that last carried traffic (0 if none).
+    pub(crate) fn current(&self) -> Result<u64> {
+        Ok(self.store.get(META_TREE, b"current")?.unwrap_or(0))
+    }
+
+    /// Records the epoch carrying traffic.
+    pub(crate) fn save_current(&self, k: u64) -> Result<()> {
+        self.store
+            .commit(&[Write::put(META_TREE, *b"current", &k)?])
     }
 
     /// Erases every stored epoch older than `below` (flushed).
@@ -108,7 +120,7 @@ impl SpokeStore {
         let gone: Vec<u64> = self
             .epochs()?
             .into_iter()
-            .map(|e| e.number)
+            .map(|h| h.epoch.number)
             .filter(|n| *n < below)
             .collect();
         let writes: Vec<Write<'_>> = gone
@@ -120,8 +132,8 @@ impl SpokeStore {
     }
 
     /// Stores an epoch durably (flushed) before it is acknowledged or used.
-    pub(crate) fn save_epoch(&self, e: &KeyEpoch) -> Result<()> {
+    pub(crate) fn save_epoch(&self, h: &HeldEpoch) -> Result<()> {
         self.store
-            .commit(&[Write::put(EPOCHS_TREE, e.number.to_be_bytes(), e)?])
+            .commit(&[Write::put(EPOCHS_TREE, h.epoch.number.to_be_bytes(), h)?])
     }
 }

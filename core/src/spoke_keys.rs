@@ -1,0 +1,254 @@
+//! The spoke's side of rotation: which epochs it holds, which one carries
+//! traffic, when that one ends (it counts its own use), whether it may move
+//! on by itself (batch mode), and when a hard limit stops its traffic.
+//!
+//! Plain state; the spoke's data plane calls [`SpokeKeys::poll`] on its timer
+//! tick with the time and its link counters, and acts on the answer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Lifetime;
+use crate::keys::KeyEpoch;
+
+/// An epoch as the spoke stores it: the key and how long it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldEpoch {
+    /// The epoch.
+    pub epoch: KeyEpoch,
+    /// Its lifetime, from the delivery.
+    pub lifetime: Lifetime,
+}
+
+/// What the data plane should do now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Poll {
+    /// Start a session under this epoch.
+    pub switch_to: Option<u64>,
+    /// The current epoch is over, a hard limit applies and no next epoch is
+    /// held: carry no traffic until an update completes.
+    pub blocked: bool,
+}
+
+/// The spoke's epochs.
+#[derive(Clone, Debug, Default)]
+pub struct SpokeKeys {
+    held: BTreeMap<u64, HeldEpoch>,
+    current: u64,
+    since: u64,
+    base_packets: u64,
+    base_bytes: u64,
+    switching_to: Option<u64>,
+}
+
+impl SpokeKeys {
+    /// Restores the state after a restart; `current` is the stored epoch that
+    /// last carried traffic (0 if none).
+    pub fn new(held: Vec<HeldEpoch>, current: u64, now: u64) -> Self {
+        Self {
+            held: held.into_iter().map(|h| (h.epoch.number, h)).collect(),
+            current,
+            since: now,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a delivered epoch.
+    pub fn hold(&mut self, h: HeldEpoch) {
+        self.held.insert(h.epoch.number, h);
+    }
+
+    /// A held epoch.
+    pub fn get(&self, k: u64) -> Option<&HeldEpoch> {
+        self.held.get(&k)
+    }
+
+    /// Held epoch numbers, oldest first.
+    pub fn held(&self) -> Vec<u64> {
+        self.held.keys().copied().collect()
+    }
+
+    /// The epoch carrying traffic (0: none yet).
+    pub fn current(&self) -> u64 {
+        self.current
+    }
+
+    /// The hub asked to switch to `k` (update notification).
+    pub fn request_switch(&mut self, k: u64) -> bool {
+        if k > self.current && self.held.contains_key(&k) {
+            self.switching_to = Some(k);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A session under `k` was confirmed; returns true if `k` became current.
+    /// `packets` and `bytes` are the link's cumulative counters.
+    pub fn on_confirmed(&mut self, k: u64, now: u64, packets: u64, bytes: u64) -> bool {
+        if k <= self.current || !self.held.contains_key(&k) {
+            return false;
+        }
+        self.current = k;
+        self.since = now;
+        self.base_packets = packets;
+        self.base_bytes = bytes;
+        if self.switching_to.is_some_and(|s| s <= k) {
+            self.switching_to = None;
+        }
+        true
+    }
+
+    /// Forgets epochs older than `below` (after the grace period).
+    pub fn erase_below(&mut self, below: u64) -> Vec<u64> {
+        let gone: Vec<u64> = self.held.range(..below).map(|(k, _)| *k).collect();
+        for k in &gone {
+            self.held.remove(k);
+        }
+        gone
+    }
+
+    /// Decides, from the time and the link counters, whether to switch or to stop.
+    pub fn poll(&mut self, now: u64, packets: u64, bytes: u64) -> Poll {
+        let next = self.held.range(self.current + 1..).next().map(|(k, _)| *k);
+        let Some(cur) = self.held.get(&self.current) else {
+            // Nothing confirmed yet: use the newest held epoch.
+            let newest = self.held.keys().next_back().copied();
+            return Poll {
+                switch_to: self.switching_to.or(newest),
+                blocked: false,
+            };
+        };
+        let life = &cur.lifetime;
+        let age = now.saturating_sub(self.since);
+        let used_p = packets.saturating_sub(self.base_packets);
+        let used_b = bytes.saturating_sub(self.base_bytes);
+        let ended = life.secs.is_some_and(|s| age >= s)
+            || life.packets.is_some_and(|p| used_p >= p)
+            || life.bytes.is_some_and(|b| used_b >= b);
+        let over = life
+            .secs
+            .is_some_and(|s| age >= s.saturating_add(life.slack_secs))
+            || life
+                .packets
+                .is_some_and(|p| used_p >= p.saturating_add(p / 10))
+            || life
+                .bytes
+                .is_some_and(|b| used_b >= b.saturating_add(b / 10));
+        if ended && life.self_switch && self.switching_to.is_none() {
+            self.switching_to = next;
+        }
+        Poll {
+            switch_to: self.switching_to,
+            blocked: life.hard && over && next.is_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn held(n: u64, life: Lifetime, rng: &mut StdRng) -> HeldEpoch {
+        HeldEpoch {
+            epoch: KeyEpoch::issue(n, 0, rng),
+            lifetime: life,
+        }
+    }
+
+    fn batch_life() -> Lifetime {
+        Lifetime {
+            secs: Some(10),
+            self_switch: true,
+            hard: true,
+            slack_secs: 5,
+            ..Lifetime::default()
+        }
+    }
+
+    #[test]
+    fn batch_walks_on_by_itself_then_blocks_when_used_up() {
+        let mut rng = StdRng::seed_from_u64(41);
+        let mut k = SpokeKeys::new(vec![held(1, batch_life(), &mut rng)], 0, 0);
+        assert_eq!(
+            k.poll(0, 0, 0).switch_to,
+            Some(1),
+            "first epoch: start a session"
+        );
+        assert!(k.on_confirmed(1, 0, 0, 0));
+        k.hold(held(2, batch_life(), &mut rng));
+        k.hold(held(3, batch_life(), &mut rng));
+        assert_eq!(k.poll(9, 0, 0), Poll::default());
+        assert_eq!(k.poll(10, 0, 0).switch_to, Some(2));
+        assert!(k.on_confirmed(2, 11, 0, 0));
+        assert_eq!(k.erase_below(2), vec![1]);
+        assert_eq!(k.poll(20, 0, 0), Poll::default());
+        assert_eq!(k.poll(21, 0, 0).switch_to, Some(3));
+        assert!(k.on_confirmed(3, 21, 0, 0));
+        // Batch used up: past the lifetime only a soft wait...
+        assert_eq!(k.poll(31, 0, 0), Poll::default());
+        // ...then, past the slack, a hard stop.
+        assert_eq!(
+            k.poll(36, 0, 0),
+            Poll {
+                switch_to: None,
+                blocked: true
+            }
+        );
+        // A new epoch arrives: move on, no longer blocked.
+        k.hold(held(4, batch_life(), &mut rng));
+        let p = k.poll(37, 0, 0);
+        assert_eq!(
+            p,
+            Poll {
+                switch_to: Some(4),
+                blocked: false
+            }
+        );
+        assert!(k.on_confirmed(4, 37, 0, 0));
+        assert_eq!(k.poll(38, 0, 0), Poll::default());
+    }
+
+    #[test]
+    fn hub_driven_epochs_wait_for_the_notification() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let life = Lifetime {
+            secs: Some(10),
+            ..Lifetime::default()
+        };
+        let mut k = SpokeKeys::new(vec![held(1, life.clone(), &mut rng)], 1, 0);
+        k.hold(held(2, life, &mut rng));
+        assert_eq!(
+            k.poll(100, 0, 0),
+            Poll::default(),
+            "no self switch, no hard limit"
+        );
+        assert!(!k.request_switch(7));
+        assert!(k.request_switch(2));
+        assert_eq!(k.poll(100, 0, 0).switch_to, Some(2));
+        assert!(!k.on_confirmed(1, 100, 0, 0));
+        assert!(k.on_confirmed(2, 100, 0, 0));
+        assert_eq!(k.poll(101, 0, 0), Poll::default());
+    }
+
+    #[test]
+    fn packet_budget_counts_from_the_switch() {
+        let mut rng = StdRng::seed_from_u64(43);
+        let life = Lifetime {
+            packets: Some(100),
+            self_switch: true,
+            hard: true,
+            ..Lifetime::default()
+        };
+        let mut k = SpokeKeys::new(vec![held(1, life.clone(), &mut rng)], 1, 0);
+        assert_eq!(k.poll(0, 99, 0), Poll::default());
+        assert_eq!(k.poll(0, 105, 0), Poll::default(), "within 10 % slack");
+        assert!(k.poll(0, 110, 0).blocked);
+        k.hold(held(2, life, &mut rng));
+        assert_eq!(k.poll(0, 110, 0).switch_to, Some(2));
+        assert!(k.on_confirmed(2, 0, 110, 0));
+        assert_eq!(k.poll(0, 150, 0), Poll::default());
+    }
+}
