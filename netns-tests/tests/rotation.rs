@@ -113,3 +113,108 @@ fn ended_epochs_are_dropped_after_the_grace_period() {
     );
     assert!(t.ping(&t.ns_a, B_TUNNEL, 3), "traffic after erasure");
 }
+
+/// Drops TCP to and from the hub's control port in `ns` (both directions)
+/// with policy-routing rules, leaving the UDP data plane alone. The local
+/// table is moved behind the rules so that incoming segments are refused too.
+fn block_control(net: &TwoSpokes, ns: &str) {
+    let t = &net.topo;
+    for args in [
+        vec![
+            "ip", "rule", "add", "pref", "10", "ipproto", "tcp", "dport", "51820", "prohibit",
+        ],
+        vec![
+            "ip", "rule", "add", "pref", "11", "ipproto", "tcp", "sport", "51820", "prohibit",
+        ],
+        vec!["ip", "rule", "add", "pref", "100", "lookup", "local"],
+        vec!["ip", "rule", "del", "pref", "0"],
+    ] {
+        t.exec_ok(ns, &args);
+    }
+}
+
+fn unblock_control(net: &TwoSpokes, ns: &str) {
+    let t = &net.topo;
+    t.exec_ok(ns, &["ip", "rule", "del", "pref", "10"]);
+    t.exec_ok(ns, &["ip", "rule", "del", "pref", "11"]);
+}
+
+fn spoke_epoch(net: &TwoSpokes) -> (u64, Vec<u64>, bool) {
+    let s = net.topo.spoke_status_json(&net.a_socket);
+    let held = s["held_epochs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    (
+        s["epoch"].as_u64().unwrap_or(0),
+        held,
+        s["blocked"].as_bool().unwrap_or(false),
+    )
+}
+
+/// With a batch, a spoke cut off from the hub's control port keeps rotating
+/// on its own; with a hard limit its traffic stops when the batch is used up
+/// and resumes once the control port opens again.
+#[test]
+fn batch_rotates_without_the_hub_and_hard_limit_stops_then_resumes() {
+    if skip_unless_root("batch_rotates_without_the_hub_and_hard_limit_stops_then_resumes") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    let set = t.hub_cli(&[
+        "key",
+        "policy",
+        "set",
+        "--interval",
+        "3s",
+        "--grace",
+        "1s",
+        "--batch",
+        "2",
+        "--hard-limit",
+        "on",
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    // The policy reaches the spoke with the next epochs: wait for a full batch.
+    t.wait_for(
+        "spoke a to hold a batch of 2 ahead",
+        Duration::from_secs(30),
+        || {
+            let (cur, held, _) = spoke_epoch(&net);
+            held.iter().filter(|k| **k > cur).count() >= 2
+        },
+    );
+    block_control(&net, &t.ns_a);
+    let (start, _, _) = spoke_epoch(&net);
+    // Rotation goes on from the batch, with the hub unreachable.
+    t.wait_for(
+        "spoke a to switch epochs twice on its own",
+        Duration::from_secs(30),
+        || spoke_epoch(&net).0 >= start + 2,
+    );
+    assert!(t.ping(&t.ns_a, B_TUNNEL, 2), "traffic on a batch epoch");
+    // The batch is used up: past lifetime and slack, the hard limit bites.
+    t.wait_for(
+        "the hard limit to stop spoke a",
+        Duration::from_secs(30),
+        || spoke_epoch(&net).2,
+    );
+    assert!(
+        !t.ping(&t.ns_a, B_TUNNEL, 2),
+        "a blocked spoke carries no traffic"
+    );
+    unblock_control(&net, &t.ns_a);
+    t.wait_for(
+        "spoke a to get new keys and resume",
+        Duration::from_secs(90),
+        || {
+            let (_, _, blocked) = spoke_epoch(&net);
+            !blocked && t.ping(&t.ns_a, B_TUNNEL, 1)
+        },
+    );
+}
