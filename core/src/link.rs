@@ -91,6 +91,9 @@ impl Link {
             return;
         }
         let index = tunnel_index(self.slot, epoch.number);
+        // Epochs 16 apart share an index; the older one is long over (a link
+        // never holds more than a few epochs), so it gives way.
+        self.tunnels.retain(|t| t.index != index);
         let tunn = Tunn::new(
             own.to_x25519(),
             self.peer.to_x25519(),
@@ -305,7 +308,12 @@ mod tests {
         assert!(link.confirm(2));
         assert_eq!(link.for_sending().unwrap().epoch, 2);
         assert_eq!(link.confirmed_epoch(), Some(2));
-        link.retain(|e| e != 1);
+        // Epoch 17 shares epoch 1's index: it replaces it.
+        let e17 = KeyEpoch::issue(17, 0, &mut rng);
+        link.install(&own, &e17, None);
+        assert_eq!(link.epochs(), vec![2, 17]);
+        assert_eq!(link.by_receiver(idx).unwrap().epoch, 17);
+        link.retain(|e| e != 17);
         assert_eq!(link.epochs(), vec![2]);
         assert!(link.by_receiver(idx).is_none());
     }

@@ -133,6 +133,7 @@ pub struct LinkSchedule {
 impl LinkSchedule {
     /// A schedule restored from stored epochs and meta (or a new link's first epoch).
     pub fn restore(link: u32, epochs: Vec<KeyEpoch>, meta: ScheduleMeta) -> Self {
+        let erase_below = (meta.confirmed > 0).then_some((meta.confirmed, 0));
         Self {
             link,
             epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
@@ -140,7 +141,8 @@ impl LinkSchedule {
             base_packets: 0,
             base_bytes: 0,
             pending: None,
-            erase_below: None,
+            // Epochs older than the confirmed one (left by a restart) go at the next tick.
+            erase_below,
         }
     }
 
@@ -447,7 +449,11 @@ mod tests {
         let again = s.deliveries(&policy).unwrap().pop().unwrap();
         assert_eq!(first, again);
         // A restart: rebuild from stored epochs and meta, still the same.
-        let restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
+        let mut restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
+        assert!(
+            restored.take_erasable(0).is_empty(),
+            "nothing older than the confirmed epoch"
+        );
         assert_eq!(restored.deliveries(&policy).unwrap().pop().unwrap(), first);
         assert_eq!(restored.handshake_epoch(), 1);
     }
@@ -548,6 +554,19 @@ mod tests {
         s.on_confirmed(2, 102, 0, 0, 1);
         assert_eq!(s.notification(&policy), None);
         assert_eq!(s.handshake_epochs(), vec![2]);
+    }
+
+    #[test]
+    fn a_restart_erases_what_is_older_than_the_confirmed_epoch() {
+        let mut rng = StdRng::seed_from_u64(38);
+        let mut s = fresh(&mut rng);
+        s.issue(101, &mut rng);
+        s.on_receipt(2);
+        s.on_confirmed(2, 102, 0, 0, 60);
+        // Killed before the grace period ended: epoch 1 is still stored.
+        let mut restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
+        assert_eq!(restored.take_erasable(0), vec![1]);
+        assert_eq!(restored.handshake_epochs(), vec![2]);
     }
 
     #[test]

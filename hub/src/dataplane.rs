@@ -299,6 +299,12 @@ impl DataPlane {
                         _ => {}
                     }
                 }
+                tracing::debug!(
+                    spoke = id,
+                    ?candidates,
+                    answers = to_network.len(),
+                    "handshake initiation"
+                );
                 if to_network.is_empty() {
                     self.drop_packet(DropReason::BadDatagram);
                     return;

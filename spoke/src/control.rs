@@ -46,6 +46,10 @@ impl Control {
         let mut backoff = Duration::from_millis(500);
         loop {
             let result = self.session().await;
+            if self.state.borrow().connected {
+                // The session was up: the next attempt starts quickly again.
+                backoff = Duration::from_millis(500);
+            }
             self.state.send_modify(|s| {
                 s.connected = false;
                 if let Err(e) = &result {
@@ -120,6 +124,10 @@ impl Control {
         }
     }
 
+    fn current_at_least(&self, k: u64) -> Result<bool> {
+        Ok(self.store.current()? >= k)
+    }
+
     async fn on_message(
         &self,
         msg: HubMessage,
@@ -147,6 +155,19 @@ impl Control {
                     .map(|c| c.spoke_id)
                     .context("key before configuration")?;
                 let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
+                if held.iter().any(|e| e.number == delivery.epoch)
+                    || self.current_at_least(delivery.epoch)?
+                {
+                    // A re-delivery (the hub lost our receipt): acknowledge again.
+                    write_frame(
+                        w,
+                        &ch.seal(&SpokeMessage::KeyReceipt {
+                            epoch: delivery.epoch,
+                        })?,
+                    )
+                    .await?;
+                    return Ok(());
+                }
                 let epoch = tasuki_core::rotation::open_delivery(link, &delivery, &held)
                     .context("cannot open the delivered key")?;
                 let number = epoch.number;

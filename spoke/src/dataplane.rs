@@ -97,7 +97,13 @@ impl DataPlane {
             bytes: 0,
             switching: None,
             blocked: false,
-            erase: None,
+            // Epochs older than the current one (left by a restart) end after the grace period.
+            erase: (current > 0).then(|| {
+                (
+                    current,
+                    tokio::time::Instant::now() + Duration::from_secs(10),
+                )
+            }),
             confirmed_tx,
         })
     }
@@ -261,7 +267,7 @@ impl DataPlane {
             TunnResult::Err(e) => {
                 // Expected during a switch: the hub answers an initiation under
                 // every epoch we may be on, and only one answer opens.
-                tracing::trace!(error = ?e, "datagram rejected");
+                tracing::debug!(error = ?e, epoch, kind, "datagram rejected");
                 self.count_drop(DropReason::BadDatagram);
                 return;
             }
