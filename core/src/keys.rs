@@ -179,7 +179,38 @@ pub struct KeyEpoch {
     pub issued_at: u64,
 }
 
+/// An epoch without its key: what the stores keep (the key lives in a file
+/// of its own that can really be erased).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Sequence number.
+    pub number: u64,
+    /// Cipher system.
+    pub suite: CipherSuite,
+    /// Issue time (Unix seconds).
+    pub issued_at: u64,
+}
+
 impl KeyEpoch {
+    /// The record to store, without the key.
+    pub fn record(&self) -> EpochRecord {
+        EpochRecord {
+            number: self.number,
+            suite: self.suite,
+            issued_at: self.issued_at,
+        }
+    }
+
+    /// Joins a stored record with its key.
+    pub fn from_record(record: EpochRecord, key: SecretKey) -> Self {
+        Self {
+            number: record.number,
+            key,
+            suite: record.suite,
+            issued_at: record.issued_at,
+        }
+    }
+
     /// Issues a fresh epoch.
     pub fn issue<R: RngCore + CryptoRng>(number: u64, now_unix: u64, rng: &mut R) -> Self {
         Self {

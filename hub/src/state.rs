@@ -12,13 +12,14 @@ use anyhow::{Context, Result};
 use tasuki_core::admin_api::{HubStatus, InvitationView, SpokeView};
 use tasuki_core::control::{HubMessage, Refusal};
 use tasuki_core::invitation::InvitationId;
-use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
+use tasuki_core::keys::{EpochRecord, KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::registry::{
     Enrolled, HubSettings, Registry, RegistryError, SpokeRecord, SpokeState,
 };
 use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger};
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::{Store, Write};
+use tasuki_shell::vault::KeyVault;
 use tokio::sync::mpsc;
 
 use crate::dataplane::{DpCommand, LinkSpec};
@@ -26,11 +27,35 @@ use crate::dataplane::{DpCommand, LinkSpec};
 /// File holding the hub's static key.
 pub(crate) const KEY_FILE: &str = "hub.key";
 const STORE_DIR: &str = "store";
+const KEYS_DIR: &str = "keys";
 const SETTINGS_TREE: &str = "settings";
 const SPOKES_TREE: &str = "spokes";
 const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
 const SCHEDULES_TREE: &str = "schedules";
+
+fn vault_name(spoke: SpokeId, epoch: u64) -> String {
+    format!("{spoke}-{epoch}")
+}
+
+/// Puts each epoch's key in the vault (durably) and returns the store writes
+/// for their records: keys first, so a record never names a missing key.
+fn epoch_writes<'a>(
+    vault: &KeyVault,
+    spoke: SpokeId,
+    epochs: &[KeyEpoch],
+) -> Result<Vec<Write<'a>>> {
+    let mut writes = Vec::with_capacity(epochs.len());
+    for epoch in epochs {
+        vault.put(&vault_name(spoke, epoch.number), &epoch.key)?;
+        writes.push(Write::put(
+            EPOCHS_TREE,
+            epoch_key(spoke, epoch.number),
+            &(spoke, epoch.record()),
+        )?);
+    }
+    Ok(writes)
+}
 
 fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
     let mut k = spoke.to_be_bytes().to_vec();
@@ -62,6 +87,7 @@ pub(crate) struct HubState {
     schedules: HashMap<SpokeId, LinkSchedule>,
     pub(crate) policy: RotationPolicy,
     store: Store,
+    vault: KeyVault,
     pub(crate) key: Arc<StaticKey>,
     pub(crate) interface: String,
     dataplane: mpsc::Sender<DpCommand>,
@@ -86,9 +112,32 @@ impl HubState {
         })?;
         let spokes: Vec<SpokeRecord> = store.all(SPOKES_TREE)?;
         let invitations = store.all(INVITATIONS_TREE)?;
+        let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
         let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
-        for (spoke, epoch) in store.all::<(SpokeId, KeyEpoch)>(EPOCHS_TREE)? {
-            epochs.entry(spoke).or_default().push(epoch);
+        let mut named = std::collections::HashSet::new();
+        for (spoke, record) in store.all::<(SpokeId, EpochRecord)>(EPOCHS_TREE)? {
+            let name = vault_name(spoke, record.number);
+            match vault.get(&name)? {
+                Some(key) => {
+                    named.insert(name);
+                    epochs
+                        .entry(spoke)
+                        .or_default()
+                        .push(KeyEpoch::from_record(record, key));
+                }
+                None => tracing::error!(
+                    spoke,
+                    epoch = record.number,
+                    "the key of a stored epoch is missing from the key directory; skipping it"
+                ),
+            }
+        }
+        // Keys whose record never made it to the store (a crash in between) or
+        // whose record was removed before the key: never in use, erase them.
+        for name in vault.names()? {
+            if !named.contains(&name) {
+                vault.erase(&name)?;
+            }
         }
         let mut metas: HashMap<SpokeId, ScheduleMeta> = store
             .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
@@ -106,6 +155,7 @@ impl HubState {
             registry: Registry::new(settings, spokes, invitations),
             schedules,
             policy,
+            vault,
             store,
             key,
             interface,
@@ -197,10 +247,10 @@ impl HubState {
         ];
         let mut schedule = None;
         if let Some(epoch) = &enrolled.first_epoch {
-            writes.push(Write::put(
-                EPOCHS_TREE,
-                epoch_key(spoke.id, epoch.number),
-                &(spoke.id, epoch.clone()),
+            writes.extend(epoch_writes(
+                &self.vault,
+                spoke.id,
+                std::slice::from_ref(epoch),
             )?);
             let sched =
                 LinkSchedule::restore(spoke.id, vec![epoch.clone()], ScheduleMeta::default());
@@ -261,14 +311,7 @@ impl HubState {
         sched: &LinkSchedule,
         epochs: &[KeyEpoch],
     ) -> Result<()> {
-        let mut writes = Vec::with_capacity(epochs.len() + 1);
-        for epoch in epochs {
-            writes.push(Write::put(
-                EPOCHS_TREE,
-                epoch_key(spoke, epoch.number),
-                &(spoke, epoch.clone()),
-            )?);
-        }
+        let mut writes = epoch_writes(&self.vault, spoke, epochs)?;
         writes.push(Write::put(
             SCHEDULES_TREE,
             spoke.to_be_bytes(),
@@ -392,7 +435,12 @@ impl HubState {
                     .iter()
                     .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
                     .collect();
+                // Record first, then the key: a crash in between leaves an
+                // orphan key file that the next start erases.
                 self.store.commit(&writes)?;
+                for k in &erased {
+                    self.vault.erase(&vault_name(id, *k))?;
+                }
                 self.push_link(id).await;
                 tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
             }

@@ -9,6 +9,7 @@ pub mod local;
 pub mod logging;
 pub mod netdev;
 pub mod store;
+pub mod vault;
 
 /// Current time as Unix seconds.
 pub fn unix_now() -> u64 {

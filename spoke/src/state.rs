@@ -6,16 +6,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use tasuki_core::control::Lifetime;
 use tasuki_core::control::SpokeConfig;
+use tasuki_core::keys::{EpochRecord, KeyEpoch};
 use tasuki_core::keys::{PublicKey, StaticKey};
 use tasuki_core::spoke_keys::HeldEpoch;
 use tasuki_shell::store::{Store, Write};
+use tasuki_shell::vault::KeyVault;
 
 /// The spoke's identity key file.
 pub(crate) const KEY_FILE: &str = "spoke.key";
 /// The pinned hub key file.
 pub(crate) const HUB_KEY_FILE: &str = "hub.pub";
 const STORE_DIR: &str = "store";
+const KEYS_DIR: &str = "keys";
 const META_TREE: &str = "meta";
 const EPOCHS_TREE: &str = "epochs";
 
@@ -31,15 +35,32 @@ pub(crate) struct Enrolment {
 pub(crate) struct SpokeStore {
     dir: PathBuf,
     store: Store,
+    /// Epoch keys, one erasable file each (never in the store).
+    vault: KeyVault,
 }
 
 impl SpokeStore {
     /// Opens (creating) the store in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
         tasuki_shell::files::ensure_private_dir(dir)?;
+        let store = Store::open(&dir.join(STORE_DIR))?;
+        let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
+        // Keys whose record never reached the store, or whose record is gone:
+        // never acknowledged or no longer used, so erase them.
+        let recorded: Vec<String> = store
+            .all::<(EpochRecord, Lifetime)>(EPOCHS_TREE)?
+            .iter()
+            .map(|(r, _)| r.number.to_string())
+            .collect();
+        for name in vault.names()? {
+            if !recorded.contains(&name) {
+                vault.erase(&name)?;
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
-            store: Store::open(&dir.join(STORE_DIR))?,
+            store,
+            vault,
         })
     }
 
@@ -101,7 +122,20 @@ impl SpokeStore {
 
     /// Stored epochs, oldest first.
     pub(crate) fn epochs(&self) -> Result<Vec<HeldEpoch>> {
-        self.store.all(EPOCHS_TREE)
+        let mut out = Vec::new();
+        for (record, lifetime) in self.store.all::<(EpochRecord, Lifetime)>(EPOCHS_TREE)? {
+            match self.vault.get(&record.number.to_string())? {
+                Some(key) => out.push(HeldEpoch {
+                    epoch: KeyEpoch::from_record(record, key),
+                    lifetime,
+                }),
+                None => tracing::error!(
+                    epoch = record.number,
+                    "the key of a stored epoch is missing from the key directory; skipping it"
+                ),
+            }
+        }
+        Ok(out)
     }
 
     /// The epoch that last carried traffic (0 if none).
@@ -118,22 +152,32 @@ impl SpokeStore {
     /// Erases every stored epoch older than `below` (flushed).
     pub(crate) fn erase_epochs_below(&self, below: u64) -> Result<Vec<u64>> {
         let gone: Vec<u64> = self
-            .epochs()?
+            .store
+            .all::<(EpochRecord, Lifetime)>(EPOCHS_TREE)?
             .into_iter()
-            .map(|h| h.epoch.number)
+            .map(|(r, _)| r.number)
             .filter(|n| *n < below)
             .collect();
         let writes: Vec<Write<'_>> = gone
             .iter()
             .map(|n| Write::remove(EPOCHS_TREE, n.to_be_bytes()))
             .collect();
+        // Record first, then the key (an orphan key is erased at the next start).
         self.store.commit(&writes)?;
+        for n in &gone {
+            self.vault.erase(&n.to_string())?;
+        }
         Ok(gone)
     }
 
     /// Stores an epoch durably (flushed) before it is acknowledged or used.
     pub(crate) fn save_epoch(&self, h: &HeldEpoch) -> Result<()> {
-        self.store
-            .commit(&[Write::put(EPOCHS_TREE, h.epoch.number.to_be_bytes(), h)?])
+        // Key first, then the record that names it.
+        self.vault.put(&h.epoch.number.to_string(), &h.epoch.key)?;
+        self.store.commit(&[Write::put(
+            EPOCHS_TREE,
+            h.epoch.number.to_be_bytes(),
+            &(h.epoch.record(), h.lifetime.clone()),
+        )?])
     }
 }
