@@ -549,6 +549,31 @@ impl Topology {
         p
     }
 
+    /// Runs a sink in `ns` on a scoped thread, waits for its ready file, runs
+    /// `then`, and returns the sink's JSON line.
+    pub fn with_sink(&self, ns: &str, sink_args: &[&str], then: impl FnOnce()) -> Value {
+        let t = self;
+        let ready = t
+            .dir()
+            .join(format!("ready-{}-{}", sink_args[0], sink_args[1]));
+        let ready_arg = ready.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = sink_args.to_vec();
+        args.extend(["--ready", &ready_arg]);
+        std::thread::scope(|s| {
+            let sink = s.spawn(|| t.nettool(ns, &args));
+            t.wait_for(
+                &format!("{} to listen", sink_args[0]),
+                Duration::from_secs(10),
+                || ready.exists() || sink.is_finished(),
+            );
+            then();
+            match sink.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+
     /// Runs `tasuki-hub ARGS --admin-socket SOCK` in the hub namespace.
     pub fn hub_cli(&self, args: &[&str]) -> Output {
         let socket = self.hub_socket();

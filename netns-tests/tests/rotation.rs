@@ -326,3 +326,37 @@ fn kill_9_during_rotations_never_locks_a_spoke_out() {
     assert!(t.ping(&t.ns_a, B_TUNNEL, 3));
     assert!(t.ping(&t.ns_b, "10.77.0.2", 3));
 }
+
+/// A TCP transfer that spans several rotations (one every 2 s) completes
+/// with the content intact.
+#[test]
+fn tcp_transfer_across_rotations_every_2s_arrives_intact() {
+    if skip_unless_root("tcp_transfer_across_rotations_every_2s_arrives_intact") {
+        return;
+    }
+    const BYTES: u64 = 120 * 1024 * 1024;
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    assert!(t
+        .hub_cli(&["key", "policy", "set", "--interval", "2s", "--grace", "1s"])
+        .status
+        .success());
+    let before = epoch_of(&net, "a") + epoch_of(&net, "b");
+    let bytes = BYTES.to_string();
+    let dst = format!("{B_TUNNEL}:9200");
+    let mut sent = Value::Null;
+    let received = t.with_sink(&t.ns_b, &["tcp-sink", "9200"], || {
+        sent = t.nettool(&t.ns_a, &["tcp-source", &dst, &bytes]);
+    });
+    let after = epoch_of(&net, "a") + epoch_of(&net, "b");
+    assert_eq!(sent["bytes"].as_u64(), Some(BYTES), "source: {sent}");
+    assert_eq!(received["bytes"].as_u64(), Some(BYTES), "sink: {received}");
+    assert_eq!(
+        received["sha256"], sent["sha256"],
+        "data altered in transit"
+    );
+    assert!(
+        after >= before + 2,
+        "the transfer should span rotations (epochs {before} → {after})"
+    );
+}

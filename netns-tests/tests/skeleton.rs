@@ -24,30 +24,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs a sink in `ns` on a scoped thread, waits for its ready file, runs
-/// `then`, and returns the sink's JSON line.
-fn with_sink(t: &Topology, ns: &str, sink_args: &[&str], then: impl FnOnce()) -> Value {
-    let ready = t
-        .dir()
-        .join(format!("ready-{}-{}", sink_args[0], sink_args[1]));
-    let ready_arg = ready.to_string_lossy().into_owned();
-    let mut args: Vec<&str> = sink_args.to_vec();
-    args.extend(["--ready", &ready_arg]);
-    std::thread::scope(|s| {
-        let sink = s.spawn(|| t.nettool(ns, &args));
-        t.wait_for(
-            &format!("{} to listen", sink_args[0]),
-            Duration::from_secs(10),
-            || ready.exists() || sink.is_finished(),
-        );
-        then();
-        match sink.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
-
 #[test]
 fn ping_spoke_to_spoke_lan_and_hub() {
     require_root!("ping_spoke_to_spoke_lan_and_hub");
@@ -83,7 +59,7 @@ fn tcp_50mb_spoke_to_spoke_arrives_intact() {
     let bytes = BYTES.to_string();
     let dst = format!("{B_TUNNEL}:9100");
     let mut sent = Value::Null;
-    let received = with_sink(&net, &net.ns_b, &["tcp-sink", "9100"], || {
+    let received = net.with_sink(&net.ns_b, &["tcp-sink", "9100"], || {
         sent = net.nettool(&net.ns_a, &["tcp-source", &dst, &bytes]);
     });
     assert_eq!(sent["bytes"].as_u64(), Some(BYTES), "source: {sent}");
@@ -112,7 +88,7 @@ fn forged_inner_source_is_dropped_by_the_hub() {
         );
     }
     let before = net.hub_dropped("forged_source");
-    let got = with_sink(&net, b, &["udp-sink", "9000", "3"], || {
+    let got = net.with_sink(b, &["udp-sink", "9000", "3"], || {
         net.nettool(&net.ns_a, &["udp-send", B_TUNNEL, "9000", "5"]);
         net.nettool(&net.ns_a, &["forge", "10.77.0.99", B_TUNNEL, "9000"]);
         // Positive control: the same raw-socket path with a's own source
