@@ -30,12 +30,18 @@ pub enum HubRequest {
         /// Spoke name; `None` for all.
         spoke: Option<String>,
     },
-    /// Show the rotation policy.
-    KeyPolicyShow,
-    /// Replace the rotation policy.
+    /// Show the rotation policy (hub-wide, or the one in force for a spoke).
+    KeyPolicyShow {
+        /// Spoke name; `None` for the hub-wide policy.
+        spoke: Option<String>,
+    },
+    /// Replace the hub-wide policy or set a spoke's override; `policy: None`
+    /// with a spoke drops its override.
     KeyPolicySet {
+        /// Spoke name; `None` for the hub-wide policy.
+        spoke: Option<String>,
         /// The new policy.
-        policy: crate::rotation::RotationPolicy,
+        policy: Option<crate::rotation::RotationPolicy>,
     },
     /// Per-link key status.
     KeyStatus,
@@ -66,6 +72,8 @@ pub struct LinkKeyView {
     pub next_interval_in: Option<u64>,
     /// Whether the spoke's control channel is up.
     pub control_connected: bool,
+    /// Whether a per-spoke policy applies.
+    pub policy_override: bool,
 }
 
 /// A request to the spoke daemon from `tasuki-spoke` subcommands.

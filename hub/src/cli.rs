@@ -118,14 +118,27 @@ enum KeyCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Print the policy.
+    /// Print the policy (hub-wide, or the one in force for a spoke).
     Show {
+        /// The spoke whose policy to show.
+        #[arg(long)]
+        spoke: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Change the policy; options not given keep their value.
+    /// Drop a spoke's override: the hub-wide policy applies to it again.
+    Reset {
+        /// The spoke.
+        #[arg(long)]
+        spoke: String,
+    },
+    /// Change the policy; options not given keep their value. With --spoke,
+    /// sets that spoke's override (starting from the policy in force for it).
     Set {
+        /// The spoke to override for; without it the hub-wide policy changes.
+        #[arg(long)]
+        spoke: Option<String>,
         /// End epochs after this long (e.g. 10m, 1h); "off" disables.
         #[arg(long)]
         interval: Option<String>,
@@ -357,15 +370,29 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
             println!("rotation requested on {} link(s)", v["links"]);
         }
         KeyCommand::Policy {
-            command: PolicyCommand::Show { json },
+            command: PolicyCommand::Show { spoke, json },
         } => {
             let p: RotationPolicy =
-                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow).await?;
+                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow { spoke }).await?;
             print_policy(&p, json)?;
+        }
+        KeyCommand::Policy {
+            command: PolicyCommand::Reset { spoke },
+        } => {
+            let p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicySet {
+                    spoke: Some(spoke),
+                    policy: None,
+                },
+            )
+            .await?;
+            print_policy(&p, false)?;
         }
         KeyCommand::Policy {
             command:
                 PolicyCommand::Set {
+                    spoke,
                     interval,
                     max_packets,
                     max_bytes,
@@ -375,8 +402,13 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
                     hard_limit,
                 },
         } => {
-            let mut p: RotationPolicy =
-                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow).await?;
+            let mut p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicyShow {
+                    spoke: spoke.clone(),
+                },
+            )
+            .await?;
             if let Some(i) = interval {
                 p.interval_secs = if i == "off" {
                     None
@@ -415,9 +447,14 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
             if let Some(h) = hard_limit {
                 p.hard_limit = h == "on";
             }
-            let p: RotationPolicy =
-                tasuki_shell::local::request(socket, HubRequest::KeyPolicySet { policy: p })
-                    .await?;
+            let p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicySet {
+                    spoke,
+                    policy: Some(p),
+                },
+            )
+            .await?;
             print_policy(&p, false)?;
         }
         KeyCommand::Status { json } => {

@@ -181,7 +181,7 @@ async fn enrol(
                 &HubMessage::KeyDistribution(KeyDelivery {
                     epoch: epoch.number,
                     body: DeliveryBody::Channel(epoch),
-                    lifetime: state.lock().await.policy.lifetime(),
+                    lifetime: state.lock().await.policy_for(enrolled.spoke.id).lifetime(),
                 }),
             )
             .await?;

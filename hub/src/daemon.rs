@@ -77,20 +77,27 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
     let ev_state = state.clone();
     let events_task = tokio::spawn(async move {
-        while let Some(DpEvent::Confirmed {
-            spoke,
-            epoch,
-            packets,
-            bytes,
-        }) = ev_rx.recv().await
-        {
+        while let Some(event) = ev_rx.recv().await {
             let now = tasuki_shell::unix_now();
-            if let Err(e) = ev_state
-                .lock()
-                .await
-                .on_confirmed(spoke, epoch, now, packets, bytes)
-            {
-                tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
+            let mut st = ev_state.lock().await;
+            match event {
+                DpEvent::Confirmed {
+                    spoke,
+                    epoch,
+                    packets,
+                    bytes,
+                } => {
+                    if let Err(e) = st.on_confirmed(spoke, epoch, now, packets, bytes) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
+                    }
+                }
+                DpEvent::EndpointChanged { spoke, from, to } => {
+                    tracing::info!(spoke, %from, %to, "spoke address changed: rotating its key");
+                    st.request_rotation_of(
+                        spoke,
+                        tasuki_core::rotation::Trigger::Event("address-changed".into()),
+                    );
+                }
             }
         }
     });
@@ -152,10 +159,12 @@ async fn admin_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Reply<s
                     .request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)?;
                 Ok(serde_json::json!({ "links": n }))
             }
-            HubRequest::KeyPolicyShow => Ok(serde_json::to_value(&state.lock().await.policy)?),
-            HubRequest::KeyPolicySet { policy } => {
-                state.lock().await.set_policy(policy.clone())?;
-                Ok(serde_json::to_value(policy)?)
+            HubRequest::KeyPolicyShow { spoke } => Ok(serde_json::to_value(
+                state.lock().await.policy_of(spoke.as_deref())?,
+            )?),
+            HubRequest::KeyPolicySet { spoke, policy } => {
+                let now = state.lock().await.set_policy(spoke.as_deref(), policy)?;
+                Ok(serde_json::to_value(now)?)
             }
             HubRequest::KeyStatus => {
                 let st = state.lock().await;

@@ -44,6 +44,12 @@ pub(crate) enum DpEvent {
         packets: u64,
         bytes: u64,
     },
+    /// An authenticated packet came from a new address (the spoke roamed).
+    EndpointChanged {
+        spoke: SpokeId,
+        from: SocketAddr,
+        to: SocketAddr,
+    },
 }
 
 /// Commands from the control side.
@@ -309,7 +315,13 @@ impl DataPlane {
                     self.drop_packet(DropReason::BadDatagram);
                     return;
                 }
-                peer.endpoint = Some(src);
+                if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+                    let _ = self.events.send(DpEvent::EndpointChanged {
+                        spoke: id,
+                        from,
+                        to: src,
+                    });
+                }
                 self.counters.handshakes += 1;
                 for p in to_network {
                     self.send(src, &p).await;
@@ -358,9 +370,12 @@ impl DataPlane {
                 });
             }
             // The datagram authenticated: this is where the spoke is now.
-            if peer.endpoint != Some(src) {
-                tracing::debug!(spoke = id, %src, "spoke endpoint");
-                peer.endpoint = Some(src);
+            if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+                let _ = self.events.send(DpEvent::EndpointChanged {
+                    spoke: id,
+                    from,
+                    to: src,
+                });
             }
             peer.rx_bytes += datagram.len() as u64;
         }

@@ -33,6 +33,7 @@ const SPOKES_TREE: &str = "spokes";
 const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
 const SCHEDULES_TREE: &str = "schedules";
+const OVERRIDES_TREE: &str = "policy-overrides";
 
 fn vault_name(spoke: SpokeId, epoch: u64) -> String {
     format!("{spoke}-{epoch}")
@@ -85,7 +86,10 @@ pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
 pub(crate) struct HubState {
     pub(crate) registry: Registry,
     schedules: HashMap<SpokeId, LinkSchedule>,
+    /// The hub-wide rotation policy.
     pub(crate) policy: RotationPolicy,
+    /// Per-spoke policies that replace the hub-wide one.
+    overrides: HashMap<SpokeId, RotationPolicy>,
     store: Store,
     vault: KeyVault,
     pub(crate) key: Arc<StaticKey>,
@@ -151,10 +155,15 @@ impl HubState {
             })
             .collect();
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
+        let overrides: HashMap<SpokeId, RotationPolicy> = store
+            .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
+            .into_iter()
+            .collect();
         Ok(Self {
             registry: Registry::new(settings, spokes, invitations),
             schedules,
             policy,
+            overrides,
             vault,
             store,
             key,
@@ -290,7 +299,7 @@ impl HubState {
             self.schedules.insert(spoke, sched);
             self.push_link(spoke).await;
         }
-        let policy = self.policy.clone();
+        let policy = self.policy_for(spoke).clone();
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(Vec::new());
         };
@@ -338,7 +347,7 @@ impl HubState {
         spoke: SpokeId,
         k: u64,
     ) -> Result<Option<HubMessage>> {
-        let policy = self.policy.clone();
+        let policy = self.policy_for(spoke).clone();
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(None);
         };
@@ -361,7 +370,7 @@ impl HubState {
         packets: u64,
         bytes: u64,
     ) -> Result<()> {
-        let grace = self.policy.grace_secs;
+        let grace = self.policy_for(spoke).grace_secs;
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(());
         };
@@ -406,12 +415,64 @@ impl HubState {
         Ok(ids.len())
     }
 
-    /// Sets and stores the rotation policy.
-    pub(crate) fn set_policy(&mut self, policy: RotationPolicy) -> Result<()> {
-        self.store
-            .commit(&[Write::put(SETTINGS_TREE, *b"policy", &policy)?])?;
-        self.policy = policy;
-        Ok(())
+    /// Asks for a rotation of one link, by spoke id (named events).
+    pub(crate) fn request_rotation_of(&mut self, spoke: SpokeId, trigger: Trigger) {
+        if let Some(s) = self.schedules.get_mut(&spoke) {
+            s.request(trigger);
+        }
+    }
+
+    /// The policy that applies to one spoke's link.
+    pub(crate) fn policy_for(&self, spoke: SpokeId) -> &RotationPolicy {
+        self.overrides.get(&spoke).unwrap_or(&self.policy)
+    }
+
+    fn spoke_id(&self, name: &str) -> Result<SpokeId> {
+        self.registry
+            .spoke_by_name(name)
+            .map(|s| s.id)
+            .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(name.to_owned())))
+    }
+
+    /// The policy in force for `spoke` (by name), or the hub-wide one.
+    pub(crate) fn policy_of(&self, spoke: Option<&str>) -> Result<RotationPolicy> {
+        Ok(match spoke {
+            Some(n) => self.policy_for(self.spoke_id(n)?).clone(),
+            None => self.policy.clone(),
+        })
+    }
+
+    /// Sets and stores the hub-wide policy, or one spoke's override
+    /// (`reset` drops the override so the hub-wide policy applies again).
+    pub(crate) fn set_policy(
+        &mut self,
+        spoke: Option<&str>,
+        policy: Option<RotationPolicy>,
+    ) -> Result<RotationPolicy> {
+        match (spoke, policy) {
+            (None, Some(policy)) => {
+                self.store
+                    .commit(&[Write::put(SETTINGS_TREE, *b"policy", &policy)?])?;
+                self.policy = policy;
+            }
+            (None, None) => anyhow::bail!("only a spoke's override can be reset"),
+            (Some(name), Some(policy)) => {
+                let id = self.spoke_id(name)?;
+                self.store.commit(&[Write::put(
+                    OVERRIDES_TREE,
+                    id.to_be_bytes(),
+                    &(id, policy.clone()),
+                )?])?;
+                self.overrides.insert(id, policy);
+            }
+            (Some(name), None) => {
+                let id = self.spoke_id(name)?;
+                self.store
+                    .commit(&[Write::remove(OVERRIDES_TREE, id.to_be_bytes())])?;
+                self.overrides.remove(&id);
+            }
+        }
+        self.policy_of(spoke)
     }
 
     /// One rotation tick: issue epochs that are due (for spokes whose control
@@ -447,7 +508,7 @@ impl HubState {
             let Some(session) = self.sessions.get(&id).cloned() else {
                 continue;
             };
-            let policy = self.policy.clone();
+            let policy = self.policy_for(id).clone();
             let Some(sched) = self.schedules.get_mut(&id) else {
                 continue;
             };
@@ -518,7 +579,8 @@ impl HubState {
                     packets,
                     bytes,
                     rotations: s.meta().rotations,
-                    next_interval_in: s.next_interval_in(&self.policy, now),
+                    next_interval_in: s.next_interval_in(self.policy_for(*id), now),
+                    policy_override: self.overrides.contains_key(id),
                     control_connected: self.sessions.contains_key(id),
                 }
             })

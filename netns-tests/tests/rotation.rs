@@ -360,3 +360,94 @@ fn tcp_transfer_across_rotations_every_2s_arrives_intact() {
         "the transfer should span rotations (epochs {before} → {after})"
     );
 }
+
+/// A per-spoke policy overrides the hub-wide one for that spoke only, and
+/// `reset` brings the hub-wide policy back.
+#[test]
+fn per_spoke_policy_overrides_the_hub_wide_one() {
+    if skip_unless_root("per_spoke_policy_overrides_the_hub_wide_one") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    assert!(t
+        .hub_cli(&["key", "policy", "set", "--interval", "off", "--grace", "1s"])
+        .status
+        .success());
+    let set = t.hub_cli(&["key", "policy", "set", "--spoke", "a", "--interval", "1s"]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let (a0, b0) = (epoch_of(&net, "a"), epoch_of(&net, "b"));
+    t.wait_for(
+        "spoke a to rotate twice on its own policy",
+        Duration::from_secs(20),
+        || epoch_of(&net, "a") >= a0 + 2,
+    );
+    assert_eq!(
+        epoch_of(&net, "b"),
+        b0,
+        "spoke b follows the hub-wide policy (off)"
+    );
+    let status: Value =
+        serde_json::from_slice(&t.hub_cli(&["key", "status", "--json"]).stdout).unwrap();
+    let flag = |name: &str| {
+        status
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["spoke"] == name))
+            .map(|x| x["policy_override"].clone())
+    };
+    assert_eq!(flag("a"), Some(Value::Bool(true)));
+    assert_eq!(flag("b"), Some(Value::Bool(false)));
+    let shown = t.hub_cli(&["key", "policy", "show", "--spoke", "a", "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["interval_secs"], 1);
+    assert!(t
+        .hub_cli(&["key", "policy", "reset", "--spoke", "a"])
+        .status
+        .success());
+    let shown = t.hub_cli(&["key", "policy", "show", "--spoke", "a", "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["interval_secs"], Value::Null);
+    let bad = t.hub_cli(&[
+        "key",
+        "policy",
+        "set",
+        "--spoke",
+        "nobody",
+        "--interval",
+        "1s",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no spoke named"));
+}
+
+/// A named event: when a spoke shows up from a new address, its key rotates.
+#[test]
+fn a_new_spoke_address_rotates_its_key() {
+    if skip_unless_root("a_new_spoke_address_rotates_its_key") {
+        return;
+    }
+    let mut net = TwoSpokes::up();
+    assert!(net
+        .topo
+        .hub_cli(&["key", "policy", "set", "--interval", "off"])
+        .status
+        .success());
+    let before = epoch_of(&net, "a");
+    let b_before = epoch_of(&net, "b");
+    // A restarted spoke sends from a new UDP port: a new address for the hub.
+    let status = net.topo.sigterm(&net.a);
+    assert!(status.success(), "spoke a should stop cleanly: {status:?}");
+    net.restart_a();
+    let t = &net.topo;
+    t.wait_for(
+        "the hub to rotate spoke a's key",
+        Duration::from_secs(30),
+        || epoch_of(&net, "a") > before,
+    );
+    assert!(t.ping(&t.ns_a, B_TUNNEL, 2));
+    assert_eq!(epoch_of(&net, "b"), b_before, "spoke b did not move");
+}
