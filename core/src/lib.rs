@@ -22,6 +22,9 @@ pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
 
+#[cfg(test)]
+mod sim;
+
 /// Protocol version spoken on the control channel and the admin sockets.
 pub const PROTOCOL_VERSION: u16 = 1;
 
