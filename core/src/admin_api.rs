@@ -66,6 +66,8 @@ pub struct LinkKeyView {
     pub packets: u64,
     /// Bytes on the link in this epoch.
     pub bytes: u64,
+    /// WireGuard handshakes on the link in this epoch.
+    pub handshakes: u64,
     /// Rotations completed on this link.
     pub rotations: u64,
     /// Seconds until the interval trigger.

@@ -64,6 +64,9 @@ pub enum SpokeMessage {
         /// The epoch now carrying traffic.
         epoch: u64,
     },
+    /// Distribution request: the spoke asks for the keys it should hold
+    /// (it is blocked, or its batch runs low).
+    DistributionRequest,
     /// Update request: the spoke asks for a new epoch (it saw a trigger).
     UpdateRequest {
         /// Why.
@@ -84,6 +87,11 @@ pub enum HubMessage {
     /// accepts handshakes under it).
     UpdateNotification {
         /// The epoch to switch to.
+        epoch: u64,
+    },
+    /// Acknowledges an update report.
+    ReportAck {
+        /// The epoch reported.
         epoch: u64,
     },
     /// The hub refuses the request; the connection closes after this.

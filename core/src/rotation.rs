@@ -35,6 +35,8 @@ pub struct RotationPolicy {
     pub max_packets: Option<u64>,
     /// End an epoch after this many bytes on the link (both directions).
     pub max_bytes: Option<u64>,
+    /// End an epoch after this many WireGuard handshakes on the link.
+    pub max_handshakes: Option<u64>,
     /// How new keys travel.
     pub delivery: Delivery,
     /// Seconds an old epoch stays after its successor is confirmed, for
@@ -53,6 +55,7 @@ impl Default for RotationPolicy {
             interval_secs: Some(15 * 60),
             max_packets: None,
             max_bytes: None,
+            max_handshakes: None,
             delivery: Delivery::Crossed,
             grace_secs: 10,
             batch: 0,
@@ -84,6 +87,8 @@ pub enum Trigger {
     Packets,
     /// The byte budget is used up.
     Bytes,
+    /// The handshake budget is used up.
+    Handshakes,
     /// An admin asked.
     Admin,
     /// A named event (e.g. the spoke's address changed).
@@ -97,8 +102,39 @@ impl Trigger {
             Trigger::Interval => "interval".into(),
             Trigger::Packets => "packets".into(),
             Trigger::Bytes => "bytes".into(),
+            Trigger::Handshakes => "handshakes".into(),
             Trigger::Admin => "admin".into(),
             Trigger::Event(e) => format!("event:{e}"),
+        }
+    }
+}
+
+/// A link's traffic counters (cumulative, or since an epoch started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Packets, both directions.
+    pub packets: u64,
+    /// Bytes, both directions.
+    pub bytes: u64,
+    /// WireGuard handshakes.
+    pub handshakes: u64,
+}
+
+impl Usage {
+    /// A usage of `packets` and `bytes` and no handshakes.
+    pub fn traffic(packets: u64, bytes: u64) -> Self {
+        Self {
+            packets,
+            bytes,
+            handshakes: 0,
+        }
+    }
+
+    fn since(self, base: Usage) -> Usage {
+        Usage {
+            packets: self.packets.saturating_sub(base.packets),
+            bytes: self.bytes.saturating_sub(base.bytes),
+            handshakes: self.handshakes.saturating_sub(base.handshakes),
         }
     }
 }
@@ -124,8 +160,7 @@ pub struct LinkSchedule {
     link: u32,
     epochs: BTreeMap<u64, KeyEpoch>,
     meta: ScheduleMeta,
-    base_packets: u64,
-    base_bytes: u64,
+    base: Usage,
     pending: Option<Trigger>,
     erase_below: Option<(u64, u64)>,
 }
@@ -138,8 +173,7 @@ impl LinkSchedule {
             link,
             epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
             meta,
-            base_packets: 0,
-            base_bytes: 0,
+            base: Usage::default(),
             pending: None,
             // Epochs older than the confirmed one (left by a restart) go at the next tick.
             erase_below,
@@ -225,13 +259,7 @@ impl LinkSchedule {
 
     /// Why the current epoch should end now, if it should. `packets` and
     /// `bytes` are the link's cumulative counters.
-    pub fn due(
-        &self,
-        policy: &RotationPolicy,
-        now: u64,
-        packets: u64,
-        bytes: u64,
-    ) -> Option<Trigger> {
+    pub fn due(&self, policy: &RotationPolicy, now: u64, total: Usage) -> Option<Trigger> {
         if policy.batch > 0 || self.in_flight() || self.epochs.is_empty() {
             return None;
         }
@@ -244,17 +272,15 @@ impl LinkSchedule {
         {
             return Some(Trigger::Interval);
         }
-        if policy
-            .max_packets
-            .is_some_and(|m| packets.saturating_sub(self.base_packets) >= m)
-        {
+        let used = total.since(self.base);
+        if policy.max_packets.is_some_and(|m| used.packets >= m) {
             return Some(Trigger::Packets);
         }
-        if policy
-            .max_bytes
-            .is_some_and(|m| bytes.saturating_sub(self.base_bytes) >= m)
-        {
+        if policy.max_bytes.is_some_and(|m| used.bytes >= m) {
             return Some(Trigger::Bytes);
+        }
+        if policy.max_handshakes.is_some_and(|m| used.handshakes >= m) {
+            return Some(Trigger::Handshakes);
         }
         None
     }
@@ -311,7 +337,7 @@ impl LinkSchedule {
 
     /// A data packet decrypted under epoch `k`; true if it moved the schedule.
     /// Older epochs become erasable `grace` seconds later.
-    pub fn on_confirmed(&mut self, k: u64, now: u64, packets: u64, bytes: u64, grace: u64) -> bool {
+    pub fn on_confirmed(&mut self, k: u64, now: u64, total: Usage, grace: u64) -> bool {
         if k <= self.meta.confirmed || !self.epochs.contains_key(&k) {
             return false;
         }
@@ -322,8 +348,7 @@ impl LinkSchedule {
         if rotated {
             self.meta.rotations += 1;
         }
-        self.base_packets = packets;
-        self.base_bytes = bytes;
+        self.base = total;
         self.erase_below = Some((k, now.saturating_add(grace)));
         true
     }
@@ -351,12 +376,9 @@ impl LinkSchedule {
             .map(|i| (self.meta.current_since + i).saturating_sub(now))
     }
 
-    /// Packets and bytes since the current epoch started.
-    pub fn usage(&self, packets: u64, bytes: u64) -> (u64, u64) {
-        (
-            packets.saturating_sub(self.base_packets),
-            bytes.saturating_sub(self.base_bytes),
-        )
+    /// Use of the link since the current epoch started.
+    pub fn usage(&self, total: Usage) -> Usage {
+        total.since(self.base)
     }
 }
 
@@ -391,7 +413,7 @@ mod tests {
         let mut s = LinkSchedule::restore(3, vec![], ScheduleMeta::default());
         s.issue(100, rng);
         assert!(s.on_receipt(1));
-        assert!(s.on_confirmed(1, 100, 0, 0, 10));
+        assert!(s.on_confirmed(1, 100, Usage::default(), 10));
         s
     }
 
@@ -403,13 +425,16 @@ mod tests {
             ..RotationPolicy::default()
         };
         let mut s = fresh(&mut rng);
-        assert_eq!(s.due(&policy, 159, 0, 0), None);
-        assert_eq!(s.due(&policy, 160, 0, 0), Some(Trigger::Interval));
+        assert_eq!(s.due(&policy, 159, Usage::default()), None);
+        assert_eq!(
+            s.due(&policy, 160, Usage::default()),
+            Some(Trigger::Interval)
+        );
         let e2 = s.issue(160, &mut rng);
         assert_eq!(e2.number, 2);
         assert!(s.in_flight());
         assert_eq!(
-            s.due(&policy, 500, 0, 0),
+            s.due(&policy, 500, Usage::default()),
             None,
             "no new epoch while one is in flight"
         );
@@ -427,8 +452,8 @@ mod tests {
         assert_eq!(s.handshake_epoch(), 2);
         assert!(s.deliveries(&policy).unwrap().is_empty());
         // Confirmation, then erasure after the grace period.
-        assert!(s.on_confirmed(2, 170, 0, 0, 10));
-        assert!(!s.on_confirmed(2, 171, 0, 0, 10));
+        assert!(s.on_confirmed(2, 170, Usage::default(), 10));
+        assert!(!s.on_confirmed(2, 171, Usage::default(), 10));
         assert_eq!(s.take_erasable(179), Vec::<u64>::new());
         assert_eq!(s.take_erasable(180), vec![1]);
         assert_eq!(s.epochs().len(), 1);
@@ -442,7 +467,7 @@ mod tests {
         let policy = RotationPolicy::default();
         let mut s = fresh(&mut rng);
         s.request(Trigger::Admin);
-        assert_eq!(s.due(&policy, 101, 0, 0), Some(Trigger::Admin));
+        assert_eq!(s.due(&policy, 101, Usage::default()), Some(Trigger::Admin));
         s.issue(101, &mut rng);
         let first = s.deliveries(&policy).unwrap().pop().unwrap();
         // The receipt never came: the same box again, byte for byte.
@@ -468,16 +493,45 @@ mod tests {
             ..RotationPolicy::default()
         };
         let mut s = fresh(&mut rng);
-        assert_eq!(s.due(&policy, 1000, 99, 9_999), None);
-        assert_eq!(s.due(&policy, 1000, 100, 0), Some(Trigger::Packets));
-        assert_eq!(s.due(&policy, 1000, 0, 10_000), Some(Trigger::Bytes));
+        assert_eq!(s.due(&policy, 1000, Usage::traffic(99, 9_999)), None);
+        assert_eq!(
+            s.due(&policy, 1000, Usage::traffic(100, 0)),
+            Some(Trigger::Packets)
+        );
+        assert_eq!(
+            s.due(&policy, 1000, Usage::traffic(0, 10_000)),
+            Some(Trigger::Bytes)
+        );
         s.issue(1000, &mut rng);
         s.on_receipt(2);
         // Budgets count from the confirmation of the new epoch.
-        s.on_confirmed(2, 1001, 150, 20_000, 10);
-        assert_eq!(s.due(&policy, 1002, 200, 20_000), None);
-        assert_eq!(s.usage(200, 25_000), (50, 5_000));
-        assert_eq!(s.due(&policy, 1002, 250, 20_000), Some(Trigger::Packets));
+        s.on_confirmed(2, 1001, Usage::traffic(150, 20_000), 10);
+        assert_eq!(s.due(&policy, 1002, Usage::traffic(200, 20_000)), None);
+        assert_eq!(
+            s.usage(Usage::traffic(200, 25_000)),
+            Usage::traffic(50, 5_000)
+        );
+        assert_eq!(
+            s.due(&policy, 1002, Usage::traffic(250, 20_000)),
+            Some(Trigger::Packets)
+        );
+    }
+
+    #[test]
+    fn handshake_budget() {
+        let mut rng = StdRng::seed_from_u64(39);
+        let policy = RotationPolicy {
+            interval_secs: None,
+            max_handshakes: Some(3),
+            ..RotationPolicy::default()
+        };
+        let s = fresh(&mut rng);
+        let hs = |n| Usage {
+            handshakes: n,
+            ..Usage::default()
+        };
+        assert_eq!(s.due(&policy, 5, hs(2)), None);
+        assert_eq!(s.due(&policy, 5, hs(3)), Some(Trigger::Handshakes));
     }
 
     #[test]
@@ -504,7 +558,7 @@ mod tests {
         };
         let mut s = fresh(&mut rng);
         assert_eq!(
-            s.due(&policy, 10_000, 0, 0),
+            s.due(&policy, 10_000, Usage::default()),
             None,
             "the spoke triggers in batch mode"
         );
@@ -528,7 +582,7 @@ mod tests {
         }
         assert_eq!(s.handshake_epochs(), vec![1, 2, 3, 4]);
         // The spoke switched to 2 by itself: the batch is refilled to 5.
-        assert!(s.on_confirmed(2, 110, 0, 0, 1));
+        assert!(s.on_confirmed(2, 110, Usage::default(), 1));
         assert_eq!(s.handshake_epochs(), vec![2, 3, 4]);
         let more = s.fill_batch(&policy, 110, &mut rng);
         assert_eq!(more.iter().map(|e| e.number).collect::<Vec<_>>(), vec![5]);
@@ -551,7 +605,7 @@ mod tests {
         assert_eq!(s.handshake_epochs(), vec![1, 2]);
         assert_eq!(s.notification(&policy), Some(2));
         assert_eq!(s.notification(&policy), Some(2));
-        s.on_confirmed(2, 102, 0, 0, 1);
+        s.on_confirmed(2, 102, Usage::default(), 1);
         assert_eq!(s.notification(&policy), None);
         assert_eq!(s.handshake_epochs(), vec![2]);
     }
@@ -562,7 +616,7 @@ mod tests {
         let mut s = fresh(&mut rng);
         s.issue(101, &mut rng);
         s.on_receipt(2);
-        s.on_confirmed(2, 102, 0, 0, 60);
+        s.on_confirmed(2, 102, Usage::default(), 60);
         // Killed before the grace period ended: epoch 1 is still stored.
         let mut restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
         assert_eq!(restored.take_erasable(0), vec![1]);
@@ -574,7 +628,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(35);
         let mut s = fresh(&mut rng);
         assert!(!s.on_receipt(9));
-        assert!(!s.on_confirmed(9, 1, 0, 0, 1));
+        assert!(!s.on_confirmed(9, 1, Usage::default(), 1));
         assert_eq!(s.take_erasable(u64::MAX), Vec::<u64>::new());
     }
 }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::control::{KeyDelivery, Lifetime};
 use crate::keys::KeyEpoch;
-use crate::rotation::{open_delivery, LinkSchedule, RotationPolicy, ScheduleMeta};
+use crate::rotation::{open_delivery, LinkSchedule, RotationPolicy, ScheduleMeta, Usage};
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
 
 const LINK: u32 = 9;
@@ -107,7 +107,8 @@ impl World {
     fn spoke_handles(&mut self, msg: ToSpoke) {
         match msg {
             ToSpoke::Delivery(d) => {
-                let epochs: Vec<KeyEpoch> = self.disk.held.iter().map(|h| h.epoch.clone()).collect();
+                let epochs: Vec<KeyEpoch> =
+                    self.disk.held.iter().map(|h| h.epoch.clone()).collect();
                 if epochs.iter().any(|e| e.number == d.epoch) || self.disk.current >= d.epoch {
                     self.to_hub.push_back(ToHub::Receipt(d.epoch));
                     return;
@@ -148,7 +149,8 @@ impl World {
         if self.hub.handshake_epochs().contains(&k) {
             assert!(self.spoke.on_confirmed(k, self.now, 0, 0) || self.spoke.current() == k);
             self.disk.current = self.spoke.current();
-            self.hub.on_confirmed(k, self.now, 0, 0, self.policy.grace_secs);
+            self.hub
+                .on_confirmed(k, self.now, Usage::default(), self.policy.grace_secs);
             self.switches += 1;
         }
     }
@@ -157,11 +159,16 @@ impl World {
         self.now += 1;
         // Hub tick: issue when due, erase after grace.
         if self.policy.batch > 0 {
-            self.hub.fill_batch(&self.policy.clone(), self.now, &mut self.rng);
+            self.hub
+                .fill_batch(&self.policy.clone(), self.now, &mut self.rng);
             for d in self.hub.deliveries(&self.policy).unwrap() {
                 self.to_spoke.push_back(ToSpoke::Delivery(d));
             }
-        } else if self.hub.due(&self.policy, self.now, 0, 0).is_some() {
+        } else if self
+            .hub
+            .due(&self.policy, self.now, Usage::default())
+            .is_some()
+        {
             self.hub.issue(self.now, &mut self.rng);
             for d in self.hub.deliveries(&self.policy).unwrap() {
                 self.to_spoke.push_back(ToSpoke::Delivery(d));
@@ -252,7 +259,11 @@ fn converges(seed: u64, policy: RotationPolicy) {
         w.hub.meta(),
         w.spoke.current()
     );
-    assert!(w.switches > 100, "seed {seed}: only {} switches", w.switches);
+    assert!(
+        w.switches > 100,
+        "seed {seed}: only {} switches",
+        w.switches
+    );
     let poll = w.spoke.poll(w.now, 0, 0);
     assert!(!poll.blocked, "seed {seed}: blocked on a clean network");
 }

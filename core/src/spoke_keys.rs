@@ -29,6 +29,9 @@ pub struct Poll {
     /// The current epoch is over, a hard limit applies and no next epoch is
     /// held: carry no traffic until an update completes.
     pub blocked: bool,
+    /// The current epoch is over and the spoke may not move on by itself:
+    /// send the hub an update request (once per epoch).
+    pub request_update: bool,
 }
 
 /// The spoke's epochs.
@@ -40,6 +43,7 @@ pub struct SpokeKeys {
     base_packets: u64,
     base_bytes: u64,
     switching_to: Option<u64>,
+    requested_for: u64,
 }
 
 impl SpokeKeys {
@@ -117,7 +121,7 @@ impl SpokeKeys {
             let newest = self.held.keys().next_back().copied();
             return Poll {
                 switch_to: self.switching_to.or(newest),
-                blocked: false,
+                ..Poll::default()
             };
         };
         let life = &cur.lifetime;
@@ -139,9 +143,17 @@ impl SpokeKeys {
         if ended && life.self_switch && self.switching_to.is_none() {
             self.switching_to = next;
         }
+        let request_update = ended
+            && !life.self_switch
+            && self.switching_to.is_none()
+            && self.requested_for != self.current;
+        if request_update {
+            self.requested_for = self.current;
+        }
         Poll {
             switch_to: self.switching_to,
             blocked: life.hard && over && next.is_none(),
+            request_update,
         }
     }
 }
@@ -193,8 +205,8 @@ mod tests {
         assert_eq!(
             k.poll(36, 0, 0),
             Poll {
-                switch_to: None,
-                blocked: true
+                blocked: true,
+                ..Poll::default()
             }
         );
         // A new epoch arrives: move on, no longer blocked.
@@ -204,7 +216,7 @@ mod tests {
             p,
             Poll {
                 switch_to: Some(4),
-                blocked: false
+                ..Poll::default()
             }
         );
         assert!(k.on_confirmed(4, 37, 0, 0));
@@ -220,11 +232,15 @@ mod tests {
         };
         let mut k = SpokeKeys::new(vec![held(1, life.clone(), &mut rng)], 1, 0);
         k.hold(held(2, life, &mut rng));
-        assert_eq!(
-            k.poll(100, 0, 0),
-            Poll::default(),
-            "no self switch, no hard limit"
+        assert_eq!(k.poll(5, 0, 0), Poll::default());
+        let over = k.poll(100, 0, 0);
+        assert!(
+            over.request_update,
+            "the spoke saw the end: it asks the hub"
         );
+        assert_eq!(over.switch_to, None, "but does not move on by itself");
+        assert!(!over.blocked, "no hard limit");
+        assert_eq!(k.poll(101, 0, 0), Poll::default(), "asked once");
         assert!(!k.request_switch(7));
         assert!(k.request_switch(2));
         assert_eq!(k.poll(100, 0, 0).switch_to, Some(2));

@@ -148,6 +148,9 @@ enum PolicyCommand {
         /// End epochs after this many bytes; 0 disables.
         #[arg(long)]
         max_bytes: Option<u64>,
+        /// End epochs after this many WireGuard handshakes; 0 disables.
+        #[arg(long)]
+        max_handshakes: Option<u64>,
         /// How new keys travel: crossed (sealed under the previous key) or parallel.
         #[arg(long, value_parser = ["crossed", "parallel"])]
         delivery: Option<String>,
@@ -396,6 +399,7 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
                     interval,
                     max_packets,
                     max_bytes,
+                    max_handshakes,
                     delivery,
                     grace,
                     batch,
@@ -427,6 +431,9 @@ async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
             }
             if let Some(n) = max_bytes {
                 p.max_bytes = (n > 0).then_some(n);
+            }
+            if let Some(n) = max_handshakes {
+                p.max_handshakes = (n > 0).then_some(n);
             }
             if let Some(d) = delivery {
                 p.delivery = if d == "parallel" {
@@ -495,6 +502,7 @@ fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result
     println!("interval:    {}", opt(p.interval_secs, "s"));
     println!("max packets: {}", opt(p.max_packets, ""));
     println!("max bytes:   {}", opt(p.max_bytes, ""));
+    println!("max hshakes: {}", opt(p.max_handshakes, ""));
     println!("delivery:    {:?}", p.delivery);
     println!("grace:       {}s", p.grace_secs);
     println!("batch:       {}", p.batch);

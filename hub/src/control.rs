@@ -268,6 +268,14 @@ async fn attach(
                         }
                         SpokeMessage::UpdateReport { epoch } => {
                             tracing::info!(spoke = %spoke.name, epoch, "update report");
+                            send(&mut w, &mut ch, &HubMessage::ReportAck { epoch }).await?;
+                        }
+                        SpokeMessage::DistributionRequest => {
+                            tracing::info!(spoke = %spoke.name, "distribution request");
+                            let pending = state.lock().await.ensure_schedule(spoke.id, unix_now()).await?;
+                            for msg in pending {
+                                send(&mut w, &mut ch, &msg).await?;
+                            }
                         }
                         SpokeMessage::UpdateRequest { reason } => {
                             tracing::info!(spoke = %spoke.name, %reason, "update request");

@@ -84,10 +84,9 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
                 DpEvent::Confirmed {
                     spoke,
                     epoch,
-                    packets,
-                    bytes,
+                    usage,
                 } => {
-                    if let Err(e) = st.on_confirmed(spoke, epoch, now, packets, bytes) {
+                    if let Err(e) = st.on_confirmed(spoke, epoch, now, usage) {
                         tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
                     }
                 }

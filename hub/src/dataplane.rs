@@ -14,6 +14,7 @@ use boringtun::noise::{Packet, TunnResult};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::link::{slot_of_receiver, Link};
+use tasuki_core::rotation::Usage;
 use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use tasuki_core::DATAGRAM_BUFFER;
 use tokio::net::UdpSocket;
@@ -41,8 +42,7 @@ pub(crate) enum DpEvent {
     Confirmed {
         spoke: SpokeId,
         epoch: u64,
-        packets: u64,
-        bytes: u64,
+        usage: Usage,
     },
     /// An authenticated packet came from a new address (the spoke roamed).
     EndpointChanged {
@@ -68,6 +68,7 @@ pub(crate) struct LinkStatus {
     pub(crate) rx_bytes: u64,
     pub(crate) tx_bytes: u64,
     pub(crate) packets: u64,
+    pub(crate) handshakes: u64,
 }
 
 /// The data plane's status.
@@ -84,6 +85,17 @@ struct Peer {
     rx_bytes: u64,
     tx_bytes: u64,
     packets: u64,
+    handshakes: u64,
+}
+
+impl Peer {
+    fn usage(&self) -> Usage {
+        Usage {
+            packets: self.packets,
+            bytes: self.rx_bytes + self.tx_bytes,
+            handshakes: self.handshakes,
+        }
+    }
 }
 
 /// The data plane task's state.
@@ -170,6 +182,7 @@ impl DataPlane {
                     rx_bytes: 0,
                     tx_bytes: 0,
                     packets: 0,
+                    handshakes: 0,
                 });
                 peer.handshake_epochs = spec.handshake_epochs.clone();
                 if peer.link.peer() != spec.public_key {
@@ -209,6 +222,7 @@ impl DataPlane {
                                 rx_bytes: p.rx_bytes,
                                 tx_bytes: p.tx_bytes,
                                 packets: p.packets,
+                                handshakes: p.handshakes,
                             },
                         )
                     })
@@ -323,6 +337,7 @@ impl DataPlane {
                     });
                 }
                 self.counters.handshakes += 1;
+                peer.handshakes += 1;
                 for p in to_network {
                     self.send(src, &p).await;
                 }
@@ -365,8 +380,7 @@ impl DataPlane {
                 let _ = self.events.send(DpEvent::Confirmed {
                     spoke: id,
                     epoch,
-                    packets: peer.packets,
-                    bytes: peer.rx_bytes + peer.tx_bytes,
+                    usage: peer.usage(),
                 });
             }
             // The datagram authenticated: this is where the spoke is now.

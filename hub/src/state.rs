@@ -16,7 +16,7 @@ use tasuki_core::keys::{EpochRecord, KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::registry::{
     Enrolled, HubSettings, Registry, RegistryError, SpokeRecord, SpokeState,
 };
-use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger};
+use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger, Usage};
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::{Store, Write};
 use tasuki_shell::vault::KeyVault;
@@ -367,14 +367,13 @@ impl HubState {
         spoke: SpokeId,
         k: u64,
         now: u64,
-        packets: u64,
-        bytes: u64,
+        usage: Usage,
     ) -> Result<()> {
         let grace = self.policy_for(spoke).grace_secs;
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(());
         };
-        if sched.on_confirmed(k, now, packets, bytes, grace) {
+        if sched.on_confirmed(k, now, usage, grace) {
             tracing::info!(
                 spoke,
                 epoch = k,
@@ -477,15 +476,15 @@ impl HubState {
 
     /// One rotation tick: issue epochs that are due (for spokes whose control
     /// channel is up), erase epochs whose grace passed. `usage` gives each
-    /// link's cumulative (packets, bytes).
+    /// link's cumulative use.
     pub(crate) async fn rotation_tick(
         &mut self,
         now: u64,
-        usage: &HashMap<SpokeId, (u64, u64)>,
+        usage: &HashMap<SpokeId, Usage>,
     ) -> Result<()> {
         let ids: Vec<SpokeId> = self.schedules.keys().copied().collect();
         for id in ids {
-            let (packets, bytes) = usage.get(&id).copied().unwrap_or_default();
+            let total = usage.get(&id).copied().unwrap_or_default();
             let erased = self
                 .schedules
                 .get_mut(&id)
@@ -516,7 +515,7 @@ impl HubState {
             let mut trigger = None;
             if policy.batch > 0 {
                 issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
-            } else if let Some(t) = sched.due(&policy, now, packets, bytes) {
+            } else if let Some(t) = sched.due(&policy, now, total) {
                 issued.push(sched.issue(now, &mut rand_core::OsRng));
                 trigger = Some(t);
             }
@@ -557,14 +556,13 @@ impl HubState {
     pub(crate) fn key_status(
         &self,
         now: u64,
-        usage: &HashMap<SpokeId, (u64, u64)>,
+        usage: &HashMap<SpokeId, Usage>,
     ) -> Vec<tasuki_core::admin_api::LinkKeyView> {
         let mut out: Vec<_> = self
             .schedules
             .iter()
             .map(|(id, s)| {
-                let (p, b) = usage.get(id).copied().unwrap_or_default();
-                let (packets, bytes) = s.usage(p, b);
+                let used = s.usage(usage.get(id).copied().unwrap_or_default());
                 tasuki_core::admin_api::LinkKeyView {
                     spoke: self
                         .registry
@@ -576,8 +574,9 @@ impl HubState {
                     acked: s.meta().acked,
                     held: s.epochs().iter().map(|e| e.number).collect(),
                     age_secs: now.saturating_sub(s.meta().current_since),
-                    packets,
-                    bytes,
+                    packets: used.packets,
+                    bytes: used.bytes,
+                    handshakes: used.handshakes,
                     rotations: s.meta().rotations,
                     next_interval_in: s.next_interval_in(self.policy_for(*id), now),
                     policy_override: self.overrides.contains_key(id),
@@ -589,14 +588,21 @@ impl HubState {
         out
     }
 
-    /// Each link's cumulative (packets, bytes) from the data plane.
-    pub(crate) async fn usage(&self) -> HashMap<SpokeId, (u64, u64)> {
+    /// Each link's cumulative use from the data plane.
+    pub(crate) async fn usage(&self) -> HashMap<SpokeId, Usage> {
         self.dataplane_status()
             .await
             .map(|d| {
                 d.links
                     .iter()
-                    .map(|(id, l)| (*id, (l.packets, l.rx_bytes + l.tx_bytes)))
+                    .map(|(id, l)| {
+                        let usage = Usage {
+                            packets: l.packets,
+                            bytes: l.rx_bytes + l.tx_bytes,
+                            handshakes: l.handshakes,
+                        };
+                        (*id, usage)
+                    })
                     .collect()
             })
             .unwrap_or_default()

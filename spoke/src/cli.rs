@@ -140,7 +140,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
     let (config_tx, mut config_rx) = watch::channel(store.config()?);
     let (state_tx, state_rx) = watch::channel(ControlState::default());
-    let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel::<u64>();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let listener = tasuki_shell::local::bind(socket)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
 
@@ -151,7 +151,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
         dataplane: dp_tx.clone(),
         config: config_tx,
         state: state_tx,
-        confirmed: tokio::sync::Mutex::new(confirmed_rx),
+        events: tokio::sync::Mutex::new(events_rx),
     };
     let control_task = tokio::spawn(control.run());
 
@@ -242,7 +242,7 @@ async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
             hub,
             config.keepalive_secs,
             tun.device,
-            confirmed_tx,
+            events_tx,
         )
         .await?;
         tracing::info!(

@@ -13,7 +13,7 @@ use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::dataplane::DpCommand;
+use crate::dataplane::{DpCommand, SpokeEvent};
 use crate::state::{Enrolment, SpokeStore};
 use tasuki_core::spoke_keys::HeldEpoch;
 
@@ -36,8 +36,8 @@ pub(crate) struct Control {
     pub(crate) dataplane: mpsc::Sender<DpCommand>,
     pub(crate) config: watch::Sender<Option<SpokeConfig>>,
     pub(crate) state: watch::Sender<ControlState>,
-    /// Epochs the data plane confirmed (sent to the hub as update reports).
-    pub(crate) confirmed: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
+    /// What the data plane reports, for the hub.
+    pub(crate) events: tokio::sync::Mutex<mpsc::UnboundedReceiver<SpokeEvent>>,
 }
 
 impl Control {
@@ -106,11 +106,18 @@ impl Control {
         let _ = self.dataplane.send(DpCommand::Rehandshake).await;
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
-        let mut confirmed = self.confirmed.lock().await;
+        let mut events = self.events.lock().await;
         loop {
             tokio::select! {
-                Some(epoch) = confirmed.recv() => {
-                    write_frame(&mut w, &ch.seal(&SpokeMessage::UpdateReport { epoch })?).await?;
+                Some(event) = events.recv() => {
+                    let msg = match event {
+                        SpokeEvent::Confirmed(epoch) => SpokeMessage::UpdateReport { epoch },
+                        SpokeEvent::RequestUpdate => SpokeMessage::UpdateRequest {
+                            reason: "lifetime-over".into(),
+                        },
+                        SpokeEvent::NeedKeys => SpokeMessage::DistributionRequest,
+                    };
+                    write_frame(&mut w, &ch.seal(&msg)?).await?;
                 }
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
@@ -192,7 +199,7 @@ impl Control {
                     .context("data plane stopped")?;
             }
             HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
-            HubMessage::Keepalive => {}
+            HubMessage::Keepalive | HubMessage::ReportAck { .. } => {}
         }
         Ok(())
     }

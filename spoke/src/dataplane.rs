@@ -32,6 +32,17 @@ pub(crate) enum DpCommand {
     Status(oneshot::Sender<DpStatus>),
 }
 
+/// What the data plane tells the control loop (for the hub).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SpokeEvent {
+    /// This epoch now carries traffic (update report).
+    Confirmed(u64),
+    /// The current epoch is over and we may not move on alone (update request).
+    RequestUpdate,
+    /// A hard limit stopped traffic (distribution request).
+    NeedKeys,
+}
+
 /// The data plane's status.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DpStatus {
@@ -58,7 +69,7 @@ pub(crate) struct DataPlane {
     switching: Option<u64>,
     blocked: bool,
     erase: Option<(u64, tokio::time::Instant)>,
-    confirmed_tx: mpsc::UnboundedSender<u64>,
+    events: mpsc::UnboundedSender<SpokeEvent>,
 }
 
 impl DataPlane {
@@ -70,7 +81,7 @@ impl DataPlane {
         hub: SocketAddr,
         keepalive_secs: u16,
         tun: tun::AsyncDevice,
-        confirmed_tx: mpsc::UnboundedSender<u64>,
+        events: mpsc::UnboundedSender<SpokeEvent>,
     ) -> anyhow::Result<Self> {
         let bind: SocketAddr = if hub.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
@@ -104,7 +115,7 @@ impl DataPlane {
                     tokio::time::Instant::now() + Duration::from_secs(10),
                 )
             }),
-            confirmed_tx,
+            events,
         })
     }
 
@@ -209,6 +220,7 @@ impl DataPlane {
         if poll.blocked != self.blocked {
             self.blocked = poll.blocked;
             if poll.blocked {
+                let _ = self.events.send(SpokeEvent::NeedKeys);
                 tracing::warn!(
                     epoch = self.keys.current(),
                     "key epoch over its hard limit and no next epoch held: traffic stopped until the hub sends a new key"
@@ -216,6 +228,13 @@ impl DataPlane {
             } else {
                 tracing::info!("traffic resumed");
             }
+        }
+        if poll.request_update {
+            tracing::info!(
+                epoch = self.keys.current(),
+                "key epoch over: asking the hub for an update"
+            );
+            let _ = self.events.send(SpokeEvent::RequestUpdate);
         }
         if let Some(k) = poll.switch_to {
             if self.switching != Some(k) && k != self.keys.current() {
@@ -309,7 +328,7 @@ impl DataPlane {
         if let Err(e) = self.store.save_current(epoch) {
             tracing::error!(error = %format!("{e:#}"), "cannot record the current epoch");
         }
-        let _ = self.confirmed_tx.send(epoch);
+        let _ = self.events.send(SpokeEvent::Confirmed(epoch));
         if self.link.epochs().iter().any(|e| *e < epoch) {
             let grace = self
                 .keys

@@ -136,7 +136,7 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
                     epoch: epoch.number,
                 });
             }
-            HubMessage::UpdateNotification { .. } => {}
+            HubMessage::UpdateNotification { .. } | HubMessage::ReportAck { .. } => {}
             HubMessage::Refused(r) if r.code == RefusalCode::Pending => {
                 store.save_enrolment(&enrolment)?;
                 return Ok(Outcome::Pending {
