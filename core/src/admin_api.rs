@@ -18,11 +18,33 @@ pub enum HubRequest {
         name: String,
         /// Skip admin approval.
         pre_approved: bool,
+        /// An unattended service spoke (carries traffic with no login).
+        service: bool,
         /// Validity in seconds.
         valid_secs: u64,
     },
     /// List enrolled spokes.
     ListSpokes,
+    /// Approve a pending spoke.
+    Approve {
+        /// Spoke name.
+        name: String,
+    },
+    /// Deny a pending spoke.
+    Deny {
+        /// Spoke name.
+        name: String,
+    },
+    /// Revoke a spoke: erase its keys, drop its sessions, refuse it.
+    Revoke {
+        /// Spoke name.
+        name: String,
+    },
+    /// Audit records since a time.
+    Audit {
+        /// Unix seconds.
+        since: u64,
+    },
     /// Daemon status and counters.
     Status,
     /// Rotate one spoke's link key (by name), or every link's.
@@ -143,6 +165,10 @@ pub struct SpokeView {
     pub hostname: String,
     /// Invitation used.
     pub invitation: String,
+    /// Unattended service spoke.
+    pub service: bool,
+    /// The user who confirms this device (second-device enrolment).
+    pub owner: Option<String>,
     /// Current epoch of its link, if any.
     pub epoch: Option<u64>,
     /// Last data-plane endpoint seen.

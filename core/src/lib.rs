@@ -10,6 +10,7 @@
 //! [`channel`] wrap them so that tasuki's own rules stay testable.
 
 pub mod admin_api;
+pub mod audit;
 pub mod channel;
 pub mod codec;
 pub mod control;

@@ -51,6 +51,25 @@ pub enum SpokeState {
     Active,
     /// Cut off for good; coming back needs a fresh enrolment.
     Revoked,
+    /// Refused by an admin while pending.
+    Denied,
+}
+
+impl SpokeState {
+    /// Lower-case name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpokeState::Pending => "pending",
+            SpokeState::Active => "active",
+            SpokeState::Revoked => "revoked",
+            SpokeState::Denied => "denied",
+        }
+    }
+
+    /// Revoked or denied: the record stays for the audit trail only.
+    pub fn is_dead(self) -> bool {
+        matches!(self, SpokeState::Revoked | SpokeState::Denied)
+    }
 }
 
 /// What the hub knows about one enrolled spoke.
@@ -74,6 +93,11 @@ pub struct SpokeRecord {
     pub hostname: String,
     /// The invitation it used.
     pub invitation: InvitationId,
+    /// An unattended service spoke: carries traffic with no user logged in.
+    pub service: bool,
+    /// For a user's additional device: the user who must confirm it from a
+    /// device where they are logged in (patent fig. 6).
+    pub owner: Option<String>,
 }
 
 /// An invitation as the hub keeps it.
@@ -93,6 +117,10 @@ pub struct InvitationRecord {
     pub pre_approved: bool,
     /// The spoke key that used it, once used.
     pub used_by: Option<PublicKey>,
+    /// The spoke will be an unattended service spoke.
+    pub service: bool,
+    /// A device invitation of this user: confirmed by the user, not an admin.
+    pub owner: Option<String>,
 }
 
 /// Errors of admin requests to the registry.
@@ -114,6 +142,18 @@ pub enum RegistryError {
     /// Validity must be positive.
     #[error("an invitation must be valid for at least one second")]
     ZeroValidity,
+    /// The spoke is not in a state that allows this.
+    #[error("spoke {name:?} is {state}; {what} needs a {needed} spoke")]
+    WrongState {
+        /// Spoke name.
+        name: String,
+        /// Its state.
+        state: &'static str,
+        /// What was asked.
+        what: &'static str,
+        /// The state it needs.
+        needed: &'static str,
+    },
 }
 
 /// The result of a successful enrolment.
@@ -178,9 +218,13 @@ impl Registry {
         self.spokes.get(&id)
     }
 
-    /// A spoke by name.
+    /// A spoke by name (a live one before a revoked or denied one of the same name).
     pub fn spoke_by_name(&self, name: &str) -> Option<&SpokeRecord> {
-        self.spokes.values().find(|s| s.name == name)
+        self.spokes
+            .values()
+            .rev()
+            .find(|s| s.name == name && !s.state.is_dead())
+            .or_else(|| self.spokes.values().rev().find(|s| s.name == name))
     }
 
     /// A spoke by its static key.
@@ -196,7 +240,7 @@ impl Registry {
     fn name_taken(&self, name: &str, now: u64) -> bool {
         self.spokes
             .values()
-            .any(|s| s.name == name && s.state != SpokeState::Revoked)
+            .any(|s| s.name == name && !s.state.is_dead())
             || self
                 .invitations
                 .values()
@@ -204,10 +248,13 @@ impl Registry {
     }
 
     /// Creates an invitation for a new spoke named `name`.
+    #[allow(clippy::too_many_arguments)]
     pub fn invite<R: RngCore + CryptoRng>(
         &mut self,
         name: &str,
         pre_approved: bool,
+        service: bool,
+        owner: Option<&str>,
         valid_secs: u64,
         hub_key: PublicKey,
         now: u64,
@@ -228,6 +275,8 @@ impl Registry {
             expires_at: now.saturating_add(valid_secs),
             pre_approved,
             used_by: None,
+            service,
+            owner: owner.map(str::to_owned),
         };
         let invitation = Invitation {
             name: name.to_owned(),
@@ -269,7 +318,9 @@ impl Registry {
                 ))
             }
             Some(_)
-                if self.spoke_by_key(spoke_key).map(|s| s.state) == Some(SpokeState::Revoked) =>
+                if self
+                    .spoke_by_key(spoke_key)
+                    .is_some_and(|s| s.state.is_dead()) =>
             {
                 return Err(Refusal::new(RefusalCode::Revoked, "this spoke was revoked"));
             }
@@ -308,6 +359,18 @@ impl Registry {
                 Refusal::new(RefusalCode::UnknownInvitation, "unknown invitation")
             })?;
         if let Some(existing) = self.spoke_by_key(&spoke_key) {
+            if existing.state.is_dead() {
+                return Err(Refusal::new(
+                    RefusalCode::Revoked,
+                    "this spoke's key was revoked or denied; enrol with a fresh state directory",
+                ));
+            }
+            if existing.invitation != inv.id {
+                return Err(Refusal::new(
+                    RefusalCode::ProtocolViolation,
+                    format!("this key is already enrolled as {:?}", existing.name),
+                ));
+            }
             return Ok(Enrolled {
                 spoke: existing.clone(),
                 invitation: inv,
@@ -323,7 +386,7 @@ impl Registry {
                 "the tunnel network has no free address left",
             )
         })?;
-        let state = if inv.pre_approved {
+        let state = if inv.pre_approved && inv.owner.is_none() {
             SpokeState::Active
         } else {
             SpokeState::Pending
@@ -338,6 +401,8 @@ impl Registry {
             enrolled_from: source.to_owned(),
             hostname: hostname.chars().take(255).collect(),
             invitation: inv.id,
+            service: inv.service,
+            owner: inv.owner.clone(),
         };
         let mut used = inv;
         used.used_by = Some(spoke_key);
@@ -369,7 +434,72 @@ impl Registry {
                 RefusalCode::Revoked,
                 "this spoke was revoked; it needs a fresh enrolment",
             )),
+            SpokeState::Denied => Err(Refusal::new(
+                RefusalCode::Revoked,
+                "an admin denied this spoke; it needs a fresh enrolment",
+            )),
         }
+    }
+
+    fn set_state(
+        &mut self,
+        name: &str,
+        what: &'static str,
+        allowed: &[SpokeState],
+        needed: &'static str,
+        to: SpokeState,
+    ) -> Result<SpokeRecord, RegistryError> {
+        let id = self
+            .spoke_by_name(name)
+            .map(|s| s.id)
+            .ok_or_else(|| RegistryError::NoSuchSpoke(name.to_owned()))?;
+        let spoke = self
+            .spokes
+            .get_mut(&id)
+            .ok_or_else(|| RegistryError::NoSuchSpoke(name.to_owned()))?;
+        if !allowed.contains(&spoke.state) {
+            return Err(RegistryError::WrongState {
+                name: name.to_owned(),
+                state: spoke.state.name(),
+                what,
+                needed,
+            });
+        }
+        spoke.state = to;
+        Ok(spoke.clone())
+    }
+
+    /// Approves a pending spoke (admin, or its owner from another device).
+    pub fn approve(&mut self, name: &str) -> Result<SpokeRecord, RegistryError> {
+        self.set_state(
+            name,
+            "approval",
+            &[SpokeState::Pending],
+            "pending",
+            SpokeState::Active,
+        )
+    }
+
+    /// Denies a pending spoke.
+    pub fn deny(&mut self, name: &str) -> Result<SpokeRecord, RegistryError> {
+        self.set_state(
+            name,
+            "denial",
+            &[SpokeState::Pending],
+            "pending",
+            SpokeState::Denied,
+        )
+    }
+
+    /// Revokes a spoke: it is cut off for good.
+    pub fn revoke(&mut self, name: &str) -> Result<SpokeRecord, RegistryError> {
+        self.set_state(
+            name,
+            "revocation",
+            &[SpokeState::Pending, SpokeState::Active],
+            "pending or active",
+            SpokeState::Revoked,
+        )
     }
 
     /// The configuration a spoke receives on attach.
@@ -437,7 +567,9 @@ mod tests {
     fn invite_then_enrol_once() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut r = registry();
-        let (_, inv) = r.invite("laptop", true, 60, HUB, 100, &mut rng).unwrap();
+        let (_, inv) = r
+            .invite("laptop", true, false, None, 60, HUB, 100, &mut rng)
+            .unwrap();
         let spoke = PublicKey([2; 32]);
         let secret = r.enrolment_secret(&inv.id, &spoke, 110).unwrap();
         assert_eq!(secret, inv.secret);
@@ -470,7 +602,9 @@ mod tests {
     fn expired_and_unknown_invitations_are_refused() {
         let mut rng = StdRng::seed_from_u64(2);
         let mut r = registry();
-        let (_, inv) = r.invite("a", true, 10, HUB, 100, &mut rng).unwrap();
+        let (_, inv) = r
+            .invite("a", true, false, None, 10, HUB, 100, &mut rng)
+            .unwrap();
         let k = PublicKey([2; 32]);
         assert_eq!(
             r.enrolment_secret(&inv.id, &k, 110).unwrap_err().code,
@@ -492,22 +626,27 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let mut r = registry();
         assert!(matches!(
-            r.invite("", true, 10, HUB, 0, &mut rng),
+            r.invite("", true, false, None, 10, HUB, 0, &mut rng),
             Err(RegistryError::InvalidName(_))
         ));
         assert!(matches!(
-            r.invite("a b", true, 10, HUB, 0, &mut rng),
+            r.invite("a b", true, false, None, 10, HUB, 0, &mut rng),
             Err(RegistryError::InvalidName(_))
         ));
-        r.invite("a", true, 10, HUB, 0, &mut rng).unwrap();
+        r.invite("a", true, false, None, 10, HUB, 0, &mut rng)
+            .unwrap();
         assert_eq!(
-            r.invite("a", true, 10, HUB, 0, &mut rng).unwrap_err(),
+            r.invite("a", true, false, None, 10, HUB, 0, &mut rng)
+                .unwrap_err(),
             RegistryError::NameTaken("a".into())
         );
         // Once the first invitation expired, the name is free again.
-        assert!(r.invite("a", true, 10, HUB, 20, &mut rng).is_ok());
+        assert!(r
+            .invite("a", true, false, None, 10, HUB, 20, &mut rng)
+            .is_ok());
         assert_eq!(
-            r.invite("b", true, 0, HUB, 0, &mut rng).unwrap_err(),
+            r.invite("b", true, false, None, 0, HUB, 0, &mut rng)
+                .unwrap_err(),
             RegistryError::ZeroValidity
         );
     }
@@ -516,7 +655,9 @@ mod tests {
     fn pending_spokes_get_no_keys_and_cannot_attach() {
         let mut rng = StdRng::seed_from_u64(4);
         let mut r = registry();
-        let (_, inv) = r.invite("p", false, 60, HUB, 0, &mut rng).unwrap();
+        let (_, inv) = r
+            .invite("p", false, false, None, 60, HUB, 0, &mut rng)
+            .unwrap();
         let k = PublicKey([4; 32]);
         let e = r.enrol(&inv.id, k, "", "", 1, &mut rng).unwrap();
         assert_eq!(e.spoke.state, SpokeState::Pending);
@@ -529,17 +670,69 @@ mod tests {
     }
 
     #[test]
+    fn approve_deny_revoke() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut r = registry();
+        let mut enrol = |r: &mut Registry, name: &str, key: u8| {
+            let (_, inv) = r
+                .invite(name, false, false, None, 60, HUB, 0, &mut rng)
+                .unwrap();
+            r.enrol(&inv.id, PublicKey([key; 32]), "", "", 1, &mut rng)
+                .unwrap()
+        };
+        enrol(&mut r, "p", 1);
+        enrol(&mut r, "q", 2);
+        assert_eq!(r.approve("p").unwrap().state, SpokeState::Active);
+        assert!(matches!(
+            r.approve("p"),
+            Err(RegistryError::WrongState { .. })
+        ));
+        assert_eq!(r.attach(&PublicKey([1; 32])).unwrap().name, "p");
+        assert_eq!(r.deny("q").unwrap().state, SpokeState::Denied);
+        assert_eq!(
+            r.attach(&PublicKey([2; 32])).unwrap_err().code,
+            RefusalCode::Revoked
+        );
+        assert_eq!(r.revoke("p").unwrap().state, SpokeState::Revoked);
+        assert_eq!(
+            r.attach(&PublicKey([1; 32])).unwrap_err().code,
+            RefusalCode::Revoked
+        );
+        assert!(matches!(
+            r.revoke("nobody"),
+            Err(RegistryError::NoSuchSpoke(_))
+        ));
+        // The name is free again; the revoked key cannot come back with a new invitation.
+        let (_, inv) = r
+            .invite("p", true, false, None, 60, HUB, 2, &mut rng)
+            .unwrap();
+        let err = r
+            .enrol(&inv.id, PublicKey([1; 32]), "", "", 3, &mut rng)
+            .unwrap_err();
+        assert_eq!(err.code, RefusalCode::Revoked);
+        let fresh = r
+            .enrol(&inv.id, PublicKey([9; 32]), "", "", 3, &mut rng)
+            .unwrap();
+        assert_eq!(fresh.spoke.state, SpokeState::Active);
+        assert_eq!(r.spoke_by_name("p").unwrap().public_key, PublicKey([9; 32]));
+    }
+
+    #[test]
     fn addresses_run_out_cleanly() {
         let mut rng = StdRng::seed_from_u64(5);
         let mut r = registry();
         // /29: hosts .1-.6, hub takes .1, so five spokes fit.
         for i in 0..5u8 {
             let name = format!("s{i}");
-            let (_, inv) = r.invite(&name, true, 60, HUB, 0, &mut rng).unwrap();
+            let (_, inv) = r
+                .invite(&name, true, false, None, 60, HUB, 0, &mut rng)
+                .unwrap();
             r.enrol(&inv.id, PublicKey([10 + i; 32]), "", "", 1, &mut rng)
                 .unwrap();
         }
-        let (_, inv) = r.invite("s5", true, 60, HUB, 0, &mut rng).unwrap();
+        let (_, inv) = r
+            .invite("s5", true, false, None, 60, HUB, 0, &mut rng)
+            .unwrap();
         let err = r
             .enrol(&inv.id, PublicKey([99; 32]), "", "", 1, &mut rng)
             .unwrap_err();

@@ -81,6 +81,19 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Show the audit log: enrolments, approvals, logins, keys, revocations.
+    Audit {
+        /// Only records since this time: RFC 3339 (2026-11-25T06:00:00Z) or a
+        /// duration ago (90m, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON (one array).
+        #[arg(long)]
+        json: bool,
+        /// Admin socket of the running hub.
+        #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the daemon's status and counters.
     Status {
         /// Print JSON.
@@ -176,6 +189,9 @@ enum SpokeCommand {
         /// Let the spoke carry traffic without an admin's approval.
         #[arg(long)]
         pre_approved: bool,
+        /// An unattended server spoke: it carries traffic with no user logged in.
+        #[arg(long)]
+        service: bool,
         /// How long the invitation stays valid (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         expires: Duration,
@@ -188,6 +204,22 @@ enum SpokeCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Approve a pending spoke: it gets its keys with no action on the spoke.
+    Approve {
+        /// Spoke name.
+        name: String,
+    },
+    /// Deny a pending spoke: it never gets keys.
+    Deny {
+        /// Spoke name.
+        name: String,
+    },
+    /// Revoke a spoke (lost or broken device): its keys are erased at once and
+    /// its traffic stops; coming back needs a fresh enrolment.
+    Revoke {
+        /// Spoke name.
+        name: String,
     },
 }
 
@@ -220,6 +252,11 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(key_command(command, &admin_socket)),
+        Command::Audit {
+            since,
+            json,
+            admin_socket,
+        } => runtime()?.block_on(audit(since, json, &admin_socket)),
         Command::Status { json, admin_socket } => runtime()?.block_on(async {
             let status: HubStatus =
                 tasuki_shell::local::request(&admin_socket, HubRequest::Status).await?;
@@ -299,9 +336,13 @@ fn init(
 
 async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
     match command {
+        SpokeCommand::Approve { name } => simple(socket, HubRequest::Approve { name }).await?,
+        SpokeCommand::Deny { name } => simple(socket, HubRequest::Deny { name }).await?,
+        SpokeCommand::Revoke { name } => simple(socket, HubRequest::Revoke { name }).await?,
         SpokeCommand::Invite {
             name,
             pre_approved,
+            service,
             expires,
             json,
         } => {
@@ -310,6 +351,7 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                 HubRequest::Invite {
                     name,
                     pre_approved,
+                    service,
                     valid_secs: expires.as_secs(),
                 },
             )
@@ -359,6 +401,54 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Sends a request whose answer is `{spoke, state}` and prints it.
+async fn simple(socket: &Path, req: HubRequest) -> Result<()> {
+    let v: serde_json::Value = tasuki_shell::local::request(socket, req).await?;
+    println!(
+        "spoke {} is now {}",
+        v["spoke"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn parse_since(text: &str) -> Result<u64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0));
+    }
+    let ago = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text:?}: use RFC 3339 (2026-11-25T06:00:00Z) or a duration ago (90m)")
+    })?;
+    Ok(tasuki_shell::unix_now().saturating_sub(ago.as_secs()))
+}
+
+async fn audit(since: Option<String>, json: bool, socket: &Path) -> Result<()> {
+    let since = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
+    let records: Vec<tasuki_core::audit::AuditRecord> =
+        tasuki_shell::local::request(socket, HubRequest::Audit { since }).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    for r in records {
+        let when =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(r.time));
+        let kind = serde_json::to_value(r.kind)?;
+        println!(
+            "{when} {:<18} spoke={} user={} src={} {}",
+            kind.as_str().unwrap_or("?"),
+            r.spoke.as_deref().unwrap_or("-"),
+            r.user.as_deref().unwrap_or("-"),
+            r.source.as_deref().unwrap_or("-"),
+            r.detail
+        );
     }
     Ok(())
 }

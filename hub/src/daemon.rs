@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use tasuki_core::admin_api::{HubRequest, Reply};
+use tasuki_core::admin_api::HubRequest;
 use tasuki_core::routing::RouteTable;
 use tasuki_shell::local::SocketGuard;
 use tokio::net::{TcpListener, UdpSocket};
@@ -115,7 +115,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let admin_state = state.clone();
     let admin_task = tokio::spawn(tasuki_shell::local::serve(admin, move |req: HubRequest| {
         let state = admin_state.clone();
-        async move { admin_request(&state, req).await }
+        async move { crate::admin::handle(&state, req).await }
     }));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -129,54 +129,4 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     events_task.abort();
     rotation_task.abort();
     Ok(())
-}
-
-async fn admin_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Reply<serde_json::Value> {
-    let result: Result<serde_json::Value> = async {
-        match req {
-            HubRequest::Invite {
-                name,
-                pre_approved,
-                valid_secs,
-            } => {
-                let view = state.lock().await.invite(
-                    &name,
-                    pre_approved,
-                    valid_secs,
-                    tasuki_shell::unix_now(),
-                )?;
-                Ok(serde_json::to_value(view)?)
-            }
-            HubRequest::ListSpokes => Ok(serde_json::to_value(
-                state.lock().await.spoke_views().await,
-            )?),
-            HubRequest::Status => Ok(serde_json::to_value(state.lock().await.status().await)?),
-            HubRequest::KeyRotate { spoke } => {
-                let n = state
-                    .lock()
-                    .await
-                    .request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)?;
-                Ok(serde_json::json!({ "links": n }))
-            }
-            HubRequest::KeyPolicyShow { spoke } => Ok(serde_json::to_value(
-                state.lock().await.policy_of(spoke.as_deref())?,
-            )?),
-            HubRequest::KeyPolicySet { spoke, policy } => {
-                let now = state.lock().await.set_policy(spoke.as_deref(), policy)?;
-                Ok(serde_json::to_value(now)?)
-            }
-            HubRequest::KeyStatus => {
-                let st = state.lock().await;
-                let usage = st.usage().await;
-                Ok(serde_json::to_value(
-                    st.key_status(tasuki_shell::unix_now(), &usage),
-                )?)
-            }
-        }
-    }
-    .await;
-    match result {
-        Ok(v) => Reply::Ok(v),
-        Err(e) => Reply::Error(format!("{e:#}")),
-    }
 }

@@ -56,6 +56,8 @@ pub(crate) enum DpEvent {
 pub(crate) enum DpCommand {
     /// Add a link or update its epochs and address.
     Upsert(LinkSpec),
+    /// Forget a link at once (revoked or denied spoke).
+    Remove(SpokeId),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
 }
@@ -197,6 +199,13 @@ impl DataPlane {
                 self.by_key.insert(spec.public_key, spec.id);
                 self.routes.set_spoke(spec.id, spec.tunnel_addr);
                 tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
+            }
+            DpCommand::Remove(id) => {
+                if let Some(peer) = self.peers.remove(&id) {
+                    self.by_key.remove(&peer.link.peer());
+                }
+                self.routes.remove_spoke(id);
+                tracing::info!(spoke = id, "link removed");
             }
             DpCommand::Status(reply) => {
                 let mut counters = self.counters.clone();

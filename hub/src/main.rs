@@ -1,6 +1,8 @@
 //! `tasuki-hub`: the key station. Enrols spokes, issues their throw-away
 //! tunnel keys, relays their traffic and routes it to the company LAN.
 
+mod admin;
+mod audit;
 mod cli;
 mod control;
 mod daemon;

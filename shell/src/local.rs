@@ -85,30 +85,32 @@ where
     F: Fn(Req) -> Fut,
     Fut: Future<Output = Reply<Resp>>,
 {
+    // Read the request first, so a refused client still gets the answer
+    // rather than a broken pipe.
+    let mut line = String::new();
+    {
+        let (r, _) = stream.split();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(r.take(MAX_LINE)).read_line(&mut line),
+        )
+        .await
+        .context("request timed out")??;
+    }
     let reply: Reply<Resp> = match peer_allowed(&stream) {
         Err(e) => {
             tracing::warn!(error = %e, "refused a local client");
             Reply::Error(format!("permission denied: {e}; run as root"))
         }
-        Ok(_) => {
-            let (r, _) = stream.split();
-            let mut line = String::new();
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                BufReader::new(r.take(MAX_LINE)).read_line(&mut line),
-            )
-            .await
-            .context("request timed out")??;
-            match serde_json::from_str::<Envelope<Req>>(&line) {
-                Ok(env) if env.version != tasuki_core::PROTOCOL_VERSION => Reply::Error(format!(
-                    "version mismatch: the CLI speaks {}, the daemon {}; use matching binaries",
-                    env.version,
-                    tasuki_core::PROTOCOL_VERSION
-                )),
-                Ok(env) => handler(env.request).await,
-                Err(e) => Reply::Error(format!("bad request: {e}")),
-            }
-        }
+        Ok(_) => match serde_json::from_str::<Envelope<Req>>(&line) {
+            Ok(env) if env.version != tasuki_core::PROTOCOL_VERSION => Reply::Error(format!(
+                "version mismatch: the CLI speaks {}, the daemon {}; use matching binaries",
+                env.version,
+                tasuki_core::PROTOCOL_VERSION
+            )),
+            Ok(env) => handler(env.request).await,
+            Err(e) => Reply::Error(format!("bad request: {e}")),
+        },
     };
     let mut out = serde_json::to_string(&reply)?;
     out.push('\n');

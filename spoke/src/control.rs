@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tasuki_core::channel::Initiator;
-use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeConfig, SpokeMessage};
+use tasuki_core::control::{
+    Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
+};
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::TcpStream;
@@ -21,6 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const PENDING_RETRY: Duration = Duration::from_secs(2);
 
 /// What the control loop reports for `status`.
 #[derive(Clone, Debug, Default)]
@@ -56,11 +59,35 @@ impl Control {
                     s.last_error = Some(format!("{e:#}"));
                 }
             });
-            match result {
+            let refusal = result
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<Refusal>())
+                .map(|r| r.code);
+            match &result {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(e) => {
                     tracing::warn!(hub = %self.enrolment.hub_endpoint, error = %format!("{e:#}"), "control channel down")
                 }
+            }
+            match refusal {
+                // Waiting for an admin or the owner: ask again soon, without growing.
+                Some(RefusalCode::Pending) => {
+                    tokio::time::sleep(PENDING_RETRY).await;
+                    continue;
+                }
+                // Cut off for good: no key of ours may stay usable.
+                Some(RefusalCode::Revoked) => {
+                    match self.store.erase_epochs_below(u64::MAX) {
+                        Ok(gone) if !gone.is_empty() => {
+                            tracing::warn!(epochs = ?gone, "this spoke was revoked: its keys are erased");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase keys"),
+                    }
+                    let _ = self.dataplane.send(DpCommand::Revoked).await;
+                }
+                _ => {}
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -198,7 +225,10 @@ impl Control {
                     .await
                     .context("data plane stopped")?;
             }
-            HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
+            HubMessage::Refused(r) => {
+                let detail = r.detail.clone();
+                return Err(anyhow::Error::new(r).context(format!("the hub refused: {detail}")));
+            }
             HubMessage::Keepalive | HubMessage::ReportAck { .. } => {}
         }
         Ok(())

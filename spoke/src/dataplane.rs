@@ -28,6 +28,8 @@ pub(crate) enum DpCommand {
     SwitchTo(u64),
     /// Start a fresh handshake now (the hub may have restarted).
     Rehandshake,
+    /// The hub revoked this spoke: drop every tunnel and key.
+    Revoked,
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
 }
@@ -159,6 +161,11 @@ impl DataPlane {
                     Some(DpCommand::Rehandshake) => {
                         let k = self.switching.unwrap_or(self.keys.current());
                         self.handshake(k, &mut out).await;
+                    }
+                    Some(DpCommand::Revoked) => {
+                        self.link.retain(|_| false);
+                        self.keys = SpokeKeys::default();
+                        self.switching = None;
                     }
                     Some(DpCommand::Status(reply)) => {
                         let _ = reply.send(self.status());

@@ -34,7 +34,10 @@ pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> a
             "the hub at {endpoint} does not hold the pinned key {fingerprint}: \
              wrong hub, or an invitation for another hub"
         ),
-        ChannelError::Refused(r) => anyhow::anyhow!("the hub at {endpoint} refused: {}", r.detail),
+        ChannelError::Refused(r) => {
+            let detail = r.detail.clone();
+            anyhow::Error::new(r).context(format!("the hub at {endpoint} refused: {detail}"))
+        }
         ChannelError::Handshake(_) => anyhow::anyhow!(
             "the hub at {endpoint} did not prove it holds the pinned key {fingerprint} \
              and the invitation secret: wrong hub, or a damaged invitation"

@@ -1,0 +1,85 @@
+//! The hub's admin socket: one handler per request, each a thin call into
+//! [`HubState`]. Replies are the structs `--json` prints.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tasuki_core::admin_api::{HubRequest, Reply};
+use tasuki_shell::unix_now;
+use tokio::sync::Mutex;
+
+use crate::state::HubState;
+
+/// Handles one admin request.
+pub(crate) async fn handle(
+    state: &Arc<Mutex<HubState>>,
+    req: HubRequest,
+) -> Reply<serde_json::Value> {
+    let result: Result<serde_json::Value> = async {
+        match req {
+            HubRequest::Invite {
+                name,
+                pre_approved,
+                service,
+                valid_secs,
+            } => {
+                let view = state.lock().await.invite(
+                    &name,
+                    pre_approved,
+                    service,
+                    None,
+                    valid_secs,
+                    unix_now(),
+                )?;
+                Ok(serde_json::to_value(view)?)
+            }
+            HubRequest::Approve { name } => {
+                let s = state
+                    .lock()
+                    .await
+                    .approve(&name, "admin", unix_now())
+                    .await?;
+                Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
+            }
+            HubRequest::Deny { name } => {
+                let s = state.lock().await.deny(&name, unix_now()).await?;
+                Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
+            }
+            HubRequest::Revoke { name } => {
+                let s = state.lock().await.revoke(&name, unix_now()).await?;
+                Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
+            }
+            HubRequest::Audit { since } => Ok(serde_json::to_value(
+                state.lock().await.audit_since(since)?,
+            )?),
+            HubRequest::ListSpokes => Ok(serde_json::to_value(
+                state.lock().await.spoke_views().await,
+            )?),
+            HubRequest::Status => Ok(serde_json::to_value(state.lock().await.status().await)?),
+            HubRequest::KeyRotate { spoke } => {
+                let n = state
+                    .lock()
+                    .await
+                    .request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)?;
+                Ok(serde_json::json!({ "links": n }))
+            }
+            HubRequest::KeyPolicyShow { spoke } => Ok(serde_json::to_value(
+                state.lock().await.policy_of(spoke.as_deref())?,
+            )?),
+            HubRequest::KeyPolicySet { spoke, policy } => {
+                let now = state.lock().await.set_policy(spoke.as_deref(), policy)?;
+                Ok(serde_json::to_value(now)?)
+            }
+            HubRequest::KeyStatus => {
+                let st = state.lock().await;
+                let usage = st.usage().await;
+                Ok(serde_json::to_value(st.key_status(unix_now(), &usage))?)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(v) => Reply::Ok(v),
+        Err(e) => Reply::Error(format!("{e:#}")),
+    }
+}

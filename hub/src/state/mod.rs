@@ -1,0 +1,268 @@
+//! The hub's control state: the registry, the current key epochs, the store.
+//!
+//! One `HubState` sits behind a mutex shared by the control connections and
+//! the admin socket; the data plane never touches it (it gets commands).
+//! Every change is committed and flushed to the store before anyone hears of it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tasuki_core::admin_api::{HubStatus, InvitationView, SpokeView};
+use tasuki_core::control::{HubMessage, Refusal};
+use tasuki_core::invitation::InvitationId;
+use tasuki_core::keys::{EpochRecord, KeyEpoch, PublicKey, StaticKey};
+use tasuki_core::registry::{Enrolled, HubSettings, Registry, SpokeRecord, SpokeState};
+use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta};
+use tasuki_core::routing::SpokeId;
+use tasuki_shell::store::{Store, Write};
+use tasuki_shell::vault::KeyVault;
+use tokio::sync::mpsc;
+
+use crate::dataplane::{DpCommand, LinkSpec};
+
+mod rotation;
+mod spokes;
+
+/// File holding the hub's static key.
+pub(crate) const KEY_FILE: &str = "hub.key";
+const STORE_DIR: &str = "store";
+const KEYS_DIR: &str = "keys";
+const SETTINGS_TREE: &str = "settings";
+const SPOKES_TREE: &str = "spokes";
+const INVITATIONS_TREE: &str = "invitations";
+const EPOCHS_TREE: &str = "epochs";
+const SCHEDULES_TREE: &str = "schedules";
+const OVERRIDES_TREE: &str = "policy-overrides";
+
+fn vault_name(spoke: SpokeId, epoch: u64) -> String {
+    format!("{spoke}-{epoch}")
+}
+
+/// Puts each epoch's key in the vault (durably) and returns the store writes
+/// for their records: keys first, so a record never names a missing key.
+fn epoch_writes<'a>(
+    vault: &KeyVault,
+    spoke: SpokeId,
+    epochs: &[KeyEpoch],
+) -> Result<Vec<Write<'a>>> {
+    let mut writes = Vec::with_capacity(epochs.len());
+    for epoch in epochs {
+        vault.put(&vault_name(spoke, epoch.number), &epoch.key)?;
+        writes.push(Write::put(
+            EPOCHS_TREE,
+            epoch_key(spoke, epoch.number),
+            &(spoke, epoch.record()),
+        )?);
+    }
+    Ok(writes)
+}
+
+fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
+    let mut k = spoke.to_be_bytes().to_vec();
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+/// Stored as the `hub` entry of the settings tree.
+pub(crate) fn write_settings(dir: &Path, settings: &HubSettings) -> Result<()> {
+    let store = Store::open(&dir.join(STORE_DIR))?;
+    store.commit(&[Write::put(SETTINGS_TREE, *b"hub", settings)?])
+}
+
+/// The hub's identity key from its state directory.
+pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
+    let path = dir.join(KEY_FILE);
+    let text = tasuki_shell::files::read_secret_file(&path).with_context(|| {
+        format!(
+            "no hub identity in {}; run `tasuki-hub init` first",
+            dir.display()
+        )
+    })?;
+    StaticKey::from_base64(&text).with_context(|| format!("{} is damaged", path.display()))
+}
+
+/// Everything the control side of the hub knows.
+pub(crate) struct HubState {
+    pub(crate) registry: Registry,
+    schedules: HashMap<SpokeId, LinkSchedule>,
+    /// The hub-wide rotation policy.
+    pub(crate) policy: RotationPolicy,
+    /// Per-spoke policies that replace the hub-wide one.
+    overrides: HashMap<SpokeId, RotationPolicy>,
+    store: Store,
+    vault: KeyVault,
+    pub(crate) key: Arc<StaticKey>,
+    pub(crate) interface: String,
+    dataplane: mpsc::Sender<DpCommand>,
+    sessions: HashMap<SpokeId, mpsc::Sender<HubMessage>>,
+    pub(crate) control_connections: usize,
+    audit: crate::audit::AuditLog,
+}
+
+impl HubState {
+    /// Loads the registry and epochs from the state directory.
+    pub(crate) fn load(
+        dir: &Path,
+        key: Arc<StaticKey>,
+        interface: String,
+        dataplane: mpsc::Sender<DpCommand>,
+    ) -> Result<Self> {
+        let store = Store::open(&dir.join(STORE_DIR))?;
+        let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
+            format!(
+                "{} has no hub settings; run `tasuki-hub init`",
+                dir.display()
+            )
+        })?;
+        let spokes: Vec<SpokeRecord> = store.all(SPOKES_TREE)?;
+        let invitations = store.all(INVITATIONS_TREE)?;
+        let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
+        let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
+        let mut named = std::collections::HashSet::new();
+        for (spoke, record) in store.all::<(SpokeId, EpochRecord)>(EPOCHS_TREE)? {
+            let name = vault_name(spoke, record.number);
+            match vault.get(&name)? {
+                Some(key) => {
+                    named.insert(name);
+                    epochs
+                        .entry(spoke)
+                        .or_default()
+                        .push(KeyEpoch::from_record(record, key));
+                }
+                None => tracing::error!(
+                    spoke,
+                    epoch = record.number,
+                    "the key of a stored epoch is missing from the key directory; skipping it"
+                ),
+            }
+        }
+        // Keys whose record never made it to the store (a crash in between) or
+        // whose record was removed before the key: never in use, erase them.
+        for name in vault.names()? {
+            if !named.contains(&name) {
+                vault.erase(&name)?;
+            }
+        }
+        let mut metas: HashMap<SpokeId, ScheduleMeta> = store
+            .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
+            .into_iter()
+            .collect();
+        let schedules = epochs
+            .into_iter()
+            .map(|(id, list)| {
+                let meta = metas.remove(&id).unwrap_or_default();
+                (id, LinkSchedule::restore(id, list, meta))
+            })
+            .collect();
+        let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
+        let overrides: HashMap<SpokeId, RotationPolicy> = store
+            .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
+            .into_iter()
+            .collect();
+        Ok(Self {
+            registry: Registry::new(settings, spokes, invitations),
+            schedules,
+            policy,
+            overrides,
+            vault,
+            store,
+            key,
+            interface,
+            dataplane,
+            sessions: HashMap::new(),
+            control_connections: 0,
+            audit: crate::audit::AuditLog::open(dir)?,
+        })
+    }
+
+    /// Links the data plane should carry right now.
+    pub(crate) fn link_specs(&self) -> Vec<LinkSpec> {
+        self.registry
+            .spokes()
+            .filter(|s| s.state == SpokeState::Active)
+            .filter_map(|s| {
+                self.schedules.get(&s.id).map(|sched| LinkSpec {
+                    id: s.id,
+                    public_key: s.public_key,
+                    tunnel_addr: s.tunnel_addr,
+                    epochs: sched.epochs(),
+                    handshake_epochs: sched.handshake_epochs(),
+                })
+            })
+            .collect()
+    }
+
+    /// A spoke's name, for logs and audit records.
+    pub(crate) fn spoke_name(&self, id: SpokeId) -> String {
+        self.registry
+            .spoke(id)
+            .map_or_else(|| format!("#{id}"), |s| s.name.clone())
+    }
+
+    /// Appends to the audit log.
+    pub(crate) fn audit(&mut self, record: tasuki_core::audit::AuditRecord) {
+        self.audit.append(&record);
+    }
+
+    /// Audit records since `since` (Unix seconds).
+    pub(crate) fn audit_since(&self, since: u64) -> Result<Vec<tasuki_core::audit::AuditRecord>> {
+        self.audit.read(since)
+    }
+
+    /// Cuts a spoke off: its control session ends, the data plane forgets it.
+    pub(crate) async fn cut_off(&mut self, id: SpokeId, refusal: Refusal) {
+        if let Some(tx) = self.sessions.remove(&id) {
+            let _ = tx.try_send(HubMessage::Refused(refusal));
+        }
+        let _ = self.dataplane.send(DpCommand::Remove(id)).await;
+    }
+
+    async fn push_link(&self, id: SpokeId) {
+        if let Some(spec) = self.link_specs().into_iter().find(|l| l.id == id) {
+            let _ = self.dataplane.send(DpCommand::Upsert(spec)).await;
+        }
+    }
+
+    /// Registers the outgoing queue of a spoke's control connection.
+    pub(crate) fn attach_session(&mut self, spoke: SpokeId, tx: mpsc::Sender<HubMessage>) {
+        self.sessions.insert(spoke, tx);
+    }
+
+    /// Forgets a spoke's control connection if `tx` is still the registered one.
+    pub(crate) fn detach_session(&mut self, spoke: SpokeId, tx: &mpsc::Sender<HubMessage>) {
+        if self
+            .sessions
+            .get(&spoke)
+            .is_some_and(|t| t.same_channel(tx))
+        {
+            self.sessions.remove(&spoke);
+        }
+    }
+
+    async fn dataplane_status(&self) -> Option<crate::dataplane::DpStatus> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.dataplane.send(DpCommand::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The hub's status for `tasuki-hub status`.
+    pub(crate) async fn status(&self) -> HubStatus {
+        let dp = self.dataplane_status().await;
+        let settings = self.registry.settings();
+        let count = |st| self.registry.spokes().filter(|s| s.state == st).count();
+        HubStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            fingerprint: self.key.public().fingerprint(),
+            endpoint: settings.endpoint.clone(),
+            tunnel_net: settings.tunnel_net.to_string(),
+            routes: settings.routes.iter().map(ToString::to_string).collect(),
+            interface: self.interface.clone(),
+            spokes_active: count(SpokeState::Active),
+            spokes_pending: count(SpokeState::Pending),
+            control_connections: self.control_connections,
+            counters: dp.map(|d| d.counters).unwrap_or_default(),
+        }
+    }
+}

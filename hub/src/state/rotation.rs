@@ -1,0 +1,356 @@
+//! The hub's key schedules: issuing, delivering, confirming and erasing
+//! epochs, and the rotation policies.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tasuki_core::control::HubMessage;
+use tasuki_core::keys::KeyEpoch;
+use tasuki_core::registry::RegistryError;
+use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger, Usage};
+use tasuki_core::routing::SpokeId;
+use tasuki_shell::store::Write;
+
+use super::*;
+use tasuki_core::audit::{AuditKind, AuditRecord};
+
+impl HubState {
+    /// Ensures an active spoke has a key schedule (issuing and storing a first
+    /// epoch if not); returns what the spoke still needs to hear: the
+    /// deliveries it has not acknowledged and a pending update notification.
+    pub(crate) async fn ensure_schedule(
+        &mut self,
+        spoke: SpokeId,
+        now: u64,
+    ) -> Result<Vec<HubMessage>> {
+        if !self.schedules.contains_key(&spoke) {
+            let mut sched = LinkSchedule::restore(spoke, vec![], ScheduleMeta::default());
+            let epoch = sched.issue(now, &mut rand_core::OsRng);
+            self.commit_issue(spoke, &sched, std::slice::from_ref(&epoch))?;
+            let name = self.spoke_name(spoke);
+            self.audit(
+                AuditRecord::new(now, AuditKind::KeyIssue)
+                    .spoke(name)
+                    .detail(format!("epoch {} (first)", epoch.number)),
+            );
+            self.schedules.insert(spoke, sched);
+            self.push_link(spoke).await;
+        }
+        let policy = self.policy_for(spoke).clone();
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<HubMessage> = sched
+            .deliveries(&policy)?
+            .into_iter()
+            .map(HubMessage::KeyDistribution)
+            .collect();
+        if let Some(k) = sched.notification(&policy) {
+            out.push(HubMessage::UpdateNotification { epoch: k });
+        }
+        Ok(out)
+    }
+
+    fn commit_issue(
+        &self,
+        spoke: SpokeId,
+        sched: &LinkSchedule,
+        epochs: &[KeyEpoch],
+    ) -> Result<()> {
+        let mut writes = epoch_writes(&self.vault, spoke, epochs)?;
+        writes.push(Write::put(
+            SCHEDULES_TREE,
+            spoke.to_be_bytes(),
+            &(spoke, sched.meta().clone()),
+        )?);
+        self.store.commit(&writes)
+    }
+
+    fn commit_meta(&self, spoke: SpokeId) -> Result<()> {
+        if let Some(sched) = self.schedules.get(&spoke) {
+            self.store.commit(&[Write::put(
+                SCHEDULES_TREE,
+                spoke.to_be_bytes(),
+                &(spoke, sched.meta().clone()),
+            )?])?;
+        }
+        Ok(())
+    }
+
+    /// Receipt report from a spoke: epoch `k` takes new handshakes from now.
+    /// Returns the update notification to send back, if the spoke should switch.
+    pub(crate) async fn on_receipt(
+        &mut self,
+        spoke: SpokeId,
+        k: u64,
+    ) -> Result<Option<HubMessage>> {
+        let policy = self.policy_for(spoke).clone();
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(None);
+        };
+        let moved = sched.on_receipt(k);
+        let note = sched.notification(&policy);
+        if moved {
+            self.commit_meta(spoke)?;
+            self.push_link(spoke).await;
+            tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
+        }
+        Ok(note.map(|epoch| HubMessage::UpdateNotification { epoch }))
+    }
+
+    /// The data plane decrypted a packet under epoch `k` of `spoke`.
+    pub(crate) fn on_confirmed(
+        &mut self,
+        spoke: SpokeId,
+        k: u64,
+        now: u64,
+        usage: Usage,
+    ) -> Result<()> {
+        let grace = self.policy_for(spoke).grace_secs;
+        let Some(sched) = self.schedules.get_mut(&spoke) else {
+            return Ok(());
+        };
+        if sched.on_confirmed(k, now, usage, grace) {
+            tracing::info!(
+                spoke,
+                epoch = k,
+                rotations = sched.meta().rotations,
+                "epoch confirmed: carrying traffic"
+            );
+            self.commit_meta(spoke)?;
+            let name = self.spoke_name(spoke);
+            self.audit(
+                AuditRecord::new(now, AuditKind::Rotation)
+                    .spoke(name)
+                    .detail(format!("epoch {k} carries traffic")),
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks for a rotation of one spoke's link, or of all.
+    pub(crate) fn request_rotation(
+        &mut self,
+        name: Option<&str>,
+        trigger: Trigger,
+    ) -> Result<usize> {
+        let ids: Vec<SpokeId> = match name {
+            Some(n) => {
+                let s = self
+                    .registry
+                    .spoke_by_name(n)
+                    .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(n.to_owned())))?;
+                if !self.schedules.contains_key(&s.id) {
+                    anyhow::bail!(
+                        "spoke {n:?} has no key epochs (pending, revoked, or never attached)"
+                    );
+                }
+                vec![s.id]
+            }
+            None => self.schedules.keys().copied().collect(),
+        };
+        for id in &ids {
+            if let Some(s) = self.schedules.get_mut(id) {
+                s.request(trigger.clone());
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Asks for a rotation of one link, by spoke id (named events).
+    pub(crate) fn request_rotation_of(&mut self, spoke: SpokeId, trigger: Trigger) {
+        if let Some(s) = self.schedules.get_mut(&spoke) {
+            s.request(trigger);
+        }
+    }
+
+    /// The policy that applies to one spoke's link.
+    pub(crate) fn policy_for(&self, spoke: SpokeId) -> &RotationPolicy {
+        self.overrides.get(&spoke).unwrap_or(&self.policy)
+    }
+
+    fn spoke_id(&self, name: &str) -> Result<SpokeId> {
+        self.registry
+            .spoke_by_name(name)
+            .map(|s| s.id)
+            .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(name.to_owned())))
+    }
+
+    /// The policy in force for `spoke` (by name), or the hub-wide one.
+    pub(crate) fn policy_of(&self, spoke: Option<&str>) -> Result<RotationPolicy> {
+        Ok(match spoke {
+            Some(n) => self.policy_for(self.spoke_id(n)?).clone(),
+            None => self.policy.clone(),
+        })
+    }
+
+    /// Sets and stores the hub-wide policy, or one spoke's override
+    /// (`reset` drops the override so the hub-wide policy applies again).
+    pub(crate) fn set_policy(
+        &mut self,
+        spoke: Option<&str>,
+        policy: Option<RotationPolicy>,
+    ) -> Result<RotationPolicy> {
+        match (spoke, policy) {
+            (None, Some(policy)) => {
+                self.store
+                    .commit(&[Write::put(SETTINGS_TREE, *b"policy", &policy)?])?;
+                self.policy = policy;
+            }
+            (None, None) => anyhow::bail!("only a spoke's override can be reset"),
+            (Some(name), Some(policy)) => {
+                let id = self.spoke_id(name)?;
+                self.store.commit(&[Write::put(
+                    OVERRIDES_TREE,
+                    id.to_be_bytes(),
+                    &(id, policy.clone()),
+                )?])?;
+                self.overrides.insert(id, policy);
+            }
+            (Some(name), None) => {
+                let id = self.spoke_id(name)?;
+                self.store
+                    .commit(&[Write::remove(OVERRIDES_TREE, id.to_be_bytes())])?;
+                self.overrides.remove(&id);
+            }
+        }
+        self.policy_of(spoke)
+    }
+
+    /// One rotation tick: issue epochs that are due (for spokes whose control
+    /// channel is up), erase epochs whose grace passed. `usage` gives each
+    /// link's cumulative use.
+    pub(crate) async fn rotation_tick(
+        &mut self,
+        now: u64,
+        usage: &HashMap<SpokeId, Usage>,
+    ) -> Result<()> {
+        let ids: Vec<SpokeId> = self.schedules.keys().copied().collect();
+        for id in ids {
+            let total = usage.get(&id).copied().unwrap_or_default();
+            let erased = self
+                .schedules
+                .get_mut(&id)
+                .map(|s| s.take_erasable(now))
+                .unwrap_or_default();
+            if !erased.is_empty() {
+                let writes: Vec<Write<'_>> = erased
+                    .iter()
+                    .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
+                    .collect();
+                // Record first, then the key: a crash in between leaves an
+                // orphan key file that the next start erases.
+                self.store.commit(&writes)?;
+                for k in &erased {
+                    self.vault.erase(&vault_name(id, *k))?;
+                }
+                self.push_link(id).await;
+                tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+            }
+            let Some(session) = self.sessions.get(&id).cloned() else {
+                continue;
+            };
+            let policy = self.policy_for(id).clone();
+            let Some(sched) = self.schedules.get_mut(&id) else {
+                continue;
+            };
+            let mut issued = Vec::new();
+            let mut trigger = None;
+            if policy.batch > 0 {
+                issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
+            } else if let Some(t) = sched.due(&policy, now, total) {
+                issued.push(sched.issue(now, &mut rand_core::OsRng));
+                trigger = Some(t);
+            }
+            let switch = if policy.batch > 0 {
+                sched.take_switch()
+            } else {
+                None
+            };
+            let deliveries = if issued.is_empty() {
+                Vec::new()
+            } else {
+                sched.deliveries(&policy)?
+            };
+            let sched = sched.clone();
+            if !issued.is_empty() || switch.is_some() {
+                // Durable before it is sent.
+                self.commit_issue(id, &sched, &issued)?;
+            }
+            let why = trigger.as_ref().map_or("batch".into(), |t| t.name());
+            for e in &issued {
+                tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
+                let name = self.spoke_name(id);
+                self.audit(
+                    AuditRecord::new(now, AuditKind::KeyIssue)
+                        .spoke(name)
+                        .detail(format!("epoch {} ({why})", e.number)),
+                );
+            }
+            for d in deliveries {
+                let _ = session.try_send(HubMessage::KeyDistribution(d));
+            }
+            if let Some((k, t)) = switch {
+                tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
+                let _ = session.try_send(HubMessage::UpdateNotification { epoch: k });
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-link key status for `tasuki-hub key status`.
+    pub(crate) fn key_status(
+        &self,
+        now: u64,
+        usage: &HashMap<SpokeId, Usage>,
+    ) -> Vec<tasuki_core::admin_api::LinkKeyView> {
+        let mut out: Vec<_> = self
+            .schedules
+            .iter()
+            .map(|(id, s)| {
+                let used = s.usage(usage.get(id).copied().unwrap_or_default());
+                tasuki_core::admin_api::LinkKeyView {
+                    spoke: self
+                        .registry
+                        .spoke(*id)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    epoch: s.meta().confirmed,
+                    latest: s.latest(),
+                    acked: s.meta().acked,
+                    held: s.epochs().iter().map(|e| e.number).collect(),
+                    age_secs: now.saturating_sub(s.meta().current_since),
+                    packets: used.packets,
+                    bytes: used.bytes,
+                    handshakes: used.handshakes,
+                    rotations: s.meta().rotations,
+                    next_interval_in: s.next_interval_in(self.policy_for(*id), now),
+                    policy_override: self.overrides.contains_key(id),
+                    control_connected: self.sessions.contains_key(id),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.spoke.cmp(&b.spoke));
+        out
+    }
+
+    /// Each link's cumulative use from the data plane.
+    pub(crate) async fn usage(&self) -> HashMap<SpokeId, Usage> {
+        self.dataplane_status()
+            .await
+            .map(|d| {
+                d.links
+                    .iter()
+                    .map(|(id, l)| {
+                        let usage = Usage {
+                            packets: l.packets,
+                            bytes: l.rx_bytes + l.tx_bytes,
+                            handshakes: l.handshakes,
+                        };
+                        (*id, usage)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

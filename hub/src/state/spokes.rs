@@ -1,0 +1,246 @@
+//! Spoke lifecycle at the hub: invitations, enrolment, approval,
+//! revocation, and the admin's view of spokes.
+
+use anyhow::Result;
+use tasuki_core::keys::KeyEpoch;
+use tasuki_core::registry::RegistryError;
+use tasuki_core::rotation::{LinkSchedule, ScheduleMeta};
+use tasuki_shell::store::Write;
+
+use super::*;
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::RefusalCode;
+
+impl HubState {
+    /// Makes an invitation and stores it.
+    pub(crate) fn invite(
+        &mut self,
+        name: &str,
+        pre_approved: bool,
+        service: bool,
+        owner: Option<&str>,
+        valid_secs: u64,
+        now: u64,
+    ) -> Result<InvitationView> {
+        let hub_key = self.key.public();
+        let (record, invitation) = self
+            .registry
+            .invite(
+                name,
+                pre_approved,
+                service,
+                owner,
+                valid_secs,
+                hub_key,
+                now,
+                &mut rand_core::OsRng,
+            )
+            .map_err(|e: RegistryError| anyhow::anyhow!(e))?;
+        self.store
+            .commit(&[Write::put(INVITATIONS_TREE, record.id.0, &record)?])?;
+        tracing::info!(invitation = %record.id, name, pre_approved, service, "invitation created");
+        let mut audit = AuditRecord::new(now, AuditKind::Invitation)
+            .spoke(name)
+            .detail(format!(
+                "invitation {} {}{}",
+                record.id,
+                if pre_approved {
+                    "pre-approved"
+                } else {
+                    "needs approval"
+                },
+                if service { ", service spoke" } else { "" }
+            ));
+        if let Some(owner) = owner {
+            audit = audit.user(owner);
+        }
+        self.audit(audit);
+        Ok(InvitationView {
+            invitation: invitation.encode(),
+            id: record.id.short(),
+            name: record.name,
+            expires_at: record.expires_at,
+            pre_approved,
+            hub_fingerprint: hub_key.fingerprint(),
+        })
+    }
+
+    /// Enrols a spoke whose handshake proved the invitation secret; stores
+    /// everything before returning.
+    pub(crate) async fn enrol(
+        &mut self,
+        invitation: &InvitationId,
+        spoke_key: PublicKey,
+        source: &str,
+        hostname: &str,
+        now: u64,
+    ) -> Result<std::result::Result<(Enrolled, Option<KeyEpoch>), Refusal>> {
+        let enrolled = match self.registry.enrol(
+            invitation,
+            spoke_key,
+            source,
+            hostname,
+            now,
+            &mut rand_core::OsRng,
+        ) {
+            Ok(e) => e,
+            Err(refusal) => {
+                self.audit(
+                    AuditRecord::new(now, AuditKind::EnrolmentRefused)
+                        .source(source)
+                        .detail(format!("invitation {invitation}: {refusal}")),
+                );
+                return Ok(Err(refusal));
+            }
+        };
+        let spoke = &enrolled.spoke;
+        let mut writes = vec![
+            Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), spoke)?,
+            Write::put(
+                INVITATIONS_TREE,
+                enrolled.invitation.id.0,
+                &enrolled.invitation,
+            )?,
+        ];
+        let mut schedule = None;
+        if let Some(epoch) = &enrolled.first_epoch {
+            writes.extend(epoch_writes(
+                &self.vault,
+                spoke.id,
+                std::slice::from_ref(epoch),
+            )?);
+            let sched =
+                LinkSchedule::restore(spoke.id, vec![epoch.clone()], ScheduleMeta::default());
+            writes.push(Write::put(
+                SCHEDULES_TREE,
+                spoke.id.to_be_bytes(),
+                &(spoke.id, sched.meta().clone()),
+            )?);
+            schedule = Some(sched);
+        }
+        self.store.commit(&writes)?;
+        if let (Some(epoch), Some(sched)) = (&enrolled.first_epoch, schedule) {
+            self.schedules.insert(spoke.id, sched);
+            tracing::info!(spoke = %spoke.name, id = spoke.id, epoch = epoch.number, "key epoch issued");
+            let audit = AuditRecord::new(now, AuditKind::KeyIssue)
+                .spoke(&spoke.name)
+                .detail(format!("epoch {} (enrolment)", epoch.number));
+            self.audit(audit);
+        }
+        tracing::info!(
+            spoke = %spoke.name, id = spoke.id, from = source, addr = %spoke.tunnel_addr,
+            state = ?spoke.state, "spoke enrolled"
+        );
+        let mut audit = AuditRecord::new(now, AuditKind::Enrolment)
+            .spoke(&spoke.name)
+            .source(source)
+            .detail(format!(
+                "id {} address {} invitation {} state {}",
+                spoke.id,
+                spoke.tunnel_addr,
+                spoke.invitation,
+                spoke.state.name()
+            ));
+        if let Some(owner) = &spoke.owner {
+            audit = audit.user(owner);
+        }
+        self.audit(audit);
+        self.push_link(spoke.id).await;
+        let first = enrolled.first_epoch.clone();
+        Ok(Ok((enrolled, first)))
+    }
+
+    /// The admin view of every spoke, with data-plane facts merged in.
+    pub(crate) async fn spoke_views(&self) -> Vec<SpokeView> {
+        let dp = self.dataplane_status().await;
+        self.registry
+            .spokes()
+            .map(|s| {
+                let link = dp.as_ref().and_then(|d| d.links.get(&s.id));
+                SpokeView {
+                    id: s.id,
+                    name: s.name.clone(),
+                    state: s.state.name().into(),
+                    service: s.service,
+                    owner: s.owner.clone(),
+                    tunnel_addr: s.tunnel_addr.to_string(),
+                    key_fingerprint: s.public_key.fingerprint(),
+                    enrolled_at: s.enrolled_at,
+                    enrolled_from: s.enrolled_from.clone(),
+                    hostname: s.hostname.clone(),
+                    invitation: s.invitation.short(),
+                    epoch: self.schedules.get(&s.id).map(|e| e.meta().confirmed),
+                    endpoint: link.and_then(|l| l.endpoint.map(|e| e.to_string())),
+                    last_handshake_secs: link.and_then(|l| l.last_handshake_secs),
+                    rx_bytes: link.map_or(0, |l| l.rx_bytes),
+                    tx_bytes: link.map_or(0, |l| l.tx_bytes),
+                }
+            })
+            .collect()
+    }
+
+    /// Approves a pending spoke; it gets its keys when it next attaches.
+    pub(crate) async fn approve(&mut self, name: &str, by: &str, now: u64) -> Result<SpokeRecord> {
+        let spoke = self.registry.approve(name)?;
+        self.store
+            .commit(&[Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?])?;
+        tracing::info!(spoke = %spoke.name, by, "spoke approved");
+        self.audit(
+            AuditRecord::new(now, AuditKind::Approval)
+                .spoke(name)
+                .detail(format!("by {by}")),
+        );
+        Ok(spoke)
+    }
+
+    /// Denies a pending spoke.
+    pub(crate) async fn deny(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+        let spoke = self.registry.deny(name)?;
+        self.store
+            .commit(&[Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?])?;
+        tracing::info!(spoke = %spoke.name, "spoke denied");
+        self.audit(AuditRecord::new(now, AuditKind::Denial).spoke(name));
+        self.cut_off(
+            spoke.id,
+            Refusal::new(RefusalCode::Revoked, "an admin denied this spoke"),
+        )
+        .await;
+        Ok(spoke)
+    }
+
+    /// Revokes a spoke: its keys are erased at once, its sessions dropped,
+    /// and the relay refuses it from now on.
+    pub(crate) async fn revoke(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+        let spoke = self.registry.revoke(name)?;
+        let mut writes = vec![
+            Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?,
+            Write::remove(SCHEDULES_TREE, spoke.id.to_be_bytes()),
+            Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
+        ];
+        let epochs = self
+            .schedules
+            .remove(&spoke.id)
+            .map(|s| s.epochs())
+            .unwrap_or_default();
+        for e in &epochs {
+            writes.push(Write::remove(EPOCHS_TREE, epoch_key(spoke.id, e.number)));
+        }
+        self.store.commit(&writes)?;
+        for e in &epochs {
+            self.vault.erase(&vault_name(spoke.id, e.number))?;
+        }
+        self.overrides.remove(&spoke.id);
+        self.cut_off(
+            spoke.id,
+            Refusal::new(RefusalCode::Revoked, "an admin revoked this spoke"),
+        )
+        .await;
+        tracing::warn!(spoke = %spoke.name, erased = epochs.len(), "spoke revoked");
+        self.audit(
+            AuditRecord::new(now, AuditKind::Revocation)
+                .spoke(name)
+                .detail(format!("{} key epochs erased", epochs.len())),
+        );
+        Ok(spoke)
+    }
+}
