@@ -40,6 +40,34 @@ pub enum HubRequest {
         /// Spoke name.
         name: String,
     },
+    /// Register a user; the reply carries an initial password.
+    UserAdd {
+        /// Login id.
+        id: String,
+        /// Full name.
+        name: String,
+        /// E-mail address.
+        email: String,
+    },
+    /// List users.
+    UserList,
+    /// Remove a user (logged out everywhere).
+    UserRemove {
+        /// Login id.
+        id: String,
+    },
+    /// Give a user a new initial password.
+    UserResetPassword {
+        /// Login id.
+        id: String,
+    },
+    /// Let a user log in on a spoke.
+    UserAllow {
+        /// Login id.
+        id: String,
+        /// Spoke name.
+        spoke: String,
+    },
     /// Audit records since a time.
     Audit {
         /// Unix seconds.
@@ -106,6 +134,39 @@ pub struct LinkKeyView {
 pub enum SpokeRequest {
     /// Daemon status and counters.
     Status,
+    /// Relay a user's request to the hub.
+    User {
+        /// The request.
+        request: crate::control::UserRequest,
+    },
+}
+
+/// A user as admins see it (never the password or its hash).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserView {
+    /// Login id.
+    pub id: String,
+    /// Full name.
+    pub name: String,
+    /// E-mail address.
+    pub email: String,
+    /// The initial password still has to be changed.
+    pub must_change_password: bool,
+    /// Spokes the user may log in on.
+    pub spokes: Vec<String>,
+    /// Spokes the user is logged in on now.
+    pub logged_in_on: Vec<String>,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+}
+
+/// A user with a freshly set initial password (shown once).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserPassword {
+    /// Login id.
+    pub id: String,
+    /// The initial password; the user must change it at first login.
+    pub initial_password: String,
 }
 
 /// Envelope for every request: carries the protocol version.
@@ -248,6 +309,13 @@ pub struct SpokeStatus {
     pub held_epochs: Vec<u64>,
     /// True while a hard limit stops traffic.
     pub blocked: bool,
+    /// Users logged in on this spoke.
+    pub users: Vec<String>,
+    /// Whether the hub carries this spoke's traffic (a user is logged in, or
+    /// it is a service spoke).
+    pub carrying: bool,
+    /// New devices of a logged-in user waiting for confirmation here.
+    pub devices_waiting: Vec<String>,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_secs: Option<u64>,
     /// Last refusal or error from the hub.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::invitation::InvitationId;
 use crate::keys::{KeyEpoch, PublicKey};
+use zeroize::Zeroizing;
 
 /// Which exchange a control connection is for; the first byte a spoke sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,16 @@ pub enum SpokeMessage {
     EnrolRequest {
         /// The machine's host name as the spoke sees it.
         hostname: String,
+        /// Enrol as this user's additional device (patent fig. 6): the user
+        /// confirms it from a spoke where they are logged in.
+        as_user: Option<String>,
+    },
+    /// A user's request, relayed by the spoke; answered by [`HubMessage::UserReply`].
+    User {
+        /// Matches the reply.
+        id: u32,
+        /// The request.
+        request: UserRequest,
     },
     /// First message of an attach: "send me my configuration and keys".
     Attach,
@@ -89,6 +100,32 @@ pub enum HubMessage {
         /// The epoch to switch to.
         epoch: u64,
     },
+    /// The answer to [`SpokeMessage::User`].
+    UserReply {
+        /// The request's id.
+        id: u32,
+        /// The result, or an error message for the user.
+        result: Result<UserReply, String>,
+    },
+    /// Who is logged in on this spoke, and whether it carries traffic (sent
+    /// on attach and whenever it changes at the hub).
+    Session {
+        /// Users logged in here.
+        users: Vec<String>,
+        /// Whether the hub carries this spoke's traffic.
+        carrying: bool,
+    },
+    /// A new device of a user logged in here waits for their confirmation.
+    DeviceWaiting {
+        /// The user.
+        user: String,
+        /// The new spoke's name.
+        name: String,
+        /// Where it enrolled from.
+        from: String,
+        /// Its host name.
+        hostname: String,
+    },
     /// Acknowledges an update report.
     ReportAck {
         /// The epoch reported.
@@ -98,6 +135,90 @@ pub enum HubMessage {
     Refused(Refusal),
     /// Reply to a keepalive.
     Keepalive,
+}
+
+/// A user's request at the hub (passwords travel only inside the Noise channel).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserRequest {
+    /// Log in on this spoke. With an initial password, `new_password` replaces it.
+    Login {
+        /// User id.
+        user: String,
+        /// Password.
+        password: Zeroizing<String>,
+        /// Replacement for an initial password.
+        new_password: Option<Zeroizing<String>>,
+    },
+    /// Log out from this spoke.
+    Logout {
+        /// User id.
+        user: String,
+    },
+    /// Change the password.
+    Passwd {
+        /// User id.
+        user: String,
+        /// Current password.
+        old: Zeroizing<String>,
+        /// New password.
+        new: Zeroizing<String>,
+    },
+    /// Make an invitation for another device of this (logged-in) user.
+    InviteDevice {
+        /// User id.
+        user: String,
+        /// Name of the new spoke.
+        name: String,
+    },
+    /// Confirm a new device of this (logged-in) user.
+    ApproveDevice {
+        /// User id.
+        user: String,
+        /// The device; `None` when exactly one waits.
+        name: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for UserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a password.
+        match self {
+            UserRequest::Login { user, .. } => write!(f, "Login({user})"),
+            UserRequest::Logout { user } => write!(f, "Logout({user})"),
+            UserRequest::Passwd { user, .. } => write!(f, "Passwd({user})"),
+            UserRequest::InviteDevice { user, name } => write!(f, "InviteDevice({user}, {name})"),
+            UserRequest::ApproveDevice { user, name } => {
+                write!(f, "ApproveDevice({user}, {name:?})")
+            }
+        }
+    }
+}
+
+/// A successful answer to a [`UserRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserReply {
+    /// Logged in.
+    LoggedIn {
+        /// User id.
+        user: String,
+    },
+    /// Logged out.
+    LoggedOut {
+        /// User id.
+        user: String,
+    },
+    /// Password changed.
+    PasswordChanged,
+    /// The new device's invitation.
+    DeviceInvitation {
+        /// One-line invitation.
+        invitation: String,
+    },
+    /// The device was confirmed.
+    DeviceApproved {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What a spoke needs to run its data plane.

@@ -22,6 +22,7 @@ pub mod rotation;
 pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
+pub mod users;
 
 #[cfg(test)]
 mod sim;

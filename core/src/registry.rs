@@ -343,12 +343,17 @@ impl Registry {
 
     /// Enrols the spoke with key `spoke_key` using invitation `id`, after the
     /// handshake proved the spoke holds the invitation's secret.
+    /// `as_user` enrols the spoke as that user's additional device: it waits
+    /// for the user's confirmation whatever the invitation says (the caller
+    /// checks the user exists).
+    #[allow(clippy::too_many_arguments)]
     pub fn enrol<R: RngCore + CryptoRng>(
         &mut self,
         id: &InvitationId,
         spoke_key: PublicKey,
         source: &str,
         hostname: &str,
+        as_user: Option<&str>,
         now: u64,
         rng: &mut R,
     ) -> Result<Enrolled, Refusal> {
@@ -386,7 +391,17 @@ impl Registry {
                 "the tunnel network has no free address left",
             )
         })?;
-        let state = if inv.pre_approved && inv.owner.is_none() {
+        let owner = match (&inv.owner, as_user) {
+            (Some(o), Some(u)) if o != u => {
+                return Err(Refusal::new(
+                    RefusalCode::ProtocolViolation,
+                    format!("this invitation is for a device of {o:?}, not {u:?}"),
+                ))
+            }
+            (Some(o), _) => Some(o.clone()),
+            (None, u) => u.map(str::to_owned),
+        };
+        let state = if inv.pre_approved && owner.is_none() {
             SpokeState::Active
         } else {
             SpokeState::Pending
@@ -402,7 +417,7 @@ impl Registry {
             hostname: hostname.chars().take(255).collect(),
             invitation: inv.id,
             service: inv.service,
-            owner: inv.owner.clone(),
+            owner,
         };
         let mut used = inv;
         used.used_by = Some(spoke_key);
@@ -574,7 +589,7 @@ mod tests {
         let secret = r.enrolment_secret(&inv.id, &spoke, 110).unwrap();
         assert_eq!(secret, inv.secret);
         let e = r
-            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", 110, &mut rng)
+            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", None, 110, &mut rng)
             .unwrap();
         assert_eq!(e.spoke.id, 1);
         assert_eq!(
@@ -591,7 +606,7 @@ mod tests {
         );
         // The same key may retry and gets the same record, no new key.
         let again = r
-            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", 112, &mut rng)
+            .enrol(&inv.id, spoke, "1.2.3.4:5", "host", None, 112, &mut rng)
             .unwrap();
         assert_eq!(again.spoke, e.spoke);
         assert!(again.first_epoch.is_none());
@@ -616,7 +631,7 @@ mod tests {
                 .code,
             RefusalCode::UnknownInvitation
         );
-        assert!(r.enrol(&inv.id, k, "", "", 110, &mut rng).is_err());
+        assert!(r.enrol(&inv.id, k, "", "", None, 110, &mut rng).is_err());
         assert!(r.spokes().next().is_none());
         assert_eq!(r.expire_invitations(200, 0), vec![inv.id]);
     }
@@ -659,7 +674,7 @@ mod tests {
             .invite("p", false, false, None, 60, HUB, 0, &mut rng)
             .unwrap();
         let k = PublicKey([4; 32]);
-        let e = r.enrol(&inv.id, k, "", "", 1, &mut rng).unwrap();
+        let e = r.enrol(&inv.id, k, "", "", None, 1, &mut rng).unwrap();
         assert_eq!(e.spoke.state, SpokeState::Pending);
         assert!(e.first_epoch.is_none());
         assert_eq!(r.attach(&k).unwrap_err().code, RefusalCode::Pending);
@@ -677,7 +692,7 @@ mod tests {
             let (_, inv) = r
                 .invite(name, false, false, None, 60, HUB, 0, &mut rng)
                 .unwrap();
-            r.enrol(&inv.id, PublicKey([key; 32]), "", "", 1, &mut rng)
+            r.enrol(&inv.id, PublicKey([key; 32]), "", "", None, 1, &mut rng)
                 .unwrap()
         };
         enrol(&mut r, "p", 1);
@@ -707,11 +722,11 @@ mod tests {
             .invite("p", true, false, None, 60, HUB, 2, &mut rng)
             .unwrap();
         let err = r
-            .enrol(&inv.id, PublicKey([1; 32]), "", "", 3, &mut rng)
+            .enrol(&inv.id, PublicKey([1; 32]), "", "", None, 3, &mut rng)
             .unwrap_err();
         assert_eq!(err.code, RefusalCode::Revoked);
         let fresh = r
-            .enrol(&inv.id, PublicKey([9; 32]), "", "", 3, &mut rng)
+            .enrol(&inv.id, PublicKey([9; 32]), "", "", None, 3, &mut rng)
             .unwrap();
         assert_eq!(fresh.spoke.state, SpokeState::Active);
         assert_eq!(r.spoke_by_name("p").unwrap().public_key, PublicKey([9; 32]));
@@ -727,14 +742,14 @@ mod tests {
             let (_, inv) = r
                 .invite(&name, true, false, None, 60, HUB, 0, &mut rng)
                 .unwrap();
-            r.enrol(&inv.id, PublicKey([10 + i; 32]), "", "", 1, &mut rng)
+            r.enrol(&inv.id, PublicKey([10 + i; 32]), "", "", None, 1, &mut rng)
                 .unwrap();
         }
         let (_, inv) = r
             .invite("s5", true, false, None, 60, HUB, 0, &mut rng)
             .unwrap();
         let err = r
-            .enrol(&inv.id, PublicKey([99; 32]), "", "", 1, &mut rng)
+            .enrol(&inv.id, PublicKey([99; 32]), "", "", None, 1, &mut rng)
             .unwrap_err();
         assert_eq!(err.code, RefusalCode::Internal);
     }

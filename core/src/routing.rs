@@ -36,11 +36,13 @@ pub enum DropReason {
     UnknownPeer,
     /// The key epoch is over its hard limit and no next one is held.
     KeyExpired,
+    /// No user allowed on the spoke is logged in (and it is no service spoke).
+    NotLoggedIn,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -49,6 +51,7 @@ impl DropReason {
         DropReason::BadDatagram,
         DropReason::UnknownPeer,
         DropReason::KeyExpired,
+        DropReason::NotLoggedIn,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -62,6 +65,7 @@ impl DropReason {
             DropReason::BadDatagram => "bad_datagram",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::KeyExpired => "key_expired",
+            DropReason::NotLoggedIn => "not_logged_in",
         }
     }
 }

@@ -49,6 +49,23 @@ pub(crate) async fn handle(
                 let s = state.lock().await.revoke(&name, unix_now()).await?;
                 Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
             }
+            HubRequest::UserAdd { id, name, email } => Ok(serde_json::to_value(
+                state
+                    .lock()
+                    .await
+                    .add_user(&id, &name, &email, unix_now())?,
+            )?),
+            HubRequest::UserList => Ok(serde_json::to_value(state.lock().await.user_views())?),
+            HubRequest::UserRemove { id } => {
+                state.lock().await.remove_user(&id, unix_now()).await?;
+                Ok(serde_json::json!({ "removed": id }))
+            }
+            HubRequest::UserResetPassword { id } => Ok(serde_json::to_value(
+                state.lock().await.reset_password(&id, unix_now())?,
+            )?),
+            HubRequest::UserAllow { id, spoke } => Ok(serde_json::to_value(
+                state.lock().await.allow_user(&id, &spoke, unix_now())?,
+            )?),
             HubRequest::Audit { since } => Ok(serde_json::to_value(
                 state.lock().await.audit_since(since)?,
             )?),

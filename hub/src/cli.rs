@@ -73,6 +73,14 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Manage users: add, list, remove, reset-password, allow.
+    User {
+        #[command(subcommand)]
+        command: crate::cli_users::UserCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Key epochs: rotate, policy, status.
     Key {
         #[command(subcommand)]
@@ -252,6 +260,10 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(key_command(command, &admin_socket)),
+        Command::User {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_users::run(command, &admin_socket)),
         Command::Audit {
             since,
             json,

@@ -149,8 +149,8 @@ async fn enrol(
         .next(HANDSHAKE_TIMEOUT)
         .await?
         .context("closed before the enrolment request")?;
-    let hostname = match ch.open::<SpokeMessage>("enrol request", &body)? {
-        SpokeMessage::EnrolRequest { hostname } => hostname,
+    let (hostname, as_user) = match ch.open::<SpokeMessage>("enrol request", &body)? {
+        SpokeMessage::EnrolRequest { hostname, as_user } => (hostname, as_user),
         other => bail!("expected an enrolment request, got {other:?}"),
     };
     let outcome = state
@@ -161,6 +161,7 @@ async fn enrol(
             spoke_key,
             &peer.to_string(),
             &hostname,
+            as_user.as_deref(),
             unix_now(),
         )
         .await?;
@@ -254,6 +255,8 @@ async fn attach(
         for msg in pending {
             send(&mut w, &mut ch, &msg).await?;
         }
+        let session = state.lock().await.session_message(spoke.id);
+        send(&mut w, &mut ch, &session).await?;
         loop {
             tokio::select! {
                 frame = reader.next(IDLE_TIMEOUT) => {
@@ -269,6 +272,14 @@ async fn attach(
                         SpokeMessage::UpdateReport { epoch } => {
                             tracing::info!(spoke = %spoke.name, epoch, "update report");
                             send(&mut w, &mut ch, &HubMessage::ReportAck { epoch }).await?;
+                        }
+                        SpokeMessage::User { id, request } => {
+                            let result = state
+                                .lock()
+                                .await
+                                .user_request(spoke.id, request, unix_now())
+                                .await?;
+                            send(&mut w, &mut ch, &HubMessage::UserReply { id, result }).await?;
                         }
                         SpokeMessage::DistributionRequest => {
                             tracing::info!(spoke = %spoke.name, "distribution request");
@@ -287,7 +298,12 @@ async fn attach(
                         other => bail!("unexpected message {other:?}"),
                     }
                 }
-                Some(msg) = rx.recv() => send(&mut w, &mut ch, &msg).await?,
+                Some(msg) = rx.recv() => {
+                    send(&mut w, &mut ch, &msg).await?;
+                    if let HubMessage::Refused(r) = msg {
+                        bail!("cut off: {r}");
+                    }
+                }
             }
         }
     }

@@ -33,6 +33,9 @@ pub(crate) struct LinkSpec {
     pub(crate) epochs: Vec<KeyEpoch>,
     /// The epochs a handshake initiation may be under (answered under each).
     pub(crate) handshake_epochs: Vec<u64>,
+    /// Whether the spoke's traffic is carried: a user allowed on it is logged
+    /// in, or it is a service spoke (patent claims 2 and 14).
+    pub(crate) carry: bool,
 }
 
 /// Facts the data plane reports to the control side.
@@ -84,6 +87,7 @@ struct Peer {
     link: Link,
     endpoint: Option<SocketAddr>,
     handshake_epochs: Vec<u64>,
+    carry: bool,
     rx_bytes: u64,
     tx_bytes: u64,
     packets: u64,
@@ -181,12 +185,14 @@ impl DataPlane {
                     link: Link::new(spec.id, spec.public_key, 0),
                     endpoint: None,
                     handshake_epochs: Vec::new(),
+                    carry: false,
                     rx_bytes: 0,
                     tx_bytes: 0,
                     packets: 0,
                     handshakes: 0,
                 });
                 peer.handshake_epochs = spec.handshake_epochs.clone();
+                peer.carry = spec.carry;
                 if peer.link.peer() != spec.public_key {
                     peer.link = Link::new(spec.id, spec.public_key, 0);
                 }
@@ -412,6 +418,10 @@ impl DataPlane {
     }
 
     async fn forward_inner(&mut self, from: SpokeId, packet: &[u8], out: &mut [u8]) {
+        if !self.peers.get(&from).is_some_and(|p| p.carry) {
+            self.drop_packet(DropReason::NotLoggedIn);
+            return;
+        }
         match self.routes.inbound(from, packet) {
             Verdict::Relay(to) => {
                 if self.encrypt_to(to, packet, out).await {
@@ -437,6 +447,10 @@ impl DataPlane {
             self.drop_packet(DropReason::NoRoute);
             return false;
         };
+        if !peer.carry {
+            self.drop_packet(DropReason::NotLoggedIn);
+            return false;
+        }
         let Some(endpoint) = peer.endpoint else {
             self.drop_packet(DropReason::NoSession);
             return false;

@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod cli;
+mod cli_users;
 mod control;
 mod daemon;
 mod dataplane;

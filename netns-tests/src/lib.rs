@@ -586,10 +586,17 @@ impl Topology {
 
     /// `tasuki-hub spoke invite NAME [--pre-approved]`: the invitation text.
     pub fn invite(&self, name: &str, pre_approved: bool) -> String {
-        let mut args = vec!["spoke", "invite", name];
         if pre_approved {
-            args.push("--pre-approved");
+            self.invite_with(name, &["--pre-approved"])
+        } else {
+            self.invite_with(name, &[])
         }
+    }
+
+    /// `tasuki-hub spoke invite NAME FLAGS…`: the invitation text.
+    pub fn invite_with(&self, name: &str, flags: &[&str]) -> String {
+        let mut args = vec!["spoke", "invite", name];
+        args.extend_from_slice(flags);
         let out = self.hub_cli(&args);
         if !out.status.success() {
             self.fail(&format!(
@@ -767,7 +774,7 @@ impl Drop for Topology {
     }
 }
 
-/// Two spokes enrolled and running, and pinging the hub: the starting point
+/// Two service spokes enrolled and running, and pinging the hub: the starting point
 /// of most tests. Dereferences to its [`Topology`].
 pub struct TwoSpokes {
     /// The namespaces and helpers.
@@ -798,9 +805,11 @@ impl TwoSpokes {
         let hub = topo.start_hub();
         let (a_dir, b_dir) = (topo.spoke_dir("a"), topo.spoke_dir("b"));
         let (a_socket, b_socket) = (topo.spoke_socket("a"), topo.spoke_socket("b"));
-        let inv_a = topo.invite("a", true);
+        // Service spokes: they carry traffic with no user logged in, which
+        // is what the data-plane tests need; the login gate has its own tests.
+        let inv_a = topo.invite_with("a", &["--pre-approved", "--service"]);
         topo.enrol_ok(&topo.ns_a, &inv_a, &a_dir);
-        let inv_b = topo.invite("b", true);
+        let inv_b = topo.invite_with("b", &["--pre-approved", "--service"]);
         topo.enrol_ok(&topo.ns_b, &inv_b, &b_dir);
         let a = topo.start_spoke(&topo.ns_a, &a_dir, &a_socket);
         let b = topo.start_spoke(&topo.ns_b, &b_dir, &b_socket);

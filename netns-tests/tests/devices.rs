@@ -30,7 +30,7 @@ fn spoke_state(t: &Topology, name: &str) -> String {
 fn pending_spoke(t: &Topology) -> Proc {
     t.hub_init();
     let _hub = t.start_hub();
-    let inv = t.invite("a", false);
+    let inv = t.invite_with("a", &["--service"]);
     let dir = t.spoke_dir("a");
     let out = t.enrol(&t.ns_a, &inv, &dir);
     assert!(

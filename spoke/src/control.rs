@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use tasuki_core::channel::Initiator;
+
 use tasuki_core::control::{
-    Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
+    Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage, UserReply,
+    UserRequest,
 };
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dataplane::{DpCommand, SpokeEvent};
 use crate::state::{Enrolment, SpokeStore};
@@ -32,6 +35,17 @@ pub(crate) struct ControlState {
     pub(crate) last_error: Option<String>,
 }
 
+/// A user's request from the local socket, with where to send the answer.
+pub(crate) type UserCall = (UserRequest, oneshot::Sender<Result<UserReply, String>>);
+
+/// Who is logged in here, as the hub last said.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SessionInfo {
+    pub(crate) users: Vec<String>,
+    pub(crate) carrying: bool,
+    pub(crate) devices_waiting: Vec<String>,
+}
+
 pub(crate) struct Control {
     pub(crate) store: Arc<SpokeStore>,
     pub(crate) key: Arc<StaticKey>,
@@ -41,6 +55,10 @@ pub(crate) struct Control {
     pub(crate) state: watch::Sender<ControlState>,
     /// What the data plane reports, for the hub.
     pub(crate) events: tokio::sync::Mutex<mpsc::UnboundedReceiver<SpokeEvent>>,
+    /// Users' requests from the local socket.
+    pub(crate) calls: tokio::sync::Mutex<mpsc::Receiver<UserCall>>,
+    /// The session facts for `status`.
+    pub(crate) session_info: watch::Sender<SessionInfo>,
 }
 
 impl Control {
@@ -134,8 +152,17 @@ impl Control {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let mut events = self.events.lock().await;
+        let mut calls = self.calls.lock().await;
+        let mut pending: HashMap<u32, oneshot::Sender<Result<UserReply, String>>> = HashMap::new();
+        let mut next_id = 0u32;
         loop {
             tokio::select! {
+                Some((request, reply)) = calls.recv() => {
+                    next_id = next_id.wrapping_add(1);
+                    pending.insert(next_id, reply);
+                    let msg = SpokeMessage::User { id: next_id, request };
+                    write_frame(&mut w, &ch.seal(&msg)?).await?;
+                }
                 Some(event) = events.recv() => {
                     let msg = match event {
                         SpokeEvent::Confirmed(epoch) => SpokeMessage::UpdateReport { epoch },
@@ -149,6 +176,12 @@ impl Control {
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
+                    if let HubMessage::UserReply { id, result } = msg {
+                        if let Some(reply) = pending.remove(&id) {
+                            let _ = reply.send(result);
+                        }
+                        continue;
+                    }
                     self.on_message(msg, &mut ch, &mut w).await?;
                 }
                 _ = keepalive.tick() => {
@@ -229,7 +262,32 @@ impl Control {
                 let detail = r.detail.clone();
                 return Err(anyhow::Error::new(r).context(format!("the hub refused: {detail}")));
             }
-            HubMessage::Keepalive | HubMessage::ReportAck { .. } => {}
+            HubMessage::Session { users, carrying } => {
+                tracing::info!(?users, carrying, "session");
+                self.session_info.send_modify(|s| {
+                    s.users = users;
+                    s.carrying = carrying;
+                });
+                let _ = self.dataplane.send(DpCommand::Carrying(carrying)).await;
+            }
+            HubMessage::DeviceWaiting {
+                user,
+                name,
+                from,
+                hostname,
+            } => {
+                tracing::warn!(
+                    %user, device = %name, %from, %hostname,
+                    "a new device waits for confirmation: tasuki-spoke approve-device {name}"
+                );
+                self.session_info.send_modify(|s| {
+                    if !s.devices_waiting.contains(&name) {
+                        s.devices_waiting.push(name);
+                    }
+                });
+            }
+            HubMessage::Keepalive | HubMessage::ReportAck { .. } | HubMessage::UserReply { .. } => {
+            }
         }
         Ok(())
     }

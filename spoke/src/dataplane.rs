@@ -30,6 +30,8 @@ pub(crate) enum DpCommand {
     Rehandshake,
     /// The hub revoked this spoke: drop every tunnel and key.
     Revoked,
+    /// Whether the hub carries our traffic (a user is logged in).
+    Carrying(bool),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
 }
@@ -70,6 +72,10 @@ pub(crate) struct DataPlane {
     /// The epoch whose handshake was last started by a switch.
     switching: Option<u64>,
     blocked: bool,
+    /// The hub carries our traffic only while a user is logged in (or for a
+    /// service spoke); until then packets are dropped here, where the user
+    /// can see why.
+    carrying: bool,
     erase: Option<(u64, tokio::time::Instant)>,
     events: mpsc::UnboundedSender<SpokeEvent>,
 }
@@ -110,6 +116,7 @@ impl DataPlane {
             bytes: 0,
             switching: None,
             blocked: false,
+            carrying: true,
             // Epochs older than the current one (left by a restart) end after the grace period.
             erase: (current > 0).then(|| {
                 (
@@ -162,6 +169,7 @@ impl DataPlane {
                         let k = self.switching.unwrap_or(self.keys.current());
                         self.handshake(k, &mut out).await;
                     }
+                    Some(DpCommand::Carrying(c)) => self.carrying = c,
                     Some(DpCommand::Revoked) => {
                         self.link.retain(|_| false);
                         self.keys = SpokeKeys::default();
@@ -372,6 +380,10 @@ impl DataPlane {
         }
         if self.blocked {
             self.count_drop(DropReason::KeyExpired);
+            return;
+        }
+        if !self.carrying {
+            self.count_drop(DropReason::NotLoggedIn);
             return;
         }
         let Some(tunnel) = self.link.for_sending() else {

@@ -46,7 +46,7 @@ pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> a
     }
 }
 
-pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
+pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Result<Outcome> {
     let invitation = Invitation::decode(text)?;
     let now = tasuki_shell::unix_now();
     if invitation.is_expired(now) {
@@ -97,7 +97,11 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    write_frame(&mut w, &ch.seal(&SpokeMessage::EnrolRequest { hostname })?).await?;
+    write_frame(
+        &mut w,
+        &ch.seal(&SpokeMessage::EnrolRequest { hostname, as_user })?,
+    )
+    .await?;
 
     // Once the hub answers with a configuration or "pending", it has enrolled
     // us: record that before anything else. If we crash before, the same key
@@ -139,7 +143,6 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
                     epoch: epoch.number,
                 });
             }
-            HubMessage::UpdateNotification { .. } | HubMessage::ReportAck { .. } => {}
             HubMessage::Refused(r) if r.code == RefusalCode::Pending => {
                 store.save_enrolment(&enrolment)?;
                 return Ok(Outcome::Pending {
@@ -147,7 +150,7 @@ pub(crate) async fn enrol(text: &str, dir: &Path) -> Result<Outcome> {
                 });
             }
             HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
-            HubMessage::Keepalive => {}
+            _ => {}
         }
     }
 }

@@ -3,9 +3,12 @@
 //! hub issues and rotates.
 
 mod cli;
+mod cli_users;
 mod control;
+mod daemon;
 mod dataplane;
 mod enrol;
+mod local;
 mod state;
 
 fn main() -> std::process::ExitCode {

@@ -24,6 +24,7 @@ use crate::dataplane::{DpCommand, LinkSpec};
 
 mod rotation;
 mod spokes;
+mod users;
 
 /// File holding the hub's static key.
 pub(crate) const KEY_FILE: &str = "hub.key";
@@ -35,6 +36,8 @@ const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
 const SCHEDULES_TREE: &str = "schedules";
 const OVERRIDES_TREE: &str = "policy-overrides";
+const USERS_TREE: &str = "users";
+const LOGINS_TREE: &str = "logins";
 
 fn vault_name(spoke: SpokeId, epoch: u64) -> String {
     format!("{spoke}-{epoch}")
@@ -86,6 +89,9 @@ pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
 /// Everything the control side of the hub knows.
 pub(crate) struct HubState {
     pub(crate) registry: Registry,
+    users: tasuki_core::users::Users,
+    /// Who is logged in on which spoke (kept across restarts).
+    logins: HashMap<SpokeId, std::collections::BTreeSet<String>>,
     schedules: HashMap<SpokeId, LinkSchedule>,
     /// The hub-wide rotation policy.
     pub(crate) policy: RotationPolicy,
@@ -161,8 +167,17 @@ impl HubState {
             .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
             .into_iter()
             .collect();
+        let users = tasuki_core::users::Users::new(
+            store.all::<tasuki_core::users::UserRecord>(USERS_TREE)?,
+        );
+        let logins = store
+            .all::<(SpokeId, std::collections::BTreeSet<String>)>(LOGINS_TREE)?
+            .into_iter()
+            .collect();
         Ok(Self {
             registry: Registry::new(settings, spokes, invitations),
+            users,
+            logins,
             schedules,
             policy,
             overrides,
@@ -188,6 +203,7 @@ impl HubState {
                     public_key: s.public_key,
                     tunnel_addr: s.tunnel_addr,
                     epochs: sched.epochs(),
+                    carry: self.carries(s.id),
                     handshake_epochs: sched.handshake_epochs(),
                 })
             })

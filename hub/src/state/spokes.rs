@@ -73,16 +73,26 @@ impl HubState {
         spoke_key: PublicKey,
         source: &str,
         hostname: &str,
+        as_user: Option<&str>,
         now: u64,
     ) -> Result<std::result::Result<(Enrolled, Option<KeyEpoch>), Refusal>> {
-        let enrolled = match self.registry.enrol(
-            invitation,
-            spoke_key,
-            source,
-            hostname,
-            now,
-            &mut rand_core::OsRng,
-        ) {
+        let unknown_user = as_user.filter(|u| !self.user_exists(u));
+        let result = match unknown_user {
+            Some(u) => Err(Refusal::new(
+                RefusalCode::ProtocolViolation,
+                format!("no user {u:?} at this hub"),
+            )),
+            None => self.registry.enrol(
+                invitation,
+                spoke_key,
+                source,
+                hostname,
+                as_user,
+                now,
+                &mut rand_core::OsRng,
+            ),
+        };
+        let enrolled = match result {
             Ok(e) => e,
             Err(refusal) => {
                 self.audit(
@@ -145,6 +155,17 @@ impl HubState {
             audit = audit.user(owner);
         }
         self.audit(audit);
+        if let (Some(owner), SpokeState::Pending) = (&spoke.owner, spoke.state) {
+            self.announce_device(
+                owner,
+                &tasuki_core::control::HubMessage::DeviceWaiting {
+                    user: owner.clone(),
+                    name: spoke.name.clone(),
+                    from: source.to_owned(),
+                    hostname: spoke.hostname.clone(),
+                },
+            );
+        }
         self.push_link(spoke.id).await;
         let first = enrolled.first_epoch.clone();
         Ok(Ok((enrolled, first)))

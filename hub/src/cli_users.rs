@@ -1,0 +1,120 @@
+//! `tasuki-hub user …`: user accounts, through the admin socket.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+use tasuki_core::admin_api::{HubRequest, UserPassword, UserView};
+
+/// User subcommands.
+#[derive(Subcommand)]
+pub(crate) enum UserCommand {
+    /// Register a user; prints an initial password to be changed at first login.
+    Add {
+        /// Login id (letters, digits, '.', '-', '_', '@').
+        id: String,
+        /// Full name, as verified by the admin.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// E-mail address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users, the spokes they may use and where they are logged in.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user; they are logged out everywhere at once.
+    Remove {
+        /// Login id.
+        id: String,
+    },
+    /// Give a user a new initial password (to be changed at next login).
+    ResetPassword {
+        /// Login id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a user log in on a spoke.
+    Allow {
+        /// Login id.
+        id: String,
+        /// Spoke name.
+        #[arg(long)]
+        spoke: String,
+    },
+}
+
+fn print_password(p: &UserPassword, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+    } else {
+        println!("{}", p.initial_password);
+        eprintln!(
+            "initial password for {:?}; it must be changed at first login (tasuki-spoke login {})",
+            p.id, p.id
+        );
+    }
+    Ok(())
+}
+
+/// Runs a user subcommand against the hub at `socket`.
+pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
+    use tasuki_shell::local::request;
+    match command {
+        UserCommand::Add {
+            id,
+            name,
+            email,
+            json,
+        } => {
+            let p: UserPassword = request(socket, HubRequest::UserAdd { id, name, email }).await?;
+            print_password(&p, json)?;
+        }
+        UserCommand::ResetPassword { id, json } => {
+            let p: UserPassword = request(socket, HubRequest::UserResetPassword { id }).await?;
+            print_password(&p, json)?;
+        }
+        UserCommand::Remove { id } => {
+            let _: serde_json::Value =
+                request(socket, HubRequest::UserRemove { id: id.clone() }).await?;
+            println!("removed user {id:?} (logged out everywhere)");
+        }
+        UserCommand::Allow { id, spoke } => {
+            let v: UserView = request(socket, HubRequest::UserAllow { id, spoke }).await?;
+            println!("{} may use: {}", v.id, v.spokes.join(", "));
+        }
+        UserCommand::List { json } => {
+            let users: Vec<UserView> = request(socket, HubRequest::UserList).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "ID                   NAME                 SPOKES               LOGGED IN ON"
+                );
+                for u in users {
+                    println!(
+                        "{:<20} {:<20} {:<20} {}{}",
+                        u.id,
+                        u.name,
+                        u.spokes.join(","),
+                        u.logged_in_on.join(","),
+                        if u.must_change_password {
+                            "  (initial password)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

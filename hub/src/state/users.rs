@@ -1,0 +1,351 @@
+//! Users at the hub: accounts, logins through spokes (the claim-2 gate),
+//! password changes, and a user's additional devices (patent fig. 6).
+
+use anyhow::Result;
+use tasuki_core::admin_api::{UserPassword, UserView};
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::{HubMessage, UserReply, UserRequest};
+use tasuki_core::registry::SpokeState;
+use tasuki_core::rotation::Trigger;
+use tasuki_core::routing::SpokeId;
+use tasuki_core::users::{UserError, UserRecord};
+use tasuki_shell::store::Write;
+
+use super::*;
+
+impl HubState {
+    /// Whether the hub carries `spoke`'s traffic: it is a service spoke, or a
+    /// user allowed on it is logged in.
+    pub(crate) fn carries(&self, spoke: SpokeId) -> bool {
+        self.registry.spoke(spoke).is_some_and(|s| s.service)
+            || self.logins.get(&spoke).is_some_and(|u| !u.is_empty())
+    }
+
+    /// The session message for a spoke.
+    pub(crate) fn session_message(&self, spoke: SpokeId) -> HubMessage {
+        HubMessage::Session {
+            users: self
+                .logins
+                .get(&spoke)
+                .map(|u| u.iter().cloned().collect())
+                .unwrap_or_default(),
+            carrying: self.carries(spoke),
+        }
+    }
+
+    fn commit_user(&self, user: &UserRecord) -> Result<()> {
+        self.store
+            .commit(&[Write::put(USERS_TREE, user.id.as_bytes(), user)?])
+    }
+
+    fn commit_logins(&self, spoke: SpokeId) -> Result<()> {
+        let users = self.logins.get(&spoke).cloned().unwrap_or_default();
+        self.store.commit(&[Write::put(
+            LOGINS_TREE,
+            spoke.to_be_bytes(),
+            &(spoke, users),
+        )?])
+    }
+
+    /// After logins changed on `spoke`: store, tell the data plane and the
+    /// spoke, and (on a logout) end the key epoch.
+    async fn logins_changed(&mut self, spoke: SpokeId, logout: bool) -> Result<()> {
+        self.commit_logins(spoke)?;
+        self.push_link(spoke).await;
+        let msg = self.session_message(spoke);
+        if let Some(tx) = self.sessions.get(&spoke) {
+            let _ = tx.try_send(msg);
+        }
+        if logout {
+            self.request_rotation_of(spoke, Trigger::Event("logout".into()));
+        }
+        Ok(())
+    }
+
+    /// Registers a user; returns the initial password (shown once).
+    pub(crate) fn add_user(
+        &mut self,
+        id: &str,
+        name: &str,
+        email: &str,
+        now: u64,
+    ) -> Result<UserPassword> {
+        let (user, password) = self
+            .users
+            .add(id, name, email, now, &mut rand_core::OsRng)?;
+        self.commit_user(&user)?;
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .detail("added"),
+        );
+        Ok(UserPassword {
+            id: id.to_owned(),
+            initial_password: password.to_string(),
+        })
+    }
+
+    /// Gives a user a new initial password.
+    pub(crate) fn reset_password(&mut self, id: &str, now: u64) -> Result<UserPassword> {
+        let (user, password) = self.users.reset_password(id, &mut rand_core::OsRng)?;
+        self.commit_user(&user)?;
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .detail("password reset"),
+        );
+        Ok(UserPassword {
+            id: id.to_owned(),
+            initial_password: password.to_string(),
+        })
+    }
+
+    /// Lets a user log in on a spoke.
+    pub(crate) fn allow_user(&mut self, id: &str, spoke: &str, now: u64) -> Result<UserView> {
+        let s = self
+            .registry
+            .spoke_by_name(spoke)
+            .filter(|s| !s.state.is_dead())
+            .ok_or_else(|| anyhow::anyhow!("no spoke named {spoke:?}"))?
+            .id;
+        let user = self.users.allow(id, s)?;
+        self.commit_user(&user)?;
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .spoke(spoke)
+                .detail("allowed on spoke"),
+        );
+        Ok(self.user_view(&user))
+    }
+
+    /// Removes a user and logs them out everywhere.
+    pub(crate) async fn remove_user(&mut self, id: &str, now: u64) -> Result<()> {
+        self.users.remove(id)?;
+        self.store
+            .commit(&[Write::remove(USERS_TREE, id.as_bytes())])?;
+        let affected: Vec<SpokeId> = self
+            .logins
+            .iter_mut()
+            .filter_map(|(spoke, users)| users.remove(id).then_some(*spoke))
+            .collect();
+        for spoke in affected {
+            let name = self.spoke_name(spoke);
+            self.audit(
+                AuditRecord::new(now, AuditKind::Logout)
+                    .user(id)
+                    .spoke(name)
+                    .detail("user removed"),
+            );
+            self.logins_changed(spoke, true).await?;
+        }
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .detail("removed"),
+        );
+        Ok(())
+    }
+
+    fn user_view(&self, u: &UserRecord) -> UserView {
+        UserView {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            email: u.email.clone(),
+            must_change_password: u.must_change,
+            spokes: u.spokes.iter().map(|s| self.spoke_name(*s)).collect(),
+            logged_in_on: self
+                .logins
+                .iter()
+                .filter(|(_, users)| users.contains(&u.id))
+                .map(|(s, _)| self.spoke_name(*s))
+                .collect(),
+            created_at: u.created_at,
+        }
+    }
+
+    /// Every user as admins see them.
+    pub(crate) fn user_views(&self) -> Vec<UserView> {
+        self.users.all().map(|u| self.user_view(u)).collect()
+    }
+
+    /// Whether `user` exists (for second-device enrolment).
+    pub(crate) fn user_exists(&self, user: &str) -> bool {
+        self.users.get(user).is_some()
+    }
+
+    /// Tells every spoke where `user` is logged in that a new device waits.
+    pub(crate) fn announce_device(&self, user: &str, msg: &HubMessage) {
+        for (spoke, users) in &self.logins {
+            if users.contains(user) {
+                if let Some(tx) = self.sessions.get(spoke) {
+                    let _ = tx.try_send(msg.clone());
+                }
+            }
+        }
+    }
+
+    /// The devices of `user` waiting for confirmation.
+    pub(crate) fn waiting_devices(&self, user: &str) -> Vec<String> {
+        self.registry
+            .spokes()
+            .filter(|s| s.state == SpokeState::Pending && s.owner.as_deref() == Some(user))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn logged_in(&self, spoke: SpokeId, user: &str) -> Result<(), UserError> {
+        if self.logins.get(&spoke).is_some_and(|u| u.contains(user)) {
+            Ok(())
+        } else {
+            Err(UserError::NotAllowed(user.to_owned()))
+        }
+    }
+
+    /// A user's request relayed by spoke `spoke`.
+    pub(crate) async fn user_request(
+        &mut self,
+        spoke: SpokeId,
+        request: UserRequest,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        match request {
+            UserRequest::Login {
+                user,
+                password,
+                new_password,
+            } => {
+                let result = self.users.login(
+                    &user,
+                    spoke,
+                    &password,
+                    new_password.as_deref().map(String::as_str),
+                    now,
+                    &mut rand_core::OsRng,
+                );
+                match result {
+                    Ok((proof, record)) => {
+                        self.commit_user(&record)?;
+                        self.logins
+                            .entry(proof.spoke())
+                            .or_default()
+                            .insert(proof.user().to_owned());
+                        let mut audit = AuditRecord::new(now, AuditKind::Login)
+                            .user(&user)
+                            .spoke(&spoke_name);
+                        if new_password.is_some() {
+                            audit = audit.detail("initial password changed");
+                        }
+                        self.audit(audit);
+                        self.logins_changed(spoke, false).await?;
+                        for name in self.waiting_devices(&user) {
+                            let from = self
+                                .registry
+                                .spoke_by_name(&name)
+                                .map(|s| (s.enrolled_from.clone(), s.hostname.clone()))
+                                .unwrap_or_default();
+                            if let Some(tx) = self.sessions.get(&spoke) {
+                                let _ = tx.try_send(HubMessage::DeviceWaiting {
+                                    user: user.clone(),
+                                    name,
+                                    from: from.0,
+                                    hostname: from.1,
+                                });
+                            }
+                        }
+                        Ok(Ok(UserReply::LoggedIn { user }))
+                    }
+                    Err(e) => {
+                        self.audit(
+                            AuditRecord::new(now, AuditKind::LoginFailed)
+                                .user(&user)
+                                .spoke(&spoke_name)
+                                .detail(e.to_string()),
+                        );
+                        tracing::info!(%user, spoke = %spoke_name, error = %e, "login refused");
+                        Ok(Err(e.to_string()))
+                    }
+                }
+            }
+            UserRequest::Logout { user } => {
+                let was = self.logins.get_mut(&spoke).is_some_and(|u| u.remove(&user));
+                if !was {
+                    return Ok(Err(format!("{user:?} is not logged in on this spoke")));
+                }
+                self.audit(
+                    AuditRecord::new(now, AuditKind::Logout)
+                        .user(&user)
+                        .spoke(&spoke_name),
+                );
+                self.logins_changed(spoke, true).await?;
+                Ok(Ok(UserReply::LoggedOut { user }))
+            }
+            UserRequest::Passwd { user, old, new } => {
+                match self.users.change_password(
+                    &user,
+                    spoke,
+                    &old,
+                    &new,
+                    now,
+                    &mut rand_core::OsRng,
+                ) {
+                    Ok(record) => {
+                        self.commit_user(&record)?;
+                        self.audit(
+                            AuditRecord::new(now, AuditKind::PasswordChange)
+                                .user(&user)
+                                .spoke(&spoke_name),
+                        );
+                        Ok(Ok(UserReply::PasswordChanged))
+                    }
+                    Err(e) => {
+                        self.audit(
+                            AuditRecord::new(now, AuditKind::LoginFailed)
+                                .user(&user)
+                                .spoke(&spoke_name)
+                                .detail(format!("password change: {e}")),
+                        );
+                        Ok(Err(e.to_string()))
+                    }
+                }
+            }
+            UserRequest::InviteDevice { user, name } => {
+                if let Err(e) = self.logged_in(spoke, &user) {
+                    return Ok(Err(format!("{e}: log in on this spoke first")));
+                }
+                match self.invite(&name, false, false, Some(&user), 24 * 3600, now) {
+                    Ok(view) => Ok(Ok(UserReply::DeviceInvitation {
+                        invitation: view.invitation,
+                    })),
+                    Err(e) => Ok(Err(format!("{e:#}"))),
+                }
+            }
+            UserRequest::ApproveDevice { user, name } => {
+                if let Err(e) = self.logged_in(spoke, &user) {
+                    return Ok(Err(format!("{e}: log in on this spoke first")));
+                }
+                let waiting = self.waiting_devices(&user);
+                let target = match name {
+                    Some(n) if waiting.contains(&n) => n,
+                    Some(n) => return Ok(Err(format!("no device {n:?} of {user:?} is waiting"))),
+                    None if waiting.len() == 1 => waiting[0].clone(),
+                    None if waiting.is_empty() => {
+                        return Ok(Err(format!("no device of {user:?} is waiting")))
+                    }
+                    None => {
+                        return Ok(Err(format!(
+                            "several devices wait ({}); name one",
+                            waiting.join(", ")
+                        )))
+                    }
+                };
+                let by = format!("user {user} from spoke {spoke_name}");
+                let approved = self.approve(&target, &by, now).await?;
+                let record = self.users.allow(&user, approved.id)?;
+                self.commit_user(&record)?;
+                Ok(Ok(UserReply::DeviceApproved { name: target }))
+            }
+        }
+    }
+}

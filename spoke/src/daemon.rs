@@ -1,0 +1,108 @@
+//! `tasuki-spoke run`: the daemon. Starts the control loop and the local
+//! socket at once, the data plane as soon as the hub's configuration is known.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tasuki_core::admin_api::SpokeRequest;
+use tokio::sync::{mpsc, watch};
+
+use crate::control::{Control, ControlState, SessionInfo};
+use crate::dataplane::{DataPlane, DpCommand};
+use crate::local::LocalApi;
+use crate::state::SpokeStore;
+
+/// `tasuki-spoke run`: until SIGTERM.
+pub(crate) async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
+    let store = Arc::new(SpokeStore::open(dir)?);
+    let key = Arc::new(store.key()?);
+    let enrolment = store.enrolment()?.with_context(|| {
+        format!(
+            "{} holds no enrolment; run `tasuki-spoke enrol INVITATION --state-dir {}` first",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
+    let (config_tx, mut config_rx) = watch::channel(store.config()?);
+    let (state_tx, state_rx) = watch::channel(ControlState::default());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (calls_tx, calls_rx) = mpsc::channel(16);
+    let (session_tx, session_rx) = watch::channel(SessionInfo::default());
+    let listener = tasuki_shell::local::bind(socket)?;
+    let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
+
+    let control = Control {
+        store: store.clone(),
+        key: key.clone(),
+        enrolment: enrolment.clone(),
+        dataplane: dp_tx.clone(),
+        config: config_tx,
+        state: state_tx,
+        events: tokio::sync::Mutex::new(events_rx),
+        calls: tokio::sync::Mutex::new(calls_rx),
+        session_info: session_tx,
+    };
+    let control_task = tokio::spawn(control.run());
+
+    let api = LocalApi {
+        interface: interface.to_owned(),
+        enrolment: enrolment.clone(),
+        dataplane: dp_tx.clone(),
+        config: config_rx.clone(),
+        control: state_rx,
+        session: session_rx,
+        calls: calls_tx,
+    };
+    let status_task = tokio::spawn(tasuki_shell::local::serve(
+        listener,
+        move |req: SpokeRequest| api.clone().handle(req),
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let start = async {
+        let config = config_rx
+            .wait_for(Option::is_some)
+            .await
+            .context("control loop stopped")?
+            .clone()
+            .context("no configuration")?;
+        let hub = tokio::net::lookup_host(&enrolment.hub_endpoint)
+            .await
+            .with_context(|| format!("cannot resolve {}", enrolment.hub_endpoint))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
+        let tun = tasuki_shell::netdev::create_tun(interface, config.tunnel_addr, config.mtu)?;
+        tasuki_shell::netdev::add_routes(&tun.name, &config.routes).await?;
+        let dp = DataPlane::new(
+            store.clone(),
+            key.clone(),
+            enrolment.hub_key,
+            hub,
+            config.keepalive_secs,
+            tun.device,
+            events_tx,
+        )
+        .await?;
+        tracing::info!(
+            name = %config.name, addr = %config.tunnel_addr, interface = %tun.name, %hub,
+            epoch = store.current()?, "spoke running"
+        );
+        anyhow::Ok(dp)
+    };
+    let dp = tokio::select! {
+        dp = start => dp?,
+        _ = term.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    let dp_task = tokio::spawn(dp.run(dp_rx));
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+        r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
+    }
+    control_task.abort();
+    status_task.abort();
+    Ok(())
+}
