@@ -64,6 +64,9 @@ enum Command {
         /// Admin socket path.
         #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
+        /// Members of this group may use the admin socket too (besides root).
+        #[arg(long)]
+        admin_group: Option<String>,
     },
     /// Manage spokes.
     Spoke {
@@ -246,11 +249,13 @@ pub(crate) fn main() -> Result<()> {
             interface,
             listen,
             admin_socket,
+            admin_group,
         } => runtime()?.block_on(daemon::run(RunOptions {
             state_dir,
             interface,
             listen,
             admin_socket,
+            admin_group,
         })),
         Command::Spoke {
             command,

@@ -22,6 +22,7 @@ pub(crate) struct RunOptions {
     pub(crate) interface: String,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) admin_socket: PathBuf,
+    pub(crate) admin_group: Option<String>,
 }
 
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
@@ -54,7 +55,11 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         .with_context(|| format!("cannot bind TCP {listen}"))?;
     let hub_net = Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?;
     let tun = tasuki_shell::netdev::create_tun(&opts.interface, hub_net, tasuki_core::TUNNEL_MTU)?;
-    let admin = tasuki_shell::local::bind(&opts.admin_socket)?;
+    let access = match &opts.admin_group {
+        Some(g) => tasuki_shell::local::Access::group(g)?,
+        None => tasuki_shell::local::Access::default(),
+    };
+    let admin = tasuki_shell::local::bind(&opts.admin_socket, access)?;
     let _socket_guard = SocketGuard(opts.admin_socket.clone());
 
     let routes = RouteTable::new(
@@ -113,10 +118,14 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         }
     });
     let admin_state = state.clone();
-    let admin_task = tokio::spawn(tasuki_shell::local::serve(admin, move |req: HubRequest| {
-        let state = admin_state.clone();
-        async move { crate::admin::handle(&state, req).await }
-    }));
+    let admin_task = tokio::spawn(tasuki_shell::local::serve(
+        admin,
+        access,
+        move |req: HubRequest| {
+            let state = admin_state.clone();
+            async move { crate::admin::handle(&state, req).await }
+        },
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

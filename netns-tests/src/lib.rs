@@ -524,20 +524,23 @@ impl Topology {
     /// Starts `tasuki-hub run` and waits (up to 20 s) until its admin
     /// socket answers a status request.
     pub fn start_hub(&self) -> Proc {
+        self.start_hub_with(&[])
+    }
+
+    /// Like [`Topology::start_hub`], with extra `tasuki-hub run` arguments.
+    pub fn start_hub_with(&self, extra: &[&str]) -> Proc {
         let hub = binaries().hub.as_os_str();
         let (dir, socket) = (self.hub_dir(), self.hub_socket());
-        let p = self.spawn(
-            &self.ns_hub,
-            &[
-                hub,
-                OsStr::new("run"),
-                OsStr::new("--state-dir"),
-                dir.as_os_str(),
-                OsStr::new("--admin-socket"),
-                socket.as_os_str(),
-            ],
-            &self.hub_log(),
-        );
+        let mut args = vec![
+            hub,
+            OsStr::new("run"),
+            OsStr::new("--state-dir"),
+            dir.as_os_str(),
+            OsStr::new("--admin-socket"),
+            socket.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let p = self.spawn(&self.ns_hub, &args, &self.hub_log());
         self.wait_for(
             "the hub's admin socket to answer",
             Duration::from_secs(20),

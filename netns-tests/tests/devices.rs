@@ -222,7 +222,7 @@ fn a_non_root_user_is_refused_by_the_admin_socket() {
     use std::os::unix::fs::PermissionsExt;
     let t = Topology::new();
     t.hub_init();
-    let _hub = t.start_hub();
+    let hub = t.start_hub();
     // Open the file modes wide so only the peer-credential check can refuse.
     std::fs::set_permissions(t.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(t.hub_socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -239,4 +239,26 @@ fn a_non_root_user_is_refused_by_the_admin_socket() {
     assert!(err.contains("permission denied"), "{err}");
     // Root still can.
     assert!(t.hub_cli(&["status", "--json"]).status.success());
+    // A configured admin group opens it to that group's members only.
+    t.sigterm(&hub);
+    let _hub = t.start_hub_with(&["--admin-group", "4242"]);
+    std::fs::set_permissions(t.hub_socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_user = |gid: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+            .arg(&hub_bin)
+            .args(["status", "--json", "--admin-socket"])
+            .arg(t.hub_socket())
+            .output()
+            .expect("setpriv")
+    };
+    let member = as_user("4242");
+    assert!(
+        member.status.success(),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let outsider = as_user("65534");
+    assert!(!outsider.status.success());
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("permission denied"));
 }

@@ -17,8 +17,31 @@ use tokio::net::{UnixListener, UnixStream};
 /// Largest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// Binds the socket at `path` (replacing a stale one) with mode 0660.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// Who may use a local socket besides root and the daemon's own user.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    /// Members of this group (primary or supplementary) may use it too.
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// Resolves a group name (or number) for `--admin-group`.
+    pub fn group(name: &str) -> Result<Self> {
+        let gid = match name.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => nix::unistd::Group::from_name(name)
+                .with_context(|| format!("cannot look up group {name:?}"))?
+                .with_context(|| format!("no group named {name:?}"))?
+                .gid
+                .as_raw(),
+        };
+        Ok(Self { group: Some(gid) })
+    }
+}
+
+/// Binds the socket at `path` (replacing a stale one) with mode 0660, owned
+/// by the access group when there is one.
+pub fn bind(path: &Path, access: Access) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
@@ -37,14 +60,35 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set mode of {}", path.display()))?;
+    if let Some(gid) = access.group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
     Ok(listener)
 }
 
+/// The supplementary groups of a process, from /proc.
+fn groups_of(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Whether the connecting process may use the socket: root, or the daemon's own user.
-fn peer_allowed(stream: &UnixStream) -> Result<u32> {
+fn peer_allowed(stream: &UnixStream, access: Access) -> Result<u32> {
     let cred = stream.peer_cred().context("cannot read peer credentials")?;
     let me = nix::unistd::geteuid().as_raw();
-    if cred.uid() == 0 || cred.uid() == me {
+    let in_group = access.group.is_some_and(|g| {
+        cred.gid() == g || cred.pid().is_some_and(|pid| groups_of(pid).contains(&g))
+    });
+    if cred.uid() == 0 || cred.uid() == me || in_group {
         Ok(cred.uid())
     } else {
         bail!("uid {} is not allowed on this socket", cred.uid())
@@ -52,7 +96,7 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32> {
 }
 
 /// Serves requests until the listener fails; each connection in its own task.
-pub async fn serve<Req, Resp, F, Fut>(listener: UnixListener, handler: F)
+pub async fn serve<Req, Resp, F, Fut>(listener: UnixListener, access: Access, handler: F)
 where
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
@@ -71,14 +115,14 @@ where
         };
         let handler = handler.clone();
         tokio::spawn(async move {
-            if let Err(e) = one(stream, &*handler).await {
+            if let Err(e) = one(stream, access, &*handler).await {
                 tracing::debug!(error = %format!("{e:#}"), "local request failed");
             }
         });
     }
 }
 
-async fn one<Req, Resp, F, Fut>(mut stream: UnixStream, handler: &F) -> Result<()>
+async fn one<Req, Resp, F, Fut>(mut stream: UnixStream, access: Access, handler: &F) -> Result<()>
 where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -97,7 +141,7 @@ where
         .await
         .context("request timed out")??;
     }
-    let reply: Reply<Resp> = match peer_allowed(&stream) {
+    let reply: Reply<Resp> = match peer_allowed(&stream, access) {
         Err(e) => {
             tracing::warn!(error = %e, "refused a local client");
             Reply::Error(format!("permission denied: {e}; run as root"))

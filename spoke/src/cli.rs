@@ -50,6 +50,9 @@ enum Command {
         /// Control socket path.
         #[arg(long, env = "TASUKI_SPOKE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Members of this group may use the control socket (to log in, …).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Log a user in through this spoke: traffic flows only while an allowed user is logged in.
     Login {
@@ -164,7 +167,13 @@ pub(crate) fn main() -> Result<()> {
             state_dir,
             interface,
             socket,
-        } => rt.block_on(crate::daemon::run(&state_dir, &interface, &socket)),
+            group,
+        } => rt.block_on(crate::daemon::run(
+            &state_dir,
+            &interface,
+            &socket,
+            group.as_deref(),
+        )),
         Command::Status { json, socket } => rt.block_on(async {
             let s: SpokeStatus = tasuki_shell::local::request(&socket, SpokeRequest::Status).await?;
             if json {

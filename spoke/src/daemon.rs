@@ -14,7 +14,16 @@ use crate::local::LocalApi;
 use crate::state::SpokeStore;
 
 /// `tasuki-spoke run`: until SIGTERM.
-pub(crate) async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()> {
+pub(crate) async fn run(
+    dir: &Path,
+    interface: &str,
+    socket: &Path,
+    group: Option<&str>,
+) -> Result<()> {
+    let access = match group {
+        Some(g) => tasuki_shell::local::Access::group(g)?,
+        None => tasuki_shell::local::Access::default(),
+    };
     let store = Arc::new(SpokeStore::open(dir)?);
     let key = Arc::new(store.key()?);
     let enrolment = store.enrolment()?.with_context(|| {
@@ -30,7 +39,7 @@ pub(crate) async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (session_tx, session_rx) = watch::channel(SessionInfo::default());
-    let listener = tasuki_shell::local::bind(socket)?;
+    let listener = tasuki_shell::local::bind(socket, access)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
 
     let control = Control {
@@ -57,6 +66,7 @@ pub(crate) async fn run(dir: &Path, interface: &str, socket: &Path) -> Result<()
     };
     let status_task = tokio::spawn(tasuki_shell::local::serve(
         listener,
+        access,
         move |req: SpokeRequest| api.clone().handle(req),
     ));
 
