@@ -27,9 +27,9 @@ fn spoke_state(t: &Topology, name: &str) -> String {
 
 /// A hub and one spoke `a` enrolled with an invitation that needs approval,
 /// its daemon running.
-fn pending_spoke(t: &Topology) -> Proc {
+fn pending_spoke(t: &Topology) -> (Proc, Proc) {
     t.hub_init();
-    let _hub = t.start_hub();
+    let hub = t.start_hub();
     let inv = t.invite_with("a", &["--service"]);
     let dir = t.spoke_dir("a");
     let out = t.enrol(&t.ns_a, &inv, &dir);
@@ -39,7 +39,7 @@ fn pending_spoke(t: &Topology) -> Proc {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("waiting for the admin"));
-    t.start_spoke(&t.ns_a, &dir, &t.spoke_socket("a"))
+    (hub, t.start_spoke(&t.ns_a, &dir, &t.spoke_socket("a")))
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn a_pending_spoke_carries_nothing_until_approved() {
         return;
     }
     let t = Topology::new();
-    let _a = pending_spoke(&t);
+    let (_hub, _a) = pending_spoke(&t);
     let list = hub_json(&t, &["spoke", "list", "--json"]);
     let a = &list[0];
     assert_eq!(a["state"], "pending");
@@ -84,7 +84,7 @@ fn a_denied_spoke_never_carries_traffic() {
         return;
     }
     let t = Topology::new();
-    let _a = pending_spoke(&t);
+    let (_hub, _a) = pending_spoke(&t);
     let out = t.hub_cli(&["spoke", "deny", "a"]);
     assert!(out.status.success());
     assert_eq!(spoke_state(&t, "a"), "denied");
@@ -177,7 +177,7 @@ fn the_audit_log_records_the_lifecycle_in_order() {
         return;
     }
     let t = Topology::new();
-    let _a = pending_spoke(&t);
+    let (hub, _a) = pending_spoke(&t);
     assert!(t.hub_cli(&["spoke", "approve", "a"]).status.success());
     t.wait_for("spoke a to get its keys", Duration::from_secs(30), || {
         t.ping(&t.ns_a, HUB_TUNNEL, 1)
@@ -208,6 +208,14 @@ fn the_audit_log_records_the_lifecycle_in_order() {
     assert!(enrolment["time"].as_u64().unwrap_or(0) > 1_700_000_000);
     // It survives a restart, and --since filters.
     let all = kinds.len();
+    t.sigterm(&hub);
+    let _hub = t.start_hub();
+    let again = hub_json(&t, &["audit", "--json"]);
+    assert_eq!(
+        again.as_array().map(Vec::len),
+        Some(all),
+        "records lost in a restart"
+    );
     let later = hub_json(&t, &["audit", "--json", "--since", "2099-01-01T00:00:00Z"]);
     assert_eq!(later.as_array().map(Vec::len), Some(0));
     let recent = hub_json(&t, &["audit", "--json", "--since", "1h"]);
