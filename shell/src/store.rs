@@ -160,7 +160,21 @@ mod tests {
             .unwrap();
             s.commit(&[Write::remove("a", *b"k1")]).unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        // sled's background flusher may hold the file lock for a moment
+        // after the handle is dropped (a new process never sees that).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let s = loop {
+            match Store::open(&dir) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && format!("{e:#}").contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        };
         assert_eq!(s.all::<u32>("a").unwrap(), vec![2]);
         assert_eq!(s.get::<String>("b", b"x").unwrap().as_deref(), Some("hi"));
         assert!(s.get::<u32>("b", b"y").unwrap().is_none());
