@@ -52,22 +52,24 @@ enum Command {
     },
     /// Run the hub daemon.
     Run {
-        /// State directory made by `init`.
-        #[arg(long, default_value = "/var/lib/tasuki-hub")]
-        state_dir: PathBuf,
-        /// TUN interface name.
-        #[arg(long, default_value = "tasuki0")]
-        interface: String,
-        /// Address to listen on (TCP and UDP); default: all addresses, the endpoint's port.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Admin socket path.
-        #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
-        admin_socket: PathBuf,
-        /// Members of this group may use the admin socket too (besides root).
-        #[arg(long)]
-        admin_group: Option<String>,
+        #[command(flatten)]
+        flags: RunFlags,
     },
+    /// Check a config file and print the settings `run` would use.
+    CheckConfig {
+        /// The config file (default /etc/tasuki/hub.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print shell completions (bash, zsh, fish, …) to standard output.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Manpage,
     /// Manage spokes.
     Spoke {
         #[command(subcommand)]
@@ -114,6 +116,62 @@ enum Command {
         #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+}
+
+/// Settings of `tasuki-hub run`; each overrides the config file.
+#[derive(clap::Args)]
+struct RunFlags {
+    /// Config file (default /etc/tasuki/hub.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory made by `init` [default: /var/lib/tasuki-hub].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// TUN interface name [default: tasuki0].
+    #[arg(long)]
+    interface: Option<String>,
+    /// Address to listen on (TCP and UDP) [default: all addresses, the endpoint's port].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin socket path [default: /run/tasuki/hub.sock].
+    #[arg(long, env = "TASUKI_HUB_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// Members of this group may use the admin socket too (besides root).
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Serve Prometheus metrics on this address (off by default; keep it local).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log level or filter (RUST_LOG wins) [default: info].
+    #[arg(long)]
+    log: Option<String>,
+}
+
+impl RunFlags {
+    /// Flags over the config file over the defaults.
+    fn resolve(self) -> Result<(RunOptions, Option<String>)> {
+        let file = crate::config::load(self.config.as_deref())?;
+        Ok((
+            RunOptions {
+                state_dir: self
+                    .state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| "/var/lib/tasuki-hub".into()),
+                interface: self
+                    .interface
+                    .or(file.interface)
+                    .unwrap_or_else(|| "tasuki0".into()),
+                listen: self.listen.or(file.listen),
+                admin_socket: self
+                    .admin_socket
+                    .or(file.admin_socket)
+                    .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+                admin_group: self.admin_group.or(file.admin_group),
+                metrics: self.metrics.or(file.metrics),
+            },
+            self.log.or(file.log),
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -236,6 +294,9 @@ enum SpokeCommand {
 
 pub(crate) fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        tasuki_shell::logging::init(None);
+    }
     match cli.command {
         Command::Init {
             state_dir,
@@ -244,19 +305,54 @@ pub(crate) fn main() -> Result<()> {
             routes,
             keepalive,
         } => init(&state_dir, endpoint, tunnel_net, routes, keepalive),
-        Command::Run {
-            state_dir,
-            interface,
-            listen,
-            admin_socket,
-            admin_group,
-        } => runtime()?.block_on(daemon::run(RunOptions {
-            state_dir,
-            interface,
-            listen,
-            admin_socket,
-            admin_group,
-        })),
+        Command::Run { flags } => {
+            let (opts, log) = flags.resolve()?;
+            tasuki_shell::logging::init(log.as_deref());
+            runtime()?.block_on(daemon::run(opts))
+        }
+        Command::CheckConfig { config } => {
+            let (opts, log) = RunFlags {
+                config,
+                state_dir: None,
+                interface: None,
+                listen: None,
+                admin_socket: None,
+                admin_group: None,
+                metrics: None,
+                log: None,
+            }
+            .resolve()?;
+            println!("config OK");
+            println!("  state_dir    = {}", opts.state_dir.display());
+            println!("  interface    = {}", opts.interface);
+            println!(
+                "  listen       = {}",
+                opts.listen
+                    .map_or("(the endpoint's port on all addresses)".into(), |a| a
+                        .to_string())
+            );
+            println!("  admin_socket = {}", opts.admin_socket.display());
+            println!(
+                "  admin_group  = {}",
+                opts.admin_group.as_deref().unwrap_or("(none)")
+            );
+            println!(
+                "  metrics      = {}",
+                opts.metrics.map_or("off".into(), |a| a.to_string())
+            );
+            println!("  log          = {}", log.as_deref().unwrap_or("info"));
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tasuki-hub", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Spoke {
             command,
             admin_socket,

@@ -23,6 +23,7 @@ pub(crate) struct RunOptions {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) admin_socket: PathBuf,
     pub(crate) admin_group: Option<String>,
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
@@ -127,15 +128,39 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         },
     ));
 
+    let metrics_task = match opts.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            tracing::info!(%addr, "metrics endpoint");
+            Some(tokio::spawn(crate::metrics::serve(listener, state.clone())))
+        }
+        None => None,
+    };
+    let watchdog = tasuki_shell::service::spawn_watchdog();
+    tasuki_shell::service::ready(&format!("serving on {listen}"));
+
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
         r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
     }
-    control_task.abort();
-    admin_task.abort();
-    events_task.abort();
-    rotation_task.abort();
+    tasuki_shell::service::stopping();
+    for task in [
+        Some(control_task),
+        Some(admin_task),
+        Some(events_task),
+        Some(rotation_task),
+        metrics_task,
+        watchdog,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        task.abort();
+    }
+    // Everything acknowledged is on disk already; flush what is not.
+    state.lock().await.flush()?;
+    tracing::info!("stopped; the TUN interface and its routes go with the process");
     Ok(())
 }

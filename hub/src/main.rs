@@ -5,13 +5,14 @@ mod admin;
 mod audit;
 mod cli;
 mod cli_users;
+mod config;
 mod control;
 mod daemon;
 mod dataplane;
+mod metrics;
 mod state;
 
 fn main() -> std::process::ExitCode {
-    tasuki_shell::logging::init();
     match cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -3,11 +3,13 @@
 //!
 //! Nothing here decides anything; the decisions live in `tasuki-core`.
 
+pub mod config;
 pub mod files;
 pub mod frames;
 pub mod local;
 pub mod logging;
 pub mod netdev;
+pub mod service;
 pub mod store;
 pub mod vault;
 

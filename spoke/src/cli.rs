@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tasuki_core::admin_api::{SpokeRequest, SpokeStatus};
 
+use crate::config::RunSettings;
 use crate::enrol::Outcome;
 
 const DEFAULT_SOCKET: &str = "/run/tasuki/spoke.sock";
@@ -41,19 +42,40 @@ enum Command {
     },
     /// Run the spoke daemon.
     Run {
-        /// State directory of an enrolled spoke.
-        #[arg(long, default_value = DEFAULT_STATE)]
-        state_dir: PathBuf,
-        /// TUN interface name.
-        #[arg(long, default_value = "tasuki0")]
-        interface: String,
-        /// Control socket path.
-        #[arg(long, env = "TASUKI_SPOKE_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// Config file (default /etc/tasuki/spoke.toml when it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State directory of an enrolled spoke [default: /var/lib/tasuki-spoke].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// TUN interface name [default: tasuki0].
+        #[arg(long)]
+        interface: Option<String>,
+        /// Control socket path [default: /run/tasuki/spoke.sock].
+        #[arg(long, env = "TASUKI_SPOKE_SOCKET")]
+        socket: Option<PathBuf>,
         /// Members of this group may use the control socket (to log in, …).
         #[arg(long)]
         group: Option<String>,
+        /// Log level or filter (RUST_LOG wins) [default: info].
+        #[arg(long)]
+        log: Option<String>,
     },
+    /// Check a config file and print the settings `run` would use.
+    CheckConfig {
+        /// The config file (default /etc/tasuki/spoke.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print shell completions to standard output.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Manpage,
     /// Log a user in through this spoke: traffic flows only while an allowed user is logged in.
     Login {
         /// User id.
@@ -120,6 +142,9 @@ enum Command {
 
 pub(crate) fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        tasuki_shell::logging::init(None);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -164,16 +189,50 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }),
         Command::Run {
+            config,
             state_dir,
             interface,
             socket,
             group,
-        } => rt.block_on(crate::daemon::run(
-            &state_dir,
-            &interface,
-            &socket,
-            group.as_deref(),
-        )),
+            log,
+        } => {
+            let file = crate::config::load(config.as_deref())?;
+            let run = RunSettings {
+                state_dir: state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE.into()),
+                interface: interface.or(file.interface).unwrap_or_else(|| "tasuki0".into()),
+                socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+                group: group.or(file.group),
+                log: log.or(file.log),
+            };
+            tasuki_shell::logging::init(run.log.as_deref());
+            rt.block_on(crate::daemon::run(
+                &run.state_dir,
+                &run.interface,
+                &run.socket,
+                run.group.as_deref(),
+            ))
+        }
+        Command::CheckConfig { config } => {
+            let file = crate::config::load(config.as_deref())?;
+            println!("config OK");
+            let show = |p: Option<PathBuf>, d: &str| p.map_or(d.to_string(), |p| p.display().to_string());
+            println!("  state_dir = {}", show(file.state_dir, DEFAULT_STATE));
+            println!("  interface = {}", file.interface.as_deref().unwrap_or("tasuki0"));
+            println!("  socket    = {}", show(file.socket, DEFAULT_SOCKET));
+            println!("  group     = {}", file.group.as_deref().unwrap_or("(none)"));
+            println!("  log       = {}", file.log.as_deref().unwrap_or("info"));
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tasuki-spoke", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Status { json, socket } => rt.block_on(async {
             let s: SpokeStatus = tasuki_shell::local::request(&socket, SpokeRequest::Status).await?;
             if json {

@@ -101,6 +101,10 @@ pub(crate) async fn run(
         );
         anyhow::Ok(dp)
     };
+    // Ready once the control loop and the local socket run: a pending spoke
+    // may wait for its approval for a long time.
+    let watchdog = tasuki_shell::service::spawn_watchdog();
+    tasuki_shell::service::ready(&format!("spoke of {}", enrolment.hub_endpoint));
     let dp = tokio::select! {
         dp = start => dp?,
         _ = term.recv() => return Ok(()),
@@ -112,7 +116,12 @@ pub(crate) async fn run(
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
         r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
     }
+    tasuki_shell::service::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     control_task.abort();
     status_task.abort();
+    tracing::info!("stopped; the TUN interface and its routes go with the process");
     Ok(())
 }

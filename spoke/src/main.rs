@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_users;
+mod config;
 mod control;
 mod daemon;
 mod dataplane;
@@ -12,7 +13,6 @@ mod local;
 mod state;
 
 fn main() -> std::process::ExitCode {
-    tasuki_shell::logging::init();
     match cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

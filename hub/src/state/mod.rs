@@ -210,6 +210,11 @@ impl HubState {
             .collect()
     }
 
+    /// Flushes the store (on a graceful stop).
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+
     /// A spoke's name, for logs and audit records.
     pub(crate) fn spoke_name(&self, id: SpokeId) -> String {
         self.registry

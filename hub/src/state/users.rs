@@ -169,6 +169,11 @@ impl HubState {
         self.users.all().map(|u| self.user_view(u)).collect()
     }
 
+    /// Logins over all spokes.
+    pub(crate) fn login_count(&self) -> usize {
+        self.logins.values().map(|u| u.len()).sum()
+    }
+
     /// Whether `user` exists (for second-device enrolment).
     pub(crate) fn user_exists(&self, user: &str) -> bool {
         self.users.get(user).is_some()

@@ -37,6 +37,8 @@ usage: tasuki-nettool COMMAND ARGS...
                                     messages) to ADDR:PORT
   tcp-garbage ADDR:PORT             open connections that send random bytes, an oversized
                                     frame length, a garbage frame, and nothing at all
+  http-get ADDR:PORT PATH           GET PATH over HTTP/1.1, print the response body;
+                                    exit 1 unless the status is 200
 
 With --ready PATH, the sinks create PATH once bound; they always print
 `listening` on stderr at that point.";
@@ -93,6 +95,10 @@ enum Command {
     },
     TcpGarbage {
         addr: SocketAddr,
+    },
+    HttpGet {
+        addr: SocketAddr,
+        path: String,
     },
 }
 
@@ -152,6 +158,14 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 port: num(pos[0], "PORT")?,
                 seconds: num(pos[1], "SECONDS")?,
                 ready,
+            }
+        }
+        "http-get" => {
+            want(2)?;
+            no_ready(&ready)?;
+            Command::HttpGet {
+                addr: sockaddr(pos[0])?,
+                path: pos[1].to_string(),
             }
         }
         "udp-send" => {
@@ -219,6 +233,7 @@ fn run(command: Command) -> Result<()> {
             ready,
         } => udp_sink(port, seconds, ready),
         Command::UdpSend { dst, port, count } => udp_send(dst, port, count),
+        Command::HttpGet { addr, path } => http_get(addr, &path),
         Command::Forge { src, dst, port } => forge(src, dst, port),
         Command::UdpGarbage { addr, count } => udp_garbage(addr, count),
         Command::TcpGarbage { addr } => tcp_garbage(addr),
@@ -373,6 +388,27 @@ fn udp_sink(port: u16, seconds: u64, ready: Option<PathBuf>) -> Result<()> {
         }
     }
     emit(json!({"received": received, "sources": sources}))
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{status}");
+    }
+    print!("{body}");
+    Ok(())
 }
 
 fn udp_send(dst: Ipv4Addr, port: u16, count: u64) -> Result<()> {

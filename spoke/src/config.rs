@@ -1,0 +1,44 @@
+//! `/etc/tasuki/spoke.toml`: every setting of `tasuki-spoke run`, each also
+//! a command-line flag (flags win).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Deserialize;
+
+/// The default config file; read by `run` when it exists.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/tasuki/spoke.toml";
+
+/// The file's settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SpokeConfigFile {
+    /// State directory of the enrolled spoke.
+    pub(crate) state_dir: Option<PathBuf>,
+    /// TUN interface name.
+    pub(crate) interface: Option<String>,
+    /// Control socket path.
+    pub(crate) socket: Option<PathBuf>,
+    /// Group allowed on the control socket (users who log in).
+    pub(crate) group: Option<String>,
+    /// Log level or filter; RUST_LOG wins.
+    pub(crate) log: Option<String>,
+}
+
+/// Loads the config: `path` if given (must exist), else the default file if it exists.
+pub(crate) fn load(path: Option<&Path>) -> Result<SpokeConfigFile> {
+    let (path, optional) = match path {
+        Some(p) => (p, false),
+        None => (Path::new(DEFAULT_CONFIG), true),
+    };
+    Ok(tasuki_shell::config::load(path, optional)?.unwrap_or_default())
+}
+
+/// The settings `run` uses.
+pub(crate) struct RunSettings {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) interface: String,
+    pub(crate) socket: PathBuf,
+    pub(crate) group: Option<String>,
+    pub(crate) log: Option<String>,
+}
