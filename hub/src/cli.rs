@@ -151,6 +151,7 @@ impl RunFlags {
     /// Flags over the config file over the defaults.
     fn resolve(self) -> Result<(RunOptions, Option<String>)> {
         let file = crate::config::load(self.config.as_deref())?;
+        let config = self.config.clone();
         Ok((
             RunOptions {
                 state_dir: self
@@ -168,6 +169,7 @@ impl RunFlags {
                     .unwrap_or_else(|| DEFAULT_SOCKET.into()),
                 admin_group: self.admin_group.or(file.admin_group),
                 metrics: self.metrics.or(file.metrics),
+                config,
             },
             self.log.or(file.log),
         ))

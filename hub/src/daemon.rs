@@ -24,6 +24,25 @@ pub(crate) struct RunOptions {
     pub(crate) admin_socket: PathBuf,
     pub(crate) admin_group: Option<String>,
     pub(crate) metrics: Option<SocketAddr>,
+    /// The config file given with --config, re-read on SIGHUP.
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// SIGHUP: re-read the config file and apply what can change while running
+/// (the log level); the rest needs a restart and is said so.
+fn reload(config: Option<&std::path::Path>) {
+    tasuki_shell::service::reloading();
+    match crate::config::load(config) {
+        Ok(file) => match tasuki_shell::logging::set_level(file.log.as_deref()) {
+            Ok(()) => tracing::info!(
+                log = file.log.as_deref().unwrap_or("info"),
+                "SIGHUP: config re-read; log level applied (other settings need a restart)"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
+        },
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not re-read"),
+    }
+    tasuki_shell::service::ready("reloaded");
 }
 
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
@@ -140,10 +159,15 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-        r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut dp_task = dp_task;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
+            r = &mut dp_task => { tracing::error!(result = ?r, "data plane stopped"); break; }
+            _ = hup.recv() => reload(opts.config.as_deref()),
+        }
     }
     tasuki_shell::service::stopping();
     for task in [

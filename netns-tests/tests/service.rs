@@ -388,3 +388,36 @@ fn install_and_uninstall_put_everything_in_place_and_keep_the_state() {
     assert!(!state.exists() && !dest.join("etc/tasuki").exists());
     let _ = std::fs::remove_dir_all(&dest);
 }
+
+#[test]
+fn sighup_rereads_the_config() {
+    if skip_unless_root("sighup_rereads_the_config") {
+        return;
+    }
+    let t = Topology::new();
+    t.hub_init();
+    let config = t.dir().join("hub.toml");
+    std::fs::write(&config, "log = \"info\"\n").unwrap();
+    let hub = t.start_hub_with(&["--config", config.to_str().unwrap()]);
+    std::fs::write(&config, "log = \"debug\"\n").unwrap();
+    // SAFETY: plain kill(2) on the hub's pid.
+    unsafe {
+        libc::kill(hub.pid as i32, libc::SIGHUP);
+    }
+    t.wait_for(
+        "the hub to re-read its config",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(t.hub_log()).is_ok_and(|l| l.contains("SIGHUP: config re-read")),
+    );
+    // A broken config is reported and the hub keeps running.
+    std::fs::write(&config, "log = [\n").unwrap();
+    unsafe {
+        libc::kill(hub.pid as i32, libc::SIGHUP);
+    }
+    t.wait_for(
+        "the hub to report the bad config",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(t.hub_log()).is_ok_and(|l| l.contains("config not re-read")),
+    );
+    assert!(t.hub_cli(&["status", "--json"]).status.success());
+}
