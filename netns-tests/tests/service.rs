@@ -421,3 +421,63 @@ fn sighup_rereads_the_config() {
     );
     assert!(t.hub_cli(&["status", "--json"]).status.success());
 }
+
+/// The units keep only CAP_NET_ADMIN (and the right to bind) with
+/// NoNewPrivileges: the hub and a spoke must work like that.
+#[test]
+fn daemons_work_with_only_cap_net_admin() {
+    if skip_unless_root("daemons_work_with_only_cap_net_admin") {
+        return;
+    }
+    let t = Topology::new();
+    t.hub_init();
+    let caps = [
+        "setpriv",
+        "--no-new-privs",
+        "--bounding-set=-all,+net_admin,+net_bind_service",
+        "--inh-caps=-all",
+    ];
+    let mut hub: Vec<&str> = caps.to_vec();
+    let (hub_dir, hub_socket) = (t.hub_dir(), t.hub_socket());
+    hub.extend([
+        binaries().hub.to_str().unwrap(),
+        "run",
+        "--state-dir",
+        hub_dir.to_str().unwrap(),
+        "--admin-socket",
+        hub_socket.to_str().unwrap(),
+    ]);
+    let _hub = t.spawn(&t.ns_hub, &hub, &t.hub_log());
+    t.wait_for(
+        "the restricted hub to answer",
+        Duration::from_secs(20),
+        || t.hub_cli(&["status", "--json"]).status.success(),
+    );
+    let caps_line = std::fs::read_to_string(format!("/proc/{}/status", _hub.pid))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap_or("")
+        .to_owned();
+    // CAP_NET_BIND_SERVICE is bit 10, CAP_NET_ADMIN bit 12: 0x1400.
+    assert!(caps_line.ends_with("0000000000001400"), "{caps_line}");
+    let inv = t.invite_with("a", &["--pre-approved", "--service"]);
+    let a_dir = t.spoke_dir("a");
+    t.enrol_ok(&t.ns_a, &inv, &a_dir);
+    let a_socket = t.spoke_socket("a");
+    let mut spoke: Vec<&str> = caps.to_vec();
+    spoke.extend([
+        binaries().spoke.to_str().unwrap(),
+        "run",
+        "--state-dir",
+        a_dir.to_str().unwrap(),
+        "--socket",
+        a_socket.to_str().unwrap(),
+    ]);
+    let _a = t.spawn(&t.ns_a, &spoke, &t.dir().join("a-restricted.log"));
+    t.wait_for(
+        "the restricted spoke to reach the hub",
+        Duration::from_secs(30),
+        || t.ping(&t.ns_a, tasuki_netns_tests::HUB_TUNNEL, 1),
+    );
+}
