@@ -197,6 +197,7 @@ pub(crate) fn main() -> Result<()> {
             log,
         } => {
             let file = crate::config::load(config.as_deref())?;
+            let config_path = config.clone();
             let run = RunSettings {
                 state_dir: state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE.into()),
                 interface: interface.or(file.interface).unwrap_or_else(|| "tasuki0".into()),
@@ -210,6 +211,7 @@ pub(crate) fn main() -> Result<()> {
                 &run.interface,
                 &run.socket,
                 run.group.as_deref(),
+                config_path.as_deref(),
             ))
         }
         Command::CheckConfig { config } => {

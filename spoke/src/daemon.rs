@@ -19,7 +19,9 @@ pub(crate) async fn run(
     interface: &str,
     socket: &Path,
     group: Option<&str>,
+    config: Option<&Path>,
 ) -> Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let access = match group {
         Some(g) => tasuki_shell::local::Access::group(g)?,
         None => tasuki_shell::local::Access::default(),
@@ -110,11 +112,14 @@ pub(crate) async fn run(
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    let dp_task = tokio::spawn(dp.run(dp_rx));
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-        r = dp_task => tracing::error!(result = ?r, "data plane stopped"),
+    let mut dp_task = tokio::spawn(dp.run(dp_rx));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
+            r = &mut dp_task => { tracing::error!(result = ?r, "data plane stopped"); break; }
+            _ = hup.recv() => reload(config),
+        }
     }
     tasuki_shell::service::stopping();
     if let Some(w) = watchdog {
@@ -124,4 +129,19 @@ pub(crate) async fn run(
     status_task.abort();
     tracing::info!("stopped; the TUN interface and its routes go with the process");
     Ok(())
+}
+
+/// SIGHUP: re-read the config file and apply the log level (the rest needs a restart).
+fn reload(config: Option<&Path>) {
+    tasuki_shell::service::reloading();
+    match crate::config::load(config) {
+        Ok(file) => match tasuki_shell::logging::set_level(file.log.as_deref()) {
+            Ok(()) => tracing::info!(
+                "SIGHUP: config re-read; log level applied (other settings need a restart)"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
+        },
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not re-read"),
+    }
+    tasuki_shell::service::ready("reloaded");
 }
