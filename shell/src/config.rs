@@ -6,6 +6,42 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
+/// `/etc/tasuki/hub.toml`: the settings of `tasuki-hub run`, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubFile {
+    /// State directory made by `init`.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// TUN interface name.
+    pub interface: Option<String>,
+    /// Listen address (TCP and UDP).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Admin socket path.
+    pub admin_socket: Option<std::path::PathBuf>,
+    /// Group allowed on the admin socket.
+    pub admin_group: Option<String>,
+    /// Prometheus endpoint address (off when absent).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Log level or filter (`info`, `debug`, `tasuki_hub=debug`); RUST_LOG wins.
+    pub log: Option<String>,
+}
+
+/// `/etc/tasuki/spoke.toml`: the settings of `tasuki-spoke run`, all optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpokeFile {
+    /// State directory of the enrolled spoke.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// TUN interface name.
+    pub interface: Option<String>,
+    /// Control socket path.
+    pub socket: Option<std::path::PathBuf>,
+    /// Group allowed on the control socket (users who log in).
+    pub group: Option<String>,
+    /// Log level or filter; RUST_LOG wins.
+    pub log: Option<String>,
+}
+
 /// A config error located in its file.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}:{line}:{column}: {message}")]

@@ -4,26 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use serde::Deserialize;
 
 /// The default config file; read by `run` when it exists.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/tasuki/spoke.toml";
 
-/// The file's settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SpokeConfigFile {
-    /// State directory of the enrolled spoke.
-    pub(crate) state_dir: Option<PathBuf>,
-    /// TUN interface name.
-    pub(crate) interface: Option<String>,
-    /// Control socket path.
-    pub(crate) socket: Option<PathBuf>,
-    /// Group allowed on the control socket (users who log in).
-    pub(crate) group: Option<String>,
-    /// Log level or filter; RUST_LOG wins.
-    pub(crate) log: Option<String>,
-}
+/// The file's settings (shared with the fuzz targets, so it lives in the shell crate).
+pub(crate) type SpokeConfigFile = tasuki_shell::config::SpokeFile;
 
 /// Loads the config: `path` if given (must exist), else the default file if it exists.
 pub(crate) fn load(path: Option<&Path>) -> Result<SpokeConfigFile> {
