@@ -1,7 +1,16 @@
 //! A narrow typed interface over sled, so the engine can be swapped.
 //!
-//! Values are postcard-encoded. Writers call [`Store::flush`] before any key
-//! they wrote is acknowledged, sent or used. Only the daemon opens its store.
+//! Values are postcard-encoded. Every record lives in sled's one default
+//! tree under `TREE \0 KEY`, so a [`Store::commit`] is a single atomic batch
+//! however many "trees" it touches, and it is flushed before it returns.
+//! Only the daemon opens its store.
+//!
+//! sled 0.34 recovers from a damaged log by cutting it at the first bad
+//! entry, which can silently roll the store back. So each commit also bumps
+//! a generation number, inside the batch and, after the flush, in a small
+//! `generation` file beside the store (written atomically): a store that
+//! opens with an older generation than the file lost acknowledged writes and
+//! is refused with an error naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +21,28 @@ use serde::{de::DeserializeOwned, Serialize};
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    generation: std::sync::atomic::AtomicU64,
+    /// One commit at a time, so batches and the generation file agree.
+    commit_lock: std::sync::Mutex<()>,
+}
+
+const GENERATION_KEY: &[u8] = b"\0generation";
+
+fn prefixed(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tree.len() + 1 + key.len());
+    k.extend_from_slice(tree.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn generation_file(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".generation");
+    path.with_file_name(name)
 }
 
 impl Store {
@@ -31,16 +62,46 @@ impl Store {
                     path.display()
                 )
             })?;
+        let stored = match db.get(GENERATION_KEY) {
+            Ok(Some(v)) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            Ok(None) => 0,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the store at {}", path.display()))
+            }
+        };
+        let file = generation_file(path);
+        let expected = match std::fs::read_to_string(&file) {
+            Ok(t) => t
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("{} is damaged", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        };
+        if stored < expected {
+            anyhow::bail!(
+                "the store at {} lost acknowledged writes (it is at generation {stored}, {} says                  {expected}): the disk or the store is damaged; restore {} from a backup —                  starting anyway could lock spokes out",
+                path.display(),
+                file.display(),
+                path.display()
+            );
+        }
         Ok(Self {
             db,
             path: path.to_owned(),
+            generation: std::sync::atomic::AtomicU64::new(stored),
+            commit_lock: std::sync::Mutex::new(()),
         })
     }
 
     /// Reads one value.
     pub fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
-        let t = self.tree(tree)?;
-        match t.get(key).with_context(|| self.ctx(tree))? {
+        match self
+            .db
+            .get(prefixed(tree, key))
+            .with_context(|| self.ctx(tree))?
+        {
             Some(bytes) => Ok(Some(self.decode(tree, &bytes)?)),
             None => Ok(None),
         }
@@ -48,34 +109,36 @@ impl Store {
 
     /// Reads every value of a tree, in key order.
     pub fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
-        let t = self.tree(tree)?;
         let mut out = Vec::new();
-        for item in t.iter() {
+        for item in self.db.scan_prefix(prefixed(tree, b"")) {
             let (_, v) = item.with_context(|| self.ctx(tree))?;
             out.push(self.decode(tree, &v)?);
         }
         Ok(out)
     }
 
-    /// Writes several values (and removals) in one atomic batch per tree, then flushes.
+    /// Writes several values (and removals) in one atomic batch, flushes it,
+    /// and records the new generation.
     pub fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
-        use std::collections::BTreeMap;
-        let mut batches: BTreeMap<&str, sled::Batch> = BTreeMap::new();
+        use std::sync::atomic::Ordering;
+        let _one_at_a_time = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
         for w in writes {
             match w {
-                Write::Put { tree, key, value } => batches
-                    .entry(tree)
-                    .or_default()
-                    .insert(key.clone(), value.clone()),
-                Write::Remove { tree, key } => batches.entry(tree).or_default().remove(key.clone()),
+                Write::Put { tree, key, value } => batch.insert(prefixed(tree, key), value.clone()),
+                Write::Remove { tree, key } => batch.remove(prefixed(tree, key)),
             }
         }
-        for (tree, batch) in batches {
-            self.tree(tree)?
-                .apply_batch(batch)
-                .with_context(|| self.ctx(tree))?;
-        }
-        self.flush()
+        let next = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        batch.insert(GENERATION_KEY, &next.to_be_bytes());
+        self.db
+            .apply_batch(batch)
+            .with_context(|| format!("cannot write the store at {}", self.path.display()))?;
+        self.flush()?;
+        crate::files::write_secret_file(&generation_file(&self.path), next.to_string().as_bytes())
     }
 
     /// Forces everything written so far to disk.
@@ -84,10 +147,6 @@ impl Store {
             .flush()
             .with_context(|| format!("cannot flush the store at {}", self.path.display()))?;
         Ok(())
-    }
-
-    fn tree(&self, name: &str) -> Result<sled::Tree> {
-        self.db.open_tree(name).with_context(|| self.ctx(name))
     }
 
     fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T> {
@@ -148,6 +207,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rolled_back_store_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tasuki-gen-{}", std::process::id()));
+        let path = dir.join("store");
+        {
+            let s = Store::open(&path).unwrap();
+            s.commit(&[Write::put("a", *b"k", &1u32).unwrap()]).unwrap();
+            s.commit(&[Write::put("a", *b"k", &2u32).unwrap()]).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(generation_file(&path)).unwrap(),
+            "2"
+        );
+        // Pretend an acknowledged third commit was lost by the engine.
+        std::fs::write(generation_file(&path), "3").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let err = loop {
+            match Store::open(&path) {
+                Err(e) if format!("{e:#}").contains("acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => break format!("{e:#}"),
+                Ok(_) => panic!("a rolled-back store was accepted"),
+            }
+        };
+        assert!(
+            err.contains("lost acknowledged writes") && err.contains("store"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn commit_and_read_back_across_reopen() {
         let dir = std::env::temp_dir().join(format!("tasuki-store-{}", std::process::id()));
         {
@@ -168,7 +259,7 @@ mod tests {
                 Ok(s) => break s,
                 Err(e)
                     if std::time::Instant::now() < deadline
-                        && format!("{e:#}").contains("lock") =>
+                        && format!("{e:#}").contains("acquire lock") =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
