@@ -257,6 +257,10 @@ pub struct Counters {
     pub from_tun: u64,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Cookie replies sent instead of handshakes while under load
+    /// (WireGuard's denial-of-service defence).
+    #[serde(default)]
+    pub cookies: u64,
     /// Drops by reason ([`crate::routing::DropReason::name`]).
     pub dropped: BTreeMap<String, u64>,
 }

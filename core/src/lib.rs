@@ -11,6 +11,7 @@
 
 pub mod admin_api;
 pub mod audit;
+pub mod batch;
 pub mod channel;
 pub mod codec;
 pub mod control;

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use tasuki_core::admin_api::HubRequest;
 use tasuki_core::routing::RouteTable;
 use tasuki_shell::local::SocketGuard;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::dataplane::{DataPlane, DpCommand, DpEvent};
@@ -67,8 +67,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
             SocketAddr::from(([0, 0, 0, 0], port))
         }
     };
-    let udp = UdpSocket::bind(listen)
-        .await
+    let udp = tasuki_shell::udp::BatchUdp::bind(listen)
         .with_context(|| format!("cannot bind UDP {listen}"))?;
     let tcp = TcpListener::bind(listen)
         .await

@@ -2,8 +2,15 @@
 //! spoke link and key epoch. This task owns all of it; the control side
 //! talks to it through [`DpCommand`]s. Every decision on an inner packet
 //! comes from `tasuki_core::routing`.
+//!
+//! It works in passes: one read of the socket (many datagrams, by GRO) or of
+//! the TUN (a super-packet split into packets), every packet decrypted,
+//! routed and encrypted into reused buffers, then everything written at
+//! once: datagrams in GSO batches, TUN packets coalesced. Spoke-to-spoke
+//! traffic is relayed here in user space and never touches the TUN.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +19,14 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use tasuki_core::admin_api::Counters;
+use tasuki_core::batch::{split_received, Outbox};
 use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::link::{slot_of_receiver, Link};
 use tasuki_core::rotation::Usage;
 use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use tasuki_core::DATAGRAM_BUFFER;
-use tokio::net::UdpSocket;
+use tasuki_shell::netdev::{Tun, TunReader, TunWriter};
+use tasuki_shell::udp::{BatchUdp, RecvBatch};
 use tokio::sync::{mpsc, oneshot};
 
 /// Handshakes per second the hub answers before it demands cookies.
@@ -104,76 +113,151 @@ impl Peer {
     }
 }
 
-/// The data plane task's state.
+/// Passes over the socket or the TUN before the loop looks at commands and
+/// timers again.
+const ROUNDS_PER_WAKE: usize = 8;
+
+/// The data plane task: the two devices and their read buffers.
 pub(crate) struct DataPlane {
+    udp: BatchUdp,
+    tun: Tun,
+    udp_in: RecvBatch,
+    tun_in: TunReader,
+    core: Core,
+}
+
+/// Everything a pass reads and writes besides the devices.
+struct Core {
     key: Arc<StaticKey>,
     public: boringtun::x25519::PublicKey,
     limiter: Arc<RateLimiter>,
-    udp: UdpSocket,
-    tun: tun::AsyncDevice,
     routes: RouteTable,
     peers: HashMap<SpokeId, Peer>,
     by_key: HashMap<PublicKey, SpokeId>,
     counters: Counters,
     drops: BTreeMap<DropReason, u64>,
     events: mpsc::UnboundedSender<DpEvent>,
+    /// Datagrams to send at the end of the pass.
+    out: Outbox<SocketAddr>,
+    /// Packets to write to the TUN at the end of the pass.
+    to_tun: TunWriter,
+    scratch: Vec<u8>,
 }
 
 impl DataPlane {
     pub(crate) fn new(
         key: Arc<StaticKey>,
-        udp: UdpSocket,
-        tun: tun::AsyncDevice,
+        udp: BatchUdp,
+        tun: Tun,
         routes: RouteTable,
         events: mpsc::UnboundedSender<DpEvent>,
     ) -> Self {
         let public = key.public().to_x25519();
         Self {
-            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-            public,
-            key,
             udp,
             tun,
-            routes,
-            peers: HashMap::new(),
-            by_key: HashMap::new(),
-            counters: Counters::default(),
-            drops: BTreeMap::new(),
-            events,
+            udp_in: RecvBatch::default(),
+            tun_in: TunReader::default(),
+            core: Core {
+                limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+                public,
+                key,
+                routes,
+                peers: HashMap::new(),
+                by_key: HashMap::new(),
+                counters: Counters::default(),
+                drops: BTreeMap::new(),
+                events,
+                out: Outbox::new(),
+                to_tun: TunWriter::default(),
+                scratch: vec![0; DATAGRAM_BUFFER],
+            },
         }
     }
 
     /// Runs until the command channel closes.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<DpCommand>) {
-        let mut udp_buf = vec![0u8; DATAGRAM_BUFFER];
-        let mut tun_buf = vec![0u8; DATAGRAM_BUFFER];
-        let mut out = vec![0u8; DATAGRAM_BUFFER];
-        let mut out2 = vec![0u8; DATAGRAM_BUFFER];
         let mut timers = tokio::time::interval(Duration::from_millis(250));
         let mut limiter_reset = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                r = self.udp.recv_from(&mut udp_buf) => match r {
-                    Ok((n, src)) => self.on_datagram(src, &udp_buf[..n], &mut out, &mut out2).await,
-                    Err(e) => tracing::warn!(error = %e, "UDP receive failed"),
+                r = self.udp.readable() => match r {
+                    Ok(()) => self.drain_udp().await,
+                    Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
-                r = self.tun.recv(&mut tun_buf) => match r {
-                    Ok(n) => self.on_tun_packet(&tun_buf[..n], &mut out).await,
+                r = self.tun.readable() => match r {
+                    Ok(()) => self.drain_tun().await,
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
+                    Some(cmd) => self.core.on_command(cmd),
                     None => return,
                 },
-                _ = timers.tick() => self.on_timers(&mut out).await,
-                _ = limiter_reset.tick() => self.limiter.reset_count(),
+                _ = timers.tick() => {
+                    self.core.on_timers();
+                    self.flush().await;
+                }
+                _ = limiter_reset.tick() => self.core.limiter.reset_count(),
             }
         }
     }
 
+    async fn drain_udp(&mut self) {
+        for _ in 0..ROUNDS_PER_WAKE {
+            match self.udp.try_recv(&mut self.udp_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors for a spoke that went away surface here.
+                    tracing::trace!(error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+            for (src, bytes, stride) in self.udp_in.received() {
+                for datagram in split_received(bytes, stride) {
+                    self.core.on_datagram(src, datagram);
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn drain_tun(&mut self) {
+        for _ in 0..ROUNDS_PER_WAKE {
+            match self.tun.try_read(&mut self.tun_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+            for packet in self.tun_in.packets() {
+                self.core.on_tun_packet(packet);
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Writes what the pass produced.
+    async fn flush(&mut self) {
+        for batch in self.core.out.batches() {
+            match self.udp.send(batch).await {
+                Ok(()) => self.core.counters.tx_datagrams += batch.count() as u64,
+                Err(e) => tracing::debug!(error = %e, to = ?batch.destination(), "UDP send failed"),
+            }
+        }
+        self.core.out.clear();
+        if let Err(e) = self.tun.write(&mut self.core.to_tun).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+}
+
+impl Core {
     fn drop_packet(&mut self, reason: DropReason) {
         *self.drops.entry(reason).or_default() += 1;
     }
@@ -247,13 +331,6 @@ impl DataPlane {
         }
     }
 
-    async fn send(&mut self, to: SocketAddr, datagram: &[u8]) {
-        match self.udp.send_to(datagram, to).await {
-            Ok(_) => self.counters.tx_datagrams += 1,
-            Err(e) => tracing::debug!(error = %e, %to, "UDP send failed"),
-        }
-    }
-
     /// Which spoke a verified datagram belongs to, and the receiver index it
     /// names (`None` for a handshake initiation, which goes to the newest epoch).
     fn route_datagram(&self, packet: &Packet<'_>) -> Option<(SpokeId, Option<u32>)> {
@@ -273,15 +350,11 @@ impl DataPlane {
         Some((slot_of_receiver(receiver), Some(receiver)))
     }
 
-    async fn on_datagram(
-        &mut self,
-        src: SocketAddr,
-        datagram: &[u8],
-        out: &mut [u8],
-        out2: &mut [u8],
-    ) {
+    fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
-        let verified = self.limiter.verify_packet(Some(src.ip()), datagram, out);
+        let verified = self
+            .limiter
+            .verify_packet(Some(src.ip()), datagram, &mut self.scratch);
         let (id, receiver) = match verified {
             Ok(packet) => {
                 let is_init = matches!(packet, Packet::HandshakeInit(_));
@@ -298,8 +371,9 @@ impl DataPlane {
                 }
             }
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                let cookie = cookie.to_vec();
-                self.send(src, &cookie).await;
+                // Under load: a cookie reply instead of a handshake (no DH done).
+                self.out.push(src, cookie);
+                self.counters.cookies += 1;
                 return;
             }
             Err(_) => {
@@ -307,131 +381,162 @@ impl DataPlane {
                 return;
             }
         };
-        let mut to_network: Vec<Vec<u8>> = Vec::new();
-        let mut delivered: Option<usize> = None;
-        {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                self.drop_packet(DropReason::UnknownPeer);
-                return;
-            };
-            let Some(receiver) = receiver else {
-                // A handshake initiation: WireGuard's responder cannot see
-                // which preshared key the spoke used, so answer under every
-                // epoch the spoke may be on; it keeps the answer that opens.
-                let mut candidates = peer.handshake_epochs.clone();
-                if candidates.is_empty() {
-                    candidates.extend(peer.link.epochs().last());
-                }
-                for e in candidates.iter().rev() {
-                    let Some(t) = peer.link.by_epoch(*e) else {
-                        continue;
-                    };
-                    match t.tunn.decapsulate(Some(src.ip()), datagram, out) {
-                        TunnResult::WriteToNetwork(p) => to_network.push(p.to_vec()),
-                        TunnResult::Err(err) => {
-                            tracing::trace!(spoke = id, error = ?err, "initiation rejected")
-                        }
-                        _ => {}
-                    }
-                }
-                tracing::debug!(
-                    spoke = id,
-                    ?candidates,
-                    answers = to_network.len(),
-                    "handshake initiation"
-                );
-                if to_network.is_empty() {
-                    self.drop_packet(DropReason::BadDatagram);
-                    return;
-                }
-                if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-                    let _ = self.events.send(DpEvent::EndpointChanged {
-                        spoke: id,
-                        from,
-                        to: src,
-                    });
-                }
-                self.counters.handshakes += 1;
-                peer.handshakes += 1;
-                for p in to_network {
-                    self.send(src, &p).await;
-                }
-                return;
-            };
-            let tunnel = peer.link.by_receiver(receiver);
-            let Some(tunnel) = tunnel else {
-                self.drop_packet(DropReason::BadDatagram);
-                return;
-            };
-            let had_session = tunnel.has_session();
-            let epoch = tunnel.epoch;
-            let is_data = datagram.first() == Some(&4);
-            match tunnel.tunn.decapsulate(Some(src.ip()), datagram, out) {
-                TunnResult::WriteToNetwork(p) => {
-                    to_network.push(p.to_vec());
-                    while let TunnResult::WriteToNetwork(p) =
-                        tunnel.tunn.decapsulate(None, &[], out2)
-                    {
-                        to_network.push(p.to_vec());
-                    }
-                }
-                TunnResult::WriteToTunnelV4(p, _) => delivered = Some(p.len()),
-                TunnResult::WriteToTunnelV6(..) => {
-                    *self.drops.entry(DropReason::Unsupported).or_default() += 1;
-                }
-                TunnResult::Done => {}
-                TunnResult::Err(e) => {
-                    tracing::trace!(spoke = id, error = ?e, "datagram rejected");
-                    *self.drops.entry(DropReason::BadDatagram).or_default() += 1;
-                    return;
-                }
-            }
-            if !had_session && tunnel.has_session() {
-                tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
-            }
-            peer.packets += 1;
-            // A data packet decrypted (keepalives too): the spoke runs this epoch.
-            if is_data && peer.link.confirm(epoch) {
-                let _ = self.events.send(DpEvent::Confirmed {
-                    spoke: id,
-                    epoch,
-                    usage: peer.usage(),
-                });
-            }
-            // The datagram authenticated: this is where the spoke is now.
-            if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-                let _ = self.events.send(DpEvent::EndpointChanged {
-                    spoke: id,
-                    from,
-                    to: src,
-                });
-            }
-            peer.rx_bytes += datagram.len() as u64;
-        }
-        for p in to_network {
-            self.send(src, &p).await;
-        }
-        if let Some(len) = delivered {
-            let inner = out[..len].to_vec();
-            self.forward_inner(id, &inner, out2).await;
+        match receiver {
+            None => self.on_initiation(id, src, datagram),
+            Some(receiver) => self.on_session_datagram(id, receiver, src, datagram),
         }
     }
 
-    async fn forward_inner(&mut self, from: SpokeId, packet: &[u8], out: &mut [u8]) {
+    /// A handshake initiation: WireGuard's responder cannot see which
+    /// preshared key the spoke used, so it is answered under every epoch the
+    /// spoke may be on; the spoke keeps the answer that opens.
+    fn on_initiation(&mut self, id: SpokeId, src: SocketAddr, datagram: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.drop_packet(DropReason::UnknownPeer);
+            return;
+        };
+        let mut candidates = peer.handshake_epochs.clone();
+        if candidates.is_empty() {
+            candidates.extend(peer.link.epochs().last());
+        }
+        let mut answers = 0;
+        for e in candidates.iter().rev() {
+            let Some(t) = peer.link.by_epoch(*e) else {
+                continue;
+            };
+            match t
+                .tunn
+                .decapsulate(Some(src.ip()), datagram, self.out.spare())
+            {
+                TunnResult::WriteToNetwork(p) => {
+                    let len = p.len();
+                    if self.out.commit(src, len) {
+                        answers += 1;
+                    }
+                }
+                TunnResult::Err(err) => {
+                    tracing::trace!(spoke = id, error = ?err, "initiation rejected")
+                }
+                _ => {}
+            }
+        }
+        tracing::debug!(spoke = id, ?candidates, answers, "handshake initiation");
+        if answers == 0 {
+            self.drop_packet(DropReason::BadDatagram);
+            return;
+        }
+        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+            let _ = self.events.send(DpEvent::EndpointChanged {
+                spoke: id,
+                from,
+                to: src,
+            });
+        }
+        self.counters.handshakes += 1;
+        peer.handshakes += 1;
+    }
+
+    fn on_session_datagram(
+        &mut self,
+        id: SpokeId,
+        receiver: u32,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.drop_packet(DropReason::UnknownPeer);
+            return;
+        };
+        let Some(tunnel) = peer.link.by_receiver(receiver) else {
+            self.drop_packet(DropReason::BadDatagram);
+            return;
+        };
+        let had_session = tunnel.has_session();
+        let epoch = tunnel.epoch;
+        let is_data = datagram.first() == Some(&4);
+        // Data is opened straight into the TUN batch; anything else (a
+        // handshake response, a cookie) may answer into the outbox.
+        let result = if is_data {
+            tunnel.tunn.decapsulate(
+                Some(src.ip()),
+                datagram,
+                self.to_tun.slot(datagram.len().max(256)),
+            )
+        } else {
+            tunnel
+                .tunn
+                .decapsulate(Some(src.ip()), datagram, self.out.spare())
+        };
+        let mut inner = None;
+        match result {
+            TunnResult::WriteToNetwork(p) => {
+                let len = p.len();
+                if is_data {
+                    self.out.push(src, self.to_tun.pending(len));
+                } else {
+                    self.out.commit(src, len);
+                }
+                // Packets queued while the session was being set up.
+                while let TunnResult::WriteToNetwork(p) =
+                    tunnel.tunn.decapsulate(None, &[], self.out.spare())
+                {
+                    let len = p.len();
+                    self.out.commit(src, len);
+                }
+            }
+            TunnResult::WriteToTunnelV4(p, _) => inner = Some(p.len()),
+            TunnResult::WriteToTunnelV6(..) => {
+                *self.drops.entry(DropReason::Unsupported).or_default() += 1;
+            }
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                tracing::trace!(spoke = id, error = ?e, "datagram rejected");
+                *self.drops.entry(DropReason::BadDatagram).or_default() += 1;
+                return;
+            }
+        }
+        if !had_session && tunnel.has_session() {
+            tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
+        }
+        peer.packets += 1;
+        // A data packet decrypted (keepalives too): the spoke runs this epoch.
+        if is_data && peer.link.confirm(epoch) {
+            let _ = self.events.send(DpEvent::Confirmed {
+                spoke: id,
+                epoch,
+                usage: peer.usage(),
+            });
+        }
+        // The datagram authenticated: this is where the spoke is now.
+        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+            let _ = self.events.send(DpEvent::EndpointChanged {
+                spoke: id,
+                from,
+                to: src,
+            });
+        }
+        peer.rx_bytes += datagram.len() as u64;
+        if let Some(len) = inner {
+            self.forward_inner(id, len);
+        }
+    }
+
+    /// Routes the packet of `len` bytes just opened into the TUN batch.
+    fn forward_inner(&mut self, from: SpokeId, len: usize) {
         if !self.peers.get(&from).is_some_and(|p| p.carry) {
             self.drop_packet(DropReason::NotLoggedIn);
             return;
         }
+        let packet = self.to_tun.pending(len);
         match self.routes.inbound(from, packet) {
-            Verdict::Relay(to) => {
-                if self.encrypt_to(to, packet, out).await {
-                    self.counters.relayed += 1;
-                }
-            }
-            Verdict::Local => match self.tun.send(packet).await {
-                Ok(_) => self.counters.to_tun += 1,
-                Err(e) => tracing::debug!(error = %e, "TUN write failed"),
+            Verdict::Relay(to) => match seal_to(self.peers.get_mut(&to), packet, &mut self.out) {
+                Ok(()) => self.counters.relayed += 1,
+                Err(reason) => *self.drops.entry(reason).or_default() += 1,
             },
+            Verdict::Local => {
+                self.to_tun.commit(len);
+                self.counters.to_tun += 1;
+            }
             Verdict::Drop(reason) => {
                 if reason == DropReason::ForgedSource {
                     tracing::debug!(spoke = from, "dropped a packet with a forged inner source");
@@ -441,65 +546,63 @@ impl DataPlane {
         }
     }
 
-    /// Encrypts an inner packet to spoke `to` and sends it; false if it could not.
-    async fn encrypt_to(&mut self, to: SpokeId, packet: &[u8], out: &mut [u8]) -> bool {
-        let Some(peer) = self.peers.get_mut(&to) else {
-            self.drop_packet(DropReason::NoRoute);
-            return false;
-        };
-        if !peer.carry {
-            self.drop_packet(DropReason::NotLoggedIn);
-            return false;
-        }
-        let Some(endpoint) = peer.endpoint else {
-            self.drop_packet(DropReason::NoSession);
-            return false;
-        };
-        let Some(tunnel) = peer.link.for_sending() else {
-            self.drop_packet(DropReason::NoSession);
-            return false;
-        };
-        match tunnel.tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(p) => {
-                let len = p.len();
-                peer.tx_bytes += len as u64;
-                peer.packets += 1;
-                let datagram = out[..len].to_vec();
-                self.send(endpoint, &datagram).await;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    async fn on_tun_packet(&mut self, packet: &[u8], out: &mut [u8]) {
+    fn on_tun_packet(&mut self, packet: &[u8]) {
         match self.routes.outbound(packet) {
-            Verdict::Relay(to) => {
-                if self.encrypt_to(to, packet, out).await {
-                    self.counters.from_tun += 1;
-                }
-            }
+            Verdict::Relay(to) => match seal_to(self.peers.get_mut(&to), packet, &mut self.out) {
+                Ok(()) => self.counters.from_tun += 1,
+                Err(reason) => self.drop_packet(reason),
+            },
             Verdict::Local => {}
             Verdict::Drop(reason) => self.drop_packet(reason),
         }
     }
 
-    async fn on_timers(&mut self, out: &mut [u8]) {
-        let mut sends = Vec::new();
+    fn on_timers(&mut self) {
         for peer in self.peers.values_mut() {
             let Some(endpoint) = peer.endpoint else {
                 continue;
             };
             for tunnel in peer.link.tunnels_mut() {
-                match tunnel.tunn.update_timers(out) {
-                    TunnResult::WriteToNetwork(p) => sends.push((endpoint, p.to_vec())),
+                match tunnel.tunn.update_timers(self.out.spare()) {
+                    TunnResult::WriteToNetwork(p) => {
+                        let len = p.len();
+                        self.out.commit(endpoint, len);
+                    }
                     TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
                     _ => {}
                 }
             }
         }
-        for (to, p) in sends {
-            self.send(to, &p).await;
+    }
+}
+
+/// Encrypts an inner packet to a spoke into the outbox, or says why not.
+fn seal_to(
+    peer: Option<&mut Peer>,
+    packet: &[u8],
+    out: &mut Outbox<SocketAddr>,
+) -> Result<(), DropReason> {
+    let peer = peer.ok_or(DropReason::NoRoute)?;
+    if !peer.carry {
+        return Err(DropReason::NotLoggedIn);
+    }
+    let endpoint = peer.endpoint.ok_or(DropReason::NoSession)?;
+    let tunnel = peer.link.for_sending().ok_or(DropReason::NoSession)?;
+    let spare = out.spare();
+    if packet.len() + 32 > spare.len() {
+        return Err(DropReason::Unsupported);
+    }
+    match tunnel.tunn.encapsulate(packet, spare) {
+        TunnResult::WriteToNetwork(p) => {
+            let len = p.len();
+            if !out.commit(endpoint, len) {
+                return Err(DropReason::Unsupported);
+            }
+            peer.tx_bytes += len as u64;
+            peer.packets += 1;
+            Ok(())
         }
+        // Queued inside the tunnel until its handshake completes.
+        _ => Ok(()),
     }
 }

@@ -110,6 +110,11 @@ pub(crate) async fn render(st: &HubState) -> String {
         "WireGuard handshakes answered.",
         &[(String::new(), c.handshakes)],
     );
+    counter(
+        "tasuki_cookie_replies_total",
+        "Cookie replies sent instead of handshakes while under load.",
+        &[(String::new(), c.cookies)],
+    );
     let drops: Vec<(String, u64)> = tasuki_core::routing::DropReason::ALL
         .iter()
         .map(|r| {

@@ -11,6 +11,7 @@ pub mod logging;
 pub mod netdev;
 pub mod service;
 pub mod store;
+pub mod udp;
 pub mod vault;
 
 /// Current time as Unix seconds.

@@ -1,36 +1,193 @@
 //! TUN interfaces and routes (rtnetlink). A TUN device goes away with its
 //! file descriptor, and the kernel removes its address and routes with it.
+//!
+//! The TUN is opened with `IFF_VNET_HDR` and TCP segmentation offload
+//! (`TUNSETOFFLOAD`) when the kernel allows: the kernel then hands over TCP
+//! super-packets of up to 64 KB, which tun-rs splits into MTU-sized packets
+//! ([`TunReader`]), and takes back coalesced ones, which tun-rs builds from
+//! consecutive segments of a flow ([`TunWriter`]). One system call moves
+//! dozens of packets each way.
 
+use std::io;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use tun::AbstractDevice;
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+
+/// Packets one TUN read can yield (a 64 KB super-packet of small segments).
+const READ_BATCH: usize = 128;
+/// Room for one packet of a split super-packet (any MTU up to 9000).
+const READ_SLOT: usize = 9_216;
+/// Largest raw read: the offload header and a 64 KB super-packet.
+const READ_RAW: usize = VIRTIO_NET_HDR_LEN + 65_535;
+/// Headroom the writer keeps before every packet for the offload header.
+const WRITE_HEADROOM: usize = VIRTIO_NET_HDR_LEN;
 
 /// An up TUN interface with an address.
 pub struct TunDevice {
-    /// The async device.
-    pub device: tun::AsyncDevice,
+    /// The device.
+    pub device: Tun,
     /// Its name.
     pub name: String,
 }
 
+/// A TUN device read and written in batches.
+pub struct Tun {
+    dev: AsyncDevice,
+    offload: bool,
+}
+
 /// Creates (or takes over) TUN interface `name` with address `addr`, MTU `mtu`, and brings it up.
 pub fn create_tun(name: &str, addr: Ipv4Net, mtu: u16) -> Result<TunDevice> {
-    let mut config = tun::Configuration::default();
-    config
-        .tun_name(name)
-        .address(addr.addr())
-        .netmask(addr.netmask())
-        .mtu(mtu)
-        .up();
-    let device = tun::create_as_async(&config).with_context(|| {
-        format!(
-            "cannot create TUN interface {name:?} (needs root or CAP_NET_ADMIN and /dev/net/tun)"
-        )
-    })?;
-    let name = device.tun_name().unwrap_or_else(|_| name.to_owned());
-    Ok(TunDevice { device, name })
+    let build = |offload: bool| {
+        DeviceBuilder::new()
+            .name(name)
+            .ipv4(addr.addr(), addr.prefix_len(), None)
+            .mtu(mtu)
+            .offload(offload)
+            .enable(true)
+            .build_async()
+    };
+    let (dev, offload) = match build(true) {
+        Ok(dev) => (dev, true),
+        Err(e) => {
+            tracing::warn!(error = %e, "TUN offload unavailable; reading one packet per system call");
+            let dev = build(false).with_context(|| {
+                format!(
+                "cannot create TUN interface {name:?} (needs root or CAP_NET_ADMIN and /dev/net/tun)"
+            )
+            })?;
+            (dev, false)
+        }
+    };
+    let name = dev.name().unwrap_or_else(|_| name.to_owned());
+    tracing::debug!(interface = %name, offload, "TUN ready");
+    Ok(TunDevice {
+        device: Tun { dev, offload },
+        name,
+    })
+}
+
+impl Tun {
+    /// Whether the kernel hands over TCP super-packets.
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Waits until a read may succeed.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.dev.readable().await
+    }
+
+    /// Reads what one system call gives (a packet, or a super-packet split
+    /// into packets) into `reader`; `WouldBlock` when nothing waits.
+    pub fn try_read(&self, reader: &mut TunReader) -> io::Result<usize> {
+        reader.count = 0;
+        let n =
+            self.dev
+                .try_recv_multiple(&mut reader.raw, &mut reader.slots, &mut reader.sizes, 0)?;
+        reader.count = n;
+        Ok(n)
+    }
+
+    /// Writes every packet of `writer` (coalescing consecutive TCP segments
+    /// of a flow when offload is on) and empties it.
+    pub async fn write(&self, writer: &mut TunWriter) -> io::Result<()> {
+        if writer.count == 0 {
+            return Ok(());
+        }
+        let result = self
+            .dev
+            .send_multiple(
+                &mut writer.gro,
+                &mut writer.slots[..writer.count],
+                WRITE_HEADROOM,
+            )
+            .await;
+        writer.count = 0;
+        result.map(|_| ())
+    }
+}
+
+/// Buffers for [`Tun::try_read`], reused across reads.
+pub struct TunReader {
+    raw: Vec<u8>,
+    slots: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    count: usize,
+}
+
+impl Default for TunReader {
+    fn default() -> Self {
+        Self {
+            raw: vec![0; READ_RAW],
+            slots: vec![vec![0; READ_SLOT]; READ_BATCH],
+            sizes: vec![0; READ_BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl TunReader {
+    /// The packets of the last read.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.slots[..self.count]
+            .iter()
+            .zip(&self.sizes)
+            .map(|(slot, n)| &slot[..*n])
+    }
+}
+
+/// Packets waiting to be written to the TUN, each with headroom for the
+/// offload header; reused across writes.
+#[derive(Default)]
+pub struct TunWriter {
+    slots: Vec<Vec<u8>>,
+    count: usize,
+    gro: GROTable,
+}
+
+impl TunWriter {
+    /// Room for the next packet, at least `len` bytes; the packet counts only
+    /// once [`TunWriter::commit`]ted, so a caller may use it as scratch.
+    pub fn slot(&mut self, len: usize) -> &mut [u8] {
+        if self.count == self.slots.len() {
+            // Room to grow into a coalesced super-packet without moving.
+            self.slots
+                .push(Vec::with_capacity(2 * WRITE_HEADROOM + 65_535));
+        }
+        let slot = &mut self.slots[self.count];
+        slot.clear();
+        slot.resize(WRITE_HEADROOM + len, 0);
+        &mut slot[WRITE_HEADROOM..]
+    }
+
+    /// The first `len` bytes written to the current [`TunWriter::slot`].
+    pub fn pending(&self, len: usize) -> &[u8] {
+        self.slots
+            .get(self.count)
+            .and_then(|s| s.get(WRITE_HEADROOM..WRITE_HEADROOM + len))
+            .unwrap_or(&[])
+    }
+
+    /// Queues the first `len` bytes of the current slot as a packet.
+    pub fn commit(&mut self, len: usize) {
+        if let Some(slot) = self.slots.get_mut(self.count) {
+            slot.truncate(WRITE_HEADROOM + len);
+            self.count += 1;
+        }
+    }
+
+    /// Packets queued.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 /// Adds routes to `nets` through interface `ifname` (existing routes are kept).
@@ -60,4 +217,105 @@ pub async fn add_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
     }
     task.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The offload framing tasuki relies on, checked without a device: a TCP
+    //! super-packet as the kernel hands it over splits into valid segments,
+    //! and segments written back coalesce into one super-packet again.
+    use super::*;
+    use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice};
+
+    const MSS: usize = 1_000;
+
+    fn segment(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let builder = PacketBuilder::ipv4([10, 77, 0, 2], [10, 77, 0, 1], 64)
+            .tcp(40_000, 5_201, seq, 64_000)
+            .ack(7);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn consecutive_segments_coalesce_and_split_back() {
+        let data: Vec<u8> = (0..(MSS * 5)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut writer = TunWriter::default();
+        for (i, chunk) in data.chunks(MSS).enumerate() {
+            let pkt = segment(1 + (i * MSS) as u32, chunk);
+            writer.slot(pkt.len()).copy_from_slice(&pkt);
+            writer.commit(pkt.len());
+        }
+        assert_eq!(writer.len(), 5);
+        GROTable::default()
+            .apply_gro(&mut writer.slots[..writer.count], WRITE_HEADROOM, false)
+            .unwrap();
+        let sp = &writer.slots[0];
+        let hdr = tun_rs::VirtioNetHdr::decode(&sp[..VIRTIO_NET_HDR_LEN]).unwrap();
+        assert_eq!(hdr.gso_type, tun_rs::VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(hdr.gso_size as usize, MSS);
+        // The coalesced super-packet sits where the first segment was.
+        let ip = Ipv4HeaderSlice::from_slice(&sp[VIRTIO_NET_HDR_LEN..]).unwrap();
+        assert_eq!(ip.total_len() as usize, 20 + 20 + data.len());
+        assert_eq!(&sp[VIRTIO_NET_HDR_LEN + 40..], &data[..]);
+
+        // Split it back as a read would.
+        let mut raw = sp[VIRTIO_NET_HDR_LEN..].to_vec();
+        let mut bufs = vec![vec![0u8; READ_SLOT]; 8];
+        let mut sizes = vec![0; 8];
+        let n = tun_rs::gso_split(&mut raw, hdr, &mut bufs, &mut sizes, 0, false).unwrap();
+        assert_eq!(n, 5);
+        for (i, (buf, size)) in bufs.iter().zip(&sizes).take(n).enumerate() {
+            let pkt = &buf[..*size];
+            let ip = Ipv4HeaderSlice::from_slice(pkt).unwrap();
+            assert_eq!(ip.total_len() as usize, pkt.len());
+            let tcp = TcpHeaderSlice::from_slice(&pkt[20..]).unwrap();
+            assert_eq!(tcp.sequence_number(), 1 + (i * MSS) as u32);
+            assert_eq!(&pkt[40..], &data[i * MSS..(i + 1) * MSS]);
+            let expect = segment(tcp.sequence_number(), &pkt[40..]);
+            assert_eq!(
+                &pkt[20..40][16..18],
+                &expect[20..40][16..18],
+                "TCP checksum of segment {i} is complete"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gap_in_sequence_is_not_coalesced() {
+        let mut writer = TunWriter::default();
+        for seq in [1u32, 1 + MSS as u32, 1 + 3 * MSS as u32] {
+            let pkt = segment(seq, &[9; MSS]);
+            writer.slot(pkt.len()).copy_from_slice(&pkt);
+            writer.commit(pkt.len());
+        }
+        GROTable::default()
+            .apply_gro(&mut writer.slots[..writer.count], WRITE_HEADROOM, false)
+            .unwrap();
+        let first = &writer.slots[0];
+        let hdr = tun_rs::VirtioNetHdr::decode(&first[..VIRTIO_NET_HDR_LEN]).unwrap();
+        assert_eq!(hdr.gso_type, tun_rs::VIRTIO_NET_HDR_GSO_TCPV4);
+        let ip = Ipv4HeaderSlice::from_slice(&first[VIRTIO_NET_HDR_LEN..]).unwrap();
+        assert_eq!(
+            ip.total_len() as usize,
+            40 + 2 * MSS,
+            "only the first two joined"
+        );
+        let third = Ipv4HeaderSlice::from_slice(&writer.slots[2][VIRTIO_NET_HDR_LEN..]).unwrap();
+        assert_eq!(third.total_len() as usize, 40 + MSS);
+    }
+
+    #[test]
+    fn writer_slots_are_scratch_until_committed() {
+        let mut w = TunWriter::default();
+        w.slot(4).copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(w.pending(4), &[1, 2, 3, 4]);
+        assert!(w.is_empty());
+        w.slot(2).copy_from_slice(&[5, 6]);
+        w.commit(2);
+        assert_eq!(w.len(), 1);
+        assert_eq!(&w.slots[0][WRITE_HEADROOM..], &[5, 6]);
+        assert_eq!(w.pending(2), &[] as &[u8]);
+    }
 }

@@ -2,20 +2,27 @@
 //! WireGuard tunnel per key epoch of the spoke–hub link. Which epoch to run,
 //! when to move on and when to stop is decided by
 //! `tasuki_core::spoke_keys::SpokeKeys`; this task counts, moves bytes and acts.
+//!
+//! Like the hub's, it works in passes: one read of the socket (many
+//! datagrams, by GRO) or of the TUN (a super-packet split into packets),
+//! every packet opened or sealed into reused buffers, then one GSO send and
+//! one coalescing TUN write.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use tasuki_core::admin_api::Counters;
+use tasuki_core::batch::{split_received, Outbox};
 use tasuki_core::keys::{PublicKey, StaticKey};
 use tasuki_core::link::Link;
 use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
-use tasuki_core::DATAGRAM_BUFFER;
+use tasuki_shell::netdev::{Tun, TunReader, TunWriter};
+use tasuki_shell::udp::{BatchUdp, RecvBatch};
 use tasuki_shell::unix_now;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::SpokeStore;
@@ -57,13 +64,26 @@ pub(crate) struct DpStatus {
     pub(crate) last_handshake_secs: Option<u64>,
 }
 
+/// Passes over the socket or the TUN before the loop looks at commands and
+/// timers again.
+const ROUNDS_PER_WAKE: usize = 8;
+
+/// The data plane task: the two devices and their read buffers.
 pub(crate) struct DataPlane {
+    udp: BatchUdp,
+    tun: Tun,
+    udp_in: RecvBatch,
+    tun_in: TunReader,
+    core: Core,
+}
+
+/// Everything a pass reads and writes besides the devices.
+struct Core {
     store: Arc<SpokeStore>,
     key: Arc<StaticKey>,
+    hub: SocketAddr,
     keys: SpokeKeys,
     link: Link,
-    udp: UdpSocket,
-    tun: tun::AsyncDevice,
     counters: Counters,
     /// Datagrams in and out, for the epoch's packet budget.
     packets: u64,
@@ -78,6 +98,10 @@ pub(crate) struct DataPlane {
     carrying: bool,
     erase: Option<(u64, tokio::time::Instant)>,
     events: mpsc::UnboundedSender<SpokeEvent>,
+    /// Datagrams to send at the end of the pass.
+    out: Outbox<SocketAddr>,
+    /// Packets to write to the TUN at the end of the pass.
+    to_tun: TunWriter,
 }
 
 impl DataPlane {
@@ -88,7 +112,7 @@ impl DataPlane {
         hub_key: PublicKey,
         hub: SocketAddr,
         keepalive_secs: u16,
-        tun: tun::AsyncDevice,
+        tun: Tun,
         events: mpsc::UnboundedSender<SpokeEvent>,
     ) -> anyhow::Result<Self> {
         let bind: SocketAddr = if hub.is_ipv4() {
@@ -96,7 +120,7 @@ impl DataPlane {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let udp = UdpSocket::bind(bind).await?;
+        let udp = BatchUdp::bind(bind)?;
         udp.connect(hub).await?;
         let held = store.epochs()?;
         let current = store.current()?;
@@ -105,82 +129,154 @@ impl DataPlane {
             link.install(&key, &h.epoch, None);
         }
         Ok(Self {
-            keys: SpokeKeys::new(held, current, unix_now()),
-            store,
-            key,
-            link,
             udp,
             tun,
-            counters: Counters::default(),
-            packets: 0,
-            bytes: 0,
-            switching: None,
-            blocked: false,
-            carrying: true,
-            // Epochs older than the current one (left by a restart) end after the grace period.
-            erase: (current > 0).then(|| {
-                (
-                    current,
-                    tokio::time::Instant::now() + Duration::from_secs(10),
-                )
-            }),
-            events,
+            udp_in: RecvBatch::default(),
+            tun_in: TunReader::default(),
+            core: Core {
+                keys: SpokeKeys::new(held, current, unix_now()),
+                store,
+                key,
+                hub,
+                link,
+                counters: Counters::default(),
+                packets: 0,
+                bytes: 0,
+                switching: None,
+                blocked: false,
+                carrying: true,
+                // Epochs older than the current one (left by a restart) end after the grace period.
+                erase: (current > 0).then(|| {
+                    (
+                        current,
+                        tokio::time::Instant::now() + Duration::from_secs(10),
+                    )
+                }),
+                events,
+                out: Outbox::new(),
+                to_tun: TunWriter::default(),
+            },
         })
     }
 
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<DpCommand>) {
-        let mut udp_buf = vec![0u8; DATAGRAM_BUFFER];
-        let mut tun_buf = vec![0u8; DATAGRAM_BUFFER];
-        let mut out = vec![0u8; DATAGRAM_BUFFER];
         let mut timers = tokio::time::interval(Duration::from_millis(250));
         // Start a session right away so the hub learns where we are.
-        let first = self.keys.current();
+        let first = self.core.keys.current();
         let first = if first > 0 {
             first
         } else {
-            self.link.epochs().last().copied().unwrap_or(0)
+            self.core.link.epochs().last().copied().unwrap_or(0)
         };
-        self.handshake(first, &mut out).await;
+        self.core.handshake(first);
+        self.flush().await;
         loop {
             tokio::select! {
-                r = self.udp.recv(&mut udp_buf) => match r {
-                    Ok(n) => self.on_datagram(&udp_buf[..n], &mut out).await,
-                    // ICMP unreachable while the hub is down shows up here.
-                    Err(e) => tracing::trace!(error = %e, "UDP receive failed"),
+                r = self.udp.readable() => match r {
+                    Ok(()) => self.drain_udp().await,
+                    Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
-                r = self.tun.recv(&mut tun_buf) => match r {
-                    Ok(n) => self.on_tun_packet(&tun_buf[..n], &mut out).await,
+                r = self.tun.readable() => match r {
+                    Ok(()) => self.drain_tun().await,
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(DpCommand::Hold(h)) => {
-                        self.link.install(&self.key, &h.epoch, None);
-                        self.keys.hold(h);
-                        self.poll_keys(&mut out).await;
-                    }
-                    Some(DpCommand::SwitchTo(k)) => {
-                        self.keys.request_switch(k);
-                        self.poll_keys(&mut out).await;
-                    }
-                    Some(DpCommand::Rehandshake) => {
-                        let k = self.switching.unwrap_or(self.keys.current());
-                        self.handshake(k, &mut out).await;
-                    }
-                    Some(DpCommand::Carrying(c)) => self.carrying = c,
-                    Some(DpCommand::Revoked) => {
-                        self.link.retain(|_| false);
-                        self.keys = SpokeKeys::default();
-                        self.switching = None;
-                    }
-                    Some(DpCommand::Status(reply)) => {
-                        let _ = reply.send(self.status());
+                    Some(cmd) => {
+                        self.core.on_command(cmd);
+                        self.flush().await;
                     }
                     None => return,
                 },
-                _ = timers.tick() => self.on_timers(&mut out).await,
+                _ = timers.tick() => {
+                    self.core.on_timers();
+                    self.flush().await;
+                }
+            }
+        }
+    }
+
+    async fn drain_udp(&mut self) {
+        for _ in 0..ROUNDS_PER_WAKE {
+            match self.udp.try_recv(&mut self.udp_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP unreachable while the hub is down shows up here.
+                Err(e) => {
+                    tracing::trace!(error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+            for (_, bytes, stride) in self.udp_in.received() {
+                for datagram in split_received(bytes, stride) {
+                    self.core.on_datagram(datagram);
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    async fn drain_tun(&mut self) {
+        for _ in 0..ROUNDS_PER_WAKE {
+            match self.tun.try_read(&mut self.tun_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+            for packet in self.tun_in.packets() {
+                self.core.on_tun_packet(packet);
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Writes what the pass produced.
+    async fn flush(&mut self) {
+        for batch in self.core.out.batches() {
+            let n = batch.count() as u64;
+            self.core.packets += n;
+            self.core.bytes += batch.contents().len() as u64;
+            match self.udp.send(batch).await {
+                Ok(()) => self.core.counters.tx_datagrams += n,
+                Err(e) => tracing::trace!(error = %e, "UDP send failed"),
+            }
+        }
+        self.core.out.clear();
+        if let Err(e) = self.tun.write(&mut self.core.to_tun).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+}
+
+impl Core {
+    fn on_command(&mut self, cmd: DpCommand) {
+        match cmd {
+            DpCommand::Hold(h) => {
+                self.link.install(&self.key, &h.epoch, None);
+                self.keys.hold(h);
+                self.poll_keys();
+            }
+            DpCommand::SwitchTo(k) => {
+                self.keys.request_switch(k);
+                self.poll_keys();
+            }
+            DpCommand::Rehandshake => {
+                let k = self.switching.unwrap_or(self.keys.current());
+                self.handshake(k);
+            }
+            DpCommand::Carrying(c) => self.carrying = c,
+            DpCommand::Revoked => {
+                self.link.retain(|_| false);
+                self.keys = SpokeKeys::default();
+                self.switching = None;
+            }
+            DpCommand::Status(reply) => {
+                let _ = reply.send(self.status());
             }
         }
     }
@@ -209,28 +305,22 @@ impl DataPlane {
             .or_default() += 1;
     }
 
-    async fn send(&mut self, datagram: &[u8]) {
-        self.packets += 1;
-        self.bytes += datagram.len() as u64;
-        match self.udp.send(datagram).await {
-            Ok(_) => self.counters.tx_datagrams += 1,
-            Err(e) => tracing::trace!(error = %e, "UDP send failed"),
-        }
-    }
-
     /// Starts a handshake under epoch `k` (if its tunnel exists).
-    async fn handshake(&mut self, k: u64, out: &mut [u8]) {
+    fn handshake(&mut self, k: u64) {
         let Some(tunnel) = self.link.by_epoch(k) else {
             return;
         };
-        if let TunnResult::WriteToNetwork(p) = tunnel.tunn.format_handshake_initiation(out, true) {
-            let p = p.to_vec();
-            self.send(&p).await;
+        if let TunnResult::WriteToNetwork(p) = tunnel
+            .tunn
+            .format_handshake_initiation(self.out.spare(), true)
+        {
+            let len = p.len();
+            self.out.commit(self.hub, len);
         }
     }
 
     /// Asks the key state what to do, and does it.
-    async fn poll_keys(&mut self, out: &mut [u8]) {
+    fn poll_keys(&mut self) {
         let poll = self.keys.poll(unix_now(), self.packets, self.bytes);
         if poll.blocked != self.blocked {
             self.blocked = poll.blocked;
@@ -255,12 +345,12 @@ impl DataPlane {
             if self.switching != Some(k) && k != self.keys.current() {
                 self.switching = Some(k);
                 tracing::info!(from = self.keys.current(), to = k, "switching key epoch");
-                self.handshake(k, out).await;
+                self.handshake(k);
             }
         }
     }
 
-    async fn on_datagram(&mut self, datagram: &[u8], out: &mut [u8]) {
+    fn on_datagram(&mut self, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
         self.packets += 1;
         self.bytes += datagram.len() as u64;
@@ -284,19 +374,33 @@ impl DataPlane {
         };
         let epoch = tunnel.epoch;
         let kind = datagram.first().copied();
-        let mut to_network = Vec::new();
-        let mut delivered = None;
-        match tunnel.tunn.decapsulate(None, datagram, out) {
+        let is_data = kind == Some(4);
+        let hub = self.hub;
+        let result = if is_data {
+            tunnel
+                .tunn
+                .decapsulate(None, datagram, self.to_tun.slot(datagram.len().max(256)))
+        } else {
+            tunnel.tunn.decapsulate(None, datagram, self.out.spare())
+        };
+        let mut inner = None;
+        match result {
             TunnResult::WriteToNetwork(p) => {
-                to_network.push(p.to_vec());
-                let mut more = vec![0u8; DATAGRAM_BUFFER];
+                let len = p.len();
+                if is_data {
+                    self.out.push(hub, self.to_tun.pending(len));
+                } else {
+                    self.out.commit(hub, len);
+                }
+                // Packets queued while the session was being set up.
                 while let TunnResult::WriteToNetwork(p) =
-                    tunnel.tunn.decapsulate(None, &[], &mut more)
+                    tunnel.tunn.decapsulate(None, &[], self.out.spare())
                 {
-                    to_network.push(p.to_vec());
+                    let len = p.len();
+                    self.out.commit(hub, len);
                 }
             }
-            TunnResult::WriteToTunnelV4(p, _) => delivered = Some(p.len()),
+            TunnResult::WriteToTunnelV4(p, _) => inner = Some(p.len()),
             TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {}
             TunnResult::Err(e) => {
                 // Expected during a switch: the hub answers an initiation under
@@ -313,18 +417,13 @@ impl DataPlane {
             }
             self.on_confirmed(epoch);
         }
-        for p in to_network {
-            self.send(&p).await;
-        }
-        if let Some(len) = delivered {
+        if let Some(len) = inner {
             if self.blocked {
                 self.count_drop(DropReason::KeyExpired);
                 return;
             }
-            match self.tun.send(&out[..len]).await {
-                Ok(_) => self.counters.to_tun += 1,
-                Err(e) => tracing::debug!(error = %e, "TUN write failed"),
-            }
+            self.to_tun.commit(len);
+            self.counters.to_tun += 1;
         }
     }
 
@@ -373,7 +472,7 @@ impl DataPlane {
         }
     }
 
-    async fn on_tun_packet(&mut self, packet: &[u8], out: &mut [u8]) {
+    fn on_tun_packet(&mut self, packet: &[u8]) {
         if packet.first().map(|b| b >> 4) != Some(4) {
             self.count_drop(DropReason::Unsupported);
             return;
@@ -390,26 +489,31 @@ impl DataPlane {
             self.count_drop(DropReason::NoSession);
             return;
         };
-        if let TunnResult::WriteToNetwork(p) = tunnel.tunn.encapsulate(packet, out) {
-            let p = p.to_vec();
-            self.counters.from_tun += 1;
-            self.send(&p).await;
+        let spare = self.out.spare();
+        if packet.len() + 32 > spare.len() {
+            self.count_drop(DropReason::Unsupported);
+            return;
+        }
+        if let TunnResult::WriteToNetwork(p) = tunnel.tunn.encapsulate(packet, spare) {
+            let len = p.len();
+            if self.out.commit(self.hub, len) {
+                self.counters.from_tun += 1;
+            }
         }
     }
 
-    async fn on_timers(&mut self, out: &mut [u8]) {
+    fn on_timers(&mut self) {
         self.erase_due();
-        self.poll_keys(out).await;
-        let mut sends = Vec::new();
+        self.poll_keys();
         for tunnel in self.link.tunnels_mut() {
-            match tunnel.tunn.update_timers(out) {
-                TunnResult::WriteToNetwork(p) => sends.push(p.to_vec()),
+            match tunnel.tunn.update_timers(self.out.spare()) {
+                TunnResult::WriteToNetwork(p) => {
+                    let len = p.len();
+                    self.out.commit(self.hub, len);
+                }
                 TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
                 _ => {}
             }
-        }
-        for p in sends {
-            self.send(&p).await;
         }
     }
 }
