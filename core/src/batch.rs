@@ -181,6 +181,11 @@ impl<D: Copy + PartialEq> Outbox<D> {
         self.batches[..self.used].iter().filter(|b| !b.is_empty())
     }
 
+    /// Number of datagrams waiting.
+    pub fn len(&self) -> usize {
+        self.batches().map(Batch::count).sum()
+    }
+
     /// True when nothing waits to be sent.
     pub fn is_empty(&self) -> bool {
         self.batches().next().is_none()
@@ -295,6 +300,7 @@ mod tests {
             assert!(b.count() <= MAX_SEGMENTS);
         }
         assert_eq!(o.batches().map(|b| b.count()).sum::<usize>(), 50);
+        assert_eq!(o.len(), 50);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod channel;
 pub mod codec;
 pub mod control;
+pub mod flood;
 pub mod invitation;
 pub mod keys;
 pub mod link;

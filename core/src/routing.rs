@@ -38,11 +38,13 @@ pub enum DropReason {
     KeyExpired,
     /// No user allowed on the spoke is logged in (and it is no service spoke).
     NotLoggedIn,
+    /// A handshake initiation over its source address's rate (a flood).
+    RateLimited,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -52,6 +54,7 @@ impl DropReason {
         DropReason::UnknownPeer,
         DropReason::KeyExpired,
         DropReason::NotLoggedIn,
+        DropReason::RateLimited,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -66,6 +69,7 @@ impl DropReason {
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::KeyExpired => "key_expired",
             DropReason::NotLoggedIn => "not_logged_in",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -20,6 +20,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::batch::{split_received, Outbox};
+use tasuki_core::flood::HandshakeGate;
 use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::link::{slot_of_receiver, Link};
 use tasuki_core::rotation::Usage;
@@ -113,9 +114,14 @@ impl Peer {
     }
 }
 
-/// Passes over the socket or the TUN before the loop looks at commands and
-/// timers again.
+/// Passes over the socket before the loop looks at commands and timers again.
 const ROUNDS_PER_WAKE: usize = 8;
+/// TUN reads before the loop looks at commands and timers again: single
+/// small packets are read one per call, and their datagrams are sent
+/// together.
+const TUN_READS_PER_WAKE: usize = 64;
+/// Datagrams that make a pass of TUN reads send what it has.
+const FLUSH_AT: usize = 256;
 
 /// The data plane task: the two devices and their read buffers.
 pub(crate) struct DataPlane {
@@ -131,6 +137,10 @@ struct Core {
     key: Arc<StaticKey>,
     public: boringtun::x25519::PublicKey,
     limiter: Arc<RateLimiter>,
+    /// Per-address budget for initiations, checked before any cryptography.
+    gate: HandshakeGate,
+    /// The gate's clock.
+    started: tokio::time::Instant,
     routes: RouteTable,
     peers: HashMap<SpokeId, Peer>,
     by_key: HashMap<PublicKey, SpokeId>,
@@ -160,6 +170,8 @@ impl DataPlane {
             tun_in: TunReader::default(),
             core: Core {
                 limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+                gate: HandshakeGate::default(),
+                started: tokio::time::Instant::now(),
                 public,
                 key,
                 routes,
@@ -200,7 +212,11 @@ impl DataPlane {
                     self.core.on_timers();
                     self.flush().await;
                 }
-                _ = limiter_reset.tick() => self.core.limiter.reset_count(),
+                _ = limiter_reset.tick() => {
+                    self.core.limiter.reset_count();
+                    let now = self.core.now_ms();
+                    self.core.gate.prune(now);
+                }
             }
         }
     }
@@ -226,7 +242,7 @@ impl DataPlane {
     }
 
     async fn drain_tun(&mut self) {
-        for _ in 0..ROUNDS_PER_WAKE {
+        for _ in 0..TUN_READS_PER_WAKE {
             match self.tun.try_read(&mut self.tun_in) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -238,8 +254,11 @@ impl DataPlane {
             for packet in self.tun_in.packets() {
                 self.core.on_tun_packet(packet);
             }
-            self.flush().await;
+            if self.core.out.len() >= FLUSH_AT {
+                self.flush().await;
+            }
         }
+        self.flush().await;
     }
 
     /// Writes what the pass produced.
@@ -350,8 +369,18 @@ impl Core {
         Some((slot_of_receiver(receiver), Some(receiver)))
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
+        // A flood of initiations from one address is dropped here, before
+        // the MAC check and the cookie reply it would cost.
+        if datagram.first() == Some(&1) && !self.gate.allow(src.ip(), self.now_ms()) {
+            self.drop_packet(DropReason::RateLimited);
+            return;
+        }
         let verified = self
             .limiter
             .verify_packet(Some(src.ip()), datagram, &mut self.scratch);

@@ -64,9 +64,14 @@ pub(crate) struct DpStatus {
     pub(crate) last_handshake_secs: Option<u64>,
 }
 
-/// Passes over the socket or the TUN before the loop looks at commands and
-/// timers again.
+/// Passes over the socket before the loop looks at commands and timers again.
 const ROUNDS_PER_WAKE: usize = 8;
+/// TUN reads before the loop looks at commands and timers again: single
+/// small packets are read one per call, and their datagrams are sent
+/// together.
+const TUN_READS_PER_WAKE: usize = 64;
+/// Datagrams that make a pass of TUN reads send what it has.
+const FLUSH_AT: usize = 256;
 
 /// The data plane task: the two devices and their read buffers.
 pub(crate) struct DataPlane {
@@ -219,7 +224,7 @@ impl DataPlane {
     }
 
     async fn drain_tun(&mut self) {
-        for _ in 0..ROUNDS_PER_WAKE {
+        for _ in 0..TUN_READS_PER_WAKE {
             match self.tun.try_read(&mut self.tun_in) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -231,8 +236,11 @@ impl DataPlane {
             for packet in self.tun_in.packets() {
                 self.core.on_tun_packet(packet);
             }
-            self.flush().await;
+            if self.core.out.len() >= FLUSH_AT {
+                self.flush().await;
+            }
         }
+        self.flush().await;
     }
 
     /// Writes what the pass produced.

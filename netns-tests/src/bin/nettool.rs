@@ -37,6 +37,11 @@ usage: tasuki-nettool COMMAND ARGS...
                                     messages) to ADDR:PORT
   tcp-garbage ADDR:PORT             open connections that send random bytes, an oversized
                                     frame length, a garbage frame, and nothing at all
+  handshake-flood ADDR:PORT INVITATION SECONDS [SRC,SRC,...]
+                                    send WireGuard initiations with a valid MAC1 (hub key
+                                    from INVITATION) from unknown keys for SECONDS, from
+                                    each source address given (default: any), print
+                                    {\"sent\":N,\"cookie_replies\":N,\"other_replies\":N}
   http-get ADDR:PORT PATH           GET PATH over HTTP/1.1, print the response body;
                                     exit 1 unless the status is 200
 
@@ -95,6 +100,12 @@ enum Command {
     },
     TcpGarbage {
         addr: SocketAddr,
+    },
+    HandshakeFlood {
+        addr: SocketAddr,
+        invitation: String,
+        seconds: u64,
+        sources: Vec<Ipv4Addr>,
     },
     HttpGet {
         addr: SocketAddr,
@@ -201,6 +212,24 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 addr: sockaddr(pos[0])?,
             }
         }
+        "handshake-flood" => {
+            if pos.len() != 3 {
+                want(4)?;
+            }
+            no_ready(&ready)?;
+            Command::HandshakeFlood {
+                addr: sockaddr(pos[0])?,
+                invitation: pos[1].to_string(),
+                seconds: num(pos[2], "SECONDS")?,
+                sources: pos
+                    .get(3)
+                    .copied()
+                    .unwrap_or("0.0.0.0")
+                    .split(',')
+                    .map(|a| ipv4(a, "SOURCE"))
+                    .collect::<Result<_, _>>()?,
+            }
+        }
         other => return Err(UsageError(format!("unknown command {other:?}"))),
     };
     Ok(command)
@@ -237,6 +266,12 @@ fn run(command: Command) -> Result<()> {
         Command::Forge { src, dst, port } => forge(src, dst, port),
         Command::UdpGarbage { addr, count } => udp_garbage(addr, count),
         Command::TcpGarbage { addr } => tcp_garbage(addr),
+        Command::HandshakeFlood {
+            addr,
+            invitation,
+            seconds,
+            sources,
+        } => handshake_flood(addr, &invitation, seconds, &sources),
     }
 }
 
@@ -571,6 +606,64 @@ fn tcp_garbage(addr: SocketAddr) -> Result<()> {
     drop(s);
 
     emit(json!({"connections": 4, "closed_by_peer": closed_by_peer}))
+}
+
+/// Floods `addr` with WireGuard handshake initiations that pass the hub's
+/// first check (MAC1, keyed by the hub's public key from `invitation`) but
+/// come from keys the hub never enrolled: the load that makes a WireGuard
+/// responder demand cookies. Prints how many were sent and how many cookie
+/// replies came back.
+fn handshake_flood(
+    addr: SocketAddr,
+    invitation: &str,
+    seconds: u64,
+    sources: &[Ipv4Addr],
+) -> Result<()> {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey as XPublic, StaticSecret};
+    let invitation = tasuki_core::invitation::Invitation::decode(invitation)
+        .map_err(|e| anyhow::anyhow!("invitation: {e}"))?;
+    let hub = XPublic::from(invitation.hub_key.0);
+    // A few hundred distinct initiations, made once and replayed: each costs
+    // the sender a Diffie-Hellman, the hub only a MAC check while under load.
+    let mut initiations = Vec::new();
+    let mut buf = vec![0u8; 256];
+    for i in 0..256u32 {
+        let secret = StaticSecret::random_from_rng(rand_core::OsRng);
+        let mut tunn = Tunn::new(secret, hub, None, None, i, None);
+        if let TunnResult::WriteToNetwork(p) = tunn.format_handshake_initiation(&mut buf, false) {
+            initiations.push(p.to_vec());
+        }
+    }
+    anyhow::ensure!(!initiations.is_empty(), "could not make an initiation");
+    let mut sockets = Vec::new();
+    for src in sources {
+        let socket = UdpSocket::bind((*src, 0)).with_context(|| format!("bind {src}"))?;
+        socket.set_nonblocking(true).context("nonblocking")?;
+        sockets.push(socket);
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(seconds);
+    let (mut sent, mut cookies, mut other) = (0u64, 0u64, 0u64);
+    let mut reply = [0u8; 256];
+    while std::time::Instant::now() < end {
+        for (i, init) in initiations.iter().enumerate() {
+            let socket = &sockets[i % sockets.len()];
+            if socket.send_to(init, addr).is_ok() {
+                sent += 1;
+            }
+        }
+        for socket in &sockets {
+            while let Ok((n, _)) = socket.recv_from(&mut reply) {
+                if n == 64 && reply[0] == 3 {
+                    cookies += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    emit(serde_json::json!({"sent": sent, "cookie_replies": cookies, "other_replies": other}))
 }
 
 #[cfg(test)]
