@@ -119,6 +119,9 @@ impl Control {
             .context("timed out connecting")?
             .with_context(|| format!("cannot connect to {endpoint}"))?;
         let _ = stream.set_nodelay(true);
+        // The name is resolved anew on every connection: if the hub moved,
+        // the data plane follows it (UDP on the same address and port).
+        let hub_at = stream.peer_addr().ok();
         let (r, mut w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         let hello = Hello {
@@ -147,6 +150,9 @@ impl Control {
             s.last_error = None;
         });
         tracing::info!(hub = %endpoint, "control channel up");
+        if let Some(addr) = hub_at {
+            let _ = self.dataplane.send(DpCommand::HubAt(addr)).await;
+        }
         // The hub may have restarted and lost our session: start a fresh one.
         let _ = self.dataplane.send(DpCommand::Rehandshake).await;
         let mut keepalive = tokio::time::interval(KEEPALIVE);

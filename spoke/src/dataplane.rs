@@ -35,6 +35,8 @@ pub(crate) enum DpCommand {
     SwitchTo(u64),
     /// Start a fresh handshake now (the hub may have restarted).
     Rehandshake,
+    /// The hub's endpoint now resolves to this address (it moved): send there.
+    HubAt(SocketAddr),
     /// The hub revoked this spoke: drop every tunnel and key.
     Revoked,
     /// Whether the hub carries our traffic (a user is logged in).
@@ -189,6 +191,7 @@ impl DataPlane {
                     }
                 },
                 cmd = commands.recv() => match cmd {
+                    Some(DpCommand::HubAt(addr)) => self.move_to(addr).await,
                     Some(cmd) => {
                         self.core.on_command(cmd);
                         self.flush().await;
@@ -243,6 +246,20 @@ impl DataPlane {
         self.flush().await;
     }
 
+    /// Sends to the hub's new address from now on.
+    async fn move_to(&mut self, addr: SocketAddr) {
+        if addr == self.core.hub {
+            return;
+        }
+        match self.udp.connect(addr).await {
+            Ok(()) => {
+                tracing::info!(from = %self.core.hub, to = %addr, "the hub moved: data plane follows");
+                self.core.hub = addr;
+            }
+            Err(e) => tracing::warn!(error = %e, %addr, "cannot send to the hub's new address"),
+        }
+    }
+
     /// Writes what the pass produced.
     async fn flush(&mut self) {
         for batch in self.core.out.batches() {
@@ -278,6 +295,7 @@ impl Core {
                 self.handshake(k);
             }
             DpCommand::Carrying(c) => self.carrying = c,
+            DpCommand::HubAt(_) => {}
             DpCommand::Revoked => {
                 self.link.retain(|_| false);
                 self.keys = SpokeKeys::default();

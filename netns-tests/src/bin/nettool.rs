@@ -37,6 +37,9 @@ usage: tasuki-nettool COMMAND ARGS...
                                     messages) to ADDR:PORT
   tcp-garbage ADDR:PORT             open connections that send random bytes, an oversized
                                     frame length, a garbage frame, and nothing at all
+  dns-server NAME FILE SECONDS [--ready PATH]
+                                    answer DNS A queries for NAME on 127.0.0.1:53 with the
+                                    IPv4 address in FILE (read anew for every query)
   handshake-flood ADDR:PORT INVITATION SECONDS [SRC,SRC,...]
                                     send WireGuard initiations with a valid MAC1 (hub key
                                     from INVITATION) from unknown keys for SECONDS, from
@@ -100,6 +103,12 @@ enum Command {
     },
     TcpGarbage {
         addr: SocketAddr,
+    },
+    DnsServer {
+        name: String,
+        file: PathBuf,
+        seconds: u64,
+        ready: Option<PathBuf>,
     },
     HandshakeFlood {
         addr: SocketAddr,
@@ -212,6 +221,15 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                 addr: sockaddr(pos[0])?,
             }
         }
+        "dns-server" => {
+            want(3)?;
+            Command::DnsServer {
+                name: pos[0].to_string(),
+                file: PathBuf::from(pos[1]),
+                seconds: num(pos[2], "SECONDS")?,
+                ready,
+            }
+        }
         "handshake-flood" => {
             if pos.len() != 3 {
                 want(4)?;
@@ -266,6 +284,12 @@ fn run(command: Command) -> Result<()> {
         Command::Forge { src, dst, port } => forge(src, dst, port),
         Command::UdpGarbage { addr, count } => udp_garbage(addr, count),
         Command::TcpGarbage { addr } => tcp_garbage(addr),
+        Command::DnsServer {
+            name,
+            file,
+            seconds,
+            ready,
+        } => dns_server(&name, &file, seconds, ready),
         Command::HandshakeFlood {
             addr,
             invitation,
@@ -606,6 +630,64 @@ fn tcp_garbage(addr: SocketAddr) -> Result<()> {
     drop(s);
 
     emit(json!({"connections": 4, "closed_by_peer": closed_by_peer}))
+}
+
+/// A DNS server for one name, so a test can move it: answers A queries for
+/// `name` with the address written in `file` (TTL 0), other queries with no
+/// answer.
+fn dns_server(
+    name: &str,
+    file: &std::path::Path,
+    seconds: u64,
+    ready: Option<PathBuf>,
+) -> Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 53)).context("cannot bind 127.0.0.1:53")?;
+    announce(ready)?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let wanted: Vec<u8> = name
+        .trim_end_matches('.')
+        .split('.')
+        .flat_map(|label| {
+            std::iter::once(label.len() as u8).chain(label.bytes().map(|b| b.to_ascii_lowercase()))
+        })
+        .chain(std::iter::once(0))
+        .collect();
+    let mut buf = [0u8; 512];
+    let mut answered = 0u64;
+    while Instant::now() < deadline {
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let query = &buf[..n];
+        // Header (12 bytes), one question: QNAME, QTYPE, QCLASS.
+        if n < 12 + wanted.len() + 4 {
+            continue;
+        }
+        let qname = query[12..12 + wanted.len()].to_ascii_lowercase();
+        let qtype = &query[12 + wanted.len()..12 + wanted.len() + 2];
+        let question = &query[12..12 + wanted.len() + 4];
+        let mut reply = Vec::with_capacity(64);
+        reply.extend_from_slice(&query[..2]); // ID
+        reply.extend_from_slice(&[0x81, 0x80]); // response, recursion available
+        reply.extend_from_slice(&[0, 1]); // one question
+        let address = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse::<Ipv4Addr>().ok());
+        let answer = (qname == wanted && qtype == [0, 1])
+            .then_some(address)
+            .flatten();
+        reply.extend_from_slice(&[0, u8::from(answer.is_some())]);
+        reply.extend_from_slice(&[0, 0, 0, 0]); // no authority, no additional
+        reply.extend_from_slice(question);
+        if let Some(addr) = answer {
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+            reply.extend_from_slice(&addr.octets());
+            answered += 1;
+        }
+        let _ = socket.send_to(&reply, from);
+    }
+    emit(json!({"answered": answered}))
 }
 
 /// Floods `addr` with WireGuard handshake initiations that pass the hub's
