@@ -148,18 +148,28 @@ impl Store {
         })
     }
 
-    /// The handle, or an error while the store waits to be reopened.
+    /// The handle; after a failed write whose reopen failed too (a disk
+    /// still full), tries to reopen first.
     fn db(&self) -> Result<sled::Db> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(db);
+        }
+        self.reopen(false).with_context(|| {
+            format!(
+                "the store at {} is closed after a failed write and cannot be reopened yet",
+                self.path.display()
+            )
+        })?;
         self.db
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .with_context(|| {
-                format!(
-                    "the store at {} is closed after a failed write; it reopens at the next write",
-                    self.path.display()
-                )
-            })
+            .with_context(|| format!("the store at {} is closed", self.path.display()))
     }
 
     /// Reads one value.
@@ -229,13 +239,7 @@ impl Store {
                 min_free / 1024
             );
         }
-        let db = match self.db() {
-            Ok(db) => db,
-            Err(_) => {
-                self.reopen()?;
-                self.db()?
-            }
-        };
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
         for w in writes {
             match w {
@@ -253,7 +257,7 @@ impl Store {
         if let Err(e) = written {
             // sled holds the batch in memory but will refuse every later
             // write: start over from what is on disk.
-            if let Err(again) = self.reopen() {
+            if let Err(again) = self.reopen(true) {
                 tracing::warn!(error = %format!("{again:#}"), "store not reopened yet");
             }
             return Err(e);
@@ -274,9 +278,13 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the sled handle and opens the store again from disk.
-    fn reopen(&self) -> Result<()> {
+    /// Drops the sled handle and opens the store again from disk (unless
+    /// `force` is false and another thread reopened it already).
+    fn reopen(&self, force: bool) -> Result<()> {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !force && slot.is_some() {
+            return Ok(());
+        }
         // sled's background thread lets go of the file lock shortly after the
         // last handle is gone.
         drop(slot.take());
@@ -473,9 +481,16 @@ mod tests {
             }
         }
         let failed = failed.expect("sled never hit the full disk");
+        // sled may not even open on a full disk: reads then fail clearly,
+        // and never see the failed batch.
+        match s.get::<Vec<u8>>("b", &failed.to_be_bytes()) {
+            Ok(v) => assert_eq!(v, None),
+            Err(e) => assert!(format!("{e:#}").contains("cannot be reopened yet"), "{e:#}"),
+        }
         assert!(s.commit(&[Write::put("a", *b"y", &3u32).unwrap()]).is_err());
-        // Space again: commits work without a restart.
+        // Space again: reads and commits work without a restart.
         std::fs::remove_file(&filler).unwrap();
+        assert_eq!(s.get::<u32>("a", b"first").unwrap(), Some(1));
         s.commit(&[Write::put("a", *b"after", &4u32).unwrap()])
             .unwrap();
         assert_eq!(s.get::<u32>("a", b"first").unwrap(), Some(1));
