@@ -97,6 +97,10 @@ pub(crate) async fn handle(
     .await;
     match result {
         Ok(v) => Reply::Ok(v),
-        Err(e) => Reply::Error(format!("{e:#}")),
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::warn!(error = %e, "admin request failed");
+            Reply::Error(e)
+        }
     }
 }

@@ -164,7 +164,21 @@ async fn enrol(
             as_user.as_deref(),
             unix_now(),
         )
-        .await?;
+        .await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Nothing was kept (the store logged why: a full disk, say); the
+            // spoke hears it can try again, not the hub's paths and errors.
+            tracing::error!(%peer, %invitation, error = %format!("{e:#}"), "enrolment not stored");
+            let refusal = Refusal::new(
+                RefusalCode::Internal,
+                "the hub could not store this enrolment; nothing was kept, try again later",
+            );
+            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
+            bail!("enrolment not stored: {refusal}");
+        }
+    };
     let (enrolled, epoch) = match outcome {
         Ok(x) => x,
         Err(refusal) => {
@@ -243,11 +257,27 @@ async fn attach(
         other => bail!("expected attach, got {other:?}"),
     }
     let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
-    let (config, pending) = {
+    let attached = {
         let mut st = state.lock().await;
-        let pending = st.ensure_schedule(spoke.id, unix_now()).await?;
-        st.attach_session(spoke.id, tx.clone());
-        (st.registry.spoke_config(&spoke), pending)
+        match st.ensure_schedule(spoke.id, unix_now()).await {
+            Ok(pending) => {
+                st.attach_session(spoke.id, tx.clone());
+                Ok((st.registry.spoke_config(&spoke), pending))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let (config, pending) = match attached {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
+            let refusal = Refusal::new(
+                RefusalCode::Internal,
+                "the hub could not store a key for this spoke; try again later",
+            );
+            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
+            bail!("attach not completed: {refusal}");
+        }
     };
     tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
     let result = async {
@@ -278,7 +308,11 @@ async fn attach(
                                 .lock()
                                 .await
                                 .user_request(spoke.id, request, unix_now())
-                                .await?;
+                                .await
+                                .unwrap_or_else(|e| {
+                                    tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "user request failed");
+                                    Err("the hub could not complete this request (its disk may be full); try again later".into())
+                                });
                             send(&mut w, &mut ch, &HubMessage::UserReply { id, result }).await?;
                         }
                         SpokeMessage::DistributionRequest => {

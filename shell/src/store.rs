@@ -11,19 +11,46 @@
 //! `generation` file beside the store (written atomically): a store that
 //! opens with an older generation than the file lost acknowledged writes and
 //! is refused with an error naming it.
+//!
+//! A full disk: a commit is refused before anything is written when the
+//! file system holding the store has less than [`MIN_FREE_BYTES`] free. If
+//! sled's own write or flush fails anyway, sled keeps the batch in memory but
+//! refuses every later write, even once space is back; so the store drops
+//! that handle and reopens from disk (what is on disk is exactly what was
+//! acknowledged), and later commits work again once space is freed.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
+/// A commit is refused while the store's file system has less than this
+/// free: sled, the key files and the audit log need room to write safely.
+pub const MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// How long a reopen waits for sled's background thread to let go of the
+/// old handle's file lock.
+const REOPEN_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Write failures of one episode are logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// A daemon's durable store.
 pub struct Store {
-    db: sled::Db,
+    /// `None` after a failed write whose reopen failed too; the next commit
+    /// tries to reopen again.
+    db: RwLock<Option<sled::Db>>,
     path: PathBuf,
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
     /// One commit at a time, so batches and the generation file agree.
-    commit_lock: std::sync::Mutex<()>,
+    commit_lock: Mutex<()>,
+    /// Free space a commit needs (tests lower it to reach sled's own errors).
+    min_free: AtomicU64,
+    /// When a write failure was last logged; `None` while writes work.
+    failing_since_log: Mutex<Option<Instant>>,
 }
 
 const GENERATION_KEY: &[u8] = b"\0generation";
@@ -45,60 +72,110 @@ fn generation_file(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Opens sled at `path` and checks its generation against the file; returns
+/// the handle and the stored generation.
+fn open_db(path: &Path) -> Result<(sled::Db, u64)> {
+    let db = sled::Config::new()
+        .path(path)
+        .flush_every_ms(Some(500))
+        .open()
+        .with_context(|| {
+            format!(
+                "cannot open the store at {}: if another tasuki daemon uses this state \
+                 directory stop it first; if the store is damaged, restore {} from a backup \
+                 (moving it aside loses every enrolled spoke and key)",
+                path.display(),
+                path.display()
+            )
+        })?;
+    let stored = match db.get(GENERATION_KEY) {
+        Ok(Some(v)) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+        Ok(None) => 0,
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the store at {}", path.display()))
+        }
+    };
+    let file = generation_file(path);
+    let expected = match std::fs::read_to_string(&file) {
+        Ok(t) => t
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("{} is damaged", file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    if stored < expected {
+        anyhow::bail!(
+            "the store at {} lost acknowledged writes (it is at generation {stored}, {} says \
+             {expected}): the disk or the store is damaged; restore {} from a backup — \
+             starting anyway could lock spokes out",
+            path.display(),
+            file.display(),
+            path.display()
+        );
+    }
+    Ok((db, stored))
+}
+
+/// Bytes free for unprivileged writers on the file system holding `path`
+/// (or its nearest existing ancestor); `None` if that cannot be told.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            let st = nix::sys::statvfs::statvfs(p).ok()?;
+            #[allow(clippy::useless_conversion)] // the field types differ by platform
+            let free =
+                u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+            return Some(free);
+        }
+        p = p.parent()?;
+    }
+}
+
 impl Store {
     /// Opens the store at `path`; a store that will not open gets an error
     /// naming the path and what to do, never a silent reset.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(500))
-            .open()
-            .with_context(|| {
-                format!(
-                    "cannot open the store at {}: if another tasuki daemon uses this state \
-                     directory stop it first; if the store is damaged, restore {} from a backup \
-                     (moving it aside loses every enrolled spoke and key)",
-                    path.display(),
-                    path.display()
-                )
-            })?;
-        let stored = match db.get(GENERATION_KEY) {
-            Ok(Some(v)) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
-            Ok(None) => 0,
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read the store at {}", path.display()))
-            }
-        };
-        let file = generation_file(path);
-        let expected = match std::fs::read_to_string(&file) {
-            Ok(t) => t
-                .trim()
-                .parse::<u64>()
-                .with_context(|| format!("{} is damaged", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
-        };
-        if stored < expected {
-            anyhow::bail!(
-                "the store at {} lost acknowledged writes (it is at generation {stored}, {} says                  {expected}): the disk or the store is damaged; restore {} from a backup —                  starting anyway could lock spokes out",
-                path.display(),
-                file.display(),
-                path.display()
-            );
-        }
+        let (db, stored) = open_db(path)?;
         Ok(Self {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_owned(),
-            generation: std::sync::atomic::AtomicU64::new(stored),
-            commit_lock: std::sync::Mutex::new(()),
+            generation: AtomicU64::new(stored),
+            commit_lock: Mutex::new(()),
+            min_free: AtomicU64::new(MIN_FREE_BYTES),
+            failing_since_log: Mutex::new(None),
         })
+    }
+
+    /// The handle; after a failed write whose reopen failed too (a disk
+    /// still full), tries to reopen first.
+    fn db(&self) -> Result<sled::Db> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(db);
+        }
+        self.reopen(false).with_context(|| {
+            format!(
+                "the store at {} is closed after a failed write and cannot be reopened yet",
+                self.path.display()
+            )
+        })?;
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .with_context(|| format!("the store at {} is closed", self.path.display()))
     }
 
     /// Reads one value.
     pub fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
         match self
-            .db
+            .db()?
             .get(prefixed(tree, key))
             .with_context(|| self.ctx(tree))?
         {
@@ -110,7 +187,7 @@ impl Store {
     /// Reads every value of a tree, in key order.
     pub fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(prefixed(tree, b"")) {
+        for item in self.db()?.scan_prefix(prefixed(tree, b"")) {
             let (_, v) = item.with_context(|| self.ctx(tree))?;
             out.push(self.decode(tree, &v)?);
         }
@@ -118,13 +195,51 @@ impl Store {
     }
 
     /// Writes several values (and removals) in one atomic batch, flushes it,
-    /// and records the new generation.
+    /// and records the new generation. On an error nothing of the batch is
+    /// in the store, now or after a restart; the error is also logged.
     pub fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
-        use std::sync::atomic::Ordering;
         let _one_at_a_time = self
             .commit_lock
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
+        let result = self.commit_locked(writes);
+        let mut logged = self
+            .failing_since_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &result {
+            Ok(()) => {
+                if logged.take().is_some() {
+                    tracing::info!(store = %self.path.display(), "store writes work again");
+                }
+            }
+            Err(e) => {
+                if logged.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                    tracing::error!(
+                        store = %self.path.display(),
+                        error = %format!("{e:#}"),
+                        "store write failed; nothing of it was kept"
+                    );
+                    *logged = Some(Instant::now());
+                }
+            }
+        }
+        result
+    }
+
+    fn commit_locked(&self, writes: &[Write<'_>]) -> Result<()> {
+        let min_free = self.min_free.load(Ordering::Relaxed);
+        if let Some(free) = free_bytes(&self.path).filter(|f| *f < min_free) {
+            anyhow::bail!(
+                "cannot write the store at {}: No space left on device (the file system is full: \
+                 {} KiB free, {} KiB needed to write safely); free some space and try again — \
+                 nothing was written",
+                self.path.display(),
+                free / 1024,
+                min_free / 1024
+            );
+        }
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
         for w in writes {
             match w {
@@ -132,18 +247,74 @@ impl Store {
                 Write::Remove { tree, key } => batch.remove(prefixed(tree, key)),
             }
         }
-        let next = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let next = self.generation.load(Ordering::SeqCst) + 1;
         batch.insert(GENERATION_KEY, &next.to_be_bytes());
-        self.db
+        let written = db
             .apply_batch(batch)
-            .with_context(|| format!("cannot write the store at {}", self.path.display()))?;
-        self.flush()?;
-        crate::files::write_secret_file(&generation_file(&self.path), next.to_string().as_bytes())
+            .and_then(|()| db.flush().map(|_| ()))
+            .with_context(|| format!("cannot write the store at {}", self.path.display()));
+        drop(db);
+        if let Err(e) = written {
+            // sled holds the batch in memory but will refuse every later
+            // write: start over from what is on disk.
+            if let Err(again) = self.reopen(true) {
+                tracing::warn!(error = %format!("{again:#}"), "store not reopened yet");
+            }
+            return Err(e);
+        }
+        self.generation.store(next, Ordering::SeqCst);
+        // The batch is durable. The generation file only guards against a
+        // rollback later: if it cannot be written now (a full disk), it stays
+        // behind the store, which is safe, and the commit stands.
+        if let Err(e) = crate::files::write_secret_file(
+            &generation_file(&self.path),
+            next.to_string().as_bytes(),
+        ) {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "the store's generation file is behind (the commit itself is durable)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops the sled handle and opens the store again from disk (unless
+    /// `force` is false and another thread reopened it already).
+    fn reopen(&self, force: bool) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !force && slot.is_some() {
+            return Ok(());
+        }
+        // sled's background thread lets go of the file lock shortly after the
+        // last handle is gone.
+        drop(slot.take());
+        let deadline = Instant::now() + REOPEN_LOCK_WAIT;
+        let (db, stored) = loop {
+            match open_db(&self.path) {
+                Ok(x) => break x,
+                Err(e)
+                    if Instant::now() < deadline && format!("{e:#}").contains("acquire lock") =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.generation.store(stored, Ordering::SeqCst);
+        *slot = Some(db);
+        tracing::info!(store = %self.path.display(), generation = stored, "store reopened from disk");
+        Ok(())
+    }
+
+    /// Sets the free space a commit needs (tests: 0 lets sled itself hit
+    /// the full disk).
+    pub fn set_min_free(&self, bytes: u64) {
+        self.min_free.store(bytes, Ordering::Relaxed);
     }
 
     /// Forces everything written so far to disk.
     pub fn flush(&self) -> Result<()> {
-        self.db
+        self.db()?
             .flush()
             .with_context(|| format!("cannot flush the store at {}", self.path.display()))?;
         Ok(())
@@ -236,6 +407,103 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A tmpfs for a test, unmounted (lazily) on drop, even after a panic.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fill(path: &Path) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(path).unwrap();
+        for size in [1 << 16, 512, 1] {
+            let chunk = vec![0u8; size];
+            while f.write_all(&chunk).is_ok() {}
+        }
+    }
+
+    /// A full disk: commits fail with a clear error (before writing, or when
+    /// sled itself fails), nothing of a failed commit is ever read back, and
+    /// commits work again once space is freed, without a restart.
+    #[test]
+    fn a_full_disk_fails_commits_cleanly_until_space_is_back() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("tasuki-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        let _guard = Tmpfs(dir.clone());
+        let path = dir.join("store");
+        let s = Store::open(&path).unwrap();
+        s.commit(&[Write::put("a", *b"first", &1u32).unwrap()])
+            .unwrap();
+        let filler = dir.join("filler");
+        fill(&filler);
+        // Refused before anything is written.
+        let err = format!(
+            "{:#}",
+            s.commit(&[Write::put("a", *b"x", &2u32).unwrap()])
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("No space left on device") && err.contains("nothing was written"),
+            "{err}"
+        );
+        // Past the reserve, sled's own write fails; earlier commits stand.
+        s.set_min_free(0);
+        let _ = std::fs::remove_file(&filler);
+        fill(&filler);
+        let mut failed = None;
+        for i in 0u32..5000 {
+            let w = Write::put("b", i.to_be_bytes(), &vec![7u8; 700]).unwrap();
+            if let Err(e) = s.commit(&[w]) {
+                let e = format!("{e:#}");
+                assert!(e.contains("No space left on device"), "{e}");
+                failed = Some(i);
+                break;
+            }
+        }
+        let failed = failed.expect("sled never hit the full disk");
+        // sled may not even open on a full disk: reads then fail clearly,
+        // and never see the failed batch.
+        match s.get::<Vec<u8>>("b", &failed.to_be_bytes()) {
+            Ok(v) => assert_eq!(v, None),
+            Err(e) => assert!(format!("{e:#}").contains("cannot be reopened yet"), "{e:#}"),
+        }
+        assert!(s.commit(&[Write::put("a", *b"y", &3u32).unwrap()]).is_err());
+        // Space again: reads and commits work without a restart.
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(s.get::<u32>("a", b"first").unwrap(), Some(1));
+        s.commit(&[Write::put("a", *b"after", &4u32).unwrap()])
+            .unwrap();
+        assert_eq!(s.get::<u32>("a", b"first").unwrap(), Some(1));
+        assert_eq!(s.get::<u32>("a", b"after").unwrap(), Some(4));
+        assert_eq!(s.get::<u32>("a", b"y").unwrap(), None);
+        assert_eq!(s.get::<Vec<u8>>("b", &failed.to_be_bytes()).unwrap(), None);
+        if failed > 0 {
+            assert!(s
+                .get::<Vec<u8>>("b", &(failed - 1).to_be_bytes())
+                .unwrap()
+                .is_some());
+        }
+        drop(s);
     }
 
     #[test]

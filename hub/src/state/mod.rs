@@ -86,6 +86,18 @@ pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
     StaticKey::from_base64(&text).with_context(|| format!("{} is damaged", path.display()))
 }
 
+/// A record whose in-memory state is ahead of the store because writing it
+/// failed (a full disk) after the fact it records had already happened (a
+/// packet decrypted under a new epoch, a logout): written again at every
+/// rotation tick until it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Unsaved {
+    /// A link's schedule meta.
+    Schedule(SpokeId),
+    /// Who is logged in on a spoke.
+    Logins(SpokeId),
+}
+
 /// Everything the control side of the hub knows.
 pub(crate) struct HubState {
     pub(crate) registry: Registry,
@@ -105,6 +117,11 @@ pub(crate) struct HubState {
     sessions: HashMap<SpokeId, mpsc::Sender<HubMessage>>,
     pub(crate) control_connections: usize,
     audit: crate::audit::AuditLog,
+    /// Records to write again (see [`Unsaved`]).
+    unsaved: std::collections::BTreeSet<Unsaved>,
+    /// Whether the last rotation tick failed to store something (so a
+    /// failure is logged once, not every tick).
+    tick_failing: bool,
 }
 
 impl HubState {
@@ -189,6 +206,8 @@ impl HubState {
             sessions: HashMap::new(),
             control_connections: 0,
             audit: crate::audit::AuditLog::open(dir)?,
+            unsaved: std::collections::BTreeSet::new(),
+            tick_failing: false,
         })
     }
 

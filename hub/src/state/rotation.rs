@@ -88,10 +88,17 @@ impl HubState {
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(None);
         };
+        let saved = sched.clone();
         let moved = sched.on_receipt(k);
         let note = sched.notification(&policy);
         if moved {
-            self.commit_meta(spoke)?;
+            if let Err(e) = self.commit_meta(spoke) {
+                // Not stored, not used: the spoke reports the receipt again
+                // when it reattaches.
+                self.schedules.insert(spoke, saved);
+                return Err(e.context(format!("receipt of epoch {k} not stored")));
+            }
+            self.unsaved.remove(&Unsaved::Schedule(spoke));
             self.push_link(spoke).await;
             tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
         }
@@ -117,7 +124,17 @@ impl HubState {
                 rotations = sched.meta().rotations,
                 "epoch confirmed: carrying traffic"
             );
-            self.commit_meta(spoke)?;
+            // The epoch does carry traffic: if that cannot be stored now, it
+            // is stored again at the next ticks.
+            match self.commit_meta(spoke) {
+                Ok(()) => {
+                    self.unsaved.remove(&Unsaved::Schedule(spoke));
+                }
+                Err(e) => {
+                    self.unsaved.insert(Unsaved::Schedule(spoke));
+                    tracing::warn!(spoke, epoch = k, error = %format!("{e:#}"), "confirmed epoch not stored yet; retrying");
+                }
+            }
             let name = self.spoke_name(spoke);
             self.audit(
                 AuditRecord::new(now, AuditKind::Rotation)
@@ -217,83 +234,146 @@ impl HubState {
         self.policy_of(spoke)
     }
 
-    /// One rotation tick: issue epochs that are due (for spokes whose control
-    /// channel is up), erase epochs whose grace passed. `usage` gives each
-    /// link's cumulative use.
+    /// One rotation tick: write again what failed to be stored, then for
+    /// each link issue epochs that are due (if its control channel is up) and
+    /// erase epochs whose grace passed. `usage` gives each link's cumulative
+    /// use. A link whose change cannot be stored (a full disk) is left as it
+    /// was and tried again at the next tick; the other links go on.
     pub(crate) async fn rotation_tick(
         &mut self,
         now: u64,
         usage: &HashMap<SpokeId, Usage>,
     ) -> Result<()> {
+        let mut failed: Option<anyhow::Error> = None;
+        for item in std::mem::take(&mut self.unsaved) {
+            let result = match item {
+                Unsaved::Schedule(id) => self.commit_meta(id),
+                Unsaved::Logins(id) => self.commit_logins_again(id),
+            };
+            if let Err(e) = result {
+                self.unsaved.insert(item);
+                failed.get_or_insert(e);
+            }
+        }
         let ids: Vec<SpokeId> = self.schedules.keys().copied().collect();
         for id in ids {
-            let total = usage.get(&id).copied().unwrap_or_default();
-            let erased = self
-                .schedules
-                .get_mut(&id)
-                .map(|s| s.take_erasable(now))
-                .unwrap_or_default();
-            if !erased.is_empty() {
-                let writes: Vec<Write<'_>> = erased
-                    .iter()
-                    .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
-                    .collect();
-                // Record first, then the key: a crash in between leaves an
-                // orphan key file that the next start erases.
-                self.store.commit(&writes)?;
-                for k in &erased {
-                    self.vault.erase(&vault_name(id, *k))?;
-                }
-                self.push_link(id).await;
-                tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+            if let Err(e) = self.tick_link(id, now, usage).await {
+                failed.get_or_insert(e);
             }
-            let Some(session) = self.sessions.get(&id).cloned() else {
-                continue;
-            };
-            let policy = self.policy_for(id).clone();
-            let Some(sched) = self.schedules.get_mut(&id) else {
-                continue;
-            };
-            let mut issued = Vec::new();
-            let mut trigger = None;
-            if policy.batch > 0 {
-                issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
-            } else if let Some(t) = sched.due(&policy, now, total) {
-                issued.push(sched.issue(now, &mut rand_core::OsRng));
-                trigger = Some(t);
-            }
-            let switch = if policy.batch > 0 {
-                sched.take_switch()
-            } else {
-                None
-            };
-            let deliveries = if issued.is_empty() {
-                Vec::new()
-            } else {
-                sched.deliveries(&policy)?
-            };
-            let sched = sched.clone();
-            if !issued.is_empty() || switch.is_some() {
-                // Durable before it is sent.
-                self.commit_issue(id, &sched, &issued)?;
-            }
-            let why = trigger.as_ref().map_or("batch".into(), |t| t.name());
-            for e in &issued {
-                tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
-                let name = self.spoke_name(id);
-                self.audit(
-                    AuditRecord::new(now, AuditKind::KeyIssue)
-                        .spoke(name)
-                        .detail(format!("epoch {} ({why})", e.number)),
+        }
+        match failed {
+            Some(e) if !self.tick_failing => {
+                self.tick_failing = true;
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "key schedules cannot be stored: rotations wait (current epochs keep carrying traffic)"
                 );
             }
-            for d in deliveries {
-                let _ = session.try_send(HubMessage::KeyDistribution(d));
+            Some(_) => {}
+            None if self.tick_failing => {
+                self.tick_failing = false;
+                tracing::info!("key schedules are stored again: rotations go on");
             }
-            if let Some((k, t)) = switch {
-                tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
-                let _ = session.try_send(HubMessage::UpdateNotification { epoch: k });
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// One link's part of a rotation tick; on a store error the link's
+    /// schedule is put back as it was before this tick.
+    async fn tick_link(
+        &mut self,
+        id: SpokeId,
+        now: u64,
+        usage: &HashMap<SpokeId, Usage>,
+    ) -> Result<()> {
+        let total = usage.get(&id).copied().unwrap_or_default();
+        let Some(saved) = self.schedules.get(&id).cloned() else {
+            return Ok(());
+        };
+        let erased = self
+            .schedules
+            .get_mut(&id)
+            .map(|s| s.take_erasable(now))
+            .unwrap_or_default();
+        if !erased.is_empty() {
+            let writes: Vec<Write<'_>> = erased
+                .iter()
+                .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
+                .collect();
+            // Record first, then the key: a crash in between leaves an
+            // orphan key file that the next start erases.
+            if let Err(e) = self.store.commit(&writes) {
+                self.schedules.insert(id, saved);
+                return Err(e.context(format!("erasure of ended epochs of spoke {id}")));
             }
+            for k in &erased {
+                if let Err(e) = self.vault.erase(&vault_name(id, *k)) {
+                    tracing::error!(spoke = id, epoch = k, error = %format!("{e:#}"), "cannot erase an ended key; the next start erases it");
+                }
+            }
+            self.push_link(id).await;
+            tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+        }
+        let Some(session) = self.sessions.get(&id).cloned() else {
+            return Ok(());
+        };
+        let policy = self.policy_for(id).clone();
+        let Some(sched) = self.schedules.get_mut(&id) else {
+            return Ok(());
+        };
+        let before_issue = sched.clone();
+        let mut issued = Vec::new();
+        let mut trigger = None;
+        if policy.batch > 0 {
+            issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
+        } else if let Some(t) = sched.due(&policy, now, total) {
+            issued.push(sched.issue(now, &mut rand_core::OsRng));
+            trigger = Some(t);
+        }
+        let switch = if policy.batch > 0 {
+            sched.take_switch()
+        } else {
+            None
+        };
+        let deliveries = if issued.is_empty() {
+            Ok(Vec::new())
+        } else {
+            sched.deliveries(&policy)
+        };
+        let sched = sched.clone();
+        if !issued.is_empty() || switch.is_some() {
+            // Durable before it is sent; if it cannot be stored, nothing was
+            // issued and the trigger fires again at the next tick.
+            let stored = deliveries
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .and_then(|_| self.commit_issue(id, &sched, &issued));
+            if let Err(e) = stored {
+                for e in &issued {
+                    let _ = self.vault.erase(&vault_name(id, e.number));
+                }
+                self.schedules.insert(id, before_issue);
+                return Err(e.context(format!("new epochs of spoke {id}")));
+            }
+            self.unsaved.remove(&Unsaved::Schedule(id));
+        }
+        let why = trigger.as_ref().map_or("batch".into(), |t| t.name());
+        for e in &issued {
+            tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
+            let name = self.spoke_name(id);
+            self.audit(
+                AuditRecord::new(now, AuditKind::KeyIssue)
+                    .spoke(name)
+                    .detail(format!("epoch {} ({why})", e.number)),
+            );
+        }
+        for d in deliveries.unwrap_or_default() {
+            let _ = session.try_send(HubMessage::KeyDistribution(d));
+        }
+        if let Some((k, t)) = switch {
+            tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
+            let _ = session.try_send(HubMessage::UpdateNotification { epoch: k });
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ impl HubState {
         now: u64,
     ) -> Result<InvitationView> {
         let hub_key = self.key.public();
+        // Memory never holds what the store does not: undone if not stored.
+        let saved = self.registry.clone();
         let (record, invitation) = self
             .registry
             .invite(
@@ -36,8 +38,12 @@ impl HubState {
                 &mut rand_core::OsRng,
             )
             .map_err(|e: RegistryError| anyhow::anyhow!(e))?;
-        self.store
-            .commit(&[Write::put(INVITATIONS_TREE, record.id.0, &record)?])?;
+        let stored = Write::put(INVITATIONS_TREE, record.id.0, &record)
+            .and_then(|w| self.store.commit(&[w]));
+        if let Err(e) = stored {
+            self.registry = saved;
+            return Err(e.context(format!("invitation for {name:?} not created")));
+        }
         tracing::info!(invitation = %record.id, name, pre_approved, service, "invitation created");
         let mut audit = AuditRecord::new(now, AuditKind::Invitation)
             .spoke(name)
@@ -77,6 +83,7 @@ impl HubState {
         now: u64,
     ) -> Result<std::result::Result<(Enrolled, Option<KeyEpoch>), Refusal>> {
         let unknown_user = as_user.filter(|u| !self.user_exists(u));
+        let saved = self.registry.clone();
         let result = match unknown_user {
             Some(u) => Err(Refusal::new(
                 RefusalCode::ProtocolViolation,
@@ -104,31 +111,19 @@ impl HubState {
             }
         };
         let spoke = &enrolled.spoke;
-        let mut writes = vec![
-            Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), spoke)?,
-            Write::put(
-                INVITATIONS_TREE,
-                enrolled.invitation.id.0,
-                &enrolled.invitation,
-            )?,
-        ];
-        let mut schedule = None;
-        if let Some(epoch) = &enrolled.first_epoch {
-            writes.extend(epoch_writes(
-                &self.vault,
-                spoke.id,
-                std::slice::from_ref(epoch),
-            )?);
-            let sched =
-                LinkSchedule::restore(spoke.id, vec![epoch.clone()], ScheduleMeta::default());
-            writes.push(Write::put(
-                SCHEDULES_TREE,
-                spoke.id.to_be_bytes(),
-                &(spoke.id, sched.meta().clone()),
-            )?);
-            schedule = Some(sched);
-        }
-        self.store.commit(&writes)?;
+        let stored = self.store_enrolment(&enrolled);
+        let schedule = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                // Not stored: the invitation stays unused and the address
+                // free, so the spoke can simply try again.
+                self.registry = saved;
+                if let Some(epoch) = &enrolled.first_epoch {
+                    let _ = self.vault.erase(&vault_name(spoke.id, epoch.number));
+                }
+                return Err(e.context(format!("enrolment of {:?} not stored", spoke.name)));
+            }
+        };
         if let (Some(epoch), Some(sched)) = (&enrolled.first_epoch, schedule) {
             self.schedules.insert(spoke.id, sched);
             tracing::info!(spoke = %spoke.name, id = spoke.id, epoch = epoch.number, "key epoch issued");
@@ -171,6 +166,49 @@ impl HubState {
         Ok(Ok((enrolled, first)))
     }
 
+    /// Stores a new spoke, its used invitation and its first epoch (key
+    /// file first) in one commit; returns the first epoch's schedule.
+    fn store_enrolment(&self, enrolled: &Enrolled) -> Result<Option<LinkSchedule>> {
+        let spoke = &enrolled.spoke;
+        let mut writes = vec![
+            Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), spoke)?,
+            Write::put(
+                INVITATIONS_TREE,
+                enrolled.invitation.id.0,
+                &enrolled.invitation,
+            )?,
+        ];
+        let mut schedule = None;
+        if let Some(epoch) = &enrolled.first_epoch {
+            writes.extend(epoch_writes(
+                &self.vault,
+                spoke.id,
+                std::slice::from_ref(epoch),
+            )?);
+            let sched =
+                LinkSchedule::restore(spoke.id, vec![epoch.clone()], ScheduleMeta::default());
+            writes.push(Write::put(
+                SCHEDULES_TREE,
+                spoke.id.to_be_bytes(),
+                &(spoke.id, sched.meta().clone()),
+            )?);
+            schedule = Some(sched);
+        }
+        self.store.commit(&writes)?;
+        Ok(schedule)
+    }
+
+    /// Stores a changed spoke record; on failure puts the registry back.
+    fn store_spoke(&mut self, saved: Registry, spoke: &SpokeRecord, what: &str) -> Result<()> {
+        let stored = Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), spoke)
+            .and_then(|w| self.store.commit(&[w]));
+        if let Err(e) = stored {
+            self.registry = saved;
+            return Err(e.context(format!("{what} of {:?} not stored", spoke.name)));
+        }
+        Ok(())
+    }
+
     /// The admin view of every spoke, with data-plane facts merged in.
     pub(crate) async fn spoke_views(&self) -> Vec<SpokeView> {
         let dp = self.dataplane_status().await;
@@ -202,9 +240,9 @@ impl HubState {
 
     /// Approves a pending spoke; it gets its keys when it next attaches.
     pub(crate) async fn approve(&mut self, name: &str, by: &str, now: u64) -> Result<SpokeRecord> {
+        let saved = self.registry.clone();
         let spoke = self.registry.approve(name)?;
-        self.store
-            .commit(&[Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?])?;
+        self.store_spoke(saved, &spoke, "approval")?;
         tracing::info!(spoke = %spoke.name, by, "spoke approved");
         self.audit(
             AuditRecord::new(now, AuditKind::Approval)
@@ -216,9 +254,9 @@ impl HubState {
 
     /// Denies a pending spoke.
     pub(crate) async fn deny(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+        let saved = self.registry.clone();
         let spoke = self.registry.deny(name)?;
-        self.store
-            .commit(&[Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?])?;
+        self.store_spoke(saved, &spoke, "denial")?;
         tracing::info!(spoke = %spoke.name, "spoke denied");
         self.audit(AuditRecord::new(now, AuditKind::Denial).spoke(name));
         self.cut_off(
@@ -232,25 +270,38 @@ impl HubState {
     /// Revokes a spoke: its keys are erased at once, its sessions dropped,
     /// and the relay refuses it from now on.
     pub(crate) async fn revoke(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+        let saved = self.registry.clone();
         let spoke = self.registry.revoke(name)?;
-        let mut writes = vec![
-            Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke)?,
-            Write::remove(SCHEDULES_TREE, spoke.id.to_be_bytes()),
-            Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
-        ];
         let epochs = self
             .schedules
-            .remove(&spoke.id)
+            .get(&spoke.id)
             .map(|s| s.epochs())
             .unwrap_or_default();
-        for e in &epochs {
-            writes.push(Write::remove(EPOCHS_TREE, epoch_key(spoke.id, e.number)));
+        let stored = Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), &spoke).and_then(|w| {
+            let mut writes = vec![
+                w,
+                Write::remove(SCHEDULES_TREE, spoke.id.to_be_bytes()),
+                Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
+            ];
+            for e in &epochs {
+                writes.push(Write::remove(EPOCHS_TREE, epoch_key(spoke.id, e.number)));
+            }
+            self.store.commit(&writes)
+        });
+        if let Err(e) = stored {
+            // Not revoked: the admin sees the error and must try again.
+            self.registry = saved;
+            return Err(e.context(format!("revocation of {name:?} not stored")));
         }
-        self.store.commit(&writes)?;
-        for e in &epochs {
-            self.vault.erase(&vault_name(spoke.id, e.number))?;
-        }
+        self.schedules.remove(&spoke.id);
         self.overrides.remove(&spoke.id);
+        for e in &epochs {
+            // The records are gone, so a key file left here (an error) is
+            // erased at the next start; the link is cut off below either way.
+            if let Err(err) = self.vault.erase(&vault_name(spoke.id, e.number)) {
+                tracing::error!(error = %format!("{err:#}"), "cannot erase a revoked key");
+            }
+        }
         self.cut_off(
             spoke.id,
             Refusal::new(RefusalCode::Revoked, "an admin revoked this spoke"),

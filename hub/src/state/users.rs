@@ -38,6 +38,26 @@ impl HubState {
             .commit(&[Write::put(USERS_TREE, user.id.as_bytes(), user)?])
     }
 
+    /// Stores a changed user record; on failure puts the users back as they
+    /// were (`saved`), so memory never holds what the store does not.
+    fn store_user(
+        &mut self,
+        saved: tasuki_core::users::Users,
+        user: &UserRecord,
+        what: &str,
+    ) -> Result<()> {
+        if let Err(e) = self.commit_user(user) {
+            self.users = saved;
+            return Err(e.context(format!("{what} of {:?} not stored", user.id)));
+        }
+        Ok(())
+    }
+
+    /// Writes again what failed to be written before (see [`Unsaved`]).
+    pub(super) fn commit_logins_again(&mut self, spoke: SpokeId) -> Result<()> {
+        self.commit_logins(spoke)
+    }
+
     fn commit_logins(&self, spoke: SpokeId) -> Result<()> {
         let users = self.logins.get(&spoke).cloned().unwrap_or_default();
         self.store.commit(&[Write::put(
@@ -47,10 +67,15 @@ impl HubState {
         )?])
     }
 
-    /// After logins changed on `spoke`: store, tell the data plane and the
-    /// spoke, and (on a logout) end the key epoch.
+    /// After a logout on `spoke` (or a removed user's): store, tell the data
+    /// plane and the spoke, and end the key epoch. The logout has happened
+    /// whatever the store says: if it cannot be written now (a full disk),
+    /// it is written again at the next rotation ticks.
     async fn logins_changed(&mut self, spoke: SpokeId, logout: bool) -> Result<()> {
-        self.commit_logins(spoke)?;
+        // A login stored itself, with the user record; a logout is stored here.
+        if logout && self.commit_logins(spoke).is_err() {
+            self.unsaved.insert(Unsaved::Logins(spoke));
+        }
         self.push_link(spoke).await;
         let msg = self.session_message(spoke);
         if let Some(tx) = self.sessions.get(&spoke) {
@@ -70,10 +95,11 @@ impl HubState {
         email: &str,
         now: u64,
     ) -> Result<UserPassword> {
+        let saved = self.users.clone();
         let (user, password) = self
             .users
             .add(id, name, email, now, &mut rand_core::OsRng)?;
-        self.commit_user(&user)?;
+        self.store_user(saved, &user, "new user")?;
         self.audit(
             AuditRecord::new(now, AuditKind::UserChange)
                 .user(id)
@@ -87,8 +113,9 @@ impl HubState {
 
     /// Gives a user a new initial password.
     pub(crate) fn reset_password(&mut self, id: &str, now: u64) -> Result<UserPassword> {
+        let saved = self.users.clone();
         let (user, password) = self.users.reset_password(id, &mut rand_core::OsRng)?;
-        self.commit_user(&user)?;
+        self.store_user(saved, &user, "password reset")?;
         self.audit(
             AuditRecord::new(now, AuditKind::UserChange)
                 .user(id)
@@ -108,8 +135,9 @@ impl HubState {
             .filter(|s| !s.state.is_dead())
             .ok_or_else(|| anyhow::anyhow!("no spoke named {spoke:?}"))?
             .id;
+        let saved = self.users.clone();
         let user = self.users.allow(id, s)?;
-        self.commit_user(&user)?;
+        self.store_user(saved, &user, "permission")?;
         self.audit(
             AuditRecord::new(now, AuditKind::UserChange)
                 .user(id)
@@ -121,9 +149,15 @@ impl HubState {
 
     /// Removes a user and logs them out everywhere.
     pub(crate) async fn remove_user(&mut self, id: &str, now: u64) -> Result<()> {
+        let saved = self.users.clone();
         self.users.remove(id)?;
-        self.store
-            .commit(&[Write::remove(USERS_TREE, id.as_bytes())])?;
+        if let Err(e) = self
+            .store
+            .commit(&[Write::remove(USERS_TREE, id.as_bytes())])
+        {
+            self.users = saved;
+            return Err(e.context(format!("removal of user {id:?} not stored")));
+        }
         let affected: Vec<SpokeId> = self
             .logins
             .iter_mut()
@@ -221,6 +255,7 @@ impl HubState {
                 password,
                 new_password,
             } => {
+                let saved = self.users.clone();
                 let result = self.users.login(
                     &user,
                     spoke,
@@ -231,11 +266,30 @@ impl HubState {
                 );
                 match result {
                     Ok((proof, record)) => {
-                        self.commit_user(&record)?;
-                        self.logins
-                            .entry(proof.spoke())
-                            .or_default()
-                            .insert(proof.user().to_owned());
+                        // The user record (a changed password) and the login
+                        // in one commit: both or neither.
+                        let mut users =
+                            self.logins.get(&proof.spoke()).cloned().unwrap_or_default();
+                        users.insert(proof.user().to_owned());
+                        let stored = Write::put(USERS_TREE, record.id.as_bytes(), &record)
+                            .and_then(|u| {
+                                let l = Write::put(
+                                    LOGINS_TREE,
+                                    proof.spoke().to_be_bytes(),
+                                    &(proof.spoke(), users.clone()),
+                                )?;
+                                self.store.commit(&[u, l])
+                            });
+                        if let Err(e) = stored {
+                            self.users = saved;
+                            tracing::error!(%user, spoke = %spoke_name, error = %format!("{e:#}"), "login not stored");
+                            return Ok(Err(
+                                "the hub cannot store this login right now (its disk may be full); \
+                                 nothing changed, try again later"
+                                    .into(),
+                            ));
+                        }
+                        self.logins.insert(proof.spoke(), users);
                         let mut audit = AuditRecord::new(now, AuditKind::Login)
                             .user(&user)
                             .spoke(&spoke_name);
@@ -244,6 +298,7 @@ impl HubState {
                         }
                         self.audit(audit);
                         self.logins_changed(spoke, false).await?;
+                        self.unsaved.remove(&Unsaved::Logins(spoke));
                         for name in self.waiting_devices(&user) {
                             let from = self
                                 .registry
@@ -287,6 +342,7 @@ impl HubState {
                 Ok(Ok(UserReply::LoggedOut { user }))
             }
             UserRequest::Passwd { user, old, new } => {
+                let saved = self.users.clone();
                 match self.users.change_password(
                     &user,
                     spoke,
@@ -296,7 +352,16 @@ impl HubState {
                     &mut rand_core::OsRng,
                 ) {
                     Ok(record) => {
-                        self.commit_user(&record)?;
+                        if let Err(e) = self.commit_user(&record) {
+                            // Undo the change in memory: the old password stays.
+                            self.users = saved;
+                            tracing::error!(%user, error = %format!("{e:#}"), "password change not stored");
+                            return Ok(Err(
+                                "the hub cannot store the new password right now (its disk may \
+                                 be full); the old one still holds, try again later"
+                                    .into(),
+                            ));
+                        }
                         self.audit(
                             AuditRecord::new(now, AuditKind::PasswordChange)
                                 .user(&user)
@@ -347,8 +412,9 @@ impl HubState {
                 };
                 let by = format!("user {user} from spoke {spoke_name}");
                 let approved = self.approve(&target, &by, now).await?;
+                let saved = self.users.clone();
                 let record = self.users.allow(&user, approved.id)?;
-                self.commit_user(&record)?;
+                self.store_user(saved, &record, "the new device's permission")?;
                 Ok(Ok(UserReply::DeviceApproved { name: target }))
             }
         }
