@@ -84,15 +84,31 @@ fn ping_via(t: &Topology, ns: &str, iface: &str, addr: &str) -> bool {
 }
 
 /// Waits until hub and spoke `name` agree on the epoch carrying traffic
-/// (pinging from `ns` meanwhile, so a new epoch is confirmed by a packet)
-/// and returns it.
+/// (pinging the hub from `ns` meanwhile, so that a new epoch is confirmed by
+/// a packet) and returns it.
 fn wait_agreed(t: &Topology, name: &str, socket: &Path, ns: &str, timeout: Duration) -> u64 {
+    wait_agreed_via(t, name, socket, ns, None, timeout)
+}
+
+/// Like [`wait_agreed`], pinging through interface `iface` (`ping -I`)
+/// when given: for a second spoke in the same namespace.
+fn wait_agreed_via(
+    t: &Topology,
+    name: &str,
+    socket: &Path,
+    ns: &str,
+    iface: Option<&str>,
+    timeout: Duration,
+) -> u64 {
     let mut agreed = 0;
     t.wait_for(
         &format!("hub and spoke {name} to agree on the key epoch"),
         timeout,
         || {
-            let _ = t.ping(ns, HUB_TUNNEL, 1);
+            let _ = match iface {
+                Some(i) => ping_via(t, ns, i, HUB_TUNNEL),
+                None => t.ping(ns, HUB_TUNNEL, 1),
+            };
             match t.agreed_epoch(name, socket) {
                 Some(k) => {
                     agreed = k;
@@ -215,7 +231,14 @@ fn hub_killed_during_enrolment_loses_no_spoke() {
             Duration::from_secs(30),
             || ping_via(t, &t.ns_b, &iface, A_TUNNEL),
         );
-        wait_agreed(t, &name, &socket, &t.ns_a, Duration::from_secs(20));
+        wait_agreed_via(
+            t,
+            &name,
+            &socket,
+            &t.ns_b,
+            Some(&iface),
+            Duration::from_secs(20),
+        );
         t.sigterm(&c);
         names.push(name);
         recovered(&net, &format!("kill during enrolment {round}"));
@@ -674,8 +697,61 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
     );
     assert!(!log.contains("panicked"), "{log}");
 
+    // A crash while the disk is still full: the hub comes back and serves
+    // its spokes (nothing needs writing for that), or, if its store cannot
+    // even open without room, it stops with an error that names the store
+    // and says why. Never a reset, never a panic.
+    let hub = net.hub.clone();
+    net.topo.kill9(&hub);
+    let (started, log_len) = {
+        let t = &net.topo;
+        let log_len = std::fs::metadata(t.hub_log()).map_or(0, |m| m.len());
+        let p = t.spawn(
+            &t.ns_hub,
+            &[
+                binaries().hub.as_os_str(),
+                OsStr::new("run"),
+                OsStr::new("--state-dir"),
+                t.hub_dir().as_os_str(),
+                OsStr::new("--admin-socket"),
+                t.hub_socket().as_os_str(),
+            ],
+            &t.hub_log(),
+        );
+        t.wait_for(
+            "the hub to start or stop on a full disk",
+            Duration::from_secs(20),
+            || !t.is_alive(&p) || t.hub_cli(&["status"]).status.success(),
+        );
+        ((t.is_alive(&p)).then_some(p), log_len)
+    };
+    match started {
+        Some(p) => {
+            net.hub = p;
+            net.wait_tunnel_up(Duration::from_secs(30));
+            eprintln!("the hub restarted on a full disk and serves its spokes");
+        }
+        None => {
+            let t = &net.topo;
+            let log = std::fs::read(t.hub_log()).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log[log_len as usize..]).into_owned();
+            assert!(
+                log.contains(t.hub_dir().join("store").to_str().unwrap_or("store"))
+                    && log.contains("No space left on device")
+                    && !log.contains("panicked"),
+                "a hub that cannot start on a full disk must say why:\n{log}"
+            );
+            eprintln!("the hub refused to start on a full disk, naming its store");
+        }
+    }
+
     // Space again: the same operations succeed.
     std::fs::remove_file(&filler).unwrap_or_else(|e| panic!("cannot remove the filler: {e}"));
+    if !net.is_alive(&net.hub) {
+        net.restart_hub();
+        net.wait_tunnel_up(Duration::from_secs(30));
+    }
+    let t = &net.topo;
     let out = t.hub_cli(&["user", "add", "bob"]);
     assert!(
         out.status.success(),
@@ -694,6 +770,10 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
         "enrolment after space was freed: {}",
         text(&out)
     );
+    // A rotation request lives in the hub's memory until its new epoch is
+    // stored, so the restart above dropped it: the admin asks again.
+    let out = t.hub_cli(&["key", "rotate", "--spoke", "a"]);
+    assert!(out.status.success(), "{}", text(&out));
     t.wait_for(
         "the asked-for rotation of a",
         Duration::from_secs(30),
@@ -714,6 +794,14 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
     t.wait_for("spoke c to reach a", Duration::from_secs(30), || {
         ping_via(t, &t.ns_b, "tsk-c", A_TUNNEL)
     });
+    wait_agreed_via(
+        t,
+        "c",
+        &c_socket,
+        &t.ns_b,
+        Some("tsk-c"),
+        Duration::from_secs(20),
+    );
     t.sigterm(&c);
 
     // A restart after the episode: the store opens and holds everything.

@@ -72,21 +72,77 @@ fn generation_file(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// sled 0.34 writes a snapshot to `snap.N.generating` and renames it once
+/// complete, but when it opens it reads the newest `snap.*` file, unfinished
+/// ones included: one left behind by a crash or a full disk in the middle
+/// of a snapshot makes the store refuse to open ("Read corrupted data").
+/// An unfinished snapshot holds nothing the log does not (the previous
+/// snapshot stays until the new one is renamed into place), so it is removed
+/// before sled opens the store; only while no process holds the store, which
+/// sled marks with an exclusive `flock` on its `db` file.
+fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let db_file = path.join("db");
+    let lock = match std::fs::File::open(&db_file) {
+        Ok(f) => f,
+        // A new store, or one sled will report on by itself.
+        Err(_) => return Ok(()),
+    };
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // In use: sled refuses to open it and says so.
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(path)
+        .with_context(|| format!("cannot list the store at {}", path.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).with_context(|| {
+                format!(
+                    "cannot remove the unfinished snapshot {}",
+                    entry.path().display()
+                )
+            })?;
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removed an unfinished snapshot of the store (left by a crash or a full disk)"
+            );
+        }
+    }
+    drop(lock);
+    Ok(())
+}
+
 /// Opens sled at `path` and checks its generation against the file; returns
 /// the handle and the stored generation.
 fn open_db(path: &Path) -> Result<(sled::Db, u64)> {
+    remove_unfinished_snapshots(path)?;
     let db = sled::Config::new()
         .path(path)
         .flush_every_ms(Some(500))
         .open()
-        .with_context(|| {
-            format!(
-                "cannot open the store at {}: if another tasuki daemon uses this state \
-                 directory stop it first; if the store is damaged, restore {} from a backup \
-                 (moving it aside loses every enrolled spoke and key)",
-                path.display(),
+        .map_err(|e| {
+            let full = matches!(&e, sled::Error::Io(io) if io.raw_os_error() == Some(libc::ENOSPC));
+            let advice = if full {
+                format!(
+                    "the file system holding it is full: free some space and start again (the \
+                     store itself is intact; leave {} as it is)",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "if another tasuki daemon uses this state directory stop it first; if the \
+                     store is damaged, restore {} from a backup (moving it aside loses every \
+                     enrolled spoke and key)",
+                    path.display()
+                )
+            };
+            anyhow::Error::new(e).context(format!(
+                "cannot open the store at {}: {advice}",
                 path.display()
-            )
+            ))
         })?;
     let stored = match db.get(GENERATION_KEY) {
         Ok(Some(v)) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
@@ -504,6 +560,40 @@ mod tests {
                 .is_some());
         }
         drop(s);
+    }
+
+    /// A snapshot left unfinished (a crash or a full disk while sled wrote
+    /// it) does not stop the store from opening, and nothing is lost.
+    #[test]
+    fn an_unfinished_snapshot_is_removed_before_opening() {
+        let dir = std::env::temp_dir().join(format!("tasuki-snap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = Store::open(&dir).unwrap();
+            s.commit(&[Write::put("a", *b"k", &5u32).unwrap()]).unwrap();
+        }
+        std::fs::write(
+            dir.join("snap.FFFFFFFFFFFFFFFF.generating"),
+            b"\x01half a snap",
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let s = loop {
+            match Store::open(&dir) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && format!("{e:#}").contains("acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        };
+        assert_eq!(s.get::<u32>("a", b"k").unwrap(), Some(5));
+        assert!(!dir.join("snap.FFFFFFFFFFFFFFFF.generating").exists());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
