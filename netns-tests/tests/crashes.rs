@@ -849,7 +849,8 @@ fn faketime(offset: &str) -> Vec<&str> {
 /// Spoke a's clock is 5 hours ahead and spoke b's 5 hours behind; the hub's
 /// clock is the truth. Enrolment (with an invitation that a clock 5 hours
 /// ahead would think expired), a user's login, relayed traffic and
-/// rotations all work.
+/// rotations (on demand, by interval, and batches the spokes move through
+/// on their own under a hard limit) all work.
 #[test]
 fn spokes_with_clocks_hours_off_work() {
     if skip_unless_root("spokes_with_clocks_hours_off_work") {
@@ -981,7 +982,49 @@ fn spokes_with_clocks_hours_off_work() {
         log.contains("80 packets transmitted, 80 received"),
         "packets lost across rotations with wrong clocks:\n{log}"
     );
-    set_policy(&t, &["--interval", "off"]);
+    // Batches with a hard limit: the spokes count each epoch's lifetime
+    // themselves and move on by themselves; a wrong wall clock must neither
+    // end an epoch early (blocking traffic) nor keep it forever.
+    set_policy(
+        &t,
+        &["--interval", "3s", "--batch", "2", "--hard-limit", "on"],
+    );
+    let held_ahead = |socket: &Path| {
+        let s = t.spoke_status_json(socket);
+        let cur = s["epoch"].as_u64().unwrap_or(0);
+        let ahead = s["held_epochs"]
+            .as_array()
+            .map_or(0, |h| h.iter().filter(|k| k.as_u64() > Some(cur)).count());
+        (cur, ahead, s["blocked"] == true)
+    };
+    t.wait_for(
+        "both spokes to hold a batch ahead",
+        Duration::from_secs(30),
+        || held_ahead(&a_socket).1 >= 1 && held_ahead(&b_socket).1 >= 1,
+    );
+    let (start_a, _, _) = held_ahead(&a_socket);
+    let (start_b, _, _) = held_ahead(&b_socket);
+    t.wait_for(
+        "the spokes to move through their batches",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                t.ping(&t.ns_a, B_TUNNEL, 1),
+                "a → b with batches and wrong clocks"
+            );
+            let (a, _, a_blocked) = held_ahead(&a_socket);
+            let (b, _, b_blocked) = held_ahead(&b_socket);
+            assert!(
+                !a_blocked && !b_blocked,
+                "a hard limit bit a spoke with a wrong clock"
+            );
+            a >= start_a + 2 && b >= start_b + 2
+        },
+    );
+    set_policy(
+        &t,
+        &["--interval", "off", "--batch", "0", "--hard-limit", "off"],
+    );
     wait_agreed(&t, "a", &a_socket, &t.ns_a, Duration::from_secs(20));
     wait_agreed(&t, "b", &b_socket, &t.ns_b, Duration::from_secs(20));
 }
