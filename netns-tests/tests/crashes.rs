@@ -658,8 +658,33 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
     }
     let (mut net, disk) = TwoSpokes::up_with(|t| Tmpfs::mount(&t.hub_dir(), "8m"));
     let t = &net.topo;
-    let out = t.hub_cli(&["user", "add", "alice"]);
+    let out = t.hub_cli(&["user", "add", "alice", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let alice_pw = v["initial_password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let out = t.hub_cli(&["user", "allow", "alice", "--spoke", "a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let spoke_bin = binaries().spoke.to_str().unwrap_or_default().to_owned();
+    let a_sock = net.a_socket.to_str().unwrap_or_default().to_owned();
+    // Alice's first login, with the change of her initial password.
+    let login = |t: &Topology| {
+        t.exec_stdin(
+            &t.ns_a,
+            &[
+                spoke_bin.as_str(),
+                "login",
+                "alice",
+                "--password-stdin",
+                "--socket",
+                a_sock.as_str(),
+            ],
+            &format!("{alice_pw}\nfull disks happen\n"),
+            Duration::from_secs(40),
+        )
+    };
     let inv_c = t.invite_with("c", &["--pre-approved", "--service"]);
     let c_dir = t.spoke_dir("c");
     let ka = wait_agreed(t, "a", &net.a_socket, &t.ns_a, Duration::from_secs(20));
@@ -674,6 +699,12 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
     assert!(full(&out), "user add on a full disk: {}", text(&out));
     let out = t.hub_cli(&["spoke", "invite", "d"]);
     assert!(full(&out), "invite on a full disk: {}", text(&out));
+    let out = login(t);
+    assert!(
+        !out.status.success() && text(&out).contains("try again later"),
+        "login on a full disk: {}",
+        text(&out)
+    );
     let out = t.enrol(&t.ns_b, &inv_c, &c_dir);
     assert!(
         !out.status.success() && text(&out).contains("try again"),
@@ -752,6 +783,14 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
         net.wait_tunnel_up(Duration::from_secs(30));
     }
     let t = &net.topo;
+    // Nothing of the refused login was kept: the initial password still
+    // holds and must still be changed.
+    let out = login(t);
+    assert!(
+        out.status.success(),
+        "login after space was freed: {}",
+        text(&out)
+    );
     let out = t.hub_cli(&["user", "add", "bob"]);
     assert!(
         out.status.success(),
@@ -828,6 +867,13 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
             "user {id} lost: {users}"
         );
     }
+    let alice = users
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["id"] == "alice"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(alice["must_change_password"], false, "{alice}");
+    assert_eq!(alice["logged_in_on"], serde_json::json!(["a"]), "{alice}");
     drop(net);
     drop(disk);
 }
