@@ -62,7 +62,7 @@ pub fn create_tun(name: &str, addr: Ipv4Net, mtu: u16) -> Result<TunDevice> {
         }
     };
     let name = dev.name().unwrap_or_else(|_| name.to_owned());
-    tracing::debug!(interface = %name, offload, "TUN ready");
+    tracing::info!(interface = %name, offload, udp_offload = dev.udp_gso(), "TUN ready");
     Ok(TunDevice {
         device: Tun { dev, offload },
         name,
