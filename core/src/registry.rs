@@ -553,8 +553,11 @@ impl Registry {
     fn free_address(&self) -> Option<Ipv4Addr> {
         let net = self.settings.tunnel_net;
         let hub = self.settings.hub_addr();
-        net.hosts()
-            .find(|a| *a != hub && !self.spokes.values().any(|s| s.tunnel_addr == *a))
+        // One pass over the spokes, not one per candidate: enrolment stays
+        // fast with ten thousand spokes.
+        let used: std::collections::HashSet<Ipv4Addr> =
+            self.spokes.values().map(|s| s.tunnel_addr).collect();
+        net.hosts().find(|a| *a != hub && !used.contains(a))
     }
 }
 
