@@ -8,6 +8,11 @@
 //! decrypted under k) → after a grace period, the older epochs are erased.
 //! Everything is a plain function of its inputs; time is Unix seconds.
 
+/// Ended epochs kept through their grace period at most; older ones are
+/// erased at once. With a batch of up to 12 epochs ahead, the current one and
+/// these, a link never holds two epochs 16 apart, which would share a
+/// WireGuard index (see `link`).
+pub const MAX_ENDED_HELD: u64 = 3;
 use std::collections::BTreeMap;
 
 use rand_core::{CryptoRng, RngCore};
@@ -162,13 +167,19 @@ pub struct LinkSchedule {
     meta: ScheduleMeta,
     base: Usage,
     pending: Option<Trigger>,
-    erase_below: Option<(u64, u64)>,
+    /// Pending erasures, oldest first: (erase epochs below, at this time).
+    /// Every confirmation queues its own, so epochs still end `grace` after
+    /// the next one took over when rotations come faster than the grace.
+    erase_below: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl LinkSchedule {
     /// A schedule restored from stored epochs and meta (or a new link's first epoch).
     pub fn restore(link: u32, epochs: Vec<KeyEpoch>, meta: ScheduleMeta) -> Self {
-        let erase_below = (meta.confirmed > 0).then_some((meta.confirmed, 0));
+        let erase_below = (meta.confirmed > 0)
+            .then_some((meta.confirmed, 0))
+            .into_iter()
+            .collect();
         Self {
             link,
             epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
@@ -349,19 +360,24 @@ impl LinkSchedule {
             self.meta.rotations += 1;
         }
         self.base = total;
-        self.erase_below = Some((k, now.saturating_add(grace)));
+        self.erase_below.push_back((k, now.saturating_add(grace)));
         true
     }
 
     /// Removes and returns the epochs whose grace period has passed.
     pub fn take_erasable(&mut self, now: u64) -> Vec<u64> {
-        let Some((below, at)) = self.erase_below else {
-            return Vec::new();
-        };
-        if now < at {
+        // Rotations faster than the grace: the oldest ended epochs go now.
+        let mut below = self.meta.confirmed.saturating_sub(MAX_ENDED_HELD);
+        while let Some(&(b, at)) = self.erase_below.front() {
+            if now < at {
+                break;
+            }
+            below = below.max(b);
+            self.erase_below.pop_front();
+        }
+        if self.epochs.range(..below).next().is_none() {
             return Vec::new();
         }
-        self.erase_below = None;
         let gone: Vec<u64> = self.epochs.range(..below).map(|(k, _)| *k).collect();
         for k in &gone {
             self.epochs.remove(k);
@@ -459,6 +475,30 @@ mod tests {
         assert_eq!(s.epochs().len(), 1);
         assert_eq!(s.meta().rotations, 1);
         assert!(!s.in_flight());
+    }
+
+    #[test]
+    fn rotations_faster_than_the_grace_still_erase() {
+        let mut rng = StdRng::seed_from_u64(33);
+        let mut s = fresh(&mut rng);
+        // A rotation every second with a 10 s grace period, for 30 s.
+        for k in 2..=31u64 {
+            let now = 100 + k;
+            s.request(Trigger::Admin);
+            let e = s.issue(now, &mut rng);
+            assert_eq!(e.number, k);
+            assert!(s.on_receipt(k));
+            assert!(s.on_confirmed(k, now, Usage::default(), 10));
+            s.take_erasable(now);
+        }
+        // Epochs end within the grace, and no more than MAX_ENDED_HELD ended
+        // ones are held: never two that share a WireGuard index.
+        let held = s.epochs();
+        assert_eq!(held.len() as u64, MAX_ENDED_HELD + 1, "held {held:?}");
+        assert_eq!(held.last().map(|e| e.number), Some(31));
+        // The last erasure comes too, once its grace has passed.
+        s.take_erasable(200);
+        assert_eq!(s.epochs().len(), 1);
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub(crate) enum DpCommand {
     Remove(SpokeId),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
+    /// Answered once every command sent before it is in effect.
+    Sync(oneshot::Sender<()>),
 }
 
 /// Per-link facts for status output.
@@ -315,6 +317,9 @@ impl Core {
                 }
                 self.routes.remove_spoke(id);
                 tracing::info!(spoke = id, "link removed");
+            }
+            DpCommand::Sync(done) => {
+                let _ = done.send(());
             }
             DpCommand::Status(reply) => {
                 let mut counters = self.counters.clone();

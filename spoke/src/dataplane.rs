@@ -103,7 +103,9 @@ struct Core {
     /// service spoke); until then packets are dropped here, where the user
     /// can see why.
     carrying: bool,
-    erase: Option<(u64, tokio::time::Instant)>,
+    /// Pending erasures, oldest first: (erase epochs below, at). Each switch
+    /// queues its own, so fast rotations still end every old epoch on time.
+    erase: std::collections::VecDeque<(u64, tokio::time::Instant)>,
     events: mpsc::UnboundedSender<SpokeEvent>,
     /// Datagrams to send at the end of the pass.
     out: Outbox<SocketAddr>,
@@ -153,12 +155,15 @@ impl DataPlane {
                 blocked: false,
                 carrying: true,
                 // Epochs older than the current one (left by a restart) end after the grace period.
-                erase: (current > 0).then(|| {
-                    (
-                        current,
-                        tokio::time::Instant::now() + Duration::from_secs(10),
-                    )
-                }),
+                erase: (current > 0)
+                    .then(|| {
+                        (
+                            current,
+                            tokio::time::Instant::now() + Duration::from_secs(10),
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
                 events,
                 out: Outbox::new(),
                 to_tun: TunWriter::default(),
@@ -474,7 +479,7 @@ impl Core {
                 .keys
                 .get(epoch)
                 .map_or(10, |h| h.lifetime.slack_secs.max(1));
-            self.erase = Some((
+            self.erase.push_back((
                 epoch,
                 tokio::time::Instant::now() + Duration::from_secs(grace),
             ));
@@ -482,13 +487,22 @@ impl Core {
     }
 
     fn erase_due(&mut self) {
-        let Some((below, at)) = self.erase else {
-            return;
-        };
-        if tokio::time::Instant::now() < at {
+        let now = tokio::time::Instant::now();
+        // Rotations faster than the grace: the oldest ended epochs go now.
+        let mut below = self
+            .keys
+            .current()
+            .saturating_sub(tasuki_core::rotation::MAX_ENDED_HELD);
+        while let Some(&(b, at)) = self.erase.front() {
+            if now < at {
+                break;
+            }
+            below = below.max(b);
+            self.erase.pop_front();
+        }
+        if !self.link.epochs().iter().any(|e| *e < below) {
             return;
         }
-        self.erase = None;
         self.link.retain(|e| e >= below);
         self.keys.erase_below(below);
         match self.store.erase_epochs_below(below) {

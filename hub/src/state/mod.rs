@@ -259,9 +259,17 @@ impl HubState {
         let _ = self.dataplane.send(DpCommand::Remove(id)).await;
     }
 
+    /// Hands a link's epochs to the data plane and waits until they are in
+    /// effect there: an update notification sent after this never reaches a
+    /// spoke before the hub can answer its handshake under the new epoch.
     async fn push_link(&self, id: SpokeId) {
-        if let Some(spec) = self.link_specs().into_iter().find(|l| l.id == id) {
-            let _ = self.dataplane.send(DpCommand::Upsert(spec)).await;
+        let Some(spec) = self.link_specs().into_iter().find(|l| l.id == id) else {
+            return;
+        };
+        let _ = self.dataplane.send(DpCommand::Upsert(spec)).await;
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self.dataplane.send(DpCommand::Sync(done)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), applied).await;
         }
     }
 
