@@ -10,7 +10,6 @@
 //! traffic is relayed here in user space and never touches the TUN.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +18,16 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use tasuki_core::admin_api::Counters;
-use tasuki_core::batch::{split_received, Outbox};
+use tasuki_core::batch::Outbox;
 use tasuki_core::flood::HandshakeGate;
 use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::link::{slot_of_receiver, Link};
 use tasuki_core::rotation::Usage;
 use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use tasuki_core::DATAGRAM_BUFFER;
-use tasuki_shell::netdev::{Tun, TunReader, TunWriter};
-use tasuki_shell::udp::{BatchUdp, RecvBatch};
+use tasuki_shell::netdev::{Tun, TunWriter};
+use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::udp::BatchUdp;
 use tokio::sync::{mpsc, oneshot};
 
 /// Handshakes per second the hub answers before it demands cookies.
@@ -116,21 +116,9 @@ impl Peer {
     }
 }
 
-/// Passes over the socket before the loop looks at commands and timers again.
-const ROUNDS_PER_WAKE: usize = 8;
-/// TUN reads before the loop looks at commands and timers again: single
-/// small packets are read one per call, and their datagrams are sent
-/// together.
-const TUN_READS_PER_WAKE: usize = 64;
-/// Datagrams that make a pass of TUN reads send what it has.
-const FLUSH_AT: usize = 256;
-
-/// The data plane task: the two devices and their read buffers.
+/// The data plane task: the devices and the state a pass works on.
 pub(crate) struct DataPlane {
-    udp: BatchUdp,
-    tun: Tun,
-    udp_in: RecvBatch,
-    tun_in: TunReader,
+    io: Devices,
     core: Core,
 }
 
@@ -166,10 +154,7 @@ impl DataPlane {
     ) -> Self {
         let public = key.public().to_x25519();
         Self {
-            udp,
-            tun,
-            udp_in: RecvBatch::default(),
-            tun_in: TunReader::default(),
+            io: Devices::new(udp, tun),
             core: Core {
                 limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
                 gate: HandshakeGate::default(),
@@ -195,12 +180,12 @@ impl DataPlane {
         let mut limiter_reset = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                r = self.udp.readable() => match r {
-                    Ok(()) => self.drain_udp().await,
+                r = self.io.udp().readable() => match r {
+                    Ok(()) => self.io.drain_udp(&mut self.core).await,
                     Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
-                r = self.tun.readable() => match r {
-                    Ok(()) => self.drain_tun().await,
+                r = self.io.tun().readable() => match r {
+                    Ok(()) => self.io.drain_tun(&mut self.core).await,
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -212,7 +197,7 @@ impl DataPlane {
                 },
                 _ = timers.tick() => {
                     self.core.on_timers();
-                    self.flush().await;
+                    self.io.flush(&mut self.core).await;
                 }
                 _ = limiter_reset.tick() => {
                     self.core.limiter.reset_count();
@@ -220,60 +205,6 @@ impl DataPlane {
                     self.core.gate.prune(now);
                 }
             }
-        }
-    }
-
-    async fn drain_udp(&mut self) {
-        for _ in 0..ROUNDS_PER_WAKE {
-            match self.udp.try_recv(&mut self.udp_in) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    // ICMP errors for a spoke that went away surface here.
-                    tracing::trace!(error = %e, "UDP receive failed");
-                    break;
-                }
-            }
-            for (src, bytes, stride) in self.udp_in.received() {
-                for datagram in split_received(bytes, stride) {
-                    self.core.on_datagram(src, datagram);
-                }
-            }
-            self.flush().await;
-        }
-    }
-
-    async fn drain_tun(&mut self) {
-        for _ in 0..TUN_READS_PER_WAKE {
-            match self.tun.try_read(&mut self.tun_in) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TUN read failed");
-                    break;
-                }
-            }
-            for packet in self.tun_in.packets() {
-                self.core.on_tun_packet(packet);
-            }
-            if self.core.out.len() >= FLUSH_AT {
-                self.flush().await;
-            }
-        }
-        self.flush().await;
-    }
-
-    /// Writes what the pass produced.
-    async fn flush(&mut self) {
-        for batch in self.core.out.batches() {
-            match self.udp.send(batch).await {
-                Ok(()) => self.core.counters.tx_datagrams += batch.count() as u64,
-                Err(e) => tracing::debug!(error = %e, to = ?batch.destination(), "UDP send failed"),
-            }
-        }
-        self.core.out.clear();
-        if let Err(e) = self.tun.write(&mut self.core.to_tun).await {
-            tracing::debug!(error = %e, "TUN write failed");
         }
     }
 }
@@ -638,5 +569,27 @@ fn seal_to(
         }
         // Queued inside the tunnel until its handshake completes.
         _ => Ok(()),
+    }
+}
+
+impl PassHandler for Core {
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        Core::on_datagram(self, from, datagram);
+    }
+
+    fn on_tun_packet(&mut self, packet: &[u8]) {
+        Core::on_tun_packet(self, packet);
+    }
+
+    fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
+        &mut self.out
+    }
+
+    fn to_tun(&mut self) -> &mut TunWriter {
+        &mut self.to_tun
+    }
+
+    fn sent(&mut self, count: u64, _bytes: u64) {
+        self.counters.tx_datagrams += count;
     }
 }

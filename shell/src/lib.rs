@@ -9,6 +9,7 @@ pub mod frames;
 pub mod local;
 pub mod logging;
 pub mod netdev;
+pub mod passes;
 pub mod service;
 pub mod store;
 pub mod udp;

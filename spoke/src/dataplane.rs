@@ -8,20 +8,20 @@
 //! every packet opened or sealed into reused buffers, then one GSO send and
 //! one coalescing TUN write.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use tasuki_core::admin_api::Counters;
-use tasuki_core::batch::{split_received, Outbox};
+use tasuki_core::batch::Outbox;
 use tasuki_core::keys::{PublicKey, StaticKey};
 use tasuki_core::link::Link;
 use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
-use tasuki_shell::netdev::{Tun, TunReader, TunWriter};
-use tasuki_shell::udp::{BatchUdp, RecvBatch};
+use tasuki_shell::netdev::{Tun, TunWriter};
+use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::udp::BatchUdp;
 use tasuki_shell::unix_now;
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,21 +66,9 @@ pub(crate) struct DpStatus {
     pub(crate) last_handshake_secs: Option<u64>,
 }
 
-/// Passes over the socket before the loop looks at commands and timers again.
-const ROUNDS_PER_WAKE: usize = 8;
-/// TUN reads before the loop looks at commands and timers again: single
-/// small packets are read one per call, and their datagrams are sent
-/// together.
-const TUN_READS_PER_WAKE: usize = 64;
-/// Datagrams that make a pass of TUN reads send what it has.
-const FLUSH_AT: usize = 256;
-
-/// The data plane task: the two devices and their read buffers.
+/// The data plane task: the devices and the state a pass works on.
 pub(crate) struct DataPlane {
-    udp: BatchUdp,
-    tun: Tun,
-    udp_in: RecvBatch,
-    tun_in: TunReader,
+    io: Devices,
     core: Core,
 }
 
@@ -138,10 +126,7 @@ impl DataPlane {
             link.install(&key, &h.epoch, None);
         }
         Ok(Self {
-            udp,
-            tun,
-            udp_in: RecvBatch::default(),
-            tun_in: TunReader::default(),
+            io: Devices::new(udp, tun),
             core: Core {
                 keys: SpokeKeys::new(held, current, unix_now()),
                 store,
@@ -181,15 +166,15 @@ impl DataPlane {
             self.core.link.epochs().last().copied().unwrap_or(0)
         };
         self.core.handshake(first);
-        self.flush().await;
+        self.io.flush(&mut self.core).await;
         loop {
             tokio::select! {
-                r = self.udp.readable() => match r {
-                    Ok(()) => self.drain_udp().await,
+                r = self.io.udp().readable() => match r {
+                    Ok(()) => self.io.drain_udp(&mut self.core).await,
                     Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
-                r = self.tun.readable() => match r {
-                    Ok(()) => self.drain_tun().await,
+                r = self.io.tun().readable() => match r {
+                    Ok(()) => self.io.drain_tun(&mut self.core).await,
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -199,56 +184,16 @@ impl DataPlane {
                     Some(DpCommand::HubAt(addr)) => self.move_to(addr).await,
                     Some(cmd) => {
                         self.core.on_command(cmd);
-                        self.flush().await;
+                        self.io.flush(&mut self.core).await;
                     }
                     None => return,
                 },
                 _ = timers.tick() => {
                     self.core.on_timers();
-                    self.flush().await;
+                    self.io.flush(&mut self.core).await;
                 }
             }
         }
-    }
-
-    async fn drain_udp(&mut self) {
-        for _ in 0..ROUNDS_PER_WAKE {
-            match self.udp.try_recv(&mut self.udp_in) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP unreachable while the hub is down shows up here.
-                Err(e) => {
-                    tracing::trace!(error = %e, "UDP receive failed");
-                    break;
-                }
-            }
-            for (_, bytes, stride) in self.udp_in.received() {
-                for datagram in split_received(bytes, stride) {
-                    self.core.on_datagram(datagram);
-                }
-            }
-            self.flush().await;
-        }
-    }
-
-    async fn drain_tun(&mut self) {
-        for _ in 0..TUN_READS_PER_WAKE {
-            match self.tun.try_read(&mut self.tun_in) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TUN read failed");
-                    break;
-                }
-            }
-            for packet in self.tun_in.packets() {
-                self.core.on_tun_packet(packet);
-            }
-            if self.core.out.len() >= FLUSH_AT {
-                self.flush().await;
-            }
-        }
-        self.flush().await;
     }
 
     /// Sends to the hub's new address from now on.
@@ -256,29 +201,12 @@ impl DataPlane {
         if addr == self.core.hub {
             return;
         }
-        match self.udp.connect(addr).await {
+        match self.io.udp().connect(addr).await {
             Ok(()) => {
                 tracing::info!(from = %self.core.hub, to = %addr, "the hub moved: data plane follows");
                 self.core.hub = addr;
             }
             Err(e) => tracing::warn!(error = %e, %addr, "cannot send to the hub's new address"),
-        }
-    }
-
-    /// Writes what the pass produced.
-    async fn flush(&mut self) {
-        for batch in self.core.out.batches() {
-            let n = batch.count() as u64;
-            self.core.packets += n;
-            self.core.bytes += batch.contents().len() as u64;
-            match self.udp.send(batch).await {
-                Ok(()) => self.core.counters.tx_datagrams += n,
-                Err(e) => tracing::trace!(error = %e, "UDP send failed"),
-            }
-        }
-        self.core.out.clear();
-        if let Err(e) = self.tun.write(&mut self.core.to_tun).await {
-            tracing::debug!(error = %e, "TUN write failed");
         }
     }
 }
@@ -555,5 +483,30 @@ impl Core {
                 _ => {}
             }
         }
+    }
+}
+
+impl PassHandler for Core {
+    fn on_datagram(&mut self, _from: SocketAddr, datagram: &[u8]) {
+        Core::on_datagram(self, datagram);
+    }
+
+    fn on_tun_packet(&mut self, packet: &[u8]) {
+        Core::on_tun_packet(self, packet);
+    }
+
+    fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
+        &mut self.out
+    }
+
+    fn to_tun(&mut self) -> &mut TunWriter {
+        &mut self.to_tun
+    }
+
+    /// Sent datagrams count towards the epoch's packet and byte budgets.
+    fn sent(&mut self, count: u64, bytes: u64) {
+        self.packets += count;
+        self.bytes += bytes;
+        self.counters.tx_datagrams += count;
     }
 }

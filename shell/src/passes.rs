@@ -1,0 +1,128 @@
+//! The data plane's passes, shared by the hub and the spoke: read a batch
+//! from the UDP socket or the TUN, let the daemon's state handle every
+//! packet (decrypt, route, relay, encrypt into its outbox and TUN writer),
+//! then write everything at once. The daemons differ only in their
+//! [`PassHandler`].
+
+use std::io;
+use std::net::SocketAddr;
+
+use tasuki_core::batch::{split_received, Outbox};
+
+use crate::netdev::{Tun, TunReader, TunWriter};
+use crate::udp::{BatchUdp, RecvBatch};
+
+/// Socket reads per wake-up before the loop looks at commands and timers.
+const UDP_ROUNDS_PER_WAKE: usize = 8;
+/// TUN reads per wake-up: single small packets come one per call, and their
+/// datagrams are sent together.
+const TUN_READS_PER_WAKE: usize = 64;
+/// Datagrams that make a run of TUN reads send what it has.
+const FLUSH_AT: usize = 256;
+
+/// What a daemon does with the packets of a pass.
+pub trait PassHandler {
+    /// One datagram from `from`.
+    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]);
+    /// One packet read from the TUN.
+    fn on_tun_packet(&mut self, packet: &[u8]);
+    /// Where the pass's datagrams wait to be sent.
+    fn outbox(&mut self) -> &mut Outbox<SocketAddr>;
+    /// Where the pass's TUN packets wait to be written.
+    fn to_tun(&mut self) -> &mut TunWriter;
+    /// `count` datagrams of `bytes` bytes in all were sent.
+    fn sent(&mut self, count: u64, bytes: u64);
+}
+
+/// The data plane's devices and their read buffers.
+pub struct Devices {
+    udp: BatchUdp,
+    tun: Tun,
+    udp_in: RecvBatch,
+    tun_in: TunReader,
+}
+
+impl Devices {
+    /// Wraps a socket and a TUN.
+    pub fn new(udp: BatchUdp, tun: Tun) -> Self {
+        Self {
+            udp,
+            tun,
+            udp_in: RecvBatch::default(),
+            tun_in: TunReader::default(),
+        }
+    }
+
+    /// The UDP socket.
+    pub fn udp(&self) -> &BatchUdp {
+        &self.udp
+    }
+
+    /// The TUN device.
+    pub fn tun(&self) -> &Tun {
+        &self.tun
+    }
+
+    /// Reads what the socket holds, a batch at a time, and handles it.
+    pub async fn drain_udp<H: PassHandler>(&mut self, handler: &mut H) {
+        for _ in 0..UDP_ROUNDS_PER_WAKE {
+            match self.udp.try_recv(&mut self.udp_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors (a peer that went away) surface here.
+                    tracing::trace!(error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+            for (from, bytes, stride) in self.udp_in.received() {
+                for datagram in split_received(bytes, stride) {
+                    handler.on_datagram(from, datagram);
+                }
+            }
+            self.flush(handler).await;
+        }
+    }
+
+    /// Reads what the TUN holds and handles it.
+    pub async fn drain_tun<H: PassHandler>(&mut self, handler: &mut H) {
+        for _ in 0..TUN_READS_PER_WAKE {
+            match self.tun.try_read(&mut self.tun_in) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+            for packet in self.tun_in.packets() {
+                handler.on_tun_packet(packet);
+            }
+            if handler.outbox().len() >= FLUSH_AT {
+                self.flush(handler).await;
+            }
+        }
+        self.flush(handler).await;
+    }
+
+    /// Sends the pass's datagrams and writes its TUN packets.
+    pub async fn flush<H: PassHandler>(&mut self, handler: &mut H) {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for batch in handler.outbox().batches() {
+            match self.udp.send(batch).await {
+                Ok(()) => {
+                    count += batch.count() as u64;
+                    bytes += batch.contents().len() as u64;
+                }
+                Err(e) => tracing::debug!(error = %e, to = ?batch.destination(), "UDP send failed"),
+            }
+        }
+        handler.outbox().clear();
+        if count > 0 {
+            handler.sent(count, bytes);
+        }
+        if let Err(e) = self.tun.write(handler.to_tun()).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+}
