@@ -215,18 +215,25 @@ impl HubState {
     pub(crate) fn link_specs(&self) -> Vec<LinkSpec> {
         self.registry
             .spokes()
-            .filter(|s| s.state == SpokeState::Active)
-            .filter_map(|s| {
-                self.schedules.get(&s.id).map(|sched| LinkSpec {
-                    id: s.id,
-                    public_key: s.public_key,
-                    tunnel_addr: s.tunnel_addr,
-                    epochs: sched.epochs(),
-                    carry: self.carries(s.id),
-                    handshake_epochs: sched.handshake_epochs(),
-                })
-            })
+            .filter_map(|s| self.link_spec(s.id))
             .collect()
+    }
+
+    /// What the data plane should carry for one spoke (an active one with epochs).
+    pub(crate) fn link_spec(&self, id: SpokeId) -> Option<LinkSpec> {
+        let s = self
+            .registry
+            .spoke(id)
+            .filter(|s| s.state == SpokeState::Active)?;
+        let sched = self.schedules.get(&id)?;
+        Some(LinkSpec {
+            id: s.id,
+            public_key: s.public_key,
+            tunnel_addr: s.tunnel_addr,
+            epochs: sched.epochs(),
+            carry: self.carries(s.id),
+            handshake_epochs: sched.handshake_epochs(),
+        })
     }
 
     /// Flushes the store (on a graceful stop).
@@ -263,7 +270,7 @@ impl HubState {
     /// effect there: an update notification sent after this never reaches a
     /// spoke before the hub can answer its handshake under the new epoch.
     async fn push_link(&self, id: SpokeId) {
-        let Some(spec) = self.link_specs().into_iter().find(|l| l.id == id) else {
+        let Some(spec) = self.link_spec(id) else {
             return;
         };
         let _ = self.dataplane.send(DpCommand::Upsert(spec)).await;
