@@ -3,7 +3,7 @@
 //! Pure state: the hub shell persists what these methods return (and flushes
 //! it) before it answers anyone. Time comes in as Unix seconds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -181,12 +181,27 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     }
 }
 
+/// A record as it was before the last change, to put back.
+#[derive(Clone, Debug)]
+enum Prior {
+    Spoke(SpokeId, Option<SpokeRecord>),
+    Invitation(InvitationId, Option<InvitationRecord>),
+}
+
 /// Invitations and spokes, with the rules that change them.
+///
+/// Every change remembers the records it replaced, so a caller whose store
+/// refused the change can [`undo`](Self::undo) it without having copied the
+/// whole registry first (that copy made enrolment slow down as spokes grew).
 #[derive(Clone, Debug)]
 pub struct Registry {
     settings: HubSettings,
     spokes: BTreeMap<SpokeId, SpokeRecord>,
     invitations: BTreeMap<InvitationId, InvitationRecord>,
+    /// Spoke ids by static key, for attach and enrolment lookups.
+    by_key: HashMap<PublicKey, SpokeId>,
+    /// What the last change replaced.
+    last_change: Vec<Prior>,
 }
 
 impl Registry {
@@ -196,11 +211,67 @@ impl Registry {
         spokes: impl IntoIterator<Item = SpokeRecord>,
         invitations: impl IntoIterator<Item = InvitationRecord>,
     ) -> Self {
+        let spokes: BTreeMap<SpokeId, SpokeRecord> =
+            spokes.into_iter().map(|s| (s.id, s)).collect();
+        let mut by_key = HashMap::with_capacity(spokes.len());
+        for s in spokes.values() {
+            // The oldest record holding a key answers for it.
+            by_key.entry(s.public_key).or_insert(s.id);
+        }
         Self {
             settings,
-            spokes: spokes.into_iter().map(|s| (s.id, s)).collect(),
+            spokes,
             invitations: invitations.into_iter().map(|i| (i.id, i)).collect(),
+            by_key,
+            last_change: Vec::new(),
         }
+    }
+
+    /// Puts back the records the last change replaced: for a change the
+    /// store could not keep. Does nothing the second time.
+    pub fn undo(&mut self) {
+        while let Some(prior) = self.last_change.pop() {
+            match prior {
+                Prior::Spoke(id, old) => {
+                    if let Some(now) = self.spokes.remove(&id) {
+                        if self.by_key.get(&now.public_key) == Some(&id) {
+                            self.by_key.remove(&now.public_key);
+                        }
+                    }
+                    if let Some(old) = old {
+                        self.by_key.entry(old.public_key).or_insert(id);
+                        self.spokes.insert(id, old);
+                    }
+                }
+                Prior::Invitation(id, old) => match old {
+                    Some(old) => {
+                        self.invitations.insert(id, old);
+                    }
+                    None => {
+                        self.invitations.remove(&id);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Starts a change: forgets what the one before replaced.
+    fn begin_change(&mut self) {
+        self.last_change.clear();
+    }
+
+    /// Stores a spoke record, remembering the one it replaces.
+    fn put_spoke(&mut self, spoke: SpokeRecord) {
+        self.by_key.entry(spoke.public_key).or_insert(spoke.id);
+        let old = self.spokes.insert(spoke.id, spoke.clone());
+        self.last_change.push(Prior::Spoke(spoke.id, old));
+    }
+
+    /// Stores an invitation record, remembering the one it replaces.
+    fn put_invitation(&mut self, invitation: InvitationRecord) {
+        let id = invitation.id;
+        let old = self.invitations.insert(id, invitation);
+        self.last_change.push(Prior::Invitation(id, old));
     }
 
     /// Hub-wide settings.
@@ -229,7 +300,7 @@ impl Registry {
 
     /// A spoke by its static key.
     pub fn spoke_by_key(&self, key: &PublicKey) -> Option<&SpokeRecord> {
-        self.spokes.values().find(|s| &s.public_key == key)
+        self.by_key.get(key).and_then(|id| self.spokes.get(id))
     }
 
     /// All invitations.
@@ -260,6 +331,7 @@ impl Registry {
         now: u64,
         rng: &mut R,
     ) -> Result<(InvitationRecord, Invitation), RegistryError> {
+        self.begin_change();
         validate_name(name)?;
         if valid_secs == 0 {
             return Err(RegistryError::ZeroValidity);
@@ -289,7 +361,7 @@ impl Registry {
                 .unwrap_or_else(|| SecretKey::from_bytes([0; 32])),
             expires_at: record.expires_at,
         };
-        self.invitations.insert(record.id, record.clone());
+        self.put_invitation(record.clone());
         Ok((record, invitation))
     }
 
@@ -357,6 +429,7 @@ impl Registry {
         now: u64,
         rng: &mut R,
     ) -> Result<Enrolled, Refusal> {
+        self.begin_change();
         // Re-checks everything enrolment_secret checked.
         self.enrolment_secret(id, &spoke_key, now)?;
         let inv =
@@ -421,8 +494,8 @@ impl Registry {
         };
         let mut used = inv;
         used.used_by = Some(spoke_key);
-        self.spokes.insert(spoke.id, spoke.clone());
-        self.invitations.insert(used.id, used.clone());
+        self.put_spoke(spoke.clone());
+        self.put_invitation(used.clone());
         let first_epoch = (state == SpokeState::Active).then(|| KeyEpoch::issue(1, now, rng));
         Ok(Enrolled {
             spoke,
@@ -464,13 +537,15 @@ impl Registry {
         needed: &'static str,
         to: SpokeState,
     ) -> Result<SpokeRecord, RegistryError> {
+        self.begin_change();
         let id = self
             .spoke_by_name(name)
             .map(|s| s.id)
             .ok_or_else(|| RegistryError::NoSuchSpoke(name.to_owned()))?;
-        let spoke = self
+        let mut spoke = self
             .spokes
-            .get_mut(&id)
+            .get(&id)
+            .cloned()
             .ok_or_else(|| RegistryError::NoSuchSpoke(name.to_owned()))?;
         if !allowed.contains(&spoke.state) {
             return Err(RegistryError::WrongState {
@@ -481,7 +556,8 @@ impl Registry {
             });
         }
         spoke.state = to;
-        Ok(spoke.clone())
+        self.put_spoke(spoke.clone());
+        Ok(spoke)
     }
 
     /// Approves a pending spoke (admin, or its owner from another device).
@@ -533,6 +609,7 @@ impl Registry {
 
     /// Drops invitations that expired unused more than `keep_secs` ago.
     pub fn expire_invitations(&mut self, now: u64, keep_secs: u64) -> Vec<InvitationId> {
+        self.begin_change();
         let gone: Vec<_> = self
             .invitations
             .values()
@@ -540,7 +617,9 @@ impl Registry {
             .map(|i| i.id)
             .collect();
         for id in &gone {
-            self.invitations.remove(id);
+            if let Some(old) = self.invitations.remove(id) {
+                self.last_change.push(Prior::Invitation(*id, Some(old)));
+            }
         }
         gone
     }
@@ -733,6 +812,45 @@ mod tests {
             .unwrap();
         assert_eq!(fresh.spoke.state, SpokeState::Active);
         assert_eq!(r.spoke_by_name("p").unwrap().public_key, PublicKey([9; 32]));
+    }
+
+    #[test]
+    fn an_unstored_change_is_undone() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut r = registry();
+        let (_, kept) = r
+            .invite("kept", true, false, None, 60, HUB, 0, &mut rng)
+            .unwrap();
+        // An invitation the store refused: gone, and its name free again.
+        let (_, lost) = r
+            .invite("lost", true, false, None, 60, HUB, 0, &mut rng)
+            .unwrap();
+        r.undo();
+        assert!(r.invitations().all(|i| i.id != lost.id));
+        r.invite("lost", true, false, None, 60, HUB, 0, &mut rng)
+            .unwrap();
+        // An enrolment the store refused: the spoke and its key are forgotten,
+        // the invitation is unused and the address free.
+        let key = PublicKey([4; 32]);
+        let e = r.enrol(&kept.id, key, "", "", None, 1, &mut rng).unwrap();
+        r.undo();
+        assert!(r.spoke(e.spoke.id).is_none());
+        assert!(r.spoke_by_key(&key).is_none());
+        assert_eq!(r.attach(&key).unwrap_err().code, RefusalCode::UnknownSpoke);
+        let again = r
+            .enrol(&kept.id, PublicKey([5; 32]), "", "", None, 2, &mut rng)
+            .unwrap();
+        assert_eq!(again.spoke.tunnel_addr, e.spoke.tunnel_addr);
+        assert!(again.first_epoch.is_some());
+        // A revocation the store refused: the spoke is active again.
+        r.revoke("kept").unwrap();
+        r.undo();
+        assert_eq!(r.attach(&PublicKey([5; 32])).unwrap().name, "kept");
+        // A refused change replaces nothing, so undo after it changes nothing.
+        assert!(r.revoke("nobody").is_err());
+        r.undo();
+        assert_eq!(r.spokes().count(), 1);
+        assert_eq!(r.attach(&PublicKey([5; 32])).unwrap().name, "kept");
     }
 
     #[test]

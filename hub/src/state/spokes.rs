@@ -24,7 +24,6 @@ impl HubState {
     ) -> Result<InvitationView> {
         let hub_key = self.key.public();
         // Memory never holds what the store does not: undone if not stored.
-        let saved = self.registry.clone();
         let (record, invitation) = self
             .registry
             .invite(
@@ -41,7 +40,7 @@ impl HubState {
         let stored = Write::put(INVITATIONS_TREE, record.id.0, &record)
             .and_then(|w| self.store.commit(&[w]));
         if let Err(e) = stored {
-            self.registry = saved;
+            self.registry.undo();
             return Err(e.context(format!("invitation for {name:?} not created")));
         }
         tracing::info!(invitation = %record.id, name, pre_approved, service, "invitation created");
@@ -83,7 +82,6 @@ impl HubState {
         now: u64,
     ) -> Result<std::result::Result<(Enrolled, Option<KeyEpoch>), Refusal>> {
         let unknown_user = as_user.filter(|u| !self.user_exists(u));
-        let saved = self.registry.clone();
         let result = match unknown_user {
             Some(u) => Err(Refusal::new(
                 RefusalCode::ProtocolViolation,
@@ -117,7 +115,7 @@ impl HubState {
             Err(e) => {
                 // Not stored: the invitation stays unused and the address
                 // free, so the spoke can simply try again.
-                self.registry = saved;
+                self.registry.undo();
                 if let Some(epoch) = &enrolled.first_epoch {
                     let _ = self.vault.erase(&vault_name(spoke.id, epoch.number));
                 }
@@ -199,11 +197,11 @@ impl HubState {
     }
 
     /// Stores a changed spoke record; on failure puts the registry back.
-    fn store_spoke(&mut self, saved: Registry, spoke: &SpokeRecord, what: &str) -> Result<()> {
+    fn store_spoke(&mut self, spoke: &SpokeRecord, what: &str) -> Result<()> {
         let stored = Write::put(SPOKES_TREE, spoke.id.to_be_bytes(), spoke)
             .and_then(|w| self.store.commit(&[w]));
         if let Err(e) = stored {
-            self.registry = saved;
+            self.registry.undo();
             return Err(e.context(format!("{what} of {:?} not stored", spoke.name)));
         }
         Ok(())
@@ -240,9 +238,8 @@ impl HubState {
 
     /// Approves a pending spoke; it gets its keys when it next attaches.
     pub(crate) async fn approve(&mut self, name: &str, by: &str, now: u64) -> Result<SpokeRecord> {
-        let saved = self.registry.clone();
         let spoke = self.registry.approve(name)?;
-        self.store_spoke(saved, &spoke, "approval")?;
+        self.store_spoke(&spoke, "approval")?;
         tracing::info!(spoke = %spoke.name, by, "spoke approved");
         self.audit(
             AuditRecord::new(now, AuditKind::Approval)
@@ -254,9 +251,8 @@ impl HubState {
 
     /// Denies a pending spoke.
     pub(crate) async fn deny(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
-        let saved = self.registry.clone();
         let spoke = self.registry.deny(name)?;
-        self.store_spoke(saved, &spoke, "denial")?;
+        self.store_spoke(&spoke, "denial")?;
         tracing::info!(spoke = %spoke.name, "spoke denied");
         self.audit(AuditRecord::new(now, AuditKind::Denial).spoke(name));
         self.cut_off(
@@ -270,7 +266,6 @@ impl HubState {
     /// Revokes a spoke: its keys are erased at once, its sessions dropped,
     /// and the relay refuses it from now on.
     pub(crate) async fn revoke(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
-        let saved = self.registry.clone();
         let spoke = self.registry.revoke(name)?;
         let epochs = self
             .schedules
@@ -290,7 +285,7 @@ impl HubState {
         });
         if let Err(e) = stored {
             // Not revoked: the admin sees the error and must try again.
-            self.registry = saved;
+            self.registry.undo();
             return Err(e.context(format!("revocation of {name:?} not stored")));
         }
         self.schedules.remove(&spoke.id);
