@@ -162,10 +162,10 @@ def main():
         elif rec.get("kind") == "ping":
             parse_ping(rec)
         elif rec.get("kind") == "rotations":
-            rotations[(rec["test"], rec["run"])] = rec["count"]
+            rotations[(rec["test"], rec["run"], rec.get("pair"))] = rec["count"]
     for rec in records:
         if rec.get("kind") == "iperf3" and rec["test"].startswith("rotation-"):
-            rec["rotations"] = rotations.get((rec["test"], rec["run"]))
+            rec["rotations"] = rotations.get((rec["test"], rec["run"], rec.get("pair")))
 
     ran = {r["setup"] for r in records if r.get("kind") == "setup"}
     failed_setups = [f"{r['setup']} (run {r.get('run')})" for r in records if r.get("kind") == "setup-failed"]
@@ -234,6 +234,21 @@ def main():
             rot[f"stalls_{mode}"] = [r.get("stalled_intervals") for r in runs]
     if rot.get("on") and rot.get("off"):
         rot["ratio"] = rot["on"]["median"] / rot["off"]["median"] if rot["off"]["median"] else None
+    # Each "on" against the "off" run next to it in time (same run and pair):
+    # slow drifts of the machine's speed cancel out of these ratios.
+    paired = {}
+    for r in records:
+        if r.get("kind") == "iperf3" and r["setup"] == "tasuki" and r["test"].startswith("rotation-"):
+            paired.setdefault((r["run"], r.get("pair")), {})[r["test"]] = r.get("gbps")
+    pair_ratios = stats(
+        [
+            p["rotation-on"] / p["rotation-off"]
+            for p in paired.values()
+            if p.get("rotation-on") is not None and p.get("rotation-off")
+        ]
+    )
+    if pair_ratios:
+        rot["pair_ratios"] = pair_ratios
     memory = [r for r in records if r.get("kind") == "memory"]
     for m in memory:
         m["rss"] = stats([v for v in m.get("rss_kib", []) if v is not None])
@@ -335,8 +350,14 @@ def render(meta, table, summary, rot, memory, records, failures):
                 f"no rotation: {', '.join(map(str, rot.get('stalls_off', [])))}; "
                 f"rotating: {', '.join(map(str, rot.get('stalls_on', [])))} |"
             )
+        pr = rot.get("pair_ratios")
+        if pr:
+            L.append(
+                f"| rotating ÷ not rotating, back-to-back pairs | {pr['median']:.3f} "
+                f"({pr['min']:.3f}–{pr['max']:.3f}, {pr['n']} pairs) |"
+            )
         if rot.get("ratio") is not None:
-            L.append(f"| rotating ÷ not rotating | {rot['ratio']:.3f} |")
+            L.append(f"| rotating median ÷ not rotating median | {rot['ratio']:.3f} |")
         if n_off and any(n_off):
             L.append(f"| (rotations during the no-rotation runs) | {', '.join(map(str, n_off))} |")
     if memory:
