@@ -36,8 +36,9 @@ pub struct EpochTunnel {
     pub epoch: u64,
     /// Its tunnel index.
     pub index: u32,
-    /// boringtun's tunnel.
-    pub tunn: Tunn,
+    /// boringtun's tunnel (boxed: it is about 11 KB, and links sort and
+    /// drop their tunnels).
+    pub tunn: Box<Tunn>,
     /// True once the peer proved it runs a session under this epoch (a data
     /// packet decrypted, or our handshake was answered). Only then does
     /// traffic switch to it.
@@ -94,14 +95,14 @@ impl Link {
         // Epochs 16 apart share an index; the older one is long over (a link
         // never holds more than a few epochs), so it gives way.
         self.tunnels.retain(|t| t.index != index);
-        let tunn = Tunn::new(
+        let tunn = Box::new(Tunn::new(
             own.to_x25519(),
             self.peer.to_x25519(),
             Some(*epoch.key.expose()),
             self.keepalive,
             index,
             limiter,
-        );
+        ));
         self.tunnels.push(EpochTunnel {
             epoch: epoch.number,
             index,
@@ -109,6 +110,17 @@ impl Link {
             confirmed: false,
         });
         self.tunnels.sort_by_key(|t| t.epoch);
+    }
+
+    /// True when the link holds no tunnel.
+    pub fn is_empty(&self) -> bool {
+        self.tunnels.is_empty()
+    }
+
+    /// True when no tunnel holds a WireGuard session (none ever did, or
+    /// every one expired).
+    pub fn is_idle(&self) -> bool {
+        !self.tunnels.iter().any(EpochTunnel::has_session)
     }
 
     /// Drops the tunnels of epochs for which `keep` is false.
@@ -238,7 +250,9 @@ mod tests {
         let e2 = KeyEpoch::issue(2, 0, &mut rng);
 
         let mut hub_link = Link::new(5, spoke.public(), 0);
+        assert!(hub_link.is_empty() && hub_link.is_idle());
         hub_link.install(&hub, &e1, None);
+        assert!(!hub_link.is_empty() && hub_link.is_idle());
         let mut spoke_link = Link::new(0, hub.public(), 0);
         spoke_link.install(&spoke, &e1, None);
 
@@ -265,6 +279,7 @@ mod tests {
         );
         assert_eq!(got, vec![packet.clone()]);
         assert!(hub_link.for_sending().unwrap().has_session());
+        assert!(!hub_link.is_idle());
 
         // A spoke on epoch 2 cannot complete a handshake with a hub on epoch 1.
         let mut wrong = Link::new(0, hub.public(), 0);

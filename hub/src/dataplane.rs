@@ -32,6 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Handshakes per second the hub answers before it demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Timer ticks (250 ms) a link stays quiet, with no WireGuard session left,
+/// before its tunnels are dropped: three minutes, longer than a handshake
+/// keeps retrying (90 s).
+const IDLE_TICKS: u32 = 4 * 180;
 
 /// What the data plane should carry for one spoke.
 #[derive(Clone, Debug)]
@@ -96,7 +100,15 @@ pub(crate) struct DpStatus {
 }
 
 struct Peer {
+    /// The WireGuard tunnels, one per epoch; empty while the spoke is away
+    /// (built from `keys` when it next handshakes), which keeps a hub with
+    /// thousands of enrolled but absent spokes small.
     link: Link,
+    /// The keys of the epochs the spoke may use now.
+    keys: Vec<KeyEpoch>,
+    /// Timer ticks since the link last did anything; its tunnels are
+    /// dropped once they hold no session and this reaches [`IDLE_TICKS`].
+    quiet_ticks: u32,
     endpoint: Option<SocketAddr>,
     handshake_epochs: Vec<u64>,
     carry: bool,
@@ -107,6 +119,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// Builds the tunnels of an idle link again from its keys.
+    fn wake(&mut self, own: &StaticKey, limiter: &Arc<RateLimiter>) {
+        self.quiet_ticks = 0;
+        if self.link.is_empty() {
+            for epoch in &self.keys {
+                self.link.install(own, epoch, Some(limiter.clone()));
+            }
+        }
+    }
+
     fn usage(&self) -> Usage {
         Usage {
             packets: self.packets,
@@ -219,6 +241,8 @@ impl Core {
             DpCommand::Upsert(spec) => {
                 let peer = self.peers.entry(spec.id).or_insert_with(|| Peer {
                     link: Link::new(spec.id, spec.public_key, 0),
+                    keys: Vec::new(),
+                    quiet_ticks: 0,
                     endpoint: None,
                     handshake_epochs: Vec::new(),
                     carry: false,
@@ -232,12 +256,17 @@ impl Core {
                 if peer.link.peer() != spec.public_key {
                     peer.link = Link::new(spec.id, spec.public_key, 0);
                 }
-                for epoch in &spec.epochs {
-                    peer.link
-                        .install(&self.key, epoch, Some(self.limiter.clone()));
+                // A link in use gets the new epochs' tunnels now; an idle
+                // one when the spoke next handshakes.
+                if !peer.link.is_empty() {
+                    for epoch in &spec.epochs {
+                        peer.link
+                            .install(&self.key, epoch, Some(self.limiter.clone()));
+                    }
                 }
                 let keep: Vec<u64> = spec.epochs.iter().map(|e| e.number).collect();
                 peer.link.retain(|e| keep.contains(&e));
+                peer.keys = spec.epochs;
                 self.by_key.insert(spec.public_key, spec.id);
                 self.routes.set_spoke(spec.id, spec.tunnel_addr);
                 tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
@@ -360,6 +389,7 @@ impl Core {
             self.drop_packet(DropReason::UnknownPeer);
             return;
         };
+        peer.wake(&self.key, &self.limiter);
         let mut candidates = peer.handshake_epochs.clone();
         if candidates.is_empty() {
             candidates.extend(peer.link.epochs().last());
@@ -416,6 +446,7 @@ impl Core {
             self.drop_packet(DropReason::BadDatagram);
             return;
         };
+        peer.quiet_ticks = 0;
         let had_session = tunnel.has_session();
         let epoch = tunnel.epoch;
         let is_data = datagram.first() == Some(&4);
@@ -494,7 +525,12 @@ impl Core {
         }
         let packet = self.to_tun.pending(len);
         match self.routes.inbound(from, packet) {
-            Verdict::Relay(to) => match seal_to(self.peers.get_mut(&to), packet, &mut self.out) {
+            Verdict::Relay(to) => match seal_to(
+                self.peers.get_mut(&to),
+                packet,
+                &mut self.out,
+                (&self.key, &self.limiter),
+            ) {
                 Ok(()) => self.counters.relayed += 1,
                 Err(reason) => *self.drops.entry(reason).or_default() += 1,
             },
@@ -513,7 +549,12 @@ impl Core {
 
     fn on_tun_packet(&mut self, packet: &[u8]) {
         match self.routes.outbound(packet) {
-            Verdict::Relay(to) => match seal_to(self.peers.get_mut(&to), packet, &mut self.out) {
+            Verdict::Relay(to) => match seal_to(
+                self.peers.get_mut(&to),
+                packet,
+                &mut self.out,
+                (&self.key, &self.limiter),
+            ) {
                 Ok(()) => self.counters.from_tun += 1,
                 Err(reason) => self.drop_packet(reason),
             },
@@ -524,6 +565,18 @@ impl Core {
 
     fn on_timers(&mut self) {
         for peer in self.peers.values_mut() {
+            if peer.link.is_empty() {
+                continue;
+            }
+            peer.quiet_ticks = peer.quiet_ticks.saturating_add(1);
+            if peer.quiet_ticks >= IDLE_TICKS && peer.link.is_idle() {
+                tracing::debug!(
+                    spoke = peer.link.slot(),
+                    "idle link: tunnels dropped until the next handshake"
+                );
+                peer.link.retain(|_| false);
+                continue;
+            }
             let Some(endpoint) = peer.endpoint else {
                 continue;
             };
@@ -546,12 +599,14 @@ fn seal_to(
     peer: Option<&mut Peer>,
     packet: &[u8],
     out: &mut Outbox<SocketAddr>,
+    (own, limiter): (&StaticKey, &Arc<RateLimiter>),
 ) -> Result<(), DropReason> {
     let peer = peer.ok_or(DropReason::NoRoute)?;
     if !peer.carry {
         return Err(DropReason::NotLoggedIn);
     }
     let endpoint = peer.endpoint.ok_or(DropReason::NoSession)?;
+    peer.wake(own, limiter);
     let tunnel = peer.link.for_sending().ok_or(DropReason::NoSession)?;
     let spare = out.spare();
     if packet.len() + 32 > spare.len() {
