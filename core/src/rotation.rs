@@ -261,7 +261,13 @@ impl LinkSchedule {
         Some((next, trigger))
     }
 
-    /// Asks for a rotation at the next opportunity.
+    /// The rotation asked for and not begun yet, if any.
+    pub fn requested(&self) -> Option<&Trigger> {
+        self.pending.as_ref()
+    }
+
+    /// Asks for a rotation at the next opportunity (a request already
+    /// waiting keeps its trigger).
     pub fn request(&mut self, trigger: Trigger) {
         if self.pending.is_none() {
             self.pending = Some(trigger);

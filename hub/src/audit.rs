@@ -13,6 +13,10 @@ use tasuki_core::audit::AuditRecord;
 pub(crate) struct AuditLog {
     path: PathBuf,
     file: File,
+    /// The file may end inside a line (a write cut short by a full disk or
+    /// a crash): the next record starts on a line of its own, so only the
+    /// cut line is lost, never the record after it.
+    cut_line: bool,
 }
 
 impl AuditLog {
@@ -20,12 +24,19 @@ impl AuditLog {
     pub(crate) fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("audit.log");
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?;
-        Ok(Self { path, file })
+        let cut_line = ends_inside_a_line(&file)
+            .with_context(|| format!("cannot read the audit log {}", path.display()))?;
+        Ok(Self {
+            path,
+            file,
+            cut_line,
+        })
     }
 
     /// Appends one record and syncs it to disk.
@@ -34,7 +45,13 @@ impl AuditLog {
             .map_err(anyhow::Error::from)
             .and_then(|mut line| {
                 line.push('\n');
+                if self.cut_line {
+                    line.insert(0, '\n');
+                }
+                // Until this write is known whole, the file may end mid-line.
+                self.cut_line = true;
                 self.file.write_all(line.as_bytes())?;
+                self.cut_line = false;
                 self.file.sync_data()?;
                 Ok(())
             });
@@ -62,5 +79,52 @@ impl AuditLog {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether the file's last byte is not a newline (a line was cut short).
+fn ends_inside_a_line(file: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tasuki_core::audit::AuditKind;
+
+    #[test]
+    fn a_line_cut_short_costs_only_itself() {
+        let dir = std::env::temp_dir().join(format!("tasuki-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = AuditLog::open(&dir).unwrap();
+        log.append(&AuditRecord::new(10, AuditKind::Approval).spoke("before"));
+        drop(log);
+        // A crash (or a full disk) in the middle of the next record.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join("audit.log"))
+            .unwrap();
+        f.write_all(br#"{"time":11,"kind":"#).unwrap();
+        drop(f);
+        let mut log = AuditLog::open(&dir).unwrap();
+        log.append(&AuditRecord::new(12, AuditKind::Approval).spoke("after"));
+        let got: Vec<_> = log
+            .read(0)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.time, r.spoke))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(10, Some("before".into())), (12, Some("after".into()))]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

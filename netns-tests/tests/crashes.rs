@@ -1,6 +1,6 @@
 //! Faults with the real daemons (issue 7): kill -9 and restart of the hub
-//! during an enrolment, a login, a rotation and a revocation, and of a
-//! spoke during a rotation. After each fault: traffic recovers, nothing
+//! during an enrolment, a login, a rotation, a rotation request and a
+//! revocation, and of a spoke during a rotation. After each fault: traffic recovers, nothing
 //! acknowledged is lost, and hub and spokes agree on every key epoch.
 //!
 //! The moment of each kill is drawn from a seeded generator
@@ -297,6 +297,38 @@ fn hub_killed_during_rotation_keeps_epochs_agreed() {
         list.len() == 2 && list.iter().all(|s| s["state"] == "active"),
         "{list:?}"
     );
+}
+
+/// An admin's `key rotate` is stored before it is acknowledged: a hub killed
+/// the moment after still rotates both links once it is back (the policy's
+/// interval is an hour, so nothing else would).
+#[test]
+fn an_acknowledged_rotation_request_survives_a_hub_crash() {
+    if skip_unless_root("an_acknowledged_rotation_request_survives_a_hub_crash") {
+        return;
+    }
+    let mut net = TwoSpokes::up();
+    set_policy(&net, &["--interval", "1h"]);
+    let start = recovered(&net, "start");
+    let out = net.hub_cli(&["key", "rotate", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    kill_and_restart_hub(&mut net);
+    let t = &net.topo;
+    t.wait_for(
+        "both links to rotate after the restart",
+        Duration::from_secs(60),
+        || {
+            t.must_be_alive(&net.hub);
+            let _ = t.ping(&t.ns_a, HUB_TUNNEL, 1);
+            let _ = t.ping(&t.ns_b, HUB_TUNNEL, 1);
+            t.agreed_epoch("a", &net.a_socket)
+                .is_some_and(|k| k > start.0)
+                && t.agreed_epoch("b", &net.b_socket)
+                    .is_some_and(|k| k > start.1)
+        },
+    );
+    let (ka, kb) = recovered(&net, "the requested rotation");
+    assert!(ka > start.0 && kb > start.1, "{start:?} → {:?}", (ka, kb));
 }
 
 /// The hub dies while it revokes a spoke. A revocation that was

@@ -22,7 +22,6 @@ use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_shell::netdev::{Tun, TunWriter};
 use tasuki_shell::passes::{Devices, PassHandler};
 use tasuki_shell::udp::BatchUdp;
-use tasuki_shell::unix_now;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::SpokeStore;
@@ -74,6 +73,10 @@ pub(crate) struct DataPlane {
 
 /// Everything a pass reads and writes besides the devices.
 struct Core {
+    /// When the data plane started: epoch ages are counted from it on the
+    /// monotonic clock, so a wall-clock jump (NTP, a suspended VM) neither
+    /// ends an epoch early nor stretches it.
+    started: std::time::Instant,
     store: Arc<SpokeStore>,
     key: Arc<StaticKey>,
     hub: SocketAddr,
@@ -128,7 +131,8 @@ impl DataPlane {
         Ok(Self {
             io: Devices::new(udp, tun),
             core: Core {
-                keys: SpokeKeys::new(held, current, unix_now()),
+                started: std::time::Instant::now(),
+                keys: SpokeKeys::new(held, current, 0),
                 store,
                 key,
                 hub,
@@ -278,9 +282,14 @@ impl Core {
         }
     }
 
+    /// Seconds since the data plane started, on the monotonic clock.
+    fn age_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
     /// Asks the key state what to do, and does it.
     fn poll_keys(&mut self) {
-        let poll = self.keys.poll(unix_now(), self.packets, self.bytes);
+        let poll = self.keys.poll(self.age_secs(), self.packets, self.bytes);
         if poll.blocked != self.blocked {
             self.blocked = poll.blocked;
             if poll.blocked {
@@ -389,7 +398,7 @@ impl Core {
     fn on_confirmed(&mut self, epoch: u64) {
         if !self
             .keys
-            .on_confirmed(epoch, unix_now(), self.packets, self.bytes)
+            .on_confirmed(epoch, self.age_secs(), self.packets, self.bytes)
         {
             return;
         }

@@ -14,7 +14,7 @@ use tasuki_core::control::{HubMessage, Refusal};
 use tasuki_core::invitation::InvitationId;
 use tasuki_core::keys::{EpochRecord, KeyEpoch, PublicKey, StaticKey};
 use tasuki_core::registry::{Enrolled, HubSettings, Registry, SpokeRecord, SpokeState};
-use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta};
+use tasuki_core::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Trigger};
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::{Store, Write};
 use tasuki_shell::vault::KeyVault;
@@ -36,6 +36,9 @@ const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
 const SCHEDULES_TREE: &str = "schedules";
 const OVERRIDES_TREE: &str = "policy-overrides";
+/// Rotations asked for (by an admin or an event) and not begun yet: kept
+/// across a crash.
+const REQUESTS_TREE: &str = "rotation-requests";
 const USERS_TREE: &str = "users";
 const LOGINS_TREE: &str = "logins";
 
@@ -172,13 +175,19 @@ impl HubState {
             .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
             .into_iter()
             .collect();
-        let schedules = epochs
+        let mut schedules: HashMap<SpokeId, LinkSchedule> = epochs
             .into_iter()
             .map(|(id, list)| {
                 let meta = metas.remove(&id).unwrap_or_default();
                 (id, LinkSchedule::restore(id, list, meta))
             })
             .collect();
+        for (id, trigger) in store.all::<(SpokeId, Trigger)>(REQUESTS_TREE)? {
+            if let Some(s) = schedules.get_mut(&id) {
+                tracing::info!(spoke = id, trigger = %trigger.name(), "a rotation asked for before the restart is still to come");
+                s.request(trigger);
+            }
+        }
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store
             .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?

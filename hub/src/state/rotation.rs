@@ -63,6 +63,10 @@ impl HubState {
             spoke.to_be_bytes(),
             &(spoke, sched.meta().clone()),
         )?);
+        if sched.requested().is_none() {
+            // The request this rotation answered is done.
+            writes.push(Write::remove(REQUESTS_TREE, spoke.to_be_bytes()));
+        }
         self.store.commit(&writes)
     }
 
@@ -166,6 +170,9 @@ impl HubState {
             }
             None => self.schedules.keys().copied().collect(),
         };
+        self.store_requests(&ids, &trigger).map_err(|e| {
+            e.context("the rotation request was not stored, so nothing was asked; try again")
+        })?;
         for id in &ids {
             if let Some(s) = self.schedules.get_mut(id) {
                 s.request(trigger.clone());
@@ -176,9 +183,29 @@ impl HubState {
 
     /// Asks for a rotation of one link, by spoke id (named events).
     pub(crate) fn request_rotation_of(&mut self, spoke: SpokeId, trigger: Trigger) {
+        if let Err(e) = self.store_requests(&[spoke], &trigger) {
+            // Still asked for in memory; only a crash before it begins loses it.
+            tracing::warn!(spoke, trigger = %trigger.name(), error = %format!("{e:#}"), "rotation request not stored");
+        }
         if let Some(s) = self.schedules.get_mut(&spoke) {
             s.request(trigger);
         }
+    }
+
+    /// Stores the rotation requests of these links (a link's request already
+    /// waiting keeps its trigger), before they are made in memory.
+    fn store_requests(&self, ids: &[SpokeId], trigger: &Trigger) -> Result<()> {
+        let mut writes = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(s) = self.schedules.get(id) {
+                let t = s.requested().unwrap_or(trigger);
+                writes.push(Write::put(REQUESTS_TREE, id.to_be_bytes(), &(*id, t))?);
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&writes)
     }
 
     /// The policy that applies to one spoke's link.

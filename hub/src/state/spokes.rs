@@ -277,6 +277,7 @@ impl HubState {
                 w,
                 Write::remove(SCHEDULES_TREE, spoke.id.to_be_bytes()),
                 Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
+                Write::remove(REQUESTS_TREE, spoke.id.to_be_bytes()),
             ];
             for e in &epochs {
                 writes.push(Write::remove(EPOCHS_TREE, epoch_key(spoke.id, e.number)));
