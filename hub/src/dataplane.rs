@@ -26,7 +26,7 @@ use tasuki_core::rotation::Usage;
 use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use tasuki_core::DATAGRAM_BUFFER;
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
 use tasuki_shell::udp::BatchUdp;
 use tokio::sync::{mpsc, oneshot};
 
@@ -450,47 +450,26 @@ impl Core {
         let had_session = tunnel.has_session();
         let epoch = tunnel.epoch;
         let is_data = datagram.first() == Some(&4);
-        // Data is opened straight into the TUN batch; anything else (a
-        // handshake response, a cookie) may answer into the outbox.
-        let result = if is_data {
-            tunnel.tunn.decapsulate(
-                Some(src.ip()),
-                datagram,
-                self.to_tun.slot(datagram.len().max(256)),
-            )
-        } else {
-            tunnel
-                .tunn
-                .decapsulate(Some(src.ip()), datagram, self.out.spare())
-        };
-        let mut inner = None;
-        match result {
-            TunnResult::WriteToNetwork(p) => {
-                let len = p.len();
-                if is_data {
-                    self.out.push(src, self.to_tun.pending(len));
-                } else {
-                    self.out.commit(src, len);
-                }
-                // Packets queued while the session was being set up.
-                while let TunnResult::WriteToNetwork(p) =
-                    tunnel.tunn.decapsulate(None, &[], self.out.spare())
-                {
-                    let len = p.len();
-                    self.out.commit(src, len);
-                }
-            }
-            TunnResult::WriteToTunnelV4(p, _) => inner = Some(p.len()),
-            TunnResult::WriteToTunnelV6(..) => {
+        let inner = match open_datagram(
+            &mut tunnel.tunn,
+            Some(src.ip()),
+            src,
+            datagram,
+            &mut self.out,
+            &mut self.to_tun,
+        ) {
+            Opened::Inner(len) => Some(len),
+            Opened::Nothing => None,
+            Opened::Ipv6 => {
                 *self.drops.entry(DropReason::Unsupported).or_default() += 1;
+                None
             }
-            TunnResult::Done => {}
-            TunnResult::Err(e) => {
+            Opened::Rejected(e) => {
                 tracing::trace!(spoke = id, error = ?e, "datagram rejected");
                 *self.drops.entry(DropReason::BadDatagram).or_default() += 1;
                 return;
             }
-        }
+        };
         if !had_session && tunnel.has_session() {
             tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
         }

@@ -20,7 +20,7 @@ use tasuki_core::link::Link;
 use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
 use tasuki_shell::udp::BatchUdp;
 use tokio::sync::{mpsc, oneshot};
 
@@ -342,42 +342,24 @@ impl Core {
         };
         let epoch = tunnel.epoch;
         let kind = datagram.first().copied();
-        let is_data = kind == Some(4);
-        let hub = self.hub;
-        let result = if is_data {
-            tunnel
-                .tunn
-                .decapsulate(None, datagram, self.to_tun.slot(datagram.len().max(256)))
-        } else {
-            tunnel.tunn.decapsulate(None, datagram, self.out.spare())
-        };
-        let mut inner = None;
-        match result {
-            TunnResult::WriteToNetwork(p) => {
-                let len = p.len();
-                if is_data {
-                    self.out.push(hub, self.to_tun.pending(len));
-                } else {
-                    self.out.commit(hub, len);
-                }
-                // Packets queued while the session was being set up.
-                while let TunnResult::WriteToNetwork(p) =
-                    tunnel.tunn.decapsulate(None, &[], self.out.spare())
-                {
-                    let len = p.len();
-                    self.out.commit(hub, len);
-                }
-            }
-            TunnResult::WriteToTunnelV4(p, _) => inner = Some(p.len()),
-            TunnResult::WriteToTunnelV6(..) | TunnResult::Done => {}
-            TunnResult::Err(e) => {
+        let inner = match open_datagram(
+            &mut tunnel.tunn,
+            None,
+            self.hub,
+            datagram,
+            &mut self.out,
+            &mut self.to_tun,
+        ) {
+            Opened::Inner(len) => Some(len),
+            Opened::Nothing | Opened::Ipv6 => None,
+            Opened::Rejected(e) => {
                 // Expected during a switch: the hub answers an initiation under
                 // every epoch we may be on, and only one answer opens.
                 tracing::debug!(error = ?e, epoch, kind, "datagram rejected");
                 self.count_drop(DropReason::BadDatagram);
                 return;
             }
-        }
+        };
         // An answered handshake or a decrypted data packet: the hub runs this epoch.
         if matches!(kind, Some(2) | Some(4)) && self.link.confirm(epoch) {
             if kind == Some(2) {
