@@ -4,8 +4,8 @@
 //!
 //! Plain state; the spoke's data plane calls [`SpokeKeys::poll`] on its timer
 //! tick with the time and its link counters, and acts on the answer. Times
-//! are seconds on a clock that only moves forward (the spoke counts from its
-//! data plane's start on the monotonic clock): only ages matter here.
+//! are seconds on a clock that only moves forward (the spoke uses the boot
+//! clock, which counts time asleep): only ages matter here.
 
 use std::collections::BTreeMap;
 

@@ -70,9 +70,14 @@ impl AuditLog {
         let file = File::open(&self.path)
             .with_context(|| format!("cannot read {}", self.path.display()))?;
         let mut out = Vec::new();
-        for (n, line) in BufReader::new(file).lines().enumerate() {
+        // Bytes, not text: a line cut inside a character is one damaged
+        // line, not an unreadable log.
+        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
             let line = line.with_context(|| format!("cannot read {}", self.path.display()))?;
-            match serde_json::from_str::<AuditRecord>(&line) {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<AuditRecord>(&line) {
                 Ok(r) if r.time >= since => out.push(r),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(line = n + 1, error = %e, "damaged audit line skipped"),
@@ -111,10 +116,15 @@ mod tests {
             .append(true)
             .open(dir.join("audit.log"))
             .unwrap();
-        f.write_all(br#"{"time":11,"kind":"#).unwrap();
-        drop(f);
+        // Cut inside a multi-byte character.
+        f.write_all(b"{\"time\":11,\"spoke\":\"caf\xc3").unwrap();
         let mut log = AuditLog::open(&dir).unwrap();
         log.append(&AuditRecord::new(12, AuditKind::Approval).spoke("after"));
+        // An empty line: what a write that failed before its first byte
+        // leaves once the next record starts on a line of its own.
+        f.write_all(b"\n").unwrap();
+        drop(f);
+        log.append(&AuditRecord::new(13, AuditKind::Approval).spoke("last"));
         let got: Vec<_> = log
             .read(0)
             .unwrap()
@@ -123,7 +133,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(10, Some("before".into())), (12, Some("after".into()))]
+            vec![
+                (10, Some("before".into())),
+                (12, Some("after".into())),
+                (13, Some("last".into()))
+            ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -50,6 +50,8 @@ pub(crate) struct LinkSpec {
     /// Whether the spoke's traffic is carried: a user allowed on it is logged
     /// in, or it is a service spoke (patent claims 2 and 14).
     pub(crate) carry: bool,
+    /// The epoch known to carry the link's traffic (0: none yet).
+    pub(crate) confirmed: u64,
 }
 
 /// Facts the data plane reports to the control side.
@@ -109,6 +111,10 @@ struct Peer {
     /// Timer ticks since the link last did anything; its tunnels are
     /// dropped once they hold no session and this reaches [`IDLE_TICKS`].
     quiet_ticks: u32,
+    /// The epoch that carried traffic last: tunnels built again take it as
+    /// confirmed, so a handshake the hub starts is under the epoch the
+    /// spoke answers on, not a newer one it has not switched to.
+    resume: u64,
     endpoint: Option<SocketAddr>,
     handshake_epochs: Vec<u64>,
     carry: bool,
@@ -121,12 +127,21 @@ struct Peer {
 impl Peer {
     /// Builds the tunnels of an idle link again from its keys.
     fn wake(&mut self, own: &StaticKey, limiter: &Arc<RateLimiter>) {
-        self.quiet_ticks = 0;
         if self.link.is_empty() {
             for epoch in &self.keys {
                 self.link.install(own, epoch, Some(limiter.clone()));
             }
+            if self.resume > 0 {
+                self.link.confirm(self.resume);
+            }
         }
+    }
+
+    /// Drops an idle link's tunnels, remembering the epoch that carried its
+    /// traffic for [`Peer::wake`].
+    fn rest(&mut self) {
+        self.resume = self.resume.max(self.link.confirmed_epoch().unwrap_or(0));
+        self.link.retain(|_| false);
     }
 
     fn usage(&self) -> Usage {
@@ -243,6 +258,7 @@ impl Core {
                     link: Link::new(spec.id, spec.public_key, 0),
                     keys: Vec::new(),
                     quiet_ticks: 0,
+                    resume: 0,
                     endpoint: None,
                     handshake_epochs: Vec::new(),
                     carry: false,
@@ -255,7 +271,9 @@ impl Core {
                 peer.carry = spec.carry;
                 if peer.link.peer() != spec.public_key {
                     peer.link = Link::new(spec.id, spec.public_key, 0);
+                    peer.resume = 0;
                 }
+                peer.resume = peer.resume.max(spec.confirmed);
                 // A link in use gets the new epochs' tunnels now; an idle
                 // one when the spoke next handshakes.
                 if !peer.link.is_empty() {
@@ -427,6 +445,8 @@ impl Core {
                 to: src,
             });
         }
+        // Only an initiation that was answered counts as the link's activity.
+        peer.quiet_ticks = 0;
         self.counters.handshakes += 1;
         peer.handshakes += 1;
     }
@@ -446,7 +466,6 @@ impl Core {
             self.drop_packet(DropReason::BadDatagram);
             return;
         };
-        peer.quiet_ticks = 0;
         let had_session = tunnel.has_session();
         let epoch = tunnel.epoch;
         let is_data = datagram.first() == Some(&4);
@@ -482,7 +501,9 @@ impl Core {
                 usage: peer.usage(),
             });
         }
-        // The datagram authenticated: this is where the spoke is now.
+        // The datagram authenticated: this is where the spoke is now, and
+        // the link is in use.
+        peer.quiet_ticks = 0;
         if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
             let _ = self.events.send(DpEvent::EndpointChanged {
                 spoke: id,
@@ -553,7 +574,7 @@ impl Core {
                     spoke = peer.link.slot(),
                     "idle link: tunnels dropped until the next handshake"
                 );
-                peer.link.retain(|_| false);
+                peer.rest();
                 continue;
             }
             let Some(endpoint) = peer.endpoint else {
@@ -586,6 +607,7 @@ fn seal_to(
     }
     let endpoint = peer.endpoint.ok_or(DropReason::NoSession)?;
     peer.wake(own, limiter);
+    peer.quiet_ticks = 0;
     let tunnel = peer.link.for_sending().ok_or(DropReason::NoSession)?;
     let spare = out.spare();
     if packet.len() + 32 > spare.len() {
@@ -625,5 +647,44 @@ impl PassHandler for Core {
 
     fn sent(&mut self, count: u64, _bytes: u64) {
         self.counters.tx_datagrams += count;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+
+    /// An idle link's tunnels are dropped and built again: the epoch that
+    /// carried traffic is still the one the hub sends under, not a newer
+    /// one the spoke holds but has not switched to.
+    #[test]
+    fn a_rebuilt_link_sends_under_the_epoch_that_carried_traffic() {
+        let hub = StaticKey::generate(&mut OsRng);
+        let spoke = StaticKey::generate(&mut OsRng);
+        let limiter = Arc::new(RateLimiter::new(&hub.public().to_x25519(), 10));
+        let keys: Vec<KeyEpoch> = (1..=3).map(|k| KeyEpoch::issue(k, 0, &mut OsRng)).collect();
+        let mut peer = Peer {
+            link: Link::new(1, spoke.public(), 0),
+            keys,
+            quiet_ticks: 0,
+            resume: 2,
+            endpoint: None,
+            handshake_epochs: vec![2, 3],
+            carry: true,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            packets: 0,
+            handshakes: 0,
+        };
+        peer.wake(&hub, &limiter);
+        assert_eq!(peer.link.epochs(), vec![1, 2, 3]);
+        assert_eq!(peer.link.for_sending().map(|t| t.epoch), Some(2));
+        // Traffic moved to epoch 3, then the link went quiet and was dropped.
+        peer.link.confirm(3);
+        peer.rest();
+        assert!(peer.link.is_empty());
+        peer.wake(&hub, &limiter);
+        assert_eq!(peer.link.for_sending().map(|t| t.epoch), Some(3));
     }
 }

@@ -15,6 +15,23 @@ pub mod store;
 pub mod udp;
 pub mod vault;
 
+/// Seconds since the machine booted, time asleep included: a clock that a
+/// wall-clock change (NTP, an admin's `date`) never moves, yet that keeps
+/// counting while a laptop is suspended. For ages and lifetimes.
+pub fn boot_secs() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
+        // Not Linux: the monotonic clock, from the first call.
+        Err(_) => {
+            static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            FIRST
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_secs()
+        }
+    }
+}
+
 /// Current time as Unix seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

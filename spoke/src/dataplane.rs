@@ -22,6 +22,9 @@ use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_shell::netdev::{Tun, TunWriter};
 use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
 use tasuki_shell::udp::BatchUdp;
+// Epoch ages count on the boot clock: a wall-clock jump (NTP) neither ends
+// an epoch early nor stretches it, and time asleep counts.
+use tasuki_shell::boot_secs;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::SpokeStore;
@@ -73,10 +76,6 @@ pub(crate) struct DataPlane {
 
 /// Everything a pass reads and writes besides the devices.
 struct Core {
-    /// When the data plane started: epoch ages are counted from it on the
-    /// monotonic clock, so a wall-clock jump (NTP, a suspended VM) neither
-    /// ends an epoch early nor stretches it.
-    started: std::time::Instant,
     store: Arc<SpokeStore>,
     key: Arc<StaticKey>,
     hub: SocketAddr,
@@ -131,8 +130,7 @@ impl DataPlane {
         Ok(Self {
             io: Devices::new(udp, tun),
             core: Core {
-                started: std::time::Instant::now(),
-                keys: SpokeKeys::new(held, current, 0),
+                keys: SpokeKeys::new(held, current, boot_secs()),
                 store,
                 key,
                 hub,
@@ -282,14 +280,9 @@ impl Core {
         }
     }
 
-    /// Seconds since the data plane started, on the monotonic clock.
-    fn age_secs(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
     /// Asks the key state what to do, and does it.
     fn poll_keys(&mut self) {
-        let poll = self.keys.poll(self.age_secs(), self.packets, self.bytes);
+        let poll = self.keys.poll(boot_secs(), self.packets, self.bytes);
         if poll.blocked != self.blocked {
             self.blocked = poll.blocked;
             if poll.blocked {
@@ -380,7 +373,7 @@ impl Core {
     fn on_confirmed(&mut self, epoch: u64) {
         if !self
             .keys
-            .on_confirmed(epoch, self.age_secs(), self.packets, self.bytes)
+            .on_confirmed(epoch, boot_secs(), self.packets, self.bytes)
         {
             return;
         }

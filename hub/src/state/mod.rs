@@ -242,6 +242,7 @@ impl HubState {
             epochs: sched.epochs(),
             carry: self.carries(s.id),
             handshake_epochs: sched.handshake_epochs(),
+            confirmed: sched.meta().confirmed,
         })
     }
 
