@@ -95,6 +95,103 @@ pub enum HubRequest {
     },
     /// Per-link key status.
     KeyStatus,
+    /// The access policy: mode, rules and groups.
+    AccessShow,
+    /// Let the rules decide (`enforce`) or only wait (`open`).
+    AccessMode {
+        /// The new mode.
+        mode: crate::access::Mode,
+    },
+    /// Append an allow rule.
+    AccessAllow {
+        /// The rule.
+        rule: crate::access::Rule,
+    },
+    /// Remove a rule by its number in `AccessShow` (1-based).
+    AccessRemove {
+        /// The rule's number.
+        number: usize,
+    },
+    /// Create an empty group.
+    GroupAdd {
+        /// Group name.
+        name: String,
+    },
+    /// Remove a group that no rule names.
+    GroupRemove {
+        /// Group name.
+        name: String,
+    },
+    /// Put members into a group, or take them out.
+    GroupMembers {
+        /// Group name.
+        name: String,
+        /// Users and spokes.
+        members: Vec<crate::access::Member>,
+        /// Take them out instead.
+        remove: bool,
+    },
+}
+
+/// The access policy as admins see it (`tasuki-hub access show --json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessView {
+    /// `open` (rules wait) or `enforce` (rules decide).
+    pub mode: crate::access::Mode,
+    /// The allow rules, numbered from 1.
+    pub rules: Vec<RuleView>,
+    /// The groups and their members.
+    pub groups: Vec<GroupView>,
+}
+
+/// One numbered allow rule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuleView {
+    /// Its number, for `access remove`.
+    pub number: usize,
+    /// The sender.
+    pub from: crate::access::Selector,
+    /// The receiver.
+    pub to: crate::access::Selector,
+    /// What may be sent.
+    pub services: Vec<crate::access::Service>,
+}
+
+/// One group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupView {
+    /// Its name.
+    pub name: String,
+    /// Its users and spokes.
+    pub members: Vec<crate::access::Member>,
+}
+
+impl AccessView {
+    /// The view of a stored policy.
+    pub fn of(policy: &crate::access::AccessPolicy) -> Self {
+        AccessView {
+            mode: policy.mode,
+            rules: policy
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| RuleView {
+                    number: i + 1,
+                    from: r.from.clone(),
+                    to: r.to.clone(),
+                    services: r.services.clone(),
+                })
+                .collect(),
+            groups: policy
+                .groups
+                .iter()
+                .map(|(name, members)| GroupView {
+                    name: name.clone(),
+                    members: members.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One link's key status (never key bytes).

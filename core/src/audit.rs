@@ -35,6 +35,8 @@ pub enum AuditKind {
     KeyIssue,
     /// A link moved to a new epoch.
     Rotation,
+    /// An admin changed the access policy: its mode, a rule or a group.
+    AccessChange,
 }
 
 /// One line of the audit log.

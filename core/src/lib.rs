@@ -9,6 +9,7 @@
 //! handshake read the clock or the OS RNG themselves; [`link`] and
 //! [`channel`] wrap them so that tasuki's own rules stay testable.
 
+pub mod access;
 pub mod admin_api;
 pub mod audit;
 pub mod batch;

@@ -40,11 +40,13 @@ pub enum DropReason {
     NotLoggedIn,
     /// A handshake initiation over its source address's rate (a flood).
     RateLimited,
+    /// The access policy allows no such packet (and it answers no allowed flow).
+    Denied,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -55,6 +57,7 @@ impl DropReason {
         DropReason::KeyExpired,
         DropReason::NotLoggedIn,
         DropReason::RateLimited,
+        DropReason::Denied,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -70,6 +73,7 @@ impl DropReason {
             DropReason::KeyExpired => "key_expired",
             DropReason::NotLoggedIn => "not_logged_in",
             DropReason::RateLimited => "rate_limited",
+            DropReason::Denied => "denied",
         }
     }
 }

@@ -10,6 +10,22 @@ use tokio::sync::Mutex;
 
 use crate::state::HubState;
 
+/// One edit of the access policy, answered with the policy after it.
+async fn access_edit(
+    state: &Arc<Mutex<HubState>>,
+    what: String,
+    edit: impl FnOnce(
+        &mut tasuki_core::access::AccessPolicy,
+    ) -> Result<(), tasuki_core::access::AccessError>,
+) -> Result<serde_json::Value> {
+    let view = state
+        .lock()
+        .await
+        .edit_access(unix_now(), what, edit)
+        .await?;
+    Ok(serde_json::to_value(view)?)
+}
+
 /// Handles one admin request.
 pub(crate) async fn handle(
     state: &Arc<Mutex<HubState>>,
@@ -86,6 +102,59 @@ pub(crate) async fn handle(
             HubRequest::KeyPolicySet { spoke, policy } => {
                 let now = state.lock().await.set_policy(spoke.as_deref(), policy)?;
                 Ok(serde_json::to_value(now)?)
+            }
+            HubRequest::AccessShow => Ok(serde_json::to_value(state.lock().await.access_view())?),
+            HubRequest::AccessMode { mode } => {
+                let what = format!("mode {}", mode.name());
+                access_edit(state, what, move |p| {
+                    p.mode = mode;
+                    Ok(())
+                })
+                .await
+            }
+            HubRequest::AccessAllow { rule } => {
+                let what = format!("allow {rule}");
+                access_edit(state, what, move |p| p.allow(rule).map(drop)).await
+            }
+            HubRequest::AccessRemove { number } => {
+                let st = state.lock().await;
+                let what = match st.access_view().rules.get(number.wrapping_sub(1)) {
+                    Some(r) => format!("remove rule {number} ({} -> {})", r.from, r.to),
+                    None => format!("remove rule {number}"),
+                };
+                drop(st);
+                access_edit(state, what, move |p| p.remove_rule(number).map(drop)).await
+            }
+            HubRequest::GroupAdd { name } => {
+                let what = format!("group {name} added");
+                access_edit(state, what, move |p| p.add_group(&name)).await
+            }
+            HubRequest::GroupRemove { name } => {
+                let what = format!("group {name} removed");
+                access_edit(state, what, move |p| p.remove_group(&name)).await
+            }
+            HubRequest::GroupMembers {
+                name,
+                members,
+                remove,
+            } => {
+                let list: Vec<String> = members.iter().map(ToString::to_string).collect();
+                let what = if remove {
+                    format!("group {name}: {} taken out", list.join(", "))
+                } else {
+                    format!("group {name}: {} added", list.join(", "))
+                };
+                access_edit(state, what, move |p| {
+                    for m in &members {
+                        if remove {
+                            p.remove_member(&name, m)?;
+                        } else {
+                            p.add_member(&name, m.clone())?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await
             }
             HubRequest::KeyStatus => {
                 let st = state.lock().await;

@@ -94,6 +94,22 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Who may reach what: the access mode and allow rules.
+    Access {
+        #[command(subcommand)]
+        command: crate::cli_access::AccessCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Groups of users and spokes, for access rules.
+    Group {
+        #[command(subcommand)]
+        command: crate::cli_access::GroupCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the audit log: enrolments, approvals, logins, keys, revocations.
     Audit {
         /// Only records since this time: RFC 3339 (2026-11-25T06:00:00Z) or a
@@ -367,6 +383,14 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(crate::cli_users::run(command, &admin_socket)),
+        Command::Access {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_access::run_access(command, &admin_socket)),
+        Command::Group {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_access::run_group(command, &admin_socket)),
         Command::Audit {
             since,
             json,

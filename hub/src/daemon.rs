@@ -91,6 +91,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     for spec in links {
         dp_tx.send(DpCommand::Upsert(spec)).await?;
     }
+    dp_tx.send(DpCommand::Access(hub.compiled_access())).await?;
     let state = Arc::new(Mutex::new(hub));
     tracing::info!(
         %listen, interface = %tun.name, fingerprint = %key.public().fingerprint(),

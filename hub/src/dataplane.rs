@@ -17,6 +17,7 @@ use std::time::Duration;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
+use tasuki_core::access::{AccessGate, CompiledAccess, Origin};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::batch::Outbox;
 use tasuki_core::flood::HandshakeGate;
@@ -77,6 +78,8 @@ pub(crate) enum DpCommand {
     Upsert(LinkSpec),
     /// Forget a link at once (revoked or denied spoke).
     Remove(SpokeId),
+    /// Enforce this access policy from now on.
+    Access(Arc<CompiledAccess>),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
     /// Answered once every command sent before it is in effect.
@@ -169,6 +172,8 @@ struct Core {
     /// The gate's clock.
     started: tokio::time::Instant,
     routes: RouteTable,
+    /// Who may reach what, and the flows it allowed (for their replies).
+    access: AccessGate,
     peers: HashMap<SpokeId, Peer>,
     by_key: HashMap<PublicKey, SpokeId>,
     counters: Counters,
@@ -199,6 +204,7 @@ impl DataPlane {
                 public,
                 key,
                 routes,
+                access: AccessGate::default(),
                 peers: HashMap::new(),
                 by_key: HashMap::new(),
                 counters: Counters::default(),
@@ -296,6 +302,14 @@ impl Core {
                 self.routes.remove_spoke(id);
                 tracing::info!(spoke = id, "link removed");
             }
+            DpCommand::Access(policy) => {
+                self.access.replace(policy);
+                tracing::debug!(
+                    enforcing = self.access.enforcing(),
+                    flows = self.access.tracked(),
+                    "access policy in effect"
+                );
+            }
             DpCommand::Sync(done) => {
                 let _ = done.send(());
             }
@@ -353,7 +367,7 @@ impl Core {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        now_ms(self.started)
     }
 
     fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
@@ -524,7 +538,18 @@ impl Core {
             return;
         }
         let packet = self.to_tun.pending(len);
-        match self.routes.inbound(from, packet) {
+        let verdict = match self.routes.inbound(from, packet) {
+            Verdict::Relay(_) | Verdict::Local
+                if self.access.enforcing()
+                    && !self
+                        .access
+                        .check(Origin::Spoke(from), packet, now_ms(self.started)) =>
+            {
+                Verdict::Drop(DropReason::Denied)
+            }
+            v => v,
+        };
+        match verdict {
             Verdict::Relay(to) => match seal_to(
                 self.peers.get_mut(&to),
                 packet,
@@ -548,7 +573,18 @@ impl Core {
     }
 
     fn on_tun_packet(&mut self, packet: &[u8]) {
-        match self.routes.outbound(packet) {
+        let verdict = match self.routes.outbound(packet) {
+            Verdict::Relay(_)
+                if self.access.enforcing()
+                    && !self
+                        .access
+                        .check(Origin::Local, packet, now_ms(self.started)) =>
+            {
+                Verdict::Drop(DropReason::Denied)
+            }
+            v => v,
+        };
+        match verdict {
             Verdict::Relay(to) => match seal_to(
                 self.peers.get_mut(&to),
                 packet,
@@ -592,6 +628,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Milliseconds since `started` on the monotonic clock.
+fn now_ms(started: tokio::time::Instant) -> u64 {
+    started.elapsed().as_millis() as u64
 }
 
 /// Encrypts an inner packet to a spoke into the outbox, or says why not.

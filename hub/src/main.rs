@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod cli;
+mod cli_access;
 mod cli_users;
 mod config;
 mod control;

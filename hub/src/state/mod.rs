@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::dataplane::{DpCommand, LinkSpec};
 
+mod access;
 mod rotation;
 mod spokes;
 mod users;
@@ -122,6 +123,11 @@ pub(crate) struct HubState {
     audit: crate::audit::AuditLog,
     /// Records to write again (see [`Unsaved`]).
     unsaved: std::collections::BTreeSet<Unsaved>,
+    /// Who may reach what (stored; compiled for the data plane).
+    access: tasuki_core::access::AccessPolicy,
+    /// What the compiled access policy was built from, per active spoke:
+    /// when a spoke's facts change, the policy is compiled anew.
+    access_facts: HashMap<SpokeId, tasuki_core::access::SpokeFacts>,
     /// Whether the last rotation tick failed to store something (so a
     /// failure is logged once, not every tick).
     tick_failing: bool,
@@ -200,7 +206,10 @@ impl HubState {
             .all::<(SpokeId, std::collections::BTreeSet<String>)>(LOGINS_TREE)?
             .into_iter()
             .collect();
-        Ok(Self {
+        let access = store
+            .get(SETTINGS_TREE, access::ACCESS_KEY)?
+            .unwrap_or_default();
+        let mut state = Self {
             registry: Registry::new(settings, spokes, invitations),
             users,
             logins,
@@ -217,7 +226,11 @@ impl HubState {
             audit: crate::audit::AuditLog::open(dir)?,
             unsaved: std::collections::BTreeSet::new(),
             tick_failing: false,
-        })
+            access,
+            access_facts: HashMap::new(),
+        };
+        state.refresh_all_facts();
+        Ok(state)
     }
 
     /// Links the data plane should carry right now.
@@ -274,12 +287,20 @@ impl HubState {
             let _ = tx.try_send(HubMessage::Refused(refusal));
         }
         let _ = self.dataplane.send(DpCommand::Remove(id)).await;
+        if self.refresh_facts(id) {
+            self.push_access().await;
+        }
     }
 
     /// Hands a link's epochs to the data plane and waits until they are in
     /// effect there: an update notification sent after this never reaches a
     /// spoke before the hub can answer its handshake under the new epoch.
-    async fn push_link(&self, id: SpokeId) {
+    /// The access policy follows too, when the spoke's facts changed (it
+    /// became active, a user logged in or out).
+    async fn push_link(&mut self, id: SpokeId) {
+        if self.refresh_facts(id) {
+            self.push_access().await;
+        }
         let Some(spec) = self.link_spec(id) else {
             return;
         };

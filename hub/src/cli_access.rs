@@ -1,0 +1,236 @@
+//! `tasuki-hub access …` and `tasuki-hub group …`: who may reach what,
+//! through the admin socket.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+use tasuki_core::access::{Member, Mode, Rule, Selector, Service};
+use tasuki_core::admin_api::{AccessView, HubRequest};
+
+/// Access subcommands.
+#[derive(Subcommand)]
+pub(crate) enum AccessCommand {
+    /// Show the mode, the numbered rules and the groups.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let the rules decide (`enforce`) or let every routable packet pass
+    /// (`open`, the default of a new hub; rules are kept but wait).
+    Mode {
+        /// `open` or `enforce`.
+        mode: Mode,
+    },
+    /// Add an allow rule. In enforce mode a packet passes when some rule
+    /// allows it or it answers a flow that a rule allowed.
+    ///
+    /// A packet from a spoke is from the spoke, from every user logged in on
+    /// it and from their groups; a user or group as --to means the spokes
+    /// those users are logged in on (and a group's member spokes).
+    ///
+    /// Example: tasuki-hub access allow --from group:eng --to 192.168.10.0/24 --service tcp/22 --service icmp
+    Allow {
+        /// The sender: *, hub, spoke:NAME, user:ID, group:NAME, or an address/CIDR.
+        #[arg(long, value_parser = parse_selector)]
+        from: Selector,
+        /// The receiver: *, hub, spoke:NAME, user:ID, group:NAME, or an address/CIDR.
+        #[arg(long, value_parser = parse_selector)]
+        to: Selector,
+        /// What may be sent: any, icmp, tcp, udp, tcp/22, udp/53, tcp/8000-8100;
+        /// repeat or separate with commas [default: any].
+        #[arg(long = "service", value_delimiter = ',', value_parser = parse_service)]
+        services: Vec<Service>,
+        /// Print the policy after the change as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a rule by the number `access show` prints; later rules move up.
+    Remove {
+        /// Rule number.
+        number: usize,
+    },
+}
+
+/// Group subcommands.
+#[derive(Subcommand)]
+pub(crate) enum GroupCommand {
+    /// List the groups and their members.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an empty group.
+    Add {
+        /// Group name (letters, digits, '.', '-', '_', '@').
+        name: String,
+    },
+    /// Remove a group; refused while a rule names it.
+    Remove {
+        /// Group name.
+        name: String,
+    },
+    /// Put users and spokes into a group (its rules apply to them at once).
+    AddMember {
+        /// Group name.
+        name: String,
+        /// Members: user:ID or spoke:NAME.
+        #[arg(required = true, value_parser = parse_member)]
+        members: Vec<Member>,
+    },
+    /// Take users and spokes out of a group: its rules stop applying to
+    /// them at once, and their flows that only it allowed are cut.
+    RemoveMember {
+        /// Group name.
+        name: String,
+        /// Members: user:ID or spoke:NAME.
+        #[arg(required = true, value_parser = parse_member)]
+        members: Vec<Member>,
+    },
+}
+
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    s.parse()
+        .map_err(|e: tasuki_core::access::AccessError| e.to_string())
+}
+
+fn parse_service(s: &str) -> Result<Service, String> {
+    s.parse()
+        .map_err(|e: tasuki_core::access::AccessError| e.to_string())
+}
+
+fn parse_member(s: &str) -> Result<Member, String> {
+    s.parse()
+        .map_err(|e: tasuki_core::access::AccessError| e.to_string())
+}
+
+async fn ask(socket: &Path, req: HubRequest) -> Result<AccessView> {
+    tasuki_shell::local::request(socket, req).await
+}
+
+/// Runs an access subcommand against the daemon at `socket`.
+pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<()> {
+    match command {
+        AccessCommand::Show { json } => print(&ask(socket, HubRequest::AccessShow).await?, json),
+        AccessCommand::Mode { mode } => {
+            let view = ask(socket, HubRequest::AccessMode { mode }).await?;
+            println!("access mode is now {}", view.mode.name());
+            if view.mode == Mode::Enforce && view.rules.is_empty() {
+                eprintln!("warning: no rule allows anything: all tunnel traffic is dropped");
+            }
+            Ok(())
+        }
+        AccessCommand::Allow {
+            from,
+            to,
+            mut services,
+            json,
+        } => {
+            if services.is_empty() {
+                services.push(Service::ANY);
+            }
+            let rule = Rule { from, to, services };
+            let view = ask(socket, HubRequest::AccessAllow { rule: rule.clone() }).await?;
+            if json {
+                return print(&view, true);
+            }
+            println!("rule {} added: allow {rule}", view.rules.len());
+            if view.mode == Mode::Open {
+                eprintln!("note: the access mode is open; rules decide once it is `enforce`");
+            }
+            Ok(())
+        }
+        AccessCommand::Remove { number } => {
+            ask(socket, HubRequest::AccessRemove { number }).await?;
+            println!("rule {number} removed");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a group subcommand against the daemon at `socket`.
+pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()> {
+    match command {
+        GroupCommand::List { json } => {
+            let view = ask(socket, HubRequest::AccessShow).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view.groups)?);
+            } else {
+                print_groups(&view);
+            }
+        }
+        GroupCommand::Add { name } => {
+            ask(socket, HubRequest::GroupAdd { name: name.clone() }).await?;
+            println!("group {name} added");
+        }
+        GroupCommand::Remove { name } => {
+            ask(socket, HubRequest::GroupRemove { name: name.clone() }).await?;
+            println!("group {name} removed");
+        }
+        GroupCommand::AddMember { name, members } => {
+            let n = members.len();
+            let req = HubRequest::GroupMembers {
+                name: name.clone(),
+                members,
+                remove: false,
+            };
+            ask(socket, req).await?;
+            println!("group {name}: {n} member(s) added");
+        }
+        GroupCommand::RemoveMember { name, members } => {
+            let n = members.len();
+            let req = HubRequest::GroupMembers {
+                name: name.clone(),
+                members,
+                remove: true,
+            };
+            ask(socket, req).await?;
+            println!("group {name}: {n} member(s) taken out");
+        }
+    }
+    Ok(())
+}
+
+fn print(view: &AccessView, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(());
+    }
+    println!("mode: {}", view.mode.name());
+    if view.rules.is_empty() {
+        println!("rules: none");
+    } else {
+        println!("rules:");
+        for r in &view.rules {
+            let services: Vec<String> = r.services.iter().map(ToString::to_string).collect();
+            println!(
+                "  {:>3}  allow {} -> {}  {}",
+                r.number,
+                r.from,
+                r.to,
+                services.join(",")
+            );
+        }
+    }
+    print_groups(view);
+    Ok(())
+}
+
+fn print_groups(view: &AccessView) {
+    if view.groups.is_empty() {
+        println!("groups: none");
+        return;
+    }
+    println!("groups:");
+    for g in &view.groups {
+        let members: Vec<String> = g.members.iter().map(ToString::to_string).collect();
+        let members = if members.is_empty() {
+            "(empty)".to_owned()
+        } else {
+            members.join(" ")
+        };
+        println!("  {}: {members}", g.name);
+    }
+}

@@ -1,0 +1,103 @@
+//! The access policy at the hub: its store record, the admin's edits, and
+//! the compiled form the data plane enforces, kept current as spokes come
+//! and go and users log in and out.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tasuki_core::access::{AccessError, AccessPolicy, CompiledAccess, SpokeFacts};
+use tasuki_core::admin_api::AccessView;
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::registry::SpokeState;
+use tasuki_core::routing::SpokeId;
+use tasuki_shell::store::Write;
+
+use super::*;
+
+/// The access policy's entry in the settings tree.
+pub(super) const ACCESS_KEY: &[u8] = b"access";
+
+impl HubState {
+    /// The policy, rules numbered as `access remove` takes them.
+    pub(crate) fn access_view(&self) -> AccessView {
+        AccessView::of(&self.access)
+    }
+
+    /// Applies an admin's edit to the access policy: stored (and flushed)
+    /// before it takes effect, audited, then enforced by the data plane.
+    /// A refused or unstored edit changes nothing.
+    pub(crate) async fn edit_access(
+        &mut self,
+        now: u64,
+        what: String,
+        edit: impl FnOnce(&mut AccessPolicy) -> Result<(), AccessError>,
+    ) -> Result<AccessView> {
+        let mut changed = self.access.clone();
+        edit(&mut changed)?;
+        self.store
+            .commit(&[Write::put(SETTINGS_TREE, ACCESS_KEY, &changed)?])
+            .map_err(|e| e.context(format!("access change ({what}) not stored")))?;
+        self.access = changed;
+        tracing::info!(change = %what, mode = self.access.mode.name(), "access policy changed");
+        self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
+        self.push_access().await;
+        Ok(self.access_view())
+    }
+
+    /// What the policy needs to know of a spoke, if it can carry traffic.
+    fn facts_of(&self, id: SpokeId) -> Option<SpokeFacts> {
+        let s = self
+            .registry
+            .spoke(id)
+            .filter(|s| s.state == SpokeState::Active)?;
+        Some(SpokeFacts {
+            id,
+            name: s.name.clone(),
+            addr: s.tunnel_addr,
+            users: self
+                .logins
+                .get(&id)
+                .map(|u| u.iter().cloned().collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Reads every spoke's facts anew (at start-up).
+    pub(super) fn refresh_all_facts(&mut self) {
+        let ids: Vec<SpokeId> = self.registry.spokes().map(|s| s.id).collect();
+        self.access_facts = ids
+            .into_iter()
+            .filter_map(|id| self.facts_of(id).map(|f| (id, f)))
+            .collect();
+    }
+
+    /// Reads one spoke's facts anew; true when they changed (so the
+    /// compiled policy must change too).
+    pub(super) fn refresh_facts(&mut self, id: SpokeId) -> bool {
+        let now = self.facts_of(id);
+        if self.access_facts.get(&id) == now.as_ref() {
+            return false;
+        }
+        match now {
+            Some(f) => self.access_facts.insert(id, f),
+            None => self.access_facts.remove(&id),
+        };
+        true
+    }
+
+    /// The policy with names resolved against the spokes and logins of now.
+    pub(crate) fn compiled_access(&self) -> Arc<CompiledAccess> {
+        let mut facts: Vec<SpokeFacts> = self.access_facts.values().cloned().collect();
+        facts.sort_by_key(|f| f.id);
+        let hub = self.registry.settings().hub_addr();
+        Arc::new(self.access.compile(hub, &facts))
+    }
+
+    /// Hands the data plane the policy compiled anew.
+    pub(super) async fn push_access(&self) {
+        let _ = self
+            .dataplane
+            .send(DpCommand::Access(self.compiled_access()))
+            .await;
+    }
+}
