@@ -638,18 +638,38 @@ impl CompiledAccess {
 
     /// Whether some rule allows this flow from this origin (replies aside).
     pub fn allows(&self, origin: Origin, flow: &Flow) -> bool {
-        if !self.enforce {
-            return true;
-        }
+        !self.enforce || self.each_allowing(origin, flow, |_| true)
+    }
+
+    /// The numbers (1-based, as `access show` prints them) of every rule
+    /// that allows this flow from this origin: for an admin asking why.
+    pub fn allowing_rules(&self, origin: Origin, flow: &Flow) -> Vec<usize> {
+        let mut numbers = Vec::new();
+        self.each_allowing(origin, flow, |i| {
+            numbers.push(i + 1);
+            false
+        });
+        numbers
+    }
+
+    /// Calls `stop` with the index of each rule that allows the flow, until
+    /// it returns true; returns whether it did.
+    fn each_allowing(
+        &self,
+        origin: Origin,
+        flow: &Flow,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> bool {
+        let mut consider = |i: usize| self.rules[i].allows(flow) && stop(i);
         match origin {
             Origin::Spoke(id) => self
                 .from_spoke
                 .get(&id)
-                .is_some_and(|rules| rules.iter().any(|&i| self.rules[i].allows(flow))),
+                .is_some_and(|rules| rules.iter().any(|&i| consider(i))),
             Origin::Local => self
                 .from_local
                 .iter()
-                .any(|(net, i)| net.contains(&flow.src) && self.rules[*i].allows(flow)),
+                .any(|(net, i)| net.contains(&flow.src) && consider(*i)),
         }
     }
 }
@@ -735,6 +755,20 @@ impl Flow {
             _ => {}
         }
         Some((flow, PacketKind::Plain))
+    }
+
+    /// The first packet of a flow that `service` names, for an admin's
+    /// "would this pass?" (`None` for `any`, which names no protocol).
+    pub fn probe(src: Ipv4Addr, dst: Ipv4Addr, service: &Service) -> Option<Flow> {
+        Some(Flow {
+            proto: service.proto.number()?,
+            src,
+            dst,
+            ports: match service.proto {
+                Proto::Icmp => Some((0, 0)),
+                _ => Some((49152, service.ports.map_or(0, |(lo, _)| lo))),
+            },
+        })
     }
 
     fn reversed(&self) -> Flow {

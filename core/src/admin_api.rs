@@ -122,6 +122,16 @@ pub enum HubRequest {
         /// Group name.
         name: String,
     },
+    /// Whether the access policy lets a flow through, and which rules do.
+    AccessCheck {
+        /// The sender: `spoke:NAME`, or an address (a spoke's tunnel
+        /// address, the hub's, a LAN host's).
+        from: String,
+        /// The receiver's address.
+        to: std::net::Ipv4Addr,
+        /// The protocol and destination port (a range's first port).
+        service: crate::access::Service,
+    },
     /// Put members into a group, or take them out.
     GroupMembers {
         /// Group name.
@@ -142,6 +152,19 @@ pub struct AccessView {
     pub rules: Vec<RuleView>,
     /// The groups and their members.
     pub groups: Vec<GroupView>,
+}
+
+/// The answer to an access check.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessCheckView {
+    /// Whether the flow's first packet would pass.
+    pub allowed: bool,
+    /// The mode in force.
+    pub mode: crate::access::Mode,
+    /// The rules that allow it (numbers as `access show` prints them).
+    pub rules: Vec<usize>,
+    /// What else decides, in words (the sender carries no traffic, …).
+    pub notes: Vec<String>,
 }
 
 /// One numbered allow rule.

@@ -1,6 +1,7 @@
 //! Records read back from the stores (a damaged disk, a bit flip).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use tasuki_core::access::AccessPolicy;
 use tasuki_core::codec::from_bytes;
 use tasuki_core::control::{Lifetime, SpokeConfig};
 use tasuki_core::keys::EpochRecord;
@@ -18,4 +19,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = from_bytes::<UserRecord>("user", data);
     let _ = from_bytes::<(EpochRecord, Lifetime)>("held", data);
     let _ = from_bytes::<SpokeConfig>("config", data);
+    let _ = from_bytes::<AccessPolicy>("access", data);
 });

@@ -125,6 +125,9 @@ pub(crate) async fn handle(
                 drop(st);
                 access_edit(state, what, move |p| p.remove_rule(number).map(drop)).await
             }
+            HubRequest::AccessCheck { from, to, service } => Ok(serde_json::to_value(
+                state.lock().await.access_check(&from, to, &service)?,
+            )?),
             HubRequest::GroupAdd { name } => {
                 let what = format!("group {name} added");
                 access_edit(state, what, move |p| p.add_group(&name)).await

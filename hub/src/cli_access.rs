@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Subcommand;
 use tasuki_core::access::{Member, Mode, Rule, Selector, Service};
-use tasuki_core::admin_api::{AccessView, HubRequest};
+use tasuki_core::admin_api::{AccessCheckView, AccessView, HubRequest};
 
 /// Access subcommands.
 #[derive(Subcommand)]
@@ -43,6 +43,24 @@ pub(crate) enum AccessCommand {
         #[arg(long = "service", value_delimiter = ',', value_parser = parse_service)]
         services: Vec<Service>,
         /// Print the policy after the change as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Would a flow pass? Names the rules that allow it, or says why not.
+    ///
+    /// Example: tasuki-hub access check --from spoke:laptop-alice --to 192.168.10.5 --service tcp/22
+    Check {
+        /// The sender: spoke:NAME, or an address (a spoke's tunnel address,
+        /// the hub's, a LAN host's).
+        #[arg(long)]
+        from: String,
+        /// The receiver's address.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        /// The protocol and destination port: tcp/22, udp/53, icmp.
+        #[arg(long, value_parser = parse_service)]
+        service: Service,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +157,41 @@ pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<
             println!("rule {} added: allow {rule}", view.rules.len());
             if view.mode == Mode::Open {
                 eprintln!("note: the access mode is open; rules decide once it is `enforce`");
+            }
+            Ok(())
+        }
+        AccessCommand::Check {
+            from,
+            to,
+            service,
+            json,
+        } => {
+            let req = HubRequest::AccessCheck {
+                from: from.clone(),
+                to,
+                service,
+            };
+            let v: AccessCheckView = tasuki_shell::local::request(socket, req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let verdict = if v.allowed { "allowed" } else { "denied" };
+                let why = match v.rules.as_slice() {
+                    [] if v.allowed => String::new(),
+                    [] => ": no rule allows it".to_owned(),
+                    rules => format!(
+                        " by rule(s) {}",
+                        rules
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                println!("{from} -> {to} {service}: {verdict}{why}");
+                for note in &v.notes {
+                    println!("note: {note}");
+                }
             }
             Ok(())
         }

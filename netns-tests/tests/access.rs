@@ -96,6 +96,46 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     let out = hub_ok(&net, &["access", "mode", "enforce"]);
     assert!(out.contains("enforce"), "{out}");
 
+    // An admin can ask what would pass, and which rule lets it.
+    let check = |from: &str, to: &str, service: &str| -> Value {
+        let out = hub_ok(
+            &net,
+            &[
+                "access",
+                "check",
+                "--from",
+                from,
+                "--to",
+                to,
+                "--service",
+                service,
+                "--json",
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let v = check("spoke:a", B_TUNNEL, "udp/5353");
+    assert_eq!(
+        (v["allowed"].clone(), v["rules"].clone()),
+        (Value::Bool(true), serde_json::json!([1])),
+        "{v}"
+    );
+    let v = check(A_TUNNEL, B_TUNNEL, "udp/5354");
+    assert_eq!(v["allowed"], false, "{v}");
+    let v = check(LAN_HOST, A_TUNNEL, "icmp");
+    assert_eq!(v["allowed"], false, "{v}");
+    let bad = net.hub_cli(&[
+        "access",
+        "check",
+        "--from",
+        "spoke:zz",
+        "--to",
+        B_TUNNEL,
+        "--service",
+        "icmp",
+    ]);
+    assert!(text(&bad).contains("no spoke named"), "{}", text(&bad));
+
     // Everyone may ping the hub, and the echo replies come back.
     net.wait_for(
         "spoke a to ping the hub under the rules",

@@ -414,3 +414,26 @@ fn parsing_never_panics_on_junk() {
         let _ = g.check(Origin::Local, &junk, 0);
     }
 }
+
+#[test]
+fn an_admin_can_ask_which_rules_allow_a_flow() {
+    let p = enforcing(&[
+        rule("spoke:laptop", "192.168.77.0/24", &["tcp/22"]),
+        rule("group:eng", "*", &["tcp/1-1024"]),
+        rule("192.168.77.0/24", "spoke:server", &["udp"]),
+    ]);
+    let c = p.compile(HUB, &spokes());
+    let ssh = Flow::probe(LAPTOP, LAN_HOST, &"tcp/22".parse().unwrap()).unwrap();
+    assert_eq!(c.allowing_rules(Origin::Spoke(1), &ssh), vec![1, 2]);
+    assert_eq!(
+        c.allowing_rules(Origin::Spoke(2), &ssh),
+        Vec::<usize>::new()
+    );
+    let high = Flow::probe(LAPTOP, LAN_HOST, &"tcp/2000".parse().unwrap()).unwrap();
+    assert!(!c.allows(Origin::Spoke(1), &high));
+    let dns = Flow::probe(LAN_HOST, SERVER, &"udp/53".parse().unwrap()).unwrap();
+    assert_eq!(c.allowing_rules(Origin::Local, &dns), vec![3]);
+    assert!(Flow::probe(LAPTOP, SERVER, &Service::ANY).is_none());
+    let ping = Flow::probe(LAPTOP, SERVER, &"icmp".parse().unwrap()).unwrap();
+    assert!(!c.allows(Origin::Spoke(1), &ping));
+}

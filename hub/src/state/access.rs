@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use tasuki_core::access::{AccessError, AccessPolicy, CompiledAccess, SpokeFacts};
-use tasuki_core::admin_api::AccessView;
+use tasuki_core::access::{
+    AccessError, AccessPolicy, CompiledAccess, Flow, Origin, Service, SpokeFacts,
+};
+use tasuki_core::admin_api::{AccessCheckView, AccessView};
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::registry::SpokeState;
 use tasuki_core::routing::SpokeId;
@@ -42,6 +44,64 @@ impl HubState {
         self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
         self.push_access().await;
         Ok(self.access_view())
+    }
+
+    /// Whether the policy lets a flow from `from` (`spoke:NAME` or an
+    /// address) to `to` through, and which rules do.
+    pub(crate) fn access_check(
+        &self,
+        from: &str,
+        to: std::net::Ipv4Addr,
+        service: &Service,
+    ) -> Result<AccessCheckView> {
+        let mut notes = Vec::new();
+        let spoke = match from.strip_prefix("spoke:") {
+            Some(name) => Some(
+                self.registry
+                    .spoke_by_name(name)
+                    .ok_or_else(|| anyhow::anyhow!("no spoke named {name:?}"))?,
+            ),
+            None => {
+                let addr: std::net::Ipv4Addr = from.parse().map_err(|_| {
+                    anyhow::anyhow!("--from {from:?}: expected spoke:NAME or an IPv4 address")
+                })?;
+                self.registry
+                    .spokes()
+                    .find(|s| s.tunnel_addr == addr && !s.state.is_dead())
+            }
+        };
+        let (origin, src) = match spoke {
+            Some(s) => {
+                if s.state != SpokeState::Active {
+                    notes.push(format!(
+                        "spoke {} is {}: it carries no traffic",
+                        s.name,
+                        s.state.name()
+                    ));
+                } else if !self.carries(s.id) {
+                    notes.push(format!(
+                        "spoke {} carries no traffic now: no user allowed on it is logged in",
+                        s.name
+                    ));
+                }
+                (Origin::Spoke(s.id), s.tunnel_addr)
+            }
+            None => (Origin::Local, from.parse()?),
+        };
+        let flow = Flow::probe(src, to, service).ok_or_else(|| {
+            anyhow::anyhow!("name a protocol to check: tcp/PORT, udp/PORT or icmp")
+        })?;
+        let compiled = self.compiled_access();
+        let rules = compiled.allowing_rules(origin, &flow);
+        if !compiled.enforcing() {
+            notes.push("the access mode is open: every routable packet passes".into());
+        }
+        Ok(AccessCheckView {
+            allowed: !compiled.enforcing() || !rules.is_empty(),
+            mode: self.access.mode,
+            rules,
+            notes,
+        })
     }
 
     /// What the policy needs to know of a spoke, if it can carry traffic.
