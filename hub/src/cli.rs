@@ -282,6 +282,11 @@ enum SpokeCommand {
         /// How long the invitation stays valid (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         expires: Duration,
+        /// Also draw the invitation as a QR code (on standard error, so that
+        /// standard output stays the one-line invitation), for a phone or a
+        /// camera at the spoke.
+        #[arg(long)]
+        qr: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -483,6 +488,7 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
             pre_approved,
             service,
             expires,
+            qr,
             json,
         } => {
             let view: InvitationView = tasuki_shell::local::request(
@@ -495,6 +501,9 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                 },
             )
             .await?;
+            if qr {
+                eprintln!("{}", qr_code(&view.invitation)?);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -542,6 +551,20 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `text` as a QR code drawn with Unicode half blocks (two rows of modules
+/// per line) and its quiet zone, for a terminal with light text on a dark
+/// background: the code's light parts are the blocks.
+fn qr_code(text: &str) -> Result<String> {
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
+        .context("the invitation is too long for a QR code")?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 /// Sends a request whose answer is `{spoke, state}` and prints it.
@@ -763,4 +786,26 @@ fn print_status(s: &HubStatus) {
             drops.join(" ")
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invitation_draws_as_a_square_qr_code() {
+        let text = format!("tasuki1-{}", "A".repeat(200));
+        let drawn = qr_code(&text).unwrap();
+        let lines: Vec<&str> = drawn.lines().collect();
+        let width = lines[0].chars().count();
+        assert!(lines.len() > 10, "{drawn}");
+        assert!(lines.iter().all(|l| l.chars().count() == width), "{drawn}");
+        // Two module rows per line: about half as many lines as columns.
+        assert!(
+            lines.len() * 2 >= width && lines.len() * 2 <= width + 2,
+            "{drawn}"
+        );
+        assert!(drawn.contains('█') || drawn.contains('▀') || drawn.contains('▄'));
+        assert!(qr_code(&"x".repeat(5000)).is_err());
+    }
 }

@@ -134,6 +134,39 @@ def rfmt(r):
     return "–" if r is None else f"{r:.2f}×"
 
 
+def off_on(records, test):
+    """A tasuki test measured off and on in back-to-back pairs (`ab_pairs`
+    in scripts/bench): the medians, and each "on" against the "off" next to
+    it in time (same run and pair), so slow drifts of the machine's speed
+    cancel out of those ratios."""
+    out = {}
+    for mode in ("off", "on"):
+        runs = [
+            r for r in records
+            if r.get("kind") == "iperf3" and r["setup"] == "tasuki" and r["test"] == f"{test}-{mode}"
+        ]
+        if runs:
+            out[mode] = stats([r.get("gbps") for r in runs])
+            out[f"rotations_{mode}"] = [r.get("rotations") for r in runs]
+            out[f"stalls_{mode}"] = [r.get("stalled_intervals") for r in runs]
+    if out.get("on") and out.get("off"):
+        out["ratio"] = out["on"]["median"] / out["off"]["median"] if out["off"]["median"] else None
+    paired = {}
+    for r in records:
+        if r.get("kind") == "iperf3" and r["setup"] == "tasuki" and r["test"] in (f"{test}-on", f"{test}-off"):
+            paired.setdefault((r["run"], r.get("pair")), {})[r["test"]] = r.get("gbps")
+    pair_ratios = stats(
+        [
+            p[f"{test}-on"] / p[f"{test}-off"]
+            for p in paired.values()
+            if p.get(f"{test}-on") is not None and p.get(f"{test}-off")
+        ]
+    )
+    if pair_ratios:
+        out["pair_ratios"] = pair_ratios
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -221,34 +254,9 @@ def main():
         row["tasuki_vs_boringtun"] = ratio(row["tasuki"], row["boringtun"])
         table.append(row)
 
-    # tasuki alone: rotation and memory.
-    rot = {}
-    for mode in ("off", "on"):
-        runs = [
-            r for r in records
-            if r.get("kind") == "iperf3" and r["setup"] == "tasuki" and r["test"] == f"rotation-{mode}"
-        ]
-        if runs:
-            rot[mode] = stats([r.get("gbps") for r in runs])
-            rot[f"rotations_{mode}"] = [r.get("rotations") for r in runs]
-            rot[f"stalls_{mode}"] = [r.get("stalled_intervals") for r in runs]
-    if rot.get("on") and rot.get("off"):
-        rot["ratio"] = rot["on"]["median"] / rot["off"]["median"] if rot["off"]["median"] else None
-    # Each "on" against the "off" run next to it in time (same run and pair):
-    # slow drifts of the machine's speed cancel out of these ratios.
-    paired = {}
-    for r in records:
-        if r.get("kind") == "iperf3" and r["setup"] == "tasuki" and r["test"].startswith("rotation-"):
-            paired.setdefault((r["run"], r.get("pair")), {})[r["test"]] = r.get("gbps")
-    pair_ratios = stats(
-        [
-            p["rotation-on"] / p["rotation-off"]
-            for p in paired.values()
-            if p.get("rotation-on") is not None and p.get("rotation-off")
-        ]
-    )
-    if pair_ratios:
-        rot["pair_ratios"] = pair_ratios
+    # tasuki alone: rotation, the access policy, memory.
+    rot = off_on(records, "rotation")
+    acc = off_on(records, "access")
     memory = [r for r in records if r.get("kind") == "memory"]
     for m in memory:
         m["rss"] = stats([v for v in m.get("rss_kib", []) if v is not None])
@@ -265,10 +273,12 @@ def main():
     for mode in ("off", "on"):
         if mode in rot and (rot[mode] is None or rot[mode]["max"] <= 0):
             failures.append(f"tasuki: no traffic with rotation {mode}")
+        if mode in acc and (acc[mode] is None or acc[mode]["max"] <= 0):
+            failures.append(f"tasuki: no traffic with the access policy {'enforced' if mode == 'on' else 'open'}")
     if "memory" in meta.get("parts", "") and not any(m["spokes"] >= 1 for m in memory):
         failures.append("memory: no spoke enrolled")
 
-    md = render(meta, table, summary, rot, memory, records, failures)
+    md = render(meta, table, summary, rot, acc, memory, records, failures)
     print(md)
     with open(args.out + ".md", "w") as f:
         f.write(md + "\n")
@@ -279,6 +289,7 @@ def main():
                 "table": table,
                 "setups": summary,
                 "rotation": rot,
+                "access": acc,
                 "memory": memory,
                 "failures": failures,
                 "runs": records,
@@ -296,7 +307,7 @@ def main():
     return 0
 
 
-def render(meta, table, summary, rot, memory, records, failures):
+def render(meta, table, summary, rot, acc, memory, records, failures):
     L = []
     L.append(f"# tasuki benchmark, {meta['timestamp']}")
     L.append("")
@@ -328,7 +339,7 @@ def render(meta, table, summary, rot, memory, records, failures):
             )
     if summary:
         render_main(L, table, summary)
-    if rot or memory:
+    if rot or acc or memory:
         L.append("")
         L.append("## tasuki alone")
         L.append("")
@@ -360,6 +371,15 @@ def render(meta, table, summary, rot, memory, records, failures):
             L.append(f"| rotating median ÷ not rotating median | {rot['ratio']:.3f} |")
         if n_off and any(n_off):
             L.append(f"| (rotations during the no-rotation runs) | {', '.join(map(str, n_off))} |")
+    if acc:
+        L.append(f"| TCP 1 stream relayed, access policy open (Gbit/s) | {cell(acc.get('off'))} |")
+        L.append(f"| TCP 1 stream relayed, access policy enforced, 20 rules (Gbit/s) | {cell(acc.get('on'))} |")
+        pr = acc.get("pair_ratios")
+        if pr:
+            L.append(
+                f"| enforced ÷ open, back-to-back pairs | {pr['median']:.3f} "
+                f"({pr['min']:.3f}–{pr['max']:.3f}, {pr['n']} pairs) |"
+            )
     if memory:
         target = meta.get("spokes_target", 10000)
         shown = {}
