@@ -61,6 +61,16 @@ pub enum HubRequest {
         /// Login id.
         id: String,
     },
+    /// Approve a registration asked for from a spoke.
+    UserApprove {
+        /// Login id.
+        id: String,
+    },
+    /// Deny a registration asked for from a spoke.
+    UserDeny {
+        /// Login id.
+        id: String,
+    },
     /// Let a user log in on a spoke.
     UserAllow {
         /// Login id.
@@ -276,8 +286,12 @@ pub struct UserView {
     pub spokes: Vec<String>,
     /// Spokes the user is logged in on now.
     pub logged_in_on: Vec<String>,
-    /// Creation time, Unix seconds.
+    /// Creation time (for a registration: when it was asked for), Unix seconds.
     pub created_at: u64,
+    /// A registration that waits for an admin (`user approve` / `user deny`);
+    /// `spokes` names the spoke it came from.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// A user with a freshly set initial password (shown once).
@@ -383,6 +397,10 @@ pub struct Counters {
     pub cookies: u64,
     /// Drops by reason ([`crate::routing::DropReason::name`]).
     pub dropped: BTreeMap<String, u64>,
+    /// Flows the access policy allowed and tracks now, so that their
+    /// replies pass (0 while the policy is open).
+    #[serde(default)]
+    pub access_flows: u64,
 }
 
 /// The hub's status.
@@ -406,6 +424,12 @@ pub struct HubStatus {
     pub spokes_pending: usize,
     /// Control connections currently open.
     pub control_connections: usize,
+    /// The access policy's mode (`open` or `enforce`).
+    #[serde(default)]
+    pub access_mode: crate::access::Mode,
+    /// Its number of allow rules.
+    #[serde(default)]
+    pub access_rules: usize,
     /// Data-plane counters.
     pub counters: Counters,
 }

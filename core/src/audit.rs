@@ -37,6 +37,9 @@ pub enum AuditKind {
     Rotation,
     /// An admin changed the access policy: its mode, a rule or a group.
     AccessChange,
+    /// Someone asked for an account from a spoke (approved or denied later
+    /// as a `user_change`).
+    Registration,
 }
 
 /// One line of the audit log.

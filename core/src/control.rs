@@ -177,6 +177,17 @@ pub enum UserRequest {
         /// The device; `None` when exactly one waits.
         name: Option<String>,
     },
+    /// Ask for an account, with a password of one's own; an admin approves.
+    Register {
+        /// The login id asked for.
+        user: String,
+        /// Full name.
+        name: String,
+        /// E-mail address.
+        email: String,
+        /// The chosen password.
+        password: Zeroizing<String>,
+    },
 }
 
 impl std::fmt::Debug for UserRequest {
@@ -190,6 +201,7 @@ impl std::fmt::Debug for UserRequest {
             UserRequest::ApproveDevice { user, name } => {
                 write!(f, "ApproveDevice({user}, {name:?})")
             }
+            UserRequest::Register { user, .. } => write!(f, "Register({user})"),
         }
     }
 }
@@ -218,6 +230,11 @@ pub enum UserReply {
     DeviceApproved {
         /// Its name.
         name: String,
+    },
+    /// The registration waits for an admin.
+    Registered {
+        /// The login id asked for.
+        user: String,
     },
 }
 

@@ -14,6 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::routing::SpokeId;
 
+mod registration;
+pub use registration::{Registration, MAX_PENDING, MAX_PENDING_PER_SPOKE, MAX_PROFILE_FIELD};
+
 /// Shortest password a user may choose.
 pub const MIN_PASSWORD: usize = 10;
 /// Failed logins (per user, and per spoke) before a lock-out.
@@ -71,6 +74,18 @@ pub enum UserError {
     /// Hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// The account was asked for and an admin has not approved it yet.
+    #[error("this account waits for an admin's approval (tasuki-hub user approve)")]
+    AwaitingApproval,
+    /// Too many registrations wait already (from this spoke, or in all).
+    #[error("too many registrations wait for an admin already; try again later")]
+    TooManyPending,
+    /// No registration waits under this id (admin requests only).
+    #[error("no registration {0:?} waits for approval")]
+    NoSuchRegistration(String),
+    /// A name or e-mail address that cannot be stored.
+    #[error("{0}")]
+    InvalidProfile(String),
 }
 
 /// Proof that a user logged in on a spoke. Only [`Users::login`] makes one.
@@ -212,6 +227,8 @@ impl LoginLimiter {
 #[derive(Clone, Debug, Default)]
 pub struct Users {
     users: BTreeMap<String, UserRecord>,
+    /// Accounts asked for from a spoke, waiting for an admin.
+    registrations: BTreeMap<String, Registration>,
     limiter: LoginLimiter,
 }
 
@@ -220,6 +237,7 @@ impl Users {
     pub fn new(users: impl IntoIterator<Item = UserRecord>) -> Self {
         Self {
             users: users.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            registrations: BTreeMap::new(),
             limiter: LoginLimiter::default(),
         }
     }
@@ -244,7 +262,7 @@ impl Users {
         rng: &mut R,
     ) -> Result<(UserRecord, Zeroizing<String>), UserError> {
         validate_id(id)?;
-        if self.users.contains_key(id) {
+        if self.users.contains_key(id) || self.registrations.contains_key(id) {
             return Err(UserError::Exists(id.to_owned()));
         }
         let password = initial_password(rng);
@@ -309,6 +327,15 @@ impl Users {
     ) -> Result<(LoggedIn, UserRecord), UserError> {
         self.limiter.check(user, spoke, now)?;
         let Some(record) = self.users.get(user) else {
+            if self.registrations.contains_key(user) {
+                // Asked for, not yet approved: its owner (who knows the
+                // password) hears so; anyone else hears nothing more.
+                if self.pending_with(user, password).is_some() {
+                    return Err(UserError::AwaitingApproval);
+                }
+                self.limiter.failed(user, spoke, now);
+                return Err(UserError::BadCredentials);
+            }
             // Spend the same effort as a real check: no timing oracle for ids.
             let _ = verify_password(DUMMY_HASH, password);
             self.limiter.failed(user, spoke, now);

@@ -7,7 +7,7 @@ use tasuki_core::control::{Lifetime, SpokeConfig};
 use tasuki_core::keys::EpochRecord;
 use tasuki_core::registry::{HubSettings, InvitationRecord, SpokeRecord};
 use tasuki_core::rotation::{RotationPolicy, ScheduleMeta};
-use tasuki_core::users::UserRecord;
+use tasuki_core::users::{Registration, UserRecord};
 
 fuzz_target!(|data: &[u8]| {
     let _ = from_bytes::<HubSettings>("settings", data);
@@ -20,4 +20,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = from_bytes::<(EpochRecord, Lifetime)>("held", data);
     let _ = from_bytes::<SpokeConfig>("config", data);
     let _ = from_bytes::<AccessPolicy>("access", data);
+    let _ = from_bytes::<Registration>("registration", data);
 });

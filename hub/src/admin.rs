@@ -79,6 +79,13 @@ pub(crate) async fn handle(
             HubRequest::UserResetPassword { id } => Ok(serde_json::to_value(
                 state.lock().await.reset_password(&id, unix_now())?,
             )?),
+            HubRequest::UserApprove { id } => Ok(serde_json::to_value(
+                state.lock().await.approve_registration(&id, unix_now())?,
+            )?),
+            HubRequest::UserDeny { id } => {
+                state.lock().await.deny_registration(&id, unix_now())?;
+                Ok(serde_json::json!({ "denied": id }))
+            }
             HubRequest::UserAllow { id, spoke } => Ok(serde_json::to_value(
                 state.lock().await.allow_user(&id, &spoke, unix_now())?,
             )?),
@@ -147,17 +154,23 @@ pub(crate) async fn handle(
                 } else {
                     format!("group {name}: {} added", list.join(", "))
                 };
-                access_edit(state, what, move |p| {
-                    for m in &members {
+                let edited = members.clone();
+                let group = name.clone();
+                let view = access_edit(state, what, move |p| {
+                    for m in &edited {
                         if remove {
-                            p.remove_member(&name, m)?;
+                            p.remove_member(&group, m)?;
                         } else {
-                            p.add_member(&name, m.clone())?;
+                            p.add_member(&group, m.clone())?;
                         }
                     }
                     Ok(())
                 })
-                .await
+                .await?;
+                if remove {
+                    state.lock().await.rotate_group_leavers(&name, &members);
+                }
+                Ok(view)
             }
             HubRequest::KeyStatus => {
                 let st = state.lock().await;

@@ -772,6 +772,12 @@ fn print_status(s: &HubStatus) {
         "  spokes:       {} active, {} pending; {} control connections",
         s.spokes_active, s.spokes_pending, s.control_connections
     );
+    println!(
+        "  access:       {} ({} rules; {} flows tracked)",
+        s.access_mode.name(),
+        s.access_rules,
+        s.counters.access_flows
+    );
     let c = &s.counters;
     println!(
         "  datagrams:    {} in, {} out; relayed {}, to TUN {}, from TUN {}, handshakes {}",

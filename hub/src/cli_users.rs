@@ -23,7 +23,8 @@ pub(crate) enum UserCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List users, the spokes they may use and where they are logged in.
+    /// List users, the spokes they may use and where they are logged in,
+    /// and the registrations that wait for approval.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -41,6 +42,19 @@ pub(crate) enum UserCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Approve a registration that someone asked for from a spoke (see
+    /// `tasuki-spoke register`): the account exists from then on, with the
+    /// password its owner chose, and may log in on that spoke. Check the
+    /// name and e-mail address in `user list` first.
+    Approve {
+        /// Login id.
+        id: String,
+    },
+    /// Deny a registration: it is forgotten and the id is free again.
+    Deny {
+        /// Login id.
+        id: String,
     },
     /// Let a user log in on a spoke.
     Allow {
@@ -87,6 +101,19 @@ pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
                 request(socket, HubRequest::UserRemove { id: id.clone() }).await?;
             println!("removed user {id:?} (logged out everywhere)");
         }
+        UserCommand::Approve { id } => {
+            let v: UserView = request(socket, HubRequest::UserApprove { id }).await?;
+            println!(
+                "user {} approved; may log in on: {}",
+                v.id,
+                v.spokes.join(", ")
+            );
+        }
+        UserCommand::Deny { id } => {
+            let _: serde_json::Value =
+                request(socket, HubRequest::UserDeny { id: id.clone() }).await?;
+            println!("registration {id:?} denied");
+        }
         UserCommand::Allow { id, spoke } => {
             let v: UserView = request(socket, HubRequest::UserAllow { id, spoke }).await?;
             println!("{} may use: {}", v.id, v.spokes.join(", "));
@@ -106,7 +133,9 @@ pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
                         u.name,
                         u.spokes.join(","),
                         u.logged_in_on.join(","),
-                        if u.must_change_password {
+                        if u.pending {
+                            "  (registration: waits for approval)"
+                        } else if u.must_change_password {
                             "  (initial password)"
                         } else {
                             ""

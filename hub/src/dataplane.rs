@@ -315,6 +315,7 @@ impl Core {
             }
             DpCommand::Status(reply) => {
                 let mut counters = self.counters.clone();
+                counters.access_flows = self.access.tracked() as u64;
                 counters.dropped = self
                     .drops
                     .iter()

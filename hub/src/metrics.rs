@@ -174,6 +174,16 @@ pub(crate) async fn render(st: &HubState) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP tasuki_access_enforcing 1 while the access rules decide, 0 while the policy is open.\n# TYPE tasuki_access_enforcing gauge\ntasuki_access_enforcing {}",
+        u8::from(status.access_mode == tasuki_core::access::Mode::Enforce)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tasuki_access_flows Flows the access policy allowed and tracks for their replies.\n# TYPE tasuki_access_flows gauge\ntasuki_access_flows {}",
+        c.access_flows
+    );
+    let _ = writeln!(
+        out,
         "# HELP tasuki_logins Users logged in, over all spokes.\n# TYPE tasuki_logins gauge"
     );
     let _ = writeln!(out, "tasuki_logins {}", st.login_count());

@@ -39,6 +39,16 @@ fn access_json(t: &Topology) -> Value {
         .unwrap_or_else(|e| t.fail(&format!("access show --json is no JSON: {e}")))
 }
 
+/// The epoch carrying `spoke`'s traffic, per `tasuki-hub key status`.
+fn key_epoch(t: &Topology, spoke: &str) -> u64 {
+    let v: Value =
+        serde_json::from_str(&hub_ok(t, &["key", "status", "--json"])).unwrap_or(Value::Null);
+    v.as_array()
+        .and_then(|links| links.iter().find(|l| l["spoke"] == spoke))
+        .and_then(|l| l["epoch"].as_u64())
+        .unwrap_or(0)
+}
+
 /// UDP datagrams sent from `from_ns` to `dst:port` that arrived there.
 fn udp_through(t: &Topology, from_ns: &str, to_ns: &str, dst: &str, port: &str) -> u64 {
     let got = t.with_sink(to_ns, &["udp-sink", port, "2"], || {
@@ -180,9 +190,16 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     assert_eq!(got["bytes"].as_u64(), Some(2_000_000), "{got} / {sent}");
     assert_eq!(got["sha256"], sent["sha256"]);
 
-    // Taking b out of the group cuts a's access to it at once.
+    // Taking b out of the group cuts a's access to it at once, and b's
+    // link key ends (a group member that leaves gets a fresh epoch).
+    let epoch_before = key_epoch(&net, "b");
     hub_ok(&net, &["group", "remove-member", "servers", "spoke:b"]);
     assert_eq!(udp_through(&net, &net.ns_a, &net.ns_b, B_TUNNEL, "5353"), 0);
+    net.wait_for(
+        "b's key to rotate after it left the group",
+        Duration::from_secs(20),
+        || key_epoch(&net, "b") > epoch_before,
+    );
     // A group still named by a rule cannot go.
     let busy = net.hub_cli(&["group", "remove", "servers"]);
     assert!(!busy.status.success());

@@ -88,6 +88,24 @@ enum Command {
         #[arg(long, env = "TASUKI_SPOKE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Ask the hub for an account, with a password of your own; an admin
+    /// approves it (tasuki-hub user approve), then `login` works here.
+    Register {
+        /// The login id to ask for (letters, digits, '.', '-', '_', '@').
+        user: String,
+        /// Your full name, for the admin to check.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Your e-mail address.
+        #[arg(long, default_value = "")]
+        email: String,
+        /// Read the password from standard input (first line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Control socket of the running spoke.
+        #[arg(long, env = "TASUKI_SPOKE_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Log a user out (ends this spoke's traffic if nobody else is logged in, and rotates its key).
     Logout {
         /// User id; default: the only user logged in.
@@ -156,6 +174,17 @@ pub(crate) fn main() -> Result<()> {
             socket,
         } => rt.block_on(crate::cli_users::login(&socket, user, password_stdin)),
         Command::Logout { user, socket } => rt.block_on(crate::cli_users::logout(&socket, user)),
+        Command::Register {
+            user,
+            name,
+            email,
+            password_stdin,
+            socket,
+        } => rt.block_on(crate::cli_users::register(
+            &socket,
+            crate::cli_users::Profile { user, name, email },
+            password_stdin,
+        )),
         Command::Passwd {
             user,
             password_stdin,

@@ -114,6 +114,32 @@ pub(crate) async fn login(socket: &Path, user: String, stdin: bool) -> Result<()
     Ok(())
 }
 
+/// Who asks for an account.
+pub(crate) struct Profile {
+    /// The login id asked for.
+    pub(crate) user: String,
+    /// Full name.
+    pub(crate) name: String,
+    /// E-mail address.
+    pub(crate) email: String,
+}
+
+pub(crate) async fn register(socket: &Path, who: Profile, stdin: bool) -> Result<()> {
+    let mut pw = Passwords::new(stdin)?;
+    let password = pw.new_password()?;
+    let request = UserRequest::Register {
+        user: who.user,
+        name: who.name,
+        email: who.email,
+        password,
+    };
+    if let UserReply::Registered { user } = call(socket, request).await? {
+        println!("registration of {user:?} sent: it waits for an admin's approval");
+        eprintln!("once approved: tasuki-spoke login {user}");
+    }
+    Ok(())
+}
+
 pub(crate) async fn logout(socket: &Path, user: Option<String>) -> Result<()> {
     let user = only_user(socket, user).await?;
     call(socket, UserRequest::Logout { user: user.clone() }).await?;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use tasuki_core::access::{
-    AccessError, AccessPolicy, CompiledAccess, Flow, Origin, Service, SpokeFacts,
+    AccessError, AccessPolicy, CompiledAccess, Flow, Member, Origin, Service, SpokeFacts,
 };
 use tasuki_core::admin_api::{AccessCheckView, AccessView};
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::registry::SpokeState;
+use tasuki_core::rotation::Trigger;
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::Write;
 
@@ -102,6 +103,32 @@ impl HubState {
             rules,
             notes,
         })
+    }
+
+    /// Members taken out of a group lose their link keys at once too (the
+    /// patent's group rule, fig. 18): each spoke named, and each spoke a
+    /// named user is logged in on, rotates to a fresh epoch.
+    pub(crate) fn rotate_group_leavers(&mut self, group: &str, left: &[Member]) -> usize {
+        let mut spokes: Vec<SpokeId> = Vec::new();
+        for m in left {
+            match m {
+                Member::Spoke(name) => {
+                    spokes.extend(self.registry.spoke_by_name(name).map(|s| s.id));
+                }
+                Member::User(user) => spokes.extend(
+                    self.logins
+                        .iter()
+                        .filter(|(_, users)| users.contains(user))
+                        .map(|(id, _)| *id),
+                ),
+            }
+        }
+        spokes.sort_unstable();
+        spokes.dedup();
+        for id in &spokes {
+            self.request_rotation_of(*id, Trigger::Event(format!("left group {group}")));
+        }
+        spokes.len()
     }
 
     /// What the policy needs to know of a spoke, if it can carry traffic.

@@ -41,6 +41,8 @@ const OVERRIDES_TREE: &str = "policy-overrides";
 /// across a crash.
 const REQUESTS_TREE: &str = "rotation-requests";
 const USERS_TREE: &str = "users";
+/// Accounts asked for from a spoke, waiting for an admin.
+const REGISTRATIONS_TREE: &str = "registrations";
 const LOGINS_TREE: &str = "logins";
 
 fn vault_name(spoke: SpokeId, epoch: u64) -> String {
@@ -201,7 +203,8 @@ impl HubState {
             .collect();
         let users = tasuki_core::users::Users::new(
             store.all::<tasuki_core::users::UserRecord>(USERS_TREE)?,
-        );
+        )
+        .with_registrations(store.all::<tasuki_core::users::Registration>(REGISTRATIONS_TREE)?);
         let logins = store
             .all::<(SpokeId, std::collections::BTreeSet<String>)>(LOGINS_TREE)?
             .into_iter()
@@ -348,6 +351,8 @@ impl HubState {
             spokes_active: count(SpokeState::Active),
             spokes_pending: count(SpokeState::Pending),
             control_connections: self.control_connections,
+            access_mode: self.access.mode,
+            access_rules: self.access.rules.len(),
             counters: dp.map(|d| d.counters).unwrap_or_default(),
         }
     }

@@ -195,12 +195,26 @@ impl HubState {
                 .map(|(s, _)| self.spoke_name(*s))
                 .collect(),
             created_at: u.created_at,
+            pending: false,
         }
     }
 
     /// Every user as admins see them.
+    /// Every user as admins see them, then the registrations that wait.
     pub(crate) fn user_views(&self) -> Vec<UserView> {
-        self.users.all().map(|u| self.user_view(u)).collect()
+        let waiting = self.users.registrations().map(|r| UserView {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            email: r.email.clone(),
+            must_change_password: false,
+            spokes: vec![self.spoke_name(r.spoke)],
+            logged_in_on: Vec::new(),
+            created_at: r.requested_at,
+            pending: true,
+        });
+        let mut views: Vec<UserView> = self.users.all().map(|u| self.user_view(u)).collect();
+        views.extend(waiting);
+        views
     }
 
     /// Logins over all spokes.
@@ -417,6 +431,107 @@ impl HubState {
                 self.store_user(saved, &record, "the new device's permission")?;
                 Ok(Ok(UserReply::DeviceApproved { name: target }))
             }
+            UserRequest::Register {
+                user,
+                name,
+                email,
+                password,
+            } => self.register(spoke, &user, &name, &email, &password, now),
         }
+    }
+
+    /// Someone asks for an account from `spoke`: stored until an admin
+    /// approves or denies it.
+    fn register(
+        &mut self,
+        spoke: SpokeId,
+        user: &str,
+        name: &str,
+        email: &str,
+        password: &str,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        let saved = self.users.clone();
+        let r = match self.users.register(
+            user,
+            name,
+            email,
+            password,
+            spoke,
+            now,
+            &mut rand_core::OsRng,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(%user, spoke = %spoke_name, error = %e, "registration refused");
+                return Ok(Err(e.to_string()));
+            }
+        };
+        let stored = Write::put(REGISTRATIONS_TREE, r.id.as_bytes(), &r)
+            .and_then(|w| self.store.commit(&[w]));
+        if let Err(e) = stored {
+            self.users = saved;
+            tracing::error!(%user, error = %format!("{e:#}"), "registration not stored");
+            return Ok(Err(
+                "the hub cannot store this registration right now (its disk may be full); \
+                 nothing changed, try again later"
+                    .into(),
+            ));
+        }
+        tracing::info!(%user, spoke = %spoke_name, "registration waits for an admin's approval");
+        self.audit(
+            AuditRecord::new(now, AuditKind::Registration)
+                .user(user)
+                .spoke(&spoke_name)
+                .detail(format!("name {name:?}, e-mail {email:?}")),
+        );
+        Ok(Ok(UserReply::Registered {
+            user: user.to_owned(),
+        }))
+    }
+
+    /// An admin approves a registration: the account exists from now on and
+    /// may log in on the spoke it was asked from.
+    pub(crate) fn approve_registration(&mut self, id: &str, now: u64) -> Result<UserView> {
+        let saved = self.users.clone();
+        let record = self.users.approve_registration(id, now)?;
+        let stored = Write::put(USERS_TREE, id.as_bytes(), &record).and_then(|w| {
+            self.store
+                .commit(&[w, Write::remove(REGISTRATIONS_TREE, id.as_bytes())])
+        });
+        if let Err(e) = stored {
+            self.users = saved;
+            return Err(e.context(format!("approval of {id:?} not stored")));
+        }
+        let spokes: Vec<String> = record.spokes.iter().map(|s| self.spoke_name(*s)).collect();
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .detail(format!(
+                    "registration approved; may log in on {}",
+                    spokes.join(", ")
+                )),
+        );
+        Ok(self.user_view(&record))
+    }
+
+    /// An admin denies a registration: it is forgotten and the id is free.
+    pub(crate) fn deny_registration(&mut self, id: &str, now: u64) -> Result<()> {
+        let saved = self.users.clone();
+        self.users.deny_registration(id)?;
+        if let Err(e) = self
+            .store
+            .commit(&[Write::remove(REGISTRATIONS_TREE, id.as_bytes())])
+        {
+            self.users = saved;
+            return Err(e.context(format!("denial of {id:?} not stored")));
+        }
+        self.audit(
+            AuditRecord::new(now, AuditKind::UserChange)
+                .user(id)
+                .detail("registration denied"),
+        );
+        Ok(())
     }
 }
