@@ -28,6 +28,7 @@ use tasuki_shell::boot_secs;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::state::SpokeStore;
+use crate::writer::{StoreJob, StoreWriter};
 
 /// Commands from the control side.
 pub(crate) enum DpCommand {
@@ -76,7 +77,8 @@ pub(crate) struct DataPlane {
 
 /// Everything a pass reads and writes besides the devices.
 struct Core {
-    store: Arc<SpokeStore>,
+    /// Store writes, done off the data plane's thread.
+    writer: StoreWriter,
     key: Arc<StaticKey>,
     hub: SocketAddr,
     keys: SpokeKeys,
@@ -131,7 +133,7 @@ impl DataPlane {
             io: Devices::new(udp, tun),
             core: Core {
                 keys: SpokeKeys::new(held, current, boot_secs()),
-                store,
+                writer: StoreWriter::spawn(store)?,
                 key,
                 hub,
                 link,
@@ -382,9 +384,7 @@ impl Core {
         }
         self.blocked = false;
         tracing::info!(epoch, "key epoch carries traffic");
-        if let Err(e) = self.store.save_current(epoch) {
-            tracing::error!(error = %format!("{e:#}"), "cannot record the current epoch");
-        }
+        self.writer.send(StoreJob::Current(epoch));
         let _ = self.events.send(SpokeEvent::Confirmed(epoch));
         if self.link.epochs().iter().any(|e| *e < epoch) {
             let grace = self
@@ -417,11 +417,7 @@ impl Core {
         }
         self.link.retain(|e| e >= below);
         self.keys.erase_below(below);
-        match self.store.erase_epochs_below(below) {
-            Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase ended epochs"),
-        }
+        self.writer.send(StoreJob::EraseBelow(below));
     }
 
     fn on_tun_packet(&mut self, packet: &[u8]) {

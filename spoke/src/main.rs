@@ -11,6 +11,7 @@ mod dataplane;
 mod enrol;
 mod local;
 mod state;
+mod writer;
 
 fn main() -> std::process::ExitCode {
     match cli::main() {

@@ -1,0 +1,58 @@
+//! The data plane's store writes (the epoch that carries traffic, ended
+//! epochs erased), done in order on a thread of their own: a flush to disk
+//! never stalls a pass of the data plane, so a key rotation under load
+//! costs no throughput.
+
+use std::sync::{mpsc, Arc};
+
+use crate::state::SpokeStore;
+
+/// A write the data plane asks for.
+pub(crate) enum StoreJob {
+    /// Record the epoch that carries traffic now.
+    Current(u64),
+    /// Erase every stored epoch below this one (records, then key files).
+    EraseBelow(u64),
+}
+
+/// Hands writes to the writer thread, which ends when this is dropped.
+pub(crate) struct StoreWriter {
+    jobs: mpsc::Sender<StoreJob>,
+}
+
+impl StoreWriter {
+    /// Starts the writer thread.
+    pub(crate) fn spawn(store: Arc<SpokeStore>) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("tasuki-store".into())
+            .spawn(move || {
+                for job in queue {
+                    write(&store, job);
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Queues a write; never blocks.
+    pub(crate) fn send(&self, job: StoreJob) {
+        if self.jobs.send(job).is_err() {
+            tracing::error!("the store writer has stopped; a store write is lost");
+        }
+    }
+}
+
+fn write(store: &SpokeStore, job: StoreJob) {
+    match job {
+        StoreJob::Current(epoch) => {
+            if let Err(e) = store.save_current(epoch) {
+                tracing::error!(epoch, error = %format!("{e:#}"), "cannot record the current epoch");
+            }
+        }
+        StoreJob::EraseBelow(below) => match store.erase_epochs_below(below) {
+            Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase ended epochs"),
+        },
+    }
+}
