@@ -45,6 +45,38 @@ fn reload(config: Option<&std::path::Path>) {
     tasuki_shell::service::ready("reloaded");
 }
 
+/// What the data plane's thread needs to set itself up.
+struct DataPlaneSetup {
+    key: Arc<tasuki_core::keys::StaticKey>,
+    listen: SocketAddr,
+    interface: String,
+    hub_net: Ipv4Net,
+    routes: RouteTable,
+    events: mpsc::UnboundedSender<DpEvent>,
+    commands: mpsc::Receiver<DpCommand>,
+}
+
+/// Starts the data plane on a thread of its own, where it binds the UDP
+/// socket and creates the TUN (see `tasuki_shell::thread`). Returns the
+/// TUN's name once both are up, and a receiver that resolves when the data
+/// plane has stopped.
+async fn spawn_dataplane(
+    setup: DataPlaneSetup,
+) -> Result<(String, tokio::sync::oneshot::Receiver<()>)> {
+    tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
+        let udp = tasuki_shell::udp::BatchUdp::bind(setup.listen)
+            .with_context(|| format!("cannot bind UDP {}", setup.listen))?;
+        let tun = tasuki_shell::netdev::create_tun(
+            &setup.interface,
+            setup.hub_net,
+            tasuki_core::TUNNEL_MTU,
+        )?;
+        let dataplane = DataPlane::new(setup.key, udp, tun.device, setup.routes, setup.events);
+        Ok((tun.name, dataplane.run(setup.commands)))
+    })
+    .await
+}
+
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(256);
@@ -67,13 +99,10 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
             SocketAddr::from(([0, 0, 0, 0], port))
         }
     };
-    let udp = tasuki_shell::udp::BatchUdp::bind(listen)
-        .with_context(|| format!("cannot bind UDP {listen}"))?;
     let tcp = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot bind TCP {listen}"))?;
     let hub_net = Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?;
-    let tun = tasuki_shell::netdev::create_tun(&opts.interface, hub_net, tasuki_core::TUNNEL_MTU)?;
     let access = match &opts.admin_group {
         Some(g) => tasuki_shell::local::Access::group(g)?,
         None => tasuki_shell::local::Access::default(),
@@ -86,19 +115,26 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         settings.hub_addr(),
         settings.routes.clone(),
     );
-    let links = hub.link_specs();
-    let dataplane = DataPlane::new(key.clone(), udp, tun.device, routes, ev_tx);
-    for spec in links {
+    let (interface, mut dp_done) = spawn_dataplane(DataPlaneSetup {
+        key: key.clone(),
+        listen,
+        interface: opts.interface.clone(),
+        hub_net,
+        routes,
+        events: ev_tx,
+        commands: dp_rx,
+    })
+    .await?;
+    for spec in hub.link_specs() {
         dp_tx.send(DpCommand::Upsert(spec)).await?;
     }
     dp_tx.send(DpCommand::Access(hub.compiled_access())).await?;
     let state = Arc::new(Mutex::new(hub));
     tracing::info!(
-        %listen, interface = %tun.name, fingerprint = %key.public().fingerprint(),
+        %listen, %interface, fingerprint = %key.public().fingerprint(),
         tunnel = %settings.tunnel_net, "hub running"
     );
 
-    let dp_task = tokio::spawn(dataplane.run(dp_rx));
     let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
     let ev_state = state.clone();
     let events_task = tokio::spawn(async move {
@@ -160,12 +196,11 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut dp_task = dp_task;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
-            r = &mut dp_task => { tracing::error!(result = ?r, "data plane stopped"); break; }
+            _ = &mut dp_done => { tracing::error!("data plane stopped"); break; }
             _ = hup.recv() => reload(opts.config.as_deref()),
         }
     }

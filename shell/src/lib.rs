@@ -12,6 +12,7 @@ pub mod netdev;
 pub mod passes;
 pub mod service;
 pub mod store;
+pub mod thread;
 pub mod udp;
 pub mod vault;
 

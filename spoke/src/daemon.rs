@@ -85,39 +85,42 @@ pub(crate) async fn run(
             .with_context(|| format!("cannot resolve {}", enrolment.hub_endpoint))?
             .next()
             .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
-        let tun = tasuki_shell::netdev::create_tun(interface, config.tunnel_addr, config.mtu)?;
-        tasuki_shell::netdev::add_routes(&tun.name, &config.routes).await?;
-        let dp = DataPlane::new(
-            store.clone(),
-            key.clone(),
-            enrolment.hub_key,
-            hub,
-            config.keepalive_secs,
-            tun.device,
-            events_tx,
-        )
-        .await?;
+        // The data plane runs on a thread of its own (see
+        // `tasuki_shell::thread`), where it makes its TUN and socket.
+        let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
+        let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
+        let keepalive = config.keepalive_secs;
+        let (tun_name, done) =
+            tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
+                let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
+                let dp = DataPlane::new(
+                    store_dp, key_dp, hub_key, hub, keepalive, tun.device, events_tx,
+                )
+                .await?;
+                Ok((tun.name, dp.run(dp_rx)))
+            })
+            .await?;
+        tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
         tracing::info!(
-            name = %config.name, addr = %config.tunnel_addr, interface = %tun.name, %hub,
+            name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
             epoch = store.current()?, "spoke running"
         );
-        anyhow::Ok(dp)
+        anyhow::Ok(done)
     };
     // Ready once the control loop and the local socket run: a pending spoke
     // may wait for its approval for a long time.
     let watchdog = tasuki_shell::service::spawn_watchdog();
     tasuki_shell::service::ready(&format!("spoke of {}", enrolment.hub_endpoint));
-    let dp = tokio::select! {
-        dp = start => dp?,
+    let mut dp_done = tokio::select! {
+        done = start => done?,
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    let mut dp_task = tokio::spawn(dp.run(dp_rx));
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
-            r = &mut dp_task => { tracing::error!(result = ?r, "data plane stopped"); break; }
+            _ = &mut dp_done => { tracing::error!("data plane stopped"); break; }
             _ = hup.recv() => reload(config),
         }
     }
