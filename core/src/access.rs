@@ -39,6 +39,25 @@ pub const MAX_SERVICES: usize = 64;
 /// Most flows the hub tracks at once; past that, the oldest idle ones go.
 pub const MAX_FLOWS: usize = 131_072;
 
+/// Stored and sent as the text an admin types (`user:alice`, `tcp/22`), so
+/// that `--json` output and the store read the same way.
+macro_rules! text_form {
+    ($ty:ty) => {
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                value.to_string()
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = AccessError;
+            fn try_from(text: String) -> Result<Self, AccessError> {
+                text.parse()
+            }
+        }
+    };
+}
+
 /// Whether the rules decide or only wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -195,18 +214,7 @@ impl FromStr for Selector {
     }
 }
 
-impl From<Selector> for String {
-    fn from(s: Selector) -> String {
-        s.to_string()
-    }
-}
-
-impl TryFrom<String> for Selector {
-    type Error = AccessError;
-    fn try_from(s: String) -> Result<Self, AccessError> {
-        s.parse()
-    }
-}
+text_form!(Selector);
 
 /// The IP protocol a service names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -324,18 +332,7 @@ impl FromStr for Service {
     }
 }
 
-impl From<Service> for String {
-    fn from(s: Service) -> String {
-        s.to_string()
-    }
-}
-
-impl TryFrom<String> for Service {
-    type Error = AccessError;
-    fn try_from(s: String) -> Result<Self, AccessError> {
-        s.parse()
-    }
-}
+text_form!(Service);
 
 /// One allow rule: packets from `from` to `to` that fall under one of
 /// `services` pass (and so do the replies to them).
@@ -389,18 +386,7 @@ impl FromStr for Member {
     }
 }
 
-impl From<Member> for String {
-    fn from(m: Member) -> String {
-        m.to_string()
-    }
-}
-
-impl TryFrom<String> for Member {
-    type Error = AccessError;
-    fn try_from(s: String) -> Result<Self, AccessError> {
-        s.parse()
-    }
-}
+text_form!(Member);
 
 /// The whole access policy as the hub stores it: mode, rules and groups.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

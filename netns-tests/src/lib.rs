@@ -132,6 +132,34 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
+/// Runs `tasuki-spoke ARGS --socket SOCK` with `input` on its standard
+/// input (passwords for `--password-stdin`); the control socket is a file,
+/// reachable from the test's own namespace.
+pub fn spoke_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(&binaries().spoke)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tasuki-spoke");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for tasuki-spoke")
+}
+
+/// A command's standard output and error, as one text for messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A process started with [`Topology::spawn`]; the topology owns the
 /// process itself and kills it on drop.
 #[derive(Clone, Debug, PartialEq, Eq)]

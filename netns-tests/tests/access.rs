@@ -2,23 +2,13 @@
 //! address, ports, replies to allowed flows, group membership changes, the
 //! login as the key to a user's rules, and the policy across a restart.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use tasuki_netns_tests::{
-    binaries, skip_unless_root, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, HUB_TUNNEL, LAN_HOST,
+    output_text, skip_unless_root, spoke_stdin, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL,
+    HUB_TUNNEL, LAN_HOST,
 };
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `tasuki-hub ARGS`, which must succeed; its stdout.
 fn hub_ok(t: &Topology, args: &[&str]) -> String {
@@ -27,7 +17,7 @@ fn hub_ok(t: &Topology, args: &[&str]) -> String {
         t.fail(&format!(
             "`tasuki-hub {}` failed: {}",
             args.join(" "),
-            text(&out)
+            output_text(&out)
         ));
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -72,9 +62,13 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     // Bad input is refused with a reason, and nothing changes.
     let bad = net.hub_cli(&["access", "allow", "--from", "group:nope", "--to", "*"]);
     assert!(!bad.status.success());
-    assert!(text(&bad).contains("no group named"), "{}", text(&bad));
+    assert!(
+        output_text(&bad).contains("no group named"),
+        "{}",
+        output_text(&bad)
+    );
     let bad = net.hub_cli(&["access", "allow", "--from", "*", "--to", "10.1.2.3/40"]);
-    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(!bad.status.success(), "{}", output_text(&bad));
     assert_eq!(access_json(&net)["rules"], serde_json::json!([]));
 
     hub_ok(&net, &["group", "add", "servers"]);
@@ -144,7 +138,11 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
         "--service",
         "icmp",
     ]);
-    assert!(text(&bad).contains("no spoke named"), "{}", text(&bad));
+    assert!(
+        output_text(&bad).contains("no spoke named"),
+        "{}",
+        output_text(&bad)
+    );
 
     // Everyone may ping the hub, and the echo replies come back.
     net.wait_for(
@@ -203,7 +201,11 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     // A group still named by a rule cannot go.
     let busy = net.hub_cli(&["group", "remove", "servers"]);
     assert!(!busy.status.success());
-    assert!(text(&busy).contains("rule(s) [1]"), "{}", text(&busy));
+    assert!(
+        output_text(&busy).contains("rule(s) [1]"),
+        "{}",
+        output_text(&busy)
+    );
 
     // The policy is stored: a restarted hub enforces the same one.
     let before = access_json(&net);
@@ -246,26 +248,6 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     );
 }
 
-/// Runs `tasuki-spoke ARGS --socket SOCK` with `input` on standard input.
-fn spoke_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(&binaries().spoke)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tasuki-spoke");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
-
 #[test]
 fn a_users_rules_follow_the_login() {
     if skip_unless_root("a_users_rules_follow_the_login") {
@@ -304,7 +286,7 @@ fn a_users_rules_follow_the_login() {
         &["login", "alice", "--password-stdin"],
         &format!("{initial}\ncorrect horse battery staple\n"),
     );
-    assert!(login.status.success(), "{}", text(&login));
+    assert!(login.status.success(), "{}", output_text(&login));
     // alice is in eng, eng may reach the LAN: the laptop pings the LAN host,
     // but not the hub (no rule for it).
     t.wait_for(
@@ -343,7 +325,7 @@ fn a_users_rules_follow_the_login() {
     });
     // ...and no longer once she logged out and someone else logged in.
     let out = t.spoke_cli(&socket, &["logout"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let bob = hub_ok(&t, &["user", "add", "bob", "--json"]);
     let bob: Value = serde_json::from_str(&bob).unwrap();
     let bob_initial = bob["initial_password"].as_str().unwrap().to_owned();
@@ -366,7 +348,7 @@ fn a_users_rules_follow_the_login() {
         &["login", "bob", "--password-stdin"],
         &format!("{bob_initial}\nanother long password\n"),
     );
-    assert!(login.status.success(), "{}", text(&login));
+    assert!(login.status.success(), "{}", output_text(&login));
     let s = t.spoke_status_json(&socket);
     assert_eq!(s["users"], serde_json::json!(["bob"]), "{s}");
     // Positive control: bob's own rule carries his pings to the LAN.

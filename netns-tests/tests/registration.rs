@@ -3,48 +3,17 @@
 //! it, and only an approved account logs in; waiting registrations survive
 //! a hub restart.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tasuki_netns_tests::{binaries, skip_unless_root, Topology, HUB_TUNNEL};
+use tasuki_netns_tests::{output_text, skip_unless_root, spoke_stdin, Topology, HUB_TUNNEL};
 
 const PASSWORD: &str = "carol's own long password";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs `tasuki-spoke ARGS --socket SOCK` with `input` on standard input.
-fn spoke_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(&binaries().spoke)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tasuki-spoke");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
 
 /// The entry of `id` in `tasuki-hub user list --json`, or null.
 fn listed(t: &Topology, id: &str) -> Value {
     let out = t.hub_cli(&["user", "list", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     all.as_array()
         .and_then(|a| a.iter().find(|u| u["id"] == id).cloned())
@@ -93,8 +62,12 @@ fn a_registration_logs_in_only_after_an_admin_approves_it() {
         || t.spoke_status_json(&socket)["control_connected"] == true,
     );
     let out = register("carol", PASSWORD);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("waits for an admin"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("waits for an admin"),
+        "{}",
+        output_text(&out)
+    );
     let v = listed(&t, "carol");
     assert_eq!(v["pending"], true, "{v}");
     assert_eq!(v["spokes"], serde_json::json!(["kiosk"]), "{v}");
@@ -102,18 +75,34 @@ fn a_registration_logs_in_only_after_an_admin_approves_it() {
     // Refusals: the same id again, a weak password, a bad id.
     let again = register("carol", PASSWORD);
     assert!(!again.status.success());
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert!(
+        output_text(&again).contains("already exists"),
+        "{}",
+        output_text(&again)
+    );
     let weak = register("dave", "short");
     assert!(!weak.status.success());
-    assert!(text(&weak).contains("at least"), "{}", text(&weak));
+    assert!(
+        output_text(&weak).contains("at least"),
+        "{}",
+        output_text(&weak)
+    );
     let bad = register("no spaces", PASSWORD);
     assert!(!bad.status.success());
-    assert!(text(&bad).contains("invalid user id"), "{}", text(&bad));
+    assert!(
+        output_text(&bad).contains("invalid user id"),
+        "{}",
+        output_text(&bad)
+    );
 
     // Waiting: the owner hears so, and no traffic flows.
     let early = login("carol", PASSWORD);
     assert!(!early.status.success());
-    assert!(text(&early).contains("approval"), "{}", text(&early));
+    assert!(
+        output_text(&early).contains("approval"),
+        "{}",
+        output_text(&early)
+    );
     assert!(
         !t.ping(&t.ns_a, HUB_TUNNEL, 2),
         "traffic flowed for a waiting registration"
@@ -126,7 +115,7 @@ fn a_registration_logs_in_only_after_an_admin_approves_it() {
 
     // Approved: carol logs in with the password she chose (no change asked).
     let out = t.hub_cli(&["user", "approve", "carol"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     t.wait_for(
         "carol's login after approval",
         Duration::from_secs(20),
@@ -139,22 +128,22 @@ fn a_registration_logs_in_only_after_an_admin_approves_it() {
 
     // Denied: dave cannot log in, and the id is free again.
     let out = register("dave", "dave's own long password");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = t.hub_cli(&["user", "deny", "dave"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(listed(&t, "dave"), Value::Null);
     let denied = login("dave", "dave's own long password");
     assert!(!denied.status.success());
     assert!(
-        text(&denied).contains("wrong password"),
+        output_text(&denied).contains("wrong password"),
         "{}",
-        text(&denied)
+        output_text(&denied)
     );
     let out = t.hub_cli(&["user", "deny", "dave"]);
     assert!(
         !out.status.success(),
         "a second denial should fail: {}",
-        text(&out)
+        output_text(&out)
     );
     assert!(register("dave", "dave's own long password")
         .status

@@ -2,41 +2,13 @@
 //! (claim 14), logout, lock-outs, a second device confirmed from the first
 //! (fig. 6), and user removal.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use tasuki_netns_tests::{binaries, skip_unless_root, Proc, Topology, HUB_TUNNEL};
-
-/// Runs `tasuki-spoke ARGS --socket SOCK` with `input` on standard input.
-fn spoke_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(&binaries().spoke)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tasuki-spoke");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use tasuki_netns_tests::{
+    binaries, output_text, skip_unless_root, spoke_stdin, Proc, Topology, HUB_TUNNEL,
+};
 
 /// A hub with spoke `a` (a user's laptop: needs a login) in ns a, and a
 /// service spoke `srv` in ns b; user alice exists and may use `a`.
@@ -62,7 +34,7 @@ impl Office {
         let a = t.start_spoke(&t.ns_a, &t.spoke_dir("a"), &a_socket);
         let srv = t.start_spoke(&t.ns_b, &t.spoke_dir("srv"), &t.spoke_socket("srv"));
         let out = t.hub_cli(&["user", "add", "alice", "--name", "Alice A", "--json"]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         let alice_initial = v["initial_password"].as_str().unwrap().to_owned();
         assert!(t
@@ -118,34 +90,38 @@ fn traffic_flows_only_while_an_allowed_user_is_logged_in() {
     // Refusals: wrong password, unknown user, a user not allowed on this spoke.
     let wrong = o.login("alice", "not-the-password\n");
     assert!(!wrong.status.success());
-    assert!(text(&wrong).contains("wrong password"), "{}", text(&wrong));
+    assert!(
+        output_text(&wrong).contains("wrong password"),
+        "{}",
+        output_text(&wrong)
+    );
     let unknown = o.login("mallory", "whatever\n");
     assert!(!unknown.status.success());
-    assert!(text(&unknown).contains("wrong password"));
+    assert!(output_text(&unknown).contains("wrong password"));
     let bob = t.hub_cli(&["user", "add", "bob", "--json"]);
     let bob_pw: Value = serde_json::from_slice(&bob.stdout).unwrap();
     let bob_pw = bob_pw["initial_password"].as_str().unwrap();
     let not_allowed = o.login("bob", &format!("{bob_pw}\n"));
     assert!(!not_allowed.status.success());
     assert!(
-        text(&not_allowed).contains("not allowed"),
+        output_text(&not_allowed).contains("not allowed"),
         "{}",
-        text(&not_allowed)
+        output_text(&not_allowed)
     );
     assert!(!o.a_reaches_hub());
     // The initial password alone is not enough: it must be changed.
     let no_change = o.login("alice", &format!("{}\n", o.alice_initial));
     assert!(!no_change.status.success());
     assert!(
-        text(&no_change).contains("initial password"),
+        output_text(&no_change).contains("initial password"),
         "{}",
-        text(&no_change)
+        output_text(&no_change)
     );
     let weak = o.login("alice", &format!("{}\nshort\n", o.alice_initial));
     assert!(!weak.status.success());
     // Login with the initial password and a new one.
     let ok = o.login("alice", &format!("{}\n{NEW_PASSWORD}\n", o.alice_initial));
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
     t.wait_for("traffic after login", Duration::from_secs(20), || {
         o.a_reaches_hub()
     });
@@ -155,7 +131,7 @@ fn traffic_flows_only_while_an_allowed_user_is_logged_in() {
     // Logout ends the traffic and rotates the key.
     let epoch_before = key_epoch(t, "a");
     let out = t.spoke_cli(&o.a_socket, &["logout"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     t.wait_for(
         "traffic to stop after logout",
         Duration::from_secs(10),
@@ -215,9 +191,9 @@ fn failed_logins_are_rate_limited() {
     let locked = o.login("alice", &format!("{}\n{NEW_PASSWORD}\n", o.alice_initial));
     assert!(!locked.status.success(), "a locked-out login went through");
     assert!(
-        text(&locked).contains("too many failed logins"),
+        output_text(&locked).contains("too many failed logins"),
         "{}",
-        text(&locked)
+        output_text(&locked)
     );
 }
 
@@ -234,7 +210,7 @@ fn a_second_device_is_confirmed_from_the_first() {
         .success());
     // On A: an invitation for the new device.
     let inv = t.spoke_cli(&o.a_socket, &["invite-device", "alice-phone"]);
-    assert!(inv.status.success(), "{}", text(&inv));
+    assert!(inv.status.success(), "{}", output_text(&inv));
     let invitation = String::from_utf8_lossy(&inv.stdout).trim().to_owned();
     // B (here in spoke b's namespace, beside the service spoke) enrols as
     // alice's device and waits.
@@ -251,8 +227,12 @@ fn a_second_device_is_confirmed_from_the_first() {
             "alice",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("confirmation"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("confirmation"),
+        "{}",
+        output_text(&out)
+    );
     let list: Value =
         serde_json::from_slice(&t.hub_cli(&["spoke", "list", "--json"]).stdout).unwrap();
     let phone = list
@@ -280,7 +260,7 @@ fn a_second_device_is_confirmed_from_the_first() {
         },
     );
     let ok = t.spoke_cli(&o.a_socket, &["approve-device"]);
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
     let users: Value =
         serde_json::from_slice(&t.hub_cli(&["user", "list", "--json"]).stdout).unwrap();
     let alice = users
@@ -333,7 +313,7 @@ fn a_second_device_is_confirmed_from_the_first() {
         &["login", "alice", "--password-stdin"],
         &format!("{NEW_PASSWORD}\n"),
     );
-    assert!(login_b.status.success(), "{}", text(&login_b));
+    assert!(login_b.status.success(), "{}", output_text(&login_b));
     // A user who is not logged in on A cannot confirm anything.
     let nobody = t.spoke_cli(&o.a_socket, &["approve-device", "x", "--user", "mallory"]);
     assert!(!nobody.status.success());
