@@ -154,6 +154,14 @@ pub enum Selector {
     Net(Ipv4Net),
 }
 
+/// An address range (`192.168.10.0/24`, host bits cleared) or one address.
+fn parse_net(s: &str) -> Option<Ipv4Net> {
+    s.parse::<Ipv4Net>()
+        .map(|n| n.trunc())
+        .ok()
+        .or_else(|| s.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+}
+
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -193,20 +201,16 @@ impl FromStr for Selector {
                 "spoke" => Ok(Selector::Spoke(named(name)?)),
                 "user" => Ok(Selector::User(named(name)?)),
                 "group" => Ok(Selector::Group(named(name)?)),
-                "net" => Self::from_str(name).and_then(|sel| match sel {
-                    Selector::Net(n) => Ok(Selector::Net(n)),
-                    _ => Err(bad("net: takes an address or CIDR")),
-                }),
+                "net" => parse_net(name)
+                    .map(Selector::Net)
+                    .ok_or_else(|| bad("net: takes an address or CIDR")),
                 _ => Err(bad(
                     "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
                 )),
             };
         }
-        if let Ok(net) = s.parse::<Ipv4Net>() {
-            return Ok(Selector::Net(net.trunc()));
-        }
-        if let Ok(addr) = s.parse::<Ipv4Addr>() {
-            return Ok(Selector::Net(Ipv4Net::from(addr)));
+        if let Some(net) = parse_net(s) {
+            return Ok(Selector::Net(net));
         }
         Err(bad(
             "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
@@ -505,6 +509,30 @@ impl AccessPolicy {
         Ok(())
     }
 
+    /// Forgets a user who no longer exists: the rules that name them and
+    /// their group memberships go, so that whoever gets the id next does
+    /// not inherit their access. Returns how many rules and memberships.
+    pub fn forget_user(&mut self, id: &str) -> (usize, usize) {
+        let who = Selector::User(id.to_owned());
+        let before = self.rules.len();
+        self.rules.retain(|r| r.from != who && r.to != who);
+        let member = Member::User(id.to_owned());
+        let left = self
+            .groups
+            .values_mut()
+            .filter_map(|members| members.remove(&member).then_some(()))
+            .count();
+        (before - self.rules.len(), left)
+    }
+
+    /// Whether a rule or a group names this user.
+    pub fn names_user(&self, id: &str) -> bool {
+        let who = Selector::User(id.to_owned());
+        let member = Member::User(id.to_owned());
+        self.rules.iter().any(|r| r.from == who || r.to == who)
+            || self.groups.values().any(|m| m.contains(&member))
+    }
+
     /// Resolves names into addresses for the data plane, given the spokes
     /// that can carry traffic now and who is logged in on them.
     pub fn compile(&self, hub_addr: Ipv4Addr, spokes: &[SpokeFacts]) -> CompiledAccess {
@@ -517,23 +545,45 @@ impl AccessPolicy {
         if !compiled.enforce {
             return compiled;
         }
-        let in_group = |group: &str, spoke: &SpokeFacts| {
-            self.groups.get(group).is_some_and(|members| {
-                members.contains(&Member::Spoke(spoke.name.clone()))
-                    || spoke
-                        .users
-                        .iter()
-                        .any(|u| members.contains(&Member::User(u.clone())))
+        // Each spoke's groups, worked out once: by the spoke's own
+        // membership and by its logged-in users'.
+        let mut groups_of_user: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut groups_of_spoke: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (group, members) in &self.groups {
+            for m in members {
+                match m {
+                    Member::User(u) => groups_of_user.entry(u).or_default().push(group),
+                    Member::Spoke(n) => groups_of_spoke.entry(n).or_default().push(group),
+                }
+            }
+        }
+        let spoke_groups: Vec<HashSet<&str>> = spokes
+            .iter()
+            .map(|spoke| {
+                let mut set: HashSet<&str> = HashSet::new();
+                set.extend(
+                    groups_of_spoke
+                        .get(spoke.name.as_str())
+                        .into_iter()
+                        .flatten(),
+                );
+                for u in &spoke.users {
+                    set.extend(groups_of_user.get(u.as_str()).into_iter().flatten());
+                }
+                set
             })
-        };
-        // Whether `sel` names `spoke` (as a sender, or as a receiver).
-        let names = |sel: &Selector, spoke: &SpokeFacts| match sel {
-            Selector::Any => true,
-            Selector::Hub => false,
-            Selector::Spoke(n) => *n == spoke.name,
-            Selector::User(u) => spoke.users.iter().any(|x| x == u),
-            Selector::Group(g) => in_group(g, spoke),
-            Selector::Net(net) => net.contains(&spoke.addr),
+            .collect();
+        // Whether `sel` names spoke number `i` (as a sender, or as a receiver).
+        let names = |sel: &Selector, i: usize| {
+            let spoke = &spokes[i];
+            match sel {
+                Selector::Any => true,
+                Selector::Hub => false,
+                Selector::Spoke(n) => *n == spoke.name,
+                Selector::User(u) => spoke.users.iter().any(|x| x == u),
+                Selector::Group(g) => spoke_groups[i].contains(g.as_str()),
+                Selector::Net(net) => net.contains(&spoke.addr),
+            }
         };
         for (index, rule) in self.rules.iter().enumerate() {
             let to = match &rule.to {
@@ -541,10 +591,9 @@ impl AccessPolicy {
                 Selector::Hub => Destination::Nets(vec![Ipv4Net::from(hub_addr)]),
                 Selector::Net(n) => Destination::Nets(vec![*n]),
                 named => Destination::Addrs(
-                    spokes
-                        .iter()
-                        .filter(|s| names(named, s))
-                        .map(|s| s.addr)
+                    (0..spokes.len())
+                        .filter(|&i| names(named, i))
+                        .map(|i| spokes[i].addr)
                         .collect(),
                 ),
             };
@@ -552,8 +601,12 @@ impl AccessPolicy {
                 to,
                 services: rule.services.clone(),
             });
-            for spoke in spokes.iter().filter(|s| names(&rule.from, s)) {
-                compiled.from_spoke.entry(spoke.id).or_default().push(index);
+            for i in (0..spokes.len()).filter(|&i| names(&rule.from, i)) {
+                compiled
+                    .from_spoke
+                    .entry(spokes[i].id)
+                    .or_default()
+                    .push(index);
             }
             let local = match &rule.from {
                 Selector::Any => Some(Ipv4Net::default()),
@@ -678,11 +731,15 @@ pub struct Flow {
     pub src: Ipv4Addr,
     /// Destination address.
     pub dst: Ipv4Addr,
-    /// Source and destination port (TCP, UDP), or the echo identifier
-    /// twice (ICMP echo); `None` when the packet has none (a later
+    /// Source and destination port (TCP, UDP); for ICMP echo, the
+    /// identifier and the request's type (in that order for a request, the
+    /// other way for a reply); `None` when the packet has none (a later
     /// fragment, other ICMP messages, other protocols).
     pub ports: Option<(u16, u16)>,
 }
+
+/// ICMP's echo request type, the second half of an echo request's key.
+const ECHO_REQUEST: u16 = 8;
 
 /// What [`Flow::parse`] found besides the flow itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -723,9 +780,11 @@ impl Flow {
                     return Some((flow, PacketKind::Plain));
                 };
                 match icmp.icmp_type() {
-                    Icmpv4Type::EchoRequest(e) | Icmpv4Type::EchoReply(e) => {
-                        flow.ports = Some((e.id, e.id));
-                    }
+                    // The identifier and the direction: a reply answers the
+                    // request (see [`Flow::reversed`]); a request the other
+                    // way is a flow of its own.
+                    Icmpv4Type::EchoRequest(e) => flow.ports = Some((e.id, ECHO_REQUEST)),
+                    Icmpv4Type::EchoReply(e) => flow.ports = Some((ECHO_REQUEST, e.id)),
                     Icmpv4Type::DestinationUnreachable(_)
                     | Icmpv4Type::TimeExceeded(_)
                     | Icmpv4Type::ParameterProblem(_) => {
@@ -751,7 +810,7 @@ impl Flow {
             src,
             dst,
             ports: match service.proto {
-                Proto::Icmp => Some((0, 0)),
+                Proto::Icmp => Some((0, ECHO_REQUEST)),
                 _ => Some((49152, service.ports.map_or(0, |(lo, _)| lo))),
             },
         })
@@ -779,15 +838,23 @@ impl Flow {
 struct Tracked {
     origin: Origin,
     expires_ms: u64,
+    /// The policy generation this flow was last found allowed under.
+    generation: u64,
 }
 
 /// Flows a rule allowed, so that their replies pass: keyed in the allowed
 /// direction, refreshed by every packet, forgotten after an idle time (TCP
-/// 15 min, UDP 2 min, other 30 s).
+/// 15 min, UDP 2 min, other 30 s). One origin tracks at most
+/// [`MAX_FLOWS_PER_ORIGIN`]; past that its new flows pass but their replies
+/// do not, so one busy spoke cannot push the others' flows out.
 #[derive(Default)]
 pub struct FlowTable {
     flows: HashMap<Flow, Tracked>,
+    per_origin: HashMap<Origin, usize>,
 }
+
+/// Most flows one origin (a spoke, or the hub's side) tracks at once.
+pub const MAX_FLOWS_PER_ORIGIN: usize = MAX_FLOWS / 8;
 
 impl FlowTable {
     /// Flows tracked now.
@@ -800,48 +867,62 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
-    fn note(&mut self, origin: Origin, flow: Flow, now_ms: u64) {
+    fn note(&mut self, origin: Origin, flow: Flow, now_ms: u64, generation: u64) {
         let expires_ms = now_ms.saturating_add(flow.idle_ms());
         if let Some(t) = self.flows.get_mut(&flow) {
             t.expires_ms = expires_ms;
-            t.origin = origin;
+            t.generation = generation;
+            return;
+        }
+        if self.per_origin.get(&origin).copied().unwrap_or(0) >= MAX_FLOWS_PER_ORIGIN {
             return;
         }
         if self.flows.len() >= MAX_FLOWS {
-            self.flows.retain(|_, t| t.expires_ms > now_ms);
+            self.prune(now_ms);
             if self.flows.len() >= MAX_FLOWS - MAX_FLOWS / 16 {
-                // Still (nearly) full of live flows: a sixteenth of them go,
-                // in the map's arbitrary order, so that the next many
-                // inserts cost no scan.
+                // Still (nearly) full of live flows from many origins: a
+                // sixteenth of them go, in the map's arbitrary order, so
+                // that the next many inserts cost no scan.
                 let victims: Vec<Flow> = self.flows.keys().take(MAX_FLOWS / 16).copied().collect();
                 for f in &victims {
-                    self.flows.remove(f);
+                    self.remove(f);
                 }
             }
         }
-        self.flows.insert(flow, Tracked { origin, expires_ms });
+        self.flows.insert(
+            flow,
+            Tracked {
+                origin,
+                expires_ms,
+                generation,
+            },
+        );
+        *self.per_origin.entry(origin).or_default() += 1;
     }
 
-    /// Whether `flow` answers a tracked flow; refreshes it if so.
-    fn answers(&mut self, flow: &Flow, now_ms: u64) -> bool {
-        let key = flow.reversed();
-        match self.flows.get_mut(&key) {
-            Some(t) if t.expires_ms > now_ms => {
-                t.expires_ms = now_ms.saturating_add(key.idle_ms());
-                true
+    fn remove(&mut self, key: &Flow) {
+        if let Some(t) = self.flows.remove(key) {
+            if let Some(n) = self.per_origin.get_mut(&t.origin) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_origin.remove(&t.origin);
+                }
             }
-            Some(_) => {
-                self.flows.remove(&key);
-                false
-            }
-            None => false,
         }
     }
 
-    fn knows(&self, flow: &Flow, now_ms: u64) -> bool {
-        [*flow, flow.reversed()]
-            .iter()
-            .any(|f| self.flows.get(f).is_some_and(|t| t.expires_ms > now_ms))
+    /// Forgets every flow that has idled out.
+    fn prune(&mut self, now_ms: u64) {
+        self.flows.retain(|_, t| t.expires_ms > now_ms);
+        self.per_origin.clear();
+        for t in self.flows.values() {
+            *self.per_origin.entry(t.origin).or_default() += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.flows.clear();
+        self.per_origin.clear();
     }
 }
 
@@ -850,20 +931,29 @@ impl FlowTable {
 pub struct AccessGate {
     policy: Arc<CompiledAccess>,
     flows: FlowTable,
+    /// Counts policy changes: a tracked flow is checked against the rules
+    /// again, once, at its next packet after one.
+    generation: u64,
 }
 
 impl AccessGate {
-    /// Takes a new compiled policy; tracked flows that it no longer allows
-    /// are forgotten, so their replies stop too.
+    /// A gate that enforces `policy` from its first packet.
+    pub fn new(policy: Arc<CompiledAccess>) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    /// Takes a new compiled policy. Tracked flows it no longer allows are
+    /// forgotten at their next packet (so their replies stop too), which
+    /// costs this call no scan of the table.
     pub fn replace(&mut self, policy: Arc<CompiledAccess>) {
-        if policy.enforcing() {
-            self.flows
-                .flows
-                .retain(|flow, t| policy.allows(t.origin, flow));
-        } else {
-            self.flows.flows.clear();
+        if !policy.enforcing() {
+            self.flows.clear();
         }
         self.policy = policy;
+        self.generation += 1;
     }
 
     /// Whether the rules decide at all: when not, [`AccessGate::check`]
@@ -877,6 +967,33 @@ impl AccessGate {
         self.flows.len()
     }
 
+    /// Forgets the flows that have idled out (the data plane calls this
+    /// every second or so).
+    pub fn prune(&mut self, now_ms: u64) {
+        self.flows.prune(now_ms);
+    }
+
+    /// Whether the tracked flow `key` is live and still allowed (checked
+    /// against the rules once per policy change); refreshes it if so,
+    /// forgets it if not.
+    fn still_allowed(&mut self, key: &Flow, from: Option<Origin>, now_ms: u64) -> bool {
+        let Some(t) = self.flows.flows.get_mut(key) else {
+            return false;
+        };
+        if from.is_some_and(|o| o != t.origin) {
+            return false;
+        }
+        let ok = t.expires_ms > now_ms
+            && (t.generation == self.generation || self.policy.allows(t.origin, key));
+        if ok {
+            t.expires_ms = now_ms.saturating_add(key.idle_ms());
+            t.generation = self.generation;
+        } else {
+            self.flows.remove(key);
+        }
+        ok
+    }
+
     /// Whether a packet from `origin` may pass; `now_ms` is a monotonic
     /// clock in milliseconds.
     pub fn check(&mut self, origin: Origin, packet: &[u8], now_ms: u64) -> bool {
@@ -886,18 +1003,27 @@ impl AccessGate {
         let Some((flow, kind)) = Flow::parse(packet) else {
             return false;
         };
-        if self.policy.allows(origin, &flow) {
-            self.flows.note(origin, flow, now_ms);
+        // A packet of a flow already allowed, the way it was allowed: one
+        // lookup, no rule walk.
+        if self.still_allowed(&flow, Some(origin), now_ms) {
             return true;
         }
-        if self.flows.answers(&flow, now_ms) {
+        // A reply to one.
+        if self.still_allowed(&flow.reversed(), None, now_ms) {
+            return true;
+        }
+        if self.policy.allows(origin, &flow) {
+            self.flows.note(origin, flow, now_ms, self.generation);
             return true;
         }
         match kind {
             // An error about a packet of a tracked flow (path MTU discovery,
-            // a closed port): the flow's sender should hear of it.
-            PacketKind::IcmpError(about) => self.flows.knows(&about, now_ms),
-            PacketKind::Plain => false,
+            // a closed port), on its way to that packet's sender.
+            PacketKind::IcmpError(about) if about.src == flow.dst => {
+                self.still_allowed(&about, None, now_ms)
+                    || self.still_allowed(&about.reversed(), None, now_ms)
+            }
+            _ => false,
         }
     }
 }

@@ -11,18 +11,14 @@ use tokio::sync::Mutex;
 use crate::state::HubState;
 
 /// One edit of the access policy, answered with the policy after it.
+/// `edit` returns the words for the audit log.
 async fn access_edit(
     state: &Arc<Mutex<HubState>>,
-    what: String,
     edit: impl FnOnce(
         &mut tasuki_core::access::AccessPolicy,
-    ) -> Result<(), tasuki_core::access::AccessError>,
+    ) -> Result<String, tasuki_core::access::AccessError>,
 ) -> Result<serde_json::Value> {
-    let view = state
-        .lock()
-        .await
-        .edit_access(unix_now(), what, edit)
-        .await?;
+    let view = state.lock().await.edit_access(unix_now(), edit).await?;
     Ok(serde_json::to_value(view)?)
 }
 
@@ -112,36 +108,33 @@ pub(crate) async fn handle(
             }
             HubRequest::AccessShow => Ok(serde_json::to_value(state.lock().await.access_view())?),
             HubRequest::AccessMode { mode } => {
-                let what = format!("mode {}", mode.name());
-                access_edit(state, what, move |p| {
+                access_edit(state, move |p| {
                     p.mode = mode;
-                    Ok(())
+                    Ok(format!("mode {}", mode.name()))
                 })
                 .await
             }
             HubRequest::AccessAllow { rule } => {
                 let what = format!("allow {rule}");
-                access_edit(state, what, move |p| p.allow(rule).map(drop)).await
+                access_edit(state, move |p| p.allow(rule).map(|_| what)).await
             }
             HubRequest::AccessRemove { number } => {
-                let st = state.lock().await;
-                let what = match st.access_view().rules.get(number.wrapping_sub(1)) {
-                    Some(r) => format!("remove rule {number} ({} -> {})", r.from, r.to),
-                    None => format!("remove rule {number}"),
-                };
-                drop(st);
-                access_edit(state, what, move |p| p.remove_rule(number).map(drop)).await
+                access_edit(state, move |p| {
+                    p.remove_rule(number)
+                        .map(|r| format!("remove rule {number} ({r})"))
+                })
+                .await
             }
             HubRequest::AccessCheck { from, to, service } => Ok(serde_json::to_value(
                 state.lock().await.access_check(&from, to, &service)?,
             )?),
             HubRequest::GroupAdd { name } => {
                 let what = format!("group {name} added");
-                access_edit(state, what, move |p| p.add_group(&name)).await
+                access_edit(state, move |p| p.add_group(&name).map(|_| what)).await
             }
             HubRequest::GroupRemove { name } => {
                 let what = format!("group {name} removed");
-                access_edit(state, what, move |p| p.remove_group(&name)).await
+                access_edit(state, move |p| p.remove_group(&name).map(|_| what)).await
             }
             HubRequest::GroupMembers {
                 name,
@@ -156,7 +149,7 @@ pub(crate) async fn handle(
                 };
                 let edited = members.clone();
                 let group = name.clone();
-                let view = access_edit(state, what, move |p| {
+                let view = access_edit(state, move |p| {
                     for m in &edited {
                         if remove {
                             p.remove_member(&group, m)?;
@@ -164,7 +157,7 @@ pub(crate) async fn handle(
                             p.add_member(&group, m.clone())?;
                         }
                     }
-                    Ok(())
+                    Ok(what)
                 })
                 .await?;
                 if remove {

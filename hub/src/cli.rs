@@ -501,9 +501,6 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                 },
             )
             .await?;
-            if qr {
-                eprintln!("{}", qr_code(&view.invitation)?);
-            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
@@ -523,6 +520,11 @@ async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
                     view.hub_fingerprint
                 );
                 eprintln!("on the spoke: tasuki-spoke enrol <invitation>");
+            }
+            // After the text: the invitation exists, and is shown, even when
+            // it cannot be drawn.
+            if qr {
+                eprintln!("{}", qr_code(&view.invitation)?);
             }
         }
         SpokeCommand::List { json } => {

@@ -52,6 +52,7 @@ struct DataPlaneSetup {
     interface: String,
     hub_net: Ipv4Net,
     routes: RouteTable,
+    access: Arc<tasuki_core::access::CompiledAccess>,
     events: mpsc::UnboundedSender<DpEvent>,
     commands: mpsc::Receiver<DpCommand>,
 }
@@ -71,7 +72,14 @@ async fn spawn_dataplane(
             setup.hub_net,
             tasuki_core::TUNNEL_MTU,
         )?;
-        let dataplane = DataPlane::new(setup.key, udp, tun.device, setup.routes, setup.events);
+        let dataplane = DataPlane::new(
+            setup.key,
+            udp,
+            tun.device,
+            setup.routes,
+            setup.access,
+            setup.events,
+        );
         Ok((tun.name, dataplane.run(setup.commands)))
     })
     .await
@@ -121,6 +129,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         interface: opts.interface.clone(),
         hub_net,
         routes,
+        access: hub.compiled_access(),
         events: ev_tx,
         commands: dp_rx,
     })
@@ -128,7 +137,6 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     for spec in hub.link_specs() {
         dp_tx.send(DpCommand::Upsert(spec)).await?;
     }
-    dp_tx.send(DpCommand::Access(hub.compiled_access())).await?;
     let state = Arc::new(Mutex::new(hub));
     tracing::info!(
         %listen, %interface, fingerprint = %key.public().fingerprint(),

@@ -192,6 +192,7 @@ impl DataPlane {
         udp: BatchUdp,
         tun: Tun,
         routes: RouteTable,
+        access: Arc<CompiledAccess>,
         events: mpsc::UnboundedSender<DpEvent>,
     ) -> Self {
         let public = key.public().to_x25519();
@@ -204,7 +205,9 @@ impl DataPlane {
                 public,
                 key,
                 routes,
-                access: AccessGate::default(),
+                // In force from the first packet: a hub in enforce mode
+                // never passes a packet unchecked while it starts.
+                access: AccessGate::new(access),
                 peers: HashMap::new(),
                 by_key: HashMap::new(),
                 counters: Counters::default(),
@@ -246,6 +249,7 @@ impl DataPlane {
                     self.core.limiter.reset_count();
                     let now = self.core.now_ms();
                     self.core.gate.prune(now);
+                    self.core.access.prune(now);
                 }
             }
         }

@@ -300,12 +300,12 @@ fn a_users_rules_follow_the_login() {
     );
     // Out of the group, alice's packets are nobody's business: refused.
     hub_ok(&t, &["group", "remove-member", "eng", "user:alice"]);
+    let denied = t.hub_dropped("denied");
     assert!(
         !t.ping(&t.ns_a, LAN_HOST, 2),
         "alice left eng, yet reached the LAN"
     );
-    let denied = t.hub_dropped("denied");
-    assert!(denied > 0, "{}", t.hub_status_json());
+    assert!(t.hub_dropped("denied") > denied, "{}", t.hub_status_json());
     // A rule for alice herself works while she is logged in...
     hub_ok(
         &t,
@@ -358,4 +358,10 @@ fn a_users_rules_follow_the_login() {
         || t.ping(&t.ns_a, LAN_HOST, 1),
     );
     assert!(!t.ping(&t.ns_a, HUB_TUNNEL, 2), "bob used alice's rule");
+    // alice leaves the company: her rule goes with her, so that whoever is
+    // given the id next does not inherit her access.
+    hub_ok(&t, &["user", "remove", "alice"]);
+    let v = access_json(&t);
+    assert!(!v.to_string().contains("user:alice"), "{v}");
+    assert_eq!(v["rules"].as_array().map(Vec::len), Some(2), "{v}");
 }

@@ -151,16 +151,26 @@ fn a_registration_logs_in_only_after_an_admin_approves_it() {
 
     // The audit log has each request and each decision.
     let audit: Value = serde_json::from_slice(&t.hub_cli(&["audit", "--json"]).stdout).unwrap();
-    let of = |user: &str, kind: &str| {
+    let records = |user: &str, kind: &str, refused: bool| {
         audit
             .as_array()
             .unwrap()
             .iter()
             .filter(|r| r["user"] == user && r["kind"] == kind)
+            .filter(|r| {
+                r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("refused"))
+                    == refused
+            })
             .count()
     };
+    let of = |user: &str, kind: &str| records(user, kind, false);
     assert_eq!(of("carol", "registration"), 1, "{audit}");
     assert_eq!(of("dave", "registration"), 2, "{audit}");
+    // Refusals are audited too: carol's second request, dave's weak password.
+    assert_eq!(records("carol", "registration", true), 1, "{audit}");
+    assert_eq!(records("dave", "registration", true), 1, "{audit}");
     assert!(of("carol", "user_change") >= 1, "{audit}");
     assert!(of("dave", "user_change") >= 1, "{audit}");
 }

@@ -133,7 +133,7 @@ impl DataPlane {
             io: Devices::new(udp, tun),
             core: Core {
                 keys: SpokeKeys::new(held, current, boot_secs()),
-                writer: StoreWriter::spawn(store)?,
+                writer: StoreWriter::spawn(store, events.clone())?,
                 key,
                 hub,
                 link,
@@ -384,8 +384,8 @@ impl Core {
         }
         self.blocked = false;
         tracing::info!(epoch, "key epoch carries traffic");
+        // Stored first, then reported to the hub (by the writer).
         self.writer.send(StoreJob::Current(epoch));
-        let _ = self.events.send(SpokeEvent::Confirmed(epoch));
         if self.link.epochs().iter().any(|e| *e < epoch) {
             let grace = self
                 .keys

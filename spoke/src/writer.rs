@@ -5,11 +5,13 @@
 
 use std::sync::{mpsc, Arc};
 
+use crate::dataplane::SpokeEvent;
 use crate::state::SpokeStore;
 
 /// A write the data plane asks for.
 pub(crate) enum StoreJob {
-    /// Record the epoch that carries traffic now.
+    /// Record the epoch that carries traffic now, then report it to the
+    /// hub (an update report never runs ahead of the disk).
     Current(u64),
     /// Erase every stored epoch below this one (records, then key files).
     EraseBelow(u64),
@@ -22,13 +24,17 @@ pub(crate) struct StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer thread.
-    pub(crate) fn spawn(store: Arc<SpokeStore>) -> std::io::Result<Self> {
+    /// Starts the writer thread; `events` hears of each epoch once stored.
+    pub(crate) fn spawn(
+        store: Arc<SpokeStore>,
+        events: tokio::sync::mpsc::UnboundedSender<SpokeEvent>,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("tasuki-store".into())
             .spawn(move || {
                 for job in queue {
-                    write(&store, job);
+                    write(&store, &events, job);
                 }
             })?;
         Ok(Self { jobs })
@@ -42,12 +48,17 @@ impl StoreWriter {
     }
 }
 
-fn write(store: &SpokeStore, job: StoreJob) {
+fn write(
+    store: &SpokeStore,
+    events: &tokio::sync::mpsc::UnboundedSender<SpokeEvent>,
+    job: StoreJob,
+) {
     match job {
         StoreJob::Current(epoch) => {
             if let Err(e) = store.save_current(epoch) {
                 tracing::error!(epoch, error = %format!("{e:#}"), "cannot record the current epoch");
             }
+            let _ = events.send(SpokeEvent::Confirmed(epoch));
         }
         StoreJob::EraseBelow(below) => match store.erase_epochs_below(below) {
             Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),

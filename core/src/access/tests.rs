@@ -87,9 +87,7 @@ fn spokes() -> Vec<SpokeFacts> {
 }
 
 fn gate(policy: &AccessPolicy) -> AccessGate {
-    let mut g = AccessGate::default();
-    g.replace(Arc::new(policy.compile(HUB, &spokes())));
-    g
+    AccessGate::new(Arc::new(policy.compile(HUB, &spokes())))
 }
 
 fn enforcing(rules: &[Rule]) -> AccessPolicy {
@@ -253,8 +251,10 @@ fn pings_are_answered_by_echo_id() {
     assert!(g.check(Origin::Spoke(1), &echo(LAPTOP, HUB, 11, true), 0));
     assert!(g.check(Origin::Local, &echo(HUB, LAPTOP, 11, false), 10));
     assert!(!g.check(Origin::Local, &echo(HUB, LAPTOP, 12, false), 10));
-    // The hub may not ping the laptop on its own.
+    // The hub may not ping the laptop on its own, not even with the
+    // identifier of the laptop's own ping.
     assert!(!g.check(Origin::Local, &echo(HUB, LAPTOP, 13, true), 10));
+    assert!(!g.check(Origin::Local, &echo(HUB, LAPTOP, 11, true), 10));
 }
 
 #[test]
@@ -268,9 +268,9 @@ fn groups_name_member_spokes_and_logged_in_users() {
     p.remove_member("eng", &"user:alice".parse().unwrap())
         .unwrap();
     g.replace(Arc::new(p.compile(HUB, &spokes())));
-    assert_eq!(g.tracked(), 0);
-    assert!(!g.check(Origin::Spoke(1), &tcp(LAPTOP, 1, SERVER, 443), 0));
     assert!(!g.check(Origin::Spoke(2), &tcp(SERVER, 443, LAPTOP, 1), 0));
+    assert!(!g.check(Origin::Spoke(1), &tcp(LAPTOP, 1, SERVER, 443), 0));
+    assert_eq!(g.tracked(), 0);
 }
 
 #[test]
@@ -285,9 +285,9 @@ fn a_new_policy_keeps_the_flows_it_still_allows() {
     let mut p = enforcing(&rules);
     p.remove_rule(2).unwrap();
     g.replace(Arc::new(p.compile(HUB, &spokes())));
-    assert_eq!(g.tracked(), 1);
     assert!(g.check(Origin::Spoke(2), &tcp(SERVER, 22, LAPTOP, 1), 5));
     assert!(!g.check(Origin::Spoke(3), &tcp(PRINTER, 631, LAPTOP, 2), 5));
+    assert_eq!(g.tracked(), 1);
 }
 
 #[test]
@@ -317,6 +317,11 @@ fn icmp_errors_about_tracked_flows_pass() {
     assert!(g.check(Origin::Local, &unreachable_about(HUB, &out), 1));
     let other = tcp(LAPTOP, 40001, LAN_HOST, 444);
     assert!(!g.check(Origin::Local, &unreachable_about(HUB, &other), 1));
+    // An error quoting a tracked flow, sent to anyone but that flow's
+    // sender, is no error about it: the laptop cannot reach the server so.
+    let mut forged = unreachable_about(LAPTOP, &out);
+    forged[16..20].copy_from_slice(&SERVER.octets());
+    assert!(!g.check(Origin::Spoke(1), &forged, 1));
 }
 
 #[test]
@@ -365,6 +370,22 @@ fn policy_edits_check_groups_numbers_and_limits() {
 }
 
 #[test]
+fn a_removed_user_takes_their_rules_and_memberships_along() {
+    let mut p = enforcing(&[
+        rule("user:alice", "*", &["any"]),
+        rule("spoke:laptop", "user:alice", &["icmp"]),
+        rule("group:eng", "hub", &["icmp"]),
+    ]);
+    assert!(p.names_user("alice"));
+    assert!(!p.names_user("bob"));
+    assert_eq!(p.forget_user("alice"), (2, 1));
+    assert_eq!(p.rules.len(), 1);
+    assert!(p.groups["eng"].is_empty());
+    assert!(!p.names_user("alice"));
+    assert_eq!(p.forget_user("alice"), (0, 0));
+}
+
+#[test]
 fn the_policy_survives_serialization_as_text() {
     let p = enforcing(&[rule("user:alice", "192.168.77.0/24", &["tcp/22", "icmp"])]);
     let json = serde_json::to_string(&p).unwrap();
@@ -381,22 +402,34 @@ fn the_policy_survives_serialization_as_text() {
 }
 
 #[test]
-fn the_flow_table_stays_bounded() {
+fn the_flow_table_stays_bounded_and_no_origin_fills_it() {
+    let flow = |i: u32| Flow {
+        proto: 17,
+        src: Ipv4Addr::from(i),
+        dst: SERVER,
+        ports: Some((1, 2)),
+    };
     let mut t = FlowTable::default();
     for i in 0..(MAX_FLOWS as u32 + 10) {
-        let flow = Flow {
-            proto: 17,
-            src: Ipv4Addr::from(i),
-            dst: SERVER,
-            ports: Some((1, 2)),
-        };
-        t.note(Origin::Spoke(1), flow, u64::from(i));
+        t.note(Origin::Spoke(i % 16), flow(i), u64::from(i), 0);
     }
     assert!(
         t.len() <= MAX_FLOWS && t.len() > MAX_FLOWS / 2,
         "{}",
         t.len()
     );
+    let mut t = FlowTable::default();
+    for i in 0..(MAX_FLOWS_PER_ORIGIN as u32 + 100) {
+        t.note(Origin::Spoke(1), flow(i), 0, 0);
+    }
+    assert_eq!(t.len(), MAX_FLOWS_PER_ORIGIN);
+    t.note(Origin::Spoke(2), flow(u32::MAX), 0, 0);
+    assert_eq!(t.len(), MAX_FLOWS_PER_ORIGIN + 1);
+    // Idle flows go at the next prune, and make room again.
+    t.prune(10 * 60 * 1000);
+    assert!(t.is_empty());
+    t.note(Origin::Spoke(1), flow(1), 10 * 60 * 1000, 0);
+    assert_eq!(t.len(), 1);
 }
 
 #[test]

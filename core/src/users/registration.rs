@@ -69,9 +69,9 @@ impl Users {
         validate_id(id)?;
         check_profile("name", name)?;
         check_profile("e-mail address", email)?;
-        if self.users.contains_key(id) || self.registrations.contains_key(id) {
-            return Err(UserError::Exists(id.to_owned()));
-        }
+        // Asking for taken ids counts like failed logins (per id and per
+        // spoke, with lock-outs), so a spoke cannot list the users quickly.
+        self.limiter.check(id, spoke, now)?;
         let from_spoke = self
             .registrations
             .values()
@@ -81,11 +81,17 @@ impl Users {
             return Err(UserError::TooManyPending);
         }
         check_new_password("", password)?;
+        // The same work whether or not the id is free.
+        let password_hash = hash_password(password, rng)?;
+        if self.users.contains_key(id) || self.registrations.contains_key(id) {
+            self.limiter.failed(id, spoke, now);
+            return Err(UserError::Exists(id.to_owned()));
+        }
         let registration = Registration {
             id: id.to_owned(),
             name: name.to_owned(),
             email: email.to_owned(),
-            password_hash: hash_password(password, rng)?,
+            password_hash,
             spoke,
             requested_at: now,
         };
@@ -208,6 +214,11 @@ mod tests {
         for i in 0..MAX_PENDING_PER_SPOKE {
             reg(&mut u, &format!("p{i}"), 1, &mut rng).unwrap();
         }
+        // Quotas are checked before the id: a full spoke learns nothing.
+        assert_eq!(
+            reg(&mut u, "alice", 1, &mut rng).unwrap_err(),
+            UserError::TooManyPending
+        );
         assert_eq!(
             reg(&mut u, "one-more", 1, &mut rng).unwrap_err(),
             UserError::TooManyPending
@@ -225,5 +236,24 @@ mod tests {
             UserError::NoSuchRegistration("nobody".into())
         );
         assert!(u.approve_registration("nobody", 0).is_err());
+    }
+
+    #[test]
+    fn asking_for_taken_ids_again_and_again_locks_the_spoke_out() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut u = Users::default();
+        for i in 0..super::super::MAX_FAILURES {
+            u.add(&format!("u{i}"), "", "", 0, &mut rng).unwrap();
+        }
+        for i in 0..super::super::MAX_FAILURES {
+            let e = u.register(&format!("u{i}"), "", "", PW, 3, 10, &mut rng);
+            assert_eq!(e.unwrap_err(), UserError::Exists(format!("u{i}")));
+        }
+        assert!(matches!(
+            u.register("free-id", "", "", PW, 3, 10, &mut rng),
+            Err(UserError::Locked(_))
+        ));
+        // Another spoke is not locked.
+        assert!(u.register("free-id", "", "", PW, 4, 10, &mut rng).is_ok());
     }
 }

@@ -21,6 +21,11 @@ use super::*;
 pub(super) const ACCESS_KEY: &[u8] = b"access";
 
 impl HubState {
+    /// Whether a rule or a group names this user.
+    pub(crate) fn access_names_user(&self, id: &str) -> bool {
+        self.access.names_user(id)
+    }
+
     /// The policy, rules numbered as `access remove` takes them.
     pub(crate) fn access_view(&self) -> AccessView {
         AccessView::of(&self.access)
@@ -29,14 +34,14 @@ impl HubState {
     /// Applies an admin's edit to the access policy: stored (and flushed)
     /// before it takes effect, audited, then enforced by the data plane.
     /// A refused or unstored edit changes nothing.
+    /// `edit` says in words what it did, for the audit log.
     pub(crate) async fn edit_access(
         &mut self,
         now: u64,
-        what: String,
-        edit: impl FnOnce(&mut AccessPolicy) -> Result<(), AccessError>,
+        edit: impl FnOnce(&mut AccessPolicy) -> Result<String, AccessError>,
     ) -> Result<AccessView> {
         let mut changed = self.access.clone();
-        edit(&mut changed)?;
+        let what = edit(&mut changed)?;
         self.store
             .commit(&[Write::put(SETTINGS_TREE, ACCESS_KEY, &changed)?])
             .map_err(|e| e.context(format!("access change ({what}) not stored")))?;

@@ -178,6 +178,16 @@ impl HubState {
                 .user(id)
                 .detail("removed"),
         );
+        if self.access_names_user(id) {
+            let gone = id.to_owned();
+            self.edit_access(now, move |p| {
+                let (rules, groups) = p.forget_user(&gone);
+                Ok(format!(
+                    "user {gone} removed: {rules} rule(s) naming them and {groups} group membership(s) with them"
+                ))
+            })
+            .await?;
+        }
         Ok(())
     }
 
@@ -465,6 +475,12 @@ impl HubState {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(%user, spoke = %spoke_name, error = %e, "registration refused");
+                self.audit(
+                    AuditRecord::new(now, AuditKind::Registration)
+                        .user(user)
+                        .spoke(&spoke_name)
+                        .detail(format!("refused: {e}")),
+                );
                 return Ok(Err(e.to_string()));
             }
         };
@@ -494,6 +510,18 @@ impl HubState {
     /// An admin approves a registration: the account exists from now on and
     /// may log in on the spoke it was asked from.
     pub(crate) fn approve_registration(&mut self, id: &str, now: u64) -> Result<UserView> {
+        if let Some(r) = self.users.registrations().find(|r| r.id == id) {
+            let live = self
+                .registry
+                .spoke(r.spoke)
+                .is_some_and(|s| !s.state.is_dead());
+            if !live {
+                anyhow::bail!(
+                    "registration {id:?} came from spoke {}, which is no longer enrolled; deny it",
+                    self.spoke_name(r.spoke)
+                );
+            }
+        }
         let saved = self.users.clone();
         let record = self.users.approve_registration(id, now)?;
         let stored = Write::put(USERS_TREE, id.as_bytes(), &record).and_then(|w| {
