@@ -749,6 +749,11 @@ pub enum PacketKind {
     /// An ICMP error (unreachable, time exceeded, parameter problem) about
     /// the packet of this flow, which the receiver of the error sent.
     IcmpError(Flow),
+    /// The first fragment of the IP datagram with this identification.
+    FirstFragment(u16),
+    /// A later fragment (no ports of its own): it passes when its first
+    /// fragment passed.
+    LaterFragment(u16),
 }
 
 impl Flow {
@@ -765,8 +770,20 @@ impl Flow {
             dst: header.destination_addr(),
             ports: None,
         };
-        if ip.is_payload_fragmented() && header.fragments_offset().value() != 0 {
-            return Some((flow, PacketKind::Plain));
+        if ip.is_payload_fragmented() {
+            let id = header.identification();
+            if header.fragments_offset().value() != 0 {
+                return Some((flow, PacketKind::LaterFragment(id)));
+            }
+            // A first fragment: its ports decide, for its later fragments too.
+            let payload = ip.payload().payload;
+            if matches!(proto, IpNumber::TCP | IpNumber::UDP) && payload.len() >= 4 {
+                flow.ports = Some((
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    u16::from_be_bytes([payload[2], payload[3]]),
+                ));
+            }
+            return Some((flow, PacketKind::FirstFragment(id)));
         }
         let payload = ip.payload().payload;
         match proto {
@@ -926,11 +943,52 @@ impl FlowTable {
     }
 }
 
+/// Most fragmented datagrams whose first fragment passed, tracked at once.
+pub const MAX_FRAGMENTED: usize = 8192;
+/// How long the later fragments of a datagram may follow its first, ms.
+const FRAGMENT_MS: u64 = 10_000;
+
+/// Fragmented datagrams whose first fragment passed: their later fragments,
+/// which carry no ports, pass too (and others' do not).
+#[derive(Default)]
+struct Fragments {
+    passed: HashMap<(u8, Ipv4Addr, Ipv4Addr, u16), u64>,
+}
+
+impl Fragments {
+    fn key(flow: &Flow, id: u16) -> (u8, Ipv4Addr, Ipv4Addr, u16) {
+        (flow.proto, flow.src, flow.dst, id)
+    }
+
+    fn note(&mut self, flow: &Flow, id: u16, now_ms: u64) {
+        if self.passed.len() >= MAX_FRAGMENTED {
+            self.prune(now_ms);
+            if self.passed.len() >= MAX_FRAGMENTED {
+                // Full of live ones: this datagram's later fragments drop.
+                return;
+            }
+        }
+        self.passed
+            .insert(Self::key(flow, id), now_ms.saturating_add(FRAGMENT_MS));
+    }
+
+    fn passes(&self, flow: &Flow, id: u16, now_ms: u64) -> bool {
+        self.passed
+            .get(&Self::key(flow, id))
+            .is_some_and(|until| *until > now_ms)
+    }
+
+    fn prune(&mut self, now_ms: u64) {
+        self.passed.retain(|_, until| *until > now_ms);
+    }
+}
+
 /// The per-packet decision: the compiled policy and the flows it allowed.
 #[derive(Default)]
 pub struct AccessGate {
     policy: Arc<CompiledAccess>,
     flows: FlowTable,
+    fragments: Fragments,
     /// Counts policy changes: a tracked flow is checked against the rules
     /// again, once, at its next packet after one.
     generation: u64,
@@ -951,6 +1009,7 @@ impl AccessGate {
     pub fn replace(&mut self, policy: Arc<CompiledAccess>) {
         if !policy.enforcing() {
             self.flows.clear();
+            self.fragments.passed.clear();
         }
         self.policy = policy;
         self.generation += 1;
@@ -971,6 +1030,7 @@ impl AccessGate {
     /// every second or so).
     pub fn prune(&mut self, now_ms: u64) {
         self.flows.prune(now_ms);
+        self.fragments.prune(now_ms);
     }
 
     /// Whether the tracked flow `key` is live and still allowed (checked
@@ -1003,6 +1063,19 @@ impl AccessGate {
         let Some((flow, kind)) = Flow::parse(packet) else {
             return false;
         };
+        if let PacketKind::LaterFragment(id) = kind {
+            return self.fragments.passes(&flow, id, now_ms);
+        }
+        let pass = self.decide(origin, &flow, kind, now_ms);
+        if let (true, PacketKind::FirstFragment(id)) = (pass, kind) {
+            self.fragments.note(&flow, id, now_ms);
+        }
+        pass
+    }
+
+    /// The decision on a packet with its own flow (all but later fragments).
+    fn decide(&mut self, origin: Origin, flow: &Flow, kind: PacketKind, now_ms: u64) -> bool {
+        let flow = *flow;
         // A packet of a flow already allowed, the way it was allowed: one
         // lookup, no rule walk.
         if self.still_allowed(&flow, Some(origin), now_ms) {

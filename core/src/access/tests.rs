@@ -432,6 +432,68 @@ fn the_flow_table_stays_bounded_and_no_origin_fills_it() {
     assert_eq!(t.len(), 1);
 }
 
+/// A UDP datagram from `src:sport` to `dst:dport`, cut into a first
+/// fragment and a later one (IP identification `id`).
+fn fragments(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, id: u16) -> [Vec<u8>; 2] {
+    let whole = {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+            .udp(sport, dport)
+            .write(&mut out, &[7u8; 64])
+            .unwrap();
+        out
+    };
+    let payload = &whole[20..];
+    let piece = |offset_units: u16, more: bool, data: &[u8]| {
+        let mut h = etherparse::Ipv4Header::new(
+            data.len() as u16,
+            64,
+            etherparse::IpNumber::UDP,
+            src.octets(),
+            dst.octets(),
+        )
+        .unwrap();
+        h.identification = id;
+        h.more_fragments = more;
+        h.fragment_offset = etherparse::IpFragOffset::try_new(offset_units).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = Vec::new();
+        h.write(&mut out).unwrap();
+        out.extend_from_slice(data);
+        out
+    };
+    [
+        piece(0, true, &payload[..32]),
+        piece(4, false, &payload[32..]),
+    ]
+}
+
+#[test]
+fn later_fragments_follow_their_first() {
+    let mut g = gate(&enforcing(&[rule(
+        "spoke:laptop",
+        "spoke:server",
+        &["udp/53"],
+    )]));
+    let [first, later] = fragments(LAPTOP, 5000, SERVER, 53, 77);
+    assert!(g.check(Origin::Spoke(1), &first, 0));
+    assert!(g.check(Origin::Spoke(1), &later, 1));
+    // A datagram to a port no rule allows: neither part passes.
+    let [first, later] = fragments(LAPTOP, 5000, SERVER, 54, 78);
+    assert!(!g.check(Origin::Spoke(1), &first, 2));
+    assert!(!g.check(Origin::Spoke(1), &later, 3));
+    // A later fragment with no first one seen, or too late: dropped.
+    let [_, stray] = fragments(LAPTOP, 5000, SERVER, 53, 79);
+    assert!(!g.check(Origin::Spoke(1), &stray, 4));
+    let [first, later] = fragments(LAPTOP, 5000, SERVER, 53, 80);
+    assert!(g.check(Origin::Spoke(1), &first, 5));
+    assert!(!g.check(Origin::Spoke(1), &later, 60_000));
+    // Replies come fragmented too.
+    let [first, later] = fragments(SERVER, 53, LAPTOP, 5000, 81);
+    assert!(g.check(Origin::Spoke(2), &first, 60_001));
+    assert!(g.check(Origin::Spoke(2), &later, 60_002));
+}
+
 #[test]
 fn parsing_never_panics_on_junk() {
     let mut g = gate(&enforcing(&[rule("*", "*", &["any"])]));
