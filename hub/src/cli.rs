@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use tasuki_core::admin_api::{HubRequest, HubStatus, InvitationView, SpokeView};
+use tasuki_core::admin_api::{HubRequest, HubStatus};
 use tasuki_core::keys::StaticKey;
 use tasuki_core::registry::HubSettings;
 
@@ -73,7 +73,7 @@ enum Command {
     /// Manage spokes.
     Spoke {
         #[command(subcommand)]
-        command: SpokeCommand,
+        command: crate::cli_spokes::SpokeCommand,
         /// Admin socket of the running hub.
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
@@ -89,7 +89,7 @@ enum Command {
     /// Key epochs: rotate, policy, status.
     Key {
         #[command(subcommand)]
-        command: KeyCommand,
+        command: crate::cli_keys::KeyCommand,
         /// Admin socket of the running hub.
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
@@ -192,129 +192,6 @@ impl RunFlags {
     }
 }
 
-#[derive(Subcommand)]
-enum KeyCommand {
-    /// End the current epoch now and hand out a new one.
-    Rotate {
-        /// The spoke whose link to rotate.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        spoke: Option<String>,
-        /// Rotate every link.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Show or change the rotation policy.
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCommand,
-    },
-    /// Per-link epochs: number, age, packets, bytes, next trigger (never key bytes).
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Print the policy (hub-wide, or the one in force for a spoke).
-    Show {
-        /// The spoke whose policy to show.
-        #[arg(long)]
-        spoke: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Drop a spoke's override: the hub-wide policy applies to it again.
-    Reset {
-        /// The spoke.
-        #[arg(long)]
-        spoke: String,
-    },
-    /// Change the policy; options not given keep their value. With --spoke,
-    /// sets that spoke's override (starting from the policy in force for it).
-    Set {
-        /// The spoke to override for; without it the hub-wide policy changes.
-        #[arg(long)]
-        spoke: Option<String>,
-        /// End epochs after this long (e.g. 10m, 1h); "off" disables.
-        #[arg(long)]
-        interval: Option<String>,
-        /// End epochs after this many packets; 0 disables.
-        #[arg(long)]
-        max_packets: Option<u64>,
-        /// End epochs after this many bytes; 0 disables.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// End epochs after this many WireGuard handshakes; 0 disables.
-        #[arg(long)]
-        max_handshakes: Option<u64>,
-        /// How new keys travel: crossed (sealed under the previous key) or parallel.
-        #[arg(long, value_parser = ["crossed", "parallel"])]
-        delivery: Option<String>,
-        /// How long an ended epoch stays for packets in flight (e.g. 10s).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        grace: Option<Duration>,
-        /// Epochs handed out ahead; the spoke then switches by itself when an
-        /// epoch ends, even while the hub is unreachable (0: the hub drives).
-        #[arg(long)]
-        batch: Option<u32>,
-        /// Stop a spoke's traffic once its epoch is over and it holds no next one.
-        #[arg(long, value_parser = ["on", "off"])]
-        hard_limit: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum SpokeCommand {
-    /// Print a one-time invitation for a new spoke named NAME.
-    Invite {
-        /// Name of the new spoke (letters, digits, '.', '-', '_').
-        name: String,
-        /// Let the spoke carry traffic without an admin's approval.
-        #[arg(long)]
-        pre_approved: bool,
-        /// An unattended server spoke: it carries traffic with no user logged in.
-        #[arg(long)]
-        service: bool,
-        /// How long the invitation stays valid (e.g. 30m, 24h, 7d).
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        expires: Duration,
-        /// Also draw the invitation as a QR code (on standard error, so that
-        /// standard output stays the one-line invitation), for a phone or a
-        /// camera at the spoke.
-        #[arg(long)]
-        qr: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List enrolled spokes.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Approve a pending spoke: it gets its keys with no action on the spoke.
-    Approve {
-        /// Spoke name.
-        name: String,
-    },
-    /// Deny a pending spoke: it never gets keys.
-    Deny {
-        /// Spoke name.
-        name: String,
-    },
-    /// Revoke a spoke (lost or broken device): its keys are erased at once and
-    /// its traffic stops; coming back needs a fresh enrolment.
-    Revoke {
-        /// Spoke name.
-        name: String,
-    },
-}
-
 pub(crate) fn main() -> Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
@@ -379,11 +256,11 @@ pub(crate) fn main() -> Result<()> {
         Command::Spoke {
             command,
             admin_socket,
-        } => runtime()?.block_on(spoke_command(command, &admin_socket)),
+        } => runtime()?.block_on(crate::cli_spokes::spoke_command(command, &admin_socket)),
         Command::Key {
             command,
             admin_socket,
-        } => runtime()?.block_on(key_command(command, &admin_socket)),
+        } => runtime()?.block_on(crate::cli_keys::key_command(command, &admin_socket)),
         Command::User {
             command,
             admin_socket,
@@ -478,108 +355,6 @@ fn init(
     Ok(())
 }
 
-async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
-    match command {
-        SpokeCommand::Approve { name } => simple(socket, HubRequest::Approve { name }).await?,
-        SpokeCommand::Deny { name } => simple(socket, HubRequest::Deny { name }).await?,
-        SpokeCommand::Revoke { name } => simple(socket, HubRequest::Revoke { name }).await?,
-        SpokeCommand::Invite {
-            name,
-            pre_approved,
-            service,
-            expires,
-            qr,
-            json,
-        } => {
-            let view: InvitationView = tasuki_shell::local::request(
-                socket,
-                HubRequest::Invite {
-                    name,
-                    pre_approved,
-                    service,
-                    valid_secs: expires.as_secs(),
-                },
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("{}", view.invitation);
-                eprintln!(
-                    "invitation {} for spoke {:?}, {}, expires at {} (hub {})",
-                    view.id,
-                    view.name,
-                    if view.pre_approved {
-                        "pre-approved"
-                    } else {
-                        "needs approval"
-                    },
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + Duration::from_secs(view.expires_at)
-                    ),
-                    view.hub_fingerprint
-                );
-                eprintln!("on the spoke: tasuki-spoke enrol <invitation>");
-            }
-            // After the text: the invitation exists, and is shown, even when
-            // it cannot be drawn.
-            if qr {
-                eprintln!("{}", qr_code(&view.invitation)?);
-            }
-        }
-        SpokeCommand::List { json } => {
-            let spokes: Vec<SpokeView> =
-                tasuki_shell::local::request(socket, HubRequest::ListSpokes).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&spokes)?);
-            } else {
-                println!(
-                    "ID    NAME                 STATE     ADDRESS          EPOCH  ENDPOINT               HANDSHAKE"
-                );
-                for s in spokes {
-                    println!(
-                        "{:<5} {:<20} {:<9} {:<16} {:<6} {:<22} {}",
-                        s.id,
-                        s.name,
-                        s.state,
-                        s.tunnel_addr,
-                        s.epoch.map_or("-".into(), |e| e.to_string()),
-                        s.endpoint.unwrap_or_else(|| "-".into()),
-                        s.last_handshake_secs
-                            .map_or("never".into(), |t| format!("{t}s ago"))
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `text` as a QR code drawn with Unicode half blocks (two rows of modules
-/// per line) and its quiet zone, for a terminal with light text on a dark
-/// background: the code's light parts are the blocks.
-fn qr_code(text: &str) -> Result<String> {
-    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
-        .context("the invitation is too long for a QR code")?;
-    Ok(code
-        .render::<qrcode::render::unicode::Dense1x2>()
-        .dark_color(qrcode::render::unicode::Dense1x2::Light)
-        .light_color(qrcode::render::unicode::Dense1x2::Dark)
-        .quiet_zone(true)
-        .build())
-}
-
-/// Sends a request whose answer is `{spoke, state}` and prints it.
-async fn simple(socket: &Path, req: HubRequest) -> Result<()> {
-    let v: serde_json::Value = tasuki_shell::local::request(socket, req).await?;
-    println!(
-        "spoke {} is now {}",
-        v["spoke"].as_str().unwrap_or("?"),
-        v["state"].as_str().unwrap_or("?")
-    );
-    Ok(())
-}
-
 fn parse_since(text: &str) -> Result<u64> {
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
         return Ok(t
@@ -617,153 +392,6 @@ async fn audit(since: Option<String>, json: bool, socket: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
-    use tasuki_core::admin_api::LinkKeyView;
-    use tasuki_core::rotation::{Delivery, RotationPolicy};
-    match command {
-        KeyCommand::Rotate { spoke, all: _ } => {
-            let v: serde_json::Value =
-                tasuki_shell::local::request(socket, HubRequest::KeyRotate { spoke }).await?;
-            println!("rotation requested on {} link(s)", v["links"]);
-        }
-        KeyCommand::Policy {
-            command: PolicyCommand::Show { spoke, json },
-        } => {
-            let p: RotationPolicy =
-                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow { spoke }).await?;
-            print_policy(&p, json)?;
-        }
-        KeyCommand::Policy {
-            command: PolicyCommand::Reset { spoke },
-        } => {
-            let p: RotationPolicy = tasuki_shell::local::request(
-                socket,
-                HubRequest::KeyPolicySet {
-                    spoke: Some(spoke),
-                    policy: None,
-                },
-            )
-            .await?;
-            print_policy(&p, false)?;
-        }
-        KeyCommand::Policy {
-            command:
-                PolicyCommand::Set {
-                    spoke,
-                    interval,
-                    max_packets,
-                    max_bytes,
-                    max_handshakes,
-                    delivery,
-                    grace,
-                    batch,
-                    hard_limit,
-                },
-        } => {
-            let mut p: RotationPolicy = tasuki_shell::local::request(
-                socket,
-                HubRequest::KeyPolicyShow {
-                    spoke: spoke.clone(),
-                },
-            )
-            .await?;
-            if let Some(i) = interval {
-                p.interval_secs = if i == "off" {
-                    None
-                } else {
-                    let d = humantime::parse_duration(&i).with_context(|| {
-                        format!("--interval {i:?}: use e.g. 30s, 10m, 1h or off")
-                    })?;
-                    if d.as_secs() == 0 {
-                        bail!("--interval must be at least 1s (or off)");
-                    }
-                    Some(d.as_secs())
-                };
-            }
-            if let Some(n) = max_packets {
-                p.max_packets = (n > 0).then_some(n);
-            }
-            if let Some(n) = max_bytes {
-                p.max_bytes = (n > 0).then_some(n);
-            }
-            if let Some(n) = max_handshakes {
-                p.max_handshakes = (n > 0).then_some(n);
-            }
-            if let Some(d) = delivery {
-                p.delivery = if d == "parallel" {
-                    Delivery::Parallel
-                } else {
-                    Delivery::Crossed
-                };
-            }
-            if let Some(g) = grace {
-                p.grace_secs = g.as_secs();
-            }
-            if let Some(b) = batch {
-                if b > 12 {
-                    bail!("--batch {b} is too large: at most 12 epochs ahead");
-                }
-                p.batch = b;
-            }
-            if let Some(h) = hard_limit {
-                p.hard_limit = h == "on";
-            }
-            let p: RotationPolicy = tasuki_shell::local::request(
-                socket,
-                HubRequest::KeyPolicySet {
-                    spoke,
-                    policy: Some(p),
-                },
-            )
-            .await?;
-            print_policy(&p, false)?;
-        }
-        KeyCommand::Status { json } => {
-            let links: Vec<LinkKeyView> =
-                tasuki_shell::local::request(socket, HubRequest::KeyStatus).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&links)?);
-            } else {
-                println!(
-                    "{:<20} {:>6} {:>7} {:>8} {:>10} {:>12} {:>9} {:>10}",
-                    "SPOKE", "EPOCH", "LATEST", "AGE", "PACKETS", "BYTES", "ROTATIONS", "NEXT"
-                );
-                for l in links {
-                    println!(
-                        "{:<20} {:>6} {:>7} {:>7}s {:>10} {:>12} {:>9} {:>10}",
-                        l.spoke,
-                        l.epoch,
-                        l.latest,
-                        l.age_secs,
-                        l.packets,
-                        l.bytes,
-                        l.rotations,
-                        l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(p)?);
-        return Ok(());
-    }
-    let opt = |v: Option<u64>, unit: &str| v.map_or("off".to_string(), |n| format!("{n}{unit}"));
-    println!("interval:    {}", opt(p.interval_secs, "s"));
-    println!("max packets: {}", opt(p.max_packets, ""));
-    println!("max bytes:   {}", opt(p.max_bytes, ""));
-    println!("max hshakes: {}", opt(p.max_handshakes, ""));
-    println!("delivery:    {:?}", p.delivery);
-    println!("grace:       {}s", p.grace_secs);
-    println!("batch:       {}", p.batch);
-    println!("hard limit:  {}", if p.hard_limit { "on" } else { "off" });
-    Ok(())
-}
-
 fn print_status(s: &HubStatus) {
     println!("tasuki-hub {}", s.version);
     println!("  fingerprint:  {}", s.fingerprint);
@@ -794,26 +422,4 @@ fn print_status(s: &HubStatus) {
             drops.join(" ")
         }
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_invitation_draws_as_a_square_qr_code() {
-        let text = format!("tasuki1-{}", "A".repeat(200));
-        let drawn = qr_code(&text).unwrap();
-        let lines: Vec<&str> = drawn.lines().collect();
-        let width = lines[0].chars().count();
-        assert!(lines.len() > 10, "{drawn}");
-        assert!(lines.iter().all(|l| l.chars().count() == width), "{drawn}");
-        // Two module rows per line: about half as many lines as columns.
-        assert!(
-            lines.len() * 2 >= width && lines.len() * 2 <= width + 2,
-            "{drawn}"
-        );
-        assert!(drawn.contains('█') || drawn.contains('▀') || drawn.contains('▄'));
-        assert!(qr_code(&"x".repeat(5000)).is_err());
-    }
 }

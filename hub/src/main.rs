@@ -5,6 +5,8 @@ mod admin;
 mod audit;
 mod cli;
 mod cli_access;
+mod cli_keys;
+mod cli_spokes;
 mod cli_users;
 mod config;
 mod control;

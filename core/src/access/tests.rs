@@ -1,5 +1,10 @@
 //! The access policy's rules, case by case.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use etherparse::{Icmpv4Type, LaxIpv4Slice};
+
 use super::*;
 
 const HUB: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);

@@ -1,0 +1,335 @@
+//! The stored policy, the admin's edits of it, and its compiled form with
+//! every name resolved against the spokes and logins of the moment.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AccessError, Flow, Member, Mode, Origin, Rule, Selector, Service, MAX_GROUPS, MAX_MEMBERS,
+    MAX_RULES, MAX_SERVICES,
+};
+use crate::routing::SpokeId;
+
+/// The whole access policy as the hub stores it: mode, rules and groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessPolicy {
+    /// Whether the rules decide.
+    pub mode: Mode,
+    /// The allow rules, in the order they were added.
+    pub rules: Vec<Rule>,
+    /// Groups by name.
+    pub groups: BTreeMap<String, BTreeSet<Member>>,
+}
+
+impl AccessPolicy {
+    /// Appends a rule; its groups must exist.
+    pub fn allow(&mut self, rule: Rule) -> Result<usize, AccessError> {
+        if self.rules.len() >= MAX_RULES {
+            return Err(AccessError::TooMany {
+                what: "rules",
+                max: MAX_RULES,
+            });
+        }
+        if rule.services.is_empty() || rule.services.len() > MAX_SERVICES {
+            return Err(AccessError::TooMany {
+                what: "services in one rule (and at least one)",
+                max: MAX_SERVICES,
+            });
+        }
+        for end in [&rule.from, &rule.to] {
+            if let Selector::Group(g) = end {
+                if !self.groups.contains_key(g) {
+                    return Err(AccessError::NoSuchGroup(g.clone()));
+                }
+            }
+        }
+        self.rules.push(rule);
+        Ok(self.rules.len())
+    }
+
+    /// Removes rule `number` (1-based) and returns it.
+    pub fn remove_rule(&mut self, number: usize) -> Result<Rule, AccessError> {
+        if number == 0 || number > self.rules.len() {
+            return Err(AccessError::NoSuchRule(number));
+        }
+        Ok(self.rules.remove(number - 1))
+    }
+
+    /// Creates an empty group.
+    pub fn add_group(&mut self, name: &str) -> Result<(), AccessError> {
+        let Selector::Group(name) = format!("group:{name}").parse()? else {
+            return Err(AccessError::Syntax(format!("group name {name:?}")));
+        };
+        if self.groups.contains_key(&name) {
+            return Err(AccessError::GroupExists(name));
+        }
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(AccessError::TooMany {
+                what: "groups",
+                max: MAX_GROUPS,
+            });
+        }
+        self.groups.insert(name, BTreeSet::new());
+        Ok(())
+    }
+
+    /// Removes a group that no rule names.
+    pub fn remove_group(&mut self, name: &str) -> Result<(), AccessError> {
+        if !self.groups.contains_key(name) {
+            return Err(AccessError::NoSuchGroup(name.to_owned()));
+        }
+        let group = Selector::Group(name.to_owned());
+        let rules: Vec<usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.from == group || r.to == group)
+            .map(|(i, _)| i + 1)
+            .collect();
+        if !rules.is_empty() {
+            return Err(AccessError::GroupInUse {
+                name: name.to_owned(),
+                rules,
+            });
+        }
+        self.groups.remove(name);
+        Ok(())
+    }
+
+    /// Adds a member to a group (adding one twice is no error).
+    pub fn add_member(&mut self, group: &str, member: Member) -> Result<(), AccessError> {
+        let members = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| AccessError::NoSuchGroup(group.to_owned()))?;
+        if !members.contains(&member) && members.len() >= MAX_MEMBERS {
+            return Err(AccessError::TooMany {
+                what: "members in one group",
+                max: MAX_MEMBERS,
+            });
+        }
+        members.insert(member);
+        Ok(())
+    }
+
+    /// Takes a member out of a group.
+    pub fn remove_member(&mut self, group: &str, member: &Member) -> Result<(), AccessError> {
+        let members = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| AccessError::NoSuchGroup(group.to_owned()))?;
+        if !members.remove(member) {
+            return Err(AccessError::NotAMember {
+                group: group.to_owned(),
+                member: member.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets a user who no longer exists: the rules that name them and
+    /// their group memberships go, so that whoever gets the id next does
+    /// not inherit their access. Returns how many rules and memberships.
+    pub fn forget_user(&mut self, id: &str) -> (usize, usize) {
+        let who = Selector::User(id.to_owned());
+        let before = self.rules.len();
+        self.rules.retain(|r| r.from != who && r.to != who);
+        let member = Member::User(id.to_owned());
+        let left = self
+            .groups
+            .values_mut()
+            .filter_map(|members| members.remove(&member).then_some(()))
+            .count();
+        (before - self.rules.len(), left)
+    }
+
+    /// Whether a rule or a group names this user.
+    pub fn names_user(&self, id: &str) -> bool {
+        let who = Selector::User(id.to_owned());
+        let member = Member::User(id.to_owned());
+        self.rules.iter().any(|r| r.from == who || r.to == who)
+            || self.groups.values().any(|m| m.contains(&member))
+    }
+
+    /// Resolves names into addresses for the data plane, given the spokes
+    /// that can carry traffic now and who is logged in on them.
+    pub fn compile(&self, hub_addr: Ipv4Addr, spokes: &[SpokeFacts]) -> CompiledAccess {
+        let mut compiled = CompiledAccess {
+            enforce: self.mode == Mode::Enforce,
+            rules: Vec::with_capacity(self.rules.len()),
+            from_spoke: HashMap::new(),
+            from_local: Vec::new(),
+        };
+        if !compiled.enforce {
+            return compiled;
+        }
+        // Each spoke's groups, worked out once: by the spoke's own
+        // membership and by its logged-in users'.
+        let mut groups_of_user: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut groups_of_spoke: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (group, members) in &self.groups {
+            for m in members {
+                match m {
+                    Member::User(u) => groups_of_user.entry(u).or_default().push(group),
+                    Member::Spoke(n) => groups_of_spoke.entry(n).or_default().push(group),
+                }
+            }
+        }
+        let spoke_groups: Vec<HashSet<&str>> = spokes
+            .iter()
+            .map(|spoke| {
+                let mut set: HashSet<&str> = HashSet::new();
+                set.extend(
+                    groups_of_spoke
+                        .get(spoke.name.as_str())
+                        .into_iter()
+                        .flatten(),
+                );
+                for u in &spoke.users {
+                    set.extend(groups_of_user.get(u.as_str()).into_iter().flatten());
+                }
+                set
+            })
+            .collect();
+        // Whether `sel` names spoke number `i` (as a sender, or as a receiver).
+        let names = |sel: &Selector, i: usize| {
+            let spoke = &spokes[i];
+            match sel {
+                Selector::Any => true,
+                Selector::Hub => false,
+                Selector::Spoke(n) => *n == spoke.name,
+                Selector::User(u) => spoke.users.iter().any(|x| x == u),
+                Selector::Group(g) => spoke_groups[i].contains(g.as_str()),
+                Selector::Net(net) => net.contains(&spoke.addr),
+            }
+        };
+        for (index, rule) in self.rules.iter().enumerate() {
+            let to = match &rule.to {
+                Selector::Any => Destination::Net(Ipv4Net::default()),
+                Selector::Hub => Destination::Net(Ipv4Net::from(hub_addr)),
+                Selector::Net(n) => Destination::Net(*n),
+                named => Destination::Addrs(
+                    (0..spokes.len())
+                        .filter(|&i| names(named, i))
+                        .map(|i| spokes[i].addr)
+                        .collect(),
+                ),
+            };
+            compiled.rules.push(CompiledRule {
+                to,
+                services: rule.services.clone(),
+            });
+            for i in (0..spokes.len()).filter(|&i| names(&rule.from, i)) {
+                compiled
+                    .from_spoke
+                    .entry(spokes[i].id)
+                    .or_default()
+                    .push(index);
+            }
+            let local = match &rule.from {
+                Selector::Any => Some(Ipv4Net::default()),
+                Selector::Hub => Some(Ipv4Net::from(hub_addr)),
+                Selector::Net(n) => Some(*n),
+                _ => None,
+            };
+            if let Some(net) = local {
+                compiled.from_local.push((net, index));
+            }
+        }
+        compiled
+    }
+}
+
+/// What [`AccessPolicy::compile`] needs to know of one spoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpokeFacts {
+    /// The spoke's id.
+    pub id: SpokeId,
+    /// Its name.
+    pub name: String,
+    /// Its tunnel address.
+    pub addr: Ipv4Addr,
+    /// Users logged in on it now.
+    pub users: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Destination {
+    Net(Ipv4Net),
+    Addrs(HashSet<Ipv4Addr>),
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    to: Destination,
+    services: Vec<Service>,
+}
+
+impl CompiledRule {
+    fn allows(&self, flow: &Flow) -> bool {
+        let reaches = match &self.to {
+            Destination::Net(net) => net.contains(&flow.dst),
+            Destination::Addrs(addrs) => addrs.contains(&flow.dst),
+        };
+        reaches && self.services.iter().any(|s| s.covers(flow))
+    }
+}
+
+/// The policy with every name resolved: what the data plane consults.
+#[derive(Clone, Debug, Default)]
+pub struct CompiledAccess {
+    enforce: bool,
+    rules: Vec<CompiledRule>,
+    /// Rules (indexes) whose sender matches each spoke.
+    from_spoke: HashMap<SpokeId, Vec<usize>>,
+    /// Rules (indexes) whose sender is an address range, for packets from
+    /// the hub itself or its LAN.
+    from_local: Vec<(Ipv4Net, usize)>,
+}
+
+impl CompiledAccess {
+    /// Whether the rules decide (the mode is `enforce`).
+    pub fn enforcing(&self) -> bool {
+        self.enforce
+    }
+
+    /// Whether some rule allows this flow from this origin (replies aside).
+    pub fn allows(&self, origin: Origin, flow: &Flow) -> bool {
+        !self.enforce || self.each_allowing(origin, flow, |_| true)
+    }
+
+    /// The numbers (1-based, as `access show` prints them) of every rule
+    /// that allows this flow from this origin: for an admin asking why.
+    pub fn allowing_rules(&self, origin: Origin, flow: &Flow) -> Vec<usize> {
+        let mut numbers = Vec::new();
+        self.each_allowing(origin, flow, |i| {
+            numbers.push(i + 1);
+            false
+        });
+        numbers
+    }
+
+    /// Calls `stop` with the index of each rule that allows the flow, until
+    /// it returns true; returns whether it did.
+    fn each_allowing(
+        &self,
+        origin: Origin,
+        flow: &Flow,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> bool {
+        let mut consider = |i: usize| self.rules[i].allows(flow) && stop(i);
+        match origin {
+            Origin::Spoke(id) => self
+                .from_spoke
+                .get(&id)
+                .is_some_and(|rules| rules.iter().any(|&i| consider(i))),
+            Origin::Local => self
+                .from_local
+                .iter()
+                .any(|(net, i)| net.contains(&flow.src) && consider(*i)),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `tasuki-hub key …`: rotate, policy, status, through the admin socket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use tasuki_core::admin_api::HubRequest;
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// End the current epoch now and hand out a new one.
+    Rotate {
+        /// The spoke whose link to rotate.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        spoke: Option<String>,
+        /// Rotate every link.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show or change the rotation policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Per-link epochs: number, age, packets, bytes, next trigger (never key bytes).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Print the policy (hub-wide, or the one in force for a spoke).
+    Show {
+        /// The spoke whose policy to show.
+        #[arg(long)]
+        spoke: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a spoke's override: the hub-wide policy applies to it again.
+    Reset {
+        /// The spoke.
+        #[arg(long)]
+        spoke: String,
+    },
+    /// Change the policy; options not given keep their value. With --spoke,
+    /// sets that spoke's override (starting from the policy in force for it).
+    Set {
+        /// The spoke to override for; without it the hub-wide policy changes.
+        #[arg(long)]
+        spoke: Option<String>,
+        /// End epochs after this long (e.g. 10m, 1h); "off" disables.
+        #[arg(long)]
+        interval: Option<String>,
+        /// End epochs after this many packets; 0 disables.
+        #[arg(long)]
+        max_packets: Option<u64>,
+        /// End epochs after this many bytes; 0 disables.
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// End epochs after this many WireGuard handshakes; 0 disables.
+        #[arg(long)]
+        max_handshakes: Option<u64>,
+        /// How new keys travel: crossed (sealed under the previous key) or parallel.
+        #[arg(long, value_parser = ["crossed", "parallel"])]
+        delivery: Option<String>,
+        /// How long an ended epoch stays for packets in flight (e.g. 10s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+        /// Epochs handed out ahead; the spoke then switches by itself when an
+        /// epoch ends, even while the hub is unreachable (0: the hub drives).
+        #[arg(long)]
+        batch: Option<u32>,
+        /// Stop a spoke's traffic once its epoch is over and it holds no next one.
+        #[arg(long, value_parser = ["on", "off"])]
+        hard_limit: Option<String>,
+    },
+}
+
+pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
+    use tasuki_core::admin_api::LinkKeyView;
+    use tasuki_core::rotation::{Delivery, RotationPolicy};
+    match command {
+        KeyCommand::Rotate { spoke, all: _ } => {
+            let v: serde_json::Value =
+                tasuki_shell::local::request(socket, HubRequest::KeyRotate { spoke }).await?;
+            println!("rotation requested on {} link(s)", v["links"]);
+        }
+        KeyCommand::Policy {
+            command: PolicyCommand::Show { spoke, json },
+        } => {
+            let p: RotationPolicy =
+                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow { spoke }).await?;
+            print_policy(&p, json)?;
+        }
+        KeyCommand::Policy {
+            command: PolicyCommand::Reset { spoke },
+        } => {
+            let p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicySet {
+                    spoke: Some(spoke),
+                    policy: None,
+                },
+            )
+            .await?;
+            print_policy(&p, false)?;
+        }
+        KeyCommand::Policy {
+            command:
+                PolicyCommand::Set {
+                    spoke,
+                    interval,
+                    max_packets,
+                    max_bytes,
+                    max_handshakes,
+                    delivery,
+                    grace,
+                    batch,
+                    hard_limit,
+                },
+        } => {
+            let mut p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicyShow {
+                    spoke: spoke.clone(),
+                },
+            )
+            .await?;
+            if let Some(i) = interval {
+                p.interval_secs = if i == "off" {
+                    None
+                } else {
+                    let d = humantime::parse_duration(&i).with_context(|| {
+                        format!("--interval {i:?}: use e.g. 30s, 10m, 1h or off")
+                    })?;
+                    if d.as_secs() == 0 {
+                        bail!("--interval must be at least 1s (or off)");
+                    }
+                    Some(d.as_secs())
+                };
+            }
+            if let Some(n) = max_packets {
+                p.max_packets = (n > 0).then_some(n);
+            }
+            if let Some(n) = max_bytes {
+                p.max_bytes = (n > 0).then_some(n);
+            }
+            if let Some(n) = max_handshakes {
+                p.max_handshakes = (n > 0).then_some(n);
+            }
+            if let Some(d) = delivery {
+                p.delivery = if d == "parallel" {
+                    Delivery::Parallel
+                } else {
+                    Delivery::Crossed
+                };
+            }
+            if let Some(g) = grace {
+                p.grace_secs = g.as_secs();
+            }
+            if let Some(b) = batch {
+                if b > 12 {
+                    bail!("--batch {b} is too large: at most 12 epochs ahead");
+                }
+                p.batch = b;
+            }
+            if let Some(h) = hard_limit {
+                p.hard_limit = h == "on";
+            }
+            let p: RotationPolicy = tasuki_shell::local::request(
+                socket,
+                HubRequest::KeyPolicySet {
+                    spoke,
+                    policy: Some(p),
+                },
+            )
+            .await?;
+            print_policy(&p, false)?;
+        }
+        KeyCommand::Status { json } => {
+            let links: Vec<LinkKeyView> =
+                tasuki_shell::local::request(socket, HubRequest::KeyStatus).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+            } else {
+                println!(
+                    "{:<20} {:>6} {:>7} {:>8} {:>10} {:>12} {:>9} {:>10}",
+                    "SPOKE", "EPOCH", "LATEST", "AGE", "PACKETS", "BYTES", "ROTATIONS", "NEXT"
+                );
+                for l in links {
+                    println!(
+                        "{:<20} {:>6} {:>7} {:>7}s {:>10} {:>12} {:>9} {:>10}",
+                        l.spoke,
+                        l.epoch,
+                        l.latest,
+                        l.age_secs,
+                        l.packets,
+                        l.bytes,
+                        l.rotations,
+                        l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+        return Ok(());
+    }
+    let opt = |v: Option<u64>, unit: &str| v.map_or("off".to_string(), |n| format!("{n}{unit}"));
+    println!("interval:    {}", opt(p.interval_secs, "s"));
+    println!("max packets: {}", opt(p.max_packets, ""));
+    println!("max bytes:   {}", opt(p.max_bytes, ""));
+    println!("max hshakes: {}", opt(p.max_handshakes, ""));
+    println!("delivery:    {:?}", p.delivery);
+    println!("grace:       {}s", p.grace_secs);
+    println!("batch:       {}", p.batch);
+    println!("hard limit:  {}", if p.hard_limit { "on" } else { "off" });
+    Ok(())
+}
