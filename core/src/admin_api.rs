@@ -401,6 +401,14 @@ pub struct Counters {
     /// replies pass (0 while the policy is open).
     #[serde(default)]
     pub access_flows: u64,
+    /// Packets held for a WireGuard session that was being set up (sent
+    /// once it came up, else counted as `handshake_timeout` drops).
+    #[serde(default)]
+    pub queued: u64,
+    /// Reads of the UDP socket or the TUN that failed (ICMP errors about
+    /// a peer that went away surface here too).
+    #[serde(default)]
+    pub receive_errors: u64,
 }
 
 /// The hub's status.

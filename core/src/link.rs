@@ -11,9 +11,15 @@
 
 use std::sync::Arc;
 
-use boringtun::noise::{rate_limiter::RateLimiter, Tunn};
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{rate_limiter::RateLimiter, Tunn, TunnResult};
 
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
+use crate::routing::DropReason;
+
+/// Packets one tunnel holds while its handshake is under way (boringtun
+/// keeps that many and silently drops the rest).
+pub const MAX_WAITING: u32 = 256;
 
 /// Bits of the tunnel index that hold the epoch.
 const EPOCH_BITS: u32 = 4;
@@ -43,12 +49,98 @@ pub struct EpochTunnel {
     /// packet decrypted, or our handshake was answered). Only then does
     /// traffic switch to it.
     pub confirmed: bool,
+    /// Packets sealed while the tunnel had no session: they wait inside it
+    /// for the handshake, and are lost if it never completes.
+    waiting: u32,
+}
+
+/// What [`EpochTunnel::seal`] did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sealed {
+    /// Encrypted: a datagram of this many bytes starts the buffer.
+    Sent(usize),
+    /// Held until the tunnel's session is up; `Some(len)`: a handshake
+    /// initiation of `len` bytes starts the buffer, to be sent.
+    Waiting(Option<usize>),
+}
+
+/// What [`EpochTunnel::tick`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tick {
+    /// Nothing to do.
+    Idle,
+    /// Send the datagram of this many bytes that starts the buffer (a
+    /// keepalive or a handshake initiation).
+    Send(usize),
+    /// The handshake gave up: this many waiting packets are lost.
+    Lost(u32),
 }
 
 impl EpochTunnel {
     /// True once a WireGuard session under this epoch was set up.
     pub fn has_session(&self) -> bool {
         self.tunn.time_since_last_handshake().is_some()
+    }
+
+    /// Packets waiting for this tunnel's session.
+    pub fn waiting(&self) -> u32 {
+        self.waiting
+    }
+
+    /// Encrypts `packet` into `dst`, or holds it for the handshake when the
+    /// tunnel has no session yet (starting one if none is under way). A
+    /// packet that cannot be held is refused with the reason to count.
+    pub fn seal(&mut self, packet: &[u8], dst: &mut [u8]) -> Result<Sealed, DropReason> {
+        // boringtun panics on a buffer too small for the packet or a handshake.
+        if dst.len() < (packet.len() + 32).max(148) {
+            return Err(DropReason::Unsupported);
+        }
+        let held = !self.has_session();
+        if held && self.waiting >= MAX_WAITING {
+            return Err(DropReason::HandshakeTimeout);
+        }
+        let sent = match self.tunn.encapsulate(packet, dst) {
+            TunnResult::WriteToNetwork(p) => Some(p.len()),
+            _ => None,
+        };
+        match (held, sent) {
+            (false, Some(len)) => Ok(Sealed::Sent(len)),
+            (false, None) => Err(DropReason::NoSession),
+            (true, initiation) => {
+                self.waiting += 1;
+                Ok(Sealed::Waiting(initiation))
+            }
+        }
+    }
+
+    /// Once the session is up, the next packet that waited for it, as a
+    /// datagram of the returned length at the start of `dst`.
+    pub fn release_waiting(&mut self, dst: &mut [u8]) -> Option<usize> {
+        if !self.has_session() {
+            return None;
+        }
+        match self.tunn.decapsulate(None, &[], dst) {
+            TunnResult::WriteToNetwork(p) => {
+                self.waiting = self.waiting.saturating_sub(1);
+                Some(p.len())
+            }
+            _ => {
+                // The tunnel's queue is empty.
+                self.waiting = 0;
+                None
+            }
+        }
+    }
+
+    /// Runs WireGuard's timers (call every few hundred milliseconds).
+    pub fn tick(&mut self, dst: &mut [u8]) -> Tick {
+        match self.tunn.update_timers(dst) {
+            TunnResult::WriteToNetwork(p) => Tick::Send(p.len()),
+            TunnResult::Err(WireGuardError::ConnectionExpired) if self.waiting > 0 => {
+                Tick::Lost(std::mem::take(&mut self.waiting))
+            }
+            _ => Tick::Idle,
+        }
     }
 }
 
@@ -108,6 +200,7 @@ impl Link {
             index,
             tunn,
             confirmed: false,
+            waiting: 0,
         });
         self.tunnels.sort_by_key(|t| t.epoch);
     }
@@ -123,9 +216,18 @@ impl Link {
         !self.tunnels.iter().any(EpochTunnel::has_session)
     }
 
-    /// Drops the tunnels of epochs for which `keep` is false.
-    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
-        self.tunnels.retain(|t| keep(t.epoch));
+    /// Drops the tunnels of epochs for which `keep` is false; returns how
+    /// many packets were waiting in them (lost).
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) -> u32 {
+        let mut lost = 0;
+        self.tunnels.retain(|t| {
+            let kept = keep(t.epoch);
+            if !kept {
+                lost += t.waiting;
+            }
+            kept
+        });
+        lost
     }
 
     /// Epoch numbers with a tunnel, oldest first.
@@ -297,6 +399,69 @@ mod tests {
         );
         assert!(got.is_empty());
         assert!(!wrong.newest().unwrap().has_session());
+    }
+
+    /// Packets sealed before a session exists wait in the tunnel (one
+    /// initiation goes out), up to [`MAX_WAITING`]; past that they are
+    /// refused with a reason, and dropping the tunnel reports the rest.
+    /// Once the handshake completes they are released, and none waits.
+    #[test]
+    fn packets_wait_for_the_session_and_are_counted_when_lost() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let (hub, spoke) = (StaticKey::generate(&mut rng), StaticKey::generate(&mut rng));
+        let e1 = KeyEpoch::issue(1, 0, &mut rng);
+        let mut hub_link = Link::new(5, spoke.public(), 0);
+        hub_link.install(&hub, &e1, None);
+        let mut spoke_link = Link::new(0, hub.public(), 0);
+        spoke_link.install(&spoke, &e1, None);
+        let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
+        let packet = [0x45u8; 60];
+        let tunnel = spoke_link.for_sending().unwrap();
+        let init = match tunnel.seal(&packet, &mut buf) {
+            Ok(Sealed::Waiting(Some(len))) => buf[..len].to_vec(),
+            other => panic!("expected an initiation, got {other:?}"),
+        };
+        for _ in 1..MAX_WAITING {
+            assert_eq!(tunnel.seal(&packet, &mut buf), Ok(Sealed::Waiting(None)));
+        }
+        assert_eq!(tunnel.waiting(), MAX_WAITING);
+        assert_eq!(
+            tunnel.seal(&packet, &mut buf),
+            Err(DropReason::HandshakeTimeout)
+        );
+        assert_eq!(
+            tunnel.seal(&packet, &mut [0u8; 64]),
+            Err(DropReason::Unsupported)
+        );
+        // The hub answers; the spoke opens the answer and releases what waited.
+        let hub_tunnel = hub_link.newest().unwrap();
+        let response = match hub_tunnel.tunn.decapsulate(None, &init, &mut buf) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("expected a handshake response"),
+        };
+        assert!(matches!(
+            tunnel.tunn.decapsulate(None, &response, &mut buf),
+            TunnResult::WriteToNetwork(_)
+        ));
+        let mut released = 0;
+        while let Some(len) = tunnel.release_waiting(&mut buf) {
+            assert!(len > packet.len());
+            released += 1;
+        }
+        assert_eq!(released, MAX_WAITING);
+        assert_eq!(tunnel.waiting(), 0);
+        assert!(matches!(
+            tunnel.seal(&packet, &mut buf),
+            Ok(Sealed::Sent(_))
+        ));
+        assert_eq!(tunnel.tick(&mut buf), Tick::Idle);
+        // A tunnel dropped with packets waiting in it reports them.
+        let mut fresh = Link::new(0, hub.public(), 0);
+        fresh.install(&spoke, &e1, None);
+        for _ in 0..3 {
+            assert!(fresh.for_sending().unwrap().seal(&packet, &mut buf).is_ok());
+        }
+        assert_eq!(fresh.retain(|_| false), 3);
     }
 
     #[test]

@@ -42,11 +42,19 @@ pub enum DropReason {
     RateLimited,
     /// The access policy allows no such packet (and it answers no allowed flow).
     Denied,
+    /// A packet waited for a WireGuard session that never came up (the
+    /// peer did not answer the handshake), or more waited than a tunnel
+    /// holds.
+    HandshakeTimeout,
+    /// A datagram the kernel refused to send (no route, no buffer, …).
+    SendFailed,
+    /// A packet the TUN device refused.
+    TunWriteFailed,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -58,6 +66,9 @@ impl DropReason {
         DropReason::NotLoggedIn,
         DropReason::RateLimited,
         DropReason::Denied,
+        DropReason::HandshakeTimeout,
+        DropReason::SendFailed,
+        DropReason::TunWriteFailed,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -74,6 +85,9 @@ impl DropReason {
             DropReason::NotLoggedIn => "not_logged_in",
             DropReason::RateLimited => "rate_limited",
             DropReason::Denied => "denied",
+            DropReason::HandshakeTimeout => "handshake_timeout",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TunWriteFailed => "tun_write_failed",
         }
     }
 }

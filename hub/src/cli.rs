@@ -413,6 +413,10 @@ fn print_status(s: &HubStatus) {
         "  datagrams:    {} in, {} out; relayed {}, to TUN {}, from TUN {}, handshakes {}",
         c.rx_datagrams, c.tx_datagrams, c.relayed, c.to_tun, c.from_tun, c.handshakes
     );
+    println!(
+        "  held:         {} packets waited for a handshake; {} failed reads",
+        c.queued, c.receive_errors
+    );
     let drops: Vec<String> = c.dropped.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!(
         "  dropped:      {}",

@@ -115,6 +115,16 @@ pub(crate) async fn render(st: &HubState) -> String {
         "Cookie replies sent instead of handshakes while under load.",
         &[(String::new(), c.cookies)],
     );
+    counter(
+        "tasuki_held_packets_total",
+        "Inner packets held for a WireGuard handshake before they were sent.",
+        &[(String::new(), c.queued)],
+    );
+    counter(
+        "tasuki_receive_errors_total",
+        "Failed reads of the UDP socket or the TUN.",
+        &[(String::new(), c.receive_errors)],
+    );
     let drops: Vec<(String, u64)> = tasuki_core::routing::DropReason::ALL
         .iter()
         .map(|r| {

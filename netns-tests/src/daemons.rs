@@ -210,20 +210,29 @@ impl Topology {
     /// Starts `tasuki-spoke run` in `ns` and waits (up to 20 s) until its
     /// control socket answers. Its log is `<state dir>.log`.
     pub fn start_spoke(&self, ns: &str, state_dir: &Path, socket: &Path) -> Proc {
+        self.start_spoke_with(ns, state_dir, socket, &[])
+    }
+
+    /// Like [`Topology::start_spoke`], with extra `tasuki-spoke run` arguments.
+    pub fn start_spoke_with(
+        &self,
+        ns: &str,
+        state_dir: &Path,
+        socket: &Path,
+        extra: &[&str],
+    ) -> Proc {
         let spoke = binaries().spoke.as_os_str();
         let log = state_dir.with_extension("log");
-        let p = self.spawn(
-            ns,
-            &[
-                spoke,
-                OsStr::new("run"),
-                OsStr::new("--state-dir"),
-                state_dir.as_os_str(),
-                OsStr::new("--socket"),
-                socket.as_os_str(),
-            ],
-            &log,
-        );
+        let mut args = vec![
+            spoke,
+            OsStr::new("run"),
+            OsStr::new("--state-dir"),
+            state_dir.as_os_str(),
+            OsStr::new("--socket"),
+            socket.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let p = self.spawn(ns, &args, &log);
         self.wait_for(
             &format!("spoke {}'s control socket to answer", p.name),
             Duration::from_secs(20),

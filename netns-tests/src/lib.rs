@@ -37,8 +37,10 @@ use serde_json::Value;
 
 mod daemons;
 mod faults;
+mod nat;
 pub use daemons::TwoSpokes;
 pub use faults::FaultRng;
+pub use nat::{Mapping, Nat};
 
 /// The hub's address on the WAN bridge.
 pub const HUB_WAN: &str = "172.30.0.1";
@@ -616,11 +618,12 @@ fn remove_stale_namespaces() {
     });
 }
 
-/// The pid in a name of the form `tt{pid}x{n}-{wan,hub,a,b,lan}`.
+/// The pid in a name of the form `tt{pid}x{n}-{wan,hub,a,b,lan,natI,cI}`.
 fn stale_owner(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("tt")?;
     let (prefix, role) = rest.split_once('-')?;
-    if !["wan", "hub", "a", "b", "lan"].contains(&role) {
+    let kind = role.trim_end_matches(|c: char| c.is_ascii_digit());
+    if !["wan", "hub", "a", "b", "lan", "nat", "c"].contains(&kind) {
         return None;
     }
     let (pid, n) = prefix.split_once('x')?;
@@ -695,6 +698,8 @@ mod tests {
     fn stale_names() {
         assert_eq!(stale_owner("tt123x4-hub"), Some(123));
         assert_eq!(stale_owner("tt123x45-lan"), Some(123));
+        assert_eq!(stale_owner("tt123x4-nat0"), Some(123));
+        assert_eq!(stale_owner("tt123x4-c3"), Some(123));
         assert_eq!(stale_owner("tt123x4-other"), None);
         assert_eq!(stale_owner("smk-hub"), None);
         assert_eq!(stale_owner("tt123-hub"), None);

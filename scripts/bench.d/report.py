@@ -14,7 +14,7 @@ import re
 import statistics
 import sys
 
-SETUPS = ["plain", "wireguard-go", "boringtun-t1", "boringtun-default", "tasuki"]
+SETUPS = ["plain", "wireguard-go", "boringtun-t1", "boringtun-default", "tasuki", "tasuki-base"]
 BT = ["boringtun-t1", "boringtun-default"]
 BT_LABEL = {"boringtun-t1": "t1", "boringtun-default": "t4"}
 # (key, path, test, metric, label, unit, higher is better)
@@ -249,9 +249,15 @@ def main():
             "wireguard-go": get("wireguard-go", key),
             "boringtun": get("boringtun", key),
             "tasuki": get("tasuki", key),
+            "tasuki-base": get("tasuki-base", key),
         }
         row["tasuki_vs_wireguard_go"] = ratio(row["tasuki"], row["wireguard-go"])
         row["tasuki_vs_boringtun"] = ratio(row["tasuki"], row["boringtun"])
+        row["tasuki_vs_base"] = ratio(row["tasuki"], row["tasuki-base"])
+        # The better peer in this row (higher throughput, lower RTT or CPU).
+        peers = [p for p in (row["wireguard-go"], row["boringtun"]) if p]
+        best = (max if higher else min)(peers, key=lambda p: p["median"]) if peers else None
+        row["tasuki_vs_best_peer"] = ratio(row["tasuki"], best)
         table.append(row)
 
     # tasuki alone: rotation, the access policy, memory.
@@ -323,7 +329,13 @@ def render(meta, table, summary, rot, acc, memory, records, failures):
         f"{meta['boringtun_cli']}; {meta['iperf3']}; {meta['rustc']}."
     )
     L.append("")
-    L.append("Command: `sudo scripts/bench" + (" --quick" if meta["quick"] else "") + "`")
+    base = meta.get("tasuki_base") or ""
+    L.append(
+        "Command: `sudo scripts/bench"
+        + (" --quick" if meta["quick"] else "")
+        + (f" --compare {base}" if base else "")
+        + "`"
+    )
     bg = meta.get("background_cpu_percent")
     if bg:
         L.append("")
@@ -339,6 +351,8 @@ def render(meta, table, summary, rot, acc, memory, records, failures):
             )
     if summary:
         render_main(L, table, summary)
+    if "tasuki-base" in summary:
+        render_compare(L, table, meta)
     if rot or acc or memory:
         L.append("")
         L.append("## tasuki alone")
@@ -488,6 +502,22 @@ def render_main(L, table, summary):
             a = summary.get("boringtun-t1", {}).get(key)
             b = summary.get("boringtun-default", {}).get(key)
             L.append(f"| {label} ({unit}) | {cell(a)} | {cell(b)} |")
+
+
+def render_compare(L, table, meta):
+    """This tree's tasuki beside the revision of `--compare`, same run."""
+    L.append("")
+    L.append(f"## tasuki {meta['tasuki']} beside {meta['tasuki_base']} (--compare), same run")
+    L.append("")
+    L.append(f"| test | tasuki {meta['tasuki_base']} | tasuki {meta['tasuki']} | new ÷ old |")
+    L.append("|---|---|---|---|")
+    for row in table:
+        if not row["tasuki-base"] and not row["tasuki"]:
+            continue
+        label = f"{row['label']} ({row['unit']}{'' if row['higher_is_better'] else ', lower is better'})"
+        L.append(
+            f"| {label} | {cell(row['tasuki-base'])} | {cell(row['tasuki'])} | {rfmt(row['tasuki_vs_base'])} |"
+        )
 
 
 def mib(s):

@@ -38,6 +38,10 @@ pub struct SpokeFile {
     pub socket: Option<std::path::PathBuf>,
     /// Group allowed on the control socket (users who log in).
     pub group: Option<String>,
+    /// WireGuard persistent keepalive toward the hub, seconds (0 = off);
+    /// absent: the hub's setting. Set it below the UDP timeout of a NAT in
+    /// front of this spoke so the hub can always reach it.
+    pub keepalive: Option<u16>,
     /// Log level or filter; RUST_LOG wins.
     pub log: Option<String>,
 }

@@ -57,6 +57,11 @@ enum Command {
         /// Members of this group may use the control socket (to log in, …).
         #[arg(long)]
         group: Option<String>,
+        /// WireGuard persistent keepalive toward the hub, seconds (0 = off)
+        /// [default: the hub's setting, 25 unless changed]. Behind a NAT
+        /// that forgets UDP mappings sooner, set it below that timeout.
+        #[arg(long, value_name = "SECS")]
+        keepalive: Option<u16>,
         /// Log level or filter (RUST_LOG wins) [default: info].
         #[arg(long)]
         log: Option<String>,
@@ -223,6 +228,7 @@ pub(crate) fn main() -> Result<()> {
             interface,
             socket,
             group,
+            keepalive,
             log,
         } => {
             let file = crate::config::load(config.as_deref())?;
@@ -232,6 +238,7 @@ pub(crate) fn main() -> Result<()> {
                 interface: interface.or(file.interface).unwrap_or_else(|| "tasuki0".into()),
                 socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
                 group: group.or(file.group),
+                keepalive: keepalive.or(file.keepalive),
                 log: log.or(file.log),
             };
             tasuki_shell::logging::init(run.log.as_deref());
@@ -240,6 +247,7 @@ pub(crate) fn main() -> Result<()> {
                 &run.interface,
                 &run.socket,
                 run.group.as_deref(),
+                run.keepalive,
                 config_path.as_deref(),
             ))
         }
@@ -251,6 +259,10 @@ pub(crate) fn main() -> Result<()> {
             println!("  interface = {}", file.interface.as_deref().unwrap_or("tasuki0"));
             println!("  socket    = {}", show(file.socket, DEFAULT_SOCKET));
             println!("  group     = {}", file.group.as_deref().unwrap_or("(none)"));
+            println!(
+                "  keepalive = {}",
+                file.keepalive.map_or("(the hub's setting)".to_string(), |k| format!("{k} s"))
+            );
             println!("  log       = {}", file.log.as_deref().unwrap_or("info"));
             Ok(())
         }

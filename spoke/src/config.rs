@@ -26,5 +26,7 @@ pub(crate) struct RunSettings {
     pub(crate) interface: String,
     pub(crate) socket: PathBuf,
     pub(crate) group: Option<String>,
+    /// Persistent keepalive in seconds, overriding the hub's.
+    pub(crate) keepalive: Option<u16>,
     pub(crate) log: Option<String>,
 }

@@ -19,6 +19,7 @@ pub(crate) async fn run(
     interface: &str,
     socket: &Path,
     group: Option<&str>,
+    keepalive: Option<u16>,
     config: Option<&Path>,
 ) -> Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -89,7 +90,7 @@ pub(crate) async fn run(
         // `tasuki_shell::thread`), where it makes its TUN and socket.
         let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
         let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
-        let keepalive = config.keepalive_secs;
+        let keepalive = keepalive.unwrap_or(config.keepalive_secs);
         let (tun_name, done) =
             tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
                 let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;

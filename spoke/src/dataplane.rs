@@ -16,7 +16,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::batch::Outbox;
 use tasuki_core::keys::{PublicKey, StaticKey};
-use tasuki_core::link::Link;
+use tasuki_core::link::{Link, Sealed, Tick};
 use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_shell::netdev::{Tun, TunWriter};
@@ -261,11 +261,17 @@ impl Core {
     }
 
     fn count_drop(&mut self, reason: DropReason) {
-        *self
-            .counters
-            .dropped
-            .entry(reason.name().to_owned())
-            .or_default() += 1;
+        self.count_lost(reason, 1);
+    }
+
+    fn count_lost(&mut self, reason: DropReason, count: u64) {
+        if count > 0 {
+            *self
+                .counters
+                .dropped
+                .entry(reason.name().to_owned())
+                .or_default() += count;
+        }
     }
 
     /// Starts a handshake under epoch `k` (if its tunnel exists).
@@ -338,7 +344,7 @@ impl Core {
         let epoch = tunnel.epoch;
         let kind = datagram.first().copied();
         let inner = match open_datagram(
-            &mut tunnel.tunn,
+            tunnel,
             None,
             self.hub,
             datagram,
@@ -415,7 +421,8 @@ impl Core {
         if !self.link.epochs().iter().any(|e| *e < below) {
             return;
         }
-        self.link.retain(|e| e >= below);
+        let lost = self.link.retain(|e| e >= below);
+        self.count_lost(DropReason::HandshakeTimeout, lost.into());
         self.keys.erase_below(below);
         self.writer.send(StoreJob::EraseBelow(below));
     }
@@ -437,32 +444,36 @@ impl Core {
             self.count_drop(DropReason::NoSession);
             return;
         };
-        let spare = self.out.spare();
-        if packet.len() + 32 > spare.len() {
-            self.count_drop(DropReason::Unsupported);
-            return;
-        }
-        if let TunnResult::WriteToNetwork(p) = tunnel.tunn.encapsulate(packet, spare) {
-            let len = p.len();
-            if self.out.commit(self.hub, len) {
-                self.counters.from_tun += 1;
+        match tunnel.seal(packet, self.out.spare()) {
+            Ok(Sealed::Sent(len)) => {
+                if self.out.commit(self.hub, len) {
+                    self.counters.from_tun += 1;
+                }
             }
+            Ok(Sealed::Waiting(initiation)) => {
+                self.counters.queued += 1;
+                if let Some(len) = initiation {
+                    self.out.commit(self.hub, len);
+                }
+            }
+            Err(reason) => self.count_drop(reason),
         }
     }
 
     fn on_timers(&mut self) {
         self.erase_due();
         self.poll_keys();
+        let mut lost = 0;
         for tunnel in self.link.tunnels_mut() {
-            match tunnel.tunn.update_timers(self.out.spare()) {
-                TunnResult::WriteToNetwork(p) => {
-                    let len = p.len();
+            match tunnel.tick(self.out.spare()) {
+                Tick::Send(len) => {
                     self.out.commit(self.hub, len);
                 }
-                TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
-                _ => {}
+                Tick::Lost(n) => lost += n,
+                Tick::Idle => {}
             }
         }
+        self.count_lost(DropReason::HandshakeTimeout, lost.into());
     }
 }
 
@@ -488,5 +499,13 @@ impl PassHandler for Core {
         self.packets += count;
         self.bytes += bytes;
         self.counters.tx_datagrams += count;
+    }
+
+    fn lost(&mut self, reason: DropReason, count: u64) {
+        self.count_lost(reason, count);
+    }
+
+    fn receive_failed(&mut self) {
+        self.counters.receive_errors += 1;
     }
 }

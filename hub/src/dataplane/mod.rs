@@ -10,26 +10,30 @@
 //! traffic is relayed here in user space and never touches the TUN.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
+
+mod api;
+mod peer;
+pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec, LinkStatus};
+use peer::{Delivery, Peer};
 use tasuki_core::access::{AccessGate, CompiledAccess, Origin};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::batch::Outbox;
 use tasuki_core::flood::HandshakeGate;
-use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
-use tasuki_core::link::{slot_of_receiver, Link};
-use tasuki_core::rotation::Usage;
+use tasuki_core::keys::{PublicKey, StaticKey};
+use tasuki_core::link::{slot_of_receiver, Link, Tick};
 use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use tasuki_core::DATAGRAM_BUFFER;
 use tasuki_shell::netdev::{Tun, TunWriter};
 use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
 use tasuki_shell::udp::BatchUdp;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Handshakes per second the hub answers before it demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -37,124 +41,6 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// before its tunnels are dropped: three minutes, longer than a handshake
 /// keeps retrying (90 s).
 const IDLE_TICKS: u32 = 4 * 180;
-
-/// What the data plane should carry for one spoke.
-#[derive(Clone, Debug)]
-pub(crate) struct LinkSpec {
-    pub(crate) id: SpokeId,
-    pub(crate) public_key: PublicKey,
-    pub(crate) tunnel_addr: Ipv4Addr,
-    /// Epochs whose tunnels should exist.
-    pub(crate) epochs: Vec<KeyEpoch>,
-    /// The epochs a handshake initiation may be under (answered under each).
-    pub(crate) handshake_epochs: Vec<u64>,
-    /// Whether the spoke's traffic is carried: a user allowed on it is logged
-    /// in, or it is a service spoke (patent claims 2 and 14).
-    pub(crate) carry: bool,
-    /// The epoch known to carry the link's traffic (0: none yet).
-    pub(crate) confirmed: u64,
-}
-
-/// Facts the data plane reports to the control side.
-#[derive(Debug)]
-pub(crate) enum DpEvent {
-    /// A data packet decrypted under this epoch for the first time.
-    Confirmed {
-        spoke: SpokeId,
-        epoch: u64,
-        usage: Usage,
-    },
-    /// An authenticated packet came from a new address (the spoke roamed).
-    EndpointChanged {
-        spoke: SpokeId,
-        from: SocketAddr,
-        to: SocketAddr,
-    },
-}
-
-/// Commands from the control side.
-pub(crate) enum DpCommand {
-    /// Add a link or update its epochs and address.
-    Upsert(LinkSpec),
-    /// Forget a link at once (revoked or denied spoke).
-    Remove(SpokeId),
-    /// Enforce this access policy from now on.
-    Access(Arc<CompiledAccess>),
-    /// Report status.
-    Status(oneshot::Sender<DpStatus>),
-    /// Answered once every command sent before it is in effect.
-    Sync(oneshot::Sender<()>),
-}
-
-/// Per-link facts for status output.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct LinkStatus {
-    pub(crate) endpoint: Option<SocketAddr>,
-    pub(crate) last_handshake_secs: Option<u64>,
-    pub(crate) rx_bytes: u64,
-    pub(crate) tx_bytes: u64,
-    pub(crate) packets: u64,
-    pub(crate) handshakes: u64,
-}
-
-/// The data plane's status.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct DpStatus {
-    pub(crate) counters: Counters,
-    pub(crate) links: HashMap<SpokeId, LinkStatus>,
-}
-
-struct Peer {
-    /// The WireGuard tunnels, one per epoch; empty while the spoke is away
-    /// (built from `keys` when it next handshakes), which keeps a hub with
-    /// thousands of enrolled but absent spokes small.
-    link: Link,
-    /// The keys of the epochs the spoke may use now.
-    keys: Vec<KeyEpoch>,
-    /// Timer ticks since the link last did anything; its tunnels are
-    /// dropped once they hold no session and this reaches [`IDLE_TICKS`].
-    quiet_ticks: u32,
-    /// The epoch that carried traffic last: tunnels built again take it as
-    /// confirmed, so a handshake the hub starts is under the epoch the
-    /// spoke answers on, not a newer one it has not switched to.
-    resume: u64,
-    endpoint: Option<SocketAddr>,
-    handshake_epochs: Vec<u64>,
-    carry: bool,
-    rx_bytes: u64,
-    tx_bytes: u64,
-    packets: u64,
-    handshakes: u64,
-}
-
-impl Peer {
-    /// Builds the tunnels of an idle link again from its keys.
-    fn wake(&mut self, own: &StaticKey, limiter: &Arc<RateLimiter>) {
-        if self.link.is_empty() {
-            for epoch in &self.keys {
-                self.link.install(own, epoch, Some(limiter.clone()));
-            }
-            if self.resume > 0 {
-                self.link.confirm(self.resume);
-            }
-        }
-    }
-
-    /// Drops an idle link's tunnels, remembering the epoch that carried its
-    /// traffic for [`Peer::wake`].
-    fn rest(&mut self) {
-        self.resume = self.resume.max(self.link.confirmed_epoch().unwrap_or(0));
-        self.link.retain(|_| false);
-    }
-
-    fn usage(&self) -> Usage {
-        Usage {
-            packets: self.packets,
-            bytes: self.rx_bytes + self.tx_bytes,
-            handshakes: self.handshakes,
-        }
-    }
-}
 
 /// The data plane task: the devices and the state a pass works on.
 pub(crate) struct DataPlane {
@@ -264,19 +150,10 @@ impl Core {
     fn on_command(&mut self, cmd: DpCommand) {
         match cmd {
             DpCommand::Upsert(spec) => {
-                let peer = self.peers.entry(spec.id).or_insert_with(|| Peer {
-                    link: Link::new(spec.id, spec.public_key, 0),
-                    keys: Vec::new(),
-                    quiet_ticks: 0,
-                    resume: 0,
-                    endpoint: None,
-                    handshake_epochs: Vec::new(),
-                    carry: false,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    packets: 0,
-                    handshakes: 0,
-                });
+                let peer = self
+                    .peers
+                    .entry(spec.id)
+                    .or_insert_with(|| Peer::new(spec.id, spec.public_key));
                 peer.handshake_epochs = spec.handshake_epochs.clone();
                 peer.carry = spec.carry;
                 if peer.link.peer() != spec.public_key {
@@ -293,7 +170,10 @@ impl Core {
                     }
                 }
                 let keep: Vec<u64> = spec.epochs.iter().map(|e| e.number).collect();
-                peer.link.retain(|e| keep.contains(&e));
+                let lost = peer.link.retain(|e| keep.contains(&e));
+                if lost > 0 {
+                    *self.drops.entry(DropReason::HandshakeTimeout).or_default() += u64::from(lost);
+                }
                 peer.keys = spec.epochs;
                 self.by_key.insert(spec.public_key, spec.id);
                 self.routes.set_spoke(spec.id, spec.tunnel_addr);
@@ -489,7 +369,7 @@ impl Core {
         let epoch = tunnel.epoch;
         let is_data = datagram.first() == Some(&4);
         let inner = match open_datagram(
-            &mut tunnel.tunn,
+            tunnel,
             Some(src.ip()),
             src,
             datagram,
@@ -555,13 +435,14 @@ impl Core {
             v => v,
         };
         match verdict {
-            Verdict::Relay(to) => match seal_to(
-                self.peers.get_mut(&to),
-                packet,
-                &mut self.out,
-                (&self.key, &self.limiter),
-            ) {
-                Ok(()) => self.counters.relayed += 1,
+            Verdict::Relay(to) => match self
+                .peers
+                .get_mut(&to)
+                .map_or(Err(DropReason::NoRoute), |p| {
+                    p.seal(packet, &mut self.out, (&self.key, &self.limiter))
+                }) {
+                Ok(Delivery::Sent) => self.counters.relayed += 1,
+                Ok(Delivery::Held) => self.counters.queued += 1,
                 Err(reason) => *self.drops.entry(reason).or_default() += 1,
             },
             Verdict::Local => {
@@ -590,13 +471,14 @@ impl Core {
             v => v,
         };
         match verdict {
-            Verdict::Relay(to) => match seal_to(
-                self.peers.get_mut(&to),
-                packet,
-                &mut self.out,
-                (&self.key, &self.limiter),
-            ) {
-                Ok(()) => self.counters.from_tun += 1,
+            Verdict::Relay(to) => match self
+                .peers
+                .get_mut(&to)
+                .map_or(Err(DropReason::NoRoute), |p| {
+                    p.seal(packet, &mut self.out, (&self.key, &self.limiter))
+                }) {
+                Ok(Delivery::Sent) => self.counters.from_tun += 1,
+                Ok(Delivery::Held) => self.counters.queued += 1,
                 Err(reason) => self.drop_packet(reason),
             },
             Verdict::Local => {}
@@ -605,6 +487,7 @@ impl Core {
     }
 
     fn on_timers(&mut self) {
+        let mut lost = 0u32;
         for peer in self.peers.values_mut() {
             if peer.link.is_empty() {
                 continue;
@@ -615,22 +498,32 @@ impl Core {
                     spoke = peer.link.slot(),
                     "idle link: tunnels dropped until the next handshake"
                 );
-                peer.rest();
+                lost += peer.rest();
                 continue;
             }
             let Some(endpoint) = peer.endpoint else {
                 continue;
             };
+            let slot = peer.link.slot();
             for tunnel in peer.link.tunnels_mut() {
-                match tunnel.tunn.update_timers(self.out.spare()) {
-                    TunnResult::WriteToNetwork(p) => {
-                        let len = p.len();
+                match tunnel.tick(self.out.spare()) {
+                    Tick::Send(len) => {
                         self.out.commit(endpoint, len);
                     }
-                    TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
-                    _ => {}
+                    Tick::Lost(n) => {
+                        tracing::debug!(
+                            spoke = slot,
+                            packets = n,
+                            "handshake gave up: waiting packets lost"
+                        );
+                        lost += n;
+                    }
+                    Tick::Idle => {}
                 }
             }
+        }
+        if lost > 0 {
+            *self.drops.entry(DropReason::HandshakeTimeout).or_default() += u64::from(lost);
         }
     }
 }
@@ -638,40 +531,6 @@ impl Core {
 /// Milliseconds since `started` on the monotonic clock.
 fn now_ms(started: tokio::time::Instant) -> u64 {
     started.elapsed().as_millis() as u64
-}
-
-/// Encrypts an inner packet to a spoke into the outbox, or says why not.
-fn seal_to(
-    peer: Option<&mut Peer>,
-    packet: &[u8],
-    out: &mut Outbox<SocketAddr>,
-    (own, limiter): (&StaticKey, &Arc<RateLimiter>),
-) -> Result<(), DropReason> {
-    let peer = peer.ok_or(DropReason::NoRoute)?;
-    if !peer.carry {
-        return Err(DropReason::NotLoggedIn);
-    }
-    let endpoint = peer.endpoint.ok_or(DropReason::NoSession)?;
-    peer.wake(own, limiter);
-    peer.quiet_ticks = 0;
-    let tunnel = peer.link.for_sending().ok_or(DropReason::NoSession)?;
-    let spare = out.spare();
-    if packet.len() + 32 > spare.len() {
-        return Err(DropReason::Unsupported);
-    }
-    match tunnel.tunn.encapsulate(packet, spare) {
-        TunnResult::WriteToNetwork(p) => {
-            let len = p.len();
-            if !out.commit(endpoint, len) {
-                return Err(DropReason::Unsupported);
-            }
-            peer.tx_bytes += len as u64;
-            peer.packets += 1;
-            Ok(())
-        }
-        // Queued inside the tunnel until its handshake completes.
-        _ => Ok(()),
-    }
 }
 
 impl PassHandler for Core {
@@ -694,43 +553,12 @@ impl PassHandler for Core {
     fn sent(&mut self, count: u64, _bytes: u64) {
         self.counters.tx_datagrams += count;
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_core::OsRng;
+    fn lost(&mut self, reason: DropReason, count: u64) {
+        *self.drops.entry(reason).or_default() += count;
+    }
 
-    /// An idle link's tunnels are dropped and built again: the epoch that
-    /// carried traffic is still the one the hub sends under, not a newer
-    /// one the spoke holds but has not switched to.
-    #[test]
-    fn a_rebuilt_link_sends_under_the_epoch_that_carried_traffic() {
-        let hub = StaticKey::generate(&mut OsRng);
-        let spoke = StaticKey::generate(&mut OsRng);
-        let limiter = Arc::new(RateLimiter::new(&hub.public().to_x25519(), 10));
-        let keys: Vec<KeyEpoch> = (1..=3).map(|k| KeyEpoch::issue(k, 0, &mut OsRng)).collect();
-        let mut peer = Peer {
-            link: Link::new(1, spoke.public(), 0),
-            keys,
-            quiet_ticks: 0,
-            resume: 2,
-            endpoint: None,
-            handshake_epochs: vec![2, 3],
-            carry: true,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            packets: 0,
-            handshakes: 0,
-        };
-        peer.wake(&hub, &limiter);
-        assert_eq!(peer.link.epochs(), vec![1, 2, 3]);
-        assert_eq!(peer.link.for_sending().map(|t| t.epoch), Some(2));
-        // Traffic moved to epoch 3, then the link went quiet and was dropped.
-        peer.link.confirm(3);
-        peer.rest();
-        assert!(peer.link.is_empty());
-        peer.wake(&hub, &limiter);
-        assert_eq!(peer.link.for_sending().map(|t| t.epoch), Some(3));
+    fn receive_failed(&mut self) {
+        self.counters.receive_errors += 1;
     }
 }
