@@ -140,6 +140,23 @@ fn invitation_cannot_be_used_twice() {
         err.contains("already used"),
         "unexpected refusal message: {err}"
     );
+    // One sentence, said once, without the internal code.
+    assert_eq!(
+        err.matches("already used").count(),
+        1,
+        "the refusal is repeated: {err}"
+    );
+    assert!(
+        !err.contains("InvitationUsed"),
+        "the refusal shows its code: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the hub at {} refused:",
+            tasuki_netns_tests::HUB_ENDPOINT
+        )),
+        "the refusal does not name the hub: {err}"
+    );
     assert!(!err.contains("panicked"), "the spoke panicked: {err}");
 }
 

@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use tasuki_core::channel::Initiator;
 
 use tasuki_core::control::{
-    Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage, UserReply,
-    UserRequest,
+    Hello, HubMessage, Purpose, RefusalCode, SpokeConfig, SpokeMessage, UserReply, UserRequest,
 };
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
@@ -80,8 +79,8 @@ impl Control {
             let refusal = result
                 .as_ref()
                 .err()
-                .and_then(|e| e.downcast_ref::<Refusal>())
-                .map(|r| r.code);
+                .and_then(|e| e.downcast_ref::<crate::enrol::HubRefused>())
+                .map(|r| r.refusal.code);
             match &result {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(e) => {
@@ -264,9 +263,12 @@ impl Control {
                     .await
                     .context("data plane stopped")?;
             }
-            HubMessage::Refused(r) => {
-                let detail = r.detail.clone();
-                return Err(anyhow::Error::new(r).context(format!("the hub refused: {detail}")));
+            HubMessage::Refused(refusal) => {
+                return Err(crate::enrol::HubRefused {
+                    endpoint: None,
+                    refusal,
+                }
+                .into());
             }
             HubMessage::Session { users, carrying } => {
                 tracing::info!(?users, carrying, "session");

@@ -352,7 +352,11 @@ impl Core {
             &mut self.to_tun,
         ) {
             Opened::Inner(len) => Some(len),
-            Opened::Nothing | Opened::Ipv6 => None,
+            Opened::Nothing => None,
+            Opened::Ipv6 => {
+                self.count_drop(DropReason::Unsupported);
+                None
+            }
             Opened::Rejected(e) => {
                 // Expected during a switch: the hub answers an initiation under
                 // every epoch we may be on, and only one answer opens.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tasuki_core::channel::{ChannelError, Initiator};
-use tasuki_core::control::{Hello, HubMessage, Purpose, RefusalCode, SpokeMessage};
+use tasuki_core::control::{Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeMessage};
 use tasuki_core::invitation::Invitation;
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::TcpStream;
@@ -14,6 +14,28 @@ use tokio::net::TcpStream;
 use crate::state::{Enrolment, SpokeStore};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The hub said no: one sentence for the person ("the hub at HOST refused:
+/// DETAIL"), the refusal kept for the code that decides what to do next.
+#[derive(Debug)]
+pub(crate) struct HubRefused {
+    /// The hub's endpoint, when the refusal came on a connection to it.
+    pub(crate) endpoint: Option<String>,
+    /// What the hub sent.
+    pub(crate) refusal: Refusal,
+}
+
+impl std::fmt::Display for HubRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.endpoint {
+            Some(e) => write!(f, "the hub at {e} refused: {}", self.refusal.detail),
+            None => write!(f, "the hub refused: {}", self.refusal.detail),
+        }
+    }
+}
+
+// No `source`: the detail is said once, not again as the cause.
+impl std::error::Error for HubRefused {}
 
 /// How the enrolment ended.
 pub(crate) enum Outcome {
@@ -34,10 +56,10 @@ pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> a
             "the hub at {endpoint} does not hold the pinned key {fingerprint}: \
              wrong hub, or an invitation for another hub"
         ),
-        ChannelError::Refused(r) => {
-            let detail = r.detail.clone();
-            anyhow::Error::new(r).context(format!("the hub at {endpoint} refused: {detail}"))
-        }
+        ChannelError::Refused(refusal) => anyhow::Error::new(HubRefused {
+            endpoint: Some(endpoint.to_owned()),
+            refusal,
+        }),
         ChannelError::Handshake(_) => anyhow::anyhow!(
             "the hub at {endpoint} did not prove it holds the pinned key {fingerprint} \
              and the invitation secret: wrong hub, or a damaged invitation"
@@ -152,8 +174,38 @@ pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Re
                     name: invitation.name,
                 });
             }
-            HubMessage::Refused(r) => bail!("the hub refused: {}", r.detail),
+            HubMessage::Refused(refusal) => {
+                return Err(HubRefused {
+                    endpoint: Some(endpoint.clone()),
+                    refusal,
+                }
+                .into())
+            }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal reads as one sentence naming the hub, its detail said once
+    /// and no internal code, also through anyhow's chain formatting.
+    #[test]
+    fn a_refusal_is_said_once() {
+        let err = anyhow::Error::new(HubRefused {
+            endpoint: Some("vpn.example.com:51820".into()),
+            refusal: Refusal::new(
+                RefusalCode::InvitationUsed,
+                "that invitation was already used; ask the admin for a new one",
+            ),
+        });
+        assert_eq!(
+            format!("{err:#}"),
+            "the hub at vpn.example.com:51820 refused: that invitation was already used; ask the admin for a new one"
+        );
+        let code = err.downcast_ref::<HubRefused>().map(|r| r.refusal.code);
+        assert_eq!(code, Some(RefusalCode::InvitationUsed));
     }
 }
