@@ -21,7 +21,7 @@ use boringtun::noise::{Packet, TunnResult};
 mod api;
 mod peer;
 pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec, LinkStatus};
-use peer::{Delivery, Peer};
+use peer::{seal_to, Delivery, Peer};
 use tasuki_core::access::{AccessGate, CompiledAccess, Origin};
 use tasuki_core::admin_api::Counters;
 use tasuki_core::batch::Outbox;
@@ -145,6 +145,20 @@ impl DataPlane {
 impl Core {
     fn drop_packet(&mut self, reason: DropReason) {
         *self.drops.entry(reason).or_default() += 1;
+    }
+
+    /// Counts what became of a packet sealed to a spoke: sent (on the
+    /// path's counter), held for a handshake, or dropped.
+    fn count_sealed(
+        &mut self,
+        sealed: Result<Delivery, DropReason>,
+        path: fn(&mut Counters) -> &mut u64,
+    ) {
+        match sealed {
+            Ok(Delivery::Sent) => *path(&mut self.counters) += 1,
+            Ok(Delivery::Held) => self.counters.queued += 1,
+            Err(reason) => self.drop_packet(reason),
+        }
     }
 
     fn on_command(&mut self, cmd: DpCommand) {
@@ -435,16 +449,11 @@ impl Core {
             v => v,
         };
         match verdict {
-            Verdict::Relay(to) => match self
-                .peers
-                .get_mut(&to)
-                .map_or(Err(DropReason::NoRoute), |p| {
-                    p.seal(packet, &mut self.out, (&self.key, &self.limiter))
-                }) {
-                Ok(Delivery::Sent) => self.counters.relayed += 1,
-                Ok(Delivery::Held) => self.counters.queued += 1,
-                Err(reason) => *self.drops.entry(reason).or_default() += 1,
-            },
+            Verdict::Relay(to) => {
+                let keys = (&*self.key, &self.limiter);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                self.count_sealed(sealed, |c| &mut c.relayed);
+            }
             Verdict::Local => {
                 self.to_tun.commit(len);
                 self.counters.to_tun += 1;
@@ -471,16 +480,11 @@ impl Core {
             v => v,
         };
         match verdict {
-            Verdict::Relay(to) => match self
-                .peers
-                .get_mut(&to)
-                .map_or(Err(DropReason::NoRoute), |p| {
-                    p.seal(packet, &mut self.out, (&self.key, &self.limiter))
-                }) {
-                Ok(Delivery::Sent) => self.counters.from_tun += 1,
-                Ok(Delivery::Held) => self.counters.queued += 1,
-                Err(reason) => self.drop_packet(reason),
-            },
+            Verdict::Relay(to) => {
+                let keys = (&*self.key, &self.limiter);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                self.count_sealed(sealed, |c| &mut c.from_tun);
+            }
             Verdict::Local => {}
             Verdict::Drop(reason) => self.drop_packet(reason),
         }

@@ -121,6 +121,16 @@ impl Peer {
     }
 }
 
+/// Seals a packet to the spoke of a route, or says why not (no such spoke).
+pub(super) fn seal_to(
+    peer: Option<&mut Peer>,
+    packet: &[u8],
+    out: &mut Outbox<SocketAddr>,
+    keys: (&StaticKey, &Arc<RateLimiter>),
+) -> Result<Delivery, DropReason> {
+    peer.ok_or(DropReason::NoRoute)?.seal(packet, out, keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
