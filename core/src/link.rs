@@ -14,6 +14,7 @@ use std::sync::Arc;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{rate_limiter::RateLimiter, Tunn, TunnResult};
 
+use crate::batch::Outbox;
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::routing::DropReason;
 
@@ -57,10 +58,10 @@ pub struct EpochTunnel {
 /// What [`EpochTunnel::seal`] did with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sealed {
-    /// Encrypted: a datagram of this many bytes starts the buffer.
+    /// Encrypted into the outbox as a datagram of this many bytes.
     Sent(usize),
     /// Held until the tunnel's session is up; `Some(len)`: a handshake
-    /// initiation of `len` bytes starts the buffer, to be sent.
+    /// initiation of `len` bytes went into the outbox.
     Waiting(Option<usize>),
 }
 
@@ -87,26 +88,37 @@ impl EpochTunnel {
         self.waiting
     }
 
-    /// Encrypts `packet` into `dst`, or holds it for the handshake when the
-    /// tunnel has no session yet (starting one if none is under way). A
-    /// packet that cannot be held is refused with the reason to count.
-    pub fn seal(&mut self, packet: &[u8], dst: &mut [u8]) -> Result<Sealed, DropReason> {
+    /// Encrypts `packet` into `out` for `to`, or holds it for the handshake
+    /// when the tunnel has no session yet (an initiation goes into `out`
+    /// when none is under way). A packet that cannot be held is refused
+    /// with the reason to count.
+    pub fn seal<D: Copy + PartialEq>(
+        &mut self,
+        packet: &[u8],
+        out: &mut Outbox<D>,
+        to: D,
+    ) -> Result<Sealed, DropReason> {
+        let dst = out.spare();
         // boringtun panics on a buffer too small for the packet or a handshake.
         if dst.len() < (packet.len() + 32).max(148) {
             return Err(DropReason::Unsupported);
         }
-        let held = !self.has_session();
-        if held && self.waiting >= MAX_WAITING {
-            return Err(DropReason::HandshakeTimeout);
-        }
-        let sent = match self.tunn.encapsulate(packet, dst) {
-            TunnResult::WriteToNetwork(p) => Some(p.len()),
-            _ => None,
+        // With a session boringtun writes the data message (type 4);
+        // without one it holds the packet and writes an initiation or nothing.
+        let (sent, data) = match self.tunn.encapsulate(packet, dst) {
+            TunnResult::WriteToNetwork(p) => (Some(p.len()), p.first() == Some(&4)),
+            _ => (None, false),
         };
-        match (held, sent) {
-            (false, Some(len)) => Ok(Sealed::Sent(len)),
-            (false, None) => Err(DropReason::NoSession),
-            (true, initiation) => {
+        if let Some(len) = sent {
+            if !out.commit(to, len) {
+                return Err(DropReason::Unsupported);
+            }
+        }
+        match sent {
+            Some(len) if data => Ok(Sealed::Sent(len)),
+            // boringtun's queue is full: it dropped this one.
+            _ if self.waiting >= MAX_WAITING => Err(DropReason::HandshakeTimeout),
+            initiation => {
                 self.waiting += 1;
                 Ok(Sealed::Waiting(initiation))
             }
@@ -415,22 +427,36 @@ mod tests {
         let mut spoke_link = Link::new(0, hub.public(), 0);
         spoke_link.install(&spoke, &e1, None);
         let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
+        let mut out = Outbox::new();
         let packet = [0x45u8; 60];
         let tunnel = spoke_link.for_sending().unwrap();
-        let init = match tunnel.seal(&packet, &mut buf) {
-            Ok(Sealed::Waiting(Some(len))) => buf[..len].to_vec(),
-            other => panic!("expected an initiation, got {other:?}"),
-        };
+        assert!(matches!(
+            tunnel.seal(&packet, &mut out, 1u8),
+            Ok(Sealed::Waiting(Some(148)))
+        ));
+        let sent: Vec<Vec<u8>> = out
+            .batches()
+            .flat_map(|b| b.datagrams())
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(sent.len(), 1, "one initiation");
+        let init = sent[0].clone();
+        out.clear();
         for _ in 1..MAX_WAITING {
-            assert_eq!(tunnel.seal(&packet, &mut buf), Ok(Sealed::Waiting(None)));
+            assert_eq!(tunnel.seal(&packet, &mut out, 1), Ok(Sealed::Waiting(None)));
         }
+        assert!(
+            out.is_empty(),
+            "no second initiation while one is under way"
+        );
         assert_eq!(tunnel.waiting(), MAX_WAITING);
         assert_eq!(
-            tunnel.seal(&packet, &mut buf),
+            tunnel.seal(&packet, &mut out, 1),
             Err(DropReason::HandshakeTimeout)
         );
+        let too_big = vec![0x45u8; out.spare().len()];
         assert_eq!(
-            tunnel.seal(&packet, &mut [0u8; 64]),
+            tunnel.seal(&too_big, &mut out, 1),
             Err(DropReason::Unsupported)
         );
         // The hub answers; the spoke opens the answer and releases what waited.
@@ -450,16 +476,17 @@ mod tests {
         }
         assert_eq!(released, MAX_WAITING);
         assert_eq!(tunnel.waiting(), 0);
-        assert!(matches!(
-            tunnel.seal(&packet, &mut buf),
-            Ok(Sealed::Sent(_))
-        ));
+        assert_eq!(tunnel.seal(&packet, &mut out, 1), Ok(Sealed::Sent(92)));
         assert_eq!(tunnel.tick(&mut buf), Tick::Idle);
         // A tunnel dropped with packets waiting in it reports them.
         let mut fresh = Link::new(0, hub.public(), 0);
         fresh.install(&spoke, &e1, None);
         for _ in 0..3 {
-            assert!(fresh.for_sending().unwrap().seal(&packet, &mut buf).is_ok());
+            assert!(fresh
+                .for_sending()
+                .unwrap()
+                .seal(&packet, &mut out, 1)
+                .is_ok());
         }
         assert_eq!(fresh.retain(|_| false), 3);
     }

@@ -279,13 +279,12 @@ mod tests {
             p
         };
         // a wants to send: the packet is queued and an initiation goes out.
-        let mut buf = vec![0u8; 2048];
-        let init = match a.seal(&packet, &mut buf) {
-            Ok(Sealed::Waiting(Some(len))) => buf[..len].to_vec(),
-            other => panic!("expected an initiation, got {other:?}"),
-        };
-        assert_eq!(a.waiting(), 1, "the packet waits for the handshake");
         let (mut out_a, mut out_b) = (Outbox::new(), Outbox::new());
+        let got = a.seal(&packet, &mut out_a, b_addr);
+        assert!(matches!(got, Ok(Sealed::Waiting(Some(_)))), "{got:?}");
+        assert_eq!(a.waiting(), 1, "the packet waits for the handshake");
+        let init = datagrams(&out_a, b_addr).remove(0);
+        out_a.clear();
         let (mut tun_a, mut tun_b) = (TunWriter::default(), TunWriter::default());
         // b answers the initiation into its outbox, to a.
         let got = open_datagram(b, None, a_addr, &init, &mut out_b, &mut tun_b);

@@ -448,18 +448,9 @@ impl Core {
             self.count_drop(DropReason::NoSession);
             return;
         };
-        match tunnel.seal(packet, self.out.spare()) {
-            Ok(Sealed::Sent(len)) => {
-                if self.out.commit(self.hub, len) {
-                    self.counters.from_tun += 1;
-                }
-            }
-            Ok(Sealed::Waiting(initiation)) => {
-                self.counters.queued += 1;
-                if let Some(len) = initiation {
-                    self.out.commit(self.hub, len);
-                }
-            }
+        match tunnel.seal(packet, &mut self.out, self.hub) {
+            Ok(Sealed::Sent(_)) => self.counters.from_tun += 1,
+            Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
             Err(reason) => self.count_drop(reason),
         }
     }

@@ -144,7 +144,13 @@ impl DataPlane {
 
 impl Core {
     fn drop_packet(&mut self, reason: DropReason) {
-        *self.drops.entry(reason).or_default() += 1;
+        self.drop_packets(reason, 1);
+    }
+
+    fn drop_packets(&mut self, reason: DropReason, count: u64) {
+        if count > 0 {
+            *self.drops.entry(reason).or_default() += count;
+        }
     }
 
     /// Counts what became of a packet sealed to a spoke: sent (on the
@@ -185,12 +191,10 @@ impl Core {
                 }
                 let keep: Vec<u64> = spec.epochs.iter().map(|e| e.number).collect();
                 let lost = peer.link.retain(|e| keep.contains(&e));
-                if lost > 0 {
-                    *self.drops.entry(DropReason::HandshakeTimeout).or_default() += u64::from(lost);
-                }
                 peer.keys = spec.epochs;
                 self.by_key.insert(spec.public_key, spec.id);
                 self.routes.set_spoke(spec.id, spec.tunnel_addr);
+                self.drop_packets(DropReason::HandshakeTimeout, lost.into());
                 tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
             }
             DpCommand::Remove(id) => {
@@ -526,9 +530,7 @@ impl Core {
                 }
             }
         }
-        if lost > 0 {
-            *self.drops.entry(DropReason::HandshakeTimeout).or_default() += u64::from(lost);
-        }
+        self.drop_packets(DropReason::HandshakeTimeout, lost.into());
     }
 }
 
@@ -559,7 +561,7 @@ impl PassHandler for Core {
     }
 
     fn lost(&mut self, reason: DropReason, count: u64) {
-        *self.drops.entry(reason).or_default() += count;
+        self.drop_packets(reason, count);
     }
 
     fn receive_failed(&mut self) {

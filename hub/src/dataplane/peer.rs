@@ -107,16 +107,14 @@ impl Peer {
         self.wake(own, limiter);
         self.quiet_ticks = 0;
         let tunnel = self.link.for_sending().ok_or(DropReason::NoSession)?;
-        let (len, delivery) = match tunnel.seal(packet, out.spare())? {
-            Sealed::Sent(len) => (len, Delivery::Sent),
-            Sealed::Waiting(Some(initiation)) => (initiation, Delivery::Held),
-            Sealed::Waiting(None) => return Ok(Delivery::Held),
+        let (sent, delivery) = match tunnel.seal(packet, out, endpoint)? {
+            Sealed::Sent(len) => (Some(len), Delivery::Sent),
+            Sealed::Waiting(initiation) => (initiation, Delivery::Held),
         };
-        if !out.commit(endpoint, len) {
-            return Err(DropReason::Unsupported);
+        if let Some(len) = sent {
+            self.tx_bytes += len as u64;
+            self.packets += 1;
         }
-        self.tx_bytes += len as u64;
-        self.packets += 1;
         Ok(delivery)
     }
 }
