@@ -74,28 +74,7 @@ impl Topology {
             // A child that exits early closes its end: not an error here.
             let _ = stdin.write_all(input.as_bytes());
         }
-        let out = drain(child.stdout.take());
-        let err = drain(child.stderr.take());
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if start.elapsed() > limit => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    self.fail(&format!(
-                        "`{shown}` in {ns} did not finish within {limit:?}"
-                    ));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => panic!("cannot wait for `{shown}`: {e}"),
-            }
-        };
-        Output {
-            status,
-            stdout: join(out),
-            stderr: join(err),
-        }
+        self.finish(child, &shown, ns, limit)
     }
 
     /// `tasuki-hub key status --json`: one object per link (empty when the

@@ -42,7 +42,7 @@ mod procs;
 pub use daemons::TwoSpokes;
 pub use faults::FaultRng;
 pub use nat::{Mapping, Nat};
-use procs::{drain, join, show};
+use procs::show;
 
 /// The hub's address on the WAN bridge.
 pub const HUB_WAN: &str = "172.30.0.1";

@@ -31,12 +31,24 @@ impl Topology {
     /// overruns it is killed and the test fails.
     pub fn exec_timeout<S: AsRef<OsStr>>(&self, ns: &str, args: &[S], limit: Duration) -> Output {
         let shown = show(args);
-        let mut child = self
+        let child = self
             .command(ns, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run `{shown}` in {ns}: {e}"));
+        self.finish(child, &shown, ns, limit)
+    }
+
+    /// Collects a started command's output until it exits; after `limit`
+    /// kills it and fails the test with what it printed.
+    pub(crate) fn finish(
+        &self,
+        mut child: Child,
+        shown: &str,
+        ns: &str,
+        limit: Duration,
+    ) -> Output {
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
         let start = Instant::now();
@@ -236,9 +248,9 @@ fn tail(path: &Path, n: usize) -> String {
     s
 }
 
-pub(crate) type Drain = std::thread::JoinHandle<Vec<u8>>;
+type Drain = std::thread::JoinHandle<Vec<u8>>;
 
-pub(crate) fn drain<R: Read + Send + 'static>(r: Option<R>) -> Option<Drain> {
+fn drain<R: Read + Send + 'static>(r: Option<R>) -> Option<Drain> {
     r.map(|mut r| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -248,6 +260,6 @@ pub(crate) fn drain<R: Read + Send + 'static>(r: Option<R>) -> Option<Drain> {
     })
 }
 
-pub(crate) fn join(d: Option<Drain>) -> Vec<u8> {
+fn join(d: Option<Drain>) -> Vec<u8> {
     d.and_then(|h| h.join().ok()).unwrap_or_default()
 }
