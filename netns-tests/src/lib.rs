@@ -355,9 +355,29 @@ impl Drop for Topology {
         if std::env::var_os("TASUKI_NETNS_KEEP").is_some() {
             eprintln!("keeping {} (TASUKI_NETNS_KEEP is set)", self.dir.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            // A test may have mounted something inside (a small tmpfs for a
+            // full disk); the directory cannot go while it is mounted.
+            for mount in mounts_under(&self.dir) {
+                let _ = Command::new("umount").arg("-l").arg(&mount).output();
+            }
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                eprintln!("warning: cannot remove {}: {e}", self.dir.display());
+            }
         }
     }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mounts), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
 }
 
 // ----- helpers -----
