@@ -22,6 +22,22 @@ use crate::routing::DropReason;
 /// keeps that many and silently drops the rest).
 pub const MAX_WAITING: u32 = 256;
 
+/// Inner packets are padded with zeros to a multiple of this many bytes
+/// before encryption (never beyond the tunnel MTU), as the WireGuard
+/// protocol specifies (5.4.6) and the kernel and wireguard-go do, so that
+/// exact packet lengths do not show on the wire. The receiver takes the
+/// length from the IP header, so padding needs nothing on its side.
+pub const PADDING: usize = 16;
+
+/// The length `len` bytes of inner packet take once padded.
+pub fn padded_len(len: usize) -> usize {
+    let mtu = usize::from(crate::TUNNEL_MTU);
+    if len >= mtu {
+        return len;
+    }
+    len.next_multiple_of(PADDING).min(mtu)
+}
+
 /// Bits of the tunnel index that hold the epoch.
 const EPOCH_BITS: u32 = 4;
 /// Largest link slot that fits the 24-bit tunnel index.
@@ -98,6 +114,15 @@ impl EpochTunnel {
         out: &mut Outbox<D>,
         to: D,
     ) -> Result<Sealed, DropReason> {
+        let padded = padded_len(packet.len());
+        let mut buf: [u8; crate::TUNNEL_MTU as usize];
+        let packet = if padded > packet.len() {
+            buf = [0; crate::TUNNEL_MTU as usize];
+            buf[..packet.len()].copy_from_slice(packet);
+            &buf[..padded]
+        } else {
+            packet
+        };
         let dst = out.spare();
         // boringtun panics on a buffer too small for the packet or a handshake.
         if dst.len() < (packet.len() + 32).max(148) {
@@ -476,7 +501,8 @@ mod tests {
         }
         assert_eq!(released, MAX_WAITING);
         assert_eq!(tunnel.waiting(), 0);
-        assert_eq!(tunnel.seal(&packet, &mut out, 1), Ok(Sealed::Sent(92)));
+        // 60 bytes padded to 64, plus WireGuard's 32.
+        assert_eq!(tunnel.seal(&packet, &mut out, 1), Ok(Sealed::Sent(96)));
         assert_eq!(tunnel.tick(&mut buf), Tick::Idle);
         // A tunnel dropped with packets waiting in it reports them.
         let mut fresh = Link::new(0, hub.public(), 0);
@@ -489,6 +515,75 @@ mod tests {
                 .is_ok());
         }
         assert_eq!(fresh.retain(|_| false), 3);
+    }
+
+    #[test]
+    fn padding_rounds_to_sixteen_within_the_mtu() {
+        assert_eq!(padded_len(0), 0);
+        assert_eq!(padded_len(1), 16);
+        assert_eq!(padded_len(16), 16);
+        assert_eq!(padded_len(84), 96);
+        let mtu = usize::from(crate::TUNNEL_MTU);
+        assert_eq!(padded_len(mtu - 3), mtu, "never beyond the MTU");
+        assert_eq!(padded_len(mtu + 5), mtu + 5, "an oversized packet as it is");
+    }
+
+    /// Every sealed data message carries a multiple of 16 bytes of inner
+    /// packet, and the receiver gets the packet back at its own length.
+    #[test]
+    fn sealed_packets_are_padded_and_open_at_their_length() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let (hub, spoke) = (StaticKey::generate(&mut rng), StaticKey::generate(&mut rng));
+        let e1 = KeyEpoch::issue(1, 0, &mut rng);
+        let mut hub_link = Link::new(5, spoke.public(), 0);
+        hub_link.install(&hub, &e1, None);
+        let mut spoke_link = Link::new(0, hub.public(), 0);
+        spoke_link.install(&spoke, &e1, None);
+        let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
+        let mut out = Outbox::new();
+        let packet_of = |payload: usize| {
+            let b = etherparse::PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64).udp(1, 2);
+            let mut p = Vec::new();
+            b.write(&mut p, &vec![7u8; payload]).unwrap();
+            p
+        };
+        let tunnel = spoke_link.for_sending().unwrap();
+        assert!(tunnel.seal(&packet_of(1), &mut out, 1u8).is_ok());
+        let init: Vec<u8> = out
+            .batches()
+            .flat_map(|b| b.datagrams())
+            .next()
+            .unwrap()
+            .to_vec();
+        out.clear();
+        let hub_tunnel = hub_link.newest().unwrap();
+        let response = match hub_tunnel.tunn.decapsulate(None, &init, &mut buf) {
+            TunnResult::WriteToNetwork(p) => p.to_vec(),
+            _ => panic!("expected a handshake response"),
+        };
+        tunnel.tunn.decapsulate(None, &response, &mut buf);
+        while tunnel.release_waiting(&mut buf).is_some() {}
+        for payload in [0usize, 1, 3, 4, 17, 100, 1000, 1363, 1364, 1392] {
+            let packet = packet_of(payload);
+            let Ok(Sealed::Sent(len)) = tunnel.seal(&packet, &mut out, 1) else {
+                panic!("not sent");
+            };
+            assert_eq!(len - 32, padded_len(packet.len()), "{} bytes", packet.len());
+            if packet.len() + 16 <= usize::from(crate::TUNNEL_MTU) {
+                assert_eq!((len - 32) % PADDING, 0, "{} bytes", packet.len());
+            }
+            let datagram: Vec<u8> = out
+                .batches()
+                .flat_map(|b| b.datagrams())
+                .last()
+                .unwrap()
+                .to_vec();
+            match hub_tunnel.tunn.decapsulate(None, &datagram, &mut buf) {
+                TunnResult::WriteToTunnelV4(p, _) => assert_eq!(p, &packet[..]),
+                _ => panic!("did not open"),
+            }
+            out.clear();
+        }
     }
 
     #[test]

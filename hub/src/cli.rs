@@ -193,6 +193,8 @@ impl RunFlags {
 }
 
 pub(crate) fn main() -> Result<()> {
+    // Nothing the daemon or a command writes is readable by other users.
+    tasuki_shell::files::private_umask();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         tasuki_shell::logging::init(None);

@@ -164,6 +164,8 @@ enum Command {
 }
 
 pub(crate) fn main() -> Result<()> {
+    // Nothing the daemon or a command writes is readable by other users.
+    tasuki_shell::files::private_umask();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         tasuki_shell::logging::init(None);

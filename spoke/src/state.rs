@@ -43,6 +43,7 @@ impl SpokeStore {
     /// Opens (creating) the store in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
         tasuki_shell::files::ensure_private_dir(dir)?;
+        tasuki_shell::files::tighten_state_dir(dir)?;
         let store = Store::open(&dir.join(STORE_DIR))?;
         let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
         // Keys whose record never reached the store, or whose record is gone:

@@ -143,6 +143,7 @@ impl HubState {
         interface: String,
         dataplane: mpsc::Sender<DpCommand>,
     ) -> Result<Self> {
+        tasuki_shell::files::tighten_state_dir(dir)?;
         let store = Store::open(&dir.join(STORE_DIR))?;
         let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
             format!(
