@@ -23,6 +23,21 @@ pub enum HubRequest {
         /// Validity in seconds.
         valid_secs: u64,
     },
+    /// Add a stock WireGuard app as a spoke; the reply is its configuration.
+    WireGuardAdd {
+        /// The peer's name.
+        name: String,
+        /// The public key its app generated (base64); `None`: the hub
+        /// draws a key pair and puts the private key into this one reply.
+        public_key: Option<String>,
+        /// The user it belongs to (its access rules apply to it).
+        user: Option<String>,
+    },
+    /// A WireGuard peer's configuration with its current epoch's key.
+    WireGuardConfig {
+        /// The peer's name.
+        name: String,
+    },
     /// List enrolled spokes.
     ListSpokes,
     /// Approve a pending spoke.
@@ -362,6 +377,15 @@ pub struct SpokeView {
     pub invitation: String,
     /// Unattended service spoke.
     pub service: bool,
+    /// `tasuki` (tasuki-spoke) or `wireguard` (a stock WireGuard app).
+    #[serde(default)]
+    pub kind: String,
+    /// Age of its current epoch, seconds.
+    #[serde(default)]
+    pub epoch_age_secs: Option<u64>,
+    /// For a WireGuard peer: seconds until the hub ends its epoch by itself.
+    #[serde(default)]
+    pub epoch_ends_in_secs: Option<u64>,
     /// The user who confirms this device (second-device enrolment).
     pub owner: Option<String>,
     /// Current epoch of its link, if any.
@@ -391,6 +415,11 @@ pub struct Counters {
     pub from_tun: u64,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Handshake initiations the hub answered that the peer never
+    /// followed with data, but with another initiation: it could not open
+    /// the answer (a wrong or ended preshared key, or a lost datagram).
+    #[serde(default)]
+    pub handshake_failures: u64,
     /// Cookie replies sent instead of handshakes while under load
     /// (WireGuard's denial-of-service defence).
     #[serde(default)]
@@ -440,6 +469,10 @@ pub struct HubStatus {
     pub access_rules: usize,
     /// Data-plane counters.
     pub counters: Counters,
+    /// What needs an admin's attention (WireGuard peers whose key epoch
+    /// is about to end, …).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The spoke's status.

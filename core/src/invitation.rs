@@ -25,6 +25,10 @@ const MAX_TEXT: usize = 4096;
 pub struct InvitationId(pub [u8; 16]);
 
 impl InvitationId {
+    /// The id a spoke without an invitation (a WireGuard peer an admin
+    /// added) is recorded with; no invitation has it.
+    pub const NONE: InvitationId = InvitationId([0; 16]);
+
     /// Draws a fresh random id.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         let mut id = [0u8; 16];

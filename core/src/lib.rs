@@ -26,6 +26,7 @@ pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
 pub mod users;
+pub mod wireguard;
 
 #[cfg(test)]
 mod sim;

@@ -302,6 +302,38 @@ impl LinkSchedule {
         None
     }
 
+    /// Why a stock WireGuard peer's epoch should end now: an admin asked,
+    /// or it is older than `interval_secs`. Such a peer cannot follow a
+    /// rotation by itself, so budgets and named events never end its epoch.
+    pub fn due_static(&self, interval_secs: Option<u64>, now: u64) -> Option<Trigger> {
+        if self.epochs.is_empty() {
+            return None;
+        }
+        if self.pending == Some(Trigger::Admin) {
+            return Some(Trigger::Admin);
+        }
+        interval_secs
+            .is_some_and(|i| now.saturating_sub(self.meta.current_since) >= i)
+            .then_some(Trigger::Interval)
+    }
+
+    /// Issues a stock WireGuard peer's next epoch (its first too): the peer
+    /// cannot take part in the key commands, so the epoch counts as
+    /// received and carrying traffic at once, and every older one is
+    /// erased at the next [`take_erasable`](Self::take_erasable): the old
+    /// configuration stops working, the new one works from now on.
+    pub fn replace<R: RngCore + CryptoRng>(
+        &mut self,
+        now: u64,
+        total: Usage,
+        rng: &mut R,
+    ) -> KeyEpoch {
+        let epoch = self.issue(now, rng);
+        self.on_receipt(epoch.number);
+        self.on_confirmed(epoch.number, now, total, 0);
+        epoch
+    }
+
     /// Issues the next epoch. The caller stores it (flushed) before sending it.
     pub fn issue<R: RngCore + CryptoRng>(&mut self, now: u64, rng: &mut R) -> KeyEpoch {
         let epoch = KeyEpoch::issue(self.latest() + 1, now, rng);
@@ -667,6 +699,33 @@ mod tests {
         let mut restored = LinkSchedule::restore(3, s.epochs(), s.meta().clone());
         assert_eq!(restored.take_erasable(0), vec![1]);
         assert_eq!(restored.handshake_epochs(), vec![2]);
+    }
+
+    #[test]
+    fn a_wireguard_peer_epoch_is_replaced_whole() {
+        let mut rng = StdRng::seed_from_u64(40);
+        let mut s = LinkSchedule::restore(7, vec![], ScheduleMeta::default());
+        assert_eq!(s.due_static(Some(100), 1_000), None, "no epoch yet");
+        let e1 = s.replace(1_000, Usage::default(), &mut rng);
+        assert_eq!((e1.number, s.handshake_epochs()), (1, vec![1]));
+        assert!(!s.in_flight());
+        assert_eq!(s.meta().rotations, 0);
+        // Budgets and events do not end it; the interval and an admin do.
+        s.request(Trigger::Event("group".into()));
+        assert_eq!(s.due_static(Some(100), 1_099), None);
+        assert_eq!(s.due_static(None, u64::MAX), None);
+        assert_eq!(s.due_static(Some(100), 1_100), Some(Trigger::Interval));
+        let mut asked = LinkSchedule::restore(7, s.epochs(), s.meta().clone());
+        asked.request(Trigger::Admin);
+        assert_eq!(asked.due_static(None, 1_001), Some(Trigger::Admin));
+        // The next one takes over at once and the old one goes at once.
+        let e2 = asked.replace(1_001, Usage::default(), &mut rng);
+        assert_eq!(e2.number, 2);
+        assert_eq!(asked.requested(), None);
+        assert_eq!(asked.handshake_epochs(), vec![2]);
+        assert_eq!(asked.take_erasable(1_001), vec![1]);
+        assert_eq!(asked.meta().rotations, 1);
+        assert_eq!(asked.due_static(Some(100), 1_050), None, "a fresh interval");
     }
 
     #[test]

@@ -88,6 +88,20 @@ pub(crate) async fn handle(
             HubRequest::Audit { since } => Ok(serde_json::to_value(
                 state.lock().await.audit_since(since)?,
             )?),
+            HubRequest::WireGuardAdd {
+                name,
+                public_key,
+                user,
+            } => Ok(serde_json::to_value(
+                state
+                    .lock()
+                    .await
+                    .add_wireguard(&name, public_key.as_deref(), user.as_deref(), unix_now())
+                    .await?,
+            )?),
+            HubRequest::WireGuardConfig { name } => Ok(serde_json::to_value(
+                state.lock().await.wireguard_config(&name, unix_now())?,
+            )?),
             HubRequest::ListSpokes => Ok(serde_json::to_value(
                 state.lock().await.spoke_views().await,
             )?),

@@ -396,6 +396,9 @@ async fn audit(since: Option<String>, json: bool, socket: &Path) -> Result<()> {
 
 fn print_status(s: &HubStatus) {
     println!("tasuki-hub {}", s.version);
+    for w in &s.warnings {
+        println!("  warning:      {w}");
+    }
     println!("  fingerprint:  {}", s.fingerprint);
     println!("  endpoint:     {}", s.endpoint);
     println!("  interface:    {} ({})", s.interface, s.tunnel_net);
@@ -412,8 +415,14 @@ fn print_status(s: &HubStatus) {
     );
     let c = &s.counters;
     println!(
-        "  datagrams:    {} in, {} out; relayed {}, to TUN {}, from TUN {}, handshakes {}",
-        c.rx_datagrams, c.tx_datagrams, c.relayed, c.to_tun, c.from_tun, c.handshakes
+        "  datagrams:    {} in, {} out; relayed {}, to TUN {}, from TUN {}, handshakes {} ({} failed)",
+        c.rx_datagrams,
+        c.tx_datagrams,
+        c.relayed,
+        c.to_tun,
+        c.from_tun,
+        c.handshakes,
+        c.handshake_failures
     );
     println!(
         "  held:         {} packets waited for a handshake; {} failed reads",

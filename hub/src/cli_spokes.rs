@@ -7,25 +7,62 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tasuki_core::admin_api::{HubRequest, InvitationView, SpokeView};
+use tasuki_core::wireguard::WireGuardConfigView;
 
 #[derive(Subcommand)]
 pub(crate) enum SpokeCommand {
-    /// Print a one-time invitation for a new spoke named NAME.
+    /// Print a one-time invitation for a new spoke named NAME; with
+    /// --wireguard, add a stock WireGuard app (phone, Windows, macOS) and
+    /// print its configuration.
+    ///
+    /// A WireGuard peer has no control channel: its key epoch is the
+    /// configuration's preshared key, which ends only after a long interval
+    /// (30 days, or `key policy set --spoke NAME --interval`) or by `key
+    /// rotate --spoke NAME`; then `spoke config NAME` prints the new one.
     Invite {
         /// Name of the new spoke (letters, digits, '.', '-', '_').
         name: String,
         /// Let the spoke carry traffic without an admin's approval.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wireguard")]
         pre_approved: bool,
         /// An unattended server spoke: it carries traffic with no user logged in.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wireguard")]
         service: bool,
         /// How long the invitation stays valid (e.g. 30m, 24h, 7d).
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, conflicts_with = "wireguard")]
         expires: Duration,
-        /// Also draw the invitation as a QR code (on standard error, so that
-        /// standard output stays the one-line invitation), for a phone or a
-        /// camera at the spoke.
+        /// A stock WireGuard app instead of tasuki-spoke: active at once,
+        /// carries traffic with no login (its key is its proof).
+        #[arg(long)]
+        wireguard: bool,
+        /// The public key the device's WireGuard app generated (its private
+        /// key never leaves the device).
+        #[arg(long, requires = "wireguard", conflicts_with = "generate_key")]
+        public_key: Option<String>,
+        /// Let the hub draw the device's key pair and print the private key
+        /// in this configuration only (never stored): for a phone that
+        /// imports a whole configuration from a QR code.
+        #[arg(long, requires = "wireguard")]
+        generate_key: bool,
+        /// The user the WireGuard peer belongs to: access rules that name
+        /// the user apply to it.
+        #[arg(long, requires = "wireguard")]
+        user: Option<String>,
+        /// Also draw the invitation (or configuration) as a QR code (on
+        /// standard error, so that standard output stays the invitation or
+        /// the configuration file), for a phone or a camera at the spoke.
+        #[arg(long)]
+        qr: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a WireGuard peer's configuration with its current key epoch
+    /// (after a rotation, give it to the device again).
+    Config {
+        /// The WireGuard peer's name.
+        name: String,
+        /// Also draw it as a QR code (on standard error).
         #[arg(long)]
         qr: bool,
         /// Print JSON.
@@ -63,11 +100,41 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
         SpokeCommand::Revoke { name } => simple(socket, HubRequest::Revoke { name }).await?,
         SpokeCommand::Invite {
             name,
+            wireguard: true,
+            public_key,
+            generate_key,
+            user,
+            qr,
+            json,
+            ..
+        } => {
+            if public_key.is_none() && !generate_key {
+                anyhow::bail!("a WireGuard peer needs --public-key KEY (the key its app generated) or --generate-key");
+            }
+            let view: WireGuardConfigView = tasuki_shell::local::request(
+                socket,
+                HubRequest::WireGuardAdd {
+                    name,
+                    public_key,
+                    user,
+                },
+            )
+            .await?;
+            print_wireguard(&view, qr, json)?;
+        }
+        SpokeCommand::Config { name, qr, json } => {
+            let view: WireGuardConfigView =
+                tasuki_shell::local::request(socket, HubRequest::WireGuardConfig { name }).await?;
+            print_wireguard(&view, qr, json)?;
+        }
+        SpokeCommand::Invite {
+            name,
             pre_approved,
             service,
             expires,
             qr,
             json,
+            ..
         } => {
             let view: InvitationView = tasuki_shell::local::request(
                 socket,
@@ -112,16 +179,19 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
                 println!("{}", serde_json::to_string_pretty(&spokes)?);
             } else {
                 println!(
-                    "ID    NAME                 STATE     ADDRESS          EPOCH  ENDPOINT               HANDSHAKE"
+                    "ID    NAME                 STATE     KIND      ADDRESS          EPOCH  AGE     ENDS    ENDPOINT               HANDSHAKE"
                 );
                 for s in spokes {
                     println!(
-                        "{:<5} {:<20} {:<9} {:<16} {:<6} {:<22} {}",
+                        "{:<5} {:<20} {:<9} {:<9} {:<16} {:<6} {:<7} {:<7} {:<22} {}",
                         s.id,
                         s.name,
                         s.state,
+                        s.kind,
                         s.tunnel_addr,
                         s.epoch.map_or("-".into(), |e| e.to_string()),
+                        s.epoch_age_secs.map_or("-".into(), short_duration),
+                        s.epoch_ends_in_secs.map_or("-".into(), short_duration),
                         s.endpoint.unwrap_or_else(|| "-".into()),
                         s.last_handshake_secs
                             .map_or("never".into(), |t| format!("{t}s ago"))
@@ -133,12 +203,57 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
     Ok(())
 }
 
+/// A WireGuard peer's configuration: the file on standard output (or
+/// JSON), what it is and what to do with it on standard error.
+fn print_wireguard(view: &WireGuardConfigView, qr: bool, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+    } else {
+        print!("{}", view.config.as_str());
+        eprintln!(
+            "WireGuard peer {:?} at {}, key epoch {}{}",
+            view.name,
+            view.tunnel_addr,
+            view.epoch,
+            view.ends_at
+                .map_or(" (never ends by itself)".into(), |t| format!(
+                    ", ends at {}",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(t)
+                    )
+                ))
+        );
+        eprintln!(
+            "this configuration holds a secret key: give it to that device only{}",
+            if view.includes_private_key {
+                " (its private key is in it and nowhere else)"
+            } else {
+                "; in its WireGuard app, keep the private key the app generated"
+            }
+        );
+    }
+    if qr {
+        eprintln!("{}", qr_code(view.config.as_str())?);
+    }
+    Ok(())
+}
+
+/// Seconds as a short listing field: `45s`, `12m`, `5h`, `29d`.
+fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// `text` as a QR code drawn with Unicode half blocks (two rows of modules
 /// per line) and its quiet zone, for a terminal with light text on a dark
 /// background: the code's light parts are the blocks.
 fn qr_code(text: &str) -> Result<String> {
     let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
-        .context("the invitation is too long for a QR code")?;
+        .context("too long for a QR code")?;
     Ok(code
         .render::<qrcode::render::unicode::Dense1x2>()
         .dark_color(qrcode::render::unicode::Dense1x2::Light)

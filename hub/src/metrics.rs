@@ -111,6 +111,11 @@ pub(crate) async fn render(st: &HubState) -> String {
         &[(String::new(), c.handshakes)],
     );
     counter(
+        "tasuki_handshake_failures_total",
+        "Answered handshakes the peer never used: it initiated again instead of sending data (a wrong or ended preshared key, or a lost answer).",
+        &[(String::new(), c.handshake_failures)],
+    );
+    counter(
         "tasuki_cookie_replies_total",
         "Cookie replies sent instead of handshakes while under load.",
         &[(String::new(), c.cookies)],

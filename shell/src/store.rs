@@ -290,6 +290,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads every value of a tree, each written as `T` or, by an older
+    /// version, as `Old` (a record that has since gained a field).
+    pub fn all_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
+        &self,
+        tree: &str,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self.db()?.scan_prefix(prefixed(tree, b"")) {
+            let (_, v) = item.with_context(|| self.ctx(tree))?;
+            let value = match tasuki_core::codec::from_bytes::<T>(std::any::type_name::<T>(), &v) {
+                Ok(value) => value,
+                Err(_) => self.decode::<Old>(tree, &v)?.into(),
+            };
+            out.push(value);
+        }
+        Ok(out)
+    }
+
     /// Writes several values (and removals) in one atomic batch, flushes it,
     /// and records the new generation. On an error nothing of the batch is
     /// in the store, now or after a restart; the error is also logged.
@@ -473,6 +491,35 @@ impl<'a> Write<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records written before a field was added are read through their
+    /// old layout; new ones as they are; damage is still refused.
+    #[test]
+    fn old_records_are_read_through_their_old_layout() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Old(u32);
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct New(u32, bool);
+        impl From<Old> for New {
+            fn from(o: Old) -> New {
+                New(o.0, false)
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("tasuki-upgrade-{}", std::process::id()));
+        let s = Store::open(&dir.join("store")).unwrap();
+        s.commit(&[
+            Write::put("t", *b"1", &Old(7)).unwrap(),
+            Write::put("t", *b"2", &New(8, true)).unwrap(),
+        ])
+        .unwrap();
+        let all: Vec<New> = s.all_upgrading::<New, Old>("t").unwrap();
+        assert_eq!(all, vec![New(7, false), New(8, true)]);
+        s.commit(&[Write::put("t", *b"3", &(1u8, 2u8, 3u8, 4u8, 5u8, 6u8)).unwrap()])
+            .unwrap();
+        assert!(s.all_upgrading::<New, Old>("t").is_err());
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_rolled_back_store_is_refused() {

@@ -330,6 +330,7 @@ impl Registry {
             invitation: inv.id,
             service: inv.service,
             owner,
+            kind: SpokeKind::Tasuki,
         };
         let mut used = inv;
         used.used_by = Some(spoke_key);
@@ -343,6 +344,50 @@ impl Registry {
         })
     }
 
+    /// Adds a stock WireGuard peer named `name` with the public key its app
+    /// generated (the private key never leaves the device), owned by user
+    /// `owner` if given (the caller checks the user exists). It is active at
+    /// once: the caller issues its first epoch.
+    pub fn add_wireguard(
+        &mut self,
+        name: &str,
+        public_key: PublicKey,
+        owner: Option<&str>,
+        now: u64,
+    ) -> Result<SpokeRecord, RegistryError> {
+        self.begin_change();
+        validate_name(name)?;
+        if self.name_taken(name, now) {
+            return Err(RegistryError::NameTaken(name.to_owned()));
+        }
+        if let Some(other) = self.spoke_by_key(&public_key) {
+            return Err(RegistryError::KeyTaken(other.name.clone()));
+        }
+        let net = self.settings.tunnel_net;
+        let id = self
+            .next_id()
+            .ok_or(RegistryError::AddressesExhausted(net))?;
+        let addr = self
+            .free_address()
+            .ok_or(RegistryError::AddressesExhausted(net))?;
+        let spoke = SpokeRecord {
+            id,
+            name: name.to_owned(),
+            public_key,
+            tunnel_addr: addr,
+            state: SpokeState::Active,
+            enrolled_at: now,
+            enrolled_from: "admin".into(),
+            hostname: String::new(),
+            invitation: InvitationId::NONE,
+            service: false,
+            owner: owner.map(str::to_owned),
+            kind: SpokeKind::WireGuard,
+        };
+        self.put_spoke(spoke.clone());
+        Ok(spoke)
+    }
+
     /// Checks that an enrolled spoke may attach; returns its record.
     pub fn attach(&self, key: &PublicKey) -> Result<&SpokeRecord, Refusal> {
         let spoke = self.spoke_by_key(key).ok_or_else(|| {
@@ -351,6 +396,12 @@ impl Registry {
                 "this spoke is not enrolled at this hub; enrol it with a new invitation",
             )
         })?;
+        if spoke.is_wireguard() {
+            return Err(Refusal::new(
+                RefusalCode::UnknownSpoke,
+                "this key belongs to a WireGuard peer, which has no control channel; enrol tasuki-spoke with a fresh state directory and a new invitation",
+            ));
+        }
         match spoke.state {
             SpokeState::Active => Ok(spoke),
             SpokeState::Pending => Err(Refusal::new(

@@ -67,6 +67,30 @@ impl SpokeState {
     }
 }
 
+/// What runs at a spoke's end of its link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokeKind {
+    /// `tasuki-spoke`: enrolled with an invitation, keeps a control channel,
+    /// follows rotation by itself.
+    #[default]
+    Tasuki,
+    /// A stock WireGuard app (a phone, Windows, macOS) added by an admin
+    /// with the key the app generated: no control channel, so its epoch is
+    /// its configuration's preshared key and ends only by a long interval
+    /// or an admin's command.
+    WireGuard,
+}
+
+impl SpokeKind {
+    /// Short name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpokeKind::Tasuki => "tasuki",
+            SpokeKind::WireGuard => "wireguard",
+        }
+    }
+}
+
 /// What the hub knows about one enrolled spoke.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpokeRecord {
@@ -91,8 +115,54 @@ pub struct SpokeRecord {
     /// An unattended service spoke: carries traffic with no user logged in.
     pub service: bool,
     /// For a user's additional device: the user who must confirm it from a
-    /// device where they are logged in (patent fig. 6).
+    /// device where they are logged in (patent fig. 6). For a WireGuard
+    /// peer: the user it belongs to, whose access rules it follows.
     pub owner: Option<String>,
+    /// What runs at its end.
+    pub kind: SpokeKind,
+}
+
+impl SpokeRecord {
+    /// A stock WireGuard peer (no control channel).
+    pub fn is_wireguard(&self) -> bool {
+        self.kind == SpokeKind::WireGuard
+    }
+}
+
+/// A spoke record as versions before WireGuard peers stored it: read from
+/// an older store and taken as a tasuki spoke.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LegacySpokeRecord {
+    id: SpokeId,
+    name: String,
+    public_key: PublicKey,
+    tunnel_addr: Ipv4Addr,
+    state: SpokeState,
+    enrolled_at: u64,
+    enrolled_from: String,
+    hostname: String,
+    invitation: InvitationId,
+    service: bool,
+    owner: Option<String>,
+}
+
+impl From<LegacySpokeRecord> for SpokeRecord {
+    fn from(old: LegacySpokeRecord) -> Self {
+        SpokeRecord {
+            id: old.id,
+            name: old.name,
+            public_key: old.public_key,
+            tunnel_addr: old.tunnel_addr,
+            state: old.state,
+            enrolled_at: old.enrolled_at,
+            enrolled_from: old.enrolled_from,
+            hostname: old.hostname,
+            invitation: old.invitation,
+            service: old.service,
+            owner: old.owner,
+            kind: SpokeKind::Tasuki,
+        }
+    }
 }
 
 /// An invitation as the hub keeps it.
@@ -125,6 +195,17 @@ pub enum RegistryError {
     /// The name has characters or a length that is not allowed.
     #[error("invalid spoke name {0:?}: use 1-63 letters, digits, '.', '-' or '_'")]
     InvalidName(String),
+    /// Another spoke is enrolled with that key.
+    #[error("that public key is already enrolled as spoke {0:?}; each device needs its own key")]
+    KeyTaken(String),
+    /// Not a WireGuard public key.
+    #[error(
+        "{0:?} is not a WireGuard public key (44 characters of base64, as `wg pubkey` prints)"
+    )]
+    BadPublicKey(String),
+    /// The spoke runs tasuki-spoke, not a stock WireGuard app.
+    #[error("spoke {0:?} is not a WireGuard peer; it gets its keys over its control channel")]
+    NotWireGuard(String),
     /// A spoke or pending invitation already has that name.
     #[error("the name {0:?} is already taken by a spoke or an open invitation")]
     NameTaken(String),

@@ -232,3 +232,68 @@ fn addresses_run_out_cleanly() {
         .unwrap_err();
     assert_eq!(err.code, RefusalCode::Internal);
 }
+
+#[test]
+fn a_wireguard_peer_is_active_at_once_and_never_attaches() {
+    let mut r = registry();
+    let key = PublicKey([4; 32]);
+    let peer = r.add_wireguard("phone", key, Some("alice"), 100).unwrap();
+    assert!(peer.is_wireguard());
+    assert_eq!(peer.state, SpokeState::Active);
+    assert_eq!(peer.owner.as_deref(), Some("alice"));
+    assert_eq!(peer.tunnel_addr, "10.77.0.2".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(peer.invitation, InvitationId::NONE);
+    // Its key cannot open a control channel, nor be added twice.
+    assert_eq!(r.attach(&key).unwrap_err().code, RefusalCode::UnknownSpoke);
+    assert_eq!(
+        r.add_wireguard("tablet", key, None, 101).unwrap_err(),
+        RegistryError::KeyTaken("phone".into())
+    );
+    assert_eq!(
+        r.add_wireguard("phone", PublicKey([5; 32]), None, 101)
+            .unwrap_err(),
+        RegistryError::NameTaken("phone".into())
+    );
+    // A change the store refused is undone.
+    r.add_wireguard("gone", PublicKey([6; 32]), None, 101)
+        .unwrap();
+    r.undo();
+    assert!(r.spoke_by_name("gone").is_none());
+    assert!(r.spoke_by_key(&PublicKey([6; 32])).is_none());
+    // The /29 has five addresses for spokes.
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        r.add_wireguard(name, PublicKey([10 + i as u8; 32]), None, 102)
+            .unwrap();
+    }
+    assert!(matches!(
+        r.add_wireguard("f", PublicKey([20; 32]), None, 103),
+        Err(RegistryError::AddressesExhausted(_))
+    ));
+}
+
+/// A record stored before spokes had a kind reads back as a tasuki spoke.
+#[test]
+fn a_record_from_before_wireguard_peers_reads_as_a_tasuki_spoke() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let mut r = registry();
+    let (_, inv) = r
+        .invite("old", true, false, None, 60, HUB, 100, &mut rng)
+        .unwrap();
+    let e = r
+        .enrol(
+            &inv.id,
+            PublicKey([8; 32]),
+            "1.2.3.4:5",
+            "h",
+            None,
+            110,
+            &mut rng,
+        )
+        .unwrap();
+    let mut bytes = postcard::to_allocvec(&e.spoke).unwrap();
+    // The old layout is the new one without its last field (one byte).
+    assert_eq!(bytes.pop(), Some(0));
+    assert!(postcard::from_bytes::<SpokeRecord>(&bytes).is_err());
+    let old: LegacySpokeRecord = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(SpokeRecord::from(old), e.spoke);
+}

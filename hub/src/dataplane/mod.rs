@@ -362,6 +362,15 @@ impl Core {
                 to: src,
             });
         }
+        if std::mem::replace(&mut peer.answer_unconfirmed, true) {
+            // The last answer was never followed by data: the peer could
+            // not open it (a wrong or ended preshared key, or it was lost).
+            self.counters.handshake_failures += 1;
+            tracing::debug!(
+                spoke = id,
+                "handshake failed: the peer initiated again instead of sending data"
+            );
+        }
         // Only an initiation that was answered counts as the link's activity.
         peer.quiet_ticks = 0;
         self.counters.handshakes += 1;
@@ -410,6 +419,9 @@ impl Core {
             tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
         }
         peer.packets += 1;
+        if is_data {
+            peer.answer_unconfirmed = false;
+        }
         // A data packet decrypted (keepalives too): the spoke runs this epoch.
         if is_data && peer.link.confirm(epoch) {
             let _ = self.events.send(DpEvent::Confirmed {

@@ -34,6 +34,9 @@ pub(super) struct Peer {
     pub(super) tx_bytes: u64,
     pub(super) packets: u64,
     pub(super) handshakes: u64,
+    /// An initiation was answered and no data has come under it yet: a
+    /// further initiation means the peer could not open the answer.
+    pub(super) answer_unconfirmed: bool,
 }
 
 /// Where a packet sealed to a spoke went.
@@ -61,6 +64,7 @@ impl Peer {
             tx_bytes: 0,
             packets: 0,
             handshakes: 0,
+            answer_unconfirmed: false,
         }
     }
 

@@ -146,11 +146,16 @@ impl HubState {
             id,
             name: s.name.clone(),
             addr: s.tunnel_addr,
-            users: self
-                .logins
-                .get(&id)
-                .map(|u| u.iter().cloned().collect())
-                .unwrap_or_default(),
+            // A WireGuard peer's key is its user's proof: it counts as
+            // logged in for as long as it is active.
+            users: match (s.is_wireguard(), &s.owner) {
+                (true, Some(owner)) => vec![owner.clone()],
+                _ => self
+                    .logins
+                    .get(&id)
+                    .map(|u| u.iter().cloned().collect())
+                    .unwrap_or_default(),
+            },
         })
     }
 

@@ -26,6 +26,7 @@ mod access;
 mod rotation;
 mod spokes;
 mod users;
+mod wireguard;
 
 /// File holding the hub's static key.
 pub(crate) const KEY_FILE: &str = "hub.key";
@@ -151,7 +152,8 @@ impl HubState {
                 dir.display()
             )
         })?;
-        let spokes: Vec<SpokeRecord> = store.all(SPOKES_TREE)?;
+        let spokes: Vec<SpokeRecord> = store
+            .all_upgrading::<SpokeRecord, tasuki_core::registry::LegacySpokeRecord>(SPOKES_TREE)?;
         let invitations = store.all(INVITATIONS_TREE)?;
         let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
         let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
@@ -355,6 +357,7 @@ impl HubState {
             access_mode: self.access.mode,
             access_rules: self.access.rules.len(),
             counters: dp.map(|d| d.counters).unwrap_or_default(),
+            warnings: self.wireguard_warnings(tasuki_shell::unix_now()),
         }
     }
 }

@@ -51,7 +51,7 @@ impl HubState {
         Ok(out)
     }
 
-    fn commit_issue(
+    pub(super) fn commit_issue(
         &self,
         spoke: SpokeId,
         sched: &LinkSchedule,
@@ -168,7 +168,14 @@ impl HubState {
                 }
                 vec![s.id]
             }
-            None => self.schedules.keys().copied().collect(),
+            // WireGuard peers are rotated one by one: each then needs a
+            // person to give it the new configuration.
+            None => self
+                .schedules
+                .keys()
+                .copied()
+                .filter(|id| !self.is_wireguard(*id))
+                .collect(),
         };
         self.store_requests(&ids, &trigger).map_err(|e| {
             e.context("the rotation request was not stored, so nothing was asked; try again")
@@ -183,6 +190,11 @@ impl HubState {
 
     /// Asks for a rotation of one link, by spoke id (named events).
     pub(crate) fn request_rotation_of(&mut self, spoke: SpokeId, trigger: Trigger) {
+        if self.is_wireguard(spoke) {
+            // Its epoch ends only by its interval or an admin's command.
+            tracing::info!(spoke, trigger = %trigger.name(), "a WireGuard peer's key does not rotate on events");
+            return;
+        }
         if let Err(e) = self.store_requests(&[spoke], &trigger) {
             // Still asked for in memory; only a crash before it begins loses it.
             tracing::warn!(spoke, trigger = %trigger.name(), error = %format!("{e:#}"), "rotation request not stored");
@@ -223,7 +235,15 @@ impl HubState {
     /// The policy in force for `spoke` (by name), or the hub-wide one.
     pub(crate) fn policy_of(&self, spoke: Option<&str>) -> Result<RotationPolicy> {
         Ok(match spoke {
-            Some(n) => self.policy_for(self.spoke_id(n)?).clone(),
+            Some(n) => {
+                let id = self.spoke_id(n)?;
+                let mut policy = self.policy_for(id).clone();
+                if self.is_wireguard(id) {
+                    // Only the interval applies to a WireGuard peer.
+                    policy.interval_secs = self.wireguard_interval(id);
+                }
+                policy
+            }
             None => self.policy.clone(),
         })
     }
@@ -315,6 +335,11 @@ impl HubState {
         usage: &HashMap<SpokeId, Usage>,
     ) -> Result<()> {
         let total = usage.get(&id).copied().unwrap_or_default();
+        if self.is_wireguard(id) {
+            // A replaced epoch's predecessor is erased just below, in
+            // this same tick: the old configuration stops at once.
+            self.tick_wireguard(id, now, total).await?;
+        }
         let Some(saved) = self.schedules.get(&id).cloned() else {
             return Ok(());
         };
@@ -341,6 +366,9 @@ impl HubState {
             }
             self.push_link(id).await;
             tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+        }
+        if self.is_wireguard(id) {
+            return Ok(());
         }
         let Some(session) = self.sessions.get(&id).cloned() else {
             return Ok(());
@@ -431,7 +459,12 @@ impl HubState {
                     bytes: used.bytes,
                     handshakes: used.handshakes,
                     rotations: s.meta().rotations,
-                    next_interval_in: s.next_interval_in(self.policy_for(*id), now),
+                    next_interval_in: if self.is_wireguard(*id) {
+                        self.wireguard_interval(*id)
+                            .map(|i| s.meta().current_since.saturating_add(i).saturating_sub(now))
+                    } else {
+                        s.next_interval_in(self.policy_for(*id), now)
+                    },
                     policy_override: self.overrides.contains_key(id),
                     control_connected: self.sessions.contains_key(id),
                 }

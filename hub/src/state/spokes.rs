@@ -210,6 +210,7 @@ impl HubState {
     /// The admin view of every spoke, with data-plane facts merged in.
     pub(crate) async fn spoke_views(&self) -> Vec<SpokeView> {
         let dp = self.dataplane_status().await;
+        let now = tasuki_shell::unix_now();
         self.registry
             .spokes()
             .map(|s| {
@@ -219,13 +220,30 @@ impl HubState {
                     name: s.name.clone(),
                     state: s.state.name().into(),
                     service: s.service,
+                    kind: s.kind.name().into(),
+                    epoch_age_secs: self
+                        .schedules
+                        .get(&s.id)
+                        .map(|e| now.saturating_sub(e.meta().current_since)),
+                    epoch_ends_in_secs: self
+                        .schedules
+                        .get(&s.id)
+                        .filter(|_| s.is_wireguard())
+                        .and_then(|e| {
+                            let i = self.wireguard_interval(s.id)?;
+                            Some(e.meta().current_since.saturating_add(i).saturating_sub(now))
+                        }),
                     owner: s.owner.clone(),
                     tunnel_addr: s.tunnel_addr.to_string(),
                     key_fingerprint: s.public_key.fingerprint(),
                     enrolled_at: s.enrolled_at,
                     enrolled_from: s.enrolled_from.clone(),
                     hostname: s.hostname.clone(),
-                    invitation: s.invitation.short(),
+                    invitation: if s.is_wireguard() {
+                        "-".into()
+                    } else {
+                        s.invitation.short()
+                    },
                     epoch: self.schedules.get(&s.id).map(|e| e.meta().confirmed),
                     endpoint: link.and_then(|l| l.endpoint.map(|e| e.to_string())),
                     last_handshake_secs: link.and_then(|l| l.last_handshake_secs),

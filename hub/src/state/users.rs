@@ -17,7 +17,9 @@ impl HubState {
     /// Whether the hub carries `spoke`'s traffic: it is a service spoke, or a
     /// user allowed on it is logged in.
     pub(crate) fn carries(&self, spoke: SpokeId) -> bool {
-        self.registry.spoke(spoke).is_some_and(|s| s.service)
+        self.registry
+            .spoke(spoke)
+            .is_some_and(|s| s.service || s.is_wireguard())
             || self.logins.get(&spoke).is_some_and(|u| !u.is_empty())
     }
 
