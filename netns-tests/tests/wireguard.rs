@@ -152,6 +152,8 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         );
     }
 
+    let out = t.hub_cli(&["user", "add", "alice"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let view = config_json(
         &t,
         &[
@@ -161,6 +163,8 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
             "--wireguard",
             "--public-key",
             &phone.public_key,
+            "--user",
+            "alice",
             "--json",
         ],
     );
@@ -212,6 +216,34 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         .as_str()
         .unwrap()
         .starts_with(&phone.nat.wan_addr));
+
+    // The access policy treats it like any spoke, with its user's rules.
+    for args in [
+        vec![
+            "access",
+            "allow",
+            "--from",
+            "user:alice",
+            "--to",
+            "192.168.77.0/24",
+            "--service",
+            "icmp",
+        ],
+        vec!["access", "mode", "enforce"],
+    ] {
+        let out = t.hub_cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    }
+    assert!(
+        t.ping(&ns, LAN_HOST, 2),
+        "alice's rule does not let her phone reach the LAN"
+    );
+    assert!(
+        !t.ping(&ns, A_TUNNEL, 2),
+        "no rule lets the phone reach spoke a"
+    );
+    let out = t.hub_cli(&["access", "mode", "open"]);
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // An admin's rotation: the old configuration stops working…
     let out = t.hub_cli(&["key", "rotate", "--spoke", "phone"]);
