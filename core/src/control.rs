@@ -330,7 +330,7 @@ pub enum RefusalCode {
 
 /// A refusal with a human-readable explanation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{detail} ({code:?})")]
+#[error("{detail}")]
 pub struct Refusal {
     /// Machine-readable class.
     pub code: RefusalCode,

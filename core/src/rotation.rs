@@ -13,6 +13,11 @@
 /// these, a link never holds two epochs 16 apart, which would share a
 /// WireGuard index (see `link`).
 pub const MAX_ENDED_HELD: u64 = 3;
+
+/// Seconds between re-sends of key distributions and update notifications
+/// the spoke has not answered yet (a control queue that was full, a
+/// message lost with a connection that is not yet seen as dead).
+pub const RESEND_SECS: u64 = 5;
 use std::collections::BTreeMap;
 
 use rand_core::{CryptoRng, RngCore};
@@ -171,6 +176,36 @@ pub struct LinkSchedule {
     /// Every confirmation queues its own, so epochs still end `grace` after
     /// the next one took over when rotations come faster than the grace.
     erase_below: std::collections::VecDeque<(u64, u64)>,
+    /// When distributions or a notification were last handed out by
+    /// [`tick`](Self::tick) (memory only: an attach sends them anyway).
+    last_sent: Option<u64>,
+}
+
+/// What one rotation tick asks of the hub for a link whose control channel
+/// is up, in the order it must be done: store `issued` and the meta
+/// (flushed) when [`stores`](Self::stores) says so, then send
+/// `deliveries`, then `notify`.
+#[derive(Debug, Default)]
+pub struct TickPlan {
+    /// New epochs, to store before anything is sent.
+    pub issued: Vec<KeyEpoch>,
+    /// Why the current epoch ends (hub-driven mode; `None` for a batch refill).
+    pub trigger: Option<Trigger>,
+    /// Key distributions to send: the new epochs', or again those the
+    /// spoke has not acknowledged.
+    pub deliveries: Vec<KeyDelivery>,
+    /// An update notification to send: switch to this epoch.
+    pub notify: Option<u64>,
+    /// Why the spoke is told to switch now (an admin or an event in batch
+    /// mode), when this tick decided it.
+    pub switch: Option<Trigger>,
+}
+
+impl TickPlan {
+    /// Whether the schedule changed in a way the store must keep first.
+    pub fn stores(&self) -> bool {
+        !self.issued.is_empty() || self.switch.is_some()
+    }
 }
 
 impl LinkSchedule {
@@ -188,7 +223,46 @@ impl LinkSchedule {
             pending: None,
             // Epochs older than the confirmed one (left by a restart) go at the next tick.
             erase_below,
+            last_sent: None,
         }
+    }
+
+    /// One rotation tick of a link whose control channel is up (erasure,
+    /// [`take_erasable`](Self::take_erasable), comes first and on its own):
+    /// refill the batch or issue the epoch that is due, decide a switch
+    /// asked for in batch mode, and hand out distributions and the
+    /// notification: new ones, or again every [`RESEND_SECS`] while the
+    /// spoke has not answered. `total` is the link's cumulative use.
+    pub fn tick<R: RngCore + CryptoRng>(
+        &mut self,
+        policy: &RotationPolicy,
+        now: u64,
+        total: Usage,
+        rng: &mut R,
+    ) -> Result<TickPlan, SealError> {
+        let mut plan = TickPlan::default();
+        if policy.batch > 0 {
+            plan.issued = self.fill_batch(policy, now, rng);
+            if let Some((k, trigger)) = self.take_switch() {
+                plan.notify = Some(k);
+                plan.switch = Some(trigger);
+            }
+        } else if let Some(trigger) = self.due(policy, now, total) {
+            plan.issued.push(self.issue(now, rng));
+            plan.trigger = Some(trigger);
+        }
+        let unanswered = self.latest() > self.meta.acked || self.notification(policy).is_some();
+        let resend = unanswered && self.last_sent.is_none_or(|t| now >= t + RESEND_SECS);
+        if !plan.issued.is_empty() || resend {
+            plan.deliveries = self.deliveries(policy)?;
+        }
+        if resend && plan.notify.is_none() {
+            plan.notify = self.notification(policy);
+        }
+        if !plan.deliveries.is_empty() || plan.notify.is_some() {
+            self.last_sent = Some(now);
+        }
+        Ok(plan)
     }
 
     /// The durable meta to store after a change.
@@ -434,6 +508,33 @@ impl LinkSchedule {
     pub fn usage(&self, total: Usage) -> Usage {
         total.since(self.base)
     }
+}
+
+/// What a spoke does with a key distribution.
+#[derive(Debug)]
+pub enum Received {
+    /// It holds that epoch already, or runs a newer one: the hub lost its
+    /// receipt report, so it reports again.
+    Again,
+    /// A new epoch: store it (flushed) and hand it to the data plane,
+    /// then report its receipt, never before.
+    New(KeyEpoch),
+}
+
+/// The spoke's rule for a key distribution on link `link`, given the
+/// epochs it holds and the one carrying its traffic. A box it cannot open
+/// (sealed under an epoch it no longer holds) is an error: the hub sends
+/// it again.
+pub fn receive_delivery(
+    link: u32,
+    delivery: &KeyDelivery,
+    held: &[KeyEpoch],
+    current: u64,
+) -> Result<Received, SealError> {
+    if held.iter().any(|e| e.number == delivery.epoch) || current >= delivery.epoch {
+        return Ok(Received::Again);
+    }
+    open_delivery(link, delivery, held).map(Received::New)
 }
 
 /// The spoke's side: opens a delivery with the epochs it holds.
@@ -726,6 +827,95 @@ mod tests {
         assert_eq!(asked.take_erasable(1_001), vec![1]);
         assert_eq!(asked.meta().rotations, 1);
         assert_eq!(asked.due_static(Some(100), 1_050), None, "a fresh interval");
+    }
+
+    /// The tick decides in one place: issue what is due, hand out its
+    /// distribution, and hand it out again every RESEND_SECS until the
+    /// spoke reports it; then the notification the same way until the
+    /// spoke's traffic confirms it.
+    #[test]
+    fn a_tick_issues_then_resends_until_answered() {
+        let mut rng = StdRng::seed_from_u64(41);
+        let policy = RotationPolicy {
+            interval_secs: Some(60),
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        let quiet = s.tick(&policy, 120, Usage::default(), &mut rng).unwrap();
+        assert!(quiet.issued.is_empty() && quiet.deliveries.is_empty() && !quiet.stores());
+        let plan = s.tick(&policy, 160, Usage::default(), &mut rng).unwrap();
+        assert_eq!(plan.issued.len(), 1);
+        assert_eq!(plan.trigger, Some(Trigger::Interval));
+        assert_eq!(plan.deliveries.len(), 1);
+        assert!(plan.stores());
+        assert_eq!(plan.notify, None, "not before the receipt");
+        // Unanswered: nothing new for RESEND_SECS, then the same box again.
+        let soon = s.tick(&policy, 161, Usage::default(), &mut rng).unwrap();
+        assert!(soon.deliveries.is_empty() && soon.issued.is_empty());
+        let again = s
+            .tick(&policy, 160 + RESEND_SECS, Usage::default(), &mut rng)
+            .unwrap();
+        assert_eq!(again.deliveries, plan.deliveries);
+        assert!(!again.stores(), "a re-send changes nothing to store");
+        // Reported: the notification is re-sent until traffic confirms it.
+        s.on_receipt(2);
+        let later = 160 + 2 * RESEND_SECS;
+        let notify = s.tick(&policy, later, Usage::default(), &mut rng).unwrap();
+        assert!(notify.deliveries.is_empty());
+        assert_eq!(notify.notify, Some(2));
+        s.on_confirmed(2, later + 1, Usage::default(), 10);
+        let done = s
+            .tick(&policy, later + 2 * RESEND_SECS, Usage::default(), &mut rng)
+            .unwrap();
+        assert!(done.deliveries.is_empty() && done.notify.is_none());
+    }
+
+    /// In batch mode a tick refills the batch and turns an admin's request
+    /// into a switch (to store, then notify).
+    #[test]
+    fn a_batch_tick_refills_and_switches() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let policy = RotationPolicy {
+            batch: 2,
+            ..RotationPolicy::default()
+        };
+        let mut s = fresh(&mut rng);
+        let plan = s.tick(&policy, 101, Usage::default(), &mut rng).unwrap();
+        assert_eq!(
+            plan.issued.iter().map(|e| e.number).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(plan.deliveries.len(), 2);
+        s.on_receipt(3);
+        s.request(Trigger::Admin);
+        let plan = s.tick(&policy, 102, Usage::default(), &mut rng).unwrap();
+        assert_eq!(
+            (plan.notify, plan.switch.clone()),
+            (Some(2), Some(Trigger::Admin))
+        );
+        assert!(plan.stores() && plan.issued.is_empty());
+    }
+
+    /// The spoke's rule: a delivery of an epoch it holds or has passed is
+    /// reported again; a new one is opened; one it cannot open is an error.
+    #[test]
+    fn a_spoke_receives_reports_again_or_fails() {
+        let mut rng = StdRng::seed_from_u64(43);
+        let policy = RotationPolicy::default();
+        let mut s = fresh(&mut rng);
+        let e2 = s.issue(101, &mut rng);
+        let d = s.deliveries(&policy).unwrap().pop().unwrap();
+        let held = s.epochs()[..1].to_vec();
+        assert!(matches!(receive_delivery(3, &d, &held, 1), Ok(Received::New(e)) if e == e2));
+        assert!(matches!(
+            receive_delivery(3, &d, &s.epochs(), 1),
+            Ok(Received::Again)
+        ));
+        assert!(matches!(
+            receive_delivery(3, &d, &[], 2),
+            Ok(Received::Again)
+        ));
+        assert!(receive_delivery(3, &d, &[], 1).is_err());
     }
 
     #[test]

@@ -11,7 +11,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::control::{KeyDelivery, Lifetime};
 use crate::keys::KeyEpoch;
-use crate::rotation::{open_delivery, LinkSchedule, RotationPolicy, ScheduleMeta, Usage};
+use crate::rotation::{
+    receive_delivery, LinkSchedule, Received, RotationPolicy, ScheduleMeta, Usage,
+};
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
 
 const LINK: u32 = 9;
@@ -45,6 +47,8 @@ struct World {
     to_hub: VecDeque<ToHub>,
     loss: f64,
     switches: u64,
+    /// Packets the link carried so far (for packet budgets).
+    packets: u64,
 }
 
 impl World {
@@ -63,6 +67,7 @@ impl World {
             to_hub: VecDeque::new(),
             loss: 0.0,
             switches: 0,
+            packets: 0,
         };
         // Enrolment: the first epoch over the channel, stored, acknowledged.
         let held = HeldEpoch {
@@ -109,20 +114,21 @@ impl World {
             ToSpoke::Delivery(d) => {
                 let epochs: Vec<KeyEpoch> =
                     self.disk.held.iter().map(|h| h.epoch.clone()).collect();
-                if epochs.iter().any(|e| e.number == d.epoch) || self.disk.current >= d.epoch {
-                    self.to_hub.push_back(ToHub::Receipt(d.epoch));
-                    return;
-                }
-                // A box sealed under an epoch the spoke no longer holds cannot
-                // be opened; the spoke says nothing and the hub re-sends later.
-                if let Ok(epoch) = open_delivery(LINK, &d, &epochs) {
-                    let held = HeldEpoch {
-                        epoch,
-                        lifetime: d.lifetime.clone(),
-                    };
-                    self.disk.held.push(held.clone());
-                    self.spoke.hold(held);
-                    self.to_hub.push_back(ToHub::Receipt(d.epoch));
+                // The spoke's own rule. A box sealed under an epoch it no
+                // longer holds cannot be opened: it says nothing, and the
+                // hub sends it again.
+                match receive_delivery(LINK, &d, &epochs, self.disk.current) {
+                    Ok(Received::Again) => self.to_hub.push_back(ToHub::Receipt(d.epoch)),
+                    Ok(Received::New(epoch)) => {
+                        let held = HeldEpoch {
+                            epoch,
+                            lifetime: d.lifetime.clone(),
+                        };
+                        self.disk.held.push(held.clone());
+                        self.spoke.hold(held);
+                        self.to_hub.push_back(ToHub::Receipt(d.epoch));
+                    }
+                    Err(_) => {}
                 }
             }
             ToSpoke::Notify(k) => {
@@ -149,32 +155,30 @@ impl World {
         if self.hub.handshake_epochs().contains(&k) {
             assert!(self.spoke.on_confirmed(k, self.now, 0, 0) || self.spoke.current() == k);
             self.disk.current = self.spoke.current();
+            let total = Usage::traffic(self.packets, self.packets * 100);
             self.hub
-                .on_confirmed(k, self.now, Usage::default(), self.policy.grace_secs);
+                .on_confirmed(k, self.now, total, self.policy.grace_secs);
             self.switches += 1;
         }
     }
 
     fn step(&mut self) {
         self.now += 1;
-        // Hub tick: issue when due, erase after grace.
-        if self.policy.batch > 0 {
-            self.hub
-                .fill_batch(&self.policy.clone(), self.now, &mut self.rng);
-            for d in self.hub.deliveries(&self.policy).unwrap() {
-                self.to_spoke.push_back(ToSpoke::Delivery(d));
-            }
-        } else if self
-            .hub
-            .due(&self.policy, self.now, Usage::default())
-            .is_some()
-        {
-            self.hub.issue(self.now, &mut self.rng);
-            for d in self.hub.deliveries(&self.policy).unwrap() {
-                self.to_spoke.push_back(ToSpoke::Delivery(d));
-            }
-        }
+        self.packets += self.rng.gen_range(0..20);
+        let total = Usage::traffic(self.packets, self.packets * 100);
+        // Hub tick, the hub's own rule: erase after grace, then issue what
+        // is due and send (or send again) what the spoke has not answered.
         self.hub.take_erasable(self.now);
+        let plan = self
+            .hub
+            .tick(&self.policy.clone(), self.now, total, &mut self.rng)
+            .unwrap();
+        for d in plan.deliveries {
+            self.to_spoke.push_back(ToSpoke::Delivery(d));
+        }
+        if let Some(k) = plan.notify {
+            self.to_spoke.push_back(ToSpoke::Notify(k));
+        }
         // The channel.
         let mut q = std::mem::take(&mut self.to_spoke);
         for m in self.lossy(&mut q) {
@@ -244,6 +248,15 @@ fn batched() -> RotationPolicy {
     }
 }
 
+fn packet_budget() -> RotationPolicy {
+    RotationPolicy {
+        interval_secs: None,
+        max_packets: Some(150),
+        grace_secs: 3,
+        ..RotationPolicy::default()
+    }
+}
+
 fn converges(seed: u64, policy: RotationPolicy) {
     let mut w = World::new(seed, policy);
     w.loss = 0.3;
@@ -279,6 +292,13 @@ fn hub_driven_rotation_survives_loss_duplicates_reordering_and_crashes() {
 fn batched_rotation_survives_loss_duplicates_reordering_and_crashes() {
     for seed in 100..120 {
         converges(seed, batched());
+    }
+}
+
+#[test]
+fn packet_budgets_survive_loss_duplicates_reordering_and_crashes() {
+    for seed in 200..210 {
+        converges(seed, packet_budget());
     }
 }
 

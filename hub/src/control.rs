@@ -60,9 +60,12 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, ch: &mut Channel, msg: &HubMessa
     write_frame(w, &body).await
 }
 
+/// Tells the spoke why it is refused and ends the connection; the caller
+/// has logged the refusal with what it knows (so it is logged once).
 async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, refusal: Refusal) -> Result<()> {
-    write_frame(w, &refusal_reply(&refusal)).await?;
-    bail!("refused: {refusal}")
+    write_frame(w, &refusal_reply(&refusal))
+        .await
+        .context("the refusal could not be sent")
 }
 
 async fn connection(
@@ -93,6 +96,7 @@ async fn connection(
         }
     };
     if accepting.hello.version != tasuki_core::PROTOCOL_VERSION {
+        tracing::info!(%peer, version = accepting.hello.version, "control connection refused: protocol version");
         return refuse(
             &mut w,
             Refusal::new(
@@ -120,6 +124,7 @@ async fn enrol(
     state: &Arc<Mutex<HubState>>,
 ) -> Result<()> {
     let Some(invitation) = accepting.hello.invitation else {
+        tracing::info!(%peer, "enrolment refused: no invitation");
         return refuse(
             &mut w,
             Refusal::new(

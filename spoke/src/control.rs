@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dataplane::{DpCommand, SpokeEvent};
 use crate::state::{Enrolment, SpokeStore};
+use tasuki_core::rotation::Received;
 use tasuki_core::spoke_keys::HeldEpoch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,10 +197,6 @@ impl Control {
         }
     }
 
-    fn current_at_least(&self, k: u64) -> Result<bool> {
-        Ok(self.store.current()? >= k)
-    }
-
     async fn on_message(
         &self,
         msg: HubMessage,
@@ -227,21 +224,24 @@ impl Control {
                     .map(|c| c.spoke_id)
                     .context("key before configuration")?;
                 let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
-                if held.iter().any(|e| e.number == delivery.epoch)
-                    || self.current_at_least(delivery.epoch)?
-                {
-                    // A re-delivery (the hub lost our receipt): acknowledge again.
-                    write_frame(
-                        w,
-                        &ch.seal(&SpokeMessage::KeyReceipt {
-                            epoch: delivery.epoch,
-                        })?,
-                    )
-                    .await?;
-                    return Ok(());
-                }
-                let epoch = tasuki_core::rotation::open_delivery(link, &delivery, &held)
-                    .context("cannot open the delivered key")?;
+                let current = self.store.current()?;
+                let received =
+                    tasuki_core::rotation::receive_delivery(link, &delivery, &held, current)
+                        .context("cannot open the delivered key")?;
+                let epoch = match received {
+                    Received::Again => {
+                        // A re-delivery (the hub lost our receipt): acknowledge again.
+                        write_frame(
+                            w,
+                            &ch.seal(&SpokeMessage::KeyReceipt {
+                                epoch: delivery.epoch,
+                            })?,
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                    Received::New(epoch) => epoch,
+                };
                 let number = epoch.number;
                 let held = HeldEpoch {
                     epoch,

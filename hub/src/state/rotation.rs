@@ -378,43 +378,29 @@ impl HubState {
             return Ok(());
         };
         let before_issue = sched.clone();
-        let mut issued = Vec::new();
-        let mut trigger = None;
-        if policy.batch > 0 {
-            issued = sched.fill_batch(&policy, now, &mut rand_core::OsRng);
-        } else if let Some(t) = sched.due(&policy, now, total) {
-            issued.push(sched.issue(now, &mut rand_core::OsRng));
-            trigger = Some(t);
-        }
-        let switch = if policy.batch > 0 {
-            sched.take_switch()
-        } else {
-            None
-        };
-        let deliveries = if issued.is_empty() {
-            Ok(Vec::new())
-        } else {
-            sched.deliveries(&policy)
-        };
+        let planned = sched.tick(&policy, now, total, &mut rand_core::OsRng);
         let sched = sched.clone();
-        if !issued.is_empty() || switch.is_some() {
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.schedules.insert(id, before_issue);
+                return Err(anyhow::anyhow!(e).context(format!("key deliveries of spoke {id}")));
+            }
+        };
+        if plan.stores() {
             // Durable before it is sent; if it cannot be stored, nothing was
             // issued and the trigger fires again at the next tick.
-            let stored = deliveries
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e:#}"))
-                .and_then(|_| self.commit_issue(id, &sched, &issued));
-            if let Err(e) = stored {
-                for e in &issued {
-                    let _ = self.vault.erase(&vault_name(id, e.number));
+            if let Err(e) = self.commit_issue(id, &sched, &plan.issued) {
+                for e in &plan.issued {
+                    self.erase_unused(id, e.number);
                 }
                 self.schedules.insert(id, before_issue);
                 return Err(e.context(format!("new epochs of spoke {id}")));
             }
             self.unsaved.remove(&Unsaved::Schedule(id));
         }
-        let why = trigger.as_ref().map_or("batch".into(), |t| t.name());
-        for e in &issued {
+        let why = plan.trigger.as_ref().map_or("batch".into(), |t| t.name());
+        for e in &plan.issued {
             tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
             let name = self.spoke_name(id);
             self.audit(
@@ -423,12 +409,24 @@ impl HubState {
                     .detail(format!("epoch {} ({why})", e.number)),
             );
         }
-        for d in deliveries.unwrap_or_default() {
-            let _ = session.try_send(HubMessage::KeyDistribution(d));
+        let mut messages: Vec<HubMessage> = plan
+            .deliveries
+            .into_iter()
+            .map(HubMessage::KeyDistribution)
+            .collect();
+        if let Some(k) = plan.notify {
+            if let Some(t) = &plan.switch {
+                tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
+            }
+            messages.push(HubMessage::UpdateNotification { epoch: k });
         }
-        if let Some((k, t)) = switch {
-            tracing::info!(spoke = id, epoch = k, trigger = %t.name(), "update notification");
-            let _ = session.try_send(HubMessage::UpdateNotification { epoch: k });
+        for m in messages {
+            if let Err(e) = session.try_send(m) {
+                // Unanswered messages go out again every RESEND_SECS (and
+                // at the next attach): nothing is lost, only later.
+                tracing::debug!(spoke = id, error = %e, "control queue full or closed; the key message goes again later");
+                break;
+            }
         }
         Ok(())
     }

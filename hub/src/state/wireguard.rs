@@ -173,7 +173,7 @@ impl HubState {
 
     /// Erases the key of an epoch whose record was never stored; one that
     /// cannot be erased now goes at the next start (it has no record).
-    fn erase_unused(&self, id: SpokeId, epoch: u64) {
+    pub(super) fn erase_unused(&self, id: SpokeId, epoch: u64) {
         if let Err(e) = self.vault.erase(&vault_name(id, epoch)) {
             tracing::error!(spoke = id, epoch, error = %format!("{e:#}"), "cannot erase an unused key; the next start erases it");
         }
