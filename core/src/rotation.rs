@@ -101,8 +101,17 @@ pub enum Trigger {
     Handshakes,
     /// An admin asked.
     Admin,
-    /// A named event (e.g. the spoke's address changed).
+    /// A named event (stored by older versions; new ones use the variants
+    /// below).
     Event(String),
+    /// A user logged out of the spoke.
+    Logout,
+    /// The spoke's data-plane address changed (it roamed).
+    AddressChanged,
+    /// The spoke, or a user logged in on it, left this group.
+    LeftGroup(String),
+    /// The spoke asked for a new key (its update request, with its reason).
+    SpokeRequest(String),
 }
 
 impl Trigger {
@@ -115,6 +124,10 @@ impl Trigger {
             Trigger::Handshakes => "handshakes".into(),
             Trigger::Admin => "admin".into(),
             Trigger::Event(e) => format!("event:{e}"),
+            Trigger::Logout => "logout".into(),
+            Trigger::AddressChanged => "address-changed".into(),
+            Trigger::LeftGroup(g) => format!("left-group:{g}"),
+            Trigger::SpokeRequest(r) => format!("spoke-request:{r}"),
         }
     }
 }

@@ -261,12 +261,16 @@ async fn attach(
         SpokeMessage::Attach => {}
         other => bail!("expected attach, got {other:?}"),
     }
+    // The hub's state holds the only sender: once it forgets this session
+    // (the spoke was cut off, or attached again elsewhere), the queue
+    // closes and this connection ends, even when the queue was full.
     let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
+    let registered = tx.downgrade();
     let attached = {
         let mut st = state.lock().await;
         match st.ensure_schedule(spoke.id, unix_now()).await {
             Ok(pending) => {
-                st.attach_session(spoke.id, tx.clone());
+                st.attach_session(spoke.id, tx);
                 Ok((st.registry.spoke_config(&spoke), pending))
             }
             Err(e) => Err(e),
@@ -329,15 +333,23 @@ async fn attach(
                         }
                         SpokeMessage::UpdateRequest { reason } => {
                             tracing::info!(spoke = %spoke.name, %reason, "update request");
-                            let _ = state.lock().await.request_rotation(
+                            let asked = state.lock().await.request_rotation(
                                 Some(&spoke.name),
-                                tasuki_core::rotation::Trigger::Event(reason),
+                                tasuki_core::rotation::Trigger::SpokeRequest(reason),
                             );
+                            if let Err(e) = asked {
+                                // The spoke asks again when it still needs
+                                // the key; the admin sees why it waits.
+                                tracing::warn!(spoke = %spoke.name, error = %format!("{e:#}"), "update request not taken");
+                            }
                         }
                         other => bail!("unexpected message {other:?}"),
                     }
                 }
-                Some(msg) = rx.recv() => {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else {
+                        bail!("session ended by the hub (the spoke was cut off or attached again)");
+                    };
                     send(&mut w, &mut ch, &msg).await?;
                     if let HubMessage::Refused(r) = msg {
                         bail!("cut off: {r}");
@@ -347,6 +359,6 @@ async fn attach(
         }
     }
     .await;
-    state.lock().await.detach_session(spoke.id, &tx);
+    state.lock().await.detach_session(spoke.id, &registered);
     result
 }

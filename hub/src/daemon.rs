@@ -161,10 +161,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
                 }
                 DpEvent::EndpointChanged { spoke, from, to } => {
                     tracing::info!(spoke, %from, %to, "spoke address changed: rotating its key");
-                    st.request_rotation_of(
-                        spoke,
-                        tasuki_core::rotation::Trigger::Event("address-changed".into()),
-                    );
+                    st.request_rotation_of(spoke, tasuki_core::rotation::Trigger::AddressChanged);
                 }
             }
         }

@@ -8,6 +8,9 @@ use std::sync::{mpsc, Arc};
 use crate::dataplane::SpokeEvent;
 use crate::state::SpokeStore;
 
+/// How long a failed write waits before it is tried again.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A write the data plane asks for.
 pub(crate) enum StoreJob {
     /// Record the epoch that carries traffic now, then report it to the
@@ -55,10 +58,25 @@ fn write(
 ) {
     match job {
         StoreJob::Current(epoch) => {
-            if let Err(e) = store.save_current(epoch) {
-                tracing::error!(epoch, error = %format!("{e:#}"), "cannot record the current epoch");
+            // Reported only once stored: tried again until it is (a full
+            // disk), however long that takes; the traffic goes on meanwhile.
+            let mut tries = 0u32;
+            while let Err(e) = store.save_current(epoch) {
+                if tries.is_multiple_of(30) {
+                    tracing::error!(epoch, error = %format!("{e:#}"), "cannot record the current epoch; trying again every second");
+                }
+                tries += 1;
+                std::thread::sleep(RETRY_INTERVAL);
             }
-            let _ = events.send(SpokeEvent::Confirmed(epoch));
+            if tries > 0 {
+                tracing::info!(epoch, tries, "current epoch recorded");
+            }
+            if events.send(SpokeEvent::Confirmed(epoch)).is_err() {
+                tracing::debug!(
+                    epoch,
+                    "the daemon is stopping; the update report goes at the next start"
+                );
+            }
         }
         StoreJob::EraseBelow(below) => match store.erase_epochs_below(below) {
             Ok(gone) if !gone.is_empty() => tracing::info!(epochs = ?gone, "ended epochs erased"),

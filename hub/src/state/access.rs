@@ -131,7 +131,7 @@ impl HubState {
         spokes.sort_unstable();
         spokes.dedup();
         for id in &spokes {
-            self.request_rotation_of(*id, Trigger::Event(format!("left group {group}")));
+            self.request_rotation_of(*id, Trigger::LeftGroup(group.to_owned()));
         }
         spokes.len()
     }
@@ -192,9 +192,7 @@ impl HubState {
 
     /// Hands the data plane the policy compiled anew.
     pub(super) async fn push_access(&self) {
-        let _ = self
-            .dataplane
-            .send(DpCommand::Access(self.compiled_access()))
+        self.command(DpCommand::Access(self.compiled_access()))
             .await;
     }
 }

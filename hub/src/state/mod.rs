@@ -287,12 +287,34 @@ impl HubState {
         self.audit.read(since)
     }
 
+    /// Queues a message on spoke `id`'s control connection, if it has one.
+    /// A full queue or a closed connection is logged: the spoke hears the
+    /// state again when it attaches, and key messages are re-sent anyway.
+    pub(crate) fn tell(&self, id: SpokeId, msg: HubMessage) {
+        if let Some(tx) = self.sessions.get(&id) {
+            if let Err(e) = tx.try_send(msg) {
+                tracing::warn!(spoke = id, error = %e, "control message not queued; the spoke hears it when it attaches again");
+            }
+        }
+    }
+
+    /// Hands the data plane a command; a data plane that stopped is logged
+    /// (the daemon is stopping, or its data-plane thread failed).
+    async fn command(&self, cmd: DpCommand) -> bool {
+        let sent = self.dataplane.send(cmd).await.is_ok();
+        if !sent {
+            tracing::error!("the data plane has stopped; a command to it is lost");
+        }
+        sent
+    }
+
     /// Cuts a spoke off: its control session ends, the data plane forgets it.
     pub(crate) async fn cut_off(&mut self, id: SpokeId, refusal: Refusal) {
-        if let Some(tx) = self.sessions.remove(&id) {
-            let _ = tx.try_send(HubMessage::Refused(refusal));
-        }
-        let _ = self.dataplane.send(DpCommand::Remove(id)).await;
+        self.tell(id, HubMessage::Refused(refusal));
+        // Forgetting the queue closes it when the connection's task lets go
+        // of its own handle, which the refusal above makes it do.
+        self.sessions.remove(&id);
+        self.command(DpCommand::Remove(id)).await;
         if self.refresh_facts(id) {
             self.push_access().await;
         }
@@ -310,10 +332,19 @@ impl HubState {
         let Some(spec) = self.link_spec(id) else {
             return;
         };
-        let _ = self.dataplane.send(DpCommand::Upsert(spec)).await;
+        self.command(DpCommand::Upsert(spec)).await;
         let (done, applied) = tokio::sync::oneshot::channel();
-        if self.dataplane.send(DpCommand::Sync(done)).await.is_ok() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), applied).await;
+        if self.command(DpCommand::Sync(done)).await
+            && tokio::time::timeout(std::time::Duration::from_secs(1), applied)
+                .await
+                .is_err()
+        {
+            // The notification may then reach the spoke first: it retries
+            // its handshake, so this costs a few seconds, not the link.
+            tracing::warn!(
+                spoke = id,
+                "the data plane took over a second to take a link's keys"
+            );
         }
     }
 
@@ -323,11 +354,14 @@ impl HubState {
     }
 
     /// Forgets a spoke's control connection if `tx` is still the registered one.
-    pub(crate) fn detach_session(&mut self, spoke: SpokeId, tx: &mpsc::Sender<HubMessage>) {
+    pub(crate) fn detach_session(&mut self, spoke: SpokeId, tx: &mpsc::WeakSender<HubMessage>) {
+        let Some(tx) = tx.upgrade() else {
+            return; // already forgotten
+        };
         if self
             .sessions
             .get(&spoke)
-            .is_some_and(|t| t.same_channel(tx))
+            .is_some_and(|t| t.same_channel(&tx))
         {
             self.sessions.remove(&spoke);
         }

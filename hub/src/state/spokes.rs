@@ -117,7 +117,7 @@ impl HubState {
                 // free, so the spoke can simply try again.
                 self.registry.undo();
                 if let Some(epoch) = &enrolled.first_epoch {
-                    let _ = self.vault.erase(&vault_name(spoke.id, epoch.number));
+                    self.erase_unused(spoke.id, epoch.number);
                 }
                 return Err(e.context(format!("enrolment of {:?} not stored", spoke.name)));
             }

@@ -79,12 +79,9 @@ impl HubState {
             self.unsaved.insert(Unsaved::Logins(spoke));
         }
         self.push_link(spoke).await;
-        let msg = self.session_message(spoke);
-        if let Some(tx) = self.sessions.get(&spoke) {
-            let _ = tx.try_send(msg);
-        }
+        self.tell(spoke, self.session_message(spoke));
         if logout {
-            self.request_rotation_of(spoke, Trigger::Event("logout".into()));
+            self.request_rotation_of(spoke, Trigger::Logout);
         }
         Ok(())
     }
@@ -243,9 +240,7 @@ impl HubState {
     pub(crate) fn announce_device(&self, user: &str, msg: &HubMessage) {
         for (spoke, users) in &self.logins {
             if users.contains(user) {
-                if let Some(tx) = self.sessions.get(spoke) {
-                    let _ = tx.try_send(msg.clone());
-                }
+                self.tell(*spoke, msg.clone());
             }
         }
     }
@@ -331,14 +326,15 @@ impl HubState {
                                 .spoke_by_name(&name)
                                 .map(|s| (s.enrolled_from.clone(), s.hostname.clone()))
                                 .unwrap_or_default();
-                            if let Some(tx) = self.sessions.get(&spoke) {
-                                let _ = tx.try_send(HubMessage::DeviceWaiting {
+                            self.tell(
+                                spoke,
+                                HubMessage::DeviceWaiting {
                                     user: user.clone(),
                                     name,
                                     from: from.0,
                                     hostname: from.1,
-                                });
-                            }
+                                },
+                            );
                         }
                         Ok(Ok(UserReply::LoggedIn { user }))
                     }
