@@ -16,6 +16,7 @@ pub mod batch;
 pub mod channel;
 pub mod codec;
 pub mod control;
+pub mod erasure;
 pub mod flood;
 pub mod invitation;
 pub mod keys;

@@ -8,11 +8,7 @@
 //! decrypted under k) → after a grace period, the older epochs are erased.
 //! Everything is a plain function of its inputs; time is Unix seconds.
 
-/// Ended epochs kept through their grace period at most; older ones are
-/// erased at once. With a batch of up to 12 epochs ahead, the current one and
-/// these, a link never holds two epochs 16 apart, which would share a
-/// WireGuard index (see `link`).
-pub const MAX_ENDED_HELD: u64 = 3;
+pub use crate::erasure::MAX_ENDED_HELD;
 
 /// Seconds between re-sends of key distributions and update notifications
 /// the spoke has not answered yet (a control queue that was full, a
@@ -24,6 +20,7 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::control::{DeliveryBody, KeyDelivery, Lifetime};
+use crate::erasure::Erasure;
 use crate::keys::KeyEpoch;
 use crate::seal::{self, SealError};
 
@@ -185,10 +182,8 @@ pub struct LinkSchedule {
     meta: ScheduleMeta,
     base: Usage,
     pending: Option<Trigger>,
-    /// Pending erasures, oldest first: (erase epochs below, at this time).
-    /// Every confirmation queues its own, so epochs still end `grace` after
-    /// the next one took over when rotations come faster than the grace.
-    erase_below: std::collections::VecDeque<(u64, u64)>,
+    /// When ended epochs go.
+    erasure: Erasure,
     /// When distributions or a notification were last handed out by
     /// [`tick`](Self::tick) (memory only: an attach sends them anyway).
     last_sent: Option<u64>,
@@ -224,18 +219,14 @@ impl TickPlan {
 impl LinkSchedule {
     /// A schedule restored from stored epochs and meta (or a new link's first epoch).
     pub fn restore(link: u32, epochs: Vec<KeyEpoch>, meta: ScheduleMeta) -> Self {
-        let erase_below = (meta.confirmed > 0)
-            .then_some((meta.confirmed, 0))
-            .into_iter()
-            .collect();
         Self {
             link,
             epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
-            meta,
             base: Usage::default(),
             pending: None,
             // Epochs older than the confirmed one (left by a restart) go at the next tick.
-            erase_below,
+            erasure: Erasure::after_restart(meta.confirmed, 0),
+            meta,
             last_sent: None,
         }
     }
@@ -485,21 +476,13 @@ impl LinkSchedule {
             self.meta.rotations += 1;
         }
         self.base = total;
-        self.erase_below.push_back((k, now.saturating_add(grace)));
+        self.erasure.schedule(k, now.saturating_add(grace));
         true
     }
 
     /// Removes and returns the epochs whose grace period has passed.
     pub fn take_erasable(&mut self, now: u64) -> Vec<u64> {
-        // Rotations faster than the grace: the oldest ended epochs go now.
-        let mut below = self.meta.confirmed.saturating_sub(MAX_ENDED_HELD);
-        while let Some(&(b, at)) = self.erase_below.front() {
-            if now < at {
-                break;
-            }
-            below = below.max(b);
-            self.erase_below.pop_front();
-        }
+        let below = self.erasure.due(now, self.meta.confirmed);
         if self.epochs.range(..below).next().is_none() {
             return Vec::new();
         }

@@ -190,10 +190,8 @@ impl World {
         }
         self.data_plane();
         // The spoke erases what is older than its current epoch after grace.
-        if self.rng.gen_bool(0.2) {
-            let cur = self.spoke.current();
-            self.spoke.erase_below(cur);
-            self.disk.held.retain(|h| h.epoch.number >= cur);
+        if let Some(below) = self.spoke.take_erasable(self.now) {
+            self.disk.held.retain(|h| h.epoch.number >= below);
         }
         // Crashes and reconnects.
         if self.loss > 0.0 && self.rng.gen_bool(0.03) {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::control::Lifetime;
+use crate::erasure::Erasure;
 use crate::keys::KeyEpoch;
 
 /// An epoch as the spoke stores it: the key and how long it lives.
@@ -46,7 +47,12 @@ pub struct SpokeKeys {
     base_bytes: u64,
     switching_to: Option<u64>,
     requested_for: u64,
+    erasure: Erasure,
 }
+
+/// Seconds an ended epoch stays after a restart (its lifetime's slack is
+/// used after a takeover).
+const RESTART_GRACE_SECS: u64 = 10;
 
 impl SpokeKeys {
     /// Restores the state after a restart; `current` is the stored epoch that
@@ -56,6 +62,9 @@ impl SpokeKeys {
             held: held.into_iter().map(|h| (h.epoch.number, h)).collect(),
             current,
             since: now,
+            // Epochs older than the current one (left by a restart) end
+            // after a grace period too.
+            erasure: Erasure::after_restart(current, now.saturating_add(RESTART_GRACE_SECS)),
             ..Self::default()
         }
     }
@@ -96,6 +105,11 @@ impl SpokeKeys {
         if k <= self.current || !self.held.contains_key(&k) {
             return false;
         }
+        let grace = self
+            .held
+            .get(&k)
+            .map_or(RESTART_GRACE_SECS, |h| h.lifetime.slack_secs.max(1));
+        self.erasure.schedule(k, now.saturating_add(grace));
         self.current = k;
         self.since = now;
         self.base_packets = packets;
@@ -106,7 +120,17 @@ impl SpokeKeys {
         true
     }
 
-    /// Forgets epochs older than `below` (after the grace period).
+    /// The epochs whose grace has passed at `now`, forgotten here: erase
+    /// everything below the returned epoch (tunnels, then the store).
+    pub fn take_erasable(&mut self, now: u64) -> Option<u64> {
+        let below = self.erasure.due(now, self.current);
+        // Nothing held below it: nothing to erase.
+        self.held.range(..below).next()?;
+        self.erase_below(below);
+        Some(below)
+    }
+
+    /// Forgets epochs older than `below`.
     pub fn erase_below(&mut self, below: u64) -> Vec<u64> {
         let gone: Vec<u64> = self.held.range(..below).map(|(k, _)| *k).collect();
         for k in &gone {
@@ -180,6 +204,27 @@ mod tests {
             slack_secs: 5,
             ..Lifetime::default()
         }
+    }
+
+    /// Ended epochs go the lifetime's slack after their successor took
+    /// over; those a restart left go after a grace too.
+    #[test]
+    fn ended_epochs_are_erased_after_their_grace() {
+        let mut rng = StdRng::seed_from_u64(44);
+        let first = vec![
+            held(1, batch_life(), &mut rng),
+            held(2, batch_life(), &mut rng),
+        ];
+        let mut k = SpokeKeys::new(first, 2, 100);
+        assert_eq!(k.take_erasable(100 + RESTART_GRACE_SECS - 1), None);
+        assert_eq!(k.take_erasable(100 + RESTART_GRACE_SECS), Some(2));
+        assert_eq!(k.held(), vec![2]);
+        k.hold(held(3, batch_life(), &mut rng));
+        assert!(k.on_confirmed(3, 200, 0, 0));
+        assert_eq!(k.take_erasable(204), None, "slack 5 s");
+        assert_eq!(k.take_erasable(205), Some(3));
+        assert_eq!(k.held(), vec![3]);
+        assert_eq!(k.take_erasable(1_000), None, "nothing left to erase");
     }
 
     #[test]

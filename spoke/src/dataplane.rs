@@ -95,9 +95,6 @@ struct Core {
     /// service spoke); until then packets are dropped here, where the user
     /// can see why.
     carrying: bool,
-    /// Pending erasures, oldest first: (erase epochs below, at). Each switch
-    /// queues its own, so fast rotations still end every old epoch on time.
-    erase: std::collections::VecDeque<(u64, tokio::time::Instant)>,
     events: mpsc::UnboundedSender<SpokeEvent>,
     /// Datagrams to send at the end of the pass.
     out: Outbox<SocketAddr>,
@@ -143,16 +140,6 @@ impl DataPlane {
                 switching: None,
                 blocked: false,
                 carrying: true,
-                // Epochs older than the current one (left by a restart) end after the grace period.
-                erase: (current > 0)
-                    .then(|| {
-                        (
-                            current,
-                            tokio::time::Instant::now() + Duration::from_secs(10),
-                        )
-                    })
-                    .into_iter()
-                    .collect(),
                 events,
                 out: Outbox::new(),
                 to_tun: TunWriter::default(),
@@ -321,8 +308,6 @@ impl Core {
 
     fn on_datagram(&mut self, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
-        self.packets += 1;
-        self.bytes += datagram.len() as u64;
         let tunnel = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(_)) => {
                 let k = self.keys.current();
@@ -365,6 +350,10 @@ impl Core {
                 return;
             }
         };
+        // Usage, as the hub counts it: authenticated datagrams received
+        // and data messages sealed.
+        self.packets += 1;
+        self.bytes += datagram.len() as u64;
         // An answered handshake or a decrypted data packet: the hub runs this epoch.
         if matches!(kind, Some(2) | Some(4)) && self.link.confirm(epoch) {
             if kind == Some(2) {
@@ -396,38 +385,16 @@ impl Core {
         tracing::info!(epoch, "key epoch carries traffic");
         // Stored first, then reported to the hub (by the writer).
         self.writer.send(StoreJob::Current(epoch));
-        if self.link.epochs().iter().any(|e| *e < epoch) {
-            let grace = self
-                .keys
-                .get(epoch)
-                .map_or(10, |h| h.lifetime.slack_secs.max(1));
-            self.erase.push_back((
-                epoch,
-                tokio::time::Instant::now() + Duration::from_secs(grace),
-            ));
-        }
     }
 
+    /// Erases the ended epochs whose grace has passed (tunnels, keys, then
+    /// the store, off this thread).
     fn erase_due(&mut self) {
-        let now = tokio::time::Instant::now();
-        // Rotations faster than the grace: the oldest ended epochs go now.
-        let mut below = self
-            .keys
-            .current()
-            .saturating_sub(tasuki_core::rotation::MAX_ENDED_HELD);
-        while let Some(&(b, at)) = self.erase.front() {
-            if now < at {
-                break;
-            }
-            below = below.max(b);
-            self.erase.pop_front();
-        }
-        if !self.link.epochs().iter().any(|e| *e < below) {
+        let Some(below) = self.keys.take_erasable(boot_secs()) else {
             return;
-        }
+        };
         let lost = self.link.retain(|e| e >= below);
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
-        self.keys.erase_below(below);
         self.writer.send(StoreJob::EraseBelow(below));
     }
 
@@ -449,7 +416,11 @@ impl Core {
             return;
         };
         match tunnel.seal(packet, &mut self.out, self.hub) {
-            Ok(Sealed::Sent(_)) => self.counters.from_tun += 1,
+            Ok(Sealed::Sent(len)) => {
+                self.counters.from_tun += 1;
+                self.packets += 1;
+                self.bytes += len as u64;
+            }
             Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
             Err(reason) => self.count_drop(reason),
         }
@@ -489,10 +460,7 @@ impl PassHandler for Core {
         &mut self.to_tun
     }
 
-    /// Sent datagrams count towards the epoch's packet and byte budgets.
-    fn sent(&mut self, count: u64, bytes: u64) {
-        self.packets += count;
-        self.bytes += bytes;
+    fn sent(&mut self, count: u64, _bytes: u64) {
         self.counters.tx_datagrams += count;
     }
 
