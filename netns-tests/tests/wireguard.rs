@@ -293,9 +293,20 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         "--spoke",
         "phone",
         "--interval",
-        "6s",
+        "12s",
     ]);
     assert!(out.status.success(), "{}", output_text(&out));
+    // Near its end (the last quarter of so short an interval), status warns.
+    t.wait_for(
+        "status to warn about the phone's key",
+        Duration::from_secs(15),
+        || {
+            t.hub_status()
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"phone\"") && w.contains("spoke config phone"))
+        },
+    );
     t.wait_for(
         "the interval to end epoch 2",
         Duration::from_secs(20),
@@ -387,6 +398,25 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
     let drawn = field(tablet["config"].as_str().unwrap(), "PrivateKey").to_owned();
     let again = config_json(&t, &["spoke", "config", "tablet", "--json"]);
     assert!(!again["config"].as_str().unwrap().contains(&drawn));
+    // The audit log tells its story like any spoke's.
+    let audit = config_json(&t, &["audit", "--json"]);
+    let details: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["spoke"] == "phone")
+        .map(|r| r["detail"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for words in [
+        "WireGuard peer, id",
+        "configuration printed",
+        "the old configuration stops working",
+    ] {
+        assert!(
+            details.iter().any(|d| d.contains(words)),
+            "no {words:?} in {details:?}"
+        );
+    }
     let out = t.hub_cli(&["spoke", "revoke", "phone"]);
     assert!(out.status.success(), "{}", output_text(&out));
     // One ping that waits one second: the peer is cut off within it.
