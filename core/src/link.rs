@@ -438,19 +438,25 @@ mod tests {
         assert!(!wrong.newest().unwrap().has_session());
     }
 
-    /// Packets sealed before a session exists wait in the tunnel (one
-    /// initiation goes out), up to [`MAX_WAITING`]; past that they are
-    /// refused with a reason, and dropping the tunnel reports the rest.
-    /// Once the handshake completes they are released, and none waits.
-    #[test]
-    fn packets_wait_for_the_session_and_are_counted_when_lost() {
-        let mut rng = StdRng::seed_from_u64(13);
+    /// A hub's and a spoke's link on one fresh epoch, no session yet.
+    fn pair(seed: u64) -> (StaticKey, StaticKey, KeyEpoch, Link, Link) {
+        let mut rng = StdRng::seed_from_u64(seed);
         let (hub, spoke) = (StaticKey::generate(&mut rng), StaticKey::generate(&mut rng));
         let e1 = KeyEpoch::issue(1, 0, &mut rng);
         let mut hub_link = Link::new(5, spoke.public(), 0);
         hub_link.install(&hub, &e1, None);
         let mut spoke_link = Link::new(0, hub.public(), 0);
         spoke_link.install(&spoke, &e1, None);
+        (hub, spoke, e1, hub_link, spoke_link)
+    }
+
+    /// Packets sealed before a session exists wait in the tunnel (one
+    /// initiation goes out), up to [`MAX_WAITING`]; past that they are
+    /// refused with a reason, and dropping the tunnel reports the rest.
+    /// Once the handshake completes they are released, and none waits.
+    #[test]
+    fn packets_wait_for_the_session_and_are_counted_when_lost() {
+        let (hub, spoke, e1, mut hub_link, mut spoke_link) = pair(13);
         let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
         let mut out = Outbox::new();
         let packet = [0x45u8; 60];
@@ -532,13 +538,7 @@ mod tests {
     /// packet, and the receiver gets the packet back at its own length.
     #[test]
     fn sealed_packets_are_padded_and_open_at_their_length() {
-        let mut rng = StdRng::seed_from_u64(14);
-        let (hub, spoke) = (StaticKey::generate(&mut rng), StaticKey::generate(&mut rng));
-        let e1 = KeyEpoch::issue(1, 0, &mut rng);
-        let mut hub_link = Link::new(5, spoke.public(), 0);
-        hub_link.install(&hub, &e1, None);
-        let mut spoke_link = Link::new(0, hub.public(), 0);
-        spoke_link.install(&spoke, &e1, None);
+        let (_, _, _, mut hub_link, mut spoke_link) = pair(14);
         let mut buf = vec![0u8; crate::DATAGRAM_BUFFER];
         let mut out = Outbox::new();
         let packet_of = |payload: usize| {

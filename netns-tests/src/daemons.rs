@@ -25,6 +25,12 @@ impl Topology {
     /// `tasuki-hub init` with the standard endpoint, tunnel net and LAN
     /// route; fails the test if it fails. Returns its stdout.
     pub fn hub_init(&self) -> String {
+        self.hub_init_net(TUNNEL_NET)
+    }
+
+    /// [`Topology::hub_init`] with another tunnel network (a small one, to
+    /// run out of addresses).
+    pub fn hub_init_net(&self, tunnel_net: &str) -> String {
         let hub = binaries().hub.as_os_str();
         let dir = self.hub_dir();
         self.exec_ok(
@@ -37,7 +43,7 @@ impl Topology {
                 OsStr::new("--endpoint"),
                 OsStr::new(HUB_ENDPOINT),
                 OsStr::new("--tunnel-net"),
-                OsStr::new(TUNNEL_NET),
+                OsStr::new(tunnel_net),
                 OsStr::new("--route"),
                 OsStr::new(LAN_NET),
             ],

@@ -19,7 +19,6 @@ use tasuki_core::invitation::{Invitation, InvitationId};
 use tasuki_core::keys::StaticKey;
 use tasuki_netns_tests::{
     binaries, skip_unless_root, Proc, Topology, TwoSpokes, B_TUNNEL, HUB_ENDPOINT, HUB_TUNNEL,
-    LAN_NET,
 };
 
 /// Returns from the test (after saying why) unless running as root.
@@ -1001,22 +1000,7 @@ fn every_refusal_is_one_sentence() {
     {
         // A tunnel network with one address for spokes.
         let t = Topology::new();
-        let dir = t.hub_dir();
-        t.exec_ok(
-            &t.ns_hub,
-            &[
-                binaries().hub.as_os_str(),
-                OsStr::new("init"),
-                OsStr::new("--state-dir"),
-                dir.as_os_str(),
-                OsStr::new("--endpoint"),
-                OsStr::new(HUB_ENDPOINT),
-                OsStr::new("--tunnel-net"),
-                OsStr::new("10.77.0.0/30"),
-                OsStr::new("--route"),
-                OsStr::new(LAN_NET),
-            ],
-        );
+        t.hub_init_net("10.77.0.0/30");
         let _hub = t.start_hub();
         t.enrol_ok(&t.ns_a, &t.invite("x", true), &t.spoke_dir("x"));
         let out = t.enrol(&t.ns_b, &t.invite("y", true), &t.spoke_dir("y"));

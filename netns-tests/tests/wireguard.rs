@@ -108,6 +108,38 @@ fn apply(t: &Topology, phone: &Phone, config: &str, path: &Path) {
     t.exec_ok(&phone.nat.host, &["wg", "setconf", &phone.iface, &p]);
 }
 
+/// Gives the phone a printed configuration and waits until it reaches
+/// spoke a with it.
+fn use_config(t: &Topology, phone: &Phone, printed: &str, path: &Path, what: &str) {
+    apply(t, phone, &setconf_text(printed, &phone.private_key), path);
+    t.wait_for(what, Duration::from_secs(20), || {
+        t.ping(&phone.nat.host, A_TUNNEL, 1)
+    });
+}
+
+/// `tasuki-hub ARGS`, which must succeed.
+fn hub_ok(t: &Topology, args: &[&str]) -> std::process::Output {
+    let out = t.hub_cli(args);
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    out
+}
+
+/// The phone's own rotation interval (`key policy set --spoke phone`).
+fn set_interval(t: &Topology, interval: &str) {
+    hub_ok(
+        t,
+        &[
+            "key",
+            "policy",
+            "set",
+            "--spoke",
+            "phone",
+            "--interval",
+            interval,
+        ],
+    );
+}
+
 fn config_json(t: &Topology, args: &[&str]) -> Value {
     let out = t.hub_cli(args);
     assert!(out.status.success(), "{args:?}: {}", output_text(&out));
@@ -152,8 +184,7 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         );
     }
 
-    let out = t.hub_cli(&["user", "add", "alice"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    hub_ok(&t, &["user", "add", "alice"]);
     let view = config_json(
         &t,
         &[
@@ -242,12 +273,10 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         !t.ping(&ns, A_TUNNEL, 2),
         "no rule lets the phone reach spoke a"
     );
-    let out = t.hub_cli(&["access", "mode", "open"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    hub_ok(&t, &["access", "mode", "open"]);
 
     // An admin's rotation: the old configuration stops working…
-    let out = t.hub_cli(&["key", "rotate", "--spoke", "phone"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    hub_ok(&t, &["key", "rotate", "--spoke", "phone"]);
     t.wait_for("the new epoch", Duration::from_secs(10), || {
         config_json(&t, &["spoke", "config", "phone", "--json"])["epoch"] == 2
     });
@@ -262,22 +291,17 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         field(&rotated, "PresharedKey"),
         field(&printed, "PresharedKey")
     );
-    apply(
+    use_config(
         &t,
         &phone,
-        &setconf_text(&rotated, &phone.private_key),
+        &rotated,
         &conf_path,
-    );
-    t.wait_for(
         "the peer to ping again with the new key",
-        Duration::from_secs(20),
-        || t.ping(&ns, A_TUNNEL, 1),
     );
 
     // The plain output is the configuration file itself, and says on
     // standard error that it holds a secret.
-    let out = t.hub_cli(&["spoke", "config", "phone"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    let out = hub_ok(&t, &["spoke", "config", "phone"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), rotated);
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds a secret key"));
 
@@ -286,16 +310,7 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
     let shown = t.hub_cli(&["key", "policy", "show", "--spoke", "phone", "--json"]);
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["interval_secs"], 30 * 86_400, "{shown}");
-    let out = t.hub_cli(&[
-        "key",
-        "policy",
-        "set",
-        "--spoke",
-        "phone",
-        "--interval",
-        "12s",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    set_interval(&t, "12s");
     // Near its end (the last quarter of so short an interval), status warns.
     t.wait_for(
         "status to warn about the phone's key",
@@ -316,29 +331,16 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
         !t.ping(&ns, A_TUNNEL, 3),
         "an ended preshared key still works"
     );
-    let out = t.hub_cli(&[
-        "key",
-        "policy",
-        "set",
-        "--spoke",
-        "phone",
-        "--interval",
-        "off",
-    ]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    set_interval(&t, "off");
     let view = config_json(&t, &["spoke", "config", "phone", "--json"]);
     assert_eq!(view["ends_at"], Value::Null);
     let rotated = view["config"].as_str().unwrap().to_owned();
-    apply(
+    use_config(
         &t,
         &phone,
-        &setconf_text(&rotated, &phone.private_key),
+        &rotated,
         &conf_path,
-    );
-    t.wait_for(
         "the peer to ping with epoch 3",
-        Duration::from_secs(20),
-        || t.ping(&ns, A_TUNNEL, 1),
     );
 
     // One flipped bit in the preshared key: no handshake ever completes,
@@ -370,16 +372,12 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
     );
 
     // Back to the right key, then revoked: cut off at once.
-    apply(
+    use_config(
         &t,
         &phone,
-        &setconf_text(&rotated, &phone.private_key),
+        &rotated,
         &conf_path,
-    );
-    t.wait_for(
         "the peer to ping with the right key",
-        Duration::from_secs(20),
-        || t.ping(&ns, A_TUNNEL, 1),
     );
     // A key pair drawn by the hub (for a phone that imports a whole
     // configuration from a QR code): printed once, never stored.
@@ -417,8 +415,7 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
             "no {words:?} in {details:?}"
         );
     }
-    let out = t.hub_cli(&["spoke", "revoke", "phone"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    hub_ok(&t, &["spoke", "revoke", "phone"]);
     // One ping that waits one second: the peer is cut off within it.
     assert!(
         !t.ping(&ns, A_TUNNEL, 1),
