@@ -148,10 +148,10 @@ pub struct TunWriter {
     gro: GROTable,
 }
 
-impl TunWriter {
+impl tasuki_core::datagram::TunSink for TunWriter {
     /// Room for the next packet, at least `len` bytes; the packet counts only
-    /// once [`TunWriter::commit`]ted, so a caller may use it as scratch.
-    pub fn slot(&mut self, len: usize) -> &mut [u8] {
+    /// once [`TunSink::commit`]ted, so a caller may use it as scratch.
+    fn slot(&mut self, len: usize) -> &mut [u8] {
         if self.count == self.slots.len() {
             // Room to grow into a coalesced super-packet without moving.
             self.slots
@@ -163,8 +163,8 @@ impl TunWriter {
         &mut slot[WRITE_HEADROOM..]
     }
 
-    /// The first `len` bytes written to the current [`TunWriter::slot`].
-    pub fn pending(&self, len: usize) -> &[u8] {
+    /// The first `len` bytes written to the current [`TunSink::slot`].
+    fn pending(&self, len: usize) -> &[u8] {
         self.slots
             .get(self.count)
             .and_then(|s| s.get(WRITE_HEADROOM..WRITE_HEADROOM + len))
@@ -172,13 +172,15 @@ impl TunWriter {
     }
 
     /// Queues the first `len` bytes of the current slot as a packet.
-    pub fn commit(&mut self, len: usize) {
+    fn commit(&mut self, len: usize) {
         if let Some(slot) = self.slots.get_mut(self.count) {
             slot.truncate(WRITE_HEADROOM + len);
             self.count += 1;
         }
     }
+}
 
+impl TunWriter {
     /// Packets queued.
     pub fn len(&self) -> usize {
         self.count
@@ -226,6 +228,7 @@ mod tests {
     //! and segments written back coalesce into one super-packet again.
     use super::*;
     use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice};
+    use tasuki_core::datagram::TunSink;
 
     const MSS: usize = 1_000;
 

@@ -20,7 +20,7 @@ use tasuki_core::link::{Link, Sealed, Tick};
 use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::{HeldEpoch, SpokeKeys};
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
+use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler, TunSink};
 use tasuki_shell::udp::BatchUdp;
 // Epoch ages count on the boot clock: a wall-clock jump (NTP) neither ends
 // an epoch early nor stretches it, and time asleep counts.

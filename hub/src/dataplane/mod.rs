@@ -1,75 +1,37 @@
-//! The hub's data plane: one UDP socket, one TUN, one WireGuard tunnel per
-//! spoke link and key epoch. This task owns all of it; the control side
-//! talks to it through [`DpCommand`]s. Every decision on an inner packet
-//! comes from `tasuki_core::routing`.
-//!
-//! It works in passes: one read of the socket (many datagrams, by GRO) or of
-//! the TUN (a super-packet split into packets), every packet decrypted,
-//! routed and encrypted into reused buffers, then everything written at
-//! once: datagrams in GSO batches, TUN packets coalesced. Spoke-to-spoke
-//! traffic is relayed here in user space and never touches the TUN.
+//! The hub's data plane task: one UDP socket and one TUN driven in passes
+//! around the core machine ([`HubPlane`]), which holds every rule. A pass
+//! reads a batch (many datagrams, by GRO, or a TUN super-packet split into
+//! packets), lets the machine handle each packet, then writes everything at
+//! once: datagrams in GSO batches, TUN packets coalesced. The control side
+//! talks to it through [`DpCommand`]s and hears its events.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, TunnResult};
-
 mod api;
-mod peer;
-pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec, LinkStatus};
-use peer::{seal_to, Delivery, Peer};
-use tasuki_core::access::{AccessGate, CompiledAccess, Origin};
-use tasuki_core::admin_api::Counters;
+pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec};
+use tasuki_core::access::CompiledAccess;
 use tasuki_core::batch::Outbox;
-use tasuki_core::flood::HandshakeGate;
-use tasuki_core::keys::{PublicKey, StaticKey};
-use tasuki_core::link::{slot_of_receiver, Link, Tick};
-use tasuki_core::routing::{DropReason, RouteTable, SpokeId, Verdict};
-use tasuki_core::DATAGRAM_BUFFER;
+use tasuki_core::hub_plane::HubPlane;
+use tasuki_core::keys::StaticKey;
+use tasuki_core::routing::{DropReason, RouteTable};
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{open_datagram, Devices, Opened, PassHandler};
+use tasuki_shell::passes::{Devices, PassHandler};
 use tasuki_shell::udp::BatchUdp;
 use tokio::sync::mpsc;
 
-/// Handshakes per second the hub answers before it demands cookies.
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
-/// Timer ticks (250 ms) a link stays quiet, with no WireGuard session left,
-/// before its tunnels are dropped: three minutes, longer than a handshake
-/// keeps retrying (90 s).
-const IDLE_TICKS: u32 = 4 * 180;
-
-/// The data plane task: the devices and the state a pass works on.
+/// The data plane task: the devices and the machine a pass works on.
 pub(crate) struct DataPlane {
     io: Devices,
-    core: Core,
+    plane: Plane,
 }
 
-/// Everything a pass reads and writes besides the devices.
-struct Core {
-    key: Arc<StaticKey>,
-    public: boringtun::x25519::PublicKey,
-    limiter: Arc<RateLimiter>,
-    /// Per-address budget for initiations, checked before any cryptography.
-    gate: HandshakeGate,
-    /// The gate's clock.
+/// The machine, its clock, and where its events go.
+struct Plane {
+    machine: HubPlane<TunWriter>,
     started: tokio::time::Instant,
-    routes: RouteTable,
-    /// Who may reach what, and the flows it allowed (for their replies).
-    access: AccessGate,
-    peers: HashMap<SpokeId, Peer>,
-    by_key: HashMap<PublicKey, SpokeId>,
-    counters: Counters,
-    drops: BTreeMap<DropReason, u64>,
     events: mpsc::UnboundedSender<DpEvent>,
-    /// Datagrams to send at the end of the pass.
-    out: Outbox<SocketAddr>,
-    /// Packets to write to the TUN at the end of the pass.
-    to_tun: TunWriter,
-    scratch: Vec<u8>,
 }
 
 impl DataPlane {
@@ -81,27 +43,12 @@ impl DataPlane {
         access: Arc<CompiledAccess>,
         events: mpsc::UnboundedSender<DpEvent>,
     ) -> Self {
-        let public = key.public().to_x25519();
         Self {
             io: Devices::new(udp, tun),
-            core: Core {
-                limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-                gate: HandshakeGate::default(),
+            plane: Plane {
+                machine: HubPlane::new(key, routes, access),
                 started: tokio::time::Instant::now(),
-                public,
-                key,
-                routes,
-                // In force from the first packet: a hub in enforce mode
-                // never passes a packet unchecked while it starts.
-                access: AccessGate::new(access),
-                peers: HashMap::new(),
-                by_key: HashMap::new(),
-                counters: Counters::default(),
-                drops: BTreeMap::new(),
                 events,
-                out: Outbox::new(),
-                to_tun: TunWriter::default(),
-                scratch: vec![0; DATAGRAM_BUFFER],
             },
         }
     }
@@ -113,470 +60,104 @@ impl DataPlane {
         loop {
             tokio::select! {
                 r = self.io.udp().readable() => match r {
-                    Ok(()) => self.io.drain_udp(&mut self.core).await,
+                    Ok(()) => {
+                        self.plane.tick_clock();
+                        self.io.drain_udp(&mut self.plane).await;
+                    }
                     Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
                 r = self.io.tun().readable() => match r {
-                    Ok(()) => self.io.drain_tun(&mut self.core).await,
+                    Ok(()) => {
+                        self.plane.tick_clock();
+                        self.io.drain_tun(&mut self.plane).await;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.core.on_command(cmd),
+                    Some(cmd) => self.plane.on_command(cmd),
                     None => return,
                 },
                 _ = timers.tick() => {
-                    self.core.on_timers();
-                    self.io.flush(&mut self.core).await;
+                    self.plane.tick_clock();
+                    self.plane.machine.handle_timeout();
+                    self.io.flush(&mut self.plane).await;
                 }
                 _ = limiter_reset.tick() => {
-                    self.core.limiter.reset_count();
-                    let now = self.core.now_ms();
-                    self.core.gate.prune(now);
-                    self.core.access.prune(now);
+                    self.plane.tick_clock();
+                    self.plane.machine.handle_second();
                 }
             }
+            self.plane.forward_events();
         }
     }
 }
 
-impl Core {
-    fn drop_packet(&mut self, reason: DropReason) {
-        self.drop_packets(reason, 1);
+impl Plane {
+    /// Tells the machine the time: once per wake-up, not per packet (the
+    /// flood gate and the access flow table count in milliseconds).
+    fn tick_clock(&mut self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.machine.set_now(ms);
     }
 
-    fn drop_packets(&mut self, reason: DropReason, count: u64) {
-        if count > 0 {
-            *self.drops.entry(reason).or_default() += count;
-        }
-    }
-
-    /// Counts what became of a packet sealed to a spoke: sent (on the
-    /// path's counter), held for a handshake, or dropped.
-    fn count_sealed(
-        &mut self,
-        sealed: Result<Delivery, DropReason>,
-        path: fn(&mut Counters) -> &mut u64,
-    ) {
-        match sealed {
-            Ok(Delivery::Sent) => *path(&mut self.counters) += 1,
-            Ok(Delivery::Held) => self.counters.queued += 1,
-            Err(reason) => self.drop_packet(reason),
+    /// Hands the machine's events to the control side.
+    fn forward_events(&mut self) {
+        while let Some(event) = self.machine.poll_event() {
+            if self.events.send(event).is_err() {
+                // The control side is gone: the daemon is stopping.
+                tracing::debug!("data-plane event dropped: the hub is stopping");
+            }
         }
     }
 
     fn on_command(&mut self, cmd: DpCommand) {
         match cmd {
-            DpCommand::Upsert(spec) => {
-                let peer = self
-                    .peers
-                    .entry(spec.id)
-                    .or_insert_with(|| Peer::new(spec.id, spec.public_key));
-                peer.handshake_epochs = spec.handshake_epochs.clone();
-                peer.carry = spec.carry;
-                if peer.link.peer() != spec.public_key {
-                    peer.link = Link::new(spec.id, spec.public_key, 0);
-                    peer.resume = 0;
-                }
-                peer.resume = peer.resume.max(spec.confirmed);
-                // A link in use gets the new epochs' tunnels now; an idle
-                // one when the spoke next handshakes.
-                if !peer.link.is_empty() {
-                    for epoch in &spec.epochs {
-                        peer.link
-                            .install(&self.key, epoch, Some(self.limiter.clone()));
-                    }
-                }
-                let keep: Vec<u64> = spec.epochs.iter().map(|e| e.number).collect();
-                let lost = peer.link.retain(|e| keep.contains(&e));
-                peer.keys = spec.epochs;
-                self.by_key.insert(spec.public_key, spec.id);
-                self.routes.set_spoke(spec.id, spec.tunnel_addr);
-                self.drop_packets(DropReason::HandshakeTimeout, lost.into());
-                tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
-            }
-            DpCommand::Remove(id) => {
-                if let Some(peer) = self.peers.remove(&id) {
-                    self.by_key.remove(&peer.link.peer());
-                }
-                self.routes.remove_spoke(id);
-                tracing::info!(spoke = id, "link removed");
-            }
-            DpCommand::Access(policy) => {
-                self.access.replace(policy);
-                tracing::debug!(
-                    enforcing = self.access.enforcing(),
-                    flows = self.access.tracked(),
-                    "access policy in effect"
-                );
-            }
+            DpCommand::Upsert(spec) => self.machine.upsert(spec),
+            DpCommand::Remove(id) => self.machine.remove(id),
+            DpCommand::Access(policy) => self.machine.set_access(policy),
             DpCommand::Sync(done) => {
-                let _ = done.send(());
+                if done.send(()).is_err() {
+                    tracing::debug!("a data-plane sync was no longer awaited");
+                }
             }
             DpCommand::Status(reply) => {
-                let mut counters = self.counters.clone();
-                counters.access_flows = self.access.tracked() as u64;
-                counters.dropped = self
-                    .drops
-                    .iter()
-                    .map(|(r, n)| (r.name().to_owned(), *n))
-                    .collect();
-                let links = self
-                    .peers
-                    .iter_mut()
-                    .map(|(id, p)| {
-                        let last = p
-                            .link
-                            .for_sending()
-                            .and_then(|t| t.tunn.time_since_last_handshake())
-                            .map(|d| d.as_secs());
-                        (
-                            *id,
-                            LinkStatus {
-                                endpoint: p.endpoint,
-                                last_handshake_secs: last,
-                                rx_bytes: p.rx_bytes,
-                                tx_bytes: p.tx_bytes,
-                                packets: p.packets,
-                                handshakes: p.handshakes,
-                            },
-                        )
-                    })
-                    .collect();
-                let _ = reply.send(DpStatus { counters, links });
-            }
-        }
-    }
-
-    /// Which spoke a verified datagram belongs to, and the receiver index it
-    /// names (`None` for a handshake initiation, which goes to the newest epoch).
-    fn route_datagram(&self, packet: &Packet<'_>) -> Option<(SpokeId, Option<u32>)> {
-        let receiver = match packet {
-            Packet::HandshakeInit(init) => {
-                let half = parse_handshake_anon(&self.key.to_x25519(), &self.public, init).ok()?;
-                let id = self
-                    .by_key
-                    .get(&PublicKey(half.peer_static_public))
-                    .copied()?;
-                return Some((id, None));
-            }
-            Packet::HandshakeResponse(p) => p.receiver_idx,
-            Packet::PacketCookieReply(p) => p.receiver_idx,
-            Packet::PacketData(p) => p.receiver_idx,
-        };
-        Some((slot_of_receiver(receiver), Some(receiver)))
-    }
-
-    fn now_ms(&self) -> u64 {
-        now_ms(self.started)
-    }
-
-    fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
-        self.counters.rx_datagrams += 1;
-        // A flood of initiations from one address is dropped here, before
-        // the MAC check and the cookie reply it would cost.
-        if datagram.first() == Some(&1) && !self.gate.allow(src.ip(), self.now_ms()) {
-            self.drop_packet(DropReason::RateLimited);
-            return;
-        }
-        let verified = self
-            .limiter
-            .verify_packet(Some(src.ip()), datagram, &mut self.scratch);
-        let (id, receiver) = match verified {
-            Ok(packet) => {
-                let is_init = matches!(packet, Packet::HandshakeInit(_));
-                match self.route_datagram(&packet) {
-                    Some(route) => route,
-                    None => {
-                        self.drop_packet(if is_init {
-                            DropReason::UnknownPeer
-                        } else {
-                            DropReason::BadDatagram
-                        });
-                        return;
-                    }
-                }
-            }
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                // Under load: a cookie reply instead of a handshake (no DH done).
-                self.out.push(src, cookie);
-                self.counters.cookies += 1;
-                return;
-            }
-            Err(_) => {
-                self.drop_packet(DropReason::BadDatagram);
-                return;
-            }
-        };
-        match receiver {
-            None => self.on_initiation(id, src, datagram),
-            Some(receiver) => self.on_session_datagram(id, receiver, src, datagram),
-        }
-    }
-
-    /// A handshake initiation: WireGuard's responder cannot see which
-    /// preshared key the spoke used, so it is answered under every epoch the
-    /// spoke may be on; the spoke keeps the answer that opens.
-    fn on_initiation(&mut self, id: SpokeId, src: SocketAddr, datagram: &[u8]) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            self.drop_packet(DropReason::UnknownPeer);
-            return;
-        };
-        peer.wake(&self.key, &self.limiter);
-        let mut candidates = peer.handshake_epochs.clone();
-        if candidates.is_empty() {
-            candidates.extend(peer.link.epochs().last());
-        }
-        let mut answers = 0;
-        for e in candidates.iter().rev() {
-            let Some(t) = peer.link.by_epoch(*e) else {
-                continue;
-            };
-            match t
-                .tunn
-                .decapsulate(Some(src.ip()), datagram, self.out.spare())
-            {
-                TunnResult::WriteToNetwork(p) => {
-                    let len = p.len();
-                    if self.out.commit(src, len) {
-                        answers += 1;
-                    }
-                }
-                TunnResult::Err(err) => {
-                    tracing::trace!(spoke = id, error = ?err, "initiation rejected")
-                }
-                _ => {}
-            }
-        }
-        tracing::debug!(spoke = id, ?candidates, answers, "handshake initiation");
-        if answers == 0 {
-            self.drop_packet(DropReason::BadDatagram);
-            return;
-        }
-        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-            let _ = self.events.send(DpEvent::EndpointChanged {
-                spoke: id,
-                from,
-                to: src,
-            });
-        }
-        if std::mem::replace(&mut peer.answer_unconfirmed, true) {
-            // The last answer was never followed by data: the peer could
-            // not open it (a wrong or ended preshared key, or it was lost).
-            self.counters.handshake_failures += 1;
-            tracing::debug!(
-                spoke = id,
-                "handshake failed: the peer initiated again instead of sending data"
-            );
-        }
-        // Only an initiation that was answered counts as the link's activity.
-        peer.quiet_ticks = 0;
-        self.counters.handshakes += 1;
-        peer.handshakes += 1;
-    }
-
-    fn on_session_datagram(
-        &mut self,
-        id: SpokeId,
-        receiver: u32,
-        src: SocketAddr,
-        datagram: &[u8],
-    ) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            self.drop_packet(DropReason::UnknownPeer);
-            return;
-        };
-        let Some(tunnel) = peer.link.by_receiver(receiver) else {
-            self.drop_packet(DropReason::BadDatagram);
-            return;
-        };
-        let had_session = tunnel.has_session();
-        let epoch = tunnel.epoch;
-        let is_data = datagram.first() == Some(&4);
-        let inner = match open_datagram(
-            tunnel,
-            Some(src.ip()),
-            src,
-            datagram,
-            &mut self.out,
-            &mut self.to_tun,
-        ) {
-            Opened::Inner(len) => Some(len),
-            Opened::Nothing => None,
-            Opened::Ipv6 => {
-                *self.drops.entry(DropReason::Unsupported).or_default() += 1;
-                None
-            }
-            Opened::Rejected(e) => {
-                tracing::trace!(spoke = id, error = ?e, "datagram rejected");
-                *self.drops.entry(DropReason::BadDatagram).or_default() += 1;
-                return;
-            }
-        };
-        if !had_session && tunnel.has_session() {
-            tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
-        }
-        peer.packets += 1;
-        if is_data {
-            peer.answer_unconfirmed = false;
-        }
-        // A data packet decrypted (keepalives too): the spoke runs this epoch.
-        if is_data && peer.link.confirm(epoch) {
-            let _ = self.events.send(DpEvent::Confirmed {
-                spoke: id,
-                epoch,
-                usage: peer.usage(),
-            });
-        }
-        // The datagram authenticated: this is where the spoke is now, and
-        // the link is in use.
-        peer.quiet_ticks = 0;
-        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-            let _ = self.events.send(DpEvent::EndpointChanged {
-                spoke: id,
-                from,
-                to: src,
-            });
-        }
-        peer.rx_bytes += datagram.len() as u64;
-        if let Some(len) = inner {
-            self.forward_inner(id, len);
-        }
-    }
-
-    /// Routes the packet of `len` bytes just opened into the TUN batch.
-    fn forward_inner(&mut self, from: SpokeId, len: usize) {
-        if !self.peers.get(&from).is_some_and(|p| p.carry) {
-            self.drop_packet(DropReason::NotLoggedIn);
-            return;
-        }
-        let packet = self.to_tun.pending(len);
-        let verdict = match self.routes.inbound(from, packet) {
-            Verdict::Relay(_) | Verdict::Local
-                if self.access.enforcing()
-                    && !self
-                        .access
-                        .check(Origin::Spoke(from), packet, now_ms(self.started)) =>
-            {
-                Verdict::Drop(DropReason::Denied)
-            }
-            v => v,
-        };
-        match verdict {
-            Verdict::Relay(to) => {
-                let keys = (&*self.key, &self.limiter);
-                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
-                self.count_sealed(sealed, |c| &mut c.relayed);
-            }
-            Verdict::Local => {
-                self.to_tun.commit(len);
-                self.counters.to_tun += 1;
-            }
-            Verdict::Drop(reason) => {
-                if reason == DropReason::ForgedSource {
-                    tracing::debug!(spoke = from, "dropped a packet with a forged inner source");
-                }
-                self.drop_packet(reason);
-            }
-        }
-    }
-
-    fn on_tun_packet(&mut self, packet: &[u8]) {
-        let verdict = match self.routes.outbound(packet) {
-            Verdict::Relay(_)
-                if self.access.enforcing()
-                    && !self
-                        .access
-                        .check(Origin::Local, packet, now_ms(self.started)) =>
-            {
-                Verdict::Drop(DropReason::Denied)
-            }
-            v => v,
-        };
-        match verdict {
-            Verdict::Relay(to) => {
-                let keys = (&*self.key, &self.limiter);
-                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
-                self.count_sealed(sealed, |c| &mut c.from_tun);
-            }
-            Verdict::Local => {}
-            Verdict::Drop(reason) => self.drop_packet(reason),
-        }
-    }
-
-    fn on_timers(&mut self) {
-        let mut lost = 0u32;
-        for peer in self.peers.values_mut() {
-            if peer.link.is_empty() {
-                continue;
-            }
-            peer.quiet_ticks = peer.quiet_ticks.saturating_add(1);
-            if peer.quiet_ticks >= IDLE_TICKS && peer.link.is_idle() {
-                tracing::debug!(
-                    spoke = peer.link.slot(),
-                    "idle link: tunnels dropped until the next handshake"
-                );
-                lost += peer.rest();
-                continue;
-            }
-            let Some(endpoint) = peer.endpoint else {
-                continue;
-            };
-            let slot = peer.link.slot();
-            for tunnel in peer.link.tunnels_mut() {
-                match tunnel.tick(self.out.spare()) {
-                    Tick::Send(len) => {
-                        self.out.commit(endpoint, len);
-                    }
-                    Tick::Lost(n) => {
-                        tracing::debug!(
-                            spoke = slot,
-                            packets = n,
-                            "handshake gave up: waiting packets lost"
-                        );
-                        lost += n;
-                    }
-                    Tick::Idle => {}
+                if reply.send(self.machine.status()).is_err() {
+                    tracing::debug!("a data-plane status was no longer awaited");
                 }
             }
         }
-        self.drop_packets(DropReason::HandshakeTimeout, lost.into());
     }
 }
 
-/// Milliseconds since `started` on the monotonic clock.
-fn now_ms(started: tokio::time::Instant) -> u64 {
-    started.elapsed().as_millis() as u64
-}
-
-impl PassHandler for Core {
+impl PassHandler for Plane {
     fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        Core::on_datagram(self, from, datagram);
+        self.machine.handle_datagram(from, datagram);
     }
 
     fn on_tun_packet(&mut self, packet: &[u8]) {
-        Core::on_tun_packet(self, packet);
+        self.machine.handle_tun(packet);
     }
 
     fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
-        &mut self.out
+        self.machine.outbox()
     }
 
     fn to_tun(&mut self) -> &mut TunWriter {
-        &mut self.to_tun
+        self.machine.to_tun()
     }
 
     fn sent(&mut self, count: u64, _bytes: u64) {
-        self.counters.tx_datagrams += count;
+        self.machine.sent(count);
     }
 
     fn lost(&mut self, reason: DropReason, count: u64) {
-        self.drop_packets(reason, count);
+        self.machine.lost(reason, count);
     }
 
     fn receive_failed(&mut self) {
-        self.counters.receive_errors += 1;
+        self.machine.receive_failed();
     }
 }

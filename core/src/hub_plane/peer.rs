@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::batch::Outbox;
+use crate::keys::{KeyEpoch, PublicKey, StaticKey};
+use crate::link::{Link, Sealed};
+use crate::rotation::Usage;
+use crate::routing::{DropReason, SpokeId};
 use boringtun::noise::rate_limiter::RateLimiter;
-use tasuki_core::batch::Outbox;
-use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
-use tasuki_core::link::{Link, Sealed};
-use tasuki_core::rotation::Usage;
-use tasuki_core::routing::{DropReason, SpokeId};
 
 /// The hub's state for one spoke link.
 pub(super) struct Peer {

@@ -1,0 +1,537 @@
+//! The hub's data plane as a state machine with no I/O: one WireGuard
+//! tunnel per spoke link and key epoch, cryptokey routing, the access
+//! gate, the relay. The shell feeds it datagrams and TUN packets and the
+//! time, writes out what it leaves in its outbox and TUN sink, and hands
+//! its events to the control side. Every decision on an inner packet comes
+//! from [`crate::routing`].
+//!
+//! Spoke-to-spoke traffic is relayed here and never touches the TUN.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, TunnResult};
+
+mod api;
+mod peer;
+pub use api::{HubEvent, LinkSpec, LinkStatus, PlaneStatus};
+use peer::{seal_to, Delivery, Peer};
+
+use crate::access::{AccessGate, CompiledAccess, Origin};
+use crate::admin_api::Counters;
+use crate::batch::Outbox;
+use crate::datagram::{open_datagram, Opened, TunSink};
+use crate::flood::HandshakeGate;
+use crate::keys::{PublicKey, StaticKey};
+use crate::link::{slot_of_receiver, Link, Tick};
+use crate::routing::{DropReason, RouteTable, SpokeId, Verdict};
+use crate::DATAGRAM_BUFFER;
+
+/// Handshakes per second the hub answers before it demands cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Timer ticks (250 ms) a link stays quiet, with no WireGuard session left,
+/// before its tunnels are dropped: three minutes, longer than a handshake
+/// keeps retrying (90 s).
+const IDLE_TICKS: u32 = 4 * 180;
+
+/// The hub's data plane: everything a pass reads and writes besides the
+/// devices. `T` is where opened packets wait for the TUN.
+pub struct HubPlane<T: TunSink> {
+    key: Arc<StaticKey>,
+    public: boringtun::x25519::PublicKey,
+    limiter: Arc<RateLimiter>,
+    /// Per-address budget for initiations, checked before any cryptography.
+    gate: HandshakeGate,
+    /// The time (milliseconds on the driver's monotonic clock), set by the
+    /// driver before each pass.
+    now_ms: u64,
+    routes: RouteTable,
+    /// Who may reach what, and the flows it allowed (for their replies).
+    access: AccessGate,
+    peers: HashMap<SpokeId, Peer>,
+    by_key: HashMap<PublicKey, SpokeId>,
+    counters: Counters,
+    drops: BTreeMap<DropReason, u64>,
+    events: VecDeque<HubEvent>,
+    /// Datagrams to send at the end of the pass.
+    out: Outbox<SocketAddr>,
+    /// Packets to write to the TUN at the end of the pass.
+    to_tun: T,
+    scratch: Vec<u8>,
+}
+
+impl<T: TunSink + Default> HubPlane<T> {
+    /// A data plane with no links yet, enforcing `access` from the first
+    /// packet (a hub in enforce mode never passes a packet unchecked while
+    /// it starts).
+    pub fn new(key: Arc<StaticKey>, routes: RouteTable, access: Arc<CompiledAccess>) -> Self {
+        let public = key.public().to_x25519();
+        Self {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            gate: HandshakeGate::default(),
+            now_ms: 0,
+            public,
+            key,
+            routes,
+            access: AccessGate::new(access),
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            counters: Counters::default(),
+            drops: BTreeMap::new(),
+            events: VecDeque::new(),
+            out: Outbox::new(),
+            to_tun: T::default(),
+            scratch: vec![0; DATAGRAM_BUFFER],
+        }
+    }
+}
+
+impl<T: TunSink> HubPlane<T> {
+    /// Sets the time the next calls see (milliseconds on a monotonic clock).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Once a second: a fresh handshake budget, and expired entries of the
+    /// flood gate and the access flow table dropped.
+    pub fn handle_second(&mut self) {
+        self.limiter.reset_count();
+        self.gate.prune(self.now_ms);
+        self.access.prune(self.now_ms);
+    }
+
+    /// The next event for the control side.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    /// The datagrams waiting to be sent.
+    pub fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
+        &mut self.out
+    }
+
+    /// The packets waiting for the TUN.
+    pub fn to_tun(&mut self) -> &mut T {
+        &mut self.to_tun
+    }
+
+    /// `count` datagrams were sent.
+    pub fn sent(&mut self, count: u64) {
+        self.counters.tx_datagrams += count;
+    }
+
+    /// `count` packets were lost for `reason` (a send or TUN write failed).
+    pub fn lost(&mut self, reason: DropReason, count: u64) {
+        self.drop_packets(reason, count);
+    }
+
+    /// A read of the socket or the TUN failed.
+    pub fn receive_failed(&mut self) {
+        self.counters.receive_errors += 1;
+    }
+}
+
+impl<T: TunSink> HubPlane<T> {
+    fn drop_packet(&mut self, reason: DropReason) {
+        self.drop_packets(reason, 1);
+    }
+
+    fn drop_packets(&mut self, reason: DropReason, count: u64) {
+        if count > 0 {
+            *self.drops.entry(reason).or_default() += count;
+        }
+    }
+
+    /// Counts what became of a packet sealed to a spoke: sent (on the
+    /// path's counter), held for a handshake, or dropped.
+    fn count_sealed(
+        &mut self,
+        sealed: Result<Delivery, DropReason>,
+        path: fn(&mut Counters) -> &mut u64,
+    ) {
+        match sealed {
+            Ok(Delivery::Sent) => *path(&mut self.counters) += 1,
+            Ok(Delivery::Held) => self.counters.queued += 1,
+            Err(reason) => self.drop_packet(reason),
+        }
+    }
+
+    /// Carries a link, or updates its epochs, address and login state.
+    pub fn upsert(&mut self, spec: LinkSpec) {
+        let peer = self
+            .peers
+            .entry(spec.id)
+            .or_insert_with(|| Peer::new(spec.id, spec.public_key));
+        peer.handshake_epochs = spec.handshake_epochs.clone();
+        peer.carry = spec.carry;
+        if peer.link.peer() != spec.public_key {
+            peer.link = Link::new(spec.id, spec.public_key, 0);
+            peer.resume = 0;
+        }
+        peer.resume = peer.resume.max(spec.confirmed);
+        // A link in use gets the new epochs' tunnels now; an idle
+        // one when the spoke next handshakes.
+        if !peer.link.is_empty() {
+            for epoch in &spec.epochs {
+                peer.link
+                    .install(&self.key, epoch, Some(self.limiter.clone()));
+            }
+        }
+        let keep: Vec<u64> = spec.epochs.iter().map(|e| e.number).collect();
+        let lost = peer.link.retain(|e| keep.contains(&e));
+        peer.keys = spec.epochs;
+        self.by_key.insert(spec.public_key, spec.id);
+        self.routes.set_spoke(spec.id, spec.tunnel_addr);
+        self.drop_packets(DropReason::HandshakeTimeout, lost.into());
+        tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
+    }
+
+    /// Forgets a link at once (a revoked or denied spoke).
+    pub fn remove(&mut self, id: SpokeId) {
+        if let Some(peer) = self.peers.remove(&id) {
+            self.by_key.remove(&peer.link.peer());
+        }
+        self.routes.remove_spoke(id);
+        tracing::info!(spoke = id, "link removed");
+    }
+
+    /// Enforces this access policy from the next packet on.
+    pub fn set_access(&mut self, policy: Arc<CompiledAccess>) {
+        self.access.replace(policy);
+        tracing::debug!(
+            enforcing = self.access.enforcing(),
+            flows = self.access.tracked(),
+            "access policy in effect"
+        );
+    }
+
+    /// Counters and every link's facts, for status and metrics.
+    pub fn status(&mut self) -> PlaneStatus {
+        let mut counters = self.counters.clone();
+        counters.access_flows = self.access.tracked() as u64;
+        counters.dropped = self
+            .drops
+            .iter()
+            .map(|(r, n)| (r.name().to_owned(), *n))
+            .collect();
+        let links = self
+            .peers
+            .iter_mut()
+            .map(|(id, p)| {
+                let last = p
+                    .link
+                    .for_sending()
+                    .and_then(|t| t.tunn.time_since_last_handshake())
+                    .map(|d| d.as_secs());
+                (
+                    *id,
+                    LinkStatus {
+                        endpoint: p.endpoint,
+                        last_handshake_secs: last,
+                        rx_bytes: p.rx_bytes,
+                        tx_bytes: p.tx_bytes,
+                        packets: p.packets,
+                        handshakes: p.handshakes,
+                    },
+                )
+            })
+            .collect();
+        PlaneStatus { counters, links }
+    }
+
+    /// Which spoke a verified datagram belongs to, and the receiver index it
+    /// names (`None` for a handshake initiation, which goes to the newest epoch).
+    fn route_datagram(&self, packet: &Packet<'_>) -> Option<(SpokeId, Option<u32>)> {
+        let receiver = match packet {
+            Packet::HandshakeInit(init) => {
+                let half = parse_handshake_anon(&self.key.to_x25519(), &self.public, init).ok()?;
+                let id = self
+                    .by_key
+                    .get(&PublicKey(half.peer_static_public))
+                    .copied()?;
+                return Some((id, None));
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        Some((slot_of_receiver(receiver), Some(receiver)))
+    }
+
+    /// One datagram from `src`: a handshake, a cookie reply or data (decrypted, routed, relayed or queued for the TUN).
+    pub fn handle_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
+        self.counters.rx_datagrams += 1;
+        // A flood of initiations from one address is dropped here, before
+        // the MAC check and the cookie reply it would cost.
+        if datagram.first() == Some(&1) && !self.gate.allow(src.ip(), self.now_ms) {
+            self.drop_packet(DropReason::RateLimited);
+            return;
+        }
+        let verified = self
+            .limiter
+            .verify_packet(Some(src.ip()), datagram, &mut self.scratch);
+        let (id, receiver) = match verified {
+            Ok(packet) => {
+                let is_init = matches!(packet, Packet::HandshakeInit(_));
+                match self.route_datagram(&packet) {
+                    Some(route) => route,
+                    None => {
+                        self.drop_packet(if is_init {
+                            DropReason::UnknownPeer
+                        } else {
+                            DropReason::BadDatagram
+                        });
+                        return;
+                    }
+                }
+            }
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                // Under load: a cookie reply instead of a handshake (no DH done).
+                self.out.push(src, cookie);
+                self.counters.cookies += 1;
+                return;
+            }
+            Err(_) => {
+                self.drop_packet(DropReason::BadDatagram);
+                return;
+            }
+        };
+        match receiver {
+            None => self.on_initiation(id, src, datagram),
+            Some(receiver) => self.on_session_datagram(id, receiver, src, datagram),
+        }
+    }
+
+    /// A handshake initiation: WireGuard's responder cannot see which
+    /// preshared key the spoke used, so it is answered under every epoch the
+    /// spoke may be on; the spoke keeps the answer that opens.
+    fn on_initiation(&mut self, id: SpokeId, src: SocketAddr, datagram: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.drop_packet(DropReason::UnknownPeer);
+            return;
+        };
+        peer.wake(&self.key, &self.limiter);
+        let mut candidates = peer.handshake_epochs.clone();
+        if candidates.is_empty() {
+            candidates.extend(peer.link.epochs().last());
+        }
+        let mut answers = 0;
+        for e in candidates.iter().rev() {
+            let Some(t) = peer.link.by_epoch(*e) else {
+                continue;
+            };
+            match t
+                .tunn
+                .decapsulate(Some(src.ip()), datagram, self.out.spare())
+            {
+                TunnResult::WriteToNetwork(p) => {
+                    let len = p.len();
+                    if self.out.commit(src, len) {
+                        answers += 1;
+                    }
+                }
+                TunnResult::Err(err) => {
+                    tracing::trace!(spoke = id, error = ?err, "initiation rejected")
+                }
+                _ => {}
+            }
+        }
+        tracing::debug!(spoke = id, ?candidates, answers, "handshake initiation");
+        if answers == 0 {
+            self.drop_packet(DropReason::BadDatagram);
+            return;
+        }
+        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+            self.events.push_back(HubEvent::EndpointChanged {
+                spoke: id,
+                from,
+                to: src,
+            });
+        }
+        if std::mem::replace(&mut peer.answer_unconfirmed, true) {
+            // The last answer was never followed by data: the peer could
+            // not open it (a wrong or ended preshared key, or it was lost).
+            self.counters.handshake_failures += 1;
+            tracing::debug!(
+                spoke = id,
+                "handshake failed: the peer initiated again instead of sending data"
+            );
+        }
+        // Only an initiation that was answered counts as the link's activity.
+        peer.quiet_ticks = 0;
+        self.counters.handshakes += 1;
+        peer.handshakes += 1;
+    }
+
+    fn on_session_datagram(
+        &mut self,
+        id: SpokeId,
+        receiver: u32,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            self.drop_packet(DropReason::UnknownPeer);
+            return;
+        };
+        let Some(tunnel) = peer.link.by_receiver(receiver) else {
+            self.drop_packet(DropReason::BadDatagram);
+            return;
+        };
+        let had_session = tunnel.has_session();
+        let epoch = tunnel.epoch;
+        let is_data = datagram.first() == Some(&4);
+        let inner = match open_datagram(
+            tunnel,
+            Some(src.ip()),
+            src,
+            datagram,
+            &mut self.out,
+            &mut self.to_tun,
+        ) {
+            Opened::Inner(len) => Some(len),
+            Opened::Nothing => None,
+            Opened::Ipv6 => {
+                *self.drops.entry(DropReason::Unsupported).or_default() += 1;
+                None
+            }
+            Opened::Rejected(e) => {
+                tracing::trace!(spoke = id, error = ?e, "datagram rejected");
+                *self.drops.entry(DropReason::BadDatagram).or_default() += 1;
+                return;
+            }
+        };
+        if !had_session && tunnel.has_session() {
+            tracing::info!(spoke = id, epoch = tunnel.epoch, %src, "WireGuard session up");
+        }
+        peer.packets += 1;
+        if is_data {
+            peer.answer_unconfirmed = false;
+        }
+        // A data packet decrypted (keepalives too): the spoke runs this epoch.
+        if is_data && peer.link.confirm(epoch) {
+            self.events.push_back(HubEvent::Confirmed {
+                spoke: id,
+                epoch,
+                usage: peer.usage(),
+            });
+        }
+        // The datagram authenticated: this is where the spoke is now, and
+        // the link is in use.
+        peer.quiet_ticks = 0;
+        if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
+            self.events.push_back(HubEvent::EndpointChanged {
+                spoke: id,
+                from,
+                to: src,
+            });
+        }
+        peer.rx_bytes += datagram.len() as u64;
+        if let Some(len) = inner {
+            self.forward_inner(id, len);
+        }
+    }
+
+    /// Routes the packet of `len` bytes just opened into the TUN batch.
+    fn forward_inner(&mut self, from: SpokeId, len: usize) {
+        if !self.peers.get(&from).is_some_and(|p| p.carry) {
+            self.drop_packet(DropReason::NotLoggedIn);
+            return;
+        }
+        let packet = self.to_tun.pending(len);
+        let verdict = match self.routes.inbound(from, packet) {
+            Verdict::Relay(_) | Verdict::Local
+                if self.access.enforcing()
+                    && !self.access.check(Origin::Spoke(from), packet, self.now_ms) =>
+            {
+                Verdict::Drop(DropReason::Denied)
+            }
+            v => v,
+        };
+        match verdict {
+            Verdict::Relay(to) => {
+                let keys = (&*self.key, &self.limiter);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                self.count_sealed(sealed, |c| &mut c.relayed);
+            }
+            Verdict::Local => {
+                self.to_tun.commit(len);
+                self.counters.to_tun += 1;
+            }
+            Verdict::Drop(reason) => {
+                if reason == DropReason::ForgedSource {
+                    tracing::debug!(spoke = from, "dropped a packet with a forged inner source");
+                }
+                self.drop_packet(reason);
+            }
+        }
+    }
+
+    /// One packet read from the TUN: sealed to the spoke it is routed to.
+    pub fn handle_tun(&mut self, packet: &[u8]) {
+        let verdict = match self.routes.outbound(packet) {
+            Verdict::Relay(_)
+                if self.access.enforcing()
+                    && !self.access.check(Origin::Local, packet, self.now_ms) =>
+            {
+                Verdict::Drop(DropReason::Denied)
+            }
+            v => v,
+        };
+        match verdict {
+            Verdict::Relay(to) => {
+                let keys = (&*self.key, &self.limiter);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                self.count_sealed(sealed, |c| &mut c.from_tun);
+            }
+            Verdict::Local => {}
+            Verdict::Drop(reason) => self.drop_packet(reason),
+        }
+    }
+
+    /// WireGuard's timers and idle links (call every 250 ms).
+    pub fn handle_timeout(&mut self) {
+        let mut lost = 0u32;
+        for peer in self.peers.values_mut() {
+            if peer.link.is_empty() {
+                continue;
+            }
+            peer.quiet_ticks = peer.quiet_ticks.saturating_add(1);
+            if peer.quiet_ticks >= IDLE_TICKS && peer.link.is_idle() {
+                tracing::debug!(
+                    spoke = peer.link.slot(),
+                    "idle link: tunnels dropped until the next handshake"
+                );
+                lost += peer.rest();
+                continue;
+            }
+            let Some(endpoint) = peer.endpoint else {
+                continue;
+            };
+            let slot = peer.link.slot();
+            for tunnel in peer.link.tunnels_mut() {
+                match tunnel.tick(self.out.spare()) {
+                    Tick::Send(len) => {
+                        self.out.commit(endpoint, len);
+                    }
+                    Tick::Lost(n) => {
+                        tracing::debug!(
+                            spoke = slot,
+                            packets = n,
+                            "handshake gave up: waiting packets lost"
+                        );
+                        lost += n;
+                    }
+                    Tick::Idle => {}
+                }
+            }
+        }
+        self.drop_packets(DropReason::HandshakeTimeout, lost.into());
+    }
+}
+
+#[cfg(test)]
+mod tests;
