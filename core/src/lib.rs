@@ -28,9 +28,12 @@ pub mod rotation;
 pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
+pub mod spoke_plane;
 pub mod users;
 pub mod wireguard;
 
+#[cfg(test)]
+mod planes_tests;
 #[cfg(test)]
 mod sim;
 

@@ -95,7 +95,12 @@ pub(crate) async fn run(
             tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
                 let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
                 let dp = DataPlane::new(
-                    store_dp, key_dp, hub_key, hub, keepalive, tun.device, events_tx,
+                    store_dp,
+                    key_dp,
+                    (hub_key, hub),
+                    keepalive,
+                    tun.device,
+                    events_tx,
                 )
                 .await?;
                 Ok((tun.name, dp.run(dp_rx)))

@@ -1,0 +1,420 @@
+//! The spoke's data plane as a state machine with no I/O: one WireGuard
+//! tunnel per key epoch of the spoke–hub link. Which epoch to run, when to
+//! move on and when to stop is decided by [`SpokeKeys`]; this counts the
+//! link's use, seals and opens, and says what the shell must store and
+//! report. The shell feeds it datagrams, TUN packets and the time, and
+//! writes out its outbox and TUN sink.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use crate::admin_api::Counters;
+use crate::batch::Outbox;
+use crate::datagram::{open_datagram, Opened, TunSink};
+use crate::keys::{PublicKey, StaticKey};
+use crate::link::{Link, Sealed, Tick};
+use crate::routing::DropReason;
+use crate::spoke_keys::{HeldEpoch, SpokeKeys};
+
+/// What the spoke's data plane asks of the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpokeEvent {
+    /// This epoch carries traffic now: store it as current, then send the
+    /// hub the update report (never before it is stored).
+    StoreCurrent(u64),
+    /// Erase every stored epoch below this one.
+    EraseBelow(u64),
+    /// The current epoch is over and we may not move on alone: send the
+    /// hub an update request.
+    RequestUpdate,
+    /// A hard limit stopped traffic: send the hub a distribution request.
+    NeedKeys,
+}
+
+/// The spoke's data-plane status.
+#[derive(Clone, Debug, Default)]
+pub struct SpokeStatus {
+    /// Its counters.
+    pub counters: Counters,
+    /// The epoch carrying traffic.
+    pub epoch: Option<u64>,
+    /// Every epoch held.
+    pub held: Vec<u64>,
+    /// Stopped by a hard limit.
+    pub blocked: bool,
+    /// Seconds since the last WireGuard handshake.
+    pub last_handshake_secs: Option<u64>,
+}
+
+/// The spoke's data plane. `T` is where opened packets wait for the TUN.
+pub struct SpokePlane<T: TunSink> {
+    key: Arc<StaticKey>,
+    hub: SocketAddr,
+    keys: SpokeKeys,
+    link: Link,
+    counters: Counters,
+    /// Authenticated datagrams in and data messages out, for the epoch's
+    /// packet budget.
+    packets: u64,
+    /// Their bytes, for the epoch's byte budget.
+    bytes: u64,
+    /// The epoch whose handshake was last started by a switch.
+    switching: Option<u64>,
+    blocked: bool,
+    /// The hub carries our traffic only while a user is logged in (or for a
+    /// service spoke); until then packets are dropped here, where the user
+    /// can see why.
+    carrying: bool,
+    /// Seconds on a clock that only moves forward (the boot clock), set by
+    /// the driver before each pass.
+    now: u64,
+    events: VecDeque<SpokeEvent>,
+    /// Datagrams to send at the end of the pass.
+    out: Outbox<SocketAddr>,
+    /// Packets to write to the TUN at the end of the pass.
+    to_tun: T,
+}
+
+impl<T: TunSink + Default> SpokePlane<T> {
+    /// A data plane for the link to `hub` (key `hub_key`), with the epochs
+    /// the store holds and the one that last carried traffic, at `now`.
+    pub fn new(
+        key: Arc<StaticKey>,
+        hub_key: PublicKey,
+        hub: SocketAddr,
+        keepalive_secs: u16,
+        (held, current): (Vec<HeldEpoch>, u64),
+        now: u64,
+    ) -> Self {
+        let mut link = Link::new(0, hub_key, keepalive_secs);
+        for h in &held {
+            link.install(&key, &h.epoch, None);
+        }
+        Self {
+            keys: SpokeKeys::new(held, current, now),
+            key,
+            hub,
+            link,
+            counters: Counters::default(),
+            packets: 0,
+            bytes: 0,
+            switching: None,
+            blocked: false,
+            carrying: true,
+            now,
+            events: VecDeque::new(),
+            out: Outbox::new(),
+            to_tun: T::default(),
+        }
+    }
+}
+
+impl<T: TunSink> SpokePlane<T> {
+    /// Sets the time the next calls see (seconds on the boot clock).
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// The next thing the shell must do.
+    pub fn poll_event(&mut self) -> Option<SpokeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The datagrams waiting to be sent.
+    pub fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
+        &mut self.out
+    }
+
+    /// The packets waiting for the TUN.
+    pub fn to_tun(&mut self) -> &mut T {
+        &mut self.to_tun
+    }
+
+    /// `count` datagrams were sent.
+    pub fn sent(&mut self, count: u64) {
+        self.counters.tx_datagrams += count;
+    }
+
+    /// `count` packets were lost for `reason` (a send or TUN write failed).
+    pub fn lost(&mut self, reason: DropReason, count: u64) {
+        self.count_lost(reason, count);
+    }
+
+    /// A read of the socket or the TUN failed.
+    pub fn receive_failed(&mut self) {
+        self.counters.receive_errors += 1;
+    }
+}
+
+impl<T: TunSink> SpokePlane<T> {
+    /// A delivered epoch, stored and acknowledged: its tunnel is built.
+    pub fn hold(&mut self, h: HeldEpoch) {
+        self.link.install(&self.key, &h.epoch, None);
+        self.keys.hold(h);
+        self.poll_keys();
+    }
+
+    /// The hub's update notification: switch to epoch `k` now.
+    pub fn switch_to(&mut self, k: u64) {
+        self.keys.request_switch(k);
+        self.poll_keys();
+    }
+
+    /// Starts a fresh handshake now (the hub may have restarted).
+    pub fn rehandshake(&mut self) {
+        let k = self.switching.unwrap_or(self.keys.current());
+        self.handshake(k);
+    }
+
+    /// Whether the hub carries our traffic (a user is logged in).
+    pub fn set_carrying(&mut self, carrying: bool) {
+        self.carrying = carrying;
+    }
+
+    /// The hub revoked this spoke: every tunnel and key goes.
+    pub fn revoke(&mut self) {
+        self.link.retain(|_| false);
+        self.keys = SpokeKeys::default();
+        self.switching = None;
+    }
+
+    /// The hub's address, where datagrams go.
+    pub fn hub(&self) -> SocketAddr {
+        self.hub
+    }
+
+    /// The hub moved: datagrams go to `addr` from now on (the driver's
+    /// socket already sends there).
+    pub fn move_hub(&mut self, addr: SocketAddr) {
+        self.hub = addr;
+    }
+
+    /// The first handshake, at start: the hub learns where we are.
+    pub fn start(&mut self) {
+        let first = self.keys.current();
+        let first = if first > 0 {
+            first
+        } else {
+            self.link.epochs().last().copied().unwrap_or(0)
+        };
+        self.handshake(first);
+    }
+
+    /// Counters, epochs and the last handshake, for status.
+    pub fn status(&mut self) -> SpokeStatus {
+        let last = self
+            .link
+            .for_sending()
+            .and_then(|t| t.tunn.time_since_last_handshake())
+            .map(|d| d.as_secs());
+        let current = self.keys.current();
+        SpokeStatus {
+            counters: self.counters.clone(),
+            epoch: (current > 0).then_some(current),
+            held: self.keys.held(),
+            blocked: self.blocked,
+            last_handshake_secs: last,
+        }
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        self.count_lost(reason, 1);
+    }
+
+    fn count_lost(&mut self, reason: DropReason, count: u64) {
+        if count > 0 {
+            *self
+                .counters
+                .dropped
+                .entry(reason.name().to_owned())
+                .or_default() += count;
+        }
+    }
+
+    /// Starts a handshake under epoch `k` (if its tunnel exists).
+    fn handshake(&mut self, k: u64) {
+        let Some(tunnel) = self.link.by_epoch(k) else {
+            return;
+        };
+        if let TunnResult::WriteToNetwork(p) = tunnel
+            .tunn
+            .format_handshake_initiation(self.out.spare(), true)
+        {
+            let len = p.len();
+            self.out.commit(self.hub, len);
+        }
+    }
+
+    /// Asks the key state what to do, and does it.
+    fn poll_keys(&mut self) {
+        let poll = self.keys.poll(self.now, self.packets, self.bytes);
+        if poll.blocked != self.blocked {
+            self.blocked = poll.blocked;
+            if poll.blocked {
+                self.events.push_back(SpokeEvent::NeedKeys);
+                tracing::warn!(
+                    epoch = self.keys.current(),
+                    "key epoch over its hard limit and no next epoch held: traffic stopped until the hub sends a new key"
+                );
+            } else {
+                tracing::info!("traffic resumed");
+            }
+        }
+        if poll.request_update {
+            tracing::info!(
+                epoch = self.keys.current(),
+                "key epoch over: asking the hub for an update"
+            );
+            self.events.push_back(SpokeEvent::RequestUpdate);
+        }
+        if let Some(k) = poll.switch_to {
+            if self.switching != Some(k) && k != self.keys.current() {
+                self.switching = Some(k);
+                tracing::info!(from = self.keys.current(), to = k, "switching key epoch");
+                self.handshake(k);
+            }
+        }
+    }
+
+    /// One datagram from the hub: a handshake answer, a cookie, data.
+    pub fn handle_datagram(&mut self, datagram: &[u8]) {
+        self.counters.rx_datagrams += 1;
+        let tunnel = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(_)) => {
+                let k = self.keys.current();
+                if k > 0 {
+                    self.link.by_epoch(k)
+                } else {
+                    self.link.newest()
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.link.by_receiver(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.link.by_receiver(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.link.by_receiver(p.receiver_idx),
+            Err(_) => None,
+        };
+        let Some(tunnel) = tunnel else {
+            self.count_drop(DropReason::BadDatagram);
+            return;
+        };
+        let epoch = tunnel.epoch;
+        let kind = datagram.first().copied();
+        let inner = match open_datagram(
+            tunnel,
+            None,
+            self.hub,
+            datagram,
+            &mut self.out,
+            &mut self.to_tun,
+        ) {
+            Opened::Inner(len) => Some(len),
+            Opened::Nothing => None,
+            Opened::Ipv6 => {
+                self.count_drop(DropReason::Unsupported);
+                None
+            }
+            Opened::Rejected(e) => {
+                // Expected during a switch: the hub answers an initiation under
+                // every epoch we may be on, and only one answer opens.
+                tracing::debug!(error = ?e, epoch, kind, "datagram rejected");
+                self.count_drop(DropReason::BadDatagram);
+                return;
+            }
+        };
+        // Usage, as the hub counts it: authenticated datagrams received
+        // and data messages sealed.
+        self.packets += 1;
+        self.bytes += datagram.len() as u64;
+        // An answered handshake or a decrypted data packet: the hub runs this epoch.
+        if matches!(kind, Some(2) | Some(4)) && self.link.confirm(epoch) {
+            if kind == Some(2) {
+                self.counters.handshakes += 1;
+            }
+            self.on_confirmed(epoch);
+        }
+        if let Some(len) = inner {
+            if self.blocked {
+                self.count_drop(DropReason::KeyExpired);
+                return;
+            }
+            self.to_tun.commit(len);
+            self.counters.to_tun += 1;
+        }
+    }
+
+    fn on_confirmed(&mut self, epoch: u64) {
+        if !self
+            .keys
+            .on_confirmed(epoch, self.now, self.packets, self.bytes)
+        {
+            return;
+        }
+        if self.switching.is_some_and(|s| s <= epoch) {
+            self.switching = None;
+        }
+        self.blocked = false;
+        tracing::info!(epoch, "key epoch carries traffic");
+        // Stored first, then reported to the hub (by the driver's writer).
+        self.events.push_back(SpokeEvent::StoreCurrent(epoch));
+    }
+
+    /// Erases the ended epochs whose grace has passed (tunnels, keys, then
+    /// the store, off this thread).
+    fn erase_due(&mut self) {
+        let Some(below) = self.keys.take_erasable(self.now) else {
+            return;
+        };
+        let lost = self.link.retain(|e| e >= below);
+        self.count_lost(DropReason::HandshakeTimeout, lost.into());
+        self.events.push_back(SpokeEvent::EraseBelow(below));
+    }
+
+    /// One packet read from the TUN: sealed to the hub.
+    pub fn handle_tun(&mut self, packet: &[u8]) {
+        if packet.first().map(|b| b >> 4) != Some(4) {
+            self.count_drop(DropReason::Unsupported);
+            return;
+        }
+        if self.blocked {
+            self.count_drop(DropReason::KeyExpired);
+            return;
+        }
+        if !self.carrying {
+            self.count_drop(DropReason::NotLoggedIn);
+            return;
+        }
+        let Some(tunnel) = self.link.for_sending() else {
+            self.count_drop(DropReason::NoSession);
+            return;
+        };
+        match tunnel.seal(packet, &mut self.out, self.hub) {
+            Ok(Sealed::Sent(len)) => {
+                self.counters.from_tun += 1;
+                self.packets += 1;
+                self.bytes += len as u64;
+            }
+            Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
+            Err(reason) => self.count_drop(reason),
+        }
+    }
+
+    /// WireGuard's timers, erasure and the key state (every 250 ms).
+    pub fn handle_timeout(&mut self) {
+        self.erase_due();
+        self.poll_keys();
+        let mut lost = 0;
+        for tunnel in self.link.tunnels_mut() {
+            match tunnel.tick(self.out.spare()) {
+                Tick::Send(len) => {
+                    self.out.commit(self.hub, len);
+                }
+                Tick::Lost(n) => lost += n,
+                Tick::Idle => {}
+            }
+        }
+        self.count_lost(DropReason::HandshakeTimeout, lost.into());
+    }
+}
