@@ -25,6 +25,7 @@ use crate::dataplane::{DpCommand, LinkSpec};
 mod access;
 mod rotation;
 mod spokes;
+mod user_requests;
 mod users;
 mod wireguard;
 

@@ -1,0 +1,217 @@
+//! A logged-in user's requests from a spoke, one function each: login,
+//! logout, password change, and a user's own second device.
+
+use anyhow::Result;
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::{HubMessage, UserReply};
+use tasuki_core::routing::SpokeId;
+use tasuki_shell::store::Write;
+use zeroize::Zeroizing;
+
+use super::*;
+
+impl HubState {
+    /// A login (with the new password when the initial one must change);
+    /// the user record and the login are stored in one commit.
+    pub(super) async fn login(
+        &mut self,
+        spoke: SpokeId,
+        user: String,
+        password: Zeroizing<String>,
+        new_password: Option<Zeroizing<String>>,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        let saved = self.users.clone();
+        let result = self.users.login(
+            &user,
+            spoke,
+            &password,
+            new_password.as_deref().map(String::as_str),
+            now,
+            &mut rand_core::OsRng,
+        );
+        match result {
+            Ok((proof, record)) => {
+                // The user record (a changed password) and the login
+                // in one commit: both or neither.
+                let mut users = self.logins.get(&proof.spoke()).cloned().unwrap_or_default();
+                users.insert(proof.user().to_owned());
+                let stored = Write::put(USERS_TREE, record.id.as_bytes(), &record).and_then(|u| {
+                    let l = Write::put(
+                        LOGINS_TREE,
+                        proof.spoke().to_be_bytes(),
+                        &(proof.spoke(), users.clone()),
+                    )?;
+                    self.store.commit(&[u, l])
+                });
+                if let Err(e) = stored {
+                    self.users = saved;
+                    tracing::error!(%user, spoke = %spoke_name, error = %format!("{e:#}"), "login not stored");
+                    return Ok(Err(
+                        "the hub cannot store this login right now (its disk may be full); \
+                         nothing changed, try again later"
+                            .into(),
+                    ));
+                }
+                self.logins.insert(proof.spoke(), users);
+                let mut audit = AuditRecord::new(now, AuditKind::Login)
+                    .user(&user)
+                    .spoke(&spoke_name);
+                if new_password.is_some() {
+                    audit = audit.detail("initial password changed");
+                }
+                self.audit(audit);
+                self.logins_changed(spoke, false).await?;
+                self.unsaved.remove(&Unsaved::Logins(spoke));
+                for name in self.waiting_devices(&user) {
+                    let from = self
+                        .registry
+                        .spoke_by_name(&name)
+                        .map(|s| (s.enrolled_from.clone(), s.hostname.clone()))
+                        .unwrap_or_default();
+                    self.tell(
+                        spoke,
+                        HubMessage::DeviceWaiting {
+                            user: user.clone(),
+                            name,
+                            from: from.0,
+                            hostname: from.1,
+                        },
+                    );
+                }
+                Ok(Ok(UserReply::LoggedIn { user }))
+            }
+            Err(e) => {
+                self.audit(
+                    AuditRecord::new(now, AuditKind::LoginFailed)
+                        .user(&user)
+                        .spoke(&spoke_name)
+                        .detail(e.to_string()),
+                );
+                tracing::info!(%user, spoke = %spoke_name, error = %e, "login refused");
+                Ok(Err(e.to_string()))
+            }
+        }
+    }
+
+    /// A logout on `spoke`.
+    pub(super) async fn logout(
+        &mut self,
+        spoke: SpokeId,
+        user: String,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        let was = self.logins.get_mut(&spoke).is_some_and(|u| u.remove(&user));
+        if !was {
+            return Ok(Err(format!("{user:?} is not logged in on this spoke")));
+        }
+        self.audit(
+            AuditRecord::new(now, AuditKind::Logout)
+                .user(&user)
+                .spoke(&spoke_name),
+        );
+        self.logins_changed(spoke, true).await?;
+        Ok(Ok(UserReply::LoggedOut { user }))
+    }
+
+    /// A password change from `spoke`.
+    pub(super) fn passwd(
+        &mut self,
+        spoke: SpokeId,
+        user: String,
+        old: Zeroizing<String>,
+        new: Zeroizing<String>,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        let saved = self.users.clone();
+        match self
+            .users
+            .change_password(&user, spoke, &old, &new, now, &mut rand_core::OsRng)
+        {
+            Ok(record) => {
+                if let Err(e) = self.commit_user(&record) {
+                    // Undo the change in memory: the old password stays.
+                    self.users = saved;
+                    tracing::error!(%user, error = %format!("{e:#}"), "password change not stored");
+                    return Ok(Err(
+                        "the hub cannot store the new password right now (its disk may \
+                         be full); the old one still holds, try again later"
+                            .into(),
+                    ));
+                }
+                self.audit(
+                    AuditRecord::new(now, AuditKind::PasswordChange)
+                        .user(&user)
+                        .spoke(&spoke_name),
+                );
+                Ok(Ok(UserReply::PasswordChanged))
+            }
+            Err(e) => {
+                self.audit(
+                    AuditRecord::new(now, AuditKind::LoginFailed)
+                        .user(&user)
+                        .spoke(&spoke_name)
+                        .detail(format!("password change: {e}")),
+                );
+                Ok(Err(e.to_string()))
+            }
+        }
+    }
+
+    /// A logged-in user invites their own additional device.
+    pub(super) fn invite_device(
+        &mut self,
+        spoke: SpokeId,
+        user: String,
+        name: String,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        if let Err(e) = self.logged_in(spoke, &user) {
+            return Ok(Err(format!("{e}: log in on this spoke first")));
+        }
+        match self.invite(&name, false, false, Some(&user), 24 * 3600, now) {
+            Ok(view) => Ok(Ok(UserReply::DeviceInvitation {
+                invitation: view.invitation,
+            })),
+            Err(e) => Ok(Err(format!("{e:#}"))),
+        }
+    }
+
+    /// A logged-in user confirms their own device that waits.
+    pub(super) async fn approve_device(
+        &mut self,
+        spoke: SpokeId,
+        user: String,
+        name: Option<String>,
+        now: u64,
+    ) -> Result<std::result::Result<UserReply, String>> {
+        let spoke_name = self.spoke_name(spoke);
+        if let Err(e) = self.logged_in(spoke, &user) {
+            return Ok(Err(format!("{e}: log in on this spoke first")));
+        }
+        let waiting = self.waiting_devices(&user);
+        let target = match name {
+            Some(n) if waiting.contains(&n) => n,
+            Some(n) => return Ok(Err(format!("no device {n:?} of {user:?} is waiting"))),
+            None if waiting.len() == 1 => waiting[0].clone(),
+            None if waiting.is_empty() => {
+                return Ok(Err(format!("no device of {user:?} is waiting")))
+            }
+            None => {
+                return Ok(Err(format!(
+                    "several devices wait ({}); name one",
+                    waiting.join(", ")
+                )))
+            }
+        };
+        let by = format!("user {user} from spoke {spoke_name}");
+        let approved = self.approve(&target, &by, now).await?;
+        let saved = self.users.clone();
+        let record = self.users.allow(&user, approved.id)?;
+        self.store_user(saved, &record, "the new device's permission")?;
+        Ok(Ok(UserReply::DeviceApproved { name: target }))
+    }
+}
