@@ -191,6 +191,22 @@ impl<D: Copy + PartialEq> Outbox<D> {
         self.batches().next().is_none()
     }
 
+    /// Every datagram with its destination, oldest first, and the outbox
+    /// emptied: for a driver that is not a socket (tests, the simulator).
+    pub fn take_all(&mut self) -> Vec<(D, Vec<u8>)> {
+        let all = self
+            .batches()
+            .flat_map(|b| {
+                let to = b.destination();
+                b.datagrams()
+                    .filter_map(move |d| to.map(|to| (to, d.to_vec())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.clear();
+        all
+    }
+
     /// Forgets everything sent; keeps the buffers.
     pub fn clear(&mut self) {
         for b in &mut self.batches[..self.used] {

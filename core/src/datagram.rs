@@ -7,8 +7,74 @@ use std::net::{IpAddr, SocketAddr};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::TunnResult;
 
+use crate::admin_api::Counters;
 use crate::batch::Outbox;
 use crate::link::EpochTunnel;
+use crate::routing::DropReason;
+
+/// What a data-plane machine leaves for its driver after a pass, the same
+/// for hub and spoke: datagrams to send, packets for the TUN, events for
+/// the control side.
+#[derive(Debug)]
+pub struct PassIo<T, E> {
+    /// Datagrams to send at the end of the pass.
+    pub out: Outbox<SocketAddr>,
+    /// Packets to write to the TUN at the end of the pass.
+    pub to_tun: T,
+    /// Events for the control side, oldest first.
+    pub events: std::collections::VecDeque<E>,
+}
+
+impl<T: Default, E> Default for PassIo<T, E> {
+    fn default() -> Self {
+        Self {
+            out: Outbox::new(),
+            to_tun: T::default(),
+            events: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+/// A data-plane machine as its driver sees it (the hub's and the spoke's):
+/// packets in, datagrams and TUN packets and events out, and what became
+/// of the driver's own reads and writes.
+pub trait DataPlane {
+    /// Where opened packets wait for the TUN.
+    type Sink: TunSink;
+    /// What the machine tells the control side.
+    type Event;
+    /// One datagram from `from`.
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8]);
+    /// One packet read from the TUN.
+    fn handle_tun(&mut self, packet: &[u8]);
+    /// The pass's outputs.
+    fn io(&mut self) -> &mut PassIo<Self::Sink, Self::Event>;
+    /// The counters status shows.
+    fn counters(&mut self) -> &mut Counters;
+    /// `count` packets were lost for `reason` (a send or TUN write failed).
+    fn lost(&mut self, reason: DropReason, count: u64);
+
+    /// The datagrams waiting to be sent.
+    fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
+        &mut self.io().out
+    }
+    /// The packets waiting for the TUN.
+    fn to_tun(&mut self) -> &mut Self::Sink {
+        &mut self.io().to_tun
+    }
+    /// The next event for the control side.
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        self.io().events.pop_front()
+    }
+    /// `count` datagrams were sent.
+    fn sent(&mut self, count: u64) {
+        self.counters().tx_datagrams += count;
+    }
+    /// A read of the socket or the TUN failed.
+    fn receive_failed(&mut self) {
+        self.counters().receive_errors += 1;
+    }
+}
 
 /// Where a data plane puts the inner packets it opened, to be written to
 /// its TUN at the end of a pass.

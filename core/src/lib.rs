@@ -36,6 +36,8 @@ pub mod wireguard;
 mod planes_tests;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod test_packets;
 
 /// Protocol version spoken on the control channel and the admin sockets.
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::test_packets::udp;
+
 use crate::access::AccessPolicy;
-use crate::batch::Outbox;
 use crate::control::Lifetime;
-use crate::datagram::PacketBatch;
+use crate::datagram::{DataPlane, PacketBatch};
 use crate::hub_plane::{HubEvent, HubPlane, LinkSpec};
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::routing::RouteTable;
@@ -28,29 +29,6 @@ struct World {
     keys: Vec<PublicKey>,
     first: Vec<KeyEpoch>,
     rng: StdRng,
-}
-
-fn drain(out: &mut Outbox<SocketAddr>) -> Vec<(SocketAddr, Vec<u8>)> {
-    let all: Vec<(SocketAddr, Vec<u8>)> = out
-        .batches()
-        .flat_map(|b| {
-            let to = b.destination();
-            b.datagrams()
-                .filter_map(move |d| to.map(|to| (to, d.to_vec())))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    out.clear();
-    all
-}
-
-fn udp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::new();
-    etherparse::PacketBuilder::ipv4(from.octets(), to.octets(), 64)
-        .udp(4000, 5000)
-        .write(&mut p, payload)
-        .unwrap();
-    p
 }
 
 impl World {
@@ -106,14 +84,14 @@ impl World {
         for _ in 0..20 {
             let mut moved = false;
             for (at, spoke) in &mut self.spokes {
-                for (_, d) in drain(spoke.outbox()) {
+                for (_, d) in spoke.outbox().take_all() {
                     self.hub.handle_datagram(*at, &d);
                     moved = true;
                 }
             }
-            for (to, d) in drain(self.hub.outbox()) {
+            for (to, d) in self.hub.outbox().take_all() {
                 if let Some((_, spoke)) = self.spokes.iter_mut().find(|(at, _)| *at == to) {
-                    spoke.handle_datagram(&d);
+                    spoke.handle_datagram(HUB_AT.parse().unwrap(), &d);
                     moved = true;
                 }
             }

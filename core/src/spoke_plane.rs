@@ -5,15 +5,13 @@
 //! report. The shell feeds it datagrams, TUN packets and the time, and
 //! writes out its outbox and TUN sink.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use crate::admin_api::Counters;
-use crate::batch::Outbox;
-use crate::datagram::{open_datagram, Opened, TunSink};
+use crate::datagram::{open_datagram, DataPlane, Opened, PassIo, TunSink};
 use crate::keys::{PublicKey, StaticKey};
 use crate::link::{Link, Sealed, Tick};
 use crate::routing::DropReason;
@@ -71,11 +69,8 @@ pub struct SpokePlane<T: TunSink> {
     /// Seconds on a clock that only moves forward (the boot clock), set by
     /// the driver before each pass.
     now: u64,
-    events: VecDeque<SpokeEvent>,
-    /// Datagrams to send at the end of the pass.
-    out: Outbox<SocketAddr>,
-    /// Packets to write to the TUN at the end of the pass.
-    to_tun: T,
+    /// Datagrams, TUN packets and events the pass leaves for the driver.
+    io: PassIo<T, SpokeEvent>,
 }
 
 impl<T: TunSink + Default> SpokePlane<T> {
@@ -105,9 +100,7 @@ impl<T: TunSink + Default> SpokePlane<T> {
             blocked: false,
             carrying: true,
             now,
-            events: VecDeque::new(),
-            out: Outbox::new(),
-            to_tun: T::default(),
+            io: PassIo::default(),
         }
     }
 }
@@ -117,35 +110,31 @@ impl<T: TunSink> SpokePlane<T> {
     pub fn set_now(&mut self, now: u64) {
         self.now = now;
     }
+}
 
-    /// The next thing the shell must do.
-    pub fn poll_event(&mut self) -> Option<SpokeEvent> {
-        self.events.pop_front()
+impl<T: TunSink> DataPlane for SpokePlane<T> {
+    type Sink = T;
+    type Event = SpokeEvent;
+
+    /// Datagrams come from the hub only (the socket is connected to it).
+    fn handle_datagram(&mut self, _from: SocketAddr, datagram: &[u8]) {
+        self.on_datagram(datagram);
     }
 
-    /// The datagrams waiting to be sent.
-    pub fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
-        &mut self.out
+    fn handle_tun(&mut self, packet: &[u8]) {
+        self.on_tun(packet);
     }
 
-    /// The packets waiting for the TUN.
-    pub fn to_tun(&mut self) -> &mut T {
-        &mut self.to_tun
+    fn io(&mut self) -> &mut PassIo<T, SpokeEvent> {
+        &mut self.io
     }
 
-    /// `count` datagrams were sent.
-    pub fn sent(&mut self, count: u64) {
-        self.counters.tx_datagrams += count;
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 
-    /// `count` packets were lost for `reason` (a send or TUN write failed).
-    pub fn lost(&mut self, reason: DropReason, count: u64) {
+    fn lost(&mut self, reason: DropReason, count: u64) {
         self.count_lost(reason, count);
-    }
-
-    /// A read of the socket or the TUN failed.
-    pub fn receive_failed(&mut self) {
-        self.counters.receive_errors += 1;
     }
 }
 
@@ -241,10 +230,10 @@ impl<T: TunSink> SpokePlane<T> {
         };
         if let TunnResult::WriteToNetwork(p) = tunnel
             .tunn
-            .format_handshake_initiation(self.out.spare(), true)
+            .format_handshake_initiation(self.io.out.spare(), true)
         {
             let len = p.len();
-            self.out.commit(self.hub, len);
+            self.io.out.commit(self.hub, len);
         }
     }
 
@@ -254,7 +243,7 @@ impl<T: TunSink> SpokePlane<T> {
         if poll.blocked != self.blocked {
             self.blocked = poll.blocked;
             if poll.blocked {
-                self.events.push_back(SpokeEvent::NeedKeys);
+                self.io.events.push_back(SpokeEvent::NeedKeys);
                 tracing::warn!(
                     epoch = self.keys.current(),
                     "key epoch over its hard limit and no next epoch held: traffic stopped until the hub sends a new key"
@@ -268,7 +257,7 @@ impl<T: TunSink> SpokePlane<T> {
                 epoch = self.keys.current(),
                 "key epoch over: asking the hub for an update"
             );
-            self.events.push_back(SpokeEvent::RequestUpdate);
+            self.io.events.push_back(SpokeEvent::RequestUpdate);
         }
         if let Some(k) = poll.switch_to {
             if self.switching != Some(k) && k != self.keys.current() {
@@ -280,7 +269,7 @@ impl<T: TunSink> SpokePlane<T> {
     }
 
     /// One datagram from the hub: a handshake answer, a cookie, data.
-    pub fn handle_datagram(&mut self, datagram: &[u8]) {
+    fn on_datagram(&mut self, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
         let tunnel = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(_)) => {
@@ -307,8 +296,8 @@ impl<T: TunSink> SpokePlane<T> {
             None,
             self.hub,
             datagram,
-            &mut self.out,
-            &mut self.to_tun,
+            &mut self.io.out,
+            &mut self.io.to_tun,
         ) {
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
@@ -340,7 +329,7 @@ impl<T: TunSink> SpokePlane<T> {
                 self.count_drop(DropReason::KeyExpired);
                 return;
             }
-            self.to_tun.commit(len);
+            self.io.to_tun.commit(len);
             self.counters.to_tun += 1;
         }
     }
@@ -358,7 +347,7 @@ impl<T: TunSink> SpokePlane<T> {
         self.blocked = false;
         tracing::info!(epoch, "key epoch carries traffic");
         // Stored first, then reported to the hub (by the driver's writer).
-        self.events.push_back(SpokeEvent::StoreCurrent(epoch));
+        self.io.events.push_back(SpokeEvent::StoreCurrent(epoch));
     }
 
     /// Erases the ended epochs whose grace has passed (tunnels, keys, then
@@ -369,11 +358,11 @@ impl<T: TunSink> SpokePlane<T> {
         };
         let lost = self.link.retain(|e| e >= below);
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
-        self.events.push_back(SpokeEvent::EraseBelow(below));
+        self.io.events.push_back(SpokeEvent::EraseBelow(below));
     }
 
     /// One packet read from the TUN: sealed to the hub.
-    pub fn handle_tun(&mut self, packet: &[u8]) {
+    fn on_tun(&mut self, packet: &[u8]) {
         if packet.first().map(|b| b >> 4) != Some(4) {
             self.count_drop(DropReason::Unsupported);
             return;
@@ -390,7 +379,7 @@ impl<T: TunSink> SpokePlane<T> {
             self.count_drop(DropReason::NoSession);
             return;
         };
-        match tunnel.seal(packet, &mut self.out, self.hub) {
+        match tunnel.seal(packet, &mut self.io.out, self.hub) {
             Ok(Sealed::Sent(len)) => {
                 self.counters.from_tun += 1;
                 self.packets += 1;
@@ -407,9 +396,9 @@ impl<T: TunSink> SpokePlane<T> {
         self.poll_keys();
         let mut lost = 0;
         for tunnel in self.link.tunnels_mut() {
-            match tunnel.tick(self.out.spare()) {
+            match tunnel.tick(self.io.out.spare()) {
                 Tick::Send(len) => {
-                    self.out.commit(self.hub, len);
+                    self.io.out.commit(self.hub, len);
                 }
                 Tick::Lost(n) => lost += n,
                 Tick::Idle => {}

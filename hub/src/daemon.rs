@@ -28,21 +28,9 @@ pub(crate) struct RunOptions {
     pub(crate) config: Option<PathBuf>,
 }
 
-/// SIGHUP: re-read the config file and apply what can change while running
-/// (the log level); the rest needs a restart and is said so.
+/// SIGHUP: re-read the config file and apply the log level.
 fn reload(config: Option<&std::path::Path>) {
-    tasuki_shell::service::reloading();
-    match crate::config::load(config) {
-        Ok(file) => match tasuki_shell::logging::set_level(file.log.as_deref()) {
-            Ok(()) => tracing::info!(
-                log = file.log.as_deref().unwrap_or("info"),
-                "SIGHUP: config re-read; log level applied (other settings need a restart)"
-            ),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
-        },
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not re-read"),
-    }
-    tasuki_shell::service::ready("reloaded");
+    tasuki_shell::service::reload_log_level(|| Ok(crate::config::load(config)?.log));
 }
 
 /// What the data plane's thread needs to set itself up.
@@ -85,10 +73,63 @@ async fn spawn_dataplane(
     .await
 }
 
+/// Where the hub listens: `--listen`, or every address on the stored
+/// endpoint's port.
+fn listen_addr(
+    given: Option<SocketAddr>,
+    settings: &tasuki_core::registry::HubSettings,
+) -> Result<SocketAddr> {
+    if let Some(a) = given {
+        return Ok(a);
+    }
+    let port = settings
+        .endpoint
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .context("stored endpoint has no port")?;
+    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// Hands the data plane's events to the control state.
+async fn forward_events(state: Arc<Mutex<HubState>>, mut events: mpsc::UnboundedReceiver<DpEvent>) {
+    while let Some(event) = events.recv().await {
+        let now = tasuki_shell::unix_now();
+        let mut st = state.lock().await;
+        match event {
+            DpEvent::Confirmed {
+                spoke,
+                epoch,
+                usage,
+            } => {
+                if let Err(e) = st.on_confirmed(spoke, epoch, now, usage) {
+                    tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
+                }
+            }
+            DpEvent::EndpointChanged { spoke, from, to } => {
+                tracing::info!(spoke, %from, %to, "spoke address changed: rotating its key");
+                st.request_rotation_of(spoke, tasuki_core::rotation::Trigger::AddressChanged);
+            }
+        }
+    }
+}
+
+/// The rotation tick, twice a second, for as long as the hub runs.
+async fn rotate(state: Arc<Mutex<HubState>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let mut st = state.lock().await;
+        let usage = st.usage().await;
+        if let Err(e) = st.rotation_tick(tasuki_shell::unix_now(), &usage).await {
+            tracing::error!(error = %format!("{e:#}"), "rotation tick failed");
+        }
+    }
+}
+
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(256);
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<DpEvent>();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<DpEvent>();
     let hub = HubState::load(
         &opts.state_dir,
         key.clone(),
@@ -96,17 +137,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         dp_tx.clone(),
     )?;
     let settings = hub.registry.settings().clone();
-    let listen = match opts.listen {
-        Some(a) => a,
-        None => {
-            let port = settings
-                .endpoint
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .context("stored endpoint has no port")?;
-            SocketAddr::from(([0, 0, 0, 0], port))
-        }
-    };
+    let listen = listen_addr(opts.listen, &settings)?;
     let tcp = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot bind TCP {listen}"))?;
@@ -144,40 +175,8 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     );
 
     let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
-    let ev_state = state.clone();
-    let events_task = tokio::spawn(async move {
-        while let Some(event) = ev_rx.recv().await {
-            let now = tasuki_shell::unix_now();
-            let mut st = ev_state.lock().await;
-            match event {
-                DpEvent::Confirmed {
-                    spoke,
-                    epoch,
-                    usage,
-                } => {
-                    if let Err(e) = st.on_confirmed(spoke, epoch, now, usage) {
-                        tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
-                    }
-                }
-                DpEvent::EndpointChanged { spoke, from, to } => {
-                    tracing::info!(spoke, %from, %to, "spoke address changed: rotating its key");
-                    st.request_rotation_of(spoke, tasuki_core::rotation::Trigger::AddressChanged);
-                }
-            }
-        }
-    });
-    let tick_state = state.clone();
-    let rotation_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let mut st = tick_state.lock().await;
-            let usage = st.usage().await;
-            if let Err(e) = st.rotation_tick(tasuki_shell::unix_now(), &usage).await {
-                tracing::error!(error = %format!("{e:#}"), "rotation tick failed");
-            }
-        }
-    });
+    let events_task = tokio::spawn(forward_events(state.clone(), ev_rx));
+    let rotation_task = tokio::spawn(rotate(state.clone()));
     let admin_state = state.clone();
     let admin_task = tokio::spawn(tasuki_shell::local::serve(
         admin,
@@ -199,16 +198,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let watchdog = tasuki_shell::service::spawn_watchdog();
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
-            _ = &mut dp_done => { tracing::error!("data plane stopped"); break; }
-            _ = hup.recv() => reload(opts.config.as_deref()),
-        }
-    }
+    tasuki_shell::service::until_stopped(&mut dp_done, || reload(opts.config.as_deref())).await?;
     tasuki_shell::service::stopping();
     for task in [
         Some(control_task),

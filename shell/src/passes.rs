@@ -2,14 +2,13 @@
 //! from the UDP socket or the TUN, let the daemon's state handle every
 //! packet (decrypt, route, relay, encrypt into its outbox and TUN writer),
 //! then write everything at once. The daemons differ only in their
-//! [`PassHandler`].
+//! machine ([`DataPlane`]).
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use tasuki_core::batch::{split_received, Outbox};
-pub use tasuki_core::datagram::{open_datagram, Opened, TunSink};
+use tasuki_core::batch::split_received;
+pub use tasuki_core::datagram::{open_datagram, DataPlane, Opened, TunSink};
 use tasuki_core::routing::DropReason;
 
 use crate::netdev::{Tun, TunReader, TunWriter};
@@ -27,24 +26,6 @@ const FLUSH_AT: usize = 256;
 const ERRORS_BEFORE_BACKOFF: u32 = 8;
 /// The longest pause between failing reads.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
-
-/// What a daemon does with the packets of a pass.
-pub trait PassHandler {
-    /// One datagram from `from`.
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]);
-    /// One packet read from the TUN.
-    fn on_tun_packet(&mut self, packet: &[u8]);
-    /// Where the pass's datagrams wait to be sent.
-    fn outbox(&mut self) -> &mut Outbox<SocketAddr>;
-    /// Where the pass's TUN packets wait to be written.
-    fn to_tun(&mut self) -> &mut TunWriter;
-    /// `count` datagrams of `bytes` bytes in all were sent.
-    fn sent(&mut self, count: u64, bytes: u64);
-    /// `count` packets were lost for `reason` (a send or TUN write failed).
-    fn lost(&mut self, reason: DropReason, count: u64);
-    /// A read of the socket or the TUN failed.
-    fn receive_failed(&mut self);
-}
 
 /// The data plane's devices and their read buffers.
 pub struct Devices {
@@ -81,7 +62,7 @@ impl Devices {
     }
 
     /// Reads what the socket holds, a batch at a time, and handles it.
-    pub async fn drain_udp<H: PassHandler>(&mut self, handler: &mut H) {
+    pub async fn drain_udp<H: DataPlane<Sink = TunWriter>>(&mut self, handler: &mut H) {
         for _ in 0..UDP_ROUNDS_PER_WAKE {
             match self.udp.try_recv(&mut self.udp_in) {
                 Ok(_) => self.udp_failures = 0,
@@ -97,7 +78,7 @@ impl Devices {
             }
             for (from, bytes, stride) in self.udp_in.received() {
                 for datagram in split_received(bytes, stride) {
-                    handler.on_datagram(from, datagram);
+                    handler.handle_datagram(from, datagram);
                 }
             }
             self.flush(handler).await;
@@ -105,7 +86,7 @@ impl Devices {
     }
 
     /// Reads what the TUN holds and handles it.
-    pub async fn drain_tun<H: PassHandler>(&mut self, handler: &mut H) {
+    pub async fn drain_tun<H: DataPlane<Sink = TunWriter>>(&mut self, handler: &mut H) {
         for _ in 0..TUN_READS_PER_WAKE {
             match self.tun.try_read(&mut self.tun_in) {
                 Ok(_) => self.tun_failures = 0,
@@ -119,7 +100,7 @@ impl Devices {
                 }
             }
             for packet in self.tun_in.packets() {
-                handler.on_tun_packet(packet);
+                handler.handle_tun(packet);
             }
             if handler.outbox().len() >= FLUSH_AT {
                 self.flush(handler).await;
@@ -129,14 +110,11 @@ impl Devices {
     }
 
     /// Sends the pass's datagrams and writes its TUN packets.
-    pub async fn flush<H: PassHandler>(&mut self, handler: &mut H) {
-        let (mut count, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+    pub async fn flush<H: DataPlane<Sink = TunWriter>>(&mut self, handler: &mut H) {
+        let (mut count, mut failed) = (0u64, 0u64);
         for batch in handler.outbox().batches() {
             match self.udp.send(batch).await {
-                Ok(()) => {
-                    count += batch.count() as u64;
-                    bytes += batch.contents().len() as u64;
-                }
+                Ok(()) => count += batch.count() as u64,
                 Err(e) => {
                     tracing::debug!(error = %e, to = ?batch.destination(), "UDP send failed");
                     failed += batch.count() as u64;
@@ -145,7 +123,7 @@ impl Devices {
         }
         handler.outbox().clear();
         if count > 0 {
-            handler.sent(count, bytes);
+            handler.sent(count);
         }
         if failed > 0 {
             handler.lost(DropReason::SendFailed, failed);

@@ -34,3 +34,40 @@ pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
         }
     }))
 }
+
+/// SIGHUP: re-reads the config file with `load` (which returns its log
+/// level) and applies what can change while running, the log level; the
+/// rest needs a restart, and the log says so.
+pub fn reload_log_level(load: impl FnOnce() -> anyhow::Result<Option<String>>) {
+    reloading();
+    match load() {
+        Ok(level) => match crate::logging::set_level(level.as_deref()) {
+            Ok(()) => tracing::info!(
+                log = level.as_deref().unwrap_or("info"),
+                "SIGHUP: config re-read; log level applied (other settings need a restart)"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
+        },
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not re-read"),
+    }
+    ready("reloaded");
+}
+
+/// Waits until the daemon should stop: SIGTERM, an interrupt, or `done`
+/// (its data plane ended); calls `on_hangup` at each SIGHUP meanwhile.
+pub async fn until_stopped(
+    done: &mut tokio::sync::oneshot::Receiver<()>,
+    mut on_hangup: impl FnMut(),
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); return Ok(()); }
+            _ = &mut *done => { tracing::error!("data plane stopped"); return Ok(()); }
+            _ = hup.recv() => on_hangup(),
+        }
+    }
+}

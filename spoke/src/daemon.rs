@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::control::{Control, ControlState, SessionInfo};
 use crate::dataplane::{DataPlane, DpCommand};
 use crate::local::LocalApi;
-use crate::state::SpokeStore;
+use crate::state::{Enrolment, SpokeStore};
 
 /// `tasuki-spoke run`: until SIGTERM.
 pub(crate) async fn run(
@@ -22,7 +22,9 @@ pub(crate) async fn run(
     keepalive: Option<u16>,
     config: Option<&Path>,
 ) -> Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Installed now, so that a SIGHUP while the spoke waits for its
+    // configuration (an approval can take long) does not end the process.
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let access = match group {
         Some(g) => tasuki_shell::local::Access::group(g)?,
         None => tasuki_shell::local::Access::default(),
@@ -37,7 +39,7 @@ pub(crate) async fn run(
         )
     })?;
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
-    let (config_tx, mut config_rx) = watch::channel(store.config()?);
+    let (config_tx, config_rx) = watch::channel(store.config()?);
     let (state_tx, state_rx) = watch::channel(ControlState::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (calls_tx, calls_rx) = mpsc::channel(16);
@@ -74,45 +76,14 @@ pub(crate) async fn run(
     ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let start = async {
-        let config = config_rx
-            .wait_for(Option::is_some)
-            .await
-            .context("control loop stopped")?
-            .clone()
-            .context("no configuration")?;
-        let hub = tokio::net::lookup_host(&enrolment.hub_endpoint)
-            .await
-            .with_context(|| format!("cannot resolve {}", enrolment.hub_endpoint))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
-        // The data plane runs on a thread of its own (see
-        // `tasuki_shell::thread`), where it makes its TUN and socket.
-        let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
-        let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
-        let keepalive = keepalive.unwrap_or(config.keepalive_secs);
-        let (tun_name, done) =
-            tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
-                let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
-                let dp = DataPlane::new(
-                    store_dp,
-                    key_dp,
-                    (hub_key, hub),
-                    keepalive,
-                    tun.device,
-                    events_tx,
-                )
-                .await?;
-                Ok((tun.name, dp.run(dp_rx)))
-            })
-            .await?;
-        tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
-        tracing::info!(
-            name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
-            epoch = store.current()?, "spoke running"
-        );
-        anyhow::Ok(done)
-    };
+    let start = start_dataplane(
+        config_rx.clone(),
+        &enrolment,
+        interface,
+        (store.clone(), key.clone()),
+        keepalive,
+        (events_tx, dp_rx),
+    );
     // Ready once the control loop and the local socket run: a pending spoke
     // may wait for its approval for a long time.
     let watchdog = tasuki_shell::service::spawn_watchdog();
@@ -122,14 +93,7 @@ pub(crate) async fn run(
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); break; }
-            _ = &mut dp_done => { tracing::error!("data plane stopped"); break; }
-            _ = hup.recv() => reload(config),
-        }
-    }
+    tasuki_shell::service::until_stopped(&mut dp_done, || reload(config)).await?;
     tasuki_shell::service::stopping();
     if let Some(w) = watchdog {
         w.abort();
@@ -142,15 +106,59 @@ pub(crate) async fn run(
 
 /// SIGHUP: re-read the config file and apply the log level (the rest needs a restart).
 fn reload(config: Option<&Path>) {
-    tasuki_shell::service::reloading();
-    match crate::config::load(config) {
-        Ok(file) => match tasuki_shell::logging::set_level(file.log.as_deref()) {
-            Ok(()) => tracing::info!(
-                "SIGHUP: config re-read; log level applied (other settings need a restart)"
-            ),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: log level not changed"),
-        },
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: config not re-read"),
-    }
-    tasuki_shell::service::ready("reloaded");
+    tasuki_shell::service::reload_log_level(|| Ok(crate::config::load(config)?.log));
+}
+
+/// Once the hub's configuration is known: resolves the hub, starts the
+/// data plane on a thread of its own (see `tasuki_shell::thread`), where
+/// it makes its TUN and socket, and adds the routes. Returns what resolves
+/// when the data plane stops.
+async fn start_dataplane(
+    mut config_rx: watch::Receiver<Option<tasuki_core::control::SpokeConfig>>,
+    enrolment: &Enrolment,
+    interface: &str,
+    (store, key): (Arc<SpokeStore>, Arc<tasuki_core::keys::StaticKey>),
+    keepalive: Option<u16>,
+    (events_tx, dp_rx): (
+        mpsc::UnboundedSender<crate::dataplane::SpokeEvent>,
+        mpsc::Receiver<DpCommand>,
+    ),
+) -> Result<tokio::sync::oneshot::Receiver<()>> {
+    let config = config_rx
+        .wait_for(Option::is_some)
+        .await
+        .context("control loop stopped")?
+        .clone()
+        .context("no configuration")?;
+    let hub = tokio::net::lookup_host(&enrolment.hub_endpoint)
+        .await
+        .with_context(|| format!("cannot resolve {}", enrolment.hub_endpoint))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
+    // The data plane runs on a thread of its own (see
+    // `tasuki_shell::thread`), where it makes its TUN and socket.
+    let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
+    let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
+    let keepalive = keepalive.unwrap_or(config.keepalive_secs);
+    let (tun_name, done) =
+        tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
+            let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
+            let dp = DataPlane::new(
+                store_dp,
+                key_dp,
+                (hub_key, hub),
+                keepalive,
+                tun.device,
+                events_tx,
+            )
+            .await?;
+            Ok((tun.name, dp.run(dp_rx)))
+        })
+        .await?;
+    tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
+    tracing::info!(
+        name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
+        epoch = store.current()?, "spoke running"
+    );
+    Ok(done)
 }

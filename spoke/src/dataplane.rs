@@ -9,14 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tasuki_core::batch::Outbox;
 use tasuki_core::keys::{PublicKey, StaticKey};
-use tasuki_core::routing::DropReason;
 use tasuki_core::spoke_keys::HeldEpoch;
 pub(crate) use tasuki_core::spoke_plane::SpokeStatus as DpStatus;
 use tasuki_core::spoke_plane::{SpokeEvent as PlaneEvent, SpokePlane};
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::passes::{DataPlane as _, Devices};
 use tasuki_shell::udp::BatchUdp;
 // Epoch ages count on the boot clock: a wall-clock jump (NTP) neither ends
 // an epoch early nor stretches it, and time asleep counts.
@@ -101,20 +99,20 @@ impl DataPlane {
         let mut timers = tokio::time::interval(Duration::from_millis(250));
         // Start a session right away so the hub learns where we are.
         self.plane.machine.start();
-        self.io.flush(&mut self.plane).await;
+        self.io.flush(&mut self.plane.machine).await;
         loop {
             tokio::select! {
                 r = self.io.udp().readable() => match r {
                     Ok(()) => {
                         self.plane.tick_clock();
-                        self.io.drain_udp(&mut self.plane).await;
+                        self.io.drain_udp(&mut self.plane.machine).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
                 r = self.io.tun().readable() => match r {
                     Ok(()) => {
                         self.plane.tick_clock();
-                        self.io.drain_tun(&mut self.plane).await;
+                        self.io.drain_tun(&mut self.plane.machine).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
@@ -126,14 +124,14 @@ impl DataPlane {
                     Some(cmd) => {
                         self.plane.tick_clock();
                         self.plane.on_command(cmd);
-                        self.io.flush(&mut self.plane).await;
+                        self.io.flush(&mut self.plane.machine).await;
                     }
                     None => return,
                 },
                 _ = timers.tick() => {
                     self.plane.tick_clock();
                     self.plane.machine.handle_timeout();
-                    self.io.flush(&mut self.plane).await;
+                    self.io.flush(&mut self.plane.machine).await;
                 }
             }
             self.plane.forward_events();
@@ -203,35 +201,5 @@ impl Plane {
                 }
             }
         }
-    }
-}
-
-impl PassHandler for Plane {
-    fn on_datagram(&mut self, _from: SocketAddr, datagram: &[u8]) {
-        self.machine.handle_datagram(datagram);
-    }
-
-    fn on_tun_packet(&mut self, packet: &[u8]) {
-        self.machine.handle_tun(packet);
-    }
-
-    fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
-        self.machine.outbox()
-    }
-
-    fn to_tun(&mut self) -> &mut TunWriter {
-        self.machine.to_tun()
-    }
-
-    fn sent(&mut self, count: u64, _bytes: u64) {
-        self.machine.sent(count);
-    }
-
-    fn lost(&mut self, reason: DropReason, count: u64) {
-        self.machine.lost(reason, count);
-    }
-
-    fn receive_failed(&mut self) {
-        self.machine.receive_failed();
     }
 }

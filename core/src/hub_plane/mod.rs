@@ -7,7 +7,7 @@
 //!
 //! Spoke-to-spoke traffic is relayed here and never touches the TUN.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,8 +22,7 @@ use peer::{seal_to, Delivery, Peer};
 
 use crate::access::{AccessGate, CompiledAccess, Origin};
 use crate::admin_api::Counters;
-use crate::batch::Outbox;
-use crate::datagram::{open_datagram, Opened, TunSink};
+use crate::datagram::{open_datagram, DataPlane, Opened, PassIo, TunSink};
 use crate::flood::HandshakeGate;
 use crate::keys::{PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Tick};
@@ -55,11 +54,8 @@ pub struct HubPlane<T: TunSink> {
     by_key: HashMap<PublicKey, SpokeId>,
     counters: Counters,
     drops: BTreeMap<DropReason, u64>,
-    events: VecDeque<HubEvent>,
-    /// Datagrams to send at the end of the pass.
-    out: Outbox<SocketAddr>,
-    /// Packets to write to the TUN at the end of the pass.
-    to_tun: T,
+    /// Datagrams, TUN packets and events the pass leaves for the driver.
+    io: PassIo<T, HubEvent>,
     scratch: Vec<u8>,
 }
 
@@ -81,9 +77,7 @@ impl<T: TunSink + Default> HubPlane<T> {
             by_key: HashMap::new(),
             counters: Counters::default(),
             drops: BTreeMap::new(),
-            events: VecDeque::new(),
-            out: Outbox::new(),
-            to_tun: T::default(),
+            io: PassIo::default(),
             scratch: vec![0; DATAGRAM_BUFFER],
         }
     }
@@ -102,35 +96,30 @@ impl<T: TunSink> HubPlane<T> {
         self.gate.prune(self.now_ms);
         self.access.prune(self.now_ms);
     }
+}
 
-    /// The next event for the control side.
-    pub fn poll_event(&mut self) -> Option<HubEvent> {
-        self.events.pop_front()
+impl<T: TunSink> DataPlane for HubPlane<T> {
+    type Sink = T;
+    type Event = HubEvent;
+
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.on_datagram(from, datagram);
     }
 
-    /// The datagrams waiting to be sent.
-    pub fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
-        &mut self.out
+    fn handle_tun(&mut self, packet: &[u8]) {
+        self.on_tun(packet);
     }
 
-    /// The packets waiting for the TUN.
-    pub fn to_tun(&mut self) -> &mut T {
-        &mut self.to_tun
+    fn io(&mut self) -> &mut PassIo<T, HubEvent> {
+        &mut self.io
     }
 
-    /// `count` datagrams were sent.
-    pub fn sent(&mut self, count: u64) {
-        self.counters.tx_datagrams += count;
+    fn counters(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 
-    /// `count` packets were lost for `reason` (a send or TUN write failed).
-    pub fn lost(&mut self, reason: DropReason, count: u64) {
+    fn lost(&mut self, reason: DropReason, count: u64) {
         self.drop_packets(reason, count);
-    }
-
-    /// A read of the socket or the TUN failed.
-    pub fn receive_failed(&mut self) {
-        self.counters.receive_errors += 1;
     }
 }
 
@@ -262,7 +251,7 @@ impl<T: TunSink> HubPlane<T> {
     }
 
     /// One datagram from `src`: a handshake, a cookie reply or data (decrypted, routed, relayed or queued for the TUN).
-    pub fn handle_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
+    fn on_datagram(&mut self, src: SocketAddr, datagram: &[u8]) {
         self.counters.rx_datagrams += 1;
         // A flood of initiations from one address is dropped here, before
         // the MAC check and the cookie reply it would cost.
@@ -290,7 +279,7 @@ impl<T: TunSink> HubPlane<T> {
             }
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 // Under load: a cookie reply instead of a handshake (no DH done).
-                self.out.push(src, cookie);
+                self.io.out.push(src, cookie);
                 self.counters.cookies += 1;
                 return;
             }
@@ -325,11 +314,11 @@ impl<T: TunSink> HubPlane<T> {
             };
             match t
                 .tunn
-                .decapsulate(Some(src.ip()), datagram, self.out.spare())
+                .decapsulate(Some(src.ip()), datagram, self.io.out.spare())
             {
                 TunnResult::WriteToNetwork(p) => {
                     let len = p.len();
-                    if self.out.commit(src, len) {
+                    if self.io.out.commit(src, len) {
                         answers += 1;
                     }
                 }
@@ -345,7 +334,7 @@ impl<T: TunSink> HubPlane<T> {
             return;
         }
         if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-            self.events.push_back(HubEvent::EndpointChanged {
+            self.io.events.push_back(HubEvent::EndpointChanged {
                 spoke: id,
                 from,
                 to: src,
@@ -389,8 +378,8 @@ impl<T: TunSink> HubPlane<T> {
             Some(src.ip()),
             src,
             datagram,
-            &mut self.out,
-            &mut self.to_tun,
+            &mut self.io.out,
+            &mut self.io.to_tun,
         ) {
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
@@ -413,7 +402,7 @@ impl<T: TunSink> HubPlane<T> {
         }
         // A data packet decrypted (keepalives too): the spoke runs this epoch.
         if is_data && peer.link.confirm(epoch) {
-            self.events.push_back(HubEvent::Confirmed {
+            self.io.events.push_back(HubEvent::Confirmed {
                 spoke: id,
                 epoch,
                 usage: peer.usage(),
@@ -423,7 +412,7 @@ impl<T: TunSink> HubPlane<T> {
         // the link is in use.
         peer.quiet_ticks = 0;
         if let Some(from) = peer.endpoint.replace(src).filter(|f| *f != src) {
-            self.events.push_back(HubEvent::EndpointChanged {
+            self.io.events.push_back(HubEvent::EndpointChanged {
                 spoke: id,
                 from,
                 to: src,
@@ -441,24 +430,23 @@ impl<T: TunSink> HubPlane<T> {
             self.drop_packet(DropReason::NotLoggedIn);
             return;
         }
-        let packet = self.to_tun.pending(len);
-        let verdict = match self.routes.inbound(from, packet) {
-            Verdict::Relay(_) | Verdict::Local
-                if self.access.enforcing()
-                    && !self.access.check(Origin::Spoke(from), packet, self.now_ms) =>
-            {
-                Verdict::Drop(DropReason::Denied)
-            }
-            v => v,
-        };
+        let packet = self.io.to_tun.pending(len);
+        let route = self.routes.inbound(from, packet);
+        let verdict = admit(
+            &mut self.access,
+            route,
+            Origin::Spoke(from),
+            packet,
+            self.now_ms,
+        );
         match verdict {
             Verdict::Relay(to) => {
                 let keys = (&*self.key, &self.limiter);
-                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.io.out, keys);
                 self.count_sealed(sealed, |c| &mut c.relayed);
             }
             Verdict::Local => {
-                self.to_tun.commit(len);
+                self.io.to_tun.commit(len);
                 self.counters.to_tun += 1;
             }
             Verdict::Drop(reason) => {
@@ -471,20 +459,16 @@ impl<T: TunSink> HubPlane<T> {
     }
 
     /// One packet read from the TUN: sealed to the spoke it is routed to.
-    pub fn handle_tun(&mut self, packet: &[u8]) {
+    fn on_tun(&mut self, packet: &[u8]) {
         let verdict = match self.routes.outbound(packet) {
-            Verdict::Relay(_)
-                if self.access.enforcing()
-                    && !self.access.check(Origin::Local, packet, self.now_ms) =>
-            {
-                Verdict::Drop(DropReason::Denied)
-            }
-            v => v,
+            // Nothing to send: the packet is the hub's own.
+            Verdict::Local => return,
+            route => admit(&mut self.access, route, Origin::Local, packet, self.now_ms),
         };
         match verdict {
             Verdict::Relay(to) => {
                 let keys = (&*self.key, &self.limiter);
-                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.out, keys);
+                let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.io.out, keys);
                 self.count_sealed(sealed, |c| &mut c.from_tun);
             }
             Verdict::Local => {}
@@ -513,9 +497,9 @@ impl<T: TunSink> HubPlane<T> {
             };
             let slot = peer.link.slot();
             for tunnel in peer.link.tunnels_mut() {
-                match tunnel.tick(self.out.spare()) {
+                match tunnel.tick(self.io.out.spare()) {
                     Tick::Send(len) => {
-                        self.out.commit(endpoint, len);
+                        self.io.out.commit(endpoint, len);
                     }
                     Tick::Lost(n) => {
                         tracing::debug!(
@@ -530,6 +514,25 @@ impl<T: TunSink> HubPlane<T> {
             }
         }
         self.drop_packets(DropReason::HandshakeTimeout, lost.into());
+    }
+}
+
+/// The route's verdict for a packet the hub would forward, unless the
+/// access policy (when it is enforced) denies its flow.
+fn admit(
+    access: &mut AccessGate,
+    route: Verdict,
+    origin: Origin,
+    packet: &[u8],
+    now_ms: u64,
+) -> Verdict {
+    match route {
+        Verdict::Relay(_) | Verdict::Local
+            if access.enforcing() && !access.check(origin, packet, now_ms) =>
+        {
+            Verdict::Drop(DropReason::Denied)
+        }
+        v => v,
     }
 }
 

@@ -6,8 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::test_packets::udp;
+
 use super::*;
 use crate::access::AccessPolicy;
+use crate::batch::Outbox;
 use crate::datagram::PacketBatch;
 use crate::keys::KeyEpoch;
 use crate::link::Sealed;
@@ -21,30 +24,6 @@ struct Spoke {
     underlay: SocketAddr,
     out: Outbox<SocketAddr>,
     tun: PacketBatch,
-}
-
-fn udp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let mut p = Vec::new();
-    etherparse::PacketBuilder::ipv4(from.octets(), to.octets(), 64)
-        .udp(4000, 5000)
-        .write(&mut p, payload)
-        .unwrap();
-    p
-}
-
-fn datagrams(out: &mut Outbox<SocketAddr>) -> Vec<(SocketAddr, Vec<u8>)> {
-    let all = out
-        .batches()
-        .flat_map(|b| {
-            let to = b.destination();
-            b.datagrams()
-                .map(move |d| (to, d.to_vec()))
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|(to, d)| to.map(|to| (to, d)))
-        .collect();
-    out.clear();
-    all
 }
 
 /// A hub with spokes 1 and 2 on epoch 1, both active and carried.
@@ -87,12 +66,12 @@ fn exchange(plane: &mut HubPlane<PacketBatch>, spokes: &mut [&mut Spoke]) {
     for _ in 0..10 {
         let mut moved = false;
         for s in spokes.iter_mut() {
-            for (_, d) in datagrams(&mut s.out) {
+            for (_, d) in s.out.take_all() {
                 plane.handle_datagram(s.underlay, &d);
                 moved = true;
             }
         }
-        for (to, d) in datagrams(plane.outbox()) {
+        for (to, d) in plane.outbox().take_all() {
             let s = spokes.iter_mut().find(|s| s.underlay == to).unwrap();
             let tunnel = s.link.newest().unwrap();
             let hub: SocketAddr = "172.30.0.1:51820".parse().unwrap();

@@ -5,19 +5,17 @@
 //! once: datagrams in GSO batches, TUN packets coalesced. The control side
 //! talks to it through [`DpCommand`]s and hears its events.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod api;
 pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec};
 use tasuki_core::access::CompiledAccess;
-use tasuki_core::batch::Outbox;
 use tasuki_core::hub_plane::HubPlane;
 use tasuki_core::keys::StaticKey;
-use tasuki_core::routing::{DropReason, RouteTable};
+use tasuki_core::routing::RouteTable;
 use tasuki_shell::netdev::{Tun, TunWriter};
-use tasuki_shell::passes::{Devices, PassHandler};
+use tasuki_shell::passes::{DataPlane as _, Devices};
 use tasuki_shell::udp::BatchUdp;
 use tokio::sync::mpsc;
 
@@ -62,14 +60,14 @@ impl DataPlane {
                 r = self.io.udp().readable() => match r {
                     Ok(()) => {
                         self.plane.tick_clock();
-                        self.io.drain_udp(&mut self.plane).await;
+                        self.io.drain_udp(&mut self.plane.machine).await;
                     }
                     Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
                 },
                 r = self.io.tun().readable() => match r {
                     Ok(()) => {
                         self.plane.tick_clock();
-                        self.io.drain_tun(&mut self.plane).await;
+                        self.io.drain_tun(&mut self.plane.machine).await;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "TUN read failed");
@@ -83,7 +81,7 @@ impl DataPlane {
                 _ = timers.tick() => {
                     self.plane.tick_clock();
                     self.plane.machine.handle_timeout();
-                    self.io.flush(&mut self.plane).await;
+                    self.io.flush(&mut self.plane.machine).await;
                 }
                 _ = limiter_reset.tick() => {
                     self.plane.tick_clock();
@@ -129,35 +127,5 @@ impl Plane {
                 }
             }
         }
-    }
-}
-
-impl PassHandler for Plane {
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        self.machine.handle_datagram(from, datagram);
-    }
-
-    fn on_tun_packet(&mut self, packet: &[u8]) {
-        self.machine.handle_tun(packet);
-    }
-
-    fn outbox(&mut self) -> &mut Outbox<SocketAddr> {
-        self.machine.outbox()
-    }
-
-    fn to_tun(&mut self) -> &mut TunWriter {
-        self.machine.to_tun()
-    }
-
-    fn sent(&mut self, count: u64, _bytes: u64) {
-        self.machine.sent(count);
-    }
-
-    fn lost(&mut self, reason: DropReason, count: u64) {
-        self.machine.lost(reason, count);
-    }
-
-    fn receive_failed(&mut self) {
-        self.machine.receive_failed();
     }
 }
