@@ -234,6 +234,13 @@ fn print_wireguard(view: &WireGuardConfigView, qr: bool, json: bool) -> Result<(
     }
     if qr {
         eprintln!("{}", qr_code(view.config.as_str())?);
+        if !view.includes_private_key {
+            eprintln!(
+                "note: the WireGuard apps import a configuration from a QR code only with its \
+                 private key in it; for that, add the device with --generate-key (or type the \
+                 [Peer] part into the tunnel the app made)"
+            );
+        }
     }
     Ok(())
 }

@@ -304,6 +304,16 @@ fn a_stock_wireguard_peer_follows_the_hubs_keys() {
     let out = hub_ok(&t, &["spoke", "config", "phone"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), rotated);
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds a secret key"));
+    // As a QR code: drawn on standard error, with the word that the apps
+    // import one only with its private key in it.
+    let out = hub_ok(&t, &["spoke", "config", "phone", "--qr"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), rotated);
+    let drawn = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        drawn.contains('█') || drawn.contains('▀') || drawn.contains('▄'),
+        "{drawn}"
+    );
+    assert!(drawn.contains("--generate-key"), "{drawn}");
 
     // A short interval of its own ends the epoch by itself, like the
     // 30 days by default.
