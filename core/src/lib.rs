@@ -29,6 +29,7 @@ pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
 pub mod spoke_plane;
+pub mod spoke_session;
 pub mod users;
 pub mod wireguard;
 

@@ -9,22 +9,21 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tasuki_core::channel::Initiator;
 
-use tasuki_core::control::{
-    Hello, HubMessage, Purpose, RefusalCode, SpokeConfig, SpokeMessage, UserReply, UserRequest,
-};
+use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeConfig, UserReply, UserRequest};
 use tasuki_core::keys::StaticKey;
+use tasuki_core::spoke_session::{
+    after_refusal, AfterRefusal, Holding, PlaneCommand, SessionAction, SessionEnd, SpokeSession,
+    IDLE_SECS,
+};
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dataplane::{DpCommand, SpokeEvent};
 use crate::state::{Enrolment, SpokeStore};
-use tasuki_core::rotation::Received;
-use tasuki_core::spoke_keys::HeldEpoch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE: Duration = Duration::from_secs(20);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(IDLE_SECS);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const PENDING_RETRY: Duration = Duration::from_secs(2);
 
@@ -88,14 +87,13 @@ impl Control {
                     tracing::warn!(hub = %self.enrolment.hub_endpoint, error = %format!("{e:#}"), "control channel down")
                 }
             }
-            match refusal {
-                // Waiting for an admin or the owner: ask again soon, without growing.
-                Some(RefusalCode::Pending) => {
+            match refusal.map(after_refusal) {
+                Some(AfterRefusal::RetrySoon) => {
                     tokio::time::sleep(PENDING_RETRY).await;
                     continue;
                 }
                 // Cut off for good: no key of ours may stay usable.
-                Some(RefusalCode::Revoked) => {
+                Some(AfterRefusal::EraseKeys) => {
                     match self.store.erase_epochs_below(u64::MAX) {
                         Ok(gone) if !gone.is_empty() => {
                             tracing::warn!(epochs = ?gone, "this spoke was revoked: its keys are erased");
@@ -103,9 +101,13 @@ impl Control {
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase keys"),
                     }
-                    let _ = self.dataplane.send(DpCommand::Revoked).await;
+                    if self.dataplane.send(DpCommand::Revoked).await.is_err() {
+                        tracing::error!(
+                            "the data plane has stopped; it cannot drop the revoked keys"
+                        );
+                    }
                 }
-                _ => {}
+                Some(AfterRefusal::BackOff) | None => {}
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -144,159 +146,154 @@ impl Control {
         let mut ch = init
             .finish(&reply)
             .map_err(|e| crate::enrol::explain(e, endpoint, &fingerprint))?;
-        write_frame(&mut w, &ch.seal(&SpokeMessage::Attach)?).await?;
+        if let Some(addr) = hub_at {
+            self.dataplane
+                .send(DpCommand::HubAt(addr))
+                .await
+                .context("data plane stopped")?;
+        }
+        let origin = tokio::time::Instant::now();
+        let now = || origin.elapsed().as_secs();
+        let mut session = SpokeSession::new(now(), self.config.borrow().clone());
+        let mut pending = HashMap::new();
+        self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
+            .await?;
         self.state.send_modify(|s| {
             s.connected = true;
             s.last_error = None;
         });
         tracing::info!(hub = %endpoint, "control channel up");
-        if let Some(addr) = hub_at {
-            let _ = self.dataplane.send(DpCommand::HubAt(addr)).await;
-        }
-        // The hub may have restarted and lost our session: start a fresh one.
-        let _ = self.dataplane.send(DpCommand::Rehandshake).await;
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.tick().await;
         let mut events = self.events.lock().await;
         let mut calls = self.calls.lock().await;
-        let mut pending: HashMap<u32, oneshot::Sender<Result<UserReply, String>>> = HashMap::new();
-        let mut next_id = 0u32;
         loop {
+            let deadline = origin + Duration::from_secs(session.poll_timeout());
             tokio::select! {
                 Some((request, reply)) = calls.recv() => {
-                    next_id = next_id.wrapping_add(1);
-                    pending.insert(next_id, reply);
-                    let msg = SpokeMessage::User { id: next_id, request };
-                    write_frame(&mut w, &ch.seal(&msg)?).await?;
+                    pending.insert(session.call(now(), request), reply);
                 }
-                Some(event) = events.recv() => {
-                    let msg = match event {
-                        SpokeEvent::Confirmed(epoch) => SpokeMessage::UpdateReport { epoch },
-                        SpokeEvent::RequestUpdate => SpokeMessage::UpdateRequest {
-                            reason: "lifetime-over".into(),
-                        },
-                        SpokeEvent::NeedKeys => SpokeMessage::DistributionRequest,
-                    };
-                    write_frame(&mut w, &ch.seal(&msg)?).await?;
-                }
+                Some(report) = events.recv() => session.handle_report(now(), report),
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
-                    if let HubMessage::UserReply { id, result } = msg {
-                        if let Some(reply) = pending.remove(&id) {
-                            let _ = reply.send(result);
-                        }
-                        continue;
-                    }
-                    self.on_message(msg, &mut ch, &mut w).await?;
+                    // Only a key delivery looks at what the store holds.
+                    let (held, current) = if matches!(msg, HubMessage::KeyDistribution(_)) {
+                        let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
+                        (held, self.store.current()?)
+                    } else {
+                        (Vec::new(), 0)
+                    };
+                    let holding = Holding { epochs: &held, current };
+                    session.handle_message(now(), msg, holding).map_err(session_end)?;
                 }
-                _ = keepalive.tick() => {
-                    write_frame(&mut w, &ch.seal(&SpokeMessage::Keepalive)?).await?;
+                _ = tokio::time::sleep_until(deadline) => {
+                    session.handle_timeout(now()).map_err(session_end)?;
                 }
             }
+            self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
+                .await?;
         }
     }
 
-    async fn on_message(
+    /// Does what the session asks, in order; a store that fails is told to
+    /// the session (the hub sends the key again), a write that fails ends it.
+    async fn carry_out(
         &self,
-        msg: HubMessage,
+        session: &mut SpokeSession,
         ch: &mut tasuki_core::channel::Channel,
         w: &mut tokio::net::tcp::OwnedWriteHalf,
+        pending: &mut HashMap<u32, oneshot::Sender<Result<UserReply, String>>>,
+        now: impl Fn() -> u64,
     ) -> Result<()> {
-        match msg {
-            HubMessage::Welcome(config) => {
-                let old = self.config.borrow().clone();
-                if old.as_ref() != Some(&config) {
-                    self.store.save_config(&config)?;
-                    if old.is_some() {
-                        tracing::warn!(
-                            "the hub changed this spoke's configuration; restart to apply it"
-                        );
+        while let Some(action) = session.poll_action() {
+            match action {
+                SessionAction::Send(msg) => write_frame(w, &ch.seal(&msg)?).await?,
+                SessionAction::SaveConfig { config, changed } => {
+                    let saved = self.store.save_config(&config);
+                    if let Err(e) = &saved {
+                        tracing::error!(error = %format!("{e:#}"), "cannot store the configuration; it is taken at the next attach");
+                    } else {
+                        if changed {
+                            tracing::warn!(
+                                "the hub changed this spoke's configuration; restart to apply it"
+                            );
+                        }
+                        self.config.send_replace(Some(config));
                     }
-                    self.config.send_replace(Some(config));
+                    session.config_saved(saved.is_ok());
                 }
-            }
-            HubMessage::KeyDistribution(delivery) => {
-                let link = self
-                    .config
-                    .borrow()
-                    .as_ref()
-                    .map(|c| c.spoke_id)
-                    .context("key before configuration")?;
-                let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
-                let current = self.store.current()?;
-                let received =
-                    tasuki_core::rotation::receive_delivery(link, &delivery, &held, current)
-                        .context("cannot open the delivered key")?;
-                let epoch = match received {
-                    Received::Again => {
-                        // A re-delivery (the hub lost our receipt): acknowledge again.
-                        write_frame(
-                            w,
-                            &ch.seal(&SpokeMessage::KeyReceipt {
-                                epoch: delivery.epoch,
-                            })?,
-                        )
-                        .await?;
-                        return Ok(());
+                SessionAction::StoreEpoch(held) => {
+                    let number = held.epoch.number;
+                    let stored = self.store.save_epoch(&held);
+                    match &stored {
+                        Ok(()) => tracing::info!(epoch = number, "key epoch received"),
+                        Err(e) => {
+                            tracing::error!(epoch = number, error = %format!("{e:#}"), "cannot store a delivered key; the hub sends it again")
+                        }
                     }
-                    Received::New(epoch) => epoch,
-                };
-                let number = epoch.number;
-                let held = HeldEpoch {
-                    epoch,
-                    lifetime: delivery.lifetime,
-                };
-                // Durable before acknowledged or used.
-                self.store.save_epoch(&held)?;
-                self.dataplane
-                    .send(DpCommand::Hold(held))
-                    .await
-                    .context("data plane stopped")?;
-                tracing::info!(epoch = number, "key epoch received");
-                write_frame(w, &ch.seal(&SpokeMessage::KeyReceipt { epoch: number })?).await?;
-            }
-            HubMessage::UpdateNotification { epoch } => {
-                tracing::info!(epoch, "update notification: switching");
-                self.dataplane
-                    .send(DpCommand::SwitchTo(epoch))
-                    .await
-                    .context("data plane stopped")?;
-            }
-            HubMessage::Refused(refusal) => {
-                return Err(crate::enrol::HubRefused {
-                    endpoint: None,
-                    refusal,
+                    session.epoch_stored(now(), number, stored.is_ok());
                 }
-                .into());
-            }
-            HubMessage::Session { users, carrying } => {
-                tracing::info!(?users, carrying, "session");
-                self.session_info.send_modify(|s| {
-                    s.users = users;
-                    s.carrying = carrying;
-                });
-                let _ = self.dataplane.send(DpCommand::Carrying(carrying)).await;
-            }
-            HubMessage::DeviceWaiting {
-                user,
-                name,
-                from,
-                hostname,
-            } => {
-                tracing::warn!(
-                    %user, device = %name, %from, %hostname,
-                    "a new device waits for confirmation: tasuki-spoke approve-device {name}"
-                );
-                self.session_info.send_modify(|s| {
-                    if !s.devices_waiting.contains(&name) {
-                        s.devices_waiting.push(name);
+                SessionAction::Plane(cmd) => {
+                    if let PlaneCommand::SwitchTo(epoch) = cmd {
+                        tracing::info!(epoch, "update notification: switching");
                     }
-                });
-            }
-            HubMessage::Keepalive | HubMessage::ReportAck { .. } | HubMessage::UserReply { .. } => {
+                    self.dataplane
+                        .send(plane_command(cmd))
+                        .await
+                        .context("data plane stopped")?;
+                }
+                SessionAction::Reply { id, result } => {
+                    let delivered = pending.remove(&id).map(|reply| reply.send(result));
+                    if !matches!(delivered, Some(Ok(()))) {
+                        tracing::debug!(id, "a user's answer came after the caller left");
+                    }
+                }
+                SessionAction::Session { users, carrying } => {
+                    tracing::info!(?users, carrying, "session");
+                    self.session_info.send_modify(|s| {
+                        s.users = users;
+                        s.carrying = carrying;
+                    });
+                }
+                SessionAction::DeviceWaiting {
+                    user,
+                    name,
+                    from,
+                    hostname,
+                } => {
+                    tracing::warn!(
+                        %user, device = %name, %from, %hostname,
+                        "a new device waits for confirmation: tasuki-spoke approve-device {name}"
+                    );
+                    self.session_info.send_modify(|s| {
+                        if !s.devices_waiting.contains(&name) {
+                            s.devices_waiting.push(name);
+                        }
+                    });
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// The data plane's command for what the session asks.
+fn plane_command(cmd: PlaneCommand) -> DpCommand {
+    match cmd {
+        PlaneCommand::Hold(held) => DpCommand::Hold(held),
+        PlaneCommand::SwitchTo(epoch) => DpCommand::SwitchTo(epoch),
+        PlaneCommand::Rehandshake => DpCommand::Rehandshake,
+        PlaneCommand::Carrying(carrying) => DpCommand::Carrying(carrying),
+    }
+}
+
+/// A session's end as the run loop reads it (a refusal keeps its code).
+fn session_end(end: SessionEnd) -> anyhow::Error {
+    match end {
+        SessionEnd::Refused(refusal) => crate::enrol::HubRefused {
+            endpoint: None,
+            refusal,
+        }
+        .into(),
+        other => other.into(),
     }
 }

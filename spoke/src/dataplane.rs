@@ -43,15 +43,7 @@ pub(crate) enum DpCommand {
 }
 
 /// What the data plane tells the control loop (for the hub).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum SpokeEvent {
-    /// This epoch now carries traffic (update report).
-    Confirmed(u64),
-    /// The current epoch is over and we may not move on alone (update request).
-    RequestUpdate,
-    /// A hard limit stopped traffic (distribution request).
-    NeedKeys,
-}
+pub(crate) use tasuki_core::spoke_session::PlaneReport as SpokeEvent;
 
 /// The data plane task: the devices and the machine a pass works on.
 pub(crate) struct DataPlane {
