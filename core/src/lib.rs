@@ -20,6 +20,7 @@ pub mod datagram;
 pub mod erasure;
 pub mod flood;
 pub mod hub_plane;
+pub mod hub_session;
 pub mod invitation;
 pub mod keys;
 pub mod link;

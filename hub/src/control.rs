@@ -11,9 +11,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tasuki_core::channel::{refusal_reply, Accepting, Channel};
 use tasuki_core::control::{
-    DeliveryBody, HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, SpokeMessage,
+    DeliveryBody, HubMessage, KeyDelivery, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
 };
+use tasuki_core::hub_session::{accept, Enrolled, Exchange, HubAction, HubSession};
+use tasuki_core::invitation::InvitationId;
 use tasuki_core::keys::StaticKey;
+use tasuki_core::registry::SpokeRecord;
+use tasuki_core::routing::SpokeId;
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tasuki_shell::unix_now;
 use tokio::io::AsyncWrite;
@@ -95,45 +99,30 @@ async fn connection(
             .await;
         }
     };
-    if accepting.hello.version != tasuki_core::PROTOCOL_VERSION {
-        tracing::info!(%peer, version = accepting.hello.version, "control connection refused: protocol version");
-        return refuse(
-            &mut w,
-            Refusal::new(
-                RefusalCode::VersionMismatch,
-                format!(
-                    "protocol version {} is not supported (hub speaks {})",
-                    accepting.hello.version,
-                    tasuki_core::PROTOCOL_VERSION
-                ),
-            ),
-        )
-        .await;
-    }
-    match accepting.purpose {
-        Purpose::Enrol => enrol(accepting, reader, w, peer, state).await,
-        Purpose::Attach => attach(accepting, reader, w, peer, state).await,
+    let exchange = match accept(accepting.purpose, &accepting.hello) {
+        Ok(x) => x,
+        Err(refusal) => {
+            tracing::info!(%peer, reason = %refusal, "control connection refused");
+            return refuse(&mut w, refusal).await;
+        }
+    };
+    match exchange {
+        Exchange::Enrol(invitation) => enrol(accepting, invitation, reader, w, peer, state).await,
+        Exchange::Attach => attach(accepting, reader, w, peer, state).await,
     }
 }
 
+type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = tokio::net::tcp::OwnedWriteHalf;
+
 async fn enrol(
     accepting: Accepting,
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    invitation: InvitationId,
+    mut reader: Reader,
+    mut w: Writer,
     peer: SocketAddr,
     state: &Arc<Mutex<HubState>>,
 ) -> Result<()> {
-    let Some(invitation) = accepting.hello.invitation else {
-        tracing::info!(%peer, "enrolment refused: no invitation");
-        return refuse(
-            &mut w,
-            Refusal::new(
-                RefusalCode::ProtocolViolation,
-                "enrolment without an invitation",
-            ),
-        )
-        .await;
-    };
     let spoke_key = accepting.remote;
     let secret = state
         .lock()
@@ -149,94 +138,78 @@ async fn enrol(
     };
     let (mut ch, reply) = accepting.complete(Some(&secret))?;
     write_frame(&mut w, &reply).await?;
-    // The spoke proves it holds the invitation secret with its first message.
-    let body = reader
-        .next(HANDSHAKE_TIMEOUT)
-        .await?
-        .context("closed before the enrolment request")?;
-    let (hostname, as_user) = match ch.open::<SpokeMessage>("enrol request", &body)? {
-        SpokeMessage::EnrolRequest { hostname, as_user } => (hostname, as_user),
-        other => bail!("expected an enrolment request, got {other:?}"),
-    };
-    let outcome = state
-        .lock()
-        .await
-        .enrol(
-            &invitation,
-            spoke_key,
-            &peer.to_string(),
-            &hostname,
-            as_user.as_deref(),
-            unix_now(),
-        )
-        .await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            // Nothing was kept (the store logged why: a full disk, say); the
-            // spoke hears it can try again, not the hub's paths and errors.
-            tracing::error!(%peer, %invitation, error = %format!("{e:#}"), "enrolment not stored");
-            let refusal = Refusal::new(
-                RefusalCode::Internal,
-                "the hub could not store this enrolment; nothing was kept, try again later",
-            );
-            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
-            bail!("enrolment not stored: {refusal}");
-        }
-    };
-    let (enrolled, epoch) = match outcome {
-        Ok(x) => x,
-        Err(refusal) => {
-            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
-            bail!("enrolment refused: {refusal}");
-        }
-    };
-    let config = state.lock().await.registry.spoke_config(&enrolled.spoke);
-    send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
-    match epoch {
-        Some(epoch) => {
-            send(
-                &mut w,
-                &mut ch,
-                &HubMessage::KeyDistribution(KeyDelivery {
-                    epoch: epoch.number,
-                    body: DeliveryBody::Channel(epoch),
-                    lifetime: state.lock().await.policy_for(enrolled.spoke.id).lifetime(),
-                }),
-            )
-            .await?;
-            // Wait for the receipt report so the spoke has stored the key.
-            if let Some(body) = reader.next(HANDSHAKE_TIMEOUT).await? {
-                if let SpokeMessage::KeyReceipt { epoch } = ch.open("receipt", &body)? {
-                    tracing::info!(spoke = %enrolled.spoke.name, epoch, "key receipt");
-                    // The spoke closes after enrolment; it switches when it attaches.
-                    let _ = state
+    let mut session = HubSession::new(&Exchange::Enrol(invitation));
+    let mut enrolled_as: Option<(SpokeId, String)> = None;
+    loop {
+        // The spoke proves it holds the invitation secret with its first message.
+        let body = reader
+            .next(HANDSHAKE_TIMEOUT)
+            .await?
+            .context("closed during the enrolment")?;
+        session.handle(ch.open::<SpokeMessage>("enrolment", &body)?)?;
+        while let Some(action) = session.poll_action() {
+            match action {
+                HubAction::Send(msg) => send(&mut w, &mut ch, &msg).await?,
+                HubAction::Enrol { hostname, as_user } => {
+                    let outcome = state
                         .lock()
                         .await
-                        .on_receipt(enrolled.spoke.id, epoch)
-                        .await?;
+                        .enrol(
+                            &invitation,
+                            spoke_key,
+                            &peer.to_string(),
+                            &hostname,
+                            as_user.as_deref(),
+                            unix_now(),
+                        )
+                        .await;
+                    let outcome = match outcome {
+                        // Nothing was kept (the store logged why: a full disk,
+                        // say); the spoke hears it can try again.
+                        Err(e) => {
+                            tracing::error!(%peer, %invitation, error = %format!("{e:#}"), "enrolment not stored");
+                            Enrolled::NotStored
+                        }
+                        Ok(Err(refusal)) => {
+                            tracing::info!(%peer, %invitation, reason = %refusal, "enrolment refused");
+                            Enrolled::Refused(refusal)
+                        }
+                        Ok(Ok((enrolled, epoch))) => {
+                            let st = state.lock().await;
+                            let first_key = epoch.map(|epoch| KeyDelivery {
+                                epoch: epoch.number,
+                                body: DeliveryBody::Channel(epoch),
+                                lifetime: st.policy_for(enrolled.spoke.id).lifetime(),
+                            });
+                            enrolled_as = Some((enrolled.spoke.id, enrolled.spoke.name.clone()));
+                            Enrolled::Done {
+                                config: st.registry.spoke_config(&enrolled.spoke),
+                                first_key,
+                            }
+                        }
+                    };
+                    session.enrolled(outcome);
                 }
+                HubAction::Receipt(epoch) => {
+                    if let Some((id, name)) = &enrolled_as {
+                        tracing::info!(spoke = %name, epoch, "key receipt");
+                        // Not stored: the spoke reports it again when it attaches.
+                        if let Err(e) = state.lock().await.on_receipt(*id, epoch).await {
+                            tracing::warn!(spoke = %name, error = %format!("{e:#}"), "receipt not stored");
+                        }
+                    }
+                }
+                HubAction::Close => return Ok(()),
+                other => bail!("{other:?} during an enrolment"),
             }
         }
-        None => {
-            send(
-                &mut w,
-                &mut ch,
-                &HubMessage::Refused(Refusal::new(
-                    RefusalCode::Pending,
-                    "enrolled; this spoke waits for an admin's approval",
-                )),
-            )
-            .await?;
-        }
     }
-    Ok(())
 }
 
 async fn attach(
     accepting: Accepting,
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut reader: Reader,
+    mut w: Writer,
     peer: SocketAddr,
     state: &Arc<Mutex<HubState>>,
 ) -> Result<()> {
@@ -257,108 +230,152 @@ async fn attach(
         .next(HANDSHAKE_TIMEOUT)
         .await?
         .context("closed before the attach request")?;
-    match ch.open::<SpokeMessage>("attach", &body)? {
-        SpokeMessage::Attach => {}
-        other => bail!("expected attach, got {other:?}"),
-    }
+    let mut session = HubSession::new(&Exchange::Attach);
+    session.handle(ch.open::<SpokeMessage>("attach", &body)?)?;
     // The hub's state holds the only sender: once it forgets this session
     // (the spoke was cut off, or attached again elsewhere), the queue
     // closes and this connection ends, even when the queue was full.
     let (tx, mut rx) = mpsc::channel::<HubMessage>(16);
     let registered = tx.downgrade();
-    let attached = {
-        let mut st = state.lock().await;
-        match st.ensure_schedule(spoke.id, unix_now()).await {
-            Ok(pending) => {
-                st.attach_session(spoke.id, tx);
-                Ok((st.registry.spoke_config(&spoke), pending))
-            }
-            Err(e) => Err(e),
-        }
+    let mut link = Link {
+        spoke: &spoke,
+        state,
+        session: &mut session,
+        ch: &mut ch,
+        w: &mut w,
+        tx: Some(tx),
     };
-    let (config, pending) = match attached {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
-            let refusal = Refusal::new(
-                RefusalCode::Internal,
-                "the hub could not store a key for this spoke; try again later",
-            );
-            send(&mut w, &mut ch, &HubMessage::Refused(refusal.clone())).await?;
-            bail!("attach not completed: {refusal}");
-        }
-    };
-    tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
     let result = async {
-        send(&mut w, &mut ch, &HubMessage::Welcome(config)).await?;
-        for msg in pending {
-            send(&mut w, &mut ch, &msg).await?;
+        if link.carry_out().await? {
+            return Ok(());
         }
-        let session = state.lock().await.session_message(spoke.id);
-        send(&mut w, &mut ch, &session).await?;
+        tracing::info!(spoke = %spoke.name, %peer, "spoke attached");
         loop {
             tokio::select! {
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { return Ok(()) };
-                    match ch.open::<SpokeMessage>("spoke message", &body)? {
-                        SpokeMessage::Keepalive => send(&mut w, &mut ch, &HubMessage::Keepalive).await?,
-                        SpokeMessage::KeyReceipt { epoch } => {
-                            let note = state.lock().await.on_receipt(spoke.id, epoch).await?;
-                            if let Some(note) = note {
-                                send(&mut w, &mut ch, &note).await?;
-                            }
-                        }
-                        SpokeMessage::UpdateReport { epoch } => {
-                            tracing::info!(spoke = %spoke.name, epoch, "update report");
-                            send(&mut w, &mut ch, &HubMessage::ReportAck { epoch }).await?;
-                        }
-                        SpokeMessage::User { id, request } => {
-                            let result = state
-                                .lock()
-                                .await
-                                .user_request(spoke.id, request, unix_now())
-                                .await
-                                .unwrap_or_else(|e| {
-                                    tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "user request failed");
-                                    Err("the hub could not complete this request (its disk may be full); try again later".into())
-                                });
-                            send(&mut w, &mut ch, &HubMessage::UserReply { id, result }).await?;
-                        }
-                        SpokeMessage::DistributionRequest => {
-                            tracing::info!(spoke = %spoke.name, "distribution request");
-                            let pending = state.lock().await.ensure_schedule(spoke.id, unix_now()).await?;
-                            for msg in pending {
-                                send(&mut w, &mut ch, &msg).await?;
-                            }
-                        }
-                        SpokeMessage::UpdateRequest { reason } => {
-                            tracing::info!(spoke = %spoke.name, %reason, "update request");
-                            let asked = state.lock().await.request_rotation(
-                                Some(&spoke.name),
-                                tasuki_core::rotation::Trigger::SpokeRequest(reason),
-                            );
-                            if let Err(e) = asked {
-                                // The spoke asks again when it still needs
-                                // the key; the admin sees why it waits.
-                                tracing::warn!(spoke = %spoke.name, error = %format!("{e:#}"), "update request not taken");
-                            }
-                        }
-                        other => bail!("unexpected message {other:?}"),
-                    }
+                    link.session.handle(link.ch.open::<SpokeMessage>("spoke message", &body)?)?;
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else {
                         bail!("session ended by the hub (the spoke was cut off or attached again)");
                     };
-                    send(&mut w, &mut ch, &msg).await?;
-                    if let HubMessage::Refused(r) = msg {
-                        bail!("cut off: {r}");
+                    if let HubMessage::Refused(r) = &msg {
+                        tracing::info!(spoke = %spoke.name, reason = %r, "cut off");
                     }
+                    link.session.send(msg);
                 }
+            }
+            if link.carry_out().await? {
+                return Ok(());
             }
         }
     }
     .await;
     state.lock().await.detach_session(spoke.id, &registered);
     result
+}
+
+/// An attached spoke's connection: its session and where its actions go.
+struct Link<'a> {
+    spoke: &'a SpokeRecord,
+    state: &'a Arc<Mutex<HubState>>,
+    session: &'a mut HubSession,
+    ch: &'a mut Channel,
+    w: &'a mut Writer,
+    /// The session's queue, until the state holds it.
+    tx: Option<mpsc::Sender<HubMessage>>,
+}
+
+impl Link<'_> {
+    /// Does what the session asks, in order; true when it is over. A state
+    /// that cannot store something is logged and the spoke asks again (a
+    /// receipt, a distribution) or hears why (a user's request).
+    async fn carry_out(&mut self) -> Result<bool> {
+        let (id, name) = (self.spoke.id, &self.spoke.name);
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                HubAction::Send(msg) => send(self.w, self.ch, &msg).await?,
+                HubAction::Attach => {
+                    let answer = self.attach().await;
+                    self.session.attached(answer);
+                }
+                HubAction::Receipt(epoch) => {
+                    let note = self.state.lock().await.on_receipt(id, epoch).await;
+                    match note {
+                        Ok(Some(note)) => self.session.send(note),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(spoke = %name, error = %format!("{e:#}"), "receipt not stored; the key goes again")
+                        }
+                    }
+                }
+                HubAction::Report(epoch) => tracing::info!(spoke = %name, epoch, "update report"),
+                HubAction::User { id: call, request } => {
+                    let result = self
+                        .state
+                        .lock()
+                        .await
+                        .user_request(id, request, unix_now())
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(spoke = %name, error = %format!("{e:#}"), "user request failed");
+                            Err("the hub could not complete this request (its disk may be full); try again later".into())
+                        });
+                    self.session.answer(call, result);
+                }
+                HubAction::Distribute => {
+                    tracing::info!(spoke = %name, "distribution request");
+                    let pending = self
+                        .state
+                        .lock()
+                        .await
+                        .ensure_schedule(id, unix_now())
+                        .await;
+                    match pending {
+                        Ok(pending) => pending.into_iter().for_each(|m| self.session.send(m)),
+                        Err(e) => {
+                            tracing::warn!(spoke = %name, error = %format!("{e:#}"), "distribution not stored; the spoke asks again")
+                        }
+                    }
+                }
+                HubAction::Rotate(trigger) => {
+                    tracing::info!(spoke = %name, trigger = %trigger.name(), "update request");
+                    let asked = self
+                        .state
+                        .lock()
+                        .await
+                        .request_rotation(Some(name), trigger);
+                    if let Err(e) = asked {
+                        // The spoke asks again when it still needs the key;
+                        // the admin sees why it waits.
+                        tracing::warn!(spoke = %name, error = %format!("{e:#}"), "update request not taken");
+                    }
+                }
+                HubAction::Close => return Ok(true),
+                HubAction::Enrol { .. } => bail!("an enrolment request on an attach"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Registers the session and answers its attach: the configuration and
+    /// what the spoke still needs to hear, or `None` when no first key
+    /// could be stored.
+    async fn attach(&mut self) -> Option<(SpokeConfig, Vec<HubMessage>)> {
+        let mut st = self.state.lock().await;
+        match st.ensure_schedule(self.spoke.id, unix_now()).await {
+            Ok(mut pending) => {
+                if let Some(tx) = self.tx.take() {
+                    st.attach_session(self.spoke.id, tx);
+                }
+                pending.push(st.session_message(self.spoke.id));
+                Some((st.registry.spoke_config(self.spoke), pending))
+            }
+            Err(e) => {
+                tracing::error!(spoke = %self.spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
+                None
+            }
+        }
+    }
 }
