@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::dataplane::{DpCommand, LinkSpec};
 
 mod access;
+mod outbox;
 mod rotation;
 mod spokes;
 mod user_requests;
@@ -123,6 +124,8 @@ pub(crate) struct HubState {
     pub(crate) interface: String,
     dataplane: mpsc::Sender<DpCommand>,
     sessions: HashMap<SpokeId, mpsc::Sender<HubMessage>>,
+    /// Messages that did not fit a session's queue (see [`outbox`]).
+    backlog: outbox::Backlog,
     pub(crate) control_connections: usize,
     audit: crate::audit::AuditLog,
     /// Records to write again (see [`Unsaved`]).
@@ -229,6 +232,7 @@ impl HubState {
             interface,
             dataplane,
             sessions: HashMap::new(),
+            backlog: outbox::Backlog::default(),
             control_connections: 0,
             audit: crate::audit::AuditLog::open(dir)?,
             unsaved: std::collections::BTreeSet::new(),
@@ -288,17 +292,6 @@ impl HubState {
         self.audit.read(since)
     }
 
-    /// Queues a message on spoke `id`'s control connection, if it has one.
-    /// A full queue or a closed connection is logged: the spoke hears the
-    /// state again when it attaches, and key messages are re-sent anyway.
-    pub(crate) fn tell(&self, id: SpokeId, msg: HubMessage) {
-        if let Some(tx) = self.sessions.get(&id) {
-            if let Err(e) = tx.try_send(msg) {
-                tracing::warn!(spoke = id, error = %e, "control message not queued; the spoke hears it when it attaches again");
-            }
-        }
-    }
-
     /// Hands the data plane a command; a data plane that stopped is logged
     /// (the daemon is stopping, or its data-plane thread failed).
     async fn command(&self, cmd: DpCommand) -> bool {
@@ -315,6 +308,7 @@ impl HubState {
         // Forgetting the queue closes it when the connection's task lets go
         // of its own handle, which the refusal above makes it do.
         self.sessions.remove(&id);
+        self.backlog.forget(id);
         self.command(DpCommand::Remove(id)).await;
         if self.refresh_facts(id) {
             self.push_access().await;
@@ -365,6 +359,7 @@ impl HubState {
             .is_some_and(|t| t.same_channel(&tx))
         {
             self.sessions.remove(&spoke);
+            self.backlog.forget(spoke);
         }
     }
 

@@ -291,6 +291,7 @@ impl HubState {
         now: u64,
         usage: &HashMap<SpokeId, Usage>,
     ) -> Result<()> {
+        self.retell();
         let mut failed: Option<anyhow::Error> = None;
         for item in std::mem::take(&mut self.unsaved) {
             let result = match item {

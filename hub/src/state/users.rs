@@ -79,7 +79,8 @@ impl HubState {
             self.unsaved.insert(Unsaved::Logins(spoke));
         }
         self.push_link(spoke).await;
-        self.tell(spoke, self.session_message(spoke));
+        let msg = self.session_message(spoke);
+        self.tell(spoke, msg);
         if logout {
             self.request_rotation_of(spoke, Trigger::Logout);
         }
@@ -237,11 +238,15 @@ impl HubState {
     }
 
     /// Tells every spoke where `user` is logged in that a new device waits.
-    pub(crate) fn announce_device(&self, user: &str, msg: &HubMessage) {
-        for (spoke, users) in &self.logins {
-            if users.contains(user) {
-                self.tell(*spoke, msg.clone());
-            }
+    pub(crate) fn announce_device(&mut self, user: &str, msg: &HubMessage) {
+        let spokes: Vec<SpokeId> = self
+            .logins
+            .iter()
+            .filter(|(_, users)| users.contains(user))
+            .map(|(spoke, _)| *spoke)
+            .collect();
+        for spoke in spokes {
+            self.tell(spoke, msg.clone());
         }
     }
 
