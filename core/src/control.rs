@@ -109,23 +109,9 @@ pub enum HubMessage {
     },
     /// Who is logged in on this spoke, and whether it carries traffic (sent
     /// on attach and whenever it changes at the hub).
-    Session {
-        /// Users logged in here.
-        users: Vec<String>,
-        /// Whether the hub carries this spoke's traffic.
-        carrying: bool,
-    },
+    Session(SessionFacts),
     /// A new device of a user logged in here waits for their confirmation.
-    DeviceWaiting {
-        /// The user.
-        user: String,
-        /// The new spoke's name.
-        name: String,
-        /// Where it enrolled from.
-        from: String,
-        /// Its host name.
-        hostname: String,
-    },
+    DeviceWaiting(DeviceWaiting),
     /// Acknowledges an update report.
     ReportAck {
         /// The epoch reported.
@@ -135,6 +121,28 @@ pub enum HubMessage {
     Refused(Refusal),
     /// Reply to a keepalive.
     Keepalive,
+}
+
+/// Who is logged in on a spoke, and whether the hub carries its traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFacts {
+    /// Users logged in there.
+    pub users: Vec<String>,
+    /// Whether the hub carries that spoke's traffic.
+    pub carrying: bool,
+}
+
+/// A new device of a user, waiting for that user to confirm it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceWaiting {
+    /// The user.
+    pub user: String,
+    /// The new spoke's name.
+    pub name: String,
+    /// Where it enrolled from.
+    pub from: String,
+    /// Its host name.
+    pub hostname: String,
 }
 
 /// A user's request at the hub (passwords travel only inside the Noise channel).

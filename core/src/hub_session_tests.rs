@@ -13,15 +13,7 @@ fn hello(version: u16, invitation: Option<InvitationId>) -> Hello {
 }
 
 fn config() -> SpokeConfig {
-    SpokeConfig {
-        spoke_id: 3,
-        name: "a".into(),
-        tunnel_addr: "10.77.0.2/24".parse().unwrap(),
-        hub_tunnel_addr: "10.77.0.1".parse().unwrap(),
-        routes: vec![],
-        mtu: 1420,
-        keepalive_secs: 25,
-    }
+    crate::test_packets::spoke_config(3)
 }
 
 fn drain(s: &mut HubSession) -> Vec<HubAction> {

@@ -1,33 +1,33 @@
 //! A simulated hub and spoke running the rotation protocol over a lossy,
-//! duplicating, reordering control channel, with crashes, on a virtual clock.
-//! Every rule of `rotation` and `spoke_keys` is exercised together, for hours
-//! of virtual time in milliseconds, and the two sides must always be able to
-//! agree again (patent 0017: the key commands survive loss and restarts).
+//! duplicating, reordering control channel, with crashes and failing spoke
+//! stores, on a virtual clock. The rules of `rotation`, `spoke_keys` and
+//! the two control-session machines (`hub_session`, `spoke_session`) run
+//! together as the daemons run them, for hours of virtual time, and the two
+//! sides must always be able to agree again (patent 0017: the key commands
+//! survive loss and restarts).
 
 use std::collections::VecDeque;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::control::{KeyDelivery, Lifetime};
+use crate::control::{HubMessage, Lifetime, SpokeConfig, SpokeMessage};
+use crate::hub_session::{Exchange, HubAction, HubSession};
 use crate::keys::KeyEpoch;
-use crate::rotation::{
-    receive_delivery, LinkSchedule, Received, RotationPolicy, ScheduleMeta, Usage,
-};
+use crate::rotation::{LinkSchedule, RotationPolicy, ScheduleMeta, Usage};
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
+use crate::spoke_session::{
+    Holding, PlaneCommand, PlaneReport, SessionAction, SessionEnd, SpokeSession,
+};
 
 const LINK: u32 = 9;
 
-#[derive(Clone, Debug)]
-enum ToSpoke {
-    Delivery(KeyDelivery),
-    Notify(u64),
+fn config() -> SpokeConfig {
+    crate::test_packets::spoke_config(LINK)
 }
 
-#[derive(Clone, Debug)]
-enum ToHub {
-    Receipt(u64),
-}
+type ToSpoke = HubMessage;
+type ToHub = SpokeMessage;
 
 /// The spoke's durable state (what a kill -9 leaves).
 #[derive(Default)]
@@ -45,6 +45,10 @@ struct World {
     disk: SpokeDisk,
     to_spoke: VecDeque<ToSpoke>,
     to_hub: VecDeque<ToHub>,
+    hub_session: HubSession,
+    spoke_session: SpokeSession,
+    /// How often a spoke's store write fails (a full disk).
+    store_failures: f64,
     loss: f64,
     switches: u64,
     /// Packets the link carried so far (for packet budgets).
@@ -65,6 +69,9 @@ impl World {
             disk: SpokeDisk::default(),
             to_spoke: VecDeque::new(),
             to_hub: VecDeque::new(),
+            hub_session: HubSession::new(&Exchange::Attach),
+            spoke_session: SpokeSession::new(0, Some(config())),
+            store_failures: 0.0,
             loss: 0.0,
             switches: 0,
             packets: 0,
@@ -77,17 +84,37 @@ impl World {
         w.disk.held.push(held.clone());
         w.spoke.hold(held);
         w.hub.on_receipt(1);
+        w.attach();
         w
     }
 
-    /// What the hub sends when the spoke attaches (as `ensure_schedule`).
+    /// A new control connection: both sessions start again, and the hub
+    /// sends what the spoke has not answered (as `ensure_schedule`).
     fn attach(&mut self) {
-        for d in self.hub.deliveries(&self.policy).unwrap() {
-            self.to_spoke.push_back(ToSpoke::Delivery(d));
+        self.to_spoke.clear();
+        self.to_hub.clear();
+        self.spoke_session = SpokeSession::new(self.now, Some(config()));
+        self.hub_session = HubSession::new(&Exchange::Attach);
+        self.spoke_carries_out();
+        let q = std::mem::take(&mut self.to_hub);
+        for m in q {
+            self.hub_handles(m);
         }
+    }
+
+    /// The hub's answer to an attach.
+    fn hub_attached(&mut self) {
+        let mut pending: Vec<HubMessage> = self
+            .hub
+            .deliveries(&self.policy)
+            .unwrap()
+            .into_iter()
+            .map(HubMessage::KeyDistribution)
+            .collect();
         if let Some(k) = self.hub.notification(&self.policy) {
-            self.to_spoke.push_back(ToSpoke::Notify(k));
+            pending.push(HubMessage::UpdateNotification { epoch: k });
         }
+        self.hub_session.attached(Some((config(), pending)));
     }
 
     fn lossy<T: Clone>(&mut self, q: &mut VecDeque<T>) -> Vec<T> {
@@ -110,40 +137,68 @@ impl World {
     }
 
     fn spoke_handles(&mut self, msg: ToSpoke) {
-        match msg {
-            ToSpoke::Delivery(d) => {
-                let epochs: Vec<KeyEpoch> =
-                    self.disk.held.iter().map(|h| h.epoch.clone()).collect();
-                // The spoke's own rule. A box sealed under an epoch it no
-                // longer holds cannot be opened: it says nothing, and the
-                // hub sends it again.
-                match receive_delivery(LINK, &d, &epochs, self.disk.current) {
-                    Ok(Received::Again) => self.to_hub.push_back(ToHub::Receipt(d.epoch)),
-                    Ok(Received::New(epoch)) => {
-                        let held = HeldEpoch {
-                            epoch,
-                            lifetime: d.lifetime.clone(),
-                        };
+        let epochs: Vec<KeyEpoch> = self.disk.held.iter().map(|h| h.epoch.clone()).collect();
+        let holding = Holding {
+            epochs: &epochs,
+            current: self.disk.current,
+        };
+        match self.spoke_session.handle_message(self.now, msg, holding) {
+            Ok(()) => self.spoke_carries_out(),
+            // A box sealed under an epoch the spoke no longer holds: the
+            // session ends, and the spoke attaches again.
+            Err(SessionEnd::Delivery { .. }) => self.attach(),
+            Err(e) => panic!("the spoke session ended: {e}"),
+        }
+    }
+
+    /// The spoke daemon's part: what its session asks, against its disk
+    /// (which fails now and then) and its key state.
+    fn spoke_carries_out(&mut self) {
+        while let Some(action) = self.spoke_session.poll_action() {
+            match action {
+                SessionAction::Send(m) => self.to_hub.push_back(m),
+                SessionAction::StoreEpoch(held) => {
+                    let stored = !self.rng.gen_bool(self.store_failures);
+                    if stored {
                         self.disk.held.push(held.clone());
-                        self.spoke.hold(held);
-                        self.to_hub.push_back(ToHub::Receipt(d.epoch));
                     }
-                    Err(_) => {}
+                    self.spoke_session
+                        .epoch_stored(self.now, held.epoch.number, stored);
                 }
-            }
-            ToSpoke::Notify(k) => {
-                self.spoke.request_switch(k);
+                SessionAction::Plane(PlaneCommand::Hold(held)) => self.spoke.hold(held),
+                SessionAction::Plane(PlaneCommand::SwitchTo(k)) => {
+                    self.spoke.request_switch(k);
+                }
+                SessionAction::SaveConfig { .. } => self.spoke_session.config_saved(true),
+                _ => {}
             }
         }
     }
 
     fn hub_handles(&mut self, msg: ToHub) {
-        match msg {
-            ToHub::Receipt(k) => {
-                self.hub.on_receipt(k);
-                if let Some(n) = self.hub.notification(&self.policy) {
-                    self.to_spoke.push_back(ToSpoke::Notify(n));
+        if self.hub_session.handle(msg).is_err() {
+            // A message of another connection (a duplicated attach on a
+            // lossy channel): the connection drops and the spoke attaches again.
+            self.attach();
+            return;
+        }
+        self.hub_carries_out();
+    }
+
+    /// The hub daemon's part: what its session asks, against the schedule.
+    fn hub_carries_out(&mut self) {
+        while let Some(action) = self.hub_session.poll_action() {
+            match action {
+                HubAction::Send(m) => self.to_spoke.push_back(m),
+                HubAction::Attach => self.hub_attached(),
+                HubAction::Receipt(k) => {
+                    self.hub.on_receipt(k);
+                    if let Some(n) = self.hub.notification(&self.policy) {
+                        self.hub_session
+                            .send(HubMessage::UpdateNotification { epoch: n });
+                    }
                 }
+                _ => {}
             }
         }
     }
@@ -158,6 +213,9 @@ impl World {
             let total = Usage::traffic(self.packets, self.packets * 100);
             self.hub
                 .on_confirmed(k, self.now, total, self.policy.grace_secs);
+            self.spoke_session
+                .handle_report(self.now, PlaneReport::Confirmed(k));
+            self.spoke_carries_out();
             self.switches += 1;
         }
     }
@@ -173,11 +231,22 @@ impl World {
             .hub
             .tick(&self.policy.clone(), self.now, total, &mut self.rng)
             .unwrap();
-        for d in plan.deliveries {
-            self.to_spoke.push_back(ToSpoke::Delivery(d));
+        if self.hub_session.is_attached() {
+            for d in plan.deliveries {
+                self.hub_session.send(HubMessage::KeyDistribution(d));
+            }
+            if let Some(k) = plan.notify {
+                self.hub_session
+                    .send(HubMessage::UpdateNotification { epoch: k });
+            }
+            self.hub_carries_out();
         }
-        if let Some(k) = plan.notify {
-            self.to_spoke.push_back(ToSpoke::Notify(k));
+        // Keepalives and update reports sent again.
+        if self.spoke_session.poll_timeout() <= self.now {
+            if self.spoke_session.handle_timeout(self.now).is_err() {
+                self.attach();
+            }
+            self.spoke_carries_out();
         }
         // The channel.
         let mut q = std::mem::take(&mut self.to_spoke);
@@ -197,15 +266,11 @@ impl World {
         if self.loss > 0.0 && self.rng.gen_bool(0.03) {
             // Hub kill -9: everything it acknowledged was stored.
             self.hub = LinkSchedule::restore(LINK, self.hub.epochs(), self.hub.meta().clone());
-            self.to_spoke.clear();
-            self.to_hub.clear();
             self.attach();
         }
         if self.loss > 0.0 && self.rng.gen_bool(0.03) {
             // Spoke kill -9.
             self.spoke = SpokeKeys::new(self.disk.held.clone(), self.disk.current, self.now);
-            self.to_spoke.clear();
-            self.to_hub.clear();
             self.attach();
         }
         if self.rng.gen_bool(0.05) {
@@ -258,9 +323,11 @@ fn packet_budget() -> RotationPolicy {
 fn converges(seed: u64, policy: RotationPolicy) {
     let mut w = World::new(seed, policy);
     w.loss = 0.3;
+    w.store_failures = 0.1;
     w.run(10_000);
-    // Then a clean network: both sides must come to agree.
+    // Then a clean network and disk: both sides must come to agree.
     w.loss = 0.0;
+    w.store_failures = 0.0;
     w.attach();
     w.run(400);
     assert_eq!(

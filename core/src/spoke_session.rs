@@ -12,7 +12,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::control::{
-    HubMessage, Refusal, RefusalCode, SpokeConfig, SpokeMessage, UserReply, UserRequest,
+    DeviceWaiting, HubMessage, Refusal, RefusalCode, SessionFacts, SpokeConfig, SpokeMessage,
+    UserReply, UserRequest,
 };
 use crate::keys::KeyEpoch;
 use crate::rotation::{receive_delivery, Received, RESEND_SECS};
@@ -73,23 +74,9 @@ pub enum SessionAction {
         result: Result<UserReply, String>,
     },
     /// Who is logged in here and whether the hub carries traffic, for `status`.
-    Session {
-        /// Users logged in here.
-        users: Vec<String>,
-        /// Whether the hub carries this spoke's traffic.
-        carrying: bool,
-    },
+    Session(SessionFacts),
     /// A new device of a user logged in here waits for their confirmation.
-    DeviceWaiting {
-        /// The user.
-        user: String,
-        /// The new spoke's name.
-        name: String,
-        /// Where it enrolled from.
-        from: String,
-        /// Its host name.
-        hostname: String,
-    },
+    DeviceWaiting(DeviceWaiting),
 }
 
 /// Why a session ended.
@@ -313,23 +300,15 @@ impl SpokeSession {
                     self.actions.push_back(SessionAction::Reply { id, result });
                 }
             }
-            HubMessage::Session { users, carrying } => {
-                self.actions
-                    .push_back(SessionAction::Session { users, carrying });
+            HubMessage::Session(facts) => {
+                let carrying = facts.carrying;
+                self.actions.push_back(SessionAction::Session(facts));
                 self.actions
                     .push_back(SessionAction::Plane(PlaneCommand::Carrying(carrying)));
             }
-            HubMessage::DeviceWaiting {
-                user,
-                name,
-                from,
-                hostname,
-            } => self.actions.push_back(SessionAction::DeviceWaiting {
-                user,
-                name,
-                from,
-                hostname,
-            }),
+            HubMessage::DeviceWaiting(device) => {
+                self.actions.push_back(SessionAction::DeviceWaiting(device))
+            }
             HubMessage::Refused(refusal) => return Err(SessionEnd::Refused(refusal)),
             HubMessage::Keepalive => {}
         }

@@ -9,15 +9,7 @@ use rand::{rngs::StdRng, SeedableRng};
 const LINK: u32 = 7;
 
 fn config() -> SpokeConfig {
-    SpokeConfig {
-        spoke_id: LINK,
-        name: "a".into(),
-        tunnel_addr: "10.77.0.2/24".parse().unwrap(),
-        hub_tunnel_addr: "10.77.0.1".parse().unwrap(),
-        routes: vec![],
-        mtu: 1420,
-        keepalive_secs: 25,
-    }
+    crate::test_packets::spoke_config(LINK)
 }
 
 /// A schedule with epoch 1 in use and epoch 2 issued: its crossed delivery.
@@ -33,6 +25,18 @@ fn second_epoch() -> (KeyEpoch, KeyDelivery) {
         .pop()
         .unwrap();
     (first, delivery)
+}
+
+/// What a spoke with no keys holds.
+const NOTHING: Holding<'static> = Holding {
+    epochs: &[],
+    current: 0,
+};
+
+/// An attached session whose spoke holds epoch 1, and epoch 2's delivery.
+fn attached_with_first() -> (SpokeSession, [KeyEpoch; 1], KeyDelivery) {
+    let (first, delivery) = second_epoch();
+    (attached(), [first], delivery)
 }
 
 fn drain(s: &mut SpokeSession) -> Vec<SessionAction> {
@@ -53,9 +57,7 @@ fn attached() -> SpokeSession {
 
 #[test]
 fn a_new_key_is_stored_before_it_is_used_or_acknowledged() {
-    let (first, delivery) = second_epoch();
-    let mut s = attached();
-    let held = [first];
+    let (mut s, held, delivery) = attached_with_first();
     let holding = Holding {
         epochs: &held,
         current: 1,
@@ -79,9 +81,7 @@ fn a_new_key_is_stored_before_it_is_used_or_acknowledged() {
 
 #[test]
 fn a_key_that_could_not_be_stored_is_not_acknowledged_and_the_resend_is_taken() {
-    let (first, delivery) = second_epoch();
-    let mut s = attached();
-    let held = [first];
+    let (mut s, held, delivery) = attached_with_first();
     let holding = Holding {
         epochs: &held,
         current: 1,
@@ -149,10 +149,7 @@ fn a_key_before_the_configuration_or_sealed_under_an_unknown_epoch_ends_the_sess
         Err(SessionEnd::KeyBeforeConfig)
     ));
     let mut s = attached();
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     assert!(matches!(
         s.handle_message(1, HubMessage::KeyDistribution(delivery), none),
         Err(SessionEnd::Delivery { epoch: 2, .. })
@@ -163,10 +160,7 @@ fn a_key_before_the_configuration_or_sealed_under_an_unknown_epoch_ends_the_sess
 fn a_configuration_is_in_effect_only_once_saved() {
     let mut s = SpokeSession::new(0, None);
     drain(&mut s);
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     s.handle_message(1, HubMessage::Welcome(config()), none)
         .unwrap();
     assert_eq!(
@@ -203,10 +197,7 @@ fn a_configuration_is_in_effect_only_once_saved() {
 #[test]
 fn an_update_report_goes_again_until_the_hub_acknowledges_it() {
     let mut s = attached();
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     s.handle_report(10, PlaneReport::Confirmed(4));
     assert_eq!(
         drain(&mut s),
@@ -236,10 +227,7 @@ fn an_update_report_goes_again_until_the_hub_acknowledges_it() {
 #[test]
 fn keepalives_when_quiet_and_the_end_when_the_hub_is_silent() {
     let mut s = attached();
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     assert_eq!(s.poll_timeout(), KEEPALIVE_SECS);
     s.handle_timeout(KEEPALIVE_SECS - 1).unwrap();
     assert_eq!(drain(&mut s), vec![]);
@@ -259,10 +247,7 @@ fn keepalives_when_quiet_and_the_end_when_the_hub_is_silent() {
 #[test]
 fn replies_reach_the_call_that_asked_once() {
     let mut s = attached();
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     let id = s.call(
         1,
         UserRequest::Logout {
@@ -291,18 +276,15 @@ fn replies_reach_the_call_that_asked_once() {
 #[test]
 fn notifications_session_facts_and_refusals() {
     let mut s = attached();
-    let none = Holding {
-        epochs: &[],
-        current: 0,
-    };
+    let none = NOTHING;
     s.handle_message(1, HubMessage::UpdateNotification { epoch: 9 }, none)
         .unwrap();
     s.handle_message(
         1,
-        HubMessage::Session {
+        HubMessage::Session(SessionFacts {
             users: vec!["alice".into()],
             carrying: true,
-        },
+        }),
         none,
     )
     .unwrap();
@@ -310,10 +292,10 @@ fn notifications_session_facts_and_refusals() {
         drain(&mut s),
         vec![
             SessionAction::Plane(PlaneCommand::SwitchTo(9)),
-            SessionAction::Session {
+            SessionAction::Session(SessionFacts {
                 users: vec!["alice".into()],
                 carrying: true
-            },
+            }),
             SessionAction::Plane(PlaneCommand::Carrying(true)),
         ]
     );

@@ -1,6 +1,19 @@
-//! Inner packets for tests.
+//! Inner packets and configurations for tests.
 
 use std::net::Ipv4Addr;
+
+/// A spoke's configuration on link `id` (10.77.0.2/24 behind hub 10.77.0.1).
+pub(crate) fn spoke_config(id: u32) -> crate::control::SpokeConfig {
+    crate::control::SpokeConfig {
+        spoke_id: id,
+        name: "a".into(),
+        tunnel_addr: "10.77.0.2/24".parse().unwrap(),
+        hub_tunnel_addr: "10.77.0.1".parse().unwrap(),
+        routes: vec![],
+        mtu: 1420,
+        keepalive_secs: 25,
+    }
+}
 
 /// A UDP packet from `from` to `to` carrying `payload`.
 pub(crate) fn udp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {

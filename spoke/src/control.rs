@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tasuki_core::channel::Initiator;
 
-use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeConfig, UserReply, UserRequest};
+use tasuki_core::control::{
+    DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, UserReply, UserRequest,
+};
 use tasuki_core::keys::StaticKey;
 use tasuki_core::spoke_session::{
     after_refusal, AfterRefusal, Holding, PlaneCommand, SessionAction, SessionEnd, SpokeSession,
@@ -247,19 +249,19 @@ impl Control {
                         tracing::debug!(id, "a user's answer came after the caller left");
                     }
                 }
-                SessionAction::Session { users, carrying } => {
+                SessionAction::Session(SessionFacts { users, carrying }) => {
                     tracing::info!(?users, carrying, "session");
                     self.session_info.send_modify(|s| {
                         s.users = users;
                         s.carrying = carrying;
                     });
                 }
-                SessionAction::DeviceWaiting {
+                SessionAction::DeviceWaiting(DeviceWaiting {
                     user,
                     name,
                     from,
                     hostname,
-                } => {
+                }) => {
                     tracing::warn!(
                         %user, device = %name, %from, %hostname,
                         "a new device waits for confirmation: tasuki-spoke approve-device {name}"

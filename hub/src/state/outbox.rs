@@ -33,10 +33,8 @@ impl Backlog {
 /// Whether `new` makes `old` pointless to send.
 fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
     match (old, new) {
-        (HubMessage::Session { .. }, HubMessage::Session { .. }) => true,
-        (HubMessage::DeviceWaiting { name: a, .. }, HubMessage::DeviceWaiting { name: b, .. }) => {
-            a == b
-        }
+        (HubMessage::Session(_), HubMessage::Session(_)) => true,
+        (HubMessage::DeviceWaiting(a), HubMessage::DeviceWaiting(b)) => a.name == b.name,
         _ => old == new,
     }
 }
@@ -76,14 +74,15 @@ impl HubState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tasuki_core::control::SessionFacts;
 
     fn waiting(user: &str, name: &str) -> HubMessage {
-        HubMessage::DeviceWaiting {
+        HubMessage::DeviceWaiting(tasuki_core::control::DeviceWaiting {
             user: user.into(),
             name: name.into(),
             from: "203.0.113.9:4000".into(),
             hostname: "h".into(),
-        }
+        })
     }
 
     #[test]
@@ -92,10 +91,10 @@ mod tests {
         for carrying in [false, true] {
             b.keep(
                 1,
-                HubMessage::Session {
+                HubMessage::Session(SessionFacts {
                     users: vec![],
                     carrying,
-                },
+                }),
             );
         }
         b.keep(1, waiting("alice", "phone"));
@@ -105,10 +104,10 @@ mod tests {
         assert_eq!(
             b.0[&1],
             vec![
-                HubMessage::Session {
+                HubMessage::Session(SessionFacts {
                     users: vec![],
                     carrying: true
-                },
+                }),
                 waiting("alice", "phone"),
                 waiting("alice", "tablet"),
             ]

@@ -151,12 +151,14 @@ impl HubState {
         if let (Some(owner), SpokeState::Pending) = (&spoke.owner, spoke.state) {
             self.announce_device(
                 owner,
-                &tasuki_core::control::HubMessage::DeviceWaiting {
-                    user: owner.clone(),
-                    name: spoke.name.clone(),
-                    from: source.to_owned(),
-                    hostname: spoke.hostname.clone(),
-                },
+                &tasuki_core::control::HubMessage::DeviceWaiting(
+                    tasuki_core::control::DeviceWaiting {
+                        user: owner.clone(),
+                        name: spoke.name.clone(),
+                        from: source.to_owned(),
+                        hostname: spoke.hostname.clone(),
+                    },
+                ),
             );
         }
         self.push_link(spoke.id).await;

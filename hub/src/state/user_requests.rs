@@ -72,12 +72,12 @@ impl HubState {
                         .unwrap_or_default();
                     self.tell(
                         spoke,
-                        HubMessage::DeviceWaiting {
+                        HubMessage::DeviceWaiting(tasuki_core::control::DeviceWaiting {
                             user: user.clone(),
                             name,
                             from: from.0,
                             hostname: from.1,
-                        },
+                        }),
                     );
                 }
                 Ok(Ok(UserReply::LoggedIn { user }))

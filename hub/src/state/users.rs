@@ -25,14 +25,14 @@ impl HubState {
 
     /// The session message for a spoke.
     pub(crate) fn session_message(&self, spoke: SpokeId) -> HubMessage {
-        HubMessage::Session {
+        HubMessage::Session(tasuki_core::control::SessionFacts {
             users: self
                 .logins
                 .get(&spoke)
                 .map(|u| u.iter().cloned().collect())
                 .unwrap_or_default(),
             carrying: self.carries(spoke),
-        }
+        })
     }
 
     pub(super) fn commit_user(&self, user: &UserRecord) -> Result<()> {
