@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use tasuki_core::control::HubMessage;
 use tasuki_core::routing::SpokeId;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::HubState;
 
@@ -22,6 +22,42 @@ impl Backlog {
         let waiting = self.0.entry(spoke).or_default();
         waiting.retain(|old| !same_fact(old, &msg));
         waiting.push(msg);
+    }
+
+    /// Queues `msg` on `tx`, the control queue of `spoke`; when the queue is
+    /// full it waits here for the next tick. While older messages wait, a
+    /// new one waits behind them, so a spoke never hears an older fact after
+    /// a newer one.
+    fn offer(&mut self, spoke: SpokeId, tx: &mpsc::Sender<HubMessage>, msg: HubMessage) {
+        if self.0.contains_key(&spoke) {
+            self.keep(spoke, msg);
+            return;
+        }
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                tracing::debug!(
+                    spoke,
+                    "control queue full; the message goes at the next tick"
+                );
+                self.keep(spoke, msg);
+            }
+            // The connection is ending; the spoke hears the state when it attaches again.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Queues again what waits, in order, as far as there is room in each
+    /// spoke's queue; the rest waits again.
+    fn retell(&mut self, sessions: &HashMap<SpokeId, mpsc::Sender<HubMessage>>) {
+        for (id, messages) in std::mem::take(&mut self.0) {
+            let Some(tx) = sessions.get(&id) else {
+                continue;
+            };
+            for msg in messages {
+                self.offer(id, tx, msg);
+            }
+        }
     }
 
     /// Forgets what waits for a spoke whose session ended.
@@ -40,34 +76,17 @@ fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
 }
 
 impl HubState {
-    /// Queues a message on spoke `id`'s control connection, if it has one;
-    /// when the queue is full it waits in the backlog for the next tick.
+    /// Queues a message on spoke `id`'s control connection, if it has one
+    /// (see [`Backlog::offer`]).
     pub(crate) fn tell(&mut self, id: SpokeId, msg: HubMessage) {
-        let Some(tx) = self.sessions.get(&id) else {
-            return;
-        };
-        match tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(msg)) => {
-                tracing::debug!(
-                    spoke = id,
-                    "control queue full; the message goes at the next tick"
-                );
-                self.backlog.keep(id, msg);
-            }
-            // The connection is ending; the spoke hears the state when it attaches again.
-            Err(TrySendError::Closed(_)) => {}
+        if let Some(tx) = self.sessions.get(&id) {
+            self.backlog.offer(id, tx, msg);
         }
     }
 
-    /// Queues again what waits in the backlog, as far as there is room.
+    /// Queues again what waits in the backlog (see [`Backlog::retell`]).
     pub(super) fn retell(&mut self) {
-        let waiting = std::mem::take(&mut self.backlog.0);
-        for (id, messages) in waiting {
-            for msg in messages {
-                self.tell(id, msg);
-            }
-        }
+        self.backlog.retell(&self.sessions);
     }
 }
 
@@ -115,5 +134,33 @@ mod tests {
         b.forget(1);
         assert!(!b.0.contains_key(&1));
         assert_eq!(b.0[&2], vec![HubMessage::Keepalive]);
+    }
+
+    fn facts(carrying: bool) -> HubMessage {
+        HubMessage::Session(SessionFacts {
+            users: vec![],
+            carrying,
+        })
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_order_of_facts() {
+        let mut b = Backlog::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        b.offer(1, &tx, waiting("alice", "phone"));
+        b.offer(1, &tx, facts(false));
+        // Room again, but the older fact waits: the newer one goes behind it.
+        assert_eq!(rx.try_recv().unwrap(), waiting("alice", "phone"));
+        b.offer(1, &tx, facts(true));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            b.0[&1],
+            vec![facts(true)],
+            "the newer fact replaced the older"
+        );
+        // The next tick sends what waits, as far as there is room.
+        b.retell(&HashMap::from([(1, tx.clone())]));
+        assert_eq!(rx.try_recv().unwrap(), facts(true));
+        assert!(b.0.is_empty());
     }
 }
