@@ -1,32 +1,25 @@
 //! The hub's admin socket: one handler per request, each a thin call into
 //! [`HubState`]. Replies are the structs `--json` prints.
 
-use std::sync::Arc;
-
+use crate::state::SharedState;
 use anyhow::Result;
 use tasuki_core::admin_api::{HubRequest, Reply};
 use tasuki_shell::unix_now;
-use tokio::sync::Mutex;
-
-use crate::state::HubState;
 
 /// One edit of the access policy, answered with the policy after it.
 /// `edit` returns the words for the audit log.
 async fn access_edit(
-    state: &Arc<Mutex<HubState>>,
+    state: &SharedState,
     edit: impl FnOnce(
         &mut tasuki_core::access::AccessPolicy,
     ) -> Result<String, tasuki_core::access::AccessError>,
 ) -> Result<serde_json::Value> {
-    let view = state.lock().await.edit_access(unix_now(), edit).await?;
+    let view = state.with(|st| st.edit_access(unix_now(), edit))?;
     Ok(serde_json::to_value(view)?)
 }
 
 /// Handles one admin request.
-pub(crate) async fn handle(
-    state: &Arc<Mutex<HubState>>,
-    req: HubRequest,
-) -> Reply<serde_json::Value> {
+pub(crate) async fn handle(state: &SharedState, req: HubRequest) -> Reply<serde_json::Value> {
     let result: Result<serde_json::Value> = async {
         match req {
             HubRequest::Invite { .. }
@@ -70,7 +63,7 @@ pub(crate) async fn handle(
 }
 
 /// Invitations, WireGuard peers, approval, revocation, the spoke list.
-async fn spoke_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<serde_json::Value> {
+async fn spoke_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
     match req {
         HubRequest::Invite {
             name,
@@ -78,105 +71,92 @@ async fn spoke_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<
             service,
             valid_secs,
         } => {
-            let view = state.lock().await.invite(
-                &name,
-                pre_approved,
-                service,
-                None,
-                valid_secs,
-                unix_now(),
-            )?;
+            let view = state
+                .with(|st| st.invite(&name, pre_approved, service, None, valid_secs, unix_now()))?;
             Ok(serde_json::to_value(view)?)
         }
         HubRequest::WireGuardAdd {
             name,
             public_key,
             user,
-        } => Ok(serde_json::to_value(
-            state
-                .lock()
-                .await
-                .add_wireguard(&name, public_key.as_deref(), user.as_deref(), unix_now())
-                .await?,
-        )?),
+        } => Ok(serde_json::to_value(state.with(|st| {
+            st.add_wireguard(&name, public_key.as_deref(), user.as_deref(), unix_now())
+        })?)?),
         HubRequest::WireGuardConfig { name } => Ok(serde_json::to_value(
-            state.lock().await.wireguard_config(&name, unix_now())?,
+            state.with(|st| st.wireguard_config(&name, unix_now()))?,
         )?),
         HubRequest::Approve { name } => {
-            let s = state
-                .lock()
-                .await
-                .approve(&name, "admin", unix_now())
-                .await?;
+            let s = state.with(|st| st.approve(&name, "admin", unix_now()))?;
             Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
         }
         HubRequest::Deny { name } => {
-            let s = state.lock().await.deny(&name, unix_now()).await?;
+            let s = state.with(|st| st.deny(&name, unix_now()))?;
             Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
         }
         HubRequest::Revoke { name } => {
-            let s = state.lock().await.revoke(&name, unix_now()).await?;
+            let s = state.with(|st| st.revoke(&name, unix_now()))?;
             Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
         }
-        HubRequest::ListSpokes => Ok(serde_json::to_value(
-            state.lock().await.spoke_views().await,
-        )?),
+        HubRequest::ListSpokes => {
+            let dp = state.with(|st| st.dataplane()).status().await;
+            Ok(serde_json::to_value(
+                state.with(|st| st.spoke_views(dp.as_ref())),
+            )?)
+        }
         other => anyhow::bail!("spoke request cannot answer {other:?}"),
     }
 }
 
 /// Users: accounts, passwords, registrations, permissions.
-async fn user_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<serde_json::Value> {
+async fn user_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
     match req {
         HubRequest::UserAdd { id, name, email } => Ok(serde_json::to_value(
-            state
-                .lock()
-                .await
-                .add_user(&id, &name, &email, unix_now())?,
+            state.with(|st| st.add_user(&id, &name, &email, unix_now()))?,
         )?),
-        HubRequest::UserList => Ok(serde_json::to_value(state.lock().await.user_views())?),
+        HubRequest::UserList => Ok(serde_json::to_value(state.with(|st| st.user_views()))?),
         HubRequest::UserRemove { id } => {
-            state.lock().await.remove_user(&id, unix_now()).await?;
+            state.with(|st| st.remove_user(&id, unix_now()))?;
             Ok(serde_json::json!({ "removed": id }))
         }
         HubRequest::UserResetPassword { id } => Ok(serde_json::to_value(
-            state.lock().await.reset_password(&id, unix_now())?,
+            state.with(|st| st.reset_password(&id, unix_now()))?,
         )?),
         HubRequest::UserApprove { id } => Ok(serde_json::to_value(
-            state.lock().await.approve_registration(&id, unix_now())?,
+            state.with(|st| st.approve_registration(&id, unix_now()))?,
         )?),
         HubRequest::UserDeny { id } => {
-            state.lock().await.deny_registration(&id, unix_now())?;
+            state.with(|st| st.deny_registration(&id, unix_now()))?;
             Ok(serde_json::json!({ "denied": id }))
         }
         HubRequest::UserAllow { id, spoke } => Ok(serde_json::to_value(
-            state.lock().await.allow_user(&id, &spoke, unix_now())?,
+            state.with(|st| st.allow_user(&id, &spoke, unix_now()))?,
         )?),
         other => anyhow::bail!("user request cannot answer {other:?}"),
     }
 }
 
 /// Key rotation, the rotation policy and per-link key status.
-async fn key_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<serde_json::Value> {
+async fn key_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
     match req {
         HubRequest::KeyRotate { spoke } => {
-            let n = state
-                .lock()
-                .await
-                .request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)?;
+            let n = state.with(|st| {
+                st.request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)
+            })?;
             Ok(serde_json::json!({ "links": n }))
         }
         HubRequest::KeyPolicyShow { spoke } => Ok(serde_json::to_value(
-            state.lock().await.policy_of(spoke.as_deref())?,
+            state.with(|st| st.policy_of(spoke.as_deref()))?,
         )?),
         HubRequest::KeyPolicySet { spoke, policy } => {
-            let now = state.lock().await.set_policy(spoke.as_deref(), policy)?;
+            let now = state.with(|st| st.set_policy(spoke.as_deref(), policy))?;
             Ok(serde_json::to_value(now)?)
         }
         HubRequest::KeyStatus => {
-            let st = state.lock().await;
-            let usage = st.usage().await;
-            Ok(serde_json::to_value(st.key_status(unix_now(), &usage))?)
+            let dp = state.with(|st| st.dataplane()).status().await;
+            let usage = crate::state::usage(dp.as_ref());
+            Ok(serde_json::to_value(
+                state.with(|st| st.key_status(unix_now(), &usage)),
+            )?)
         }
 
         other => anyhow::bail!("key request cannot answer {other:?}"),
@@ -184,12 +164,9 @@ async fn key_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<se
 }
 
 /// The access policy and its groups.
-async fn access_request(
-    state: &Arc<Mutex<HubState>>,
-    req: HubRequest,
-) -> Result<serde_json::Value> {
+async fn access_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
     match req {
-        HubRequest::AccessShow => Ok(serde_json::to_value(state.lock().await.access_view())?),
+        HubRequest::AccessShow => Ok(serde_json::to_value(state.with(|st| st.access_view()))?),
         HubRequest::AccessMode { mode } => {
             access_edit(state, move |p| {
                 p.mode = mode;
@@ -209,7 +186,7 @@ async fn access_request(
             .await
         }
         HubRequest::AccessCheck { from, to, service } => Ok(serde_json::to_value(
-            state.lock().await.access_check(&from, to, &service)?,
+            state.with(|st| st.access_check(&from, to, &service))?,
         )?),
         HubRequest::GroupAdd { name } => {
             let what = format!("group {name} added");
@@ -244,7 +221,7 @@ async fn access_request(
             })
             .await?;
             if remove {
-                state.lock().await.rotate_group_leavers(&name, &members);
+                state.with(|st| st.rotate_group_leavers(&name, &members));
             }
             Ok(view)
         }
@@ -253,12 +230,17 @@ async fn access_request(
 }
 
 /// The audit log and the daemon's status.
-async fn hub_request(state: &Arc<Mutex<HubState>>, req: HubRequest) -> Result<serde_json::Value> {
+async fn hub_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
     match req {
         HubRequest::Audit { since } => Ok(serde_json::to_value(
-            state.lock().await.audit_since(since)?,
+            state.with(|st| st.audit_since(since))?,
         )?),
-        HubRequest::Status => Ok(serde_json::to_value(state.lock().await.status().await)?),
+        HubRequest::Status => {
+            let dp = state.with(|st| st.dataplane()).status().await;
+            Ok(serde_json::to_value(
+                state.with(|st| st.status(dp.as_ref())),
+            )?)
+        }
         other => anyhow::bail!("hub request cannot answer {other:?}"),
     }
 }

@@ -22,16 +22,16 @@ use tasuki_shell::frames::{write_frame, FrameReader};
 use tasuki_shell::unix_now;
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
-use crate::state::HubState;
+use crate::state::{HubState, SharedState};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_CONNECTIONS: usize = 4096;
 
 /// Accepts control connections until the listener fails.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<Mutex<HubState>>, key: Arc<StaticKey>) {
+pub(crate) async fn serve(listener: TcpListener, state: SharedState, key: Arc<StaticKey>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -49,11 +49,11 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<Mutex<HubState>>, ke
         let state = state.clone();
         let key = key.clone();
         tokio::spawn(async move {
-            state.lock().await.control_connections += 1;
+            state.with(|st| st.control_connections += 1);
             if let Err(e) = connection(stream, peer, &state, &key).await {
                 tracing::info!(%peer, error = %format!("{e:#}"), "control connection closed");
             }
-            state.lock().await.control_connections -= 1;
+            state.with(|st| st.control_connections -= 1);
             drop(permit);
         });
     }
@@ -75,7 +75,7 @@ async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, refusal: Refusal) -> Result<()
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    state: &Arc<Mutex<HubState>>,
+    state: &SharedState,
     key: &StaticKey,
 ) -> Result<()> {
     let _ = stream.set_nodelay(true);
@@ -121,14 +121,13 @@ async fn enrol(
     mut reader: Reader,
     mut w: Writer,
     peer: SocketAddr,
-    state: &Arc<Mutex<HubState>>,
+    state: &SharedState,
 ) -> Result<()> {
     let spoke_key = accepting.remote;
-    let secret = state
-        .lock()
-        .await
-        .registry
-        .enrolment_secret(&invitation, &spoke_key, unix_now());
+    let secret = state.with(|st| {
+        st.registry
+            .enrolment_secret(&invitation, &spoke_key, unix_now())
+    });
     let secret = match secret {
         Ok(s) => s,
         Err(refusal) => {
@@ -151,50 +150,26 @@ async fn enrol(
             match action {
                 HubAction::Send(msg) => send(&mut w, &mut ch, &msg).await?,
                 HubAction::Enrol { hostname, as_user } => {
-                    let outcome = state
-                        .lock()
-                        .await
-                        .enrol(
+                    let (outcome, enrolled) = with_dataplane(state, |st| {
+                        let outcome = st.enrol(
                             &invitation,
                             spoke_key,
                             &peer.to_string(),
                             &hostname,
                             as_user.as_deref(),
                             unix_now(),
-                        )
-                        .await;
-                    let outcome = match outcome {
-                        // Nothing was kept (the store logged why: a full disk,
-                        // say); the spoke hears it can try again.
-                        Err(e) => {
-                            tracing::error!(%peer, %invitation, error = %format!("{e:#}"), "enrolment not stored");
-                            Enrolled::NotStored
-                        }
-                        Ok(Err(refusal)) => {
-                            tracing::info!(%peer, %invitation, reason = %refusal, "enrolment refused");
-                            Enrolled::Refused(refusal)
-                        }
-                        Ok(Ok((enrolled, epoch))) => {
-                            let st = state.lock().await;
-                            let first_key = epoch.map(|epoch| KeyDelivery {
-                                epoch: epoch.number,
-                                body: DeliveryBody::Channel(epoch),
-                                lifetime: st.policy_for(enrolled.spoke.id).lifetime(),
-                            });
-                            enrolled_as = Some((enrolled.spoke.id, enrolled.spoke.name.clone()));
-                            Enrolled::Done {
-                                config: st.registry.spoke_config(&enrolled.spoke),
-                                first_key,
-                            }
-                        }
-                    };
+                        );
+                        enrolment_outcome(st, outcome, peer, &invitation)
+                    })
+                    .await;
+                    enrolled_as = enrolled;
                     session.enrolled(outcome);
                 }
                 HubAction::Receipt(epoch) => {
                     if let Some((id, name)) = &enrolled_as {
                         tracing::info!(spoke = %name, epoch, "key receipt");
                         // Not stored: the spoke reports it again when it attaches.
-                        if let Err(e) = state.lock().await.on_receipt(*id, epoch).await {
+                        if let Err(e) = state.with(|st| st.on_receipt(*id, epoch)) {
                             tracing::warn!(spoke = %name, error = %format!("{e:#}"), "receipt not stored");
                         }
                     }
@@ -211,12 +186,9 @@ async fn attach(
     mut reader: Reader,
     mut w: Writer,
     peer: SocketAddr,
-    state: &Arc<Mutex<HubState>>,
+    state: &SharedState,
 ) -> Result<()> {
-    let spoke = {
-        let st = state.lock().await;
-        st.registry.attach(&accepting.remote).cloned()
-    };
+    let spoke = state.with(|st| st.registry.attach(&accepting.remote).cloned());
     let spoke = match spoke {
         Ok(s) => s,
         Err(refusal) => {
@@ -272,14 +244,14 @@ async fn attach(
         }
     }
     .await;
-    state.lock().await.detach_session(spoke.id, &registered);
+    state.with(|st| st.detach_session(spoke.id, &registered));
     result
 }
 
 /// An attached spoke's connection: its session and where its actions go.
 struct Link<'a> {
     spoke: &'a SpokeRecord,
-    state: &'a Arc<Mutex<HubState>>,
+    state: &'a SharedState,
     session: &'a mut HubSession,
     ch: &'a mut Channel,
     w: &'a mut Writer,
@@ -301,7 +273,7 @@ impl Link<'_> {
                     self.session.attached(answer);
                 }
                 HubAction::Receipt(epoch) => {
-                    let note = self.state.lock().await.on_receipt(id, epoch).await;
+                    let note = with_dataplane(self.state, |st| st.on_receipt(id, epoch)).await;
                     match note {
                         Ok(Some(note)) => self.session.send(note),
                         Ok(None) => {}
@@ -312,13 +284,11 @@ impl Link<'_> {
                 }
                 HubAction::Report(epoch) => tracing::info!(spoke = %name, epoch, "update report"),
                 HubAction::User { id: call, request } => {
-                    let result = self
-                        .state
-                        .lock()
-                        .await
-                        .user_request(id, request, unix_now())
-                        .await
-                        .unwrap_or_else(|e| {
+                    let result = with_dataplane(self.state, |st| {
+                        st.user_request(id, request, unix_now())
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
                             tracing::error!(spoke = %name, error = %format!("{e:#}"), "user request failed");
                             Err("the hub could not complete this request (its disk may be full); try again later".into())
                         });
@@ -326,12 +296,8 @@ impl Link<'_> {
                 }
                 HubAction::Distribute => {
                     tracing::info!(spoke = %name, "distribution request");
-                    let pending = self
-                        .state
-                        .lock()
-                        .await
-                        .ensure_schedule(id, unix_now())
-                        .await;
+                    let pending =
+                        with_dataplane(self.state, |st| st.ensure_schedule(id, unix_now())).await;
                     match pending {
                         Ok(pending) => pending.into_iter().for_each(|m| self.session.send(m)),
                         Err(e) => {
@@ -343,9 +309,7 @@ impl Link<'_> {
                     tracing::info!(spoke = %name, trigger = %trigger.name(), "update request");
                     let asked = self
                         .state
-                        .lock()
-                        .await
-                        .request_rotation(Some(name), trigger);
+                        .with(|st| st.request_rotation(Some(name), trigger));
                     if let Err(e) = asked {
                         // The spoke asks again when it still needs the key;
                         // the admin sees why it waits.
@@ -363,19 +327,75 @@ impl Link<'_> {
     /// what the spoke still needs to hear, or `None` when no first key
     /// could be stored.
     async fn attach(&mut self) -> Option<(SpokeConfig, Vec<HubMessage>)> {
-        let mut st = self.state.lock().await;
-        match st.ensure_schedule(self.spoke.id, unix_now()).await {
+        let (spoke, tx) = (self.spoke, self.tx.take());
+        let answer = with_dataplane(self.state, |st| match st.ensure_schedule(spoke.id, unix_now()) {
             Ok(mut pending) => {
-                if let Some(tx) = self.tx.take() {
-                    st.attach_session(self.spoke.id, tx);
+                if let Some(tx) = tx {
+                    st.attach_session(spoke.id, tx);
                 }
-                pending.push(st.session_message(self.spoke.id));
-                Some((st.registry.spoke_config(self.spoke), pending))
+                pending.push(st.session_message(spoke.id));
+                Some((st.registry.spoke_config(spoke), pending))
             }
             Err(e) => {
-                tracing::error!(spoke = %self.spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
+                tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
                 None
             }
+        })
+        .await;
+        answer
+    }
+}
+
+/// Runs `f` on the state, then waits (unlocked) until the data plane has
+/// taken the link changes `f` made: what the caller then sends straight on
+/// its connection (a key, a configuration) never reaches the spoke before
+/// the hub's data plane can answer a handshake under it.
+async fn with_dataplane<R>(state: &SharedState, f: impl FnOnce(&mut HubState) -> R) -> R {
+    let (result, wait) = state.with(|st| (f(st), st.dataplane_wait()));
+    if let Some(wait) = wait {
+        wait.done().await;
+    }
+    result
+}
+
+/// What the enrolment session hears of a stored (or not stored) enrolment,
+/// and the spoke it enrolled.
+fn enrolment_outcome(
+    st: &HubState,
+    outcome: anyhow::Result<
+        Result<
+            (
+                tasuki_core::registry::Enrolled,
+                Option<tasuki_core::keys::KeyEpoch>,
+            ),
+            Refusal,
+        >,
+    >,
+    peer: SocketAddr,
+    invitation: &InvitationId,
+) -> (Enrolled, Option<(SpokeId, String)>) {
+    match outcome {
+        // Nothing was kept (the store logged why: a full disk, say); the
+        // spoke hears it can try again.
+        Err(e) => {
+            tracing::error!(%peer, %invitation, error = %format!("{e:#}"), "enrolment not stored");
+            (Enrolled::NotStored, None)
+        }
+        Ok(Err(refusal)) => {
+            tracing::info!(%peer, %invitation, reason = %refusal, "enrolment refused");
+            (Enrolled::Refused(refusal), None)
+        }
+        Ok(Ok((enrolled, epoch))) => {
+            let first_key = epoch.map(|epoch| KeyDelivery {
+                epoch: epoch.number,
+                body: DeliveryBody::Channel(epoch),
+                lifetime: st.policy_for(enrolled.spoke.id).lifetime(),
+            });
+            let config = st.registry.spoke_config(&enrolled.spoke);
+            (
+                Enrolled::Done { config, first_key },
+                Some((enrolled.spoke.id, enrolled.spoke.name.clone())),
+            )
         }
     }
 }

@@ -11,10 +11,10 @@ use tasuki_core::admin_api::HubRequest;
 use tasuki_core::routing::RouteTable;
 use tasuki_shell::local::SocketGuard;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
-use crate::dataplane::{DataPlane, DpCommand, DpEvent};
-use crate::state::{self, HubState};
+use crate::dataplane::{DataPlane, DpCommand, DpEvent, DpHandle, HubEvent};
+use crate::state::{self, HubState, SharedState};
 
 /// Options of `tasuki-hub run`.
 pub(crate) struct RunOptions {
@@ -42,7 +42,7 @@ struct DataPlaneSetup {
     routes: RouteTable,
     access: Arc<tasuki_core::access::CompiledAccess>,
     events: mpsc::UnboundedSender<DpEvent>,
-    commands: mpsc::Receiver<DpCommand>,
+    commands: mpsc::UnboundedReceiver<DpCommand>,
 }
 
 /// Starts the data plane on a thread of its own, where it binds the UDP
@@ -91,36 +91,37 @@ fn listen_addr(
 }
 
 /// Hands the data plane's events to the control state.
-async fn forward_events(state: Arc<Mutex<HubState>>, mut events: mpsc::UnboundedReceiver<DpEvent>) {
+async fn forward_events(state: SharedState, mut events: mpsc::UnboundedReceiver<DpEvent>) {
     while let Some(event) = events.recv().await {
         let now = tasuki_shell::unix_now();
-        let mut st = state.lock().await;
-        match event {
-            DpEvent::Confirmed {
+        state.with(|st| match event {
+            DpEvent::Plane(HubEvent::Confirmed {
                 spoke,
                 epoch,
                 usage,
-            } => {
+            }) => {
                 if let Err(e) = st.on_confirmed(spoke, epoch, now, usage) {
                     tracing::error!(error = %format!("{e:#}"), "cannot record a confirmed epoch");
                 }
             }
-            DpEvent::EndpointChanged { spoke, from, to } => {
+            DpEvent::Plane(HubEvent::EndpointChanged { spoke, from, to }) => {
                 tracing::info!(spoke, %from, %to, "spoke address changed: rotating its key");
                 st.request_rotation_of(spoke, tasuki_core::rotation::Trigger::AddressChanged);
             }
-        }
+            DpEvent::Synced(n) => st.synced(n),
+        });
     }
 }
 
 /// The rotation tick, twice a second, for as long as the hub runs.
-async fn rotate(state: Arc<Mutex<HubState>>) {
+async fn rotate(state: SharedState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let mut st = state.lock().await;
-        let usage = st.usage().await;
-        if let Err(e) = st.rotation_tick(tasuki_shell::unix_now(), &usage).await {
+        let dp = state.with(|st| st.dataplane()).status().await;
+        let usage = state::usage(dp.as_ref());
+        let ticked = state.with(|st| st.rotation_tick(tasuki_shell::unix_now(), &usage));
+        if let Err(e) = ticked {
             tracing::error!(error = %format!("{e:#}"), "rotation tick failed");
         }
     }
@@ -128,7 +129,7 @@ async fn rotate(state: Arc<Mutex<HubState>>) {
 
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
-    let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(256);
+    let (dp_tx, dp_rx) = DpHandle::channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<DpEvent>();
     let hub = HubState::load(
         &opts.state_dir,
@@ -166,9 +167,9 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     })
     .await?;
     for spec in hub.link_specs() {
-        dp_tx.send(DpCommand::Upsert(spec)).await?;
+        dp_tx.send(DpCommand::Upsert(spec));
     }
-    let state = Arc::new(Mutex::new(hub));
+    let state = SharedState::new(hub);
     tracing::info!(
         %listen, %interface, fingerprint = %key.public().fingerprint(),
         tunnel = %settings.tunnel_net, "hub running"
@@ -214,7 +215,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         task.abort();
     }
     // Everything acknowledged is on disk already; flush what is not.
-    state.lock().await.flush()?;
+    state.with(|st| st.flush())?;
     tracing::info!("stopped; the TUN interface and its routes go with the process");
     Ok(())
 }

@@ -3,15 +3,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dataplane::DpStatus;
+use crate::state::{HubState, SharedState};
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-
-use crate::state::HubState;
 
 /// Binds the endpoint.
 pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -21,7 +19,7 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `GET /metrics` until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<Mutex<HubState>>) {
+pub(crate) async fn serve(listener: TcpListener, state: SharedState) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -36,7 +34,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<Mutex<HubState>>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, state: &Arc<Mutex<HubState>>) -> Result<()> {
+async fn answer(mut stream: TcpStream, state: &SharedState) -> Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     // Read the request head (bounded in size and time).
@@ -54,7 +52,8 @@ async fn answer(mut stream: TcpStream, state: &Arc<Mutex<HubState>>) -> Result<(
     .context("request timed out")??;
     let head = String::from_utf8_lossy(&buf[..len]);
     let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-        ("200 OK", render(&*state.lock().await).await)
+        let dp = state.with(|st| st.dataplane()).status().await;
+        ("200 OK", state.with(|st| render(st, dp.as_ref())))
     } else {
         ("404 Not Found", "only GET /metrics is served\n".to_string())
     };
@@ -75,10 +74,11 @@ fn escape(label: &str) -> String {
 }
 
 /// The metrics text for the hub's current state.
-pub(crate) async fn render(st: &HubState) -> String {
-    let status = st.status().await;
-    let spokes = st.spoke_views().await;
-    let usage = st.usage().await;
+/// `dp` is the data plane's status, asked for with the state unlocked.
+pub(crate) fn render(st: &HubState, dp: Option<&DpStatus>) -> String {
+    let status = st.status(dp);
+    let spokes = st.spoke_views(dp);
+    let usage = crate::state::usage(dp);
     let keys = st.key_status(tasuki_shell::unix_now(), &usage);
     let mut out = String::new();
     let c = &status.counters;

@@ -1,12 +1,13 @@
 //! What the hub's data plane and its control side say to each other: the
-//! commands it takes; the events and status are the core machine's.
+//! commands it takes and the events it tells; the link specs and the status
+//! are the core machine's.
 
 use std::sync::Arc;
 
 use tasuki_core::access::CompiledAccess;
-pub(crate) use tasuki_core::hub_plane::{HubEvent as DpEvent, LinkSpec, PlaneStatus as DpStatus};
+pub(crate) use tasuki_core::hub_plane::{HubEvent, LinkSpec, PlaneStatus as DpStatus};
 use tasuki_core::routing::SpokeId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Commands from the control side.
 pub(crate) enum DpCommand {
@@ -18,6 +19,50 @@ pub(crate) enum DpCommand {
     Access(Arc<CompiledAccess>),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
-    /// Answered once every command sent before it is in effect.
-    Sync(oneshot::Sender<()>),
+    /// Answered with [`DpEvent::Synced`] once every command sent before it
+    /// is in effect.
+    Sync(u64),
+}
+
+/// Events for the control side.
+#[derive(Debug)]
+pub(crate) enum DpEvent {
+    /// What the machine saw (a confirmed epoch, a roaming spoke).
+    Plane(HubEvent),
+    /// Every command sent before [`DpCommand::Sync`] with this number is in
+    /// effect.
+    Synced(u64),
+}
+
+/// The control side's end of the command channel. Sending never waits, so
+/// the hub state can command the data plane while it is locked.
+#[derive(Clone, Debug)]
+pub(crate) struct DpHandle(mpsc::UnboundedSender<DpCommand>);
+
+impl DpHandle {
+    /// A handle and the data plane's end of its channel.
+    pub(crate) fn channel() -> (Self, mpsc::UnboundedReceiver<DpCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Hands the data plane a command; `false` when the data plane has
+    /// stopped (the daemon is stopping, or its thread failed), logged here.
+    pub(crate) fn send(&self, cmd: DpCommand) -> bool {
+        let sent = self.0.send(cmd).is_ok();
+        if !sent {
+            tracing::error!("the data plane has stopped; a command to it is lost");
+        }
+        sent
+    }
+
+    /// The data plane's status and counters; `None` when it has stopped.
+    /// Awaited with no lock held.
+    pub(crate) async fn status(&self) -> Option<DpStatus> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(DpCommand::Status(tx)) {
+            return None;
+        }
+        rx.await.ok()
+    }
 }

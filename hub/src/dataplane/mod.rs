@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod api;
-pub(crate) use api::{DpCommand, DpEvent, DpStatus, LinkSpec};
+pub(crate) use api::{DpCommand, DpEvent, DpHandle, DpStatus, HubEvent, LinkSpec};
 use tasuki_core::access::CompiledAccess;
 use tasuki_core::hub_plane::HubPlane;
 use tasuki_core::keys::StaticKey;
@@ -52,7 +52,7 @@ impl DataPlane {
     }
 
     /// Runs until the command channel closes.
-    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<DpCommand>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<DpCommand>) {
         let mut timers = tokio::time::interval(Duration::from_millis(250));
         let mut limiter_reset = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -104,10 +104,14 @@ impl Plane {
     /// Hands the machine's events to the control side.
     fn forward_events(&mut self) {
         while let Some(event) = self.machine.poll_event() {
-            if self.events.send(event).is_err() {
-                // The control side is gone: the daemon is stopping.
-                tracing::debug!("data-plane event dropped: the hub is stopping");
-            }
+            self.tell(DpEvent::Plane(event));
+        }
+    }
+
+    fn tell(&self, event: DpEvent) {
+        if self.events.send(event).is_err() {
+            // The control side is gone: the daemon is stopping.
+            tracing::debug!("data-plane event dropped: the hub is stopping");
         }
     }
 
@@ -116,11 +120,7 @@ impl Plane {
             DpCommand::Upsert(spec) => self.machine.upsert(spec),
             DpCommand::Remove(id) => self.machine.remove(id),
             DpCommand::Access(policy) => self.machine.set_access(policy),
-            DpCommand::Sync(done) => {
-                if done.send(()).is_err() {
-                    tracing::debug!("a data-plane sync was no longer awaited");
-                }
-            }
+            DpCommand::Sync(n) => self.tell(DpEvent::Synced(n)),
             DpCommand::Status(reply) => {
                 if reply.send(self.machine.status()).is_err() {
                     tracing::debug!("a data-plane status was no longer awaited");

@@ -35,7 +35,7 @@ impl HubState {
     /// before it takes effect, audited, then enforced by the data plane.
     /// A refused or unstored edit changes nothing.
     /// `edit` says in words what it did, for the audit log.
-    pub(crate) async fn edit_access(
+    pub(crate) fn edit_access(
         &mut self,
         now: u64,
         edit: impl FnOnce(&mut AccessPolicy) -> Result<String, AccessError>,
@@ -48,7 +48,7 @@ impl HubState {
         self.access = changed;
         tracing::info!(change = %what, mode = self.access.mode.name(), "access policy changed");
         self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
-        self.push_access().await;
+        self.push_access();
         Ok(self.access_view())
     }
 
@@ -191,8 +191,7 @@ impl HubState {
     }
 
     /// Hands the data plane the policy compiled anew.
-    pub(super) async fn push_access(&self) {
-        self.command(DpCommand::Access(self.compiled_access()))
-            .await;
+    pub(super) fn push_access(&self) {
+        self.command(DpCommand::Access(self.compiled_access()));
     }
 }

@@ -20,11 +20,12 @@ use tasuki_shell::store::{Store, Write};
 use tasuki_shell::vault::KeyVault;
 use tokio::sync::mpsc;
 
-use crate::dataplane::{DpCommand, LinkSpec};
+use crate::dataplane::{DpCommand, DpHandle, DpStatus, LinkSpec};
 
 mod access;
 mod outbox;
 mod rotation;
+pub(crate) use rotation::usage;
 mod spokes;
 mod user_requests;
 mod users;
@@ -107,6 +108,31 @@ enum Unsaved {
     Logins(SpokeId),
 }
 
+/// The hub state shared by the daemon's tasks. It is locked only for a
+/// plain (not async) call, so no task ever holds it across an await: what
+/// has to wait for the data plane or the network is awaited outside.
+#[derive(Clone)]
+pub(crate) struct SharedState(Arc<std::sync::Mutex<HubState>>);
+
+impl SharedState {
+    /// Shares `state`.
+    pub(crate) fn new(state: HubState) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(state)))
+    }
+
+    /// Runs `f` on the state, locked for just that call. A task that
+    /// panicked inside left no half-done change behind that matters more
+    /// than stopping: every change is committed to the store before it is
+    /// applied, so the state is used on.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut HubState) -> R) -> R {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+}
+
 /// Everything the control side of the hub knows.
 pub(crate) struct HubState {
     pub(crate) registry: Registry,
@@ -122,7 +148,10 @@ pub(crate) struct HubState {
     vault: KeyVault,
     pub(crate) key: Arc<StaticKey>,
     pub(crate) interface: String,
-    dataplane: mpsc::Sender<DpCommand>,
+    dataplane: DpHandle,
+    /// Messages that wait for the data plane to take link changes made
+    /// before them (see [`outbox::Held`]).
+    held: outbox::Held,
     sessions: HashMap<SpokeId, mpsc::Sender<HubMessage>>,
     /// Messages that did not fit a session's queue (see [`outbox`]).
     backlog: outbox::Backlog,
@@ -146,7 +175,7 @@ impl HubState {
         dir: &Path,
         key: Arc<StaticKey>,
         interface: String,
-        dataplane: mpsc::Sender<DpCommand>,
+        dataplane: DpHandle,
     ) -> Result<Self> {
         tasuki_shell::files::tighten_state_dir(dir)?;
         let store = Store::open(&dir.join(STORE_DIR))?;
@@ -231,6 +260,7 @@ impl HubState {
             key,
             interface,
             dataplane,
+            held: outbox::Held::default(),
             sessions: HashMap::new(),
             backlog: outbox::Backlog::default(),
             control_connections: 0,
@@ -292,54 +322,47 @@ impl HubState {
         self.audit.read(since)
     }
 
-    /// Hands the data plane a command; a data plane that stopped is logged
-    /// (the daemon is stopping, or its data-plane thread failed).
-    async fn command(&self, cmd: DpCommand) -> bool {
-        let sent = self.dataplane.send(cmd).await.is_ok();
-        if !sent {
-            tracing::error!("the data plane has stopped; a command to it is lost");
-        }
-        sent
+    /// Hands the data plane a command (see [`DpHandle::send`]).
+    fn command(&self, cmd: DpCommand) -> bool {
+        self.dataplane.send(cmd)
+    }
+
+    /// A handle on the data plane, for queries awaited with the state unlocked.
+    pub(crate) fn dataplane(&self) -> DpHandle {
+        self.dataplane.clone()
     }
 
     /// Cuts a spoke off: its control session ends, the data plane forgets it.
-    pub(crate) async fn cut_off(&mut self, id: SpokeId, refusal: Refusal) {
+    pub(crate) fn cut_off(&mut self, id: SpokeId, refusal: Refusal) {
         self.tell(id, HubMessage::Refused(refusal));
         // Forgetting the queue closes it when the connection's task lets go
         // of its own handle, which the refusal above makes it do.
         self.sessions.remove(&id);
         self.backlog.forget(id);
-        self.command(DpCommand::Remove(id)).await;
+        self.command(DpCommand::Remove(id));
         if self.refresh_facts(id) {
-            self.push_access().await;
+            self.push_access();
         }
     }
 
-    /// Hands a link's epochs to the data plane and waits until they are in
-    /// effect there: an update notification sent after this never reaches a
-    /// spoke before the hub can answer its handshake under the new epoch.
-    /// The access policy follows too, when the spoke's facts changed (it
-    /// became active, a user logged in or out).
-    async fn push_link(&mut self, id: SpokeId) {
+    /// Hands a link's epochs to the data plane. Messages told after this
+    /// wait until the data plane has taken them (see [`outbox::Held`]): an
+    /// update notification never reaches a spoke before the hub can answer
+    /// its handshake under the new epoch. The access policy follows too,
+    /// when the spoke's facts changed (it became active, a user logged in
+    /// or out).
+    fn push_link(&mut self, id: SpokeId) {
         if self.refresh_facts(id) {
-            self.push_access().await;
+            self.push_access();
         }
         let Some(spec) = self.link_spec(id) else {
             return;
         };
-        self.command(DpCommand::Upsert(spec)).await;
-        let (done, applied) = tokio::sync::oneshot::channel();
-        if self.command(DpCommand::Sync(done)).await
-            && tokio::time::timeout(std::time::Duration::from_secs(1), applied)
-                .await
-                .is_err()
-        {
-            // The notification may then reach the spoke first: it retries
-            // its handshake, so this costs a few seconds, not the link.
-            tracing::warn!(
-                spoke = id,
-                "the data plane took over a second to take a link's keys"
-            );
+        if self.command(DpCommand::Upsert(spec)) {
+            let sync = self.held.barrier();
+            if !self.command(DpCommand::Sync(sync)) {
+                self.synced(sync); // nothing will answer; nothing waits
+            }
         }
     }
 
@@ -363,15 +386,9 @@ impl HubState {
         }
     }
 
-    async fn dataplane_status(&self) -> Option<crate::dataplane::DpStatus> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.dataplane.send(DpCommand::Status(tx)).await.ok()?;
-        rx.await.ok()
-    }
-
     /// The hub's status for `tasuki-hub status`.
-    pub(crate) async fn status(&self) -> HubStatus {
-        let dp = self.dataplane_status().await;
+    /// `dp` is the data plane's status, asked for with the state unlocked.
+    pub(crate) fn status(&self, dp: Option<&DpStatus>) -> HubStatus {
         let settings = self.registry.settings();
         let count = |st| self.registry.spokes().filter(|s| s.state == st).count();
         HubStatus {
@@ -386,7 +403,7 @@ impl HubState {
             control_connections: self.control_connections,
             access_mode: self.access.mode,
             access_rules: self.access.rules.len(),
-            counters: dp.map(|d| d.counters).unwrap_or_default(),
+            counters: dp.map(|d| d.counters.clone()).unwrap_or_default(),
             warnings: self.wireguard_warnings(tasuki_shell::unix_now()),
         }
     }

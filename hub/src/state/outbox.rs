@@ -1,14 +1,18 @@
-//! Messages to an attached spoke that did not fit its control queue: kept
-//! (one per kind of fact, so the backlog stays small) and queued again at
-//! every rotation tick, so a slow connection hears them later, never not.
-//! Key messages are not kept here: the key schedule sends them again
+//! What waits on the way to a spoke's control queue: messages told before
+//! the data plane has taken the link changes made before them ([`Held`]),
+//! and messages that did not fit the queue ([`Backlog`]): kept (one per
+//! kind of fact, so the backlog stays small) and queued again at every
+//! rotation tick, so a slow connection hears them later, never not. Key
+//! messages are not kept in the backlog: the key schedule sends them again
 //! until they are answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use tasuki_core::control::HubMessage;
 use tasuki_core::routing::SpokeId;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
 
 use super::HubState;
 
@@ -66,6 +70,104 @@ impl Backlog {
     }
 }
 
+/// Messages told after a link change the data plane has not taken yet.
+/// Commands to the data plane never wait (so the state is never locked
+/// across an await); instead each link change raises a barrier, the data
+/// plane answers when it has passed it, and what was told in between waits
+/// here, in order, until then.
+#[derive(Debug)]
+pub(super) struct Held {
+    /// The last barrier raised.
+    raised: u64,
+    /// The last barrier the data plane passed, for whoever waits on it.
+    passed: watch::Sender<u64>,
+    /// Each message with the barrier it waits for.
+    waiting: VecDeque<(u64, SpokeId, mpsc::Sender<HubMessage>, HubMessage)>,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            raised: 0,
+            passed: watch::Sender::new(0),
+            waiting: VecDeque::new(),
+        }
+    }
+}
+
+impl Held {
+    /// Raises a barrier: its number goes to the data plane, which answers
+    /// with it once every command before it is in effect.
+    pub(super) fn barrier(&mut self) -> u64 {
+        self.raised += 1;
+        self.raised
+    }
+
+    /// Whether messages told now have to wait.
+    fn waits(&self) -> bool {
+        *self.passed.borrow() < self.raised
+    }
+
+    /// Keeps `msg` for `tx` (spoke `spoke`'s queue) until the last barrier
+    /// raised is passed.
+    fn hold(&mut self, spoke: SpokeId, tx: mpsc::Sender<HubMessage>, msg: HubMessage) {
+        self.waiting.push_back((self.raised, spoke, tx, msg));
+    }
+
+    /// The data plane passed barrier `n`: what waited for it (or an earlier
+    /// one), in the order told.
+    fn pass(&mut self, n: u64) -> Vec<(SpokeId, mpsc::Sender<HubMessage>, HubMessage)> {
+        self.passed.send_if_modified(|p| {
+            let moved = n > *p;
+            *p = (*p).max(n);
+            moved
+        });
+        let passed = *self.passed.borrow();
+        let mut out = Vec::new();
+        while self.waiting.front().is_some_and(|w| w.0 <= passed) {
+            if let Some((_, id, tx, msg)) = self.waiting.pop_front() {
+                out.push((id, tx, msg));
+            }
+        }
+        out
+    }
+
+    /// Something to await, with the state unlocked, before sending a
+    /// message straight on a connection (not through its queue).
+    fn wait(&self) -> Option<DataPlaneWait> {
+        self.waits().then(|| DataPlaneWait {
+            barrier: self.raised,
+            passed: self.passed.subscribe(),
+        })
+    }
+}
+
+/// The data plane taking the link changes made so far.
+pub(crate) struct DataPlaneWait {
+    barrier: u64,
+    passed: watch::Receiver<u64>,
+}
+
+impl DataPlaneWait {
+    /// How long a connection waits for the data plane before it sends
+    /// anyway: the spoke then retries its handshake, which costs seconds,
+    /// not the link.
+    const AT_MOST: Duration = Duration::from_secs(1);
+
+    /// Resolves when the data plane has taken the changes, or after
+    /// [`Self::AT_MOST`] (logged).
+    pub(crate) async fn done(mut self) {
+        let barrier = self.barrier;
+        let taken =
+            tokio::time::timeout(Self::AT_MOST, self.passed.wait_for(|p| *p >= barrier)).await;
+        match taken {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => tracing::debug!("the hub state is gone: the hub is stopping"),
+            Err(_) => tracing::warn!("the data plane took over a second to take a link's keys"),
+        }
+    }
+}
+
 /// Whether `new` makes `old` pointless to send.
 fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
     match (old, new) {
@@ -77,11 +179,30 @@ fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
 
 impl HubState {
     /// Queues a message on spoke `id`'s control connection, if it has one
-    /// (see [`Backlog::offer`]).
+    /// (see [`Backlog::offer`]), once the data plane has taken the link
+    /// changes made before (see [`Held`]).
     pub(crate) fn tell(&mut self, id: SpokeId, msg: HubMessage) {
-        if let Some(tx) = self.sessions.get(&id) {
+        let Some(tx) = self.sessions.get(&id) else {
+            return;
+        };
+        if self.held.waits() {
+            self.held.hold(id, tx.clone(), msg);
+        } else {
             self.backlog.offer(id, tx, msg);
         }
+    }
+
+    /// The data plane passed barrier `n`: what waited for it goes on.
+    pub(crate) fn synced(&mut self, n: u64) {
+        for (id, tx, msg) in self.held.pass(n) {
+            self.backlog.offer(id, &tx, msg);
+        }
+    }
+
+    /// What to await before sending straight on a connection, if the data
+    /// plane has link changes still to take.
+    pub(crate) fn dataplane_wait(&self) -> Option<DataPlaneWait> {
+        self.held.wait()
     }
 
     /// Queues again what waits in the backlog (see [`Backlog::retell`]).

@@ -18,11 +18,7 @@ impl HubState {
     /// Ensures an active spoke has a key schedule (issuing and storing a first
     /// epoch if not); returns what the spoke still needs to hear: the
     /// deliveries it has not acknowledged and a pending update notification.
-    pub(crate) async fn ensure_schedule(
-        &mut self,
-        spoke: SpokeId,
-        now: u64,
-    ) -> Result<Vec<HubMessage>> {
+    pub(crate) fn ensure_schedule(&mut self, spoke: SpokeId, now: u64) -> Result<Vec<HubMessage>> {
         if !self.schedules.contains_key(&spoke) {
             let mut sched = LinkSchedule::restore(spoke, vec![], ScheduleMeta::default());
             let epoch = sched.issue(now, &mut rand_core::OsRng);
@@ -34,7 +30,7 @@ impl HubState {
                     .detail(format!("epoch {} (first)", epoch.number)),
             );
             self.schedules.insert(spoke, sched);
-            self.push_link(spoke).await;
+            self.push_link(spoke);
         }
         let policy = self.policy_for(spoke).clone();
         let Some(sched) = self.schedules.get_mut(&spoke) else {
@@ -83,11 +79,7 @@ impl HubState {
 
     /// Receipt report from a spoke: epoch `k` takes new handshakes from now.
     /// Returns the update notification to send back, if the spoke should switch.
-    pub(crate) async fn on_receipt(
-        &mut self,
-        spoke: SpokeId,
-        k: u64,
-    ) -> Result<Option<HubMessage>> {
+    pub(crate) fn on_receipt(&mut self, spoke: SpokeId, k: u64) -> Result<Option<HubMessage>> {
         let policy = self.policy_for(spoke).clone();
         let Some(sched) = self.schedules.get_mut(&spoke) else {
             return Ok(None);
@@ -103,7 +95,7 @@ impl HubState {
                 return Err(e.context(format!("receipt of epoch {k} not stored")));
             }
             self.unsaved.remove(&Unsaved::Schedule(spoke));
-            self.push_link(spoke).await;
+            self.push_link(spoke);
             tracing::info!(spoke, epoch = k, "receipt report: epoch takes handshakes");
         }
         Ok(note.map(|epoch| HubMessage::UpdateNotification { epoch }))
@@ -286,7 +278,7 @@ impl HubState {
     /// erase epochs whose grace passed. `usage` gives each link's cumulative
     /// use. A link whose change cannot be stored (a full disk) is left as it
     /// was and tried again at the next tick; the other links go on.
-    pub(crate) async fn rotation_tick(
+    pub(crate) fn rotation_tick(
         &mut self,
         now: u64,
         usage: &HashMap<SpokeId, Usage>,
@@ -305,7 +297,7 @@ impl HubState {
         }
         let ids: Vec<SpokeId> = self.schedules.keys().copied().collect();
         for id in ids {
-            if let Err(e) = self.tick_link(id, now, usage).await {
+            if let Err(e) = self.tick_link(id, now, usage) {
                 failed.get_or_insert(e);
             }
         }
@@ -329,17 +321,12 @@ impl HubState {
 
     /// One link's part of a rotation tick; on a store error the link's
     /// schedule is put back as it was before this tick.
-    async fn tick_link(
-        &mut self,
-        id: SpokeId,
-        now: u64,
-        usage: &HashMap<SpokeId, Usage>,
-    ) -> Result<()> {
+    fn tick_link(&mut self, id: SpokeId, now: u64, usage: &HashMap<SpokeId, Usage>) -> Result<()> {
         let total = usage.get(&id).copied().unwrap_or_default();
         if self.is_wireguard(id) {
             // A replaced epoch's predecessor is erased just below, in
             // this same tick: the old configuration stops at once.
-            self.tick_wireguard(id, now, total).await?;
+            self.tick_wireguard(id, now, total)?;
         }
         let Some(saved) = self.schedules.get(&id).cloned() else {
             return Ok(());
@@ -365,7 +352,7 @@ impl HubState {
                     tracing::error!(spoke = id, epoch = k, error = %format!("{e:#}"), "cannot erase an ended key; the next start erases it");
                 }
             }
-            self.push_link(id).await;
+            self.push_link(id);
             tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
         }
         if self.is_wireguard(id) {
@@ -472,24 +459,22 @@ impl HubState {
         out.sort_by(|a, b| a.spoke.cmp(&b.spoke));
         out
     }
+}
 
-    /// Each link's cumulative use from the data plane.
-    pub(crate) async fn usage(&self) -> HashMap<SpokeId, Usage> {
-        self.dataplane_status()
-            .await
-            .map(|d| {
-                d.links
-                    .iter()
-                    .map(|(id, l)| {
-                        let usage = Usage {
-                            packets: l.packets,
-                            bytes: l.rx_bytes + l.tx_bytes,
-                            handshakes: l.handshakes,
-                        };
-                        (*id, usage)
-                    })
-                    .collect()
+/// Each link's cumulative use, from the data plane's status.
+pub(crate) fn usage(dp: Option<&crate::dataplane::DpStatus>) -> HashMap<SpokeId, Usage> {
+    dp.map(|d| {
+        d.links
+            .iter()
+            .map(|(id, l)| {
+                let usage = Usage {
+                    packets: l.packets,
+                    bytes: l.rx_bytes + l.tx_bytes,
+                    handshakes: l.handshakes,
+                };
+                (*id, usage)
             })
-            .unwrap_or_default()
-    }
+            .collect()
+    })
+    .unwrap_or_default()
 }

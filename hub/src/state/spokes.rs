@@ -72,7 +72,7 @@ impl HubState {
 
     /// Enrols a spoke whose handshake proved the invitation secret; stores
     /// everything before returning.
-    pub(crate) async fn enrol(
+    pub(crate) fn enrol(
         &mut self,
         invitation: &InvitationId,
         spoke_key: PublicKey,
@@ -161,7 +161,7 @@ impl HubState {
                 ),
             );
         }
-        self.push_link(spoke.id).await;
+        self.push_link(spoke.id);
         let first = enrolled.first_epoch.clone();
         Ok(Ok((enrolled, first)))
     }
@@ -209,14 +209,14 @@ impl HubState {
         Ok(())
     }
 
-    /// The admin view of every spoke, with data-plane facts merged in.
-    pub(crate) async fn spoke_views(&self) -> Vec<SpokeView> {
-        let dp = self.dataplane_status().await;
+    /// The admin view of every spoke, with the data plane's facts (`dp`,
+    /// asked for with the state unlocked) merged in.
+    pub(crate) fn spoke_views(&self, dp: Option<&crate::dataplane::DpStatus>) -> Vec<SpokeView> {
         let now = tasuki_shell::unix_now();
         self.registry
             .spokes()
             .map(|s| {
-                let link = dp.as_ref().and_then(|d| d.links.get(&s.id));
+                let link = dp.and_then(|d| d.links.get(&s.id));
                 SpokeView {
                     id: s.id,
                     name: s.name.clone(),
@@ -257,7 +257,7 @@ impl HubState {
     }
 
     /// Approves a pending spoke; it gets its keys when it next attaches.
-    pub(crate) async fn approve(&mut self, name: &str, by: &str, now: u64) -> Result<SpokeRecord> {
+    pub(crate) fn approve(&mut self, name: &str, by: &str, now: u64) -> Result<SpokeRecord> {
         let spoke = self.registry.approve(name)?;
         self.store_spoke(&spoke, "approval")?;
         tracing::info!(spoke = %spoke.name, by, "spoke approved");
@@ -270,7 +270,7 @@ impl HubState {
     }
 
     /// Denies a pending spoke.
-    pub(crate) async fn deny(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+    pub(crate) fn deny(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
         let spoke = self.registry.deny(name)?;
         self.store_spoke(&spoke, "denial")?;
         tracing::info!(spoke = %spoke.name, "spoke denied");
@@ -278,14 +278,13 @@ impl HubState {
         self.cut_off(
             spoke.id,
             Refusal::new(RefusalCode::Revoked, "an admin denied this spoke"),
-        )
-        .await;
+        );
         Ok(spoke)
     }
 
     /// Revokes a spoke: its keys are erased at once, its sessions dropped,
     /// and the relay refuses it from now on.
-    pub(crate) async fn revoke(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
+    pub(crate) fn revoke(&mut self, name: &str, now: u64) -> Result<SpokeRecord> {
         let spoke = self.registry.revoke(name)?;
         let epochs = self
             .schedules
@@ -321,8 +320,7 @@ impl HubState {
         self.cut_off(
             spoke.id,
             Refusal::new(RefusalCode::Revoked, "an admin revoked this spoke"),
-        )
-        .await;
+        );
         tracing::warn!(spoke = %spoke.name, erased = epochs.len(), "spoke revoked");
         self.audit(
             AuditRecord::new(now, AuditKind::Revocation)

@@ -13,7 +13,7 @@ use super::*;
 impl HubState {
     /// A login (with the new password when the initial one must change);
     /// the user record and the login are stored in one commit.
-    pub(super) async fn login(
+    pub(super) fn login(
         &mut self,
         spoke: SpokeId,
         user: String,
@@ -62,7 +62,7 @@ impl HubState {
                     audit = audit.detail("initial password changed");
                 }
                 self.audit(audit);
-                self.logins_changed(spoke, false).await?;
+                self.logins_changed(spoke, false)?;
                 self.unsaved.remove(&Unsaved::Logins(spoke));
                 for name in self.waiting_devices(&user) {
                     let from = self
@@ -96,7 +96,7 @@ impl HubState {
     }
 
     /// A logout on `spoke`.
-    pub(super) async fn logout(
+    pub(super) fn logout(
         &mut self,
         spoke: SpokeId,
         user: String,
@@ -112,7 +112,7 @@ impl HubState {
                 .user(&user)
                 .spoke(&spoke_name),
         );
-        self.logins_changed(spoke, true).await?;
+        self.logins_changed(spoke, true)?;
         Ok(Ok(UserReply::LoggedOut { user }))
     }
 
@@ -181,7 +181,7 @@ impl HubState {
     }
 
     /// A logged-in user confirms their own device that waits.
-    pub(super) async fn approve_device(
+    pub(super) fn approve_device(
         &mut self,
         spoke: SpokeId,
         user: String,
@@ -208,7 +208,7 @@ impl HubState {
             }
         };
         let by = format!("user {user} from spoke {spoke_name}");
-        let approved = self.approve(&target, &by, now).await?;
+        let approved = self.approve(&target, &by, now)?;
         let saved = self.users.clone();
         let record = self.users.allow(&user, approved.id)?;
         self.store_user(saved, &record, "the new device's permission")?;

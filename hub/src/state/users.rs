@@ -73,12 +73,12 @@ impl HubState {
     /// plane and the spoke, and end the key epoch. The logout has happened
     /// whatever the store says: if it cannot be written now (a full disk),
     /// it is written again at the next rotation ticks.
-    pub(super) async fn logins_changed(&mut self, spoke: SpokeId, logout: bool) -> Result<()> {
+    pub(super) fn logins_changed(&mut self, spoke: SpokeId, logout: bool) -> Result<()> {
         // A login stored itself, with the user record; a logout is stored here.
         if logout && self.commit_logins(spoke).is_err() {
             self.unsaved.insert(Unsaved::Logins(spoke));
         }
-        self.push_link(spoke).await;
+        self.push_link(spoke);
         let msg = self.session_message(spoke);
         self.tell(spoke, msg);
         if logout {
@@ -148,7 +148,7 @@ impl HubState {
     }
 
     /// Removes a user and logs them out everywhere.
-    pub(crate) async fn remove_user(&mut self, id: &str, now: u64) -> Result<()> {
+    pub(crate) fn remove_user(&mut self, id: &str, now: u64) -> Result<()> {
         let saved = self.users.clone();
         self.users.remove(id)?;
         if let Err(e) = self
@@ -171,7 +171,7 @@ impl HubState {
                     .spoke(name)
                     .detail("user removed"),
             );
-            self.logins_changed(spoke, true).await?;
+            self.logins_changed(spoke, true)?;
         }
         self.audit(
             AuditRecord::new(now, AuditKind::UserChange)
@@ -185,8 +185,7 @@ impl HubState {
                 Ok(format!(
                     "user {gone} removed: {rules} rule(s) naming them and {groups} group membership(s) with them"
                 ))
-            })
-            .await?;
+            })?;
         }
         Ok(())
     }
@@ -268,7 +267,7 @@ impl HubState {
     }
 
     /// A user's request relayed by spoke `spoke`.
-    pub(crate) async fn user_request(
+    pub(crate) fn user_request(
         &mut self,
         spoke: SpokeId,
         request: UserRequest,
@@ -279,12 +278,12 @@ impl HubState {
                 user,
                 password,
                 new_password,
-            } => self.login(spoke, user, password, new_password, now).await,
-            UserRequest::Logout { user } => self.logout(spoke, user, now).await,
+            } => self.login(spoke, user, password, new_password, now),
+            UserRequest::Logout { user } => self.logout(spoke, user, now),
             UserRequest::Passwd { user, old, new } => self.passwd(spoke, user, old, new, now),
             UserRequest::InviteDevice { user, name } => self.invite_device(spoke, user, name, now),
             UserRequest::ApproveDevice { user, name } => {
-                self.approve_device(spoke, user, name, now).await
+                self.approve_device(spoke, user, name, now)
             }
             UserRequest::Register {
                 user,

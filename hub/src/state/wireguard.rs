@@ -18,7 +18,7 @@ impl HubState {
     /// (or, with `public_key: None`, a key pair drawn here whose private
     /// half goes into this one reply and is never stored); stores it and
     /// its first epoch before answering with its configuration.
-    pub(crate) async fn add_wireguard(
+    pub(crate) fn add_wireguard(
         &mut self,
         name: &str,
         public_key: Option<&str>,
@@ -86,7 +86,7 @@ impl HubState {
                 .spoke(name)
                 .detail("epoch 1 (WireGuard peer's configuration)"),
         );
-        self.push_link(spoke.id).await;
+        self.push_link(spoke.id);
         self.wireguard_view(spoke.id, drawn.as_ref())
     }
 
@@ -187,12 +187,7 @@ impl HubState {
     /// A WireGuard peer's part of a rotation tick: when its interval is
     /// over or an admin asked, the next epoch replaces the current one
     /// (stored first); the old configuration stops working at once.
-    pub(super) async fn tick_wireguard(
-        &mut self,
-        id: SpokeId,
-        now: u64,
-        total: Usage,
-    ) -> Result<()> {
+    pub(super) fn tick_wireguard(&mut self, id: SpokeId, now: u64, total: Usage) -> Result<()> {
         let interval = self.wireguard_interval(id);
         let Some(sched) = self.schedules.get_mut(&id) else {
             return Ok(());
@@ -220,7 +215,7 @@ impl HubState {
                     trigger.name()
                 )),
         );
-        self.push_link(id).await;
+        self.push_link(id);
         Ok(())
     }
 
