@@ -284,4 +284,50 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), facts(true));
         assert!(b.0.is_empty());
     }
+
+    #[test]
+    fn messages_wait_for_the_data_plane_in_the_order_told() {
+        let mut h = Held::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        assert!(
+            !h.waits() && h.wait().is_none(),
+            "nothing raised, nothing waits"
+        );
+        let first = h.barrier();
+        h.hold(1, tx.clone(), facts(false));
+        let second = h.barrier();
+        h.hold(1, tx.clone(), facts(true));
+        assert!(h.waits());
+        // The data plane passed the first barrier: only what waited for it goes.
+        let out = h.pass(first);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].2, facts(false));
+        assert!(h.waits(), "the second barrier is still ahead");
+        // An answer that comes late (an older barrier) moves nothing back.
+        assert!(h.pass(first).is_empty());
+        let out = h.pass(second);
+        assert_eq!(
+            out.iter().map(|o| o.2.clone()).collect::<Vec<_>>(),
+            vec![facts(true)]
+        );
+        assert!(!h.waits());
+        // The held queue kept the connection's channel open until released.
+        drop(tx);
+        for (_, tx, msg) in out {
+            tx.try_send(msg).unwrap();
+        }
+        assert_eq!(rx.try_recv().unwrap(), facts(true));
+    }
+
+    #[tokio::test]
+    async fn a_connection_waits_for_the_barrier_it_saw() {
+        let mut h = Held::default();
+        let n = h.barrier();
+        let wait = h.wait().expect("a barrier is ahead");
+        let waiter = tokio::spawn(wait.done());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        h.pass(n);
+        waiter.await.unwrap();
+    }
 }
