@@ -1,0 +1,457 @@
+//! The hub's per-spoke control queue (16 messages, `hub/src/control.rs`)
+//! filled while a spoke's control connection is stalled: the spoke process
+//! is stopped (SIGSTOP) with tiny TCP buffers on both ends, so the socket
+//! fills after some 5 KB, the hub's connection task blocks in its write and
+//! the queue behind it fills. Meanwhile the hub rotates the spoke's link
+//! again and again (one new epoch is issued, whose delivery goes unanswered
+//! and is sent again every 5 s; the later requests wait as one), logs users
+//! out of it and announces well over a hundred of a user's new devices to
+//! it, until its log shows that messages wait in the backlog
+//! (`hub/src/state/outbox.rs`). After SIGCONT nothing is lost: every
+//! announcement arrives, the spoke hears the last session facts, both sides
+//! end up on the hub's newest epoch (past the one asked for while stopped)
+//! with nothing unacknowledged, the session is up and traffic flows.
+//! Skipped unless root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tasuki_netns_tests::{
+    binaries, output_text, skip_unless_root, spoke_stdin, Proc, Topology, TwoSpokes, B_TUNNEL,
+    HUB_TUNNEL, LAN_HOST,
+};
+
+/// The hub's log filter: the debug lines of the backlog and of the key
+/// schedule's sends show, the rest stays at info.
+const HUB_LOG: &str = "info,tasuki_hub::state::outbox=debug,tasuki_hub::state::rotation=debug";
+/// What the hub logs when a message finds the queue full and waits in the backlog.
+const BACKLOG_LINE: &str = "control queue full; the message goes at the next tick";
+/// What the hub logs when a key message finds the queue full (it is sent again later).
+const KEY_LINE: &str = "control queue full or closed; the key message goes again later";
+/// The TCP buffer sizes (min, default, max) set in the hub's and spoke a's namespaces.
+const TINY: &str = "4096 4096 4096";
+/// Device invitations alice makes on spoke a beforehand: enough to fill
+/// the stalled socket (about 5 KB here, some 90 announcements), the queue
+/// (16) and [`MARGIN`] more (the tunnel network has room for them all).
+const INVITATIONS: usize = 200;
+/// Announcements made once the hub logged the full queue: each of them
+/// goes to the backlog.
+const MARGIN: usize = 30;
+/// Enrolments between two looks at the hub's log.
+const BATCH: usize = 8;
+/// Users logged in on spoke a and removed (logged out) while it is stopped.
+const USERS: usize = 8;
+/// `key rotate --spoke a` calls while it is stopped.
+const ROTATIONS: usize = 20;
+/// Enrolments running at once.
+const ENROLLERS: usize = 4;
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Sets the TCP buffer sysctls of namespace `ns` to [`TINY`] and checks them.
+fn shrink_tcp_buffers(t: &Topology, ns: &str) {
+    let rmem = format!("net.ipv4.tcp_rmem={TINY}");
+    let wmem = format!("net.ipv4.tcp_wmem={TINY}");
+    t.exec_ok(ns, &["sysctl", "-qw", &rmem, &wmem]);
+    for key in ["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"] {
+        let now = t.exec_ok(ns, &["sysctl", "-n", key]);
+        let now = now.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(now, TINY, "{key} in {ns}");
+    }
+}
+
+/// [`TwoSpokes::up`] with the hub's debug lines for the queue on and tiny
+/// TCP buffers in the hub's and spoke a's namespaces (set before any
+/// control connection exists, so every one of them gets them).
+fn up() -> TwoSpokes {
+    let topo = Topology::new();
+    shrink_tcp_buffers(&topo, &topo.ns_hub);
+    shrink_tcp_buffers(&topo, &topo.ns_a);
+    topo.hub_init();
+    let hub = topo.start_hub_with(&["--log", HUB_LOG]);
+    let (a_dir, b_dir) = (topo.spoke_dir("a"), topo.spoke_dir("b"));
+    let (a_socket, b_socket) = (topo.spoke_socket("a"), topo.spoke_socket("b"));
+    for (name, ns, dir) in [("a", &topo.ns_a, &a_dir), ("b", &topo.ns_b, &b_dir)] {
+        let inv = topo.invite_with(name, &["--pre-approved", "--service"]);
+        topo.enrol_ok(ns, &inv, dir);
+    }
+    let a = topo.start_spoke(&topo.ns_a, &a_dir, &a_socket);
+    let b = topo.start_spoke(&topo.ns_b, &b_dir, &b_socket);
+    let net = TwoSpokes {
+        topo,
+        hub,
+        a,
+        b,
+        a_dir,
+        b_dir,
+        a_socket,
+        b_socket,
+    };
+    net.wait_tunnel_up(Duration::from_secs(30));
+    net
+}
+
+/// Fails the test unless `tasuki-hub ARGS` succeeds; returns its stdout.
+fn hub_ok(t: &Topology, args: &[&str]) -> String {
+    let out = t.hub_cli(args);
+    if !out.status.success() {
+        t.fail(&format!(
+            "`tasuki-hub {}` failed: {}",
+            args.join(" "),
+            output_text(&out)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Adds user `id`, lets them use spoke a and logs them in there (changing
+/// the initial password).
+fn login_on_a(net: &TwoSpokes, id: &str) {
+    let t = &net.topo;
+    let added: Value = serde_json::from_str(&hub_ok(
+        t,
+        &["user", "add", id, "--name", &format!("User {id}"), "--json"],
+    ))
+    .unwrap_or(Value::Null);
+    let Some(initial) = added["initial_password"].as_str() else {
+        t.fail(&format!(
+            "`user add {id}` printed no initial password: {added}"
+        ));
+    };
+    hub_ok(t, &["user", "allow", id, "--spoke", "a"]);
+    let login = spoke_stdin(
+        &net.a_socket,
+        &["login", id, "--password-stdin"],
+        &format!("{initial}\n{PASSWORD}\n"),
+    );
+    if !login.status.success() {
+        t.fail(&format!(
+            "login of {id} on a failed: {}",
+            output_text(&login)
+        ));
+    }
+}
+
+/// A string array of a JSON value, as strings.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How often `line` occurs in the hub's log.
+fn hub_log_count(t: &Topology, line: &str) -> usize {
+    std::fs::read_to_string(t.hub_log())
+        .unwrap_or_default()
+        .matches(line)
+        .count()
+}
+
+/// How many times the hub logged spoke a attaching.
+fn a_attaches(t: &Topology) -> usize {
+    std::fs::read_to_string(t.hub_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("spoke attached") && l.contains("spoke=a "))
+        .count()
+}
+
+/// The process state letter of `pid` (`T` when stopped), from /proc.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Spoke a stopped with SIGSTOP; continued (SIGCONT) when dropped, also
+/// when the test fails while it is stopped (the topology then kills it).
+struct Stopped {
+    pid: u32,
+}
+
+impl Stopped {
+    fn new(t: &Topology, p: &Proc) -> Self {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).unwrap_or_default();
+        if comm.trim() != "tasuki-spoke" {
+            t.fail(&format!("pid {} is {comm:?}, not tasuki-spoke", p.pid));
+        }
+        // SAFETY: kill(2) on a child of this process that the topology has not reaped.
+        unsafe {
+            libc::kill(p.pid as libc::pid_t, libc::SIGSTOP);
+        }
+        t.wait_for("spoke a to stop", Duration::from_secs(5), || {
+            proc_state(p.pid) == Some('T')
+        });
+        Stopped { pid: p.pid }
+    }
+
+    fn resume(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above; the topology still holds the child.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGCONT);
+        }
+    }
+}
+
+/// Enrols every `(name, invitation)` from namespace b as a device of
+/// alice, [`ENROLLERS`] at a time; each leaves it waiting for confirmation.
+fn enrol_devices(t: &Topology, devices: &[(String, String)]) {
+    let spoke = binaries().spoke.to_string_lossy().into_owned();
+    let per = devices.len().div_ceil(ENROLLERS);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = devices
+            .chunks(per)
+            .map(|chunk| {
+                let spoke = &spoke;
+                s.spawn(move || {
+                    for (name, invitation) in chunk {
+                        let dir: PathBuf = t.dir().join(format!("device-{name}"));
+                        let out = t.exec(
+                            &t.ns_b,
+                            &[
+                                spoke.as_str(),
+                                "enrol",
+                                invitation,
+                                "--state-dir",
+                                &dir.to_string_lossy(),
+                                "--as-user",
+                                "alice",
+                            ],
+                        );
+                        if !out.status.success() {
+                            t.fail(&format!("enrolment of {name}: {}", output_text(&out)));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            if let Err(p) = w.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
+}
+
+/// The hub's key status of spoke a's link.
+fn link_a(t: &Topology) -> Value {
+    t.hub_link("a")
+        .unwrap_or_else(|| t.fail("the hub shows no key status for spoke a"))
+}
+
+/// Spoke a's status, if it answers.
+fn status_a(t: &Topology, socket: &Path) -> Option<Value> {
+    let out = t.spoke_cli(socket, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn a_full_control_queue_loses_no_delivery() {
+    if skip_unless_root("a_full_control_queue_loses_no_delivery") {
+        return;
+    }
+    let net = up();
+    let t = &net.topo;
+    // Rotations only when asked for; ended keys go soon.
+    hub_ok(
+        t,
+        &["key", "policy", "set", "--interval", "off", "--grace", "2s"],
+    );
+
+    // Alice and USERS others logged in on a; alice invites INVITATIONS new
+    // devices from there (their enrolment, later, announces each to a).
+    login_on_a(&net, "alice");
+    let users: Vec<String> = (1..=USERS).map(|i| format!("user{i}")).collect();
+    for u in &users {
+        login_on_a(&net, u);
+    }
+    t.wait_for(
+        "spoke a to hear that all its users are logged in",
+        Duration::from_secs(20),
+        || status_a(t, &net.a_socket).is_some_and(|s| strings(&s["users"]).len() == USERS + 1),
+    );
+    let devices: Vec<(String, String)> = (1..=INVITATIONS)
+        .map(|i| {
+            let name = format!("alice-dev{i:03}");
+            let out = t.spoke_cli(&net.a_socket, &["invite-device", &name, "--user", "alice"]);
+            if !out.status.success() {
+                t.fail(&format!("invite-device {name}: {}", output_text(&out)));
+            }
+            let invitation = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (name, invitation)
+        })
+        .collect();
+
+    // Both sides agree, and a's control session is up.
+    let before = wait_agreed(&net, 0);
+    let link = link_a(t);
+    assert_eq!(link["control_connected"], true, "{link}");
+    let attaches_before = a_attaches(t);
+    let (backlog_before, key_before) = (hub_log_count(t, BACKLOG_LINE), hub_log_count(t, KEY_LINE));
+
+    // ----- spoke a stopped: its socket fills, then the hub's queue -----
+    let stopped_at = Instant::now();
+    let stopped = Stopped::new(t, &net.a);
+    // The first rotation issues epoch before+1 (its delivery cannot be
+    // answered); wait for it, so that the later requests wait as a new one.
+    hub_ok(t, &["key", "rotate", "--spoke", "a"]);
+    t.wait_for(
+        "the hub to issue an epoch past the stopped spoke's",
+        Duration::from_secs(10),
+        || link_a(t)["latest"].as_u64().unwrap_or(0) > before,
+    );
+    // Each enrolment tells a that a device of alice waits: enrol until the
+    // hub finds a's queue full, then MARGIN more, which all wait in the
+    // backlog (while older messages wait, newer ones wait behind them).
+    let mut enrolled = 0;
+    while hub_log_count(t, BACKLOG_LINE) == backlog_before {
+        if enrolled + BATCH > INVITATIONS - MARGIN {
+            t.fail(&format!(
+                "{enrolled} announcements to the stopped spoke a and the hub never logged \
+                 \"{BACKLOG_LINE}\""
+            ));
+        }
+        enrol_devices(t, &devices[enrolled..enrolled + BATCH]);
+        enrolled += BATCH;
+    }
+    let filled_after = enrolled;
+    enrol_devices(t, &devices[enrolled..enrolled + MARGIN]);
+    enrolled += MARGIN;
+    let devices = &devices[..enrolled];
+    // More rotations of a's link while its queue is full, and logouts: each
+    // removal logs a user out of a (new session facts for a, and a
+    // rotation request).
+    for i in 0..USERS.max(ROTATIONS - 1) {
+        if let Some(u) = users.get(i) {
+            hub_ok(t, &["user", "remove", u]);
+        }
+        if i < ROTATIONS - 1 {
+            hub_ok(t, &["key", "rotate", "--spoke", "a"]);
+        }
+    }
+    // The unanswered delivery goes again every 5 s: it too finds the queue full.
+    t.wait_for(
+        "a key message to find spoke a's control queue full",
+        Duration::from_secs(15),
+        || hub_log_count(t, KEY_LINE) > key_before,
+    );
+    let link = link_a(t);
+    assert_eq!(
+        link["control_connected"], true,
+        "the hub dropped the stalled session: {link}"
+    );
+    let backlog_lines = hub_log_count(t, BACKLOG_LINE) - backlog_before;
+    let key_lines = hub_log_count(t, KEY_LINE) - key_before;
+    let stopped_for = stopped_at.elapsed();
+    stopped.resume();
+    eprintln!(
+        "spoke a stopped for {stopped_for:?}: {ROTATIONS} rotation requests, {USERS} logouts \
+         (session facts), {enrolled} device announcements (the queue was full after \
+         {filled_after}); the hub logged {backlog_lines} \"{BACKLOG_LINE}\" and {key_lines} \
+         \"{KEY_LINE}\"; a's link then: {link}"
+    );
+
+    // ----- resumed: everything arrives -----
+    let want: Vec<String> = devices.iter().map(|(n, _)| n.clone()).collect();
+    let mut seen: Vec<String> = Vec::new();
+    t.wait_for(
+        &format!("spoke a to hear of all {} waiting devices", devices.len()),
+        Duration::from_secs(60),
+        || {
+            t.must_be_alive(&net.a);
+            if let Some(s) = status_a(t, &net.a_socket) {
+                seen = strings(&s["devices_waiting"]);
+            }
+            want.iter().all(|n| seen.contains(n))
+        },
+    );
+    assert_eq!(seen.len(), devices.len(), "{seen:?}");
+    t.wait_for(
+        "spoke a to hear that only alice is logged in",
+        Duration::from_secs(30),
+        || status_a(t, &net.a_socket).is_some_and(|s| strings(&s["users"]) == ["alice"]),
+    );
+    // The rotation under way when a stopped, then the one asked for while
+    // it was (the requests wait as one).
+    let after = wait_agreed(&net, before + 1);
+    let link = link_a(t);
+    assert_eq!(
+        link["acked"], link["latest"],
+        "unacknowledged deliveries: {link}"
+    );
+    assert_eq!(link["control_connected"], true, "{link}");
+    let s = status_a(t, &net.a_socket).unwrap_or_else(|| t.fail("spoke a does not answer"));
+    assert_eq!(s["control_connected"], true, "{s}");
+    assert_eq!(s["state"], "running", "{s}");
+    let held: Vec<u64> = s["held_epochs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert!(
+        held.contains(&after),
+        "spoke a holds {held:?}, not epoch {after}"
+    );
+    // Traffic through the tunnel: to the hub, to spoke b, to the LAN.
+    for (what, addr) in [
+        ("the hub", HUB_TUNNEL),
+        ("spoke b", B_TUNNEL),
+        ("the LAN host", LAN_HOST),
+    ] {
+        t.wait_for(
+            &format!("spoke a to ping {what} ({addr}) after the stall"),
+            Duration::from_secs(20),
+            || t.ping(&t.ns_a, addr, 1),
+        );
+    }
+    let pending: Vec<Value> = t
+        .spoke_list()
+        .into_iter()
+        .filter(|s| s["state"] == "pending" && s["owner"] == "alice")
+        .collect();
+    assert_eq!(
+        pending.len(),
+        devices.len(),
+        "alice's devices waiting at the hub"
+    );
+    eprintln!(
+        "after SIGCONT: {} device notices, the session facts and epoch {after} \
+         (from {before}) arrived; spoke a attached {} time(s) during the stall",
+        devices.len(),
+        a_attaches(t) - attaches_before
+    );
+}
+
+/// Waits until hub and spoke a agree on an epoch past `past`, with nothing
+/// in flight (pinging the hub from a meanwhile, so that a new epoch is
+/// confirmed by a packet), and returns it.
+fn wait_agreed(net: &TwoSpokes, past: u64) -> u64 {
+    let t = &net.topo;
+    let mut agreed = 0;
+    t.wait_for(
+        &format!("hub and spoke a to agree on a key epoch past {past}"),
+        Duration::from_secs(60),
+        || {
+            t.must_be_alive(&net.hub);
+            t.must_be_alive(&net.a);
+            let _ = t.ping(&t.ns_a, HUB_TUNNEL, 1);
+            match t.agreed_epoch("a", &net.a_socket) {
+                Some(k) if k > past => {
+                    agreed = k;
+                    t.hub_link("a").is_some_and(|l| l["acked"] == l["latest"])
+                }
+                _ => false,
+            }
+        },
+    );
+    agreed
+}
