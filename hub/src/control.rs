@@ -333,7 +333,7 @@ impl Link<'_> {
                 if let Some(tx) = tx {
                     st.attach_session(spoke.id, tx);
                 }
-                pending.push(st.session_message(spoke.id));
+                pending.extend(st.session_messages(spoke.id));
                 Some((st.registry.spoke_config(spoke), pending))
             }
             Err(e) => {

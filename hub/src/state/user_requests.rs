@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use tasuki_core::audit::{AuditKind, AuditRecord};
-use tasuki_core::control::{HubMessage, UserReply};
+use tasuki_core::control::UserReply;
 use tasuki_core::routing::SpokeId;
 use tasuki_shell::store::Write;
 use zeroize::Zeroizing;
@@ -64,21 +64,8 @@ impl HubState {
                 self.audit(audit);
                 self.logins_changed(spoke, false)?;
                 self.unsaved.remove(&Unsaved::Logins(spoke));
-                for name in self.waiting_devices(&user) {
-                    let from = self
-                        .registry
-                        .spoke_by_name(&name)
-                        .map(|s| (s.enrolled_from.clone(), s.hostname.clone()))
-                        .unwrap_or_default();
-                    self.tell(
-                        spoke,
-                        HubMessage::DeviceWaiting(tasuki_core::control::DeviceWaiting {
-                            user: user.clone(),
-                            name,
-                            from: from.0,
-                            hostname: from.1,
-                        }),
-                    );
+                for notice in self.device_notices(&user) {
+                    self.tell(spoke, notice);
                 }
                 Ok(Ok(UserReply::LoggedIn { user }))
             }

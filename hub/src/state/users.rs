@@ -250,12 +250,41 @@ impl HubState {
     }
 
     /// The devices of `user` waiting for confirmation.
+    /// The names of `user`'s devices that wait for approval.
     pub(crate) fn waiting_devices(&self, user: &str) -> Vec<String> {
         self.registry
             .spokes()
             .filter(|s| s.state == SpokeState::Pending && s.owner.as_deref() == Some(user))
             .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// A notice for each of `user`'s devices that waits for approval.
+    pub(crate) fn device_notices(&self, user: &str) -> Vec<HubMessage> {
+        self.registry
+            .spokes()
+            .filter(|s| s.state == SpokeState::Pending && s.owner.as_deref() == Some(user))
+            .map(|s| {
+                HubMessage::DeviceWaiting(tasuki_core::control::DeviceWaiting {
+                    user: user.to_owned(),
+                    name: s.name.clone(),
+                    from: s.enrolled_from.clone(),
+                    hostname: s.hostname.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// What a spoke that attaches hears of its session: who is logged in,
+    /// whether it carries traffic, and the devices its users still have to
+    /// confirm (a notice sent to an earlier session may have been lost with
+    /// it).
+    pub(crate) fn session_messages(&self, spoke: SpokeId) -> Vec<HubMessage> {
+        let mut out = vec![self.session_message(spoke)];
+        for user in self.logins.get(&spoke).into_iter().flatten() {
+            out.extend(self.device_notices(user));
+        }
+        out
     }
 
     pub(super) fn logged_in(&self, spoke: SpokeId, user: &str) -> Result<(), UserError> {
