@@ -8,165 +8,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A request to the hub daemon from `tasuki-hub` subcommands.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum HubRequest {
-    /// Make an invitation for a new spoke.
-    Invite {
-        /// The spoke's name.
-        name: String,
-        /// Skip admin approval.
-        pre_approved: bool,
-        /// An unattended service spoke (carries traffic with no login).
-        service: bool,
-        /// Validity in seconds.
-        valid_secs: u64,
-    },
-    /// Add a stock WireGuard app as a spoke; the reply is its configuration.
-    WireGuardAdd {
-        /// The peer's name.
-        name: String,
-        /// The public key its app generated (base64); `None`: the hub
-        /// draws a key pair and puts the private key into this one reply.
-        public_key: Option<String>,
-        /// The user it belongs to (its access rules apply to it).
-        user: Option<String>,
-    },
-    /// A WireGuard peer's configuration with its current epoch's key.
-    WireGuardConfig {
-        /// The peer's name.
-        name: String,
-    },
-    /// List enrolled spokes.
-    ListSpokes,
-    /// Approve a pending spoke.
-    Approve {
-        /// Spoke name.
-        name: String,
-    },
-    /// Deny a pending spoke.
-    Deny {
-        /// Spoke name.
-        name: String,
-    },
-    /// Revoke a spoke: erase its keys, drop its sessions, refuse it.
-    Revoke {
-        /// Spoke name.
-        name: String,
-    },
-    /// Register a user; the reply carries an initial password.
-    UserAdd {
-        /// Login id.
-        id: String,
-        /// Full name.
-        name: String,
-        /// E-mail address.
-        email: String,
-    },
-    /// List users.
-    UserList,
-    /// Remove a user (logged out everywhere).
-    UserRemove {
-        /// Login id.
-        id: String,
-    },
-    /// Give a user a new initial password.
-    UserResetPassword {
-        /// Login id.
-        id: String,
-    },
-    /// Approve a registration asked for from a spoke.
-    UserApprove {
-        /// Login id.
-        id: String,
-    },
-    /// Deny a registration asked for from a spoke.
-    UserDeny {
-        /// Login id.
-        id: String,
-    },
-    /// Let a user log in on a spoke.
-    UserAllow {
-        /// Login id.
-        id: String,
-        /// Spoke name.
-        spoke: String,
-    },
-    /// Audit records since a time.
-    Audit {
-        /// Unix seconds.
-        since: u64,
-    },
-    /// Daemon status and counters.
-    Status,
-    /// Rotate one spoke's link key (by name), or every link's.
-    KeyRotate {
-        /// Spoke name; `None` for all.
-        spoke: Option<String>,
-    },
-    /// Show the rotation policy (hub-wide, or the one in force for a spoke).
-    KeyPolicyShow {
-        /// Spoke name; `None` for the hub-wide policy.
-        spoke: Option<String>,
-    },
-    /// Replace the hub-wide policy or set a spoke's override; `policy: None`
-    /// with a spoke drops its override.
-    KeyPolicySet {
-        /// Spoke name; `None` for the hub-wide policy.
-        spoke: Option<String>,
-        /// The new policy.
-        policy: Option<crate::rotation::RotationPolicy>,
-    },
-    /// Per-link key status.
-    KeyStatus,
-    /// The access policy: mode, rules and groups.
-    AccessShow,
-    /// Let the rules decide (`enforce`) or only wait (`open`).
-    AccessMode {
-        /// The new mode.
-        mode: crate::access::Mode,
-    },
-    /// Append an allow rule.
-    AccessAllow {
-        /// The rule.
-        rule: crate::access::Rule,
-    },
-    /// Remove a rule by its number in `AccessShow` (1-based).
-    AccessRemove {
-        /// The rule's number.
-        number: usize,
-    },
-    /// Create an empty group.
-    GroupAdd {
-        /// Group name.
-        name: String,
-    },
-    /// Remove a group that no rule names.
-    GroupRemove {
-        /// Group name.
-        name: String,
-    },
-    /// Whether the access policy lets a flow through, and which rules do.
-    AccessCheck {
-        /// The sender: `spoke:NAME`, or an address (a spoke's tunnel
-        /// address, the hub's, a LAN host's).
-        from: String,
-        /// The receiver's address.
-        to: std::net::Ipv4Addr,
-        /// The protocol and destination port (a range's first port).
-        service: crate::access::Service,
-    },
-    /// Put members into a group, or take them out.
-    GroupMembers {
-        /// Group name.
-        name: String,
-        /// Users and spokes.
-        members: Vec<crate::access::Member>,
-        /// Take them out instead.
-        remove: bool,
-    },
-}
+pub use crate::admin_calls::{AdminCall, HubRequest};
+
+/// A request one of the daemons' local sockets takes whole: [`HubRequest`]
+/// or [`SpokeRequest`] (a request's own type, such as
+/// [`crate::admin_calls::Invite`], goes as the [`HubRequest`] it makes).
+pub trait LocalRequest: Serialize + serde::de::DeserializeOwned {}
+
+impl LocalRequest for HubRequest {}
+impl LocalRequest for SpokeRequest {}
 
 /// The access policy as admins see it (`tasuki-hub access show --json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -327,14 +177,14 @@ pub struct Envelope<T> {
     pub request: T,
 }
 
-/// The reply to any request: a value or an error message.
+/// The reply to any request: a value or an error with its code.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply<T> {
     /// Success.
     Ok(T),
-    /// Failure, with a message for the user.
-    Error(String),
+    /// Failure: what kind, and a message for the user.
+    Error(crate::api_error::ApiError),
 }
 
 /// A freshly made invitation.

@@ -105,7 +105,7 @@ pub enum HubMessage {
         /// The request's id.
         id: u32,
         /// The result, or an error message for the user.
-        result: Result<UserReply, String>,
+        result: Result<UserReply, crate::api_error::ApiError>,
     },
     /// Who is logged in on this spoke, and whether it carries traffic (sent
     /// on attach and whenever it changes at the hub).

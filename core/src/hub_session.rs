@@ -269,7 +269,11 @@ impl HubSession {
     }
 
     /// The answer to a user's request numbered `id`.
-    pub fn answer(&mut self, id: u32, result: Result<crate::control::UserReply, String>) {
+    pub fn answer(
+        &mut self,
+        id: u32,
+        result: Result<crate::control::UserReply, crate::api_error::ApiError>,
+    ) {
         self.send(HubMessage::UserReply { id, result });
     }
 }

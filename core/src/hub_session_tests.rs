@@ -164,12 +164,21 @@ fn an_attached_spoke_asks_and_the_hub_answers() {
             HubAction::Rotate(Trigger::SpokeRequest("lifetime-over".into())),
         ]
     );
-    s.answer(4, Err("no".into()));
+    s.answer(
+        4,
+        Err(crate::api_error::ApiError::new(
+            crate::api_error::ErrorCode::NotFound,
+            "no",
+        )),
+    );
     assert_eq!(
         drain(&mut s),
         vec![HubAction::Send(HubMessage::UserReply {
             id: 4,
-            result: Err("no".into())
+            result: Err(crate::api_error::ApiError::new(
+                crate::api_error::ErrorCode::NotFound,
+                "no"
+            ))
         })]
     );
     let e = s.handle(SpokeMessage::Attach).unwrap_err();

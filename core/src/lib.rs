@@ -11,6 +11,8 @@
 
 pub mod access;
 pub mod admin_api;
+pub mod admin_calls;
+pub mod api_error;
 pub mod audit;
 pub mod batch;
 pub mod channel;

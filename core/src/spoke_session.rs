@@ -71,7 +71,7 @@ pub enum SessionAction {
         /// The request's number.
         id: u32,
         /// The hub's answer.
-        result: Result<UserReply, String>,
+        result: Result<UserReply, crate::api_error::ApiError>,
     },
     /// Who is logged in here and whether the hub carries traffic, for `status`.
     Session(SessionFacts),

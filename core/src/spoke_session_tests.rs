@@ -258,14 +258,20 @@ fn replies_reach_the_call_that_asked_once() {
     assert_eq!(s.waiting_calls().collect::<Vec<_>>(), vec![id]);
     let reply = HubMessage::UserReply {
         id,
-        result: Err("no".into()),
+        result: Err(crate::api_error::ApiError::new(
+            crate::api_error::ErrorCode::NotFound,
+            "no",
+        )),
     };
     s.handle_message(2, reply.clone(), none).unwrap();
     assert_eq!(
         drain(&mut s),
         vec![SessionAction::Reply {
             id,
-            result: Err("no".into())
+            result: Err(crate::api_error::ApiError::new(
+                crate::api_error::ErrorCode::NotFound,
+                "no"
+            ))
         }]
     );
     s.handle_message(3, reply, none).unwrap();

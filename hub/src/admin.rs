@@ -1,246 +1,204 @@
 //! The hub's admin socket: one handler per request, each a thin call into
-//! [`HubState`]. Replies are the structs `--json` prints.
+//! [`HubState`] that returns exactly the request's reply type
+//! ([`AdminCall::Reply`]), which `--json` prints.
 
-use crate::state::SharedState;
-use anyhow::Result;
-use tasuki_core::admin_api::{HubRequest, Reply};
+use tasuki_core::admin_api::{AccessView, Reply};
+use tasuki_core::admin_calls::*;
+use tasuki_core::api_error::{ApiError, ErrorCode};
+use tasuki_core::registry::SpokeRecord;
+use tasuki_core::rotation::Trigger;
 use tasuki_shell::unix_now;
 
-/// One edit of the access policy, answered with the policy after it.
-/// `edit` returns the words for the audit log.
-async fn access_edit(
-    state: &SharedState,
-    edit: impl FnOnce(
-        &mut tasuki_core::access::AccessPolicy,
-    ) -> Result<String, tasuki_core::access::AccessError>,
-) -> Result<serde_json::Value> {
-    let view = state.with(|st| st.edit_access(unix_now(), edit))?;
-    Ok(serde_json::to_value(view)?)
-}
+use crate::dataplane::DpStatus;
+use crate::state::{HubState, SharedState, StateError};
+
+/// A handler's answer, ready for the socket.
+type Answer = Result<serde_json::Value, ApiError>;
 
 /// Handles one admin request.
 pub(crate) async fn handle(state: &SharedState, req: HubRequest) -> Reply<serde_json::Value> {
-    let result: Result<serde_json::Value> = async {
-        match req {
-            HubRequest::Invite { .. }
-            | HubRequest::WireGuardAdd { .. }
-            | HubRequest::WireGuardConfig { .. }
-            | HubRequest::Approve { .. }
-            | HubRequest::Deny { .. }
-            | HubRequest::Revoke { .. }
-            | HubRequest::ListSpokes => spoke_request(state, req).await,
-            HubRequest::UserAdd { .. }
-            | HubRequest::UserList
-            | HubRequest::UserRemove { .. }
-            | HubRequest::UserResetPassword { .. }
-            | HubRequest::UserApprove { .. }
-            | HubRequest::UserDeny { .. }
-            | HubRequest::UserAllow { .. } => user_request(state, req).await,
-            HubRequest::KeyRotate { .. }
-            | HubRequest::KeyPolicyShow { .. }
-            | HubRequest::KeyPolicySet { .. }
-            | HubRequest::KeyStatus => key_request(state, req).await,
-            HubRequest::AccessShow
-            | HubRequest::AccessMode { .. }
-            | HubRequest::AccessAllow { .. }
-            | HubRequest::AccessRemove { .. }
-            | HubRequest::AccessCheck { .. }
-            | HubRequest::GroupAdd { .. }
-            | HubRequest::GroupRemove { .. }
-            | HubRequest::GroupMembers { .. } => access_request(state, req).await,
-            HubRequest::Audit { .. } | HubRequest::Status => hub_request(state, req).await,
+    let answer = match req {
+        HubRequest::ListSpokes(r) => {
+            let dp = dataplane_status(state).await;
+            call(state, r, |st, _| Ok(st.spoke_views(dp.as_ref())))
         }
-    }
-    .await;
-    match result {
+        HubRequest::KeyStatus(r) => {
+            let dp = dataplane_status(state).await;
+            let usage = crate::state::usage(dp.as_ref());
+            call(state, r, |st, _| Ok(st.key_status(unix_now(), &usage)))
+        }
+        HubRequest::Status(r) => {
+            let dp = dataplane_status(state).await;
+            call(state, r, |st, _| Ok(st.status(dp.as_ref())))
+        }
+        HubRequest::AccessShow(r) => call(state, r, |st, _| Ok(st.access_view())),
+        HubRequest::AccessCheck(r) => {
+            call(state, r, |st, r| st.access_check(&r.from, r.to, &r.service))
+        }
+        HubRequest::Audit(r) => call(state, r, |st, r| st.audit_since(r.since)),
+        other => state.with(|st| change(st, other)),
+    };
+    match answer {
         Ok(v) => Reply::Ok(v),
         Err(e) => {
-            let e = format!("{e:#}");
-            tracing::warn!(error = %e, "admin request failed");
+            tracing::warn!(code = %e.code, error = %e.message, "admin request failed");
             Reply::Error(e)
         }
     }
 }
 
-/// Invitations, WireGuard peers, approval, revocation, the spoke list.
-async fn spoke_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
+/// Runs one request's handler on the state and encodes its reply; the
+/// handler's result type is the request's reply type.
+fn call<C: AdminCall>(
+    state: &SharedState,
+    req: C,
+    handler: impl FnOnce(&mut HubState, C) -> Result<C::Reply, StateError>,
+) -> Answer {
+    state.with(|st| encode(handler(st, req)))
+}
+
+/// A handler's result as the socket carries it.
+fn encode<T: serde::Serialize>(result: Result<T, StateError>) -> Answer {
+    let reply = result.map_err(|e| ApiError::from(&e))?;
+    serde_json::to_value(reply).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the reply could not be encoded: {e}"),
+        )
+    })
+}
+
+/// The same, for a handler that gets the request's type.
+fn answer<C: AdminCall>(
+    st: &mut HubState,
+    req: C,
+    handler: impl FnOnce(&mut HubState, C) -> Result<C::Reply, StateError>,
+) -> Answer {
+    encode(handler(st, req))
+}
+
+/// The data plane's status, asked for with the state unlocked.
+async fn dataplane_status(state: &SharedState) -> Option<DpStatus> {
+    state.with(|st| st.dataplane()).status().await
+}
+
+/// A spoke's state after a change to it.
+fn spoke_state(s: SpokeRecord) -> SpokeStateView {
+    SpokeStateView {
+        spoke: s.name,
+        state: s.state.name().into(),
+    }
+}
+
+/// Requests that change the state (or read it with no data-plane facts).
+fn change(st: &mut HubState, req: HubRequest) -> Answer {
+    let now = unix_now();
     match req {
-        HubRequest::Invite {
-            name,
-            pre_approved,
-            service,
-            valid_secs,
-        } => {
-            let view = state
-                .with(|st| st.invite(&name, pre_approved, service, None, valid_secs, unix_now()))?;
-            Ok(serde_json::to_value(view)?)
+        HubRequest::Invite(r) => answer(st, r, |st, r| {
+            st.invite(&r.name, r.pre_approved, r.service, None, r.valid_secs, now)
+        }),
+        HubRequest::WireGuardAdd(r) => answer(st, r, |st, r| {
+            st.add_wireguard(&r.name, r.public_key.as_deref(), r.user.as_deref(), now)
+        }),
+        HubRequest::WireGuardConfig(r) => answer(st, r, |st, r| st.wireguard_config(&r.name, now)),
+        HubRequest::Approve(r) => answer(st, r, |st, r| {
+            st.approve(&r.name, "admin", now).map(spoke_state)
+        }),
+        HubRequest::Deny(r) => answer(st, r, |st, r| st.deny(&r.name, now).map(spoke_state)),
+        HubRequest::Revoke(r) => answer(st, r, |st, r| st.revoke(&r.name, now).map(spoke_state)),
+        HubRequest::KeyRotate(r) => answer(st, r, |st, r| {
+            let links = st.request_rotation(r.spoke.as_deref(), Trigger::Admin)?;
+            Ok(RotationsAsked { links })
+        }),
+        HubRequest::KeyPolicyShow(r) => answer(st, r, |st, r| st.policy_of(r.spoke.as_deref())),
+        HubRequest::KeyPolicySet(r) => {
+            answer(st, r, |st, r| st.set_policy(r.spoke.as_deref(), r.policy))
         }
-        HubRequest::WireGuardAdd {
-            name,
-            public_key,
-            user,
-        } => Ok(serde_json::to_value(state.with(|st| {
-            st.add_wireguard(&name, public_key.as_deref(), user.as_deref(), unix_now())
-        })?)?),
-        HubRequest::WireGuardConfig { name } => Ok(serde_json::to_value(
-            state.with(|st| st.wireguard_config(&name, unix_now()))?,
-        )?),
-        HubRequest::Approve { name } => {
-            let s = state.with(|st| st.approve(&name, "admin", unix_now()))?;
-            Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
-        }
-        HubRequest::Deny { name } => {
-            let s = state.with(|st| st.deny(&name, unix_now()))?;
-            Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
-        }
-        HubRequest::Revoke { name } => {
-            let s = state.with(|st| st.revoke(&name, unix_now()))?;
-            Ok(serde_json::json!({ "spoke": s.name, "state": s.state.name() }))
-        }
-        HubRequest::ListSpokes => {
-            let dp = state.with(|st| st.dataplane()).status().await;
-            Ok(serde_json::to_value(
-                state.with(|st| st.spoke_views(dp.as_ref())),
-            )?)
-        }
-        other => anyhow::bail!("spoke request cannot answer {other:?}"),
+        other => user_change(st, other, now),
     }
 }
 
 /// Users: accounts, passwords, registrations, permissions.
-async fn user_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
+fn user_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
     match req {
-        HubRequest::UserAdd { id, name, email } => Ok(serde_json::to_value(
-            state.with(|st| st.add_user(&id, &name, &email, unix_now()))?,
-        )?),
-        HubRequest::UserList => Ok(serde_json::to_value(state.with(|st| st.user_views()))?),
-        HubRequest::UserRemove { id } => {
-            state.with(|st| st.remove_user(&id, unix_now()))?;
-            Ok(serde_json::json!({ "removed": id }))
-        }
-        HubRequest::UserResetPassword { id } => Ok(serde_json::to_value(
-            state.with(|st| st.reset_password(&id, unix_now()))?,
-        )?),
-        HubRequest::UserApprove { id } => Ok(serde_json::to_value(
-            state.with(|st| st.approve_registration(&id, unix_now()))?,
-        )?),
-        HubRequest::UserDeny { id } => {
-            state.with(|st| st.deny_registration(&id, unix_now()))?;
-            Ok(serde_json::json!({ "denied": id }))
-        }
-        HubRequest::UserAllow { id, spoke } => Ok(serde_json::to_value(
-            state.with(|st| st.allow_user(&id, &spoke, unix_now()))?,
-        )?),
-        other => anyhow::bail!("user request cannot answer {other:?}"),
+        HubRequest::UserAdd(r) => answer(st, r, |st, r| st.add_user(&r.id, &r.name, &r.email, now)),
+        HubRequest::UserList(r) => answer(st, r, |st, _| Ok(st.user_views())),
+        HubRequest::UserRemove(r) => answer(st, r, |st, r| {
+            st.remove_user(&r.id, now)?;
+            Ok(UserRemoved { removed: r.id })
+        }),
+        HubRequest::UserResetPassword(r) => answer(st, r, |st, r| st.reset_password(&r.id, now)),
+        HubRequest::UserApprove(r) => answer(st, r, |st, r| st.approve_registration(&r.id, now)),
+        HubRequest::UserDeny(r) => answer(st, r, |st, r| {
+            st.deny_registration(&r.id, now)?;
+            Ok(RegistrationDenied { denied: r.id })
+        }),
+        HubRequest::UserAllow(r) => answer(st, r, |st, r| st.allow_user(&r.id, &r.spoke, now)),
+        other => access_change(st, other, now),
     }
 }
 
-/// Key rotation, the rotation policy and per-link key status.
-async fn key_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
+/// Edits of the access policy and its groups, each answered with the
+/// policy after it; each edit returns the words for the audit log.
+fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
     match req {
-        HubRequest::KeyRotate { spoke } => {
-            let n = state.with(|st| {
-                st.request_rotation(spoke.as_deref(), tasuki_core::rotation::Trigger::Admin)
-            })?;
-            Ok(serde_json::json!({ "links": n }))
-        }
-        HubRequest::KeyPolicyShow { spoke } => Ok(serde_json::to_value(
-            state.with(|st| st.policy_of(spoke.as_deref()))?,
-        )?),
-        HubRequest::KeyPolicySet { spoke, policy } => {
-            let now = state.with(|st| st.set_policy(spoke.as_deref(), policy))?;
-            Ok(serde_json::to_value(now)?)
-        }
-        HubRequest::KeyStatus => {
-            let dp = state.with(|st| st.dataplane()).status().await;
-            let usage = crate::state::usage(dp.as_ref());
-            Ok(serde_json::to_value(
-                state.with(|st| st.key_status(unix_now(), &usage)),
-            )?)
-        }
-
-        other => anyhow::bail!("key request cannot answer {other:?}"),
+        HubRequest::AccessMode(r) => answer(st, r, |st, r| {
+            st.edit_access(now, |p| {
+                p.mode = r.mode;
+                Ok(format!("mode {}", r.mode.name()))
+            })
+        }),
+        HubRequest::AccessAllow(r) => answer(st, r, |st, r| {
+            let what = format!("allow {}", r.rule);
+            st.edit_access(now, |p| p.allow(r.rule).map(|_| what))
+        }),
+        HubRequest::AccessRemove(r) => answer(st, r, |st, r| {
+            st.edit_access(now, |p| {
+                let removed = p.remove_rule(r.number)?;
+                Ok(format!("remove rule {} ({removed})", r.number))
+            })
+        }),
+        HubRequest::GroupAdd(r) => answer(st, r, |st, r| {
+            st.edit_access(now, |p| {
+                p.add_group(&r.name)
+                    .map(|_| format!("group {} added", r.name))
+            })
+        }),
+        HubRequest::GroupRemove(r) => answer(st, r, |st, r| {
+            st.edit_access(now, |p| {
+                p.remove_group(&r.name)
+                    .map(|_| format!("group {} removed", r.name))
+            })
+        }),
+        HubRequest::GroupMembers(r) => answer(st, r, group_members),
+        other => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("no handler for {other:?}"),
+        )),
     }
 }
 
-/// The access policy and its groups.
-async fn access_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
-    match req {
-        HubRequest::AccessShow => Ok(serde_json::to_value(state.with(|st| st.access_view()))?),
-        HubRequest::AccessMode { mode } => {
-            access_edit(state, move |p| {
-                p.mode = mode;
-                Ok(format!("mode {}", mode.name()))
-            })
-            .await
-        }
-        HubRequest::AccessAllow { rule } => {
-            let what = format!("allow {rule}");
-            access_edit(state, move |p| p.allow(rule).map(|_| what)).await
-        }
-        HubRequest::AccessRemove { number } => {
-            access_edit(state, move |p| {
-                p.remove_rule(number)
-                    .map(|r| format!("remove rule {number} ({r})"))
-            })
-            .await
-        }
-        HubRequest::AccessCheck { from, to, service } => Ok(serde_json::to_value(
-            state.with(|st| st.access_check(&from, to, &service))?,
-        )?),
-        HubRequest::GroupAdd { name } => {
-            let what = format!("group {name} added");
-            access_edit(state, move |p| p.add_group(&name).map(|_| what)).await
-        }
-        HubRequest::GroupRemove { name } => {
-            let what = format!("group {name} removed");
-            access_edit(state, move |p| p.remove_group(&name).map(|_| what)).await
-        }
-        HubRequest::GroupMembers {
-            name,
-            members,
-            remove,
-        } => {
-            let list: Vec<String> = members.iter().map(ToString::to_string).collect();
-            let what = if remove {
-                format!("group {name}: {} taken out", list.join(", "))
+/// Puts members into a group or takes them out; those taken out rotate
+/// their keys (what they held may have reached the group).
+fn group_members(st: &mut HubState, r: GroupMembers) -> Result<AccessView, StateError> {
+    let list: Vec<String> = r.members.iter().map(ToString::to_string).collect();
+    let what = if r.remove {
+        format!("group {}: {} taken out", r.name, list.join(", "))
+    } else {
+        format!("group {}: {} added", r.name, list.join(", "))
+    };
+    let view = st.edit_access(unix_now(), |p| {
+        for m in &r.members {
+            if r.remove {
+                p.remove_member(&r.name, m)?;
             } else {
-                format!("group {name}: {} added", list.join(", "))
-            };
-            let edited = members.clone();
-            let group = name.clone();
-            let view = access_edit(state, move |p| {
-                for m in &edited {
-                    if remove {
-                        p.remove_member(&group, m)?;
-                    } else {
-                        p.add_member(&group, m.clone())?;
-                    }
-                }
-                Ok(what)
-            })
-            .await?;
-            if remove {
-                state.with(|st| st.rotate_group_leavers(&name, &members));
+                p.add_member(&r.name, m.clone())?;
             }
-            Ok(view)
         }
-        other => anyhow::bail!("access request cannot answer {other:?}"),
+        Ok(what)
+    })?;
+    if r.remove {
+        st.rotate_group_leavers(&r.name, &r.members);
     }
-}
-
-/// The audit log and the daemon's status.
-async fn hub_request(state: &SharedState, req: HubRequest) -> Result<serde_json::Value> {
-    match req {
-        HubRequest::Audit { since } => Ok(serde_json::to_value(
-            state.with(|st| st.audit_since(since))?,
-        )?),
-        HubRequest::Status => {
-            let dp = state.with(|st| st.dataplane()).status().await;
-            Ok(serde_json::to_value(
-                state.with(|st| st.status(dp.as_ref())),
-            )?)
-        }
-        other => anyhow::bail!("hub request cannot answer {other:?}"),
-    }
+    Ok(view)
 }

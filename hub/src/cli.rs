@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use tasuki_core::admin_api::{HubRequest, HubStatus};
+use tasuki_core::admin_api::HubStatus;
+use tasuki_core::admin_calls as calls;
 use tasuki_core::keys::StaticKey;
 use tasuki_core::registry::HubSettings;
 
@@ -282,7 +283,7 @@ pub(crate) fn main() -> Result<()> {
         } => runtime()?.block_on(audit(since, json, &admin_socket)),
         Command::Status { json, admin_socket } => runtime()?.block_on(async {
             let status: HubStatus =
-                tasuki_shell::local::request(&admin_socket, HubRequest::Status).await?;
+                tasuki_shell::local::call(&admin_socket, calls::Status {}).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -373,7 +374,7 @@ fn parse_since(text: &str) -> Result<u64> {
 async fn audit(since: Option<String>, json: bool, socket: &Path) -> Result<()> {
     let since = since.as_deref().map(parse_since).transpose()?.unwrap_or(0);
     let records: Vec<tasuki_core::audit::AuditRecord> =
-        tasuki_shell::local::request(socket, HubRequest::Audit { since }).await?;
+        tasuki_shell::local::call(socket, calls::Audit { since }).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());

@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Subcommand;
 use tasuki_core::access::{Member, Mode, Rule, Selector, Service};
-use tasuki_core::admin_api::{AccessCheckView, AccessView, HubRequest};
+use tasuki_core::admin_api::{AccessCheckView, AccessView};
+use tasuki_core::admin_calls as calls;
 
 /// Access subcommands.
 #[derive(Subcommand)]
@@ -124,16 +125,16 @@ fn parse_member(s: &str) -> Result<Member, String> {
         .map_err(|e: tasuki_core::access::AccessError| e.to_string())
 }
 
-async fn ask(socket: &Path, req: HubRequest) -> Result<AccessView> {
-    tasuki_shell::local::request(socket, req).await
+async fn ask<C: calls::AdminCall<Reply = AccessView>>(socket: &Path, req: C) -> Result<AccessView> {
+    tasuki_shell::local::call(socket, req).await
 }
 
 /// Runs an access subcommand against the daemon at `socket`.
 pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<()> {
     match command {
-        AccessCommand::Show { json } => print(&ask(socket, HubRequest::AccessShow).await?, json),
+        AccessCommand::Show { json } => print(&ask(socket, calls::AccessShow {}).await?, json),
         AccessCommand::Mode { mode } => {
-            let view = ask(socket, HubRequest::AccessMode { mode }).await?;
+            let view = ask(socket, calls::AccessMode { mode }).await?;
             println!("access mode is now {}", view.mode.name());
             if view.mode == Mode::Enforce && view.rules.is_empty() {
                 eprintln!("warning: no rule allows anything: all tunnel traffic is dropped");
@@ -150,7 +151,7 @@ pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<
                 services.push(Service::ANY);
             }
             let rule = Rule { from, to, services };
-            let view = ask(socket, HubRequest::AccessAllow { rule: rule.clone() }).await?;
+            let view = ask(socket, calls::AccessAllow { rule: rule.clone() }).await?;
             if json {
                 return print(&view, true);
             }
@@ -166,12 +167,12 @@ pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<
             service,
             json,
         } => {
-            let req = HubRequest::AccessCheck {
+            let req = calls::AccessCheck {
                 from: from.clone(),
                 to,
                 service,
             };
-            let v: AccessCheckView = tasuki_shell::local::request(socket, req).await?;
+            let v: AccessCheckView = tasuki_shell::local::call(socket, req).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -196,7 +197,7 @@ pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<
             Ok(())
         }
         AccessCommand::Remove { number } => {
-            ask(socket, HubRequest::AccessRemove { number }).await?;
+            ask(socket, calls::AccessRemove { number }).await?;
             println!("rule {number} removed");
             Ok(())
         }
@@ -207,7 +208,7 @@ pub(crate) async fn run_access(command: AccessCommand, socket: &Path) -> Result<
 pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()> {
     match command {
         GroupCommand::List { json } => {
-            let view = ask(socket, HubRequest::AccessShow).await?;
+            let view = ask(socket, calls::AccessShow {}).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view.groups)?);
             } else {
@@ -215,16 +216,16 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
             }
         }
         GroupCommand::Add { name } => {
-            ask(socket, HubRequest::GroupAdd { name: name.clone() }).await?;
+            ask(socket, calls::GroupAdd { name: name.clone() }).await?;
             println!("group {name} added");
         }
         GroupCommand::Remove { name } => {
-            ask(socket, HubRequest::GroupRemove { name: name.clone() }).await?;
+            ask(socket, calls::GroupRemove { name: name.clone() }).await?;
             println!("group {name} removed");
         }
         GroupCommand::AddMember { name, members } => {
             let n = members.len();
-            let req = HubRequest::GroupMembers {
+            let req = calls::GroupMembers {
                 name: name.clone(),
                 members,
                 remove: false,
@@ -234,7 +235,7 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
         }
         GroupCommand::RemoveMember { name, members } => {
             let n = members.len();
-            let req = HubRequest::GroupMembers {
+            let req = calls::GroupMembers {
                 name: name.clone(),
                 members,
                 remove: true,

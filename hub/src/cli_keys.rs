@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use tasuki_core::admin_api::HubRequest;
+use tasuki_core::admin_calls as calls;
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
@@ -87,23 +87,22 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
     use tasuki_core::rotation::{Delivery, RotationPolicy};
     match command {
         KeyCommand::Rotate { spoke, all: _ } => {
-            let v: serde_json::Value =
-                tasuki_shell::local::request(socket, HubRequest::KeyRotate { spoke }).await?;
-            println!("rotation requested on {} link(s)", v["links"]);
+            let v = tasuki_shell::local::call(socket, calls::KeyRotate { spoke }).await?;
+            println!("rotation requested on {} link(s)", v.links);
         }
         KeyCommand::Policy {
             command: PolicyCommand::Show { spoke, json },
         } => {
             let p: RotationPolicy =
-                tasuki_shell::local::request(socket, HubRequest::KeyPolicyShow { spoke }).await?;
+                tasuki_shell::local::call(socket, calls::KeyPolicyShow { spoke }).await?;
             print_policy(&p, json)?;
         }
         KeyCommand::Policy {
             command: PolicyCommand::Reset { spoke },
         } => {
-            let p: RotationPolicy = tasuki_shell::local::request(
+            let p: RotationPolicy = tasuki_shell::local::call(
                 socket,
-                HubRequest::KeyPolicySet {
+                calls::KeyPolicySet {
                     spoke: Some(spoke),
                     policy: None,
                 },
@@ -125,9 +124,9 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
                     hard_limit,
                 },
         } => {
-            let mut p: RotationPolicy = tasuki_shell::local::request(
+            let mut p: RotationPolicy = tasuki_shell::local::call(
                 socket,
-                HubRequest::KeyPolicyShow {
+                calls::KeyPolicyShow {
                     spoke: spoke.clone(),
                 },
             )
@@ -173,9 +172,9 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
             if let Some(h) = hard_limit {
                 p.hard_limit = h == "on";
             }
-            let p: RotationPolicy = tasuki_shell::local::request(
+            let p: RotationPolicy = tasuki_shell::local::call(
                 socket,
-                HubRequest::KeyPolicySet {
+                calls::KeyPolicySet {
                     spoke,
                     policy: Some(p),
                 },
@@ -185,7 +184,7 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
         }
         KeyCommand::Status { json } => {
             let links: Vec<LinkKeyView> =
-                tasuki_shell::local::request(socket, HubRequest::KeyStatus).await?;
+                tasuki_shell::local::call(socket, calls::KeyStatus {}).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&links)?);
             } else {

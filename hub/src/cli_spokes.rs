@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use tasuki_core::admin_api::{HubRequest, InvitationView, SpokeView};
+use tasuki_core::admin_api::{InvitationView, SpokeView};
+use tasuki_core::admin_calls as calls;
 use tasuki_core::wireguard::WireGuardConfigView;
 
 #[derive(Subcommand)]
@@ -95,9 +96,9 @@ pub(crate) enum SpokeCommand {
 
 pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
     match command {
-        SpokeCommand::Approve { name } => simple(socket, HubRequest::Approve { name }).await?,
-        SpokeCommand::Deny { name } => simple(socket, HubRequest::Deny { name }).await?,
-        SpokeCommand::Revoke { name } => simple(socket, HubRequest::Revoke { name }).await?,
+        SpokeCommand::Approve { name } => simple(socket, calls::Approve { name }).await?,
+        SpokeCommand::Deny { name } => simple(socket, calls::Deny { name }).await?,
+        SpokeCommand::Revoke { name } => simple(socket, calls::Revoke { name }).await?,
         SpokeCommand::Invite {
             name,
             wireguard: true,
@@ -111,9 +112,9 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
             if public_key.is_none() && !generate_key {
                 anyhow::bail!("a WireGuard peer needs --public-key KEY (the key its app generated) or --generate-key");
             }
-            let view: WireGuardConfigView = tasuki_shell::local::request(
+            let view: WireGuardConfigView = tasuki_shell::local::call(
                 socket,
-                HubRequest::WireGuardAdd {
+                calls::WireGuardAdd {
                     name,
                     public_key,
                     user,
@@ -124,7 +125,7 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
         }
         SpokeCommand::Config { name, qr, json } => {
             let view: WireGuardConfigView =
-                tasuki_shell::local::request(socket, HubRequest::WireGuardConfig { name }).await?;
+                tasuki_shell::local::call(socket, calls::WireGuardConfig { name }).await?;
             print_wireguard(&view, qr, json)?;
         }
         SpokeCommand::Invite {
@@ -136,9 +137,9 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
             json,
             ..
         } => {
-            let view: InvitationView = tasuki_shell::local::request(
+            let view: InvitationView = tasuki_shell::local::call(
                 socket,
-                HubRequest::Invite {
+                calls::Invite {
                     name,
                     pre_approved,
                     service,
@@ -174,7 +175,7 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
         }
         SpokeCommand::List { json } => {
             let spokes: Vec<SpokeView> =
-                tasuki_shell::local::request(socket, HubRequest::ListSpokes).await?;
+                tasuki_shell::local::call(socket, calls::ListSpokes {}).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&spokes)?);
             } else {
@@ -270,13 +271,12 @@ fn qr_code(text: &str) -> Result<String> {
 }
 
 /// Sends a request whose answer is `{spoke, state}` and prints it.
-async fn simple(socket: &Path, req: HubRequest) -> Result<()> {
-    let v: serde_json::Value = tasuki_shell::local::request(socket, req).await?;
-    println!(
-        "spoke {} is now {}",
-        v["spoke"].as_str().unwrap_or("?"),
-        v["state"].as_str().unwrap_or("?")
-    );
+async fn simple<C: calls::AdminCall<Reply = calls::SpokeStateView>>(
+    socket: &Path,
+    req: C,
+) -> Result<()> {
+    let v = tasuki_shell::local::call(socket, req).await?;
+    println!("spoke {} is now {}", v.spoke, v.state);
     Ok(())
 }
 

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::Subcommand;
-use tasuki_core::admin_api::{HubRequest, UserPassword, UserView};
+use tasuki_core::admin_api::{UserPassword, UserView};
+use tasuki_core::admin_calls as calls;
 
 /// User subcommands.
 #[derive(Subcommand)]
@@ -81,7 +82,7 @@ fn print_password(p: &UserPassword, json: bool) -> Result<()> {
 
 /// Runs a user subcommand against the hub at `socket`.
 pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
-    use tasuki_shell::local::request;
+    use tasuki_shell::local::call;
     match command {
         UserCommand::Add {
             id,
@@ -89,20 +90,19 @@ pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
             email,
             json,
         } => {
-            let p: UserPassword = request(socket, HubRequest::UserAdd { id, name, email }).await?;
+            let p: UserPassword = call(socket, calls::UserAdd { id, name, email }).await?;
             print_password(&p, json)?;
         }
         UserCommand::ResetPassword { id, json } => {
-            let p: UserPassword = request(socket, HubRequest::UserResetPassword { id }).await?;
+            let p: UserPassword = call(socket, calls::UserResetPassword { id }).await?;
             print_password(&p, json)?;
         }
         UserCommand::Remove { id } => {
-            let _: serde_json::Value =
-                request(socket, HubRequest::UserRemove { id: id.clone() }).await?;
-            println!("removed user {id:?} (logged out everywhere)");
+            let v: calls::UserRemoved = call(socket, calls::UserRemove { id }).await?;
+            println!("removed user {:?} (logged out everywhere)", v.removed);
         }
         UserCommand::Approve { id } => {
-            let v: UserView = request(socket, HubRequest::UserApprove { id }).await?;
+            let v: UserView = call(socket, calls::UserApprove { id }).await?;
             println!(
                 "user {} approved; may log in on: {}",
                 v.id,
@@ -110,16 +110,15 @@ pub(crate) async fn run(command: UserCommand, socket: &Path) -> Result<()> {
             );
         }
         UserCommand::Deny { id } => {
-            let _: serde_json::Value =
-                request(socket, HubRequest::UserDeny { id: id.clone() }).await?;
-            println!("registration {id:?} denied");
+            let v: calls::RegistrationDenied = call(socket, calls::UserDeny { id }).await?;
+            println!("registration {:?} denied", v.denied);
         }
         UserCommand::Allow { id, spoke } => {
-            let v: UserView = request(socket, HubRequest::UserAllow { id, spoke }).await?;
+            let v: UserView = call(socket, calls::UserAllow { id, spoke }).await?;
             println!("{} may use: {}", v.id, v.spokes.join(", "));
         }
         UserCommand::List { json } => {
-            let users: Vec<UserView> = request(socket, HubRequest::UserList).await?;
+            let users: Vec<UserView> = call(socket, calls::UserList {}).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {

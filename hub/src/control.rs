@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tasuki_core::api_error::{ApiError, ErrorCode};
 use tasuki_core::channel::{refusal_reply, Accepting, Channel};
 use tasuki_core::control::{
     DeliveryBody, HubMessage, KeyDelivery, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
@@ -288,10 +289,12 @@ impl Link<'_> {
                         st.user_request(id, request, unix_now())
                     })
                     .await
-                    .unwrap_or_else(|e| {
-                            tracing::error!(spoke = %name, error = %format!("{e:#}"), "user request failed");
-                            Err("the hub could not complete this request (its disk may be full); try again later".into())
-                        });
+                    .map_err(|e| {
+                        if e.code() == ErrorCode::Storage {
+                            tracing::error!(spoke = %name, error = %format!("{e:#}"), "user request not stored");
+                        }
+                        ApiError::from(&e)
+                    });
                     self.session.answer(call, result);
                 }
                 HubAction::Distribute => {
@@ -362,7 +365,7 @@ async fn with_dataplane<R>(state: &SharedState, f: impl FnOnce(&mut HubState) ->
 /// and the spoke it enrolled.
 fn enrolment_outcome(
     st: &HubState,
-    outcome: anyhow::Result<
+    outcome: crate::state::Result<
         Result<
             (
                 tasuki_core::registry::Enrolled,

@@ -120,10 +120,7 @@ async fn rotate(state: SharedState) {
         tick.tick().await;
         let dp = state.with(|st| st.dataplane()).status().await;
         let usage = state::usage(dp.as_ref());
-        let ticked = state.with(|st| st.rotation_tick(tasuki_shell::unix_now(), &usage));
-        if let Err(e) = ticked {
-            tracing::error!(error = %format!("{e:#}"), "rotation tick failed");
-        }
+        state.with(|st| st.rotation_tick(tasuki_shell::unix_now(), &usage));
     }
 }
 

@@ -11,6 +11,13 @@
 //! announcement arrives, the spoke hears the last session facts, both sides
 //! end up on the hub's newest epoch (past the one asked for while stopped)
 //! with nothing unacknowledged, the session is up and traffic flows.
+//!
+//! And the same notices when the stalled session is lost instead: spoke a
+//! is killed while stopped, with the announcements in its socket, in the
+//! hub's queue and in the backlog (which the hub forgets when the session
+//! ends); started again, it hears every one of them when it attaches
+//! (`HubState::session_messages`, `hub/src/state/users.rs`), once.
+//!
 //! Skipped unless root.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +34,8 @@ use tasuki_netns_tests::{
 const HUB_LOG: &str = "info,tasuki_hub::state::outbox=debug,tasuki_hub::state::rotation=debug";
 /// What the hub logs when a message finds the queue full and waits in the backlog.
 const BACKLOG_LINE: &str = "control queue full; the message goes at the next tick";
+/// What spoke a logs for each device notice it hears.
+const NOTICE_LINE: &str = "a new device waits for confirmation";
 /// What the hub logs when a key message finds the queue full (it is sent again later).
 const KEY_LINE: &str = "control queue full or closed; the key message goes again later";
 /// The TCP buffer sizes (min, default, max) set in the hub's and spoke a's namespaces.
@@ -38,6 +47,8 @@ const INVITATIONS: usize = 200;
 /// Announcements made once the hub logged the full queue: each of them
 /// goes to the backlog.
 const MARGIN: usize = 30;
+/// The same for the session that is lost: a few are enough.
+const LOST_MARGIN: usize = 8;
 /// Enrolments between two looks at the hub's log.
 const BATCH: usize = 8;
 /// Users logged in on spoke a and removed (logged out) while it is stopped.
@@ -192,6 +203,14 @@ impl Stopped {
     fn resume(self) {
         drop(self);
     }
+
+    /// Kills the stopped spoke `p` (SIGKILL, reaped): there is nothing left
+    /// to continue.
+    fn kill(self, t: &Topology, p: &Proc) {
+        assert_eq!(p.pid, self.pid, "not the stopped process");
+        t.kill9(p);
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for Stopped {
@@ -255,6 +274,107 @@ fn status_a(t: &Topology, socket: &Path) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// Alice invites [`INVITATIONS`] new devices from spoke a: their names and
+/// invitations.
+fn invite_devices(net: &TwoSpokes) -> Vec<(String, String)> {
+    let t = &net.topo;
+    (1..=INVITATIONS)
+        .map(|i| {
+            let name = format!("alice-dev{i:03}");
+            let out = t.spoke_cli(&net.a_socket, &["invite-device", &name, "--user", "alice"]);
+            if !out.status.success() {
+                t.fail(&format!("invite-device {name}: {}", output_text(&out)));
+            }
+            let invitation = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (name, invitation)
+        })
+        .collect()
+}
+
+/// Enrols `devices` in order while spoke a is stopped, each announced to
+/// it: [`BATCH`] at a time until the hub logs that a's queue is full, then
+/// `margin` more, which all wait in the backlog (while older messages wait,
+/// newer ones wait behind them). Returns how many were enrolled when the
+/// queue was found full, and in all.
+fn enrol_until_backlog(
+    t: &Topology,
+    devices: &[(String, String)],
+    margin: usize,
+) -> (usize, usize) {
+    let backlog_before = hub_log_count(t, BACKLOG_LINE);
+    let mut enrolled = 0;
+    while hub_log_count(t, BACKLOG_LINE) == backlog_before {
+        if enrolled + BATCH > devices.len() - margin {
+            t.fail(&format!(
+                "{enrolled} announcements to the stopped spoke a and the hub never logged \
+                 \"{BACKLOG_LINE}\""
+            ));
+        }
+        enrol_devices(t, &devices[enrolled..enrolled + BATCH]);
+        enrolled += BATCH;
+    }
+    let filled_after = enrolled;
+    enrol_devices(t, &devices[enrolled..enrolled + margin]);
+    (filled_after, enrolled + margin)
+}
+
+/// Waits until spoke a lists exactly `devices` as waiting, each once.
+fn wait_devices_waiting(net: &TwoSpokes, devices: &[(String, String)]) {
+    let t = &net.topo;
+    let want: Vec<String> = devices.iter().map(|(n, _)| n.clone()).collect();
+    let mut seen: Vec<String> = Vec::new();
+    t.wait_for(
+        &format!("spoke a to hear of all {} waiting devices", devices.len()),
+        Duration::from_secs(60),
+        || {
+            t.must_be_alive(&net.a);
+            if let Some(s) = status_a(t, &net.a_socket) {
+                seen = strings(&s["devices_waiting"]);
+            }
+            want.iter().all(|n| seen.contains(n))
+        },
+    );
+    assert_eq!(
+        seen.len(),
+        want.len(),
+        "listed twice, or not alice's: {seen:?}"
+    );
+}
+
+/// Waits until spoke a hears that only alice is logged in on it.
+fn wait_only_alice(net: &TwoSpokes) {
+    let t = &net.topo;
+    t.wait_for(
+        "spoke a to hear that only alice is logged in",
+        Duration::from_secs(30),
+        || status_a(t, &net.a_socket).is_some_and(|s| strings(&s["users"]) == ["alice"]),
+    );
+}
+
+/// How many of alice's devices wait for approval at the hub.
+fn alice_pending(t: &Topology) -> usize {
+    t.spoke_list()
+        .into_iter()
+        .filter(|s| s["state"] == "pending" && s["owner"] == "alice")
+        .count()
+}
+
+/// The devices of the notices spoke a logged from byte `from` of its log on, in order.
+fn notices_logged(p: &Proc, from: usize) -> Vec<String> {
+    let log = std::fs::read(&p.log).unwrap_or_default();
+    let text = String::from_utf8_lossy(log.get(from..).unwrap_or_default());
+    text.lines()
+        .filter(|l| l.contains(NOTICE_LINE))
+        .filter_map(|l| l.split(" device=").nth(1)?.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The length of `p`'s log now.
+fn log_len(p: &Proc) -> usize {
+    std::fs::metadata(&p.log).map_or(0, |m| m.len() as usize)
+}
+
 #[test]
 fn a_full_control_queue_loses_no_delivery() {
     if skip_unless_root("a_full_control_queue_loses_no_delivery") {
@@ -280,17 +400,7 @@ fn a_full_control_queue_loses_no_delivery() {
         Duration::from_secs(20),
         || status_a(t, &net.a_socket).is_some_and(|s| strings(&s["users"]).len() == USERS + 1),
     );
-    let devices: Vec<(String, String)> = (1..=INVITATIONS)
-        .map(|i| {
-            let name = format!("alice-dev{i:03}");
-            let out = t.spoke_cli(&net.a_socket, &["invite-device", &name, "--user", "alice"]);
-            if !out.status.success() {
-                t.fail(&format!("invite-device {name}: {}", output_text(&out)));
-            }
-            let invitation = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            (name, invitation)
-        })
-        .collect();
+    let devices = invite_devices(&net);
 
     // Both sides agree, and a's control session is up.
     let before = wait_agreed(&net, 0);
@@ -310,23 +420,9 @@ fn a_full_control_queue_loses_no_delivery() {
         Duration::from_secs(10),
         || link_a(t)["latest"].as_u64().unwrap_or(0) > before,
     );
-    // Each enrolment tells a that a device of alice waits: enrol until the
-    // hub finds a's queue full, then MARGIN more, which all wait in the
-    // backlog (while older messages wait, newer ones wait behind them).
-    let mut enrolled = 0;
-    while hub_log_count(t, BACKLOG_LINE) == backlog_before {
-        if enrolled + BATCH > INVITATIONS - MARGIN {
-            t.fail(&format!(
-                "{enrolled} announcements to the stopped spoke a and the hub never logged \
-                 \"{BACKLOG_LINE}\""
-            ));
-        }
-        enrol_devices(t, &devices[enrolled..enrolled + BATCH]);
-        enrolled += BATCH;
-    }
-    let filled_after = enrolled;
-    enrol_devices(t, &devices[enrolled..enrolled + MARGIN]);
-    enrolled += MARGIN;
+    // Each enrolment tells a that a device of alice waits: until a's queue
+    // is full, then MARGIN more into the backlog.
+    let (filled_after, enrolled) = enrol_until_backlog(t, &devices, MARGIN);
     let devices = &devices[..enrolled];
     // More rotations of a's link while its queue is full, and logouts: each
     // removal logs a user out of a (new session facts for a, and a
@@ -362,25 +458,8 @@ fn a_full_control_queue_loses_no_delivery() {
     );
 
     // ----- resumed: everything arrives -----
-    let want: Vec<String> = devices.iter().map(|(n, _)| n.clone()).collect();
-    let mut seen: Vec<String> = Vec::new();
-    t.wait_for(
-        &format!("spoke a to hear of all {} waiting devices", devices.len()),
-        Duration::from_secs(60),
-        || {
-            t.must_be_alive(&net.a);
-            if let Some(s) = status_a(t, &net.a_socket) {
-                seen = strings(&s["devices_waiting"]);
-            }
-            want.iter().all(|n| seen.contains(n))
-        },
-    );
-    assert_eq!(seen.len(), devices.len(), "{seen:?}");
-    t.wait_for(
-        "spoke a to hear that only alice is logged in",
-        Duration::from_secs(30),
-        || status_a(t, &net.a_socket).is_some_and(|s| strings(&s["users"]) == ["alice"]),
-    );
+    wait_devices_waiting(&net, devices);
+    wait_only_alice(&net);
     // The rotation under way when a stopped, then the one asked for while
     // it was (the requests wait as one).
     let after = wait_agreed(&net, before + 1);
@@ -413,13 +492,8 @@ fn a_full_control_queue_loses_no_delivery() {
             || t.ping(&t.ns_a, addr, 1),
         );
     }
-    let pending: Vec<Value> = t
-        .spoke_list()
-        .into_iter()
-        .filter(|s| s["state"] == "pending" && s["owner"] == "alice")
-        .collect();
     assert_eq!(
-        pending.len(),
+        alice_pending(t),
         devices.len(),
         "alice's devices waiting at the hub"
     );
@@ -454,4 +528,77 @@ fn wait_agreed(net: &TwoSpokes, past: u64) -> u64 {
         },
     );
     agreed
+}
+
+/// Alice is logged in on spoke a, which is stopped; her new devices'
+/// notices for it fill its socket, the hub's queue and the backlog; then
+/// spoke a is killed, so the session ends with them unheard, and started
+/// again. When it attaches it hears of every device waiting (the hub
+/// kept alice's login), and lists each once.
+#[test]
+fn device_notices_survive_a_lost_session() {
+    if skip_unless_root("device_notices_survive_a_lost_session") {
+        return;
+    }
+    let mut net = up();
+    let t = &net.topo;
+    login_on_a(&net, "alice");
+    wait_only_alice(&net);
+    let devices = invite_devices(&net);
+    // Attached, and nothing waits yet.
+    let s = status_a(t, &net.a_socket).unwrap_or_else(|| t.fail("spoke a does not answer"));
+    assert_eq!(s["control_connected"], true, "{s}");
+    assert!(strings(&s["devices_waiting"]).is_empty(), "{s}");
+    assert_eq!(alice_pending(t), 0, "alice's devices waiting at the hub");
+
+    // ----- spoke a stopped: the notices wait for it -----
+    let stopped = Stopped::new(t, &net.a);
+    let (filled_after, enrolled) = enrol_until_backlog(t, &devices, LOST_MARGIN);
+    let devices = &devices[..enrolled];
+    assert_eq!(
+        alice_pending(t),
+        enrolled,
+        "alice's devices waiting at the hub"
+    );
+    // Still stopped and still attached: the session holds the notices, and
+    // spoke a has heard none of them.
+    assert_eq!(proc_state(net.a.pid), Some('T'), "spoke a runs again");
+    let link = link_a(t);
+    assert_eq!(link["control_connected"], true, "{link}");
+    let heard = notices_logged(&net.a, 0);
+    assert!(heard.is_empty(), "spoke a heard of {heard:?} while stopped");
+
+    // ----- the session is lost with them -----
+    let (from, attaches_before) = (log_len(&net.a), a_attaches(t));
+    let killed = net.a.clone();
+    stopped.kill(t, &killed);
+    t.wait_for(
+        "the hub to see spoke a's session end",
+        Duration::from_secs(15),
+        || link_a(t)["control_connected"] == false,
+    );
+    net.restart_a();
+    let t = &net.topo;
+
+    // ----- started again: it hears them all, once -----
+    wait_devices_waiting(&net, devices);
+    wait_only_alice(&net);
+    let heard = notices_logged(&net.a, from);
+    let attaches = a_attaches(t) - attaches_before;
+    assert!(attaches >= 1, "the hub logged no attach of spoke a");
+    for (name, _) in devices {
+        let times = heard.iter().filter(|n| *n == name).count();
+        assert!(
+            (1..=attaches).contains(&times),
+            "spoke a heard of {name} {times} time(s) in {attaches} attach(es)"
+        );
+    }
+    let s = status_a(t, &net.a_socket).unwrap_or_else(|| t.fail("spoke a does not answer"));
+    assert_eq!(s["control_connected"], true, "{s}");
+    eprintln!(
+        "spoke a killed while stopped with {enrolled} device notices unheard (the queue was \
+         full after {filled_after}); started again, it attached {attaches} time(s), logged \
+         {} notices and lists all {enrolled} devices once",
+        heard.len()
+    );
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use tasuki_core::admin_api::{Envelope, Reply};
+use tasuki_core::api_error::{ApiError, ErrorCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -144,16 +145,25 @@ where
     let reply: Reply<Resp> = match peer_allowed(&stream, access) {
         Err(e) => {
             tracing::warn!(error = %e, "refused a local client");
-            Reply::Error(format!("permission denied: {e}; run as root"))
+            Reply::Error(ApiError::new(
+                ErrorCode::PermissionDenied,
+                format!("permission denied: {e}; run as root"),
+            ))
         }
         Ok(_) => match serde_json::from_str::<Envelope<Req>>(&line) {
-            Ok(env) if env.version != tasuki_core::PROTOCOL_VERSION => Reply::Error(format!(
-                "version mismatch: the CLI speaks {}, the daemon {}; use matching binaries",
-                env.version,
-                tasuki_core::PROTOCOL_VERSION
+            Ok(env) if env.version != tasuki_core::PROTOCOL_VERSION => Reply::Error(ApiError::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "version mismatch: the CLI speaks {}, the daemon {}; use matching binaries",
+                    env.version,
+                    tasuki_core::PROTOCOL_VERSION
+                ),
             )),
             Ok(env) => handler(env.request).await,
-            Err(e) => Reply::Error(format!("bad request: {e}")),
+            Err(e) => Reply::Error(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("bad request: {e}"),
+            )),
         },
     };
     let mut out = serde_json::to_string(&reply)?;
@@ -163,7 +173,7 @@ where
 }
 
 /// Sends one request to the daemon at `path` and returns its answer.
-pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
+pub async fn request<Req: tasuki_core::admin_api::LocalRequest, Resp: DeserializeOwned>(
     path: &Path,
     req: Req,
 ) -> Result<Resp> {
@@ -190,8 +200,16 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
         .with_context(|| format!("unreadable answer from {}", path.display()))?
     {
         Reply::Ok(v) => Ok(v),
-        Reply::Error(e) => bail!("{e}"),
+        // Kept whole, so a caller can look at its code.
+        Reply::Error(e) => Err(e.into()),
     }
+}
+
+/// Sends one admin request to the hub daemon at `path`; the answer has the
+/// request's reply type.
+pub async fn call<C: tasuki_core::admin_calls::AdminCall>(path: &Path, req: C) -> Result<C::Reply> {
+    let req: tasuki_core::admin_calls::HubRequest = req.into();
+    request(path, req).await
 }
 
 /// A socket path that removes its file when dropped.

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tasuki_core::admin_api::{SpokeRequest, SpokeStatus};
+use tasuki_core::api_error::{ApiError, ErrorCode};
 use tasuki_core::control::{UserReply, UserRequest};
-use tasuki_core::users::UserError;
 use zeroize::Zeroizing;
 
 async fn call(socket: &Path, request: UserRequest) -> Result<UserReply> {
@@ -91,8 +91,8 @@ pub(crate) async fn login(socket: &Path, user: String, stdin: bool) -> Result<()
     .await;
     let reply = match first {
         Err(e)
-            if e.to_string()
-                .contains(&UserError::PasswordChangeRequired.to_string()) =>
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|e| e.code == ErrorCode::PasswordChangeRequired) =>
         {
             eprintln!("this is an initial password: choose a new one");
             let new = pw.new_password()?;

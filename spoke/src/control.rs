@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use tasuki_core::channel::Initiator;
 
+use tasuki_core::api_error::ApiError;
 use tasuki_core::control::{
     DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, UserReply, UserRequest,
 };
@@ -37,7 +38,7 @@ pub(crate) struct ControlState {
 }
 
 /// A user's request from the local socket, with where to send the answer.
-pub(crate) type UserCall = (UserRequest, oneshot::Sender<Result<UserReply, String>>);
+pub(crate) type UserCall = (UserRequest, oneshot::Sender<Result<UserReply, ApiError>>);
 
 /// Who is logged in here, as the hub last said.
 #[derive(Clone, Debug, Default)]
@@ -203,7 +204,7 @@ impl Control {
         session: &mut SpokeSession,
         ch: &mut tasuki_core::channel::Channel,
         w: &mut tokio::net::tcp::OwnedWriteHalf,
-        pending: &mut HashMap<u32, oneshot::Sender<Result<UserReply, String>>>,
+        pending: &mut HashMap<u32, oneshot::Sender<Result<UserReply, ApiError>>>,
         now: impl Fn() -> u64,
     ) -> Result<()> {
         while let Some(action) = session.poll_action() {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tasuki_core::admin_api::{Reply, SpokeRequest, SpokeStatus};
+use tasuki_core::api_error::{ApiError, ErrorCode};
 use tasuki_core::control::{SpokeConfig, UserRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -35,25 +36,29 @@ impl LocalApi {
         };
         match value {
             Ok(v) => Reply::Ok(v),
-            Err(e) => Reply::Error(e.to_string()),
+            Err(e) => Reply::Error(ApiError::new(ErrorCode::Internal, e.to_string())),
         }
     }
 
-    async fn user(&self, request: UserRequest) -> Result<tasuki_core::control::UserReply, String> {
+    async fn user(
+        &self,
+        request: UserRequest,
+    ) -> Result<tasuki_core::control::UserReply, ApiError> {
+        let unavailable = |message: &str| ApiError::new(ErrorCode::Unavailable, message);
         if !self.control.borrow().connected {
-            return Err("not connected to the hub; try again when `tasuki-spoke status` says the control channel is connected".into());
+            return Err(unavailable("not connected to the hub; try again when `tasuki-spoke status` says the control channel is connected"));
         }
         let (tx, rx) = oneshot::channel();
         self.calls
             .send((request, tx))
             .await
-            .map_err(|_| "the control loop stopped".to_string())?;
+            .map_err(|_| unavailable("the control loop stopped"))?;
         match tokio::time::timeout(Duration::from_secs(20), rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => {
-                Err("the control channel dropped before the hub answered; try again".into())
-            }
-            Err(_) => Err("the hub did not answer in 20 s".into()),
+            Ok(Err(_)) => Err(unavailable(
+                "the control channel dropped before the hub answered; try again",
+            )),
+            Err(_) => Err(unavailable("the hub did not answer in 20 s")),
         }
     }
 

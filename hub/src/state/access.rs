@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
 use tasuki_core::access::{
     AccessError, AccessPolicy, CompiledAccess, Flow, Member, Origin, Service, SpokeFacts,
 };
@@ -62,14 +61,14 @@ impl HubState {
     ) -> Result<AccessCheckView> {
         let mut notes = Vec::new();
         let spoke = match from.strip_prefix("spoke:") {
-            Some(name) => Some(
-                self.registry
-                    .spoke_by_name(name)
-                    .ok_or_else(|| anyhow::anyhow!("no spoke named {name:?}"))?,
-            ),
+            Some(name) => Some(self.registry.spoke_by_name(name).ok_or_else(|| {
+                tasuki_core::registry::RegistryError::NoSuchSpoke(name.to_owned())
+            })?),
             None => {
                 let addr: std::net::Ipv4Addr = from.parse().map_err(|_| {
-                    anyhow::anyhow!("--from {from:?}: expected spoke:NAME or an IPv4 address")
+                    StateError::Invalid(format!(
+                        "--from {from:?}: expected spoke:NAME or an IPv4 address"
+                    ))
                 })?;
                 self.registry
                     .spokes()
@@ -92,10 +91,14 @@ impl HubState {
                 }
                 (Origin::Spoke(s.id), s.tunnel_addr)
             }
-            None => (Origin::Local, from.parse()?),
+            None => (
+                Origin::Local,
+                from.parse()
+                    .map_err(|e| StateError::Invalid(format!("--from {from:?}: {e}")))?,
+            ),
         };
         let flow = Flow::probe(src, to, service).ok_or_else(|| {
-            anyhow::anyhow!("name a protocol to check: tcp/PORT, udp/PORT or icmp")
+            StateError::Invalid("name a protocol to check: tcp/PORT, udp/PORT or icmp".into())
         })?;
         let compiled = self.compiled_access();
         let rules = compiled.allowing_rules(origin, &flow);

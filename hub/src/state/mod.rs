@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use tasuki_core::admin_api::{HubStatus, InvitationView, SpokeView};
 use tasuki_core::control::{HubMessage, Refusal};
 use tasuki_core::invitation::InvitationId;
@@ -23,6 +23,11 @@ use tokio::sync::mpsc;
 use crate::dataplane::{DpCommand, DpHandle, DpStatus, LinkSpec};
 
 mod access;
+mod error;
+pub(crate) use error::StateError;
+
+/// What a change to the hub's state returns.
+pub(crate) type Result<T, E = StateError> = std::result::Result<T, E>;
 mod outbox;
 mod rotation;
 pub(crate) use rotation::usage;
@@ -59,7 +64,7 @@ fn epoch_writes<'a>(
     vault: &KeyVault,
     spoke: SpokeId,
     epochs: &[KeyEpoch],
-) -> Result<Vec<Write<'a>>> {
+) -> anyhow::Result<Vec<Write<'a>>> {
     let mut writes = Vec::with_capacity(epochs.len());
     for epoch in epochs {
         vault.put(&vault_name(spoke, epoch.number), &epoch.key)?;
@@ -79,13 +84,13 @@ fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
 }
 
 /// Stored as the `hub` entry of the settings tree.
-pub(crate) fn write_settings(dir: &Path, settings: &HubSettings) -> Result<()> {
+pub(crate) fn write_settings(dir: &Path, settings: &HubSettings) -> anyhow::Result<()> {
     let store = Store::open(&dir.join(STORE_DIR))?;
     store.commit(&[Write::put(SETTINGS_TREE, *b"hub", settings)?])
 }
 
 /// The hub's identity key from its state directory.
-pub(crate) fn load_key(dir: &Path) -> Result<StaticKey> {
+pub(crate) fn load_key(dir: &Path) -> anyhow::Result<StaticKey> {
     let path = dir.join(KEY_FILE);
     let text = tasuki_shell::files::read_secret_file(&path).with_context(|| {
         format!(
@@ -176,7 +181,7 @@ impl HubState {
         key: Arc<StaticKey>,
         interface: String,
         dataplane: DpHandle,
-    ) -> Result<Self> {
+    ) -> anyhow::Result<Self> {
         tasuki_shell::files::tighten_state_dir(dir)?;
         let store = Store::open(&dir.join(STORE_DIR))?;
         let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
@@ -302,7 +307,7 @@ impl HubState {
 
     /// Flushes the store (on a graceful stop).
     pub(crate) fn flush(&self) -> Result<()> {
-        self.store.flush()
+        Ok(self.store.flush()?)
     }
 
     /// A spoke's name, for logs and audit records.
@@ -319,7 +324,7 @@ impl HubState {
 
     /// Audit records since `since` (Unix seconds).
     pub(crate) fn audit_since(&self, since: u64) -> Result<Vec<tasuki_core::audit::AuditRecord>> {
-        self.audit.read(since)
+        Ok(self.audit.read(since)?)
     }
 
     /// Hands the data plane a command (see [`DpHandle::send`]).

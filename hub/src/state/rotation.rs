@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
 use tasuki_core::control::HubMessage;
 use tasuki_core::keys::KeyEpoch;
 use tasuki_core::registry::RegistryError;
@@ -63,7 +62,7 @@ impl HubState {
             // The request this rotation answered is done.
             writes.push(Write::remove(REQUESTS_TREE, spoke.to_be_bytes()));
         }
-        self.store.commit(&writes)
+        Ok(self.store.commit(&writes)?)
     }
 
     fn commit_meta(&self, spoke: SpokeId) -> Result<()> {
@@ -152,11 +151,11 @@ impl HubState {
                 let s = self
                     .registry
                     .spoke_by_name(n)
-                    .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(n.to_owned())))?;
+                    .ok_or_else(|| RegistryError::NoSuchSpoke(n.to_owned()))?;
                 if !self.schedules.contains_key(&s.id) {
-                    anyhow::bail!(
+                    return Err(StateError::WrongState(format!(
                         "spoke {n:?} has no key epochs (pending, revoked, or never attached)"
-                    );
+                    )));
                 }
                 vec![s.id]
             }
@@ -209,7 +208,7 @@ impl HubState {
         if writes.is_empty() {
             return Ok(());
         }
-        self.store.commit(&writes)
+        Ok(self.store.commit(&writes)?)
     }
 
     /// The policy that applies to one spoke's link.
@@ -221,7 +220,7 @@ impl HubState {
         self.registry
             .spoke_by_name(name)
             .map(|s| s.id)
-            .ok_or_else(|| anyhow::anyhow!(RegistryError::NoSuchSpoke(name.to_owned())))
+            .ok_or_else(|| RegistryError::NoSuchSpoke(name.to_owned()).into())
     }
 
     /// The policy in force for `spoke` (by name), or the hub-wide one.
@@ -253,7 +252,11 @@ impl HubState {
                     .commit(&[Write::put(SETTINGS_TREE, *b"policy", &policy)?])?;
                 self.policy = policy;
             }
-            (None, None) => anyhow::bail!("only a spoke's override can be reset"),
+            (None, None) => {
+                return Err(StateError::Invalid(
+                    "only a spoke's override can be reset".into(),
+                ))
+            }
             (Some(name), Some(policy)) => {
                 let id = self.spoke_id(name)?;
                 self.store.commit(&[Write::put(
@@ -278,13 +281,9 @@ impl HubState {
     /// erase epochs whose grace passed. `usage` gives each link's cumulative
     /// use. A link whose change cannot be stored (a full disk) is left as it
     /// was and tried again at the next tick; the other links go on.
-    pub(crate) fn rotation_tick(
-        &mut self,
-        now: u64,
-        usage: &HashMap<SpokeId, Usage>,
-    ) -> Result<()> {
+    pub(crate) fn rotation_tick(&mut self, now: u64, usage: &HashMap<SpokeId, Usage>) {
         self.retell();
-        let mut failed: Option<anyhow::Error> = None;
+        let mut failed: Option<StateError> = None;
         for item in std::mem::take(&mut self.unsaved) {
             let result = match item {
                 Unsaved::Schedule(id) => self.commit_meta(id),
@@ -316,7 +315,6 @@ impl HubState {
             }
             None => {}
         }
-        Ok(())
     }
 
     /// One link's part of a rotation tick; on a store error the link's
@@ -345,7 +343,9 @@ impl HubState {
             // orphan key file that the next start erases.
             if let Err(e) = self.store.commit(&writes) {
                 self.schedules.insert(id, saved);
-                return Err(e.context(format!("erasure of ended epochs of spoke {id}")));
+                return Err(
+                    StateError::from(e).context(format!("erasure of ended epochs of spoke {id}"))
+                );
             }
             for k in &erased {
                 if let Err(e) = self.vault.erase(&vault_name(id, *k)) {
@@ -372,7 +372,7 @@ impl HubState {
             Ok(plan) => plan,
             Err(e) => {
                 self.schedules.insert(id, before_issue);
-                return Err(anyhow::anyhow!(e).context(format!("key deliveries of spoke {id}")));
+                return Err(StateError::from(e).context(format!("key deliveries of spoke {id}")));
             }
         };
         if plan.stores() {

@@ -1,9 +1,8 @@
 //! Spoke lifecycle at the hub: invitations, enrolment, approval,
 //! revocation, and the admin's view of spokes.
 
-use anyhow::Result;
 use tasuki_core::keys::KeyEpoch;
-use tasuki_core::registry::RegistryError;
+
 use tasuki_core::rotation::{LinkSchedule, ScheduleMeta};
 use tasuki_shell::store::Write;
 
@@ -36,12 +35,12 @@ impl HubState {
                 now,
                 &mut rand_core::OsRng,
             )
-            .map_err(|e: RegistryError| anyhow::anyhow!(e))?;
+            .map_err(StateError::Registry)?;
         let stored = Write::put(INVITATIONS_TREE, record.id.0, &record)
             .and_then(|w| self.store.commit(&[w]));
         if let Err(e) = stored {
             self.registry.undo();
-            return Err(e.context(format!("invitation for {name:?} not created")));
+            return Err(StateError::from(e).context(format!("invitation for {name:?} not created")));
         }
         tracing::info!(invitation = %record.id, name, pre_approved, service, "invitation created");
         let mut audit = AuditRecord::new(now, AuditKind::Invitation)
@@ -204,7 +203,9 @@ impl HubState {
             .and_then(|w| self.store.commit(&[w]));
         if let Err(e) = stored {
             self.registry.undo();
-            return Err(e.context(format!("{what} of {:?} not stored", spoke.name)));
+            return Err(
+                StateError::from(e).context(format!("{what} of {:?} not stored", spoke.name))
+            );
         }
         Ok(())
     }
@@ -306,7 +307,7 @@ impl HubState {
         if let Err(e) = stored {
             // Not revoked: the admin sees the error and must try again.
             self.registry.undo();
-            return Err(e.context(format!("revocation of {name:?} not stored")));
+            return Err(StateError::from(e).context(format!("revocation of {name:?} not stored")));
         }
         self.schedules.remove(&spoke.id);
         self.overrides.remove(&spoke.id);

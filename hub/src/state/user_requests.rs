@@ -1,7 +1,6 @@
 //! A logged-in user's requests from a spoke, one function each: login,
 //! logout, password change, and a user's own second device.
 
-use anyhow::Result;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::UserReply;
 use tasuki_core::routing::SpokeId;
@@ -11,6 +10,12 @@ use zeroize::Zeroizing;
 use super::*;
 
 impl HubState {
+    /// Refuses a user's request from a spoke the user is not logged in on.
+    fn logged_in_here(&self, spoke: SpokeId, user: &str) -> Result<()> {
+        self.logged_in(spoke, user)
+            .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))
+    }
+
     /// A login (with the new password when the initial one must change);
     /// the user record and the login are stored in one commit.
     pub(super) fn login(
@@ -20,7 +25,7 @@ impl HubState {
         password: Zeroizing<String>,
         new_password: Option<Zeroizing<String>>,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    ) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
         let saved = self.users.clone();
         let result = self.users.login(
@@ -48,10 +53,8 @@ impl HubState {
                 if let Err(e) = stored {
                     self.users = saved;
                     tracing::error!(%user, spoke = %spoke_name, error = %format!("{e:#}"), "login not stored");
-                    return Ok(Err(
-                        "the hub cannot store this login right now (its disk may be full); \
-                         nothing changed, try again later"
-                            .into(),
+                    return Err(StateError::from(e).context(
+                        "the hub cannot store this login right now (its disk may be full)",
                     ));
                 }
                 self.logins.insert(proof.spoke(), users);
@@ -67,7 +70,7 @@ impl HubState {
                 for notice in self.device_notices(&user) {
                     self.tell(spoke, notice);
                 }
-                Ok(Ok(UserReply::LoggedIn { user }))
+                Ok(UserReply::LoggedIn { user })
             }
             Err(e) => {
                 self.audit(
@@ -77,22 +80,19 @@ impl HubState {
                         .detail(e.to_string()),
                 );
                 tracing::info!(%user, spoke = %spoke_name, error = %e, "login refused");
-                Ok(Err(e.to_string()))
+                Err(e.into())
             }
         }
     }
 
     /// A logout on `spoke`.
-    pub(super) fn logout(
-        &mut self,
-        spoke: SpokeId,
-        user: String,
-        now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    pub(super) fn logout(&mut self, spoke: SpokeId, user: String, now: u64) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
         let was = self.logins.get_mut(&spoke).is_some_and(|u| u.remove(&user));
         if !was {
-            return Ok(Err(format!("{user:?} is not logged in on this spoke")));
+            return Err(StateError::Denied(format!(
+                "{user:?} is not logged in on this spoke"
+            )));
         }
         self.audit(
             AuditRecord::new(now, AuditKind::Logout)
@@ -100,7 +100,7 @@ impl HubState {
                 .spoke(&spoke_name),
         );
         self.logins_changed(spoke, true)?;
-        Ok(Ok(UserReply::LoggedOut { user }))
+        Ok(UserReply::LoggedOut { user })
     }
 
     /// A password change from `spoke`.
@@ -111,7 +111,7 @@ impl HubState {
         old: Zeroizing<String>,
         new: Zeroizing<String>,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    ) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
         let saved = self.users.clone();
         match self
@@ -123,10 +123,9 @@ impl HubState {
                     // Undo the change in memory: the old password stays.
                     self.users = saved;
                     tracing::error!(%user, error = %format!("{e:#}"), "password change not stored");
-                    return Ok(Err(
-                        "the hub cannot store the new password right now (its disk may \
-                         be full); the old one still holds, try again later"
-                            .into(),
+                    return Err(e.context(
+                        "the hub cannot store the new password right now (its disk may be \
+                         full); the old one still holds",
                     ));
                 }
                 self.audit(
@@ -134,7 +133,7 @@ impl HubState {
                         .user(&user)
                         .spoke(&spoke_name),
                 );
-                Ok(Ok(UserReply::PasswordChanged))
+                Ok(UserReply::PasswordChanged)
             }
             Err(e) => {
                 self.audit(
@@ -143,7 +142,7 @@ impl HubState {
                         .spoke(&spoke_name)
                         .detail(format!("password change: {e}")),
                 );
-                Ok(Err(e.to_string()))
+                Err(e.into())
             }
         }
     }
@@ -155,16 +154,12 @@ impl HubState {
         user: String,
         name: String,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
-        if let Err(e) = self.logged_in(spoke, &user) {
-            return Ok(Err(format!("{e}: log in on this spoke first")));
-        }
-        match self.invite(&name, false, false, Some(&user), 24 * 3600, now) {
-            Ok(view) => Ok(Ok(UserReply::DeviceInvitation {
-                invitation: view.invitation,
-            })),
-            Err(e) => Ok(Err(format!("{e:#}"))),
-        }
+    ) -> Result<UserReply> {
+        self.logged_in_here(spoke, &user)?;
+        let view = self.invite(&name, false, false, Some(&user), 24 * 3600, now)?;
+        Ok(UserReply::DeviceInvitation {
+            invitation: view.invitation,
+        })
     }
 
     /// A logged-in user confirms their own device that waits.
@@ -174,21 +169,25 @@ impl HubState {
         user: String,
         name: Option<String>,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    ) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
-        if let Err(e) = self.logged_in(spoke, &user) {
-            return Ok(Err(format!("{e}: log in on this spoke first")));
-        }
+        self.logged_in_here(spoke, &user)?;
         let waiting = self.waiting_devices(&user);
         let target = match name {
             Some(n) if waiting.contains(&n) => n,
-            Some(n) => return Ok(Err(format!("no device {n:?} of {user:?} is waiting"))),
+            Some(n) => {
+                return Err(StateError::NotFound(format!(
+                    "no device {n:?} of {user:?} is waiting"
+                )))
+            }
             None if waiting.len() == 1 => waiting[0].clone(),
             None if waiting.is_empty() => {
-                return Ok(Err(format!("no device of {user:?} is waiting")))
+                return Err(StateError::NotFound(format!(
+                    "no device of {user:?} is waiting"
+                )))
             }
             None => {
-                return Ok(Err(format!(
+                return Err(StateError::Invalid(format!(
                     "several devices wait ({}); name one",
                     waiting.join(", ")
                 )))
@@ -199,6 +198,6 @@ impl HubState {
         let saved = self.users.clone();
         let record = self.users.allow(&user, approved.id)?;
         self.store_user(saved, &record, "the new device's permission")?;
-        Ok(Ok(UserReply::DeviceApproved { name: target }))
+        Ok(UserReply::DeviceApproved { name: target })
     }
 }

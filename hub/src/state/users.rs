@@ -1,7 +1,6 @@
 //! Users at the hub: accounts, logins through spokes (the claim-2 gate),
 //! password changes, and a user's additional devices (patent fig. 6).
 
-use anyhow::Result;
 use tasuki_core::admin_api::{UserPassword, UserView};
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::{HubMessage, UserReply, UserRequest};
@@ -36,8 +35,9 @@ impl HubState {
     }
 
     pub(super) fn commit_user(&self, user: &UserRecord) -> Result<()> {
-        self.store
-            .commit(&[Write::put(USERS_TREE, user.id.as_bytes(), user)?])
+        Ok(self
+            .store
+            .commit(&[Write::put(USERS_TREE, user.id.as_bytes(), user)?])?)
     }
 
     /// Stores a changed user record; on failure puts the users back as they
@@ -62,11 +62,11 @@ impl HubState {
 
     fn commit_logins(&self, spoke: SpokeId) -> Result<()> {
         let users = self.logins.get(&spoke).cloned().unwrap_or_default();
-        self.store.commit(&[Write::put(
+        Ok(self.store.commit(&[Write::put(
             LOGINS_TREE,
             spoke.to_be_bytes(),
             &(spoke, users),
-        )?])
+        )?])?)
     }
 
     /// After a logout on `spoke` (or a removed user's): store, tell the data
@@ -133,7 +133,7 @@ impl HubState {
             .registry
             .spoke_by_name(spoke)
             .filter(|s| !s.state.is_dead())
-            .ok_or_else(|| anyhow::anyhow!("no spoke named {spoke:?}"))?
+            .ok_or_else(|| tasuki_core::registry::RegistryError::NoSuchSpoke(spoke.to_owned()))?
             .id;
         let saved = self.users.clone();
         let user = self.users.allow(id, s)?;
@@ -156,7 +156,7 @@ impl HubState {
             .commit(&[Write::remove(USERS_TREE, id.as_bytes())])
         {
             self.users = saved;
-            return Err(e.context(format!("removal of user {id:?} not stored")));
+            return Err(StateError::from(e).context(format!("removal of user {id:?} not stored")));
         }
         let affected: Vec<SpokeId> = self
             .logins
@@ -301,7 +301,7 @@ impl HubState {
         spoke: SpokeId,
         request: UserRequest,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    ) -> Result<UserReply> {
         match request {
             UserRequest::Login {
                 user,
@@ -333,7 +333,7 @@ impl HubState {
         email: &str,
         password: &str,
         now: u64,
-    ) -> Result<std::result::Result<UserReply, String>> {
+    ) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
         let saved = self.users.clone();
         let r = match self.users.register(
@@ -354,7 +354,7 @@ impl HubState {
                         .spoke(&spoke_name)
                         .detail(format!("refused: {e}")),
                 );
-                return Ok(Err(e.to_string()));
+                return Err(e.into());
             }
         };
         let stored = Write::put(REGISTRATIONS_TREE, r.id.as_bytes(), &r)
@@ -362,10 +362,8 @@ impl HubState {
         if let Err(e) = stored {
             self.users = saved;
             tracing::error!(%user, error = %format!("{e:#}"), "registration not stored");
-            return Ok(Err(
-                "the hub cannot store this registration right now (its disk may be full); \
-                 nothing changed, try again later"
-                    .into(),
+            return Err(StateError::from(e).context(
+                "the hub cannot store this registration right now (its disk may be full)",
             ));
         }
         tracing::info!(%user, spoke = %spoke_name, "registration waits for an admin's approval");
@@ -375,9 +373,9 @@ impl HubState {
                 .spoke(&spoke_name)
                 .detail(format!("name {name:?}, e-mail {email:?}")),
         );
-        Ok(Ok(UserReply::Registered {
+        Ok(UserReply::Registered {
             user: user.to_owned(),
-        }))
+        })
     }
 
     /// An admin approves a registration: the account exists from now on and
@@ -389,10 +387,10 @@ impl HubState {
                 .spoke(r.spoke)
                 .is_some_and(|s| !s.state.is_dead());
             if !live {
-                anyhow::bail!(
+                return Err(StateError::WrongState(format!(
                     "registration {id:?} came from spoke {}, which is no longer enrolled; deny it",
                     self.spoke_name(r.spoke)
-                );
+                )));
             }
         }
         let saved = self.users.clone();
@@ -403,7 +401,7 @@ impl HubState {
         });
         if let Err(e) = stored {
             self.users = saved;
-            return Err(e.context(format!("approval of {id:?} not stored")));
+            return Err(StateError::from(e).context(format!("approval of {id:?} not stored")));
         }
         let spokes: Vec<String> = record.spokes.iter().map(|s| self.spoke_name(*s)).collect();
         self.audit(
@@ -426,7 +424,7 @@ impl HubState {
             .commit(&[Write::remove(REGISTRATIONS_TREE, id.as_bytes())])
         {
             self.users = saved;
-            return Err(e.context(format!("denial of {id:?} not stored")));
+            return Err(StateError::from(e).context(format!("denial of {id:?} not stored")));
         }
         self.audit(
             AuditRecord::new(now, AuditKind::UserChange)

@@ -2,7 +2,6 @@
 //! configuration, ending its epochs (a long interval or an admin's
 //! command), and the warnings about epochs near their end.
 
-use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::keys::{KeyEpoch, PublicKey, StaticKey};
@@ -26,7 +25,9 @@ impl HubState {
         now: u64,
     ) -> Result<WireGuardConfigView> {
         if let Some(u) = user.filter(|u| !self.user_exists(u)) {
-            anyhow::bail!("no user {u:?} at this hub; add it first with `tasuki-hub user add`");
+            return Err(StateError::NotFound(format!(
+                "no user {u:?} at this hub; add it first with `tasuki-hub user add`"
+            )));
         }
         let drawn = public_key
             .is_none()
@@ -35,12 +36,13 @@ impl HubState {
             (Some(text), _) => PublicKey::from_base64(text.trim())
                 .map_err(|_| RegistryError::BadPublicKey(text.to_owned()))?,
             (None, Some(k)) => k.public(),
-            (None, None) => anyhow::bail!("no public key"),
+            (None, None) => return Err(StateError::Invalid("no public key".into())),
         };
         if key == self.key.public() {
-            anyhow::bail!(
+            return Err(StateError::Invalid(
                 "that is the hub's own public key; give the key the device's WireGuard app shows"
-            );
+                    .into(),
+            ));
         }
         let spoke = self.registry.add_wireguard(name, key, user, now)?;
         let mut sched = LinkSchedule::restore(spoke.id, vec![], ScheduleMeta::default());
@@ -59,7 +61,7 @@ impl HubState {
         if let Err(e) = stored {
             self.registry.undo();
             self.erase_unused(spoke.id, epoch.number);
-            return Err(e.context(format!("WireGuard peer {name:?} not added")));
+            return Err(StateError::from(e).context(format!("WireGuard peer {name:?} not added")));
         }
         self.schedules.insert(spoke.id, sched);
         tracing::info!(spoke = %spoke.name, id = spoke.id, addr = %spoke.tunnel_addr, "WireGuard peer added");
@@ -101,10 +103,10 @@ impl HubState {
             return Err(RegistryError::NotWireGuard(name.to_owned()).into());
         }
         if spoke.state != SpokeState::Active {
-            anyhow::bail!(
+            return Err(StateError::WrongState(format!(
                 "WireGuard peer {name:?} is {}; it has no keys",
                 spoke.state.name()
-            );
+            )));
         }
         let id = spoke.id;
         let view = self.wireguard_view(id, None)?;
@@ -124,12 +126,14 @@ impl HubState {
         let spoke = self
             .registry
             .spoke(id)
-            .with_context(|| format!("no spoke #{id}"))?;
+            .ok_or_else(|| StateError::NotFound(format!("no spoke #{id}")))?;
         let epoch: KeyEpoch = self
             .schedules
             .get(&id)
             .and_then(|s| s.epochs().pop())
-            .with_context(|| format!("WireGuard peer {:?} has no key epoch", spoke.name))?;
+            .ok_or_else(|| {
+                StateError::WrongState(format!("WireGuard peer {:?} has no key epoch", spoke.name))
+            })?;
         let settings = self.registry.settings();
         let mut allowed_ips = vec![settings.tunnel_net];
         allowed_ips.extend(settings.routes.iter().copied());

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tasuki_core::admin_api::{Envelope, HubRequest, InvitationView, Reply};
+use tasuki_core::admin_api::{Envelope, InvitationView, Reply};
+use tasuki_core::admin_calls as calls;
 use tasuki_core::channel::{Channel, Initiator};
 use tasuki_core::codec::{encode_frame, FrameDecoder};
 use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeMessage};
@@ -191,12 +192,12 @@ fn admin_invite(socket: &Path, name: &str) -> Result<InvitationView> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_string(&Envelope {
         version: tasuki_core::PROTOCOL_VERSION,
-        request: HubRequest::Invite {
+        request: calls::HubRequest::from(calls::Invite {
             name: name.to_string(),
             pre_approved: true,
             service: true,
             valid_secs: 3600,
-        },
+        }),
     })?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
