@@ -422,6 +422,62 @@ fn per_spoke_policy_overrides_the_hub_wide_one() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no spoke named"));
+    // Scripts branch on a reply's code, not on its words.
+    let v = tasuki_core::PROTOCOL_VERSION;
+    for (version, request, code) in [
+        (
+            v,
+            serde_json::json!({"op": "key_rotate", "spoke": "nobody"}),
+            "not_found",
+        ),
+        (
+            v,
+            serde_json::json!({"op": "group_add", "name": "admins"}),
+            "",
+        ),
+        (
+            v,
+            serde_json::json!({"op": "group_add", "name": "admins"}),
+            "already_exists",
+        ),
+        (
+            v,
+            serde_json::json!({"op": "no_such_request"}),
+            "bad_request",
+        ),
+        (
+            v + 1,
+            serde_json::json!({"op": "status"}),
+            "version_mismatch",
+        ),
+    ] {
+        let reply = admin_raw(&t.hub_socket(), version, &request);
+        if code.is_empty() {
+            assert!(reply.get("ok").is_some(), "{request}: {reply}");
+        } else {
+            assert_eq!(reply["error"]["code"], code, "{request}: {reply}");
+            assert!(reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+    }
+}
+
+/// One request line on an admin socket, as a script would send it; the
+/// reply line as JSON.
+fn admin_raw(socket: &std::path::Path, version: u16, request: &Value) -> Value {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let line = serde_json::json!({"version": version, "request": request});
+    writeln!(stream, "{line}").unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut reply)
+        .unwrap();
+    serde_json::from_str(&reply).unwrap()
 }
 
 /// A named event: when a spoke shows up from a new address, its key rotates.
