@@ -113,6 +113,19 @@ async fn forward_events(state: SharedState, mut events: mpsc::UnboundedReceiver<
     }
 }
 
+/// Answers the admin socket for as long as the hub runs.
+async fn serve_admin(
+    state: SharedState,
+    admin: tokio::net::UnixListener,
+    access: tasuki_shell::local::Access,
+) {
+    tasuki_shell::local::serve(admin, access, move |req: HubRequest| {
+        let state = state.clone();
+        async move { crate::admin::handle(&state, req).await }
+    })
+    .await
+}
+
 /// The rotation tick, twice a second, for as long as the hub runs.
 async fn rotate(state: SharedState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -124,6 +137,7 @@ async fn rotate(state: SharedState) {
     }
 }
 
+/// `tasuki-hub run`: until SIGTERM (or the data plane stops).
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
     let (dp_tx, dp_rx) = DpHandle::channel();
@@ -139,25 +153,22 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let tcp = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot bind TCP {listen}"))?;
-    let hub_net = Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?;
     let access = match &opts.admin_group {
         Some(g) => tasuki_shell::local::Access::group(g)?,
         None => tasuki_shell::local::Access::default(),
     };
     let admin = tasuki_shell::local::bind(&opts.admin_socket, access)?;
     let _socket_guard = SocketGuard(opts.admin_socket.clone());
-
-    let routes = RouteTable::new(
-        settings.tunnel_net,
-        settings.hub_addr(),
-        settings.routes.clone(),
-    );
     let (interface, mut dp_done) = spawn_dataplane(DataPlaneSetup {
         key: key.clone(),
         listen,
         interface: opts.interface.clone(),
-        hub_net,
-        routes,
+        hub_net: Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?,
+        routes: RouteTable::new(
+            settings.tunnel_net,
+            settings.hub_addr(),
+            settings.routes.clone(),
+        ),
         access: hub.compiled_access(),
         events: ev_tx,
         commands: dp_rx,
@@ -171,44 +182,23 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         %listen, %interface, fingerprint = %key.public().fingerprint(),
         tunnel = %settings.tunnel_net, "hub running"
     );
-
-    let control_task = tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone()));
-    let events_task = tokio::spawn(forward_events(state.clone(), ev_rx));
-    let rotation_task = tokio::spawn(rotate(state.clone()));
-    let admin_state = state.clone();
-    let admin_task = tokio::spawn(tasuki_shell::local::serve(
-        admin,
-        access,
-        move |req: HubRequest| {
-            let state = admin_state.clone();
-            async move { crate::admin::handle(&state, req).await }
-        },
-    ));
-
-    let metrics_task = match opts.metrics {
-        Some(addr) => {
-            let listener = crate::metrics::bind(addr).await?;
-            tracing::info!(%addr, "metrics endpoint");
-            Some(tokio::spawn(crate::metrics::serve(listener, state.clone())))
-        }
-        None => None,
-    };
-    let watchdog = tasuki_shell::service::spawn_watchdog();
+    let mut tasks = vec![
+        tokio::spawn(crate::control::serve(tcp, state.clone(), key.clone())),
+        tokio::spawn(forward_events(state.clone(), ev_rx)),
+        tokio::spawn(rotate(state.clone())),
+        tokio::spawn(serve_admin(state.clone(), admin, access)),
+    ];
+    if let Some(addr) = opts.metrics {
+        let listener = crate::metrics::bind(addr).await?;
+        tracing::info!(%addr, "metrics endpoint");
+        tasks.push(tokio::spawn(crate::metrics::serve(listener, state.clone())));
+    }
+    tasks.extend(tasuki_shell::service::spawn_watchdog());
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
     tasuki_shell::service::until_stopped(&mut dp_done, || reload(opts.config.as_deref())).await?;
     tasuki_shell::service::stopping();
-    for task in [
-        Some(control_task),
-        Some(admin_task),
-        Some(events_task),
-        Some(rotation_task),
-        metrics_task,
-        watchdog,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for task in tasks {
         task.abort();
     }
     // Everything acknowledged is on disk already; flush what is not.

@@ -137,7 +137,7 @@ fn a_full_disk_under_the_hub_store_loses_nothing() {
     assert!(full(&out), "invite on a full disk: {}", text(&out));
     let out = login(t);
     assert!(
-        !out.status.success() && text(&out).contains("try again later"),
+        !out.status.success() && text(&out).contains("No space left on device"),
         "login on a full disk: {}",
         text(&out)
     );

@@ -30,7 +30,10 @@ pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            if let Err(e) = sd_notify::notify(&[NotifyState::Watchdog]) {
+                // systemd restarts the service if pings stop; say why.
+                tracing::warn!(error = %e, "the watchdog ping to systemd failed");
+            }
         }
     }))
 }

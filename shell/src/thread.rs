@@ -35,29 +35,44 @@ where
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ =
-                        up_tx.send(Err(anyhow::Error::new(e).context("cannot start a runtime")));
+                    report_setup(
+                        up_tx,
+                        Err(anyhow::Error::new(e).context("cannot start a runtime")),
+                    );
                     return;
                 }
             };
             runtime.block_on(async move {
                 match setup().await {
                     Ok((value, task)) => {
-                        let _ = up_tx.send(Ok(value));
-                        task.await;
+                        if report_setup(up_tx, Ok(value)) {
+                            task.await;
+                        }
                     }
                     Err(e) => {
-                        let _ = up_tx.send(Err(e));
+                        report_setup(up_tx, Err(e));
                     }
                 }
             });
-            let _ = done_tx.send(());
+            if done_tx.send(()).is_err() {
+                tracing::debug!("nobody waits for the end of this thread's task any more");
+            }
         })
         .with_context(|| format!("cannot start the {what} thread"))?;
     let value = up_rx
         .await
         .with_context(|| format!("the {name} thread ended before it was set up"))??;
     Ok((value, done_rx))
+}
+
+/// Hands the caller the setup's outcome; false when the caller stopped
+/// waiting (it is stopping), so the task is not started for nobody.
+fn report_setup<T>(up: tokio::sync::oneshot::Sender<Result<T>>, outcome: Result<T>) -> bool {
+    let sent = up.send(outcome).is_ok();
+    if !sent {
+        tracing::debug!("the setup's outcome came after the caller stopped waiting");
+    }
+    sent
 }
 
 #[cfg(test)]

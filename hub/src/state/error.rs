@@ -76,10 +76,7 @@ impl StateError {
 
 impl From<&StateError> for ApiError {
     fn from(e: &StateError) -> Self {
-        let message = match e {
-            StateError::Storage(_) => format!("{e}; nothing was changed, try again"),
-            _ => e.to_string(),
-        };
-        ApiError::new(e.code(), message)
+        // A store failure says itself what was not written and what to do.
+        ApiError::new(e.code(), e.to_string())
     }
 }

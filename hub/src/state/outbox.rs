@@ -82,7 +82,7 @@ pub(super) struct Held {
     /// The last barrier the data plane passed, for whoever waits on it.
     passed: watch::Sender<u64>,
     /// Each message with the barrier it waits for.
-    waiting: VecDeque<(u64, SpokeId, mpsc::Sender<HubMessage>, HubMessage)>,
+    waiting: VecDeque<(u64, Waiting)>,
 }
 
 impl Default for Held {
@@ -108,15 +108,14 @@ impl Held {
         *self.passed.borrow() < self.raised
     }
 
-    /// Keeps `msg` for `tx` (spoke `spoke`'s queue) until the last barrier
-    /// raised is passed.
-    fn hold(&mut self, spoke: SpokeId, tx: mpsc::Sender<HubMessage>, msg: HubMessage) {
-        self.waiting.push_back((self.raised, spoke, tx, msg));
+    /// Keeps a message until the last barrier raised is passed.
+    fn hold(&mut self, msg: Waiting) {
+        self.waiting.push_back((self.raised, msg));
     }
 
     /// The data plane passed barrier `n`: what waited for it (or an earlier
     /// one), in the order told.
-    fn pass(&mut self, n: u64) -> Vec<(SpokeId, mpsc::Sender<HubMessage>, HubMessage)> {
+    fn pass(&mut self, n: u64) -> Vec<Waiting> {
         self.passed.send_if_modified(|p| {
             let moved = n > *p;
             *p = (*p).max(n);
@@ -125,8 +124,8 @@ impl Held {
         let passed = *self.passed.borrow();
         let mut out = Vec::new();
         while self.waiting.front().is_some_and(|w| w.0 <= passed) {
-            if let Some((_, id, tx, msg)) = self.waiting.pop_front() {
-                out.push((id, tx, msg));
+            if let Some((_, msg)) = self.waiting.pop_front() {
+                out.push(msg);
             }
         }
         out
@@ -140,6 +139,17 @@ impl Held {
             passed: self.passed.subscribe(),
         })
     }
+}
+
+/// A message held for a spoke's control queue.
+#[derive(Debug)]
+struct Waiting {
+    spoke: SpokeId,
+    tx: mpsc::Sender<HubMessage>,
+    msg: HubMessage,
+    /// A key message: the key schedule sends it again until it is
+    /// answered, so it never waits in the backlog.
+    key: bool,
 }
 
 /// The data plane taking the link changes made so far.
@@ -168,6 +178,19 @@ impl DataPlaneWait {
     }
 }
 
+/// Queues a key message; false when the queue is full or closed.
+/// Unanswered key messages go out again every resend interval (and at the
+/// next attach): nothing is lost, only later.
+fn try_send_key(spoke: SpokeId, tx: &mpsc::Sender<HubMessage>, msg: HubMessage) -> bool {
+    match tx.try_send(msg) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(spoke, error = %e, "control queue full or closed; the key message goes again later");
+            false
+        }
+    }
+}
+
 /// Whether `new` makes `old` pointless to send.
 fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
     match (old, new) {
@@ -186,16 +209,49 @@ impl HubState {
             return;
         };
         if self.held.waits() {
-            self.held.hold(id, tx.clone(), msg);
+            self.held.hold(Waiting {
+                spoke: id,
+                tx: tx.clone(),
+                msg,
+                key: false,
+            });
         } else {
             self.backlog.offer(id, tx, msg);
         }
     }
 
+    /// Queues a link's key messages on its session `tx`, once the data
+    /// plane has taken the link changes made before (see [`Held`]). What
+    /// does not fit the queue is not kept: the key schedule sends
+    /// unanswered key messages again.
+    pub(super) fn send_keys(
+        &mut self,
+        id: SpokeId,
+        tx: &mpsc::Sender<HubMessage>,
+        messages: Vec<HubMessage>,
+    ) {
+        for msg in messages {
+            if self.held.waits() {
+                self.held.hold(Waiting {
+                    spoke: id,
+                    tx: tx.clone(),
+                    msg,
+                    key: true,
+                });
+            } else if !try_send_key(id, tx, msg) {
+                break;
+            }
+        }
+    }
+
     /// The data plane passed barrier `n`: what waited for it goes on.
     pub(crate) fn synced(&mut self, n: u64) {
-        for (id, tx, msg) in self.held.pass(n) {
-            self.backlog.offer(id, &tx, msg);
+        for w in self.held.pass(n) {
+            if w.key {
+                try_send_key(w.spoke, &w.tx, w.msg);
+            } else {
+                self.backlog.offer(w.spoke, &w.tx, w.msg);
+            }
         }
     }
 
@@ -285,6 +341,15 @@ mod tests {
         assert!(b.0.is_empty());
     }
 
+    fn waiting_for(spoke: SpokeId, tx: &mpsc::Sender<HubMessage>, msg: HubMessage) -> Waiting {
+        Waiting {
+            spoke,
+            tx: tx.clone(),
+            msg,
+            key: false,
+        }
+    }
+
     #[test]
     fn messages_wait_for_the_data_plane_in_the_order_told() {
         let mut h = Held::default();
@@ -294,27 +359,27 @@ mod tests {
             "nothing raised, nothing waits"
         );
         let first = h.barrier();
-        h.hold(1, tx.clone(), facts(false));
+        h.hold(waiting_for(1, &tx, facts(false)));
         let second = h.barrier();
-        h.hold(1, tx.clone(), facts(true));
+        h.hold(waiting_for(1, &tx, facts(true)));
         assert!(h.waits());
         // The data plane passed the first barrier: only what waited for it goes.
         let out = h.pass(first);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].2, facts(false));
+        assert_eq!(out[0].msg, facts(false));
         assert!(h.waits(), "the second barrier is still ahead");
         // An answer that comes late (an older barrier) moves nothing back.
         assert!(h.pass(first).is_empty());
         let out = h.pass(second);
         assert_eq!(
-            out.iter().map(|o| o.2.clone()).collect::<Vec<_>>(),
+            out.iter().map(|o| o.msg.clone()).collect::<Vec<_>>(),
             vec![facts(true)]
         );
         assert!(!h.waits());
         // The held queue kept the connection's channel open until released.
         drop(tx);
-        for (_, tx, msg) in out {
-            tx.try_send(msg).unwrap();
+        for w in out {
+            w.tx.try_send(w.msg).unwrap();
         }
         assert_eq!(rx.try_recv().unwrap(), facts(true));
     }

@@ -326,6 +326,20 @@ impl HubState {
             // this same tick: the old configuration stops at once.
             self.tick_wireguard(id, now, total)?;
         }
+        self.erase_ended(id, now)?;
+        if self.is_wireguard(id) {
+            return Ok(());
+        }
+        match self.sessions.get(&id).cloned() {
+            Some(session) => self.issue_due(id, now, total, &session),
+            None => Ok(()),
+        }
+    }
+
+    /// Erases a link's epochs whose grace has passed: the record first,
+    /// then the key (a crash in between leaves an orphan key file that the
+    /// next start erases).
+    fn erase_ended(&mut self, id: SpokeId, now: u64) -> Result<()> {
         let Some(saved) = self.schedules.get(&id).cloned() else {
             return Ok(());
         };
@@ -334,33 +348,38 @@ impl HubState {
             .get_mut(&id)
             .map(|s| s.take_erasable(now))
             .unwrap_or_default();
-        if !erased.is_empty() {
-            let writes: Vec<Write<'_>> = erased
-                .iter()
-                .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
-                .collect();
-            // Record first, then the key: a crash in between leaves an
-            // orphan key file that the next start erases.
-            if let Err(e) = self.store.commit(&writes) {
-                self.schedules.insert(id, saved);
-                return Err(
-                    StateError::from(e).context(format!("erasure of ended epochs of spoke {id}"))
-                );
-            }
-            for k in &erased {
-                if let Err(e) = self.vault.erase(&vault_name(id, *k)) {
-                    tracing::error!(spoke = id, epoch = k, error = %format!("{e:#}"), "cannot erase an ended key; the next start erases it");
-                }
-            }
-            self.push_link(id);
-            tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
-        }
-        if self.is_wireguard(id) {
+        if erased.is_empty() {
             return Ok(());
         }
-        let Some(session) = self.sessions.get(&id).cloned() else {
-            return Ok(());
-        };
+        let writes: Vec<Write<'_>> = erased
+            .iter()
+            .map(|k| Write::remove(EPOCHS_TREE, epoch_key(id, *k)))
+            .collect();
+        if let Err(e) = self.store.commit(&writes) {
+            self.schedules.insert(id, saved);
+            return Err(
+                StateError::from(e).context(format!("erasure of ended epochs of spoke {id}"))
+            );
+        }
+        for k in &erased {
+            if let Err(e) = self.vault.erase(&vault_name(id, *k)) {
+                tracing::error!(spoke = id, epoch = k, error = %format!("{e:#}"), "cannot erase an ended key; the next start erases it");
+            }
+        }
+        self.push_link(id);
+        tracing::info!(spoke = id, epochs = ?erased, "ended epochs erased");
+        Ok(())
+    }
+
+    /// Issues, delivers and switches what a link's schedule says is due
+    /// now; new epochs are stored before anything about them is sent.
+    fn issue_due(
+        &mut self,
+        id: SpokeId,
+        now: u64,
+        total: Usage,
+        session: &tokio::sync::mpsc::Sender<HubMessage>,
+    ) -> Result<()> {
         let policy = self.policy_for(id).clone();
         let Some(sched) = self.schedules.get_mut(&id) else {
             return Ok(());
@@ -387,16 +406,7 @@ impl HubState {
             }
             self.unsaved.remove(&Unsaved::Schedule(id));
         }
-        let why = plan.trigger.as_ref().map_or("batch".into(), |t| t.name());
-        for e in &plan.issued {
-            tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
-            let name = self.spoke_name(id);
-            self.audit(
-                AuditRecord::new(now, AuditKind::KeyIssue)
-                    .spoke(name)
-                    .detail(format!("epoch {} ({why})", e.number)),
-            );
-        }
+        self.audit_issued(id, now, &plan);
         let mut messages: Vec<HubMessage> = plan
             .deliveries
             .into_iter()
@@ -408,15 +418,22 @@ impl HubState {
             }
             messages.push(HubMessage::UpdateNotification { epoch: k });
         }
-        for m in messages {
-            if let Err(e) = session.try_send(m) {
-                // Unanswered messages go out again every RESEND_SECS (and
-                // at the next attach): nothing is lost, only later.
-                tracing::debug!(spoke = id, error = %e, "control queue full or closed; the key message goes again later");
-                break;
-            }
-        }
+        self.send_keys(id, session, messages);
         Ok(())
+    }
+
+    /// Logs and audits the epochs a tick issued.
+    fn audit_issued(&mut self, id: SpokeId, now: u64, plan: &tasuki_core::rotation::TickPlan) {
+        let why = plan.trigger.as_ref().map_or("batch".into(), |t| t.name());
+        for e in &plan.issued {
+            tracing::info!(spoke = id, epoch = e.number, trigger = %why, "key epoch issued");
+            let name = self.spoke_name(id);
+            self.audit(
+                AuditRecord::new(now, AuditKind::KeyIssue)
+                    .spoke(name)
+                    .detail(format!("epoch {} ({why})", e.number)),
+            );
+        }
     }
 
     /// Per-link key status for `tasuki-hub key status`.

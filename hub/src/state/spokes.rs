@@ -121,6 +121,23 @@ impl HubState {
                 return Err(e.context(format!("enrolment of {:?} not stored", spoke.name)));
             }
         };
+        self.enrolment_done(&enrolled, schedule, source, now);
+        self.push_link(enrolled.spoke.id);
+        let first = enrolled.first_epoch.clone();
+        Ok(Ok((enrolled, first)))
+    }
+
+    /// Takes a stored enrolment into effect: its first epoch's schedule,
+    /// the logs and audit records, and the owner's other devices hear of a
+    /// device that waits for them.
+    fn enrolment_done(
+        &mut self,
+        enrolled: &Enrolled,
+        schedule: Option<LinkSchedule>,
+        source: &str,
+        now: u64,
+    ) {
+        let spoke = &enrolled.spoke;
         if let (Some(epoch), Some(sched)) = (&enrolled.first_epoch, schedule) {
             self.schedules.insert(spoke.id, sched);
             tracing::info!(spoke = %spoke.name, id = spoke.id, epoch = epoch.number, "key epoch issued");
@@ -160,9 +177,6 @@ impl HubState {
                 ),
             );
         }
-        self.push_link(spoke.id);
-        let first = enrolled.first_epoch.clone();
-        Ok(Ok((enrolled, first)))
     }
 
     /// Stores a new spoke, its used invitation and its first epoch (key

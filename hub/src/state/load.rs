@@ -1,0 +1,132 @@
+//! The hub's state as it comes back from the state directory at start:
+//! the registry, the key epochs (their keys from the vault), the schedules
+//! with the rotations still to come, the users and who is logged in.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use anyhow::Context;
+
+use super::*;
+
+impl HubState {
+    /// Loads the registry and epochs from the state directory.
+    pub(crate) fn load(
+        dir: &Path,
+        key: Arc<StaticKey>,
+        interface: String,
+        dataplane: DpHandle,
+    ) -> anyhow::Result<Self> {
+        tasuki_shell::files::tighten_state_dir(dir)?;
+        let store = Store::open(&dir.join(STORE_DIR))?;
+        let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
+            format!(
+                "{} has no hub settings; run `tasuki-hub init`",
+                dir.display()
+            )
+        })?;
+        let spokes: Vec<SpokeRecord> = store
+            .all_upgrading::<SpokeRecord, tasuki_core::registry::LegacySpokeRecord>(SPOKES_TREE)?;
+        let invitations = store.all(INVITATIONS_TREE)?;
+        let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
+        let schedules = load_schedules(&store, &vault)?;
+        let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
+        let overrides: HashMap<SpokeId, RotationPolicy> = store
+            .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
+            .into_iter()
+            .collect();
+        let users = tasuki_core::users::Users::new(
+            store.all::<tasuki_core::users::UserRecord>(USERS_TREE)?,
+        )
+        .with_registrations(store.all::<tasuki_core::users::Registration>(REGISTRATIONS_TREE)?);
+        let logins = store
+            .all::<(SpokeId, BTreeSet<String>)>(LOGINS_TREE)?
+            .into_iter()
+            .collect();
+        let access = store
+            .get(SETTINGS_TREE, access::ACCESS_KEY)?
+            .unwrap_or_default();
+        let mut state = Self {
+            registry: Registry::new(settings, spokes, invitations),
+            users,
+            logins,
+            schedules,
+            policy,
+            overrides,
+            vault,
+            store,
+            key,
+            interface,
+            dataplane,
+            held: outbox::Held::default(),
+            sessions: HashMap::new(),
+            backlog: outbox::Backlog::default(),
+            control_connections: 0,
+            audit: crate::audit::AuditLog::open(dir)?,
+            unsaved: std::collections::BTreeSet::new(),
+            tick_failing: false,
+            access,
+            access_facts: HashMap::new(),
+        };
+        state.refresh_all_facts();
+        Ok(state)
+    }
+}
+
+/// Every link's schedule: its stored epochs with their keys, its meta, and
+/// the rotation asked for before the restart that has not begun yet.
+fn load_schedules(
+    store: &Store,
+    vault: &KeyVault,
+) -> anyhow::Result<HashMap<SpokeId, LinkSchedule>> {
+    let epochs = load_epochs(store, vault)?;
+    let mut metas: HashMap<SpokeId, ScheduleMeta> = store
+        .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
+        .into_iter()
+        .collect();
+    let mut schedules: HashMap<SpokeId, LinkSchedule> = epochs
+        .into_iter()
+        .map(|(id, list)| {
+            let meta = metas.remove(&id).unwrap_or_default();
+            (id, LinkSchedule::restore(id, list, meta))
+        })
+        .collect();
+    for (id, trigger) in store.all::<(SpokeId, Trigger)>(REQUESTS_TREE)? {
+        if let Some(s) = schedules.get_mut(&id) {
+            tracing::info!(spoke = id, trigger = %trigger.name(), "a rotation asked for before the restart is still to come");
+            s.request(trigger);
+        }
+    }
+    Ok(schedules)
+}
+
+/// Every stored epoch whose key is in the vault; keys in the vault that no
+/// record names are erased.
+fn load_epochs(store: &Store, vault: &KeyVault) -> anyhow::Result<HashMap<SpokeId, Vec<KeyEpoch>>> {
+    let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
+    let mut named = HashSet::new();
+    for (spoke, record) in store.all::<(SpokeId, EpochRecord)>(EPOCHS_TREE)? {
+        let name = vault_name(spoke, record.number);
+        match vault.get(&name)? {
+            Some(key) => {
+                named.insert(name);
+                epochs
+                    .entry(spoke)
+                    .or_default()
+                    .push(KeyEpoch::from_record(record, key));
+            }
+            None => tracing::error!(
+                spoke,
+                epoch = record.number,
+                "the key of a stored epoch is missing from the key directory; skipping it"
+            ),
+        }
+    }
+    // Keys whose record never made it to the store (a crash in between) or
+    // whose record was removed before the key: never in use, erase them.
+    for name in vault.names()? {
+        if !named.contains(&name) {
+            vault.erase(&name)?;
+        }
+    }
+    Ok(epochs)
+}
