@@ -116,6 +116,20 @@ impl Topology {
         self.exec(&self.ns_hub, &full)
     }
 
+    /// `tasuki-hub ARGS`, which must succeed (else the test fails with the
+    /// daemons' logs); its standard output, trimmed.
+    pub fn hub_ok(&self, args: &[&str]) -> String {
+        let out = self.hub_cli(args);
+        if !out.status.success() {
+            self.fail(&format!(
+                "`tasuki-hub {}` failed: {}",
+                args.join(" "),
+                crate::output_text(&out)
+            ));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// `tasuki-hub spoke invite NAME [--pre-approved]`: the invitation text.
     pub fn invite(&self, name: &str, pre_approved: bool) -> String {
         if pre_approved {

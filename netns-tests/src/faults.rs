@@ -132,10 +132,18 @@ impl TwoSpokes {
     /// before the hub is initialised (to mount its state directory, say) and
     /// returns what it returned beside the network.
     pub fn up_with<G>(prepare: impl FnOnce(&Topology) -> G) -> (Self, G) {
+        Self::up_with_hub_args(prepare, &[])
+    }
+
+    /// Like [`TwoSpokes::up_with`], with more arguments for `tasuki-hub run`.
+    pub fn up_with_hub_args<G>(
+        prepare: impl FnOnce(&Topology) -> G,
+        hub_args: &[&str],
+    ) -> (Self, G) {
         let topo = Topology::new();
         let guard = prepare(&topo);
         topo.hub_init();
-        let hub = topo.start_hub();
+        let hub = topo.start_hub_with(hub_args);
         let (a_dir, b_dir) = (topo.spoke_dir("a"), topo.spoke_dir("b"));
         let (a_socket, b_socket) = (topo.spoke_socket("a"), topo.spoke_socket("b"));
         let inv_a = topo.invite_with("a", &["--pre-approved", "--service"]);

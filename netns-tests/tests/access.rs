@@ -10,29 +10,16 @@ use tasuki_netns_tests::{
     HUB_TUNNEL, LAN_HOST,
 };
 
-/// `tasuki-hub ARGS`, which must succeed; its stdout.
-fn hub_ok(t: &Topology, args: &[&str]) -> String {
-    let out = t.hub_cli(args);
-    if !out.status.success() {
-        t.fail(&format!(
-            "`tasuki-hub {}` failed: {}",
-            args.join(" "),
-            output_text(&out)
-        ));
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `tasuki-hub access show --json`, parsed.
 fn access_json(t: &Topology) -> Value {
-    serde_json::from_str(&hub_ok(t, &["access", "show", "--json"]))
+    serde_json::from_str(&t.hub_ok(&["access", "show", "--json"]))
         .unwrap_or_else(|e| t.fail(&format!("access show --json is no JSON: {e}")))
 }
 
 /// The epoch carrying `spoke`'s traffic, per `tasuki-hub key status`.
 fn key_epoch(t: &Topology, spoke: &str) -> u64 {
     let v: Value =
-        serde_json::from_str(&hub_ok(t, &["key", "status", "--json"])).unwrap_or(Value::Null);
+        serde_json::from_str(&t.hub_ok(&["key", "status", "--json"])).unwrap_or(Value::Null);
     v.as_array()
         .and_then(|links| links.iter().find(|l| l["spoke"] == spoke))
         .and_then(|l| l["epoch"].as_u64())
@@ -71,8 +58,8 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     assert!(!bad.status.success(), "{}", output_text(&bad));
     assert_eq!(access_json(&net)["rules"], serde_json::json!([]));
 
-    hub_ok(&net, &["group", "add", "servers"]);
-    hub_ok(&net, &["group", "add-member", "servers", "spoke:b"]);
+    net.hub_ok(&["group", "add", "servers"]);
+    net.hub_ok(&["group", "add-member", "servers", "spoke:b"]);
     let rules: [&[&str]; 3] = [
         &[
             "--from",
@@ -95,27 +82,24 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     for rule in rules {
         let mut args = vec!["access", "allow"];
         args.extend_from_slice(rule);
-        hub_ok(&net, &args);
+        net.hub_ok(&args);
     }
-    let out = hub_ok(&net, &["access", "mode", "enforce"]);
+    let out = net.hub_ok(&["access", "mode", "enforce"]);
     assert!(out.contains("enforce"), "{out}");
 
     // An admin can ask what would pass, and which rule lets it.
     let check = |from: &str, to: &str, service: &str| -> Value {
-        let out = hub_ok(
-            &net,
-            &[
-                "access",
-                "check",
-                "--from",
-                from,
-                "--to",
-                to,
-                "--service",
-                service,
-                "--json",
-            ],
-        );
+        let out = net.hub_ok(&[
+            "access",
+            "check",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--service",
+            service,
+            "--json",
+        ]);
         serde_json::from_str(&out).unwrap()
     };
     let v = check("spoke:a", B_TUNNEL, "udp/5353");
@@ -191,7 +175,7 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     // Taking b out of the group cuts a's access to it at once, and b's
     // link key ends (a group member that leaves gets a fresh epoch).
     let epoch_before = key_epoch(&net, "b");
-    hub_ok(&net, &["group", "remove-member", "servers", "spoke:b"]);
+    net.hub_ok(&["group", "remove-member", "servers", "spoke:b"]);
     assert_eq!(udp_through(&net, &net.ns_a, &net.ns_b, B_TUNNEL, "5353"), 0);
     net.wait_for(
         "b's key to rotate after it left the group",
@@ -224,13 +208,13 @@ fn enforce_mode_passes_what_rules_allow_and_their_replies() {
     );
 
     // Back to open: everything passes again; the audit log has every change.
-    hub_ok(&net, &["access", "remove", "1"]);
-    hub_ok(&net, &["group", "remove", "servers"]);
-    hub_ok(&net, &["access", "mode", "open"]);
+    net.hub_ok(&["access", "remove", "1"]);
+    net.hub_ok(&["group", "remove", "servers"]);
+    net.hub_ok(&["access", "mode", "open"]);
     net.wait_for("a to ping b in open mode", Duration::from_secs(10), || {
         net.ping(&net.ns_a, B_TUNNEL, 1)
     });
-    let audit: Value = serde_json::from_str(&hub_ok(&net, &["audit", "--json"])).unwrap();
+    let audit: Value = serde_json::from_str(&net.hub_ok(&["audit", "--json"])).unwrap();
     let changes: Vec<&str> = audit
         .as_array()
         .unwrap()
@@ -260,26 +244,23 @@ fn a_users_rules_follow_the_login() {
     t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("laptop"));
     let socket = t.spoke_socket("laptop");
     let _laptop = t.start_spoke(&t.ns_a, &t.spoke_dir("laptop"), &socket);
-    let out = hub_ok(&t, &["user", "add", "alice", "--json"]);
+    let out = t.hub_ok(&["user", "add", "alice", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let initial = v["initial_password"].as_str().unwrap().to_owned();
-    hub_ok(&t, &["user", "allow", "alice", "--spoke", "laptop"]);
-    hub_ok(&t, &["group", "add", "eng"]);
-    hub_ok(&t, &["group", "add-member", "eng", "user:alice"]);
-    hub_ok(
-        &t,
-        &[
-            "access",
-            "allow",
-            "--from",
-            "group:eng",
-            "--to",
-            "192.168.77.0/24",
-            "--service",
-            "icmp",
-        ],
-    );
-    hub_ok(&t, &["access", "mode", "enforce"]);
+    t.hub_ok(&["user", "allow", "alice", "--spoke", "laptop"]);
+    t.hub_ok(&["group", "add", "eng"]);
+    t.hub_ok(&["group", "add-member", "eng", "user:alice"]);
+    t.hub_ok(&[
+        "access",
+        "allow",
+        "--from",
+        "group:eng",
+        "--to",
+        "192.168.77.0/24",
+        "--service",
+        "icmp",
+    ]);
+    t.hub_ok(&["access", "mode", "enforce"]);
 
     let login = spoke_stdin(
         &socket,
@@ -299,7 +280,7 @@ fn a_users_rules_follow_the_login() {
         "the laptop pinged the hub with no rule"
     );
     // Out of the group, alice's packets are nobody's business: refused.
-    hub_ok(&t, &["group", "remove-member", "eng", "user:alice"]);
+    t.hub_ok(&["group", "remove-member", "eng", "user:alice"]);
     let denied = t.hub_dropped("denied");
     assert!(
         !t.ping(&t.ns_a, LAN_HOST, 2),
@@ -307,42 +288,36 @@ fn a_users_rules_follow_the_login() {
     );
     assert!(t.hub_dropped("denied") > denied, "{}", t.hub_status_json());
     // A rule for alice herself works while she is logged in...
-    hub_ok(
-        &t,
-        &[
-            "access",
-            "allow",
-            "--from",
-            "user:alice",
-            "--to",
-            "hub",
-            "--service",
-            "icmp",
-        ],
-    );
+    t.hub_ok(&[
+        "access",
+        "allow",
+        "--from",
+        "user:alice",
+        "--to",
+        "hub",
+        "--service",
+        "icmp",
+    ]);
     t.wait_for("alice's own rule to apply", Duration::from_secs(10), || {
         t.ping(&t.ns_a, HUB_TUNNEL, 1)
     });
     // ...and no longer once she logged out and someone else logged in.
     let out = t.spoke_cli(&socket, &["logout"]);
     assert!(out.status.success(), "{}", output_text(&out));
-    let bob = hub_ok(&t, &["user", "add", "bob", "--json"]);
+    let bob = t.hub_ok(&["user", "add", "bob", "--json"]);
     let bob: Value = serde_json::from_str(&bob).unwrap();
     let bob_initial = bob["initial_password"].as_str().unwrap().to_owned();
-    hub_ok(&t, &["user", "allow", "bob", "--spoke", "laptop"]);
-    hub_ok(
-        &t,
-        &[
-            "access",
-            "allow",
-            "--from",
-            "user:bob",
-            "--to",
-            "192.168.77.0/24",
-            "--service",
-            "icmp",
-        ],
-    );
+    t.hub_ok(&["user", "allow", "bob", "--spoke", "laptop"]);
+    t.hub_ok(&[
+        "access",
+        "allow",
+        "--from",
+        "user:bob",
+        "--to",
+        "192.168.77.0/24",
+        "--service",
+        "icmp",
+    ]);
     let login = spoke_stdin(
         &socket,
         &["login", "bob", "--password-stdin"],
@@ -360,7 +335,7 @@ fn a_users_rules_follow_the_login() {
     assert!(!t.ping(&t.ns_a, HUB_TUNNEL, 2), "bob used alice's rule");
     // alice leaves the company: her rule goes with her, so that whoever is
     // given the id next does not inherit her access.
-    hub_ok(&t, &["user", "remove", "alice"]);
+    t.hub_ok(&["user", "remove", "alice"]);
     let v = access_json(&t);
     assert!(!v.to_string().contains("user:alice"), "{v}");
     assert_eq!(v["rules"].as_array().map(Vec::len), Some(2), "{v}");

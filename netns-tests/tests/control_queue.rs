@@ -75,61 +75,32 @@ fn shrink_tcp_buffers(t: &Topology, ns: &str) {
 /// TCP buffers in the hub's and spoke a's namespaces (set before any
 /// control connection exists, so every one of them gets them).
 fn up() -> TwoSpokes {
-    let topo = Topology::new();
-    shrink_tcp_buffers(&topo, &topo.ns_hub);
-    shrink_tcp_buffers(&topo, &topo.ns_a);
-    topo.hub_init();
-    let hub = topo.start_hub_with(&["--log", HUB_LOG]);
-    let (a_dir, b_dir) = (topo.spoke_dir("a"), topo.spoke_dir("b"));
-    let (a_socket, b_socket) = (topo.spoke_socket("a"), topo.spoke_socket("b"));
-    for (name, ns, dir) in [("a", &topo.ns_a, &a_dir), ("b", &topo.ns_b, &b_dir)] {
-        let inv = topo.invite_with(name, &["--pre-approved", "--service"]);
-        topo.enrol_ok(ns, &inv, dir);
-    }
-    let a = topo.start_spoke(&topo.ns_a, &a_dir, &a_socket);
-    let b = topo.start_spoke(&topo.ns_b, &b_dir, &b_socket);
-    let net = TwoSpokes {
-        topo,
-        hub,
-        a,
-        b,
-        a_dir,
-        b_dir,
-        a_socket,
-        b_socket,
+    let prepare = |t: &Topology| {
+        shrink_tcp_buffers(t, &t.ns_hub);
+        shrink_tcp_buffers(t, &t.ns_a);
     };
-    net.wait_tunnel_up(Duration::from_secs(30));
-    net
-}
-
-/// Fails the test unless `tasuki-hub ARGS` succeeds; returns its stdout.
-fn hub_ok(t: &Topology, args: &[&str]) -> String {
-    let out = t.hub_cli(args);
-    if !out.status.success() {
-        t.fail(&format!(
-            "`tasuki-hub {}` failed: {}",
-            args.join(" "),
-            output_text(&out)
-        ));
-    }
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    TwoSpokes::up_with_hub_args(prepare, &["--log", HUB_LOG]).0
 }
 
 /// Adds user `id`, lets them use spoke a and logs them in there (changing
 /// the initial password).
 fn login_on_a(net: &TwoSpokes, id: &str) {
     let t = &net.topo;
-    let added: Value = serde_json::from_str(&hub_ok(
-        t,
-        &["user", "add", id, "--name", &format!("User {id}"), "--json"],
-    ))
+    let added: Value = serde_json::from_str(&t.hub_ok(&[
+        "user",
+        "add",
+        id,
+        "--name",
+        &format!("User {id}"),
+        "--json",
+    ]))
     .unwrap_or(Value::Null);
     let Some(initial) = added["initial_password"].as_str() else {
         t.fail(&format!(
             "`user add {id}` printed no initial password: {added}"
         ));
     };
-    hub_ok(t, &["user", "allow", id, "--spoke", "a"]);
+    t.hub_ok(&["user", "allow", id, "--spoke", "a"]);
     let login = spoke_stdin(
         &net.a_socket,
         &["login", id, "--password-stdin"],
@@ -383,10 +354,7 @@ fn a_full_control_queue_loses_no_delivery() {
     let net = up();
     let t = &net.topo;
     // Rotations only when asked for; ended keys go soon.
-    hub_ok(
-        t,
-        &["key", "policy", "set", "--interval", "off", "--grace", "2s"],
-    );
+    t.hub_ok(&["key", "policy", "set", "--interval", "off", "--grace", "2s"]);
 
     // Alice and USERS others logged in on a; alice invites INVITATIONS new
     // devices from there (their enrolment, later, announces each to a).
@@ -414,7 +382,7 @@ fn a_full_control_queue_loses_no_delivery() {
     let stopped = Stopped::new(t, &net.a);
     // The first rotation issues epoch before+1 (its delivery cannot be
     // answered); wait for it, so that the later requests wait as a new one.
-    hub_ok(t, &["key", "rotate", "--spoke", "a"]);
+    t.hub_ok(&["key", "rotate", "--spoke", "a"]);
     t.wait_for(
         "the hub to issue an epoch past the stopped spoke's",
         Duration::from_secs(10),
@@ -429,10 +397,10 @@ fn a_full_control_queue_loses_no_delivery() {
     // rotation request).
     for i in 0..USERS.max(ROTATIONS - 1) {
         if let Some(u) = users.get(i) {
-            hub_ok(t, &["user", "remove", u]);
+            t.hub_ok(&["user", "remove", u]);
         }
         if i < ROTATIONS - 1 {
-            hub_ok(t, &["key", "rotate", "--spoke", "a"]);
+            t.hub_ok(&["key", "rotate", "--spoke", "a"]);
         }
     }
     // The unanswered delivery goes again every 5 s: it too finds the queue full.
