@@ -2,7 +2,7 @@
 //! directory; every other subcommand is a client of the running daemon's
 //! control socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -42,29 +42,8 @@ enum Command {
     },
     /// Run the spoke daemon.
     Run {
-        /// Config file (default /etc/tasuki/spoke.toml when it exists).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// State directory of an enrolled spoke [default: /var/lib/tasuki-spoke].
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// TUN interface name [default: tasuki0].
-        #[arg(long)]
-        interface: Option<String>,
-        /// Control socket path [default: /run/tasuki/spoke.sock].
-        #[arg(long, env = "TASUKI_SPOKE_SOCKET")]
-        socket: Option<PathBuf>,
-        /// Members of this group may use the control socket (to log in, …).
-        #[arg(long)]
-        group: Option<String>,
-        /// WireGuard persistent keepalive toward the hub, seconds (0 = off)
-        /// [default: the hub's setting, 25 unless changed]. Behind a NAT
-        /// that forgets UDP mappings sooner, set it below that timeout.
-        #[arg(long, value_name = "SECS")]
-        keepalive: Option<u16>,
-        /// Log level or filter (RUST_LOG wins) [default: info].
-        #[arg(long)]
-        log: Option<String>,
+        #[command(flatten)]
+        flags: RunFlags,
     },
     /// Check a config file and print the settings `run` would use.
     CheckConfig {
@@ -163,6 +142,35 @@ enum Command {
     },
 }
 
+/// Settings of `tasuki-spoke run`; each overrides the config file.
+#[derive(clap::Args)]
+struct RunFlags {
+    /// Config file (default /etc/tasuki/spoke.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory of an enrolled spoke [default: /var/lib/tasuki-spoke].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// TUN interface name [default: tasuki0].
+    #[arg(long)]
+    interface: Option<String>,
+    /// Control socket path [default: /run/tasuki/spoke.sock].
+    #[arg(long, env = "TASUKI_SPOKE_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Members of this group may use the control socket (to log in, …).
+    #[arg(long)]
+    group: Option<String>,
+    /// WireGuard persistent keepalive toward the hub, seconds (0 = off)
+    /// [default: the hub's setting, 25 unless changed]. Behind a NAT
+    /// that forgets UDP mappings sooner, set it below that timeout.
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u16>,
+    /// Log level or filter (RUST_LOG wins) [default: info].
+    #[arg(long)]
+    log: Option<String>,
+}
+
+/// The command line: carries out the subcommand it names.
 pub(crate) fn main() -> Result<()> {
     // Nothing the daemon or a command writes is readable by other users.
     tasuki_shell::files::private_umask();
@@ -207,116 +215,169 @@ pub(crate) fn main() -> Result<()> {
             invitation,
             state_dir,
             as_user,
-        } => rt.block_on(async {
-            let pending_note = if as_user.is_some() {
-                "waiting for the user's confirmation from a device where they are logged in (tasuki-spoke approve-device)"
-            } else {
-                "waiting for the admin's approval"
-            };
-            match crate::enrol::enrol(&invitation, &state_dir, as_user).await? {
-                Outcome::Active {
-                    name,
-                    address,
-                    epoch,
-                } => println!("enrolled as {name:?}, tunnel address {address}, key epoch {epoch}"),
-                Outcome::Pending { name } => println!("enrolled as {name:?}; {pending_note}"),
-            }
-            println!("start the daemon: tasuki-spoke run --state-dir {}", state_dir.display());
-            Ok(())
-        }),
-        Command::Run {
-            config,
-            state_dir,
-            interface,
-            socket,
-            group,
-            keepalive,
-            log,
-        } => {
-            let file = crate::config::load(config.as_deref())?;
-            let config_path = config.clone();
-            let run = RunSettings {
-                state_dir: state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE.into()),
-                interface: interface.or(file.interface).unwrap_or_else(|| "tasuki0".into()),
-                socket: socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into()),
-                group: group.or(file.group),
-                keepalive: keepalive.or(file.keepalive),
-                log: log.or(file.log),
-            };
-            tasuki_shell::logging::init(run.log.as_deref());
-            rt.block_on(crate::daemon::run(
-                &run.state_dir,
-                &run.interface,
-                &run.socket,
-                run.group.as_deref(),
-                run.keepalive,
-                config_path.as_deref(),
-            ))
-        }
-        Command::CheckConfig { config } => {
-            let file = crate::config::load(config.as_deref())?;
-            println!("config OK");
-            let show = |p: Option<PathBuf>, d: &str| p.map_or(d.to_string(), |p| p.display().to_string());
-            println!("  state_dir = {}", show(file.state_dir, DEFAULT_STATE));
-            println!("  interface = {}", file.interface.as_deref().unwrap_or("tasuki0"));
-            println!("  socket    = {}", show(file.socket, DEFAULT_SOCKET));
-            println!("  group     = {}", file.group.as_deref().unwrap_or("(none)"));
-            println!(
-                "  keepalive = {}",
-                file.keepalive.map_or("(the hub's setting)".to_string(), |k| format!("{k} s"))
-            );
-            println!("  log       = {}", file.log.as_deref().unwrap_or("info"));
-            Ok(())
-        }
+        } => rt.block_on(enrol(&invitation, &state_dir, as_user)),
+        Command::Run { flags } => run(flags, &rt),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "tasuki-spoke", &mut std::io::stdout());
+            print_completions(shell);
             Ok(())
         }
-        Command::Manpage => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            Ok(())
+        Command::Manpage => print_manpage(),
+        Command::Status { json, socket } => rt.block_on(status(&socket, json)),
+    }
+}
+
+/// `tasuki-spoke enrol`: enrols and tells how it ended and how to go on.
+async fn enrol(invitation: &str, state_dir: &Path, as_user: Option<String>) -> Result<()> {
+    let pending_note = if as_user.is_some() {
+        "waiting for the user's confirmation from a device where they are logged in (tasuki-spoke approve-device)"
+    } else {
+        "waiting for the admin's approval"
+    };
+    match crate::enrol::enrol(invitation, state_dir, as_user).await? {
+        Outcome::Active {
+            name,
+            address,
+            epoch,
+        } => println!("enrolled as {name:?}, tunnel address {address}, key epoch {epoch}"),
+        Outcome::Pending { name } => println!("enrolled as {name:?}; {pending_note}"),
+    }
+    println!(
+        "start the daemon: tasuki-spoke run --state-dir {}",
+        state_dir.display()
+    );
+    Ok(())
+}
+
+/// `tasuki-spoke run`: the daemon, with flags over the config file over the
+/// defaults.
+fn run(flags: RunFlags, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let file = crate::config::load(flags.config.as_deref())?;
+    let run = RunSettings {
+        state_dir: flags
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE.into()),
+        interface: flags
+            .interface
+            .or(file.interface)
+            .unwrap_or_else(|| "tasuki0".into()),
+        socket: flags
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        group: flags.group.or(file.group),
+        keepalive: flags.keepalive.or(file.keepalive),
+        log: flags.log.or(file.log),
+    };
+    tasuki_shell::logging::init(run.log.as_deref());
+    rt.block_on(crate::daemon::run(
+        &run.state_dir,
+        &run.interface,
+        &run.socket,
+        run.group.as_deref(),
+        run.keepalive,
+        flags.config.as_deref(),
+    ))
+}
+
+/// `tasuki-spoke check-config`: checks the config file and prints the
+/// settings `run` would take from it.
+fn check_config(config: Option<&Path>) -> Result<()> {
+    let file = crate::config::load(config)?;
+    println!("config OK");
+    let show = |p: Option<PathBuf>, d: &str| p.map_or(d.to_string(), |p| p.display().to_string());
+    println!("  state_dir = {}", show(file.state_dir, DEFAULT_STATE));
+    println!(
+        "  interface = {}",
+        file.interface.as_deref().unwrap_or("tasuki0")
+    );
+    println!("  socket    = {}", show(file.socket, DEFAULT_SOCKET));
+    println!(
+        "  group     = {}",
+        file.group.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "  keepalive = {}",
+        file.keepalive
+            .map_or("(the hub's setting)".to_string(), |k| format!("{k} s"))
+    );
+    println!("  log       = {}", file.log.as_deref().unwrap_or("info"));
+    Ok(())
+}
+
+/// `tasuki-spoke completions`: the shell's completions for this command.
+fn print_completions(shell: clap_complete::Shell) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "tasuki-spoke", &mut std::io::stdout());
+}
+
+/// `tasuki-spoke manpage`: the man page of this command.
+fn print_manpage() -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+    Ok(())
+}
+
+/// `tasuki-spoke status`: asks the daemon for its status and prints it.
+async fn status(socket: &Path, json: bool) -> Result<()> {
+    let s: SpokeStatus = tasuki_shell::local::request(socket, SpokeRequest::Status).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_status(s);
+    }
+    Ok(())
+}
+
+/// The daemon's status, for a person.
+fn print_status(s: SpokeStatus) {
+    println!("tasuki-spoke {:?}: {}", s.name, s.state);
+    println!("  address:    {} on {}", s.tunnel_addr, s.interface);
+    println!("  hub:        {} ({})", s.hub_endpoint, s.hub_fingerprint);
+    println!(
+        "  control:    {}",
+        if s.control_connected {
+            "connected"
+        } else {
+            "disconnected"
         }
-        Command::Status { json, socket } => rt.block_on(async {
-            let s: SpokeStatus = tasuki_shell::local::request(&socket, SpokeRequest::Status).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                println!("tasuki-spoke {:?}: {}", s.name, s.state);
-                println!("  address:    {} on {}", s.tunnel_addr, s.interface);
-                println!("  hub:        {} ({})", s.hub_endpoint, s.hub_fingerprint);
-                println!(
-                    "  control:    {}",
-                    if s.control_connected { "connected" } else { "disconnected" }
-                );
-                println!(
-                    "  epoch:      {} (held: {:?})",
-                    s.epoch.map_or("none".into(), |e| e.to_string()),
-                    s.held_epochs
-                );
-                if s.blocked {
-                    println!("  BLOCKED:    key epoch over its hard limit; waiting for the hub");
-                }
-                println!(
-                    "  handshake:  {}",
-                    s.last_handshake_secs.map_or("never".into(), |t| format!("{t}s ago"))
-                );
-                let c = &s.counters;
-                println!("  datagrams:  {} in, {} out", c.rx_datagrams, c.tx_datagrams);
-                println!(
-                    "  users:      {}{}",
-                    if s.users.is_empty() { "nobody logged in".to_string() } else { s.users.join(", ") },
-                    if s.carrying { "" } else { " (traffic stopped: log in with `tasuki-spoke login ID`)" }
-                );
-                for d in &s.devices_waiting {
-                    println!("  waiting:    device {d:?} (tasuki-spoke approve-device {d})");
-                }
-                if let Some(e) = s.last_error {
-                    println!("  last error: {e}");
-                }
-            }
-            Ok(())
-        }),
+    );
+    println!(
+        "  epoch:      {} (held: {:?})",
+        s.epoch.map_or("none".into(), |e| e.to_string()),
+        s.held_epochs
+    );
+    if s.blocked {
+        println!("  BLOCKED:    key epoch over its hard limit; waiting for the hub");
+    }
+    println!(
+        "  handshake:  {}",
+        s.last_handshake_secs
+            .map_or("never".into(), |t| format!("{t}s ago"))
+    );
+    let c = &s.counters;
+    println!(
+        "  datagrams:  {} in, {} out",
+        c.rx_datagrams, c.tx_datagrams
+    );
+    println!(
+        "  users:      {}{}",
+        if s.users.is_empty() {
+            "nobody logged in".to_string()
+        } else {
+            s.users.join(", ")
+        },
+        if s.carrying {
+            ""
+        } else {
+            " (traffic stopped: log in with `tasuki-spoke login ID`)"
+        }
+    );
+    for d in &s.devices_waiting {
+        println!("  waiting:    device {d:?} (tasuki-spoke approve-device {d})");
+    }
+    if let Some(e) = s.last_error {
+        println!("  last error: {e}");
     }
 }

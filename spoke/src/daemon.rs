@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tasuki_core::admin_api::SpokeRequest;
+use tasuki_core::control::SpokeConfig;
+use tasuki_core::keys::StaticKey;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::control::{Control, ControlState, SessionInfo};
-use crate::dataplane::{DataPlane, DpCommand};
+use crate::dataplane::{DataPlane, DpCommand, SpokeEvent};
 use crate::local::LocalApi;
 use crate::state::{Enrolment, SpokeStore};
 
@@ -31,44 +34,19 @@ pub(crate) async fn run(
     };
     let store = Arc::new(SpokeStore::open(dir)?);
     let key = Arc::new(store.key()?);
-    let enrolment = store.enrolment()?.with_context(|| {
-        format!(
-            "{} holds no enrolment; run `tasuki-spoke enrol INVITATION --state-dir {}` first",
-            dir.display(),
-            dir.display()
-        )
-    })?;
-    let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
-    let (config_tx, config_rx) = watch::channel(store.config()?);
-    let (state_tx, state_rx) = watch::channel(ControlState::default());
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (calls_tx, calls_rx) = mpsc::channel(16);
-    let (session_tx, session_rx) = watch::channel(SessionInfo::default());
+    let enrolment = enrolment_of(&store, dir)?;
+    // `_dataplane` is held until the daemon returns: the data plane stops
+    // once no sender of its commands is left.
+    let Parts {
+        control,
+        api,
+        config: config_rx,
+        events,
+        commands: (_dataplane, commands),
+    } = connect(&store, &key, &enrolment, interface)?;
     let listener = tasuki_shell::local::bind(socket, access)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
-
-    let control = Control {
-        store: store.clone(),
-        key: key.clone(),
-        enrolment: enrolment.clone(),
-        dataplane: dp_tx.clone(),
-        config: config_tx,
-        state: state_tx,
-        events: tokio::sync::Mutex::new(events_rx),
-        calls: tokio::sync::Mutex::new(calls_rx),
-        session_info: session_tx,
-    };
     let control_task = tokio::spawn(control.run());
-
-    let api = LocalApi {
-        interface: interface.to_owned(),
-        enrolment: enrolment.clone(),
-        dataplane: dp_tx.clone(),
-        config: config_rx.clone(),
-        control: state_rx,
-        session: session_rx,
-        calls: calls_tx,
-    };
     let status_task = tokio::spawn(tasuki_shell::local::serve(
         listener,
         access,
@@ -82,7 +60,7 @@ pub(crate) async fn run(
         interface,
         (store.clone(), key.clone()),
         keepalive,
-        (events_tx, dp_rx),
+        (events, commands),
     );
     // Ready once the control loop and the local socket run: a pending spoke
     // may wait for its approval for a long time.
@@ -93,15 +71,96 @@ pub(crate) async fn run(
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    tasuki_shell::service::until_stopped(&mut dp_done, || reload(config)).await?;
+    serve_until_stopped(&mut dp_done, config, watchdog, [control_task, status_task]).await
+}
+
+/// Once the data plane runs: serves until SIGTERM or until the data plane
+/// stops (re-reading the config on SIGHUP), then stops the other tasks.
+async fn serve_until_stopped(
+    dp_done: &mut tokio::sync::oneshot::Receiver<()>,
+    config: Option<&Path>,
+    watchdog: Option<JoinHandle<()>>,
+    tasks: [JoinHandle<()>; 2],
+) -> Result<()> {
+    tasuki_shell::service::until_stopped(dp_done, || reload(config)).await?;
     tasuki_shell::service::stopping();
     if let Some(w) = watchdog {
         w.abort();
     }
-    control_task.abort();
-    status_task.abort();
+    for task in tasks {
+        task.abort();
+    }
     tracing::info!("stopped; the TUN interface and its routes go with the process");
     Ok(())
+}
+
+/// The enrolment the store in `dir` holds; without one the spoke cannot run.
+fn enrolment_of(store: &SpokeStore, dir: &Path) -> Result<Enrolment> {
+    store.enrolment()?.with_context(|| {
+        format!(
+            "{} holds no enrolment; run `tasuki-spoke enrol INVITATION --state-dir {}` first",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+/// The daemon's parts, connected to each other but not started yet.
+struct Parts {
+    /// The control loop.
+    control: Control,
+    /// What answers on the local socket.
+    api: LocalApi,
+    /// The hub's configuration, once the control loop knows it.
+    config: watch::Receiver<Option<SpokeConfig>>,
+    /// Where the data plane reports to the control loop.
+    events: mpsc::UnboundedSender<SpokeEvent>,
+    /// The data plane's commands: a sender besides the control loop's and
+    /// the local socket's, and the receiver the data plane takes.
+    commands: (mpsc::Sender<DpCommand>, mpsc::Receiver<DpCommand>),
+}
+
+/// Connects the control loop, the local socket and the data plane of an
+/// enrolled spoke to each other.
+fn connect(
+    store: &Arc<SpokeStore>,
+    key: &Arc<StaticKey>,
+    enrolment: &Enrolment,
+    interface: &str,
+) -> Result<Parts> {
+    let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
+    let (config_tx, config_rx) = watch::channel(store.config()?);
+    let (state_tx, state_rx) = watch::channel(ControlState::default());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (calls_tx, calls_rx) = mpsc::channel(16);
+    let (session_tx, session_rx) = watch::channel(SessionInfo::default());
+    let control = Control {
+        store: store.clone(),
+        key: key.clone(),
+        enrolment: enrolment.clone(),
+        dataplane: dp_tx.clone(),
+        config: config_tx,
+        state: state_tx,
+        events: tokio::sync::Mutex::new(events_rx),
+        calls: tokio::sync::Mutex::new(calls_rx),
+        session_info: session_tx,
+    };
+    let api = LocalApi {
+        interface: interface.to_owned(),
+        enrolment: enrolment.clone(),
+        dataplane: dp_tx.clone(),
+        config: config_rx.clone(),
+        control: state_rx,
+        session: session_rx,
+        calls: calls_tx,
+    };
+    Ok(Parts {
+        control,
+        api,
+        config: config_rx,
+        events: events_tx,
+        commands: (dp_tx, dp_rx),
+    })
 }
 
 /// SIGHUP: re-read the config file and apply the log level (the rest needs a restart).
@@ -114,15 +173,12 @@ fn reload(config: Option<&Path>) {
 /// it makes its TUN and socket, and adds the routes. Returns what resolves
 /// when the data plane stops.
 async fn start_dataplane(
-    mut config_rx: watch::Receiver<Option<tasuki_core::control::SpokeConfig>>,
+    mut config_rx: watch::Receiver<Option<SpokeConfig>>,
     enrolment: &Enrolment,
     interface: &str,
-    (store, key): (Arc<SpokeStore>, Arc<tasuki_core::keys::StaticKey>),
+    (store, key): (Arc<SpokeStore>, Arc<StaticKey>),
     keepalive: Option<u16>,
-    (events_tx, dp_rx): (
-        mpsc::UnboundedSender<crate::dataplane::SpokeEvent>,
-        mpsc::Receiver<DpCommand>,
-    ),
+    (events_tx, dp_rx): (mpsc::UnboundedSender<SpokeEvent>, mpsc::Receiver<DpCommand>),
 ) -> Result<tokio::sync::oneshot::Receiver<()>> {
     let config = config_rx
         .wait_for(Option::is_some)

@@ -5,10 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tasuki_core::channel::{ChannelError, Initiator};
-use tasuki_core::control::{Hello, HubMessage, Purpose, Refusal, RefusalCode, SpokeMessage};
+use tasuki_core::channel::{Channel, ChannelError, Initiator};
+use tasuki_core::control::{
+    Hello, HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
+};
 use tasuki_core::invitation::Invitation;
+use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::state::{Enrolment, SpokeStore};
@@ -68,7 +72,33 @@ pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> a
     }
 }
 
+/// `tasuki-spoke enrol`: enrols this device with the hub named in the
+/// invitation and stores what the hub grants.
 pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Result<Outcome> {
+    let invitation = read_invitation(text)?;
+    let store = open_unenrolled(dir)?;
+    let key = store.key_or_create()?;
+    let mut link = HubLink::open(&invitation, &key).await?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    link.send(&SpokeMessage::EnrolRequest { hostname, as_user })
+        .await?;
+
+    // Once the hub answers with a configuration or "pending", it has enrolled
+    // us: record that before anything else. If we crash before, the same key
+    // may retry the same invitation.
+    let enrolment = Enrolment {
+        name: invitation.name,
+        hub_endpoint: invitation.hub_endpoint,
+        hub_key: invitation.hub_key,
+    };
+    await_outcome(&mut link, &store, &enrolment).await
+}
+
+/// The invitation in `text`, with a warning when this machine's clock says
+/// it has expired.
+fn read_invitation(text: &str) -> Result<Invitation> {
     let invitation = Invitation::decode(text)?;
     // The hub's clock decides whether the invitation is still valid (it
     // refuses an expired one); this machine's clock may be off by hours.
@@ -80,6 +110,11 @@ pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Re
              (if this clock is right, ask the admin for a new invitation)"
         );
     }
+    Ok(invitation)
+}
+
+/// The store in `dir`, refused when it already belongs to an enrolled spoke.
+fn open_unenrolled(dir: &Path) -> Result<SpokeStore> {
     let store = SpokeStore::open(dir)?;
     if let Some(e) = store.enrolment()? {
         bail!(
@@ -89,100 +124,129 @@ pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Re
             e.hub_endpoint
         );
     }
-    let key = store.key_or_create()?;
-    let endpoint = invitation.hub_endpoint.clone();
-    let fingerprint = invitation.hub_key.fingerprint();
-    let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(&endpoint))
-        .await
-        .with_context(|| format!("timed out connecting to the hub at {endpoint}"))?
-        .with_context(|| format!("cannot connect to the hub at {endpoint}"))?;
-    let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
-    let mut reader = FrameReader::new(r);
-    let hello = Hello {
-        version: tasuki_core::PROTOCOL_VERSION,
-        invitation: Some(invitation.id),
-    };
-    let (init, first) = Initiator::start(
-        Purpose::Enrol,
-        &key,
-        &invitation.hub_key,
-        Some(&invitation.secret),
-        &hello,
-    )?;
-    write_frame(&mut w, &first).await?;
-    let reply = reader.next(TIMEOUT).await?.with_context(|| {
-        format!(
-            "the hub at {endpoint} closed the connection: it does not hold the pinned key {fingerprint}"
-        )
-    })?;
-    let mut ch = init
-        .finish(&reply)
-        .map_err(|e| explain(e, &endpoint, &fingerprint))?;
-    let hostname = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    write_frame(
-        &mut w,
-        &ch.seal(&SpokeMessage::EnrolRequest { hostname, as_user })?,
-    )
-    .await?;
+    Ok(store)
+}
 
-    // Once the hub answers with a configuration or "pending", it has enrolled
-    // us: record that before anything else. If we crash before, the same key
-    // may retry the same invitation.
-    let enrolment = Enrolment {
-        name: invitation.name.clone(),
-        hub_endpoint: endpoint.clone(),
-        hub_key: invitation.hub_key,
-    };
+/// The hub's answers to the enrolment request, until it grants a key, says
+/// "pending" or refuses; stores each grant as it comes.
+async fn await_outcome(
+    link: &mut HubLink,
+    store: &SpokeStore,
+    enrolment: &Enrolment,
+) -> Result<Outcome> {
     let mut config = None;
     loop {
-        let body = reader
-            .next(TIMEOUT)
-            .await?
-            .context("the hub closed the connection during enrolment")?;
-        match ch.open::<HubMessage>("hub message", &body)? {
+        match link.recv().await? {
             HubMessage::Welcome(c) => {
-                store.save_enrolment(&enrolment)?;
+                store.save_enrolment(enrolment)?;
                 store.save_config(&c)?;
                 config = Some(c);
             }
             HubMessage::KeyDistribution(d) => {
                 let c = config.context("the hub sent a key before the configuration")?;
-                let epoch = tasuki_core::rotation::open_delivery(c.spoke_id, &d, &[])?;
-                store.save_epoch(&tasuki_core::spoke_keys::HeldEpoch {
-                    epoch: epoch.clone(),
-                    lifetime: d.lifetime.clone(),
-                })?;
-                write_frame(
-                    &mut w,
-                    &ch.seal(&SpokeMessage::KeyReceipt {
-                        epoch: epoch.number,
-                    })?,
-                )
-                .await?;
-                return Ok(Outcome::Active {
-                    name: c.name,
-                    address: c.tunnel_addr.to_string(),
-                    epoch: epoch.number,
-                });
+                return take_first_key(link, store, c, &d).await;
             }
             HubMessage::Refused(r) if r.code == RefusalCode::Pending => {
-                store.save_enrolment(&enrolment)?;
+                store.save_enrolment(enrolment)?;
                 return Ok(Outcome::Pending {
-                    name: invitation.name,
+                    name: enrolment.name.clone(),
                 });
             }
             HubMessage::Refused(refusal) => {
                 return Err(HubRefused {
-                    endpoint: Some(endpoint.clone()),
+                    endpoint: Some(enrolment.hub_endpoint.clone()),
                     refusal,
                 }
                 .into())
             }
             _ => {}
         }
+    }
+}
+
+/// The first key epoch: stored, and its receipt told to the hub.
+async fn take_first_key(
+    link: &mut HubLink,
+    store: &SpokeStore,
+    config: SpokeConfig,
+    delivery: &KeyDelivery,
+) -> Result<Outcome> {
+    let epoch = tasuki_core::rotation::open_delivery(config.spoke_id, delivery, &[])?;
+    store.save_epoch(&tasuki_core::spoke_keys::HeldEpoch {
+        epoch: epoch.clone(),
+        lifetime: delivery.lifetime.clone(),
+    })?;
+    link.send(&SpokeMessage::KeyReceipt {
+        epoch: epoch.number,
+    })
+    .await?;
+    Ok(Outcome::Active {
+        name: config.name,
+        address: config.tunnel_addr.to_string(),
+        epoch: epoch.number,
+    })
+}
+
+/// The Noise channel to the hub during enrolment.
+struct HubLink {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    channel: Channel,
+}
+
+impl HubLink {
+    /// Connects to the invitation's hub over a channel keyed by the
+    /// invitation, with the hub's key pinned.
+    async fn open(invitation: &Invitation, key: &StaticKey) -> Result<Self> {
+        let endpoint = &invitation.hub_endpoint;
+        let fingerprint = invitation.hub_key.fingerprint();
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .with_context(|| format!("timed out connecting to the hub at {endpoint}"))?
+            .with_context(|| format!("cannot connect to the hub at {endpoint}"))?;
+        let _ = stream.set_nodelay(true);
+        let (r, mut writer) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        let hello = Hello {
+            version: tasuki_core::PROTOCOL_VERSION,
+            invitation: Some(invitation.id),
+        };
+        let (init, first) = Initiator::start(
+            Purpose::Enrol,
+            key,
+            &invitation.hub_key,
+            Some(&invitation.secret),
+            &hello,
+        )?;
+        write_frame(&mut writer, &first).await?;
+        let reply = reader.next(TIMEOUT).await?.with_context(|| {
+            format!(
+                "the hub at {endpoint} closed the connection: it does not hold the pinned key {fingerprint}"
+            )
+        })?;
+        let channel = init
+            .finish(&reply)
+            .map_err(|e| explain(e, endpoint, &fingerprint))?;
+        Ok(Self {
+            reader,
+            writer,
+            channel,
+        })
+    }
+
+    /// Sends one message to the hub.
+    async fn send(&mut self, msg: &SpokeMessage) -> Result<()> {
+        write_frame(&mut self.writer, &self.channel.seal(msg)?).await
+    }
+
+    /// The hub's next message.
+    async fn recv(&mut self) -> Result<HubMessage> {
+        let body = self
+            .reader
+            .next(TIMEOUT)
+            .await?
+            .context("the hub closed the connection during enrolment")?;
+        Ok(self.channel.open::<HubMessage>("hub message", &body)?)
     }
 }
 
