@@ -193,6 +193,7 @@ impl RunFlags {
     }
 }
 
+/// Runs the subcommand given on the command line.
 pub(crate) fn main() -> Result<()> {
     // Nothing the daemon or a command writes is readable by other users.
     tasuki_shell::files::private_umask();
@@ -208,54 +209,13 @@ pub(crate) fn main() -> Result<()> {
             routes,
             keepalive,
         } => init(&state_dir, endpoint, tunnel_net, routes, keepalive),
-        Command::Run { flags } => {
-            let (opts, log) = flags.resolve()?;
-            tasuki_shell::logging::init(log.as_deref());
-            runtime()?.block_on(daemon::run(opts))
-        }
-        Command::CheckConfig { config } => {
-            let (opts, log) = RunFlags {
-                config,
-                state_dir: None,
-                interface: None,
-                listen: None,
-                admin_socket: None,
-                admin_group: None,
-                metrics: None,
-                log: None,
-            }
-            .resolve()?;
-            println!("config OK");
-            println!("  state_dir    = {}", opts.state_dir.display());
-            println!("  interface    = {}", opts.interface);
-            println!(
-                "  listen       = {}",
-                opts.listen
-                    .map_or("(the endpoint's port on all addresses)".into(), |a| a
-                        .to_string())
-            );
-            println!("  admin_socket = {}", opts.admin_socket.display());
-            println!(
-                "  admin_group  = {}",
-                opts.admin_group.as_deref().unwrap_or("(none)")
-            );
-            println!(
-                "  metrics      = {}",
-                opts.metrics.map_or("off".into(), |a| a.to_string())
-            );
-            println!("  log          = {}", log.as_deref().unwrap_or("info"));
-            Ok(())
-        }
+        Command::Run { flags } => run(flags),
+        Command::CheckConfig { config } => check_config(config),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "tasuki-hub", &mut std::io::stdout());
+            completions(shell);
             Ok(())
         }
-        Command::Manpage => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            Ok(())
-        }
+        Command::Manpage => manpage(),
         Command::Spoke {
             command,
             admin_socket,
@@ -281,17 +241,84 @@ pub(crate) fn main() -> Result<()> {
             json,
             admin_socket,
         } => runtime()?.block_on(audit(since, json, &admin_socket)),
-        Command::Status { json, admin_socket } => runtime()?.block_on(async {
-            let status: HubStatus =
-                tasuki_shell::local::call(&admin_socket, calls::Status {}).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print_status(&status);
-            }
-            Ok(())
-        }),
+        Command::Status { json, admin_socket } => runtime()?.block_on(status(json, &admin_socket)),
     }
+}
+
+/// `run`: the hub daemon, with its settings and logging as configured.
+fn run(flags: RunFlags) -> Result<()> {
+    let (opts, log) = flags.resolve()?;
+    tasuki_shell::logging::init(log.as_deref());
+    runtime()?.block_on(daemon::run(opts))
+}
+
+/// `check-config`: loads a config file and prints the settings `run` would
+/// use with no flags.
+fn check_config(config: Option<PathBuf>) -> Result<()> {
+    let (opts, log) = RunFlags {
+        config,
+        state_dir: None,
+        interface: None,
+        listen: None,
+        admin_socket: None,
+        admin_group: None,
+        metrics: None,
+        log: None,
+    }
+    .resolve()?;
+    println!("config OK");
+    println!("  state_dir    = {}", opts.state_dir.display());
+    println!("  interface    = {}", opts.interface);
+    println!(
+        "  listen       = {}",
+        opts.listen
+            .map_or("(the endpoint's port on all addresses)".into(), |a| a
+                .to_string())
+    );
+    println!("  admin_socket = {}", opts.admin_socket.display());
+    println!(
+        "  admin_group  = {}",
+        opts.admin_group.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "  metrics      = {}",
+        opts.metrics.map_or("off".into(), |a| a.to_string())
+    );
+    println!("  log          = {}", log.as_deref().unwrap_or("info"));
+    Ok(())
+}
+
+/// `completions`: the shell completions for `shell`, on standard output.
+fn completions(shell: clap_complete::Shell) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "tasuki-hub", &mut std::io::stdout());
+}
+
+/// `manpage`: the man page (roff), on standard output.
+fn manpage() -> Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+    Ok(())
+}
+
+/// `status`: the daemon's status and counters, as text or JSON.
+async fn status(json: bool, socket: &Path) -> Result<()> {
+    let status: HubStatus = tasuki_shell::local::call(socket, calls::Status {}).await?;
+    print_json_or(&status, json, print_status)
+}
+
+/// Prints `value` as JSON with `--json`, else as `text` prints it.
+pub(crate) fn print_json_or<T: serde::Serialize + ?Sized>(
+    value: &T,
+    json: bool,
+    text: impl FnOnce(&T),
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text(value);
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use tasuki_core::admin_api::LinkKeyView;
 use tasuki_core::admin_calls as calls;
+use tasuki_core::rotation::{Delivery, RotationPolicy};
 
 #[derive(Subcommand)]
 pub(crate) enum KeyCommand {
@@ -54,76 +56,122 @@ pub(crate) enum PolicyCommand {
         /// The spoke to override for; without it the hub-wide policy changes.
         #[arg(long)]
         spoke: Option<String>,
-        /// End epochs after this long (e.g. 10m, 1h); "off" disables.
-        #[arg(long)]
-        interval: Option<String>,
-        /// End epochs after this many packets; 0 disables.
-        #[arg(long)]
-        max_packets: Option<u64>,
-        /// End epochs after this many bytes; 0 disables.
-        #[arg(long)]
-        max_bytes: Option<u64>,
-        /// End epochs after this many WireGuard handshakes; 0 disables.
-        #[arg(long)]
-        max_handshakes: Option<u64>,
-        /// How new keys travel: crossed (sealed under the previous key) or parallel.
-        #[arg(long, value_parser = ["crossed", "parallel"])]
-        delivery: Option<String>,
-        /// How long an ended epoch stays for packets in flight (e.g. 10s).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        grace: Option<Duration>,
-        /// Epochs handed out ahead; the spoke then switches by itself when an
-        /// epoch ends, even while the hub is unreachable (0: the hub drives).
-        #[arg(long)]
-        batch: Option<u32>,
-        /// Stop a spoke's traffic once its epoch is over and it holds no next one.
-        #[arg(long, value_parser = ["on", "off"])]
-        hard_limit: Option<String>,
+        #[command(flatten)]
+        changes: PolicyChanges,
     },
 }
 
+/// The options of `key policy set` that change the policy.
+#[derive(clap::Args)]
+pub(crate) struct PolicyChanges {
+    /// End epochs after this long (e.g. 10m, 1h); "off" disables.
+    #[arg(long)]
+    interval: Option<String>,
+    /// End epochs after this many packets; 0 disables.
+    #[arg(long)]
+    max_packets: Option<u64>,
+    /// End epochs after this many bytes; 0 disables.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// End epochs after this many WireGuard handshakes; 0 disables.
+    #[arg(long)]
+    max_handshakes: Option<u64>,
+    /// How new keys travel: crossed (sealed under the previous key) or parallel.
+    #[arg(long, value_parser = ["crossed", "parallel"])]
+    delivery: Option<String>,
+    /// How long an ended epoch stays for packets in flight (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    grace: Option<Duration>,
+    /// Epochs handed out ahead; the spoke then switches by itself when an
+    /// epoch ends, even while the hub is unreachable (0: the hub drives).
+    #[arg(long)]
+    batch: Option<u32>,
+    /// Stop a spoke's traffic once its epoch is over and it holds no next one.
+    #[arg(long, value_parser = ["on", "off"])]
+    hard_limit: Option<String>,
+}
+
+impl PolicyChanges {
+    /// Applies the options given to `p`, checking their values.
+    fn apply(self, p: &mut RotationPolicy) -> Result<()> {
+        if let Some(i) = self.interval {
+            p.interval_secs = parse_interval(&i)?;
+        }
+        if let Some(n) = self.max_packets {
+            p.max_packets = (n > 0).then_some(n);
+        }
+        if let Some(n) = self.max_bytes {
+            p.max_bytes = (n > 0).then_some(n);
+        }
+        if let Some(n) = self.max_handshakes {
+            p.max_handshakes = (n > 0).then_some(n);
+        }
+        if let Some(d) = self.delivery {
+            p.delivery = if d == "parallel" {
+                Delivery::Parallel
+            } else {
+                Delivery::Crossed
+            };
+        }
+        if let Some(g) = self.grace {
+            p.grace_secs = g.as_secs();
+        }
+        if let Some(b) = self.batch {
+            if b > 12 {
+                bail!("--batch {b} is too large: at most 12 epochs ahead");
+            }
+            p.batch = b;
+        }
+        if let Some(h) = self.hard_limit {
+            p.hard_limit = h == "on";
+        }
+        Ok(())
+    }
+}
+
+/// The value of `--interval`: seconds, or `None` for "off".
+fn parse_interval(i: &str) -> Result<Option<u64>> {
+    if i == "off" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(i)
+        .with_context(|| format!("--interval {i:?}: use e.g. 30s, 10m, 1h or off"))?;
+    if d.as_secs() == 0 {
+        bail!("--interval must be at least 1s (or off)");
+    }
+    Ok(Some(d.as_secs()))
+}
+
+/// Runs a `key` subcommand against the daemon at `socket`.
 pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
-    use tasuki_core::admin_api::LinkKeyView;
-    use tasuki_core::rotation::{Delivery, RotationPolicy};
     match command {
         KeyCommand::Rotate { spoke, all: _ } => {
             let v = tasuki_shell::local::call(socket, calls::KeyRotate { spoke }).await?;
             println!("rotation requested on {} link(s)", v.links);
         }
-        KeyCommand::Policy {
-            command: PolicyCommand::Show { spoke, json },
-        } => {
+        KeyCommand::Policy { command } => policy_command(command, socket).await?,
+        KeyCommand::Status { json } => {
+            let links: Vec<LinkKeyView> =
+                tasuki_shell::local::call(socket, calls::KeyStatus {}).await?;
+            crate::cli::print_json_or(links.as_slice(), json, print_key_status)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `key policy` subcommand: shows, resets or changes a policy.
+async fn policy_command(command: PolicyCommand, socket: &Path) -> Result<()> {
+    match command {
+        PolicyCommand::Show { spoke, json } => {
             let p: RotationPolicy =
                 tasuki_shell::local::call(socket, calls::KeyPolicyShow { spoke }).await?;
-            print_policy(&p, json)?;
+            print_policy(&p, json)
         }
-        KeyCommand::Policy {
-            command: PolicyCommand::Reset { spoke },
-        } => {
-            let p: RotationPolicy = tasuki_shell::local::call(
-                socket,
-                calls::KeyPolicySet {
-                    spoke: Some(spoke),
-                    policy: None,
-                },
-            )
-            .await?;
-            print_policy(&p, false)?;
+        PolicyCommand::Reset { spoke } => {
+            let p = store_policy(socket, Some(spoke), None).await?;
+            print_policy(&p, false)
         }
-        KeyCommand::Policy {
-            command:
-                PolicyCommand::Set {
-                    spoke,
-                    interval,
-                    max_packets,
-                    max_bytes,
-                    max_handshakes,
-                    delivery,
-                    grace,
-                    batch,
-                    hard_limit,
-                },
-        } => {
+        PolicyCommand::Set { spoke, changes } => {
             let mut p: RotationPolicy = tasuki_shell::local::call(
                 socket,
                 calls::KeyPolicyShow {
@@ -131,87 +179,46 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
                 },
             )
             .await?;
-            if let Some(i) = interval {
-                p.interval_secs = if i == "off" {
-                    None
-                } else {
-                    let d = humantime::parse_duration(&i).with_context(|| {
-                        format!("--interval {i:?}: use e.g. 30s, 10m, 1h or off")
-                    })?;
-                    if d.as_secs() == 0 {
-                        bail!("--interval must be at least 1s (or off)");
-                    }
-                    Some(d.as_secs())
-                };
-            }
-            if let Some(n) = max_packets {
-                p.max_packets = (n > 0).then_some(n);
-            }
-            if let Some(n) = max_bytes {
-                p.max_bytes = (n > 0).then_some(n);
-            }
-            if let Some(n) = max_handshakes {
-                p.max_handshakes = (n > 0).then_some(n);
-            }
-            if let Some(d) = delivery {
-                p.delivery = if d == "parallel" {
-                    Delivery::Parallel
-                } else {
-                    Delivery::Crossed
-                };
-            }
-            if let Some(g) = grace {
-                p.grace_secs = g.as_secs();
-            }
-            if let Some(b) = batch {
-                if b > 12 {
-                    bail!("--batch {b} is too large: at most 12 epochs ahead");
-                }
-                p.batch = b;
-            }
-            if let Some(h) = hard_limit {
-                p.hard_limit = h == "on";
-            }
-            let p: RotationPolicy = tasuki_shell::local::call(
-                socket,
-                calls::KeyPolicySet {
-                    spoke,
-                    policy: Some(p),
-                },
-            )
-            .await?;
-            print_policy(&p, false)?;
-        }
-        KeyCommand::Status { json } => {
-            let links: Vec<LinkKeyView> =
-                tasuki_shell::local::call(socket, calls::KeyStatus {}).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&links)?);
-            } else {
-                println!(
-                    "{:<20} {:>6} {:>7} {:>8} {:>10} {:>12} {:>9} {:>10}",
-                    "SPOKE", "EPOCH", "LATEST", "AGE", "PACKETS", "BYTES", "ROTATIONS", "NEXT"
-                );
-                for l in links {
-                    println!(
-                        "{:<20} {:>6} {:>7} {:>7}s {:>10} {:>12} {:>9} {:>10}",
-                        l.spoke,
-                        l.epoch,
-                        l.latest,
-                        l.age_secs,
-                        l.packets,
-                        l.bytes,
-                        l.rotations,
-                        l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
-                    );
-                }
-            }
+            changes.apply(&mut p)?;
+            let p = store_policy(socket, spoke, Some(p)).await?;
+            print_policy(&p, false)
         }
     }
-    Ok(())
 }
 
-fn print_policy(p: &tasuki_core::rotation::RotationPolicy, json: bool) -> Result<()> {
+/// Sets (or, with `None`, drops) the policy of `spoke` or the hub-wide one,
+/// and returns the policy in force afterwards.
+async fn store_policy(
+    socket: &Path,
+    spoke: Option<String>,
+    policy: Option<RotationPolicy>,
+) -> Result<RotationPolicy> {
+    tasuki_shell::local::call(socket, calls::KeyPolicySet { spoke, policy }).await
+}
+
+/// The per-link key status as a table.
+fn print_key_status(links: &[LinkKeyView]) {
+    println!(
+        "{:<20} {:>6} {:>7} {:>8} {:>10} {:>12} {:>9} {:>10}",
+        "SPOKE", "EPOCH", "LATEST", "AGE", "PACKETS", "BYTES", "ROTATIONS", "NEXT"
+    );
+    for l in links {
+        println!(
+            "{:<20} {:>6} {:>7} {:>7}s {:>10} {:>12} {:>9} {:>10}",
+            l.spoke,
+            l.epoch,
+            l.latest,
+            l.age_secs,
+            l.packets,
+            l.bytes,
+            l.rotations,
+            l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
+        );
+    }
+}
+
+/// A rotation policy, as text or JSON.
+fn print_policy(p: &RotationPolicy, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(p)?);
         return Ok(());

@@ -94,6 +94,7 @@ pub(crate) enum SpokeCommand {
     },
 }
 
+/// Runs a `spoke` subcommand against the daemon at `socket`.
 pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Result<()> {
     match command {
         SpokeCommand::Approve { name } => simple(socket, calls::Approve { name }).await?,
@@ -109,19 +110,12 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
             json,
             ..
         } => {
-            if public_key.is_none() && !generate_key {
-                anyhow::bail!("a WireGuard peer needs --public-key KEY (the key its app generated) or --generate-key");
-            }
-            let view: WireGuardConfigView = tasuki_shell::local::call(
-                socket,
-                calls::WireGuardAdd {
-                    name,
-                    public_key,
-                    user,
-                },
-            )
-            .await?;
-            print_wireguard(&view, qr, json)?;
+            let req = calls::WireGuardAdd {
+                name,
+                public_key,
+                user,
+            };
+            add_wireguard(socket, req, generate_key, qr, json).await?;
         }
         SpokeCommand::Config { name, qr, json } => {
             let view: WireGuardConfigView =
@@ -137,71 +131,91 @@ pub(crate) async fn spoke_command(command: SpokeCommand, socket: &Path) -> Resul
             json,
             ..
         } => {
-            let view: InvitationView = tasuki_shell::local::call(
-                socket,
-                calls::Invite {
-                    name,
-                    pre_approved,
-                    service,
-                    valid_secs: expires.as_secs(),
-                },
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!("{}", view.invitation);
-                eprintln!(
-                    "invitation {} for spoke {:?}, {}, expires at {} (hub {})",
-                    view.id,
-                    view.name,
-                    if view.pre_approved {
-                        "pre-approved"
-                    } else {
-                        "needs approval"
-                    },
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + Duration::from_secs(view.expires_at)
-                    ),
-                    view.hub_fingerprint
-                );
-                eprintln!("on the spoke: tasuki-spoke enrol <invitation>");
-            }
-            // After the text: the invitation exists, and is shown, even when
-            // it cannot be drawn.
-            if qr {
-                eprintln!("{}", qr_code(&view.invitation)?);
-            }
+            let req = calls::Invite {
+                name,
+                pre_approved,
+                service,
+                valid_secs: expires.as_secs(),
+            };
+            let view: InvitationView = tasuki_shell::local::call(socket, req).await?;
+            print_invitation(&view, qr, json)?;
         }
         SpokeCommand::List { json } => {
             let spokes: Vec<SpokeView> =
                 tasuki_shell::local::call(socket, calls::ListSpokes {}).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&spokes)?);
-            } else {
-                println!(
-                    "ID    NAME                 STATE     KIND      ADDRESS          EPOCH  AGE     ENDS    ENDPOINT               HANDSHAKE"
-                );
-                for s in spokes {
-                    println!(
-                        "{:<5} {:<20} {:<9} {:<9} {:<16} {:<6} {:<7} {:<7} {:<22} {}",
-                        s.id,
-                        s.name,
-                        s.state,
-                        s.kind,
-                        s.tunnel_addr,
-                        s.epoch.map_or("-".into(), |e| e.to_string()),
-                        s.epoch_age_secs.map_or("-".into(), short_duration),
-                        s.epoch_ends_in_secs.map_or("-".into(), short_duration),
-                        s.endpoint.unwrap_or_else(|| "-".into()),
-                        s.last_handshake_secs
-                            .map_or("never".into(), |t| format!("{t}s ago"))
-                    );
-                }
-            }
+            crate::cli::print_json_or(spokes.as_slice(), json, print_spokes)?;
         }
     }
     Ok(())
+}
+
+/// Adds a stock WireGuard app as a spoke and prints its configuration.
+async fn add_wireguard(
+    socket: &Path,
+    req: calls::WireGuardAdd,
+    generate_key: bool,
+    qr: bool,
+    json: bool,
+) -> Result<()> {
+    if req.public_key.is_none() && !generate_key {
+        anyhow::bail!(
+            "a WireGuard peer needs --public-key KEY (the key its app generated) or --generate-key"
+        );
+    }
+    let view: WireGuardConfigView = tasuki_shell::local::call(socket, req).await?;
+    print_wireguard(&view, qr, json)
+}
+
+/// A new invitation: the invitation on standard output (or JSON), what it
+/// is and what to do with it on standard error.
+fn print_invitation(view: &InvitationView, qr: bool, json: bool) -> Result<()> {
+    crate::cli::print_json_or(view, json, |view| {
+        println!("{}", view.invitation);
+        eprintln!(
+            "invitation {} for spoke {:?}, {}, expires at {} (hub {})",
+            view.id,
+            view.name,
+            if view.pre_approved {
+                "pre-approved"
+            } else {
+                "needs approval"
+            },
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(view.expires_at)
+            ),
+            view.hub_fingerprint
+        );
+        eprintln!("on the spoke: tasuki-spoke enrol <invitation>");
+    })?;
+    // After the text: the invitation exists, and is shown, even when
+    // it cannot be drawn.
+    if qr {
+        eprintln!("{}", qr_code(&view.invitation)?);
+    }
+    Ok(())
+}
+
+/// The enrolled spokes as a table.
+fn print_spokes(spokes: &[SpokeView]) {
+    println!(
+        "ID    NAME                 STATE     KIND      ADDRESS          EPOCH  AGE     ENDS    ENDPOINT               HANDSHAKE"
+    );
+    for s in spokes {
+        println!(
+            "{:<5} {:<20} {:<9} {:<9} {:<16} {:<6} {:<7} {:<7} {:<22} {}",
+            s.id,
+            s.name,
+            s.state,
+            s.kind,
+            s.tunnel_addr,
+            s.epoch.map_or("-".into(), |e| e.to_string()),
+            s.epoch_age_secs.map_or("-".into(), short_duration),
+            s.epoch_ends_in_secs.map_or("-".into(), short_duration),
+            s.endpoint.as_deref().unwrap_or("-"),
+            s.last_handshake_secs
+                .map_or("never".into(), |t| format!("{t}s ago"))
+        );
+    }
 }
 
 /// A WireGuard peer's configuration: the file on standard output (or

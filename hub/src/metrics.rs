@@ -5,9 +5,14 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use crate::dataplane::DpStatus;
 use crate::state::{HubState, SharedState};
 use anyhow::{Context, Result};
+use tasuki_core::admin_api::{Counters, HubStatus, LinkKeyView, SpokeView};
+use tasuki_core::rotation::Usage;
+use tasuki_core::routing::SpokeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -66,6 +71,7 @@ async fn answer(mut stream: TcpStream, state: &SharedState) -> Result<()> {
     Ok(())
 }
 
+/// A label value as the text format needs it: `\\`, `"` and newlines escaped.
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -76,136 +82,247 @@ fn escape(label: &str) -> String {
 /// The metrics text for the hub's current state.
 /// `dp` is the data plane's status, asked for with the state unlocked.
 pub(crate) fn render(st: &HubState, dp: Option<&DpStatus>) -> String {
-    let status = st.status(dp);
-    let spokes = st.spoke_views(dp);
-    let usage = crate::state::usage(dp);
-    let keys = st.key_status(tasuki_shell::unix_now(), &usage);
-    let mut out = String::new();
-    let c = &status.counters;
-    let mut counter = |name: &str, help: &str, rows: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
+    write_families(&families(&Snapshot::take(st, dp)))
+}
+
+/// Every metric family, in the order the text lists them.
+fn families(snap: &Snapshot) -> Vec<Family> {
+    let mut families = traffic_families(&snap.status.counters);
+    families.extend(link_families(snap));
+    families.extend(state_families(snap));
+    families
+}
+
+/// What the metrics are read from: the hub's state at one moment.
+struct Snapshot {
+    status: HubStatus,
+    spokes: Vec<SpokeView>,
+    usage: HashMap<SpokeId, Usage>,
+    keys: Vec<LinkKeyView>,
+    logins: usize,
+}
+
+impl Snapshot {
+    /// Reads what the metrics need from the state and the data plane's status.
+    fn take(st: &HubState, dp: Option<&DpStatus>) -> Self {
+        let status = st.status(dp);
+        let spokes = st.spoke_views(dp);
+        let usage = crate::state::usage(dp);
+        let keys = st.key_status(tasuki_shell::unix_now(), &usage);
+        Self {
+            status,
+            spokes,
+            usage,
+            keys,
+            logins: st.login_count(),
         }
-    };
-    counter(
-        "tasuki_datagrams_total",
-        "UDP datagrams on the data port.",
-        &[
-            ("{direction=\"rx\"}".into(), c.rx_datagrams),
-            ("{direction=\"tx\"}".into(), c.tx_datagrams),
-        ],
-    );
-    counter(
-        "tasuki_packets_total",
-        "Inner packets by path.",
-        &[
-            ("{path=\"relayed\"}".into(), c.relayed),
-            ("{path=\"to_tun\"}".into(), c.to_tun),
-            ("{path=\"from_tun\"}".into(), c.from_tun),
-        ],
-    );
-    counter(
-        "tasuki_handshakes_total",
-        "WireGuard handshakes answered.",
-        &[(String::new(), c.handshakes)],
-    );
-    counter(
-        "tasuki_handshake_failures_total",
-        "Answered handshakes the peer never used: it initiated again instead of sending data (a wrong or ended preshared key, or a lost answer).",
-        &[(String::new(), c.handshake_failures)],
-    );
-    counter(
-        "tasuki_cookie_replies_total",
-        "Cookie replies sent instead of handshakes while under load.",
-        &[(String::new(), c.cookies)],
-    );
-    counter(
-        "tasuki_held_packets_total",
-        "Inner packets held for a WireGuard handshake before they were sent.",
-        &[(String::new(), c.queued)],
-    );
-    counter(
-        "tasuki_receive_errors_total",
-        "Failed reads of the UDP socket or the TUN.",
-        &[(String::new(), c.receive_errors)],
-    );
-    let drops: Vec<(String, u64)> = tasuki_core::routing::DropReason::ALL
+    }
+}
+
+/// One metric family: its name, HELP text, TYPE and its series as
+/// (labels, value).
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    rows: Vec<(String, u64)>,
+}
+
+/// A family of counters.
+fn counter(name: &'static str, help: &'static str, rows: Vec<(String, u64)>) -> Family {
+    Family {
+        name,
+        help,
+        kind: "counter",
+        rows,
+    }
+}
+
+/// A family of gauges.
+fn gauge(name: &'static str, help: &'static str, rows: Vec<(String, u64)>) -> Family {
+    Family {
+        name,
+        help,
+        kind: "gauge",
+        rows,
+    }
+}
+
+/// The series of a family without labels.
+fn single(value: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), value)]
+}
+
+/// A series' label set, `{name="value",…}`, its values escaped.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
         .iter()
-        .map(|r| {
-            let n = c.dropped.get(r.name()).copied().unwrap_or(0);
-            (format!("{{reason=\"{}\"}}", r.name()), n)
+        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Series told apart by one label, `name`, from (its value, the number).
+fn by_label(name: &str, series: &[(&str, u64)]) -> Vec<(String, u64)> {
+    series
+        .iter()
+        .map(|&(value, n)| (labels(&[(name, value)]), n))
+        .collect()
+}
+
+/// The data plane's hub-wide counters: datagrams, packets, handshakes, drops.
+fn traffic_families(c: &Counters) -> Vec<Family> {
+    let drops: Vec<(&str, u64)> = tasuki_core::routing::DropReason::ALL
+        .iter()
+        .map(|r| (r.name(), c.dropped.get(r.name()).copied().unwrap_or(0)))
+        .collect();
+    vec![
+        counter(
+            "tasuki_datagrams_total",
+            "UDP datagrams on the data port.",
+            by_label("direction", &[("rx", c.rx_datagrams), ("tx", c.tx_datagrams)]),
+        ),
+        counter(
+            "tasuki_packets_total",
+            "Inner packets by path.",
+            by_label(
+                "path",
+                &[
+                    ("relayed", c.relayed),
+                    ("to_tun", c.to_tun),
+                    ("from_tun", c.from_tun),
+                ],
+            ),
+        ),
+        counter(
+            "tasuki_handshakes_total",
+            "WireGuard handshakes answered.",
+            single(c.handshakes),
+        ),
+        counter(
+            "tasuki_handshake_failures_total",
+            "Answered handshakes the peer never used: it initiated again instead of sending data (a wrong or ended preshared key, or a lost answer).",
+            single(c.handshake_failures),
+        ),
+        counter(
+            "tasuki_cookie_replies_total",
+            "Cookie replies sent instead of handshakes while under load.",
+            single(c.cookies),
+        ),
+        counter(
+            "tasuki_held_packets_total",
+            "Inner packets held for a WireGuard handshake before they were sent.",
+            single(c.queued),
+        ),
+        counter(
+            "tasuki_receive_errors_total",
+            "Failed reads of the UDP socket or the TUN.",
+            single(c.receive_errors),
+        ),
+        counter(
+            "tasuki_drops_total",
+            "Dropped packets by reason.",
+            by_label("reason", &drops),
+        ),
+    ]
+}
+
+/// Per spoke link: bytes, packets, rotations and the epoch in use.
+fn link_families(snap: &Snapshot) -> Vec<Family> {
+    let spoke = |name: &str| labels(&[("spoke", name)]);
+    let link_bytes = snap
+        .spokes
+        .iter()
+        .flat_map(|s| {
+            let rx = labels(&[("spoke", &s.name), ("direction", "rx")]);
+            let tx = labels(&[("spoke", &s.name), ("direction", "tx")]);
+            [(rx, s.rx_bytes), (tx, s.tx_bytes)]
         })
         .collect();
-    counter("tasuki_drops_total", "Dropped packets by reason.", &drops);
-    let mut link_bytes = Vec::new();
-    for s in &spokes {
-        let n = escape(&s.name);
-        link_bytes.push((format!("{{spoke=\"{n}\",direction=\"rx\"}}"), s.rx_bytes));
-        link_bytes.push((format!("{{spoke=\"{n}\",direction=\"tx\"}}"), s.tx_bytes));
-    }
-    counter(
-        "tasuki_link_bytes_total",
-        "Datagram bytes per spoke link.",
-        &link_bytes,
-    );
-    let link_packets: Vec<(String, u64)> = spokes
+    let link_packets = snap
+        .spokes
         .iter()
         .map(|s| {
-            let p = usage.get(&s.id).map_or(0, |u| u.packets);
-            (format!("{{spoke=\"{}\"}}", escape(&s.name)), p)
+            let packets = snap.usage.get(&s.id).map_or(0, |u| u.packets);
+            (spoke(&s.name), packets)
         })
         .collect();
-    counter(
-        "tasuki_link_packets_total",
-        "Datagrams per spoke link.",
-        &link_packets,
-    );
-    let rotations: Vec<(String, u64)> = keys
+    let per_key = |value: fn(&LinkKeyView) -> u64| -> Vec<(String, u64)> {
+        snap.keys
+            .iter()
+            .map(|k| (spoke(&k.spoke), value(k)))
+            .collect()
+    };
+    vec![
+        counter(
+            "tasuki_link_bytes_total",
+            "Datagram bytes per spoke link.",
+            link_bytes,
+        ),
+        counter(
+            "tasuki_link_packets_total",
+            "Datagrams per spoke link.",
+            link_packets,
+        ),
+        counter(
+            "tasuki_rotations_total",
+            "Completed key rotations per link.",
+            per_key(|k| k.rotations),
+        ),
+        gauge(
+            "tasuki_key_epoch",
+            "Key epoch carrying traffic per link.",
+            per_key(|k| k.epoch),
+        ),
+    ]
+}
+
+/// The hub as a whole: spokes by state, the access policy, logins and
+/// control connections.
+fn state_families(snap: &Snapshot) -> Vec<Family> {
+    let status = &snap.status;
+    let spokes = ["active", "pending", "revoked", "denied"]
         .iter()
-        .map(|k| (format!("{{spoke=\"{}\"}}", escape(&k.spoke)), k.rotations))
+        .map(|&state| {
+            let n = snap.spokes.iter().filter(|s| s.state == state).count();
+            (labels(&[("state", state)]), n as u64)
+        })
         .collect();
-    counter(
-        "tasuki_rotations_total",
-        "Completed key rotations per link.",
-        &rotations,
-    );
-    let _ = writeln!(out, "# HELP tasuki_key_epoch Key epoch carrying traffic per link.\n# TYPE tasuki_key_epoch gauge");
-    for k in &keys {
-        let _ = writeln!(
-            out,
-            "tasuki_key_epoch{{spoke=\"{}\"}} {}",
-            escape(&k.spoke),
-            k.epoch
-        );
+    let enforcing = status.access_mode == tasuki_core::access::Mode::Enforce;
+    vec![
+        gauge("tasuki_spokes", "Enrolled spokes by state.", spokes),
+        gauge(
+            "tasuki_access_enforcing",
+            "1 while the access rules decide, 0 while the policy is open.",
+            single(u64::from(enforcing)),
+        ),
+        gauge(
+            "tasuki_access_flows",
+            "Flows the access policy allowed and tracks for their replies.",
+            single(status.counters.access_flows),
+        ),
+        gauge(
+            "tasuki_logins",
+            "Users logged in, over all spokes.",
+            single(snap.logins as u64),
+        ),
+        gauge(
+            "tasuki_control_connections",
+            "Open control connections.",
+            single(status.control_connections as u64),
+        ),
+    ]
+}
+
+/// The families as Prometheus text, in the order given.
+fn write_families(families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families {
+        let (name, help, kind) = (f.name, f.help, f.kind);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in &f.rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
     }
-    let _ = writeln!(
-        out,
-        "# HELP tasuki_spokes Enrolled spokes by state.\n# TYPE tasuki_spokes gauge"
-    );
-    for state in ["active", "pending", "revoked", "denied"] {
-        let n = spokes.iter().filter(|s| s.state == state).count();
-        let _ = writeln!(out, "tasuki_spokes{{state=\"{state}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tasuki_access_enforcing 1 while the access rules decide, 0 while the policy is open.\n# TYPE tasuki_access_enforcing gauge\ntasuki_access_enforcing {}",
-        u8::from(status.access_mode == tasuki_core::access::Mode::Enforce)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tasuki_access_flows Flows the access policy allowed and tracks for their replies.\n# TYPE tasuki_access_flows gauge\ntasuki_access_flows {}",
-        c.access_flows
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tasuki_logins Users logged in, over all spokes.\n# TYPE tasuki_logins gauge"
-    );
-    let _ = writeln!(out, "tasuki_logins {}", st.login_count());
-    let _ = writeln!(
-        out,
-        "# HELP tasuki_control_connections Open control connections.\n# TYPE tasuki_control_connections gauge\ntasuki_control_connections {}",
-        status.control_connections
-    );
     out
 }
