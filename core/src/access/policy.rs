@@ -154,20 +154,9 @@ impl AccessPolicy {
             || self.groups.values().any(|m| m.contains(&member))
     }
 
-    /// Resolves names into addresses for the data plane, given the spokes
-    /// that can carry traffic now and who is logged in on them.
-    pub fn compile(&self, hub_addr: Ipv4Addr, spokes: &[SpokeFacts]) -> CompiledAccess {
-        let mut compiled = CompiledAccess {
-            enforce: self.mode == Mode::Enforce,
-            rules: Vec::with_capacity(self.rules.len()),
-            from_spoke: HashMap::new(),
-            from_local: Vec::new(),
-        };
-        if !compiled.enforce {
-            return compiled;
-        }
-        // Each spoke's groups, worked out once: by the spoke's own
-        // membership and by its logged-in users'.
+    /// Each spoke's groups (by its own membership and by its logged-in
+    /// users'), in the order of `spokes`.
+    fn groups_of<'a>(&'a self, spokes: &[SpokeFacts]) -> Vec<HashSet<&'a str>> {
         let mut groups_of_user: HashMap<&str, Vec<&str>> = HashMap::new();
         let mut groups_of_spoke: HashMap<&str, Vec<&str>> = HashMap::new();
         for (group, members) in &self.groups {
@@ -178,7 +167,7 @@ impl AccessPolicy {
                 }
             }
         }
-        let spoke_groups: Vec<HashSet<&str>> = spokes
+        spokes
             .iter()
             .map(|spoke| {
                 let mut set: HashSet<&str> = HashSet::new();
@@ -193,7 +182,22 @@ impl AccessPolicy {
                 }
                 set
             })
-            .collect();
+            .collect()
+    }
+
+    /// Resolves names into addresses for the data plane, given the spokes
+    /// that can carry traffic now and who is logged in on them.
+    pub fn compile(&self, hub_addr: Ipv4Addr, spokes: &[SpokeFacts]) -> CompiledAccess {
+        let mut compiled = CompiledAccess {
+            enforce: self.mode == Mode::Enforce,
+            rules: Vec::with_capacity(self.rules.len()),
+            from_spoke: HashMap::new(),
+            from_local: Vec::new(),
+        };
+        if !compiled.enforce {
+            return compiled;
+        }
+        let spoke_groups = self.groups_of(spokes);
         // Whether `sel` names spoke number `i` (as a sender, or as a receiver).
         let names = |sel: &Selector, i: usize| {
             let spoke = &spokes[i];
