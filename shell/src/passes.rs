@@ -27,6 +27,15 @@ const ERRORS_BEFORE_BACKOFF: u32 = 8;
 /// The longest pause between failing reads.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// Which device woke the data plane, from [`Devices::ready`].
+#[derive(Debug)]
+pub enum Ready {
+    /// The UDP socket (or why waiting on it failed).
+    Udp(io::Result<()>),
+    /// The TUN (or why waiting on it failed).
+    Tun(io::Result<()>),
+}
+
 /// The data plane's devices and their read buffers.
 pub struct Devices {
     udp: BatchUdp,
@@ -59,6 +68,30 @@ impl Devices {
     /// The TUN device.
     pub fn tun(&self) -> &Tun {
         &self.tun
+    }
+
+    /// Waits until the socket or the TUN has something to read (for a
+    /// daemon's `select!` beside its commands and timers).
+    pub async fn ready(&self) -> Ready {
+        tokio::select! {
+            r = self.udp.readable() => Ready::Udp(r),
+            r = self.tun.readable() => Ready::Tun(r),
+        }
+    }
+
+    /// The pass [`Devices::ready`] asked for: drains the device that has
+    /// something. A device whose readiness failed is logged (a failing TUN
+    /// pauses the loop briefly, so it cannot spin a core).
+    pub async fn pass<H: DataPlane<Sink = TunWriter>>(&mut self, ready: Ready, handler: &mut H) {
+        match ready {
+            Ready::Udp(Ok(())) => self.drain_udp(handler).await,
+            Ready::Tun(Ok(())) => self.drain_tun(handler).await,
+            Ready::Udp(Err(e)) => tracing::warn!(error = %e, "UDP socket failed"),
+            Ready::Tun(Err(e)) => {
+                tracing::error!(error = %e, "TUN read failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// Reads what the socket holds, a batch at a time, and handles it.

@@ -57,23 +57,10 @@ impl DataPlane {
         let mut limiter_reset = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                r = self.io.udp().readable() => match r {
-                    Ok(()) => {
-                        self.plane.tick_clock();
-                        self.io.drain_udp(&mut self.plane.machine).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "UDP socket failed"),
-                },
-                r = self.io.tun().readable() => match r {
-                    Ok(()) => {
-                        self.plane.tick_clock();
-                        self.io.drain_tun(&mut self.plane.machine).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "TUN read failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+                ready = self.io.ready() => {
+                    self.plane.tick_clock();
+                    self.io.pass(ready, &mut self.plane.machine).await;
+                }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.plane.on_command(cmd),
                     None => return,
