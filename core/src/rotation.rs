@@ -150,7 +150,8 @@ impl Usage {
         }
     }
 
-    fn since(self, base: Usage) -> Usage {
+    /// The use since `base` (an earlier reading of the same counters).
+    pub fn since(self, base: Usage) -> Usage {
         Usage {
             packets: self.packets.saturating_sub(base.packets),
             bytes: self.bytes.saturating_sub(base.bytes),
@@ -358,26 +359,13 @@ impl LinkSchedule {
         if policy.batch > 0 || self.in_flight() || self.epochs.is_empty() {
             return None;
         }
-        if let Some(t) = &self.pending {
-            return Some(t.clone());
-        }
-        if policy
-            .interval_secs
-            .is_some_and(|i| now.saturating_sub(self.meta.current_since) >= i)
-        {
-            return Some(Trigger::Interval);
-        }
-        let used = total.since(self.base);
-        if policy.max_packets.is_some_and(|m| used.packets >= m) {
-            return Some(Trigger::Packets);
-        }
-        if policy.max_bytes.is_some_and(|m| used.bytes >= m) {
-            return Some(Trigger::Bytes);
-        }
-        if policy.max_handshakes.is_some_and(|m| used.handshakes >= m) {
-            return Some(Trigger::Handshakes);
-        }
-        None
+        trigger_due(
+            policy,
+            self.pending.as_ref(),
+            self.meta.current_since,
+            total.since(self.base),
+            now,
+        )
     }
 
     /// Why a stock WireGuard peer's epoch should end now: an admin asked,
@@ -504,6 +492,38 @@ impl LinkSchedule {
     pub fn usage(&self, total: Usage) -> Usage {
         total.since(self.base)
     }
+}
+
+/// Why an epoch that has carried traffic since `since` (Unix seconds)
+/// should end at `now`, by `policy`'s interval and budgets, `used` being
+/// its use since then; a rotation asked for (`pending`) comes first. The
+/// rule of every key scope (links and pairs).
+pub fn trigger_due(
+    policy: &RotationPolicy,
+    pending: Option<&Trigger>,
+    since: u64,
+    used: Usage,
+    now: u64,
+) -> Option<Trigger> {
+    if let Some(t) = pending {
+        return Some(t.clone());
+    }
+    if policy
+        .interval_secs
+        .is_some_and(|i| now.saturating_sub(since) >= i)
+    {
+        return Some(Trigger::Interval);
+    }
+    if policy.max_packets.is_some_and(|m| used.packets >= m) {
+        return Some(Trigger::Packets);
+    }
+    if policy.max_bytes.is_some_and(|m| used.bytes >= m) {
+        return Some(Trigger::Bytes);
+    }
+    if policy.max_handshakes.is_some_and(|m| used.handshakes >= m) {
+        return Some(Trigger::Handshakes);
+    }
+    None
 }
 
 /// What a spoke does with a key distribution.
