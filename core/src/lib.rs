@@ -29,6 +29,7 @@ pub mod link;
 pub mod pair;
 pub mod pair_book;
 pub mod pair_schedule;
+pub mod path;
 pub mod registry;
 pub mod rotation;
 pub mod routing;
