@@ -41,6 +41,8 @@ pub mod users;
 pub mod wireguard;
 
 #[cfg(test)]
+mod pair_sim;
+#[cfg(test)]
 mod planes_tests;
 #[cfg(test)]
 mod sim;
