@@ -126,10 +126,10 @@ impl SharedState {
         Self(Arc::new(std::sync::Mutex::new(state)))
     }
 
-    /// Runs `f` on the state, locked for just that call. A task that
-    /// panicked inside left no half-done change behind that matters more
-    /// than stopping: every change is committed to the store before it is
-    /// applied, so the state is used on.
+    /// Runs `f` on the state, locked for just that call. A call that
+    /// panicked (a bug) does not stop the others: a change is committed to
+    /// the store before memory takes it, so what the state holds is what
+    /// was stored, and the hub goes on with it.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut HubState) -> R) -> R {
         let mut state = self
             .0
