@@ -28,6 +28,7 @@ pub mod keys;
 pub mod link;
 pub mod pair;
 pub mod pair_book;
+pub mod pair_keys;
 pub mod pair_schedule;
 pub mod path;
 pub mod registry;

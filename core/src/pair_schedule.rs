@@ -72,6 +72,11 @@ pub struct PairPlan {
     pub deliveries: Vec<(SpokeId, PairDelivery)>,
     /// Update notifications: tell this holder to switch to this epoch.
     pub notify: Vec<(SpokeId, u64)>,
+    /// Goes with every notification: the epoch both holders reported they
+    /// switched to. A holder erases older epochs only a grace after hearing
+    /// it, never on its own switch, so it can still read a peer that has
+    /// not switched yet.
+    pub settled: u64,
     /// Nobody used the pair for the idle time: it ends.
     pub ended: bool,
 }
@@ -211,6 +216,7 @@ impl PairSchedule {
         }
         if resend {
             plan.notify = self.notifications();
+            plan.settled = self.current();
         }
         if !plan.deliveries.is_empty() || !plan.notify.is_empty() {
             self.last_sent = Some(now);

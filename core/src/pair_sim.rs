@@ -11,7 +11,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::keys::KeyEpoch;
-use crate::pair::{open_pair, PairId};
+use crate::pair::PairId;
+use crate::pair_keys::{PairKeys, PairReceived, PairSwitch};
 use crate::pair_schedule::{PairDelivery, PairSchedule};
 use crate::rotation::{RotationPolicy, Usage};
 
@@ -22,7 +23,7 @@ const IDLE: u64 = u64::MAX;
 #[derive(Clone, Debug)]
 enum Down {
     Key(PairDelivery),
-    Switch(u64),
+    Switch { epoch: u64, settled: u64 },
 }
 
 /// What a holder sends the hub.
@@ -35,8 +36,7 @@ enum Up {
 /// One holder: its link epochs (the newest first) and its pair epochs.
 struct Holder {
     links: Vec<KeyEpoch>,
-    held: BTreeSet<u64>,
-    current: u64,
+    keys: PairKeys,
     inbox: VecDeque<Down>,
 }
 
@@ -50,6 +50,8 @@ struct World {
     loss: f64,
     /// Every epoch the hub erased.
     erased: BTreeSet<u64>,
+    /// Seconds in which a holder could not read what its peer sent.
+    unreadable: u64,
 }
 
 impl World {
@@ -59,8 +61,7 @@ impl World {
         let (hub, _) = PairSchedule::start(pair, 0, &mut rng);
         let holder = |n: u64, rng: &mut StdRng| Holder {
             links: vec![KeyEpoch::issue(n, 0, rng)],
-            held: BTreeSet::new(),
-            current: 0,
+            keys: PairKeys::default(),
             inbox: VecDeque::new(),
         };
         let holders = [holder(3, &mut rng), holder(7, &mut rng)];
@@ -73,6 +74,7 @@ impl World {
             outbox: VecDeque::new(),
             loss: 0.2,
             erased: BTreeSet::new(),
+            unreadable: 0,
         }
     }
 
@@ -115,24 +117,23 @@ impl World {
                 Down::Key(d),
             );
         }
-        for (holder, k) in plan.notify {
+        for (holder, epoch) in plan.notify {
             let i = usize::from(holder == self.pair.holders()[1]);
-            Self::post(
-                &mut self.rng,
-                self.loss,
-                &mut self.holders[i].inbox,
-                Down::Switch(k),
-            );
+            let msg = Down::Switch {
+                epoch,
+                settled: plan.settled,
+            };
+            Self::post(&mut self.rng, self.loss, &mut self.holders[i].inbox, msg);
         }
         let kept: BTreeSet<u64> = self.hub.epochs().iter().map(|e| e.number).collect();
         for k in self.hub.take_erasable(self.now) {
             self.erased.insert(k);
         }
-        for (i, h) in self.holders.iter().enumerate() {
+        for i in 0..2 {
+            let current = self.current(i);
             assert!(
-                h.current == 0 || (kept.contains(&h.current) && !self.erased.contains(&h.current)),
-                "holder {i} uses epoch {} that the hub erased",
-                h.current
+                current == 0 || (kept.contains(&current) && !self.erased.contains(&current)),
+                "holder {i} uses epoch {current} that the hub erased"
             );
         }
     }
@@ -157,28 +158,54 @@ impl World {
         while let Some(msg) = self.holders[i].inbox.pop_front() {
             let reply = match msg {
                 Down::Key(d) => {
-                    let h = &self.holders[i];
-                    let Some(link) = h.links.iter().find(|l| l.number == d.under) else {
-                        continue; // sealed under a link epoch it no longer holds
-                    };
-                    let epoch = open_pair(link, self.pair, d.epoch, &d.sealed)
-                        .expect("a box sealed for this holder opens");
-                    self.holders[i].held.insert(epoch.number);
-                    Up::Receipt(epoch.number)
-                }
-                Down::Switch(k) if !self.holders[i].held.contains(&k) => continue,
-                Down::Switch(k) => {
-                    let other = &self.holders[1 - i];
-                    assert!(
-                        other.held.contains(&k),
-                        "holder {i} switches to epoch {k} that its peer lacks"
-                    );
                     let h = &mut self.holders[i];
-                    h.current = h.current.max(k);
-                    Up::Switched(k)
+                    // A box under a link epoch it no longer holds comes again.
+                    match h.keys.receive(&d, &h.links) {
+                        Ok(PairReceived::New(epoch)) => h.keys.hold(self.pair, epoch),
+                        Ok(PairReceived::Again) => {}
+                        Err(_) => continue,
+                    }
+                    Up::Receipt(d.epoch)
                 }
+                Down::Switch { epoch: k, settled } => match self.holders[i]
+                    .keys
+                    .switch(self.pair, k, settled, self.now, GRACE)
+                {
+                    PairSwitch::NotHeld => continue,
+                    PairSwitch::Again => Up::Switched(k),
+                    PairSwitch::Switched => {
+                        let other = self.holders[1 - i].keys.held(self.pair);
+                        assert!(
+                            other.contains(&k),
+                            "holder {i} switches to epoch {k} that its peer lacks"
+                        );
+                        Up::Switched(k)
+                    }
+                },
             };
             Self::post(&mut self.rng, self.loss, &mut self.outbox, (i, reply));
+        }
+    }
+
+    /// The epoch holder `i` sends under (0: none yet).
+    fn current(&self, i: usize) -> u64 {
+        self.holders[i]
+            .keys
+            .current(self.pair)
+            .map_or(0, |e| e.number)
+    }
+
+    /// Both holders erase what their grace let go; each must still hold
+    /// the epoch its peer sends under, or that traffic could not be read.
+    fn holders_erase(&mut self) {
+        for h in &mut self.holders {
+            h.keys.take_erasable(self.now);
+        }
+        for i in 0..2 {
+            let peer = self.current(1 - i);
+            if peer != 0 && !self.holders[i].keys.held(self.pair).contains(&peer) {
+                self.unreadable += 1;
+            }
         }
     }
 
@@ -214,6 +241,7 @@ fn two_holders_always_agree_through_loss_restarts_and_link_rotations() {
             w.holder_step(first);
             w.holder_step(1 - first);
             w.deliver_up();
+            w.holders_erase();
             if w.rng.gen_bool(0.002) {
                 w.restart_hub();
             }
@@ -230,6 +258,7 @@ fn two_holders_always_agree_through_loss_restarts_and_link_rotations() {
             w.holder_step(0);
             w.holder_step(1);
             w.deliver_up();
+            w.holders_erase();
         }
         let rotations = w.hub.meta().rotations;
         assert!(
@@ -237,12 +266,21 @@ fn two_holders_always_agree_through_loss_restarts_and_link_rotations() {
             "seed {seed}: only {rotations} rotations in 4 h"
         );
         let latest = w.hub.latest();
-        for (i, h) in w.holders.iter().enumerate() {
+        for i in 0..2 {
+            let current = w.current(i);
             assert!(
-                h.current + 1 >= latest,
-                "seed {seed}: holder {i} is at {} of {latest}",
-                h.current
+                current + 1 >= latest,
+                "seed {seed}: holder {i} is at {current} of {latest}"
             );
+        }
+        assert_eq!(
+            w.unreadable, 0,
+            "seed {seed}: a holder erased what its peer sends under"
+        );
+        for (i, h) in w.holders.iter().enumerate() {
+            let held = h.keys.held(w.pair).len();
+            // The newest, the one in use, the one a lagging peer may use.
+            assert!(held <= 3, "seed {seed}: holder {i} keeps {held} epochs");
         }
         assert!(
             w.hub.epochs().len() <= 3,
