@@ -119,23 +119,8 @@ pub fn open_pair(
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(link.key.expose()));
-    let plain = Zeroizing::new(
-        cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad(pair, link.number, number),
-                },
-            )
-            .map_err(|_| SealError::Open(number))?,
-    );
-    let epoch: KeyEpoch = crate::codec::from_bytes("sealed pair epoch", &plain)
-        .map_err(|_| SealError::Mismatch(number))?;
-    if epoch.number != number {
-        return Err(SealError::Mismatch(number));
-    }
-    Ok(epoch)
+    let aad = aad(pair, link.number, number);
+    crate::seal::open_epoch(&cipher, XNonce::from_slice(nonce), body, &aad, number)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! only the control channel cannot open it; whoever holds only key k−1 never
 //! sees it (it also travels inside the Noise channel).
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Nonce as AeadNonce, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use zeroize::Zeroizing;
 
@@ -69,6 +69,28 @@ pub fn seal(link: u32, previous: &KeyEpoch, epoch: &KeyEpoch) -> Result<Vec<u8>,
         .map_err(|_| SealError::Open(epoch.number))
 }
 
+/// Opens an AEAD box that holds epoch `number`, and checks that it does:
+/// the crossed box here and a pair's box ([`crate::pair::open_pair`]).
+pub(crate) fn open_epoch<C: Aead + AeadCore>(
+    cipher: &C,
+    nonce: &AeadNonce<C>,
+    body: &[u8],
+    aad: &[u8],
+    number: u64,
+) -> Result<KeyEpoch, SealError> {
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(nonce, Payload { msg: body, aad })
+            .map_err(|_| SealError::Open(number))?,
+    );
+    let epoch: KeyEpoch = crate::codec::from_bytes("sealed epoch", &plain)
+        .map_err(|_| SealError::Mismatch(number))?;
+    if epoch.number != number {
+        return Err(SealError::Mismatch(number));
+    }
+    Ok(epoch)
+}
+
 /// Opens a box for epoch `number` with `previous` (epoch `number` − 1).
 pub fn open(
     link: u32,
@@ -83,23 +105,8 @@ pub fn open(
         });
     }
     let cipher = ChaCha20Poly1305::new(Key::from_slice(previous.key.expose()));
-    let plain = Zeroizing::new(
-        cipher
-            .decrypt(
-                &nonce(number),
-                Payload {
-                    msg: sealed,
-                    aad: &aad(link, previous.number, number),
-                },
-            )
-            .map_err(|_| SealError::Open(number))?,
-    );
-    let epoch: KeyEpoch = crate::codec::from_bytes("sealed epoch", &plain)
-        .map_err(|_| SealError::Mismatch(number))?;
-    if epoch.number != number {
-        return Err(SealError::Mismatch(number));
-    }
-    Ok(epoch)
+    let aad = aad(link, previous.number, number);
+    open_epoch(&cipher, &nonce(number), sealed, &aad, number)
 }
 
 #[cfg(test)]
