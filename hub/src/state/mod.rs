@@ -1,7 +1,9 @@
 //! The hub's control state: the registry, the current key epochs, the store.
 //!
-//! One `HubState` sits behind a mutex shared by the control connections and
-//! the admin socket; the data plane never touches it (it gets commands).
+//! One `HubState` sits behind a mutex ([`SharedState`]) shared by the
+//! control connections, the admin socket and the rotation tick, locked only
+//! for plain calls; the data plane never touches it (it gets commands that
+//! never wait, and answers with events).
 //! Every change is committed and flushed to the store before anyone hears of it.
 
 use std::collections::HashMap;
