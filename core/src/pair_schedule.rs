@@ -79,6 +79,16 @@ pub struct PairPlan {
     pub settled: u64,
     /// Nobody used the pair for the idle time: it ends.
     pub ended: bool,
+    /// This tick decided a switch (both hold a newer epoch): the meta
+    /// says so, and is stored before the notifications go out.
+    pub switched: bool,
+}
+
+impl PairPlan {
+    /// Whether the schedule changed in a way the store must keep first.
+    pub fn stores(&self) -> bool {
+        self.issued.is_some() || self.switched
+    }
 }
 
 /// One pair's epochs and where they stand.
@@ -191,6 +201,7 @@ impl PairSchedule {
             self.meta.current_since = now;
             self.base = total;
             self.last_sent = None;
+            plan.switched = true;
         }
         if !self.in_flight() && !self.epochs.is_empty() {
             let used = total.since(self.base);

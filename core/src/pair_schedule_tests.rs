@@ -90,10 +90,13 @@ fn both_switch_only_once_both_hold_the_epoch() {
         vec![(3, 1), (8, 1)],
         "both, at the same moment"
     );
+    assert!(plan.stores(), "the switch is stored before it is sent");
+    assert_eq!(f.sched.meta().notified, 1);
     assert!(f.sched.on_switched(8, 1, 102, GRACE));
     // Spoke 3 has not reported its switch: it alone hears it again.
     let plan = f.tick(&p, 102 + RESEND_SECS);
     assert_eq!(plan.notify, vec![(3, 1)]);
+    assert!(!plan.stores(), "a re-send changes nothing to store");
     assert!(f.sched.on_switched(3, 1, 108, GRACE));
     assert_eq!(f.sched.current(), 1);
     assert!(!f.sched.in_flight());
