@@ -6,13 +6,15 @@
 //! [`SpokeMessage::KeyReceipt`] and [`HubMessage::KeyDistribution`] and grow
 //! with the rotation work.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::invitation::InvitationId;
 use crate::keys::{KeyEpoch, PublicKey};
+use crate::pair::PairId;
+use crate::pair_schedule::PairDelivery;
 use zeroize::Zeroizing;
 
 /// Which exchange a control connection is for; the first byte a spoke sends.
@@ -85,6 +87,63 @@ pub enum SpokeMessage {
     },
     /// Keeps an idle connection open and proves the spoke is alive.
     Keepalive,
+    /// Direct mode: a pair request or report.
+    Pair(SpokePair),
+}
+
+/// A spoke's direct-mode messages (claim 10): the hub answers a request
+/// with a pair epoch, and hears of its receipt and use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokePair {
+    /// Direct mode: the spoke sends traffic to the spoke at this tunnel
+    /// address and asks for their pair (answered by [`HubPair::Offer`]
+    /// or [`HubPair::Refused`]).
+    Request {
+        /// The peer spoke's tunnel address.
+        peer: Ipv4Addr,
+    },
+    /// Receipt report of a pair epoch: stored durably.
+    Receipt {
+        /// The pair.
+        pair: PairId,
+        /// The epoch stored.
+        epoch: u64,
+    },
+    /// Update report of a pair: the spoke's new direct handshakes use `epoch`.
+    Switched {
+        /// The pair.
+        pair: PairId,
+        /// The epoch switched to.
+        epoch: u64,
+    },
+    /// Sent after each attach and when it changes: where the spoke's
+    /// data-plane socket can be reached on its own networks, and the
+    /// pairs it holds (the hub ends those it does not know).
+    Facts(DirectFacts),
+    /// The pairs that carried direct traffic since the last such report
+    /// (the hub cannot see direct traffic; a pair nobody uses ends).
+    Used(Vec<PairId>),
+}
+
+/// What a spoke tells the hub about its direct mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectFacts {
+    /// The spoke's local addresses with its data-plane port (candidates
+    /// for a peer on the same network).
+    pub local: Vec<SocketAddr>,
+    /// Every pair held, with the epoch in use and the highest stored.
+    pub pairs: Vec<PairHeld>,
+}
+
+/// One pair a spoke holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairHeld {
+    /// The pair.
+    pub pair: PairId,
+    /// The epoch its direct handshakes use (0: none yet).
+    pub current: u64,
+    /// The highest epoch stored.
+    pub stored: u64,
 }
 
 /// Messages the hub sends to a spoke.
@@ -121,6 +180,69 @@ pub enum HubMessage {
     Refused(Refusal),
     /// Reply to a keepalive.
     Keepalive,
+    /// Direct mode: a pair epoch, a switch, an end or a refusal.
+    Pair(HubPair),
+}
+
+/// The hub's direct-mode messages to one holder of a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HubPair {
+    /// Direct mode: a pair epoch for the pair with `peer` (store it, then
+    /// send [`SpokePair::Receipt`]); re-sent until receipted.
+    Offer(PairOffer),
+    /// Switch the pair's direct handshakes to `epoch` and probe the peer's
+    /// candidates now (both holders hear it at the same moment); re-sent
+    /// until [`SpokePair::Switched`] says so.
+    Switch {
+        /// The pair.
+        pair: PairId,
+        /// The epoch to switch to.
+        epoch: u64,
+        /// Both holders run this epoch already: older ones may go once
+        /// their grace has passed.
+        settled: u64,
+        /// The peer's candidate endpoints as the hub knows them now.
+        candidates: Vec<SocketAddr>,
+    },
+    /// The pair ended (a holder revoked, logged out, the policy no longer
+    /// allows it, idle): drop its session and erase its epochs now.
+    Ended {
+        /// The pair.
+        pair: PairId,
+    },
+    /// No pair with the spoke at `peer`; traffic stays on the relay.
+    Refused {
+        /// The peer's tunnel address, as asked.
+        peer: Ipv4Addr,
+        /// Why (a person reads it in the log).
+        reason: String,
+    },
+}
+
+/// A pair epoch with what the holder needs to reach the peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairOffer {
+    /// The peer spoke.
+    pub peer: PairPeer,
+    /// The pair epoch, sealed under the holder's link epoch.
+    pub delivery: PairDelivery,
+}
+
+/// The other spoke of a pair, as its holder needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairPeer {
+    /// Its id at the hub.
+    pub spoke_id: u32,
+    /// Its name, for status.
+    pub name: String,
+    /// Its static key: the direct session's peer key.
+    pub public_key: PublicKey,
+    /// Its tunnel address: packets to it may go direct, packets from it
+    /// over the pair's session must come from it.
+    pub tunnel_addr: Ipv4Addr,
+    /// Where its data-plane socket may be reached: the address the hub
+    /// sees its datagrams come from, then its local addresses.
+    pub candidates: Vec<SocketAddr>,
 }
 
 /// Who is logged in on a spoke, and whether the hub carries its traffic.

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use crate::control::{
     Hello, HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
-    UserRequest,
+    SpokePair, UserRequest,
 };
 use crate::invitation::InvitationId;
 use crate::rotation::Trigger;
@@ -78,8 +78,28 @@ pub enum HubAction {
     Distribute,
     /// Update request: rotate the spoke's link.
     Rotate(Trigger),
+    /// Direct mode: a pair request or report, for the hub's pairs.
+    Pair(SpokePair),
     /// The exchange is over: close the connection.
     Close,
+}
+
+/// Local addresses of a spoke the hub keeps as candidates (more are ignored).
+pub const MAX_LOCAL_ADDRS: usize = 8;
+/// Pairs one report may name (more than a spoke may hold are ignored).
+pub const MAX_PAIRS_REPORTED: usize = 256;
+
+/// A spoke's direct-mode message cut to the bounds the hub keeps.
+fn bounded(mut pair: SpokePair) -> SpokePair {
+    match &mut pair {
+        SpokePair::Facts(facts) => {
+            facts.local.truncate(MAX_LOCAL_ADDRS);
+            facts.pairs.truncate(MAX_PAIRS_REPORTED);
+        }
+        SpokePair::Used(pairs) => pairs.truncate(MAX_PAIRS_REPORTED),
+        _ => {}
+    }
+    pair
 }
 
 /// What came of an enrolment in the hub's state.
@@ -210,6 +230,7 @@ impl HubSession {
                 SpokeMessage::UpdateRequest { reason } => {
                     HubAction::Rotate(Trigger::SpokeRequest(reason))
                 }
+                SpokeMessage::Pair(pair) => HubAction::Pair(bounded(pair)),
                 other => return Err(self.violation(&other, during)),
             },
             (_, other) => return Err(self.violation(&other, during)),

@@ -22,9 +22,28 @@ use crate::seal::SealError;
 /// Two spokes that may talk directly: the lower id first, so both sides
 /// and the hub name a pair the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawPairId")]
 pub struct PairId {
     low: SpokeId,
     high: SpokeId,
+}
+
+/// A pair's name as it comes off the wire, checked before it is a [`PairId`].
+#[derive(Deserialize)]
+struct RawPairId {
+    low: SpokeId,
+    high: SpokeId,
+}
+
+impl TryFrom<RawPairId> for PairId {
+    type Error = &'static str;
+
+    fn try_from(raw: RawPairId) -> Result<Self, Self::Error> {
+        match PairId::new(raw.low, raw.high) {
+            Some(p) if p.low == raw.low => Ok(p),
+            _ => Err("a pair names two different spokes, the lower id first"),
+        }
+    }
 }
 
 impl PairId {
@@ -138,6 +157,21 @@ mod tests {
         assert_eq!(p.peer_of(5), None);
         assert!(p.has(4) && p.has(9) && !p.has(5));
         assert_eq!(PairId::new(3, 3), None, "a spoke is no pair with itself");
+        let wire = crate::codec::to_bytes(&p).unwrap();
+        assert_eq!(
+            crate::codec::from_bytes::<PairId>("pair", &wire).unwrap(),
+            p
+        );
+        let bad = crate::codec::to_bytes(&(9u32, 4u32)).unwrap();
+        assert!(
+            crate::codec::from_bytes::<PairId>("pair", &bad).is_err(),
+            "out of order"
+        );
+        let same = crate::codec::to_bytes(&(3u32, 3u32)).unwrap();
+        assert!(
+            crate::codec::from_bytes::<PairId>("pair", &same).is_err(),
+            "one spoke twice"
+        );
         assert_eq!(p.to_string(), "4-9");
     }
 

@@ -12,8 +12,8 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::control::{
-    DeviceWaiting, HubMessage, Refusal, RefusalCode, SessionFacts, SpokeConfig, SpokeMessage,
-    UserReply, UserRequest,
+    DeviceWaiting, HubMessage, HubPair, Refusal, RefusalCode, SessionFacts, SpokeConfig,
+    SpokeMessage, UserReply, UserRequest,
 };
 use crate::keys::KeyEpoch;
 use crate::rotation::{receive_delivery, Received, RESEND_SECS};
@@ -77,6 +77,8 @@ pub enum SessionAction {
     Session(SessionFacts),
     /// A new device of a user logged in here waits for their confirmation.
     DeviceWaiting(DeviceWaiting),
+    /// A direct-mode message, for the spoke's pairs ([`crate::spoke_pairs`]).
+    Pair(HubPair),
 }
 
 /// Why a session ended.
@@ -190,6 +192,12 @@ impl SpokeSession {
     fn send(&mut self, now: u64, msg: SpokeMessage) {
         self.last_sent = now;
         self.actions.push_back(SessionAction::Send(msg));
+    }
+
+    /// Sends a message the session has no rule for (direct mode's, from
+    /// [`crate::spoke_pairs`]).
+    pub fn send_other(&mut self, now: u64, msg: SpokeMessage) {
+        self.send(now, msg);
     }
 
     /// A user's request from the local socket; returns the number its
@@ -311,6 +319,7 @@ impl SpokeSession {
             }
             HubMessage::Refused(refusal) => return Err(SessionEnd::Refused(refusal)),
             HubMessage::Keepalive => {}
+            HubMessage::Pair(pair) => self.actions.push_back(SessionAction::Pair(pair)),
         }
         Ok(())
     }

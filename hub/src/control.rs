@@ -284,6 +284,9 @@ impl Link<'_> {
                     }
                 }
                 HubAction::Report(epoch) => tracing::info!(spoke = %name, epoch, "update report"),
+                HubAction::Pair(pair) => {
+                    tracing::debug!(spoke = %name, ?pair, "direct mode is off at this hub")
+                }
                 HubAction::User { id: call, request } => {
                     let result = with_dataplane(self.state, |st| {
                         st.user_request(id, request, unix_now())

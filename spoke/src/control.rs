@@ -273,6 +273,9 @@ impl Control {
                         }
                     });
                 }
+                SessionAction::Pair(pair) => {
+                    tracing::debug!(?pair, "direct mode is not on at this spoke")
+                }
             }
         }
         Ok(())
