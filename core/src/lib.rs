@@ -36,6 +36,7 @@ pub mod rotation;
 pub mod routing;
 pub mod seal;
 pub mod spoke_keys;
+pub mod spoke_pairs;
 pub mod spoke_plane;
 pub mod spoke_session;
 pub mod users;

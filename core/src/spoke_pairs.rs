@@ -1,0 +1,395 @@
+//! A spoke's pairs (direct mode, claim 10) without I/O: what to store,
+//! report and tell the data plane for each pair message from the hub, and
+//! when to ask the hub for a pair.
+//!
+//! The rules for the epochs themselves are [`PairKeys`]'s; this adds the
+//! order around them. A delivered epoch is stored (flushed) before the
+//! data plane gets it and before its receipt is reported; a switch is
+//! stored before it is used and reported. The hub re-sends every offer
+//! and switch until it hears of it, so a store that fails is simply not
+//! answered. The daemon carries out [`PairAction`]s in order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::control::{DirectFacts, HubPair, PairHeld, PairPeer, SpokePair};
+use crate::keys::KeyEpoch;
+use crate::pair::PairId;
+use crate::pair_keys::{PairKeys, PairReceived, PairSwitch};
+use crate::routing::SpokeId;
+
+/// Seconds between two requests for a pair with the same peer.
+pub const ASK_EVERY_SECS: u64 = 10;
+/// Seconds a refused peer is not asked for again.
+pub const REFUSED_SECS: u64 = 60;
+
+/// What a pair's store holds, for [`SpokePairs::restore`].
+#[derive(Clone, Debug)]
+pub struct StoredPair {
+    /// The pair.
+    pub pair: PairId,
+    /// The peer as the last offer described it.
+    pub peer: PairPeer,
+    /// Its epochs.
+    pub epochs: Vec<KeyEpoch>,
+    /// The epoch switched to (0: none yet).
+    pub current: u64,
+}
+
+/// What the data plane is to do for a pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PairCommand {
+    /// A held epoch: build its tunnel to the peer.
+    Hold {
+        /// The pair.
+        pair: PairId,
+        /// The peer.
+        peer: PairPeer,
+        /// The epoch.
+        epoch: KeyEpoch,
+    },
+    /// New handshakes use this epoch; probe these candidates now.
+    Use {
+        /// The pair.
+        pair: PairId,
+        /// The epoch.
+        epoch: u64,
+        /// The peer's candidate endpoints.
+        candidates: Vec<SocketAddr>,
+    },
+    /// An ended epoch's tunnel goes.
+    Erase {
+        /// The pair.
+        pair: PairId,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The pair is over: its traffic goes through the relay.
+    End(PairId),
+}
+
+/// One thing for the daemon to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PairAction {
+    /// Send this to the hub.
+    Send(SpokePair),
+    /// Store the epoch and the peer (flushed), then [`SpokePairs::stored`].
+    Store {
+        /// The pair.
+        pair: PairId,
+        /// The peer.
+        peer: PairPeer,
+        /// The epoch.
+        epoch: KeyEpoch,
+    },
+    /// Store the epoch switched to, then [`SpokePairs::switch_stored`].
+    StoreCurrent {
+        /// The pair.
+        pair: PairId,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Erase these epochs of the pair from the store.
+    Erase {
+        /// The pair.
+        pair: PairId,
+        /// The epochs.
+        epochs: Vec<u64>,
+    },
+    /// Erase everything stored for the pair.
+    Forget(PairId),
+    /// Tell the data plane.
+    Plane(PairCommand),
+}
+
+/// A switch waiting for its store.
+#[derive(Clone, Debug)]
+struct Switching {
+    epoch: u64,
+    settled: u64,
+    candidates: Vec<SocketAddr>,
+}
+
+/// Every pair a spoke holds, and its requests.
+#[derive(Debug)]
+pub struct SpokePairs {
+    me: SpokeId,
+    grace: u64,
+    keys: PairKeys,
+    peers: BTreeMap<PairId, PairPeer>,
+    current: BTreeMap<PairId, u64>,
+    switching: BTreeMap<PairId, Switching>,
+    /// Per peer tunnel address: not asked again before this time.
+    quiet_until: HashMap<Ipv4Addr, u64>,
+    /// Messages that did not fit (another spoke's pair, a box that would
+    /// not open): dropped and counted.
+    rejected: u64,
+    actions: VecDeque<PairAction>,
+}
+
+impl SpokePairs {
+    /// The pairs of spoke `me` as its store holds them; old epochs go
+    /// `grace` seconds after the hub says both holders left them. The
+    /// data plane is told about every held epoch and the one in use.
+    pub fn restore(me: SpokeId, grace: u64, stored: Vec<StoredPair>) -> Self {
+        let mut s = Self {
+            me,
+            grace,
+            keys: PairKeys::default(),
+            peers: BTreeMap::new(),
+            current: BTreeMap::new(),
+            switching: BTreeMap::new(),
+            quiet_until: HashMap::new(),
+            rejected: 0,
+            actions: VecDeque::new(),
+        };
+        for p in stored {
+            if p.pair.peer_of(me) != Some(p.peer.spoke_id) {
+                continue;
+            }
+            for epoch in p.epochs {
+                s.keys.hold(p.pair, epoch.clone());
+                s.plane(PairCommand::Hold {
+                    pair: p.pair,
+                    peer: p.peer.clone(),
+                    epoch,
+                });
+            }
+            if p.current > 0 && s.keys.held(p.pair).contains(&p.current) {
+                // Current since the store said so; `settled` 0 erases nothing.
+                s.keys.switch(p.pair, p.current, 0, 0, grace);
+                s.current.insert(p.pair, p.current);
+                s.plane(PairCommand::Use {
+                    pair: p.pair,
+                    epoch: p.current,
+                    candidates: p.peer.candidates.clone(),
+                });
+            }
+            s.peers.insert(p.pair, p.peer);
+        }
+        s
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<PairAction> {
+        self.actions.pop_front()
+    }
+
+    /// Messages dropped because they did not fit.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Every pair held, with its epochs, for the hub's [`DirectFacts`].
+    pub fn held(&self) -> Vec<PairHeld> {
+        self.peers
+            .keys()
+            .map(|pair| PairHeld {
+                pair: *pair,
+                current: self.current.get(pair).copied().unwrap_or(0),
+                stored: self.keys.held(*pair).last().copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// The facts the hub hears after each attach: local addresses and pairs held.
+    pub fn facts(&mut self, local: Vec<SocketAddr>) {
+        let pairs = self.held();
+        self.send(SpokePair::Facts(DirectFacts { local, pairs }));
+    }
+
+    /// The pairs that carried direct traffic lately, for the hub.
+    pub fn used(&mut self, pairs: Vec<PairId>) {
+        if !pairs.is_empty() {
+            self.send(SpokePair::Used(pairs));
+        }
+    }
+
+    /// The data plane sends traffic to the spoke at `peer` through the
+    /// relay: ask the hub for the pair, unless asked lately, refused
+    /// lately, or held already.
+    pub fn ask(&mut self, now: u64, peer: Ipv4Addr) {
+        if self.peers.values().any(|p| p.tunnel_addr == peer) {
+            return;
+        }
+        if self.quiet_until.get(&peer).is_some_and(|t| now < *t) {
+            return;
+        }
+        self.quiet_until.insert(peer, now + ASK_EVERY_SECS);
+        self.send(SpokePair::Request { peer });
+    }
+
+    /// A pair message from the hub; `links` are the link epochs held now
+    /// (an offer is sealed under one of them).
+    pub fn handle(&mut self, now: u64, msg: HubPair, links: &[KeyEpoch]) {
+        match msg {
+            HubPair::Offer(offer) => {
+                let pair = offer.delivery.pair;
+                if pair.peer_of(self.me) != Some(offer.peer.spoke_id) {
+                    self.reject("an offer for a pair this spoke is not in");
+                    return;
+                }
+                match self.keys.receive(&offer.delivery, links) {
+                    Ok(PairReceived::Again) => self.send(SpokePair::Receipt {
+                        pair,
+                        epoch: offer.delivery.epoch,
+                    }),
+                    Ok(PairReceived::New(epoch)) => self.actions.push_back(PairAction::Store {
+                        pair,
+                        peer: offer.peer,
+                        epoch,
+                    }),
+                    // Sealed under a link epoch no longer held: the hub
+                    // seals it again under the current one.
+                    Err(e) => {
+                        tracing::debug!(%pair, error = %e, "pair epoch not opened");
+                        self.reject("a pair epoch that does not open");
+                    }
+                }
+            }
+            HubPair::Switch {
+                pair,
+                epoch,
+                settled,
+                candidates,
+            } => self.on_switch(now, pair, epoch, settled, candidates),
+            HubPair::Ended { pair } => self.end(now, pair),
+            HubPair::Refused { peer, reason } => {
+                tracing::info!(%peer, %reason, "no direct path: the hub refused the pair");
+                self.quiet_until.insert(peer, now + REFUSED_SECS);
+            }
+        }
+    }
+
+    fn on_switch(
+        &mut self,
+        now: u64,
+        pair: PairId,
+        epoch: u64,
+        settled: u64,
+        candidates: Vec<SocketAddr>,
+    ) {
+        let current = self.current.get(&pair).copied().unwrap_or(0);
+        if epoch <= current && self.peers.contains_key(&pair) {
+            // Heard again (our report was lost): settle, report, re-probe.
+            self.keys.switch(pair, epoch, settled, now, self.grace);
+            self.send(SpokePair::Switched {
+                pair,
+                epoch: current,
+            });
+            self.plane(PairCommand::Use {
+                pair,
+                epoch: current,
+                candidates,
+            });
+            return;
+        }
+        if !self.keys.held(pair).contains(&epoch) {
+            // Not held yet: the offer comes again, then the switch.
+            return;
+        }
+        self.switching.insert(
+            pair,
+            Switching {
+                epoch,
+                settled,
+                candidates,
+            },
+        );
+        self.actions
+            .push_back(PairAction::StoreCurrent { pair, epoch });
+    }
+
+    /// Whether the epoch of the last [`PairAction::Store`] of `pair` is on
+    /// disk: only then is it used and its receipt reported.
+    pub fn stored(&mut self, pair: PairId, peer: PairPeer, epoch: KeyEpoch, ok: bool) {
+        if !ok {
+            return;
+        }
+        let number = epoch.number;
+        self.keys.hold(pair, epoch.clone());
+        self.peers.insert(pair, peer.clone());
+        self.plane(PairCommand::Hold { pair, peer, epoch });
+        self.send(SpokePair::Receipt {
+            pair,
+            epoch: number,
+        });
+    }
+
+    /// Whether the switch of the last [`PairAction::StoreCurrent`] of
+    /// `pair` is on disk: only then is it used and reported.
+    pub fn switch_stored(&mut self, now: u64, pair: PairId, epoch: u64, ok: bool) {
+        let Some(s) = self.switching.remove(&pair).filter(|s| s.epoch == epoch) else {
+            return;
+        };
+        if !ok {
+            return;
+        }
+        if self.keys.switch(pair, epoch, s.settled, now, self.grace) != PairSwitch::Switched {
+            return;
+        }
+        self.current.insert(pair, epoch);
+        self.plane(PairCommand::Use {
+            pair,
+            epoch,
+            candidates: s.candidates,
+        });
+        self.send(SpokePair::Switched { pair, epoch });
+    }
+
+    /// Erases the epochs whose grace has passed.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let mut by_pair: BTreeMap<PairId, Vec<u64>> = BTreeMap::new();
+        for (pair, epoch) in self.keys.take_erasable(now) {
+            by_pair.entry(pair).or_default().push(epoch);
+        }
+        for (pair, epochs) in by_pair {
+            for epoch in &epochs {
+                self.plane(PairCommand::Erase {
+                    pair,
+                    epoch: *epoch,
+                });
+            }
+            self.actions.push_back(PairAction::Erase { pair, epochs });
+        }
+    }
+
+    /// Ends a pair here (the hub said so): its tunnels and keys go.
+    pub fn end(&mut self, now: u64, pair: PairId) {
+        self.keys.end(pair);
+        self.current.remove(&pair);
+        self.switching.remove(&pair);
+        if let Some(peer) = self.peers.remove(&pair) {
+            // Asking again at once would make the pair the hub just ended.
+            self.quiet_until
+                .insert(peer.tunnel_addr, now.saturating_add(ASK_EVERY_SECS));
+        }
+        self.plane(PairCommand::End(pair));
+        self.actions.push_back(PairAction::Forget(pair));
+    }
+
+    /// Ends every pair (the spoke was revoked).
+    pub fn end_all(&mut self, now: u64) {
+        let pairs: Vec<PairId> = self.peers.keys().copied().collect();
+        for pair in pairs {
+            self.end(now, pair);
+        }
+    }
+
+    fn reject(&mut self, what: &'static str) {
+        self.rejected += 1;
+        tracing::debug!(what, "pair message dropped");
+    }
+
+    fn send(&mut self, msg: SpokePair) {
+        self.actions.push_back(PairAction::Send(msg));
+    }
+
+    fn plane(&mut self, cmd: PairCommand) {
+        self.actions.push_back(PairAction::Plane(cmd));
+    }
+}
+
+#[cfg(test)]
+#[path = "spoke_pairs_tests.rs"]
+mod tests;
