@@ -362,3 +362,38 @@ pub struct SpokeStatus {
     /// Data-plane counters.
     pub counters: Counters,
 }
+
+/// One peer spoke of a spoke in direct mode, for `tasuki-spoke status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's name.
+    pub name: String,
+    /// The pair's name, `LOW-HIGH` spoke ids.
+    pub pair: String,
+    /// The peer's tunnel address.
+    pub tunnel_addr: String,
+    /// `direct` or `relay`.
+    pub path: String,
+    /// Where direct traffic goes, while direct.
+    pub endpoint: Option<String>,
+    /// The pair epoch new handshakes use.
+    pub epoch: u64,
+    /// Pair epochs held.
+    pub held_epochs: Vec<u64>,
+    /// Seconds since the last direct handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Inner packets sent direct.
+    pub tx_packets: u64,
+    /// Inner packets received direct.
+    pub rx_packets: u64,
+    /// Bytes of datagrams sent direct.
+    pub tx_bytes: u64,
+    /// Bytes of datagrams received direct.
+    pub rx_bytes: u64,
+    /// Times the direct path took over.
+    pub upgrades: u64,
+    /// Times it stopped answering and the relay took over again.
+    pub fallbacks: u64,
+    /// Rounds of probes nobody answered.
+    pub punch_failures: u64,
+}

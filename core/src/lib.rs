@@ -43,6 +43,8 @@ pub mod users;
 pub mod wireguard;
 
 #[cfg(test)]
+mod direct_tests;
+#[cfg(test)]
 mod pair_sim;
 #[cfg(test)]
 mod planes_tests;

@@ -217,7 +217,10 @@ fn a_switch_to_an_epoch_not_held_waits_and_a_repeated_one_is_reported_again() {
     w.hold(1);
     w.switch(2, 1, 0);
     w.pairs.switch_stored(2, pair(), 1, false);
-    assert!(w.actions().is_empty(), "a failed store: not used, not reported");
+    assert!(
+        w.actions().is_empty(),
+        "a failed store: not used, not reported"
+    );
     w.switch(3, 1, 0);
     w.pairs.switch_stored(3, pair(), 1, true);
     w.actions();

@@ -5,7 +5,7 @@
 //! report. The shell feeds it datagrams, TUN packets and the time, and
 //! writes out its outbox and TUN sink.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use boringtun::noise::{Packet, Tunn, TunnResult};
@@ -16,6 +16,10 @@ use crate::keys::{PublicKey, StaticKey};
 use crate::link::{Link, Sealed, Tick};
 use crate::routing::DropReason;
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
+use crate::spoke_pairs::PairCommand;
+
+mod direct;
+use direct::{DirectPeers, FromPeer, Route};
 
 /// What the spoke's data plane asks of the shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +34,9 @@ pub enum SpokeEvent {
     RequestUpdate,
     /// A hard limit stopped traffic: send the hub a distribution request.
     NeedKeys,
+    /// Traffic for the spoke at this tunnel address goes through the
+    /// relay: ask the hub for the pair (direct mode).
+    AskPair(Ipv4Addr),
 }
 
 /// The spoke's data-plane status.
@@ -45,6 +52,8 @@ pub struct SpokeStatus {
     pub blocked: bool,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_secs: Option<u64>,
+    /// Peer spokes in direct mode.
+    pub peers: Vec<crate::admin_api::PeerView>,
 }
 
 /// The spoke's data plane. `T` is where opened packets wait for the TUN.
@@ -69,6 +78,10 @@ pub struct SpokePlane<T: TunSink> {
     /// Seconds on a clock that only moves forward (the boot clock), set by
     /// the driver before each pass.
     now: u64,
+    /// The same clock in milliseconds, for the direct paths.
+    now_ms: u64,
+    /// Peer spokes reached directly (direct mode).
+    direct: DirectPeers,
     /// Datagrams, TUN packets and events the pass leaves for the driver.
     io: PassIo<T, SpokeEvent>,
 }
@@ -90,6 +103,8 @@ impl<T: TunSink + Default> SpokePlane<T> {
         }
         Self {
             keys: SpokeKeys::new(held, current, now),
+            direct: DirectPeers::new(&key, keepalive_secs),
+            now_ms: now.saturating_mul(1000),
             key,
             hub,
             link,
@@ -108,7 +123,13 @@ impl<T: TunSink + Default> SpokePlane<T> {
 impl<T: TunSink> SpokePlane<T> {
     /// Sets the time the next calls see (seconds on the boot clock).
     pub fn set_now(&mut self, now: u64) {
-        self.now = now;
+        self.set_now_ms(now.saturating_mul(1000));
+    }
+
+    /// Sets the time the next calls see (milliseconds on the boot clock).
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.now = now_ms / 1000;
     }
 }
 
@@ -116,9 +137,14 @@ impl<T: TunSink> DataPlane for SpokePlane<T> {
     type Sink = T;
     type Event = SpokeEvent;
 
-    /// Datagrams come from the hub only (the socket is connected to it).
-    fn handle_datagram(&mut self, _from: SocketAddr, datagram: &[u8]) {
-        self.on_datagram(datagram);
+    /// Datagrams from the hub's address are the hub link's; any other
+    /// address is a peer spoke's (direct mode).
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        if from == self.hub {
+            self.on_datagram(datagram);
+        } else {
+            self.on_peer_datagram(from, datagram);
+        }
     }
 
     fn handle_tun(&mut self, packet: &[u8]) {
@@ -163,8 +189,43 @@ impl<T: TunSink> SpokePlane<T> {
         self.carrying = carrying;
     }
 
+    /// Where we are in the tunnel network (from the hub's configuration):
+    /// destinations there are peer spokes, which direct mode may reach.
+    pub fn set_network(&mut self, own: Ipv4Addr, net: ipnet::Ipv4Net, hub: Ipv4Addr) {
+        self.direct.set_network(own, net, hub);
+    }
+
+    /// A pair's command from the spoke's pairs ([`crate::spoke_pairs`]).
+    pub fn pair_command(&mut self, cmd: PairCommand) {
+        let lost = match cmd {
+            PairCommand::Hold { pair, peer, epoch } => {
+                self.direct.hold(&self.key, pair, &peer, &epoch);
+                0
+            }
+            PairCommand::Use {
+                pair,
+                epoch,
+                candidates,
+            } => {
+                self.direct
+                    .use_epoch(pair, epoch, candidates, self.now_ms, &mut self.io.out);
+                0
+            }
+            PairCommand::Erase { pair, epoch } => self.direct.erase(pair, epoch),
+            PairCommand::End(pair) => self.direct.end(pair),
+        };
+        self.count_lost(DropReason::HandshakeTimeout, lost.into());
+    }
+
+    /// The pairs that carried direct traffic since the last call (for the
+    /// hub, which cannot see it).
+    pub fn take_used_pairs(&mut self) -> Vec<crate::pair::PairId> {
+        self.direct.take_used()
+    }
+
     /// The hub revoked this spoke: every tunnel and key goes.
     pub fn revoke(&mut self) {
+        self.direct.clear();
         self.link.retain(|_| false);
         self.keys = SpokeKeys::default();
         self.switching = None;
@@ -206,6 +267,7 @@ impl<T: TunSink> SpokePlane<T> {
             held: self.keys.held(),
             blocked: self.blocked,
             last_handshake_secs: last,
+            peers: self.direct.views(),
         }
     }
 
@@ -375,6 +437,24 @@ impl<T: TunSink> SpokePlane<T> {
             self.count_drop(DropReason::NotLoggedIn);
             return;
         }
+        if let Some(dst) = packet.get(16..20) {
+            let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+            match self.direct.route(dst, self.now_ms) {
+                Route::Direct(peer) => {
+                    match self
+                        .direct
+                        .seal(peer, packet, &mut self.io.out, self.now_ms)
+                    {
+                        Ok(Sealed::Sent(_)) => self.counters.from_tun += 1,
+                        Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
+                        Err(reason) => self.count_drop(reason),
+                    }
+                    return;
+                }
+                Route::Relay(Some(ask)) => self.io.events.push_back(SpokeEvent::AskPair(ask)),
+                Route::Relay(None) => {}
+            }
+        }
         let Some(tunnel) = self.link.for_sending() else {
             self.count_drop(DropReason::NoSession);
             return;
@@ -404,6 +484,33 @@ impl<T: TunSink> SpokePlane<T> {
                 Tick::Idle => {}
             }
         }
+        lost += self.direct.tick(self.now_ms, &mut self.io.out);
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
+    }
+
+    /// A datagram from a peer spoke (direct mode).
+    fn on_peer_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.counters.rx_datagrams += 1;
+        match self.direct.open(
+            &self.key,
+            from,
+            datagram,
+            &mut self.io.out,
+            &mut self.io.to_tun,
+            self.now_ms,
+        ) {
+            FromPeer::Inner(len) => {
+                if self.blocked {
+                    self.count_drop(DropReason::KeyExpired);
+                } else if !self.carrying {
+                    self.count_drop(DropReason::NotLoggedIn);
+                } else {
+                    self.io.to_tun.commit(len);
+                    self.counters.to_tun += 1;
+                }
+            }
+            FromPeer::Nothing => {}
+            FromPeer::Drop(reason) => self.count_drop(reason),
+        }
     }
 }

@@ -1,0 +1,313 @@
+//! Direct mode with the real data-plane machines and no I/O: two spokes
+//! and the hub, the test carrying datagrams by address the way the
+//! underlay would (with a switch to cut the spokes' direct path), and
+//! playing both spokes' control sides (the pair epochs the hub would
+//! deliver, the switch it would announce).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::access::AccessPolicy;
+use crate::control::{Lifetime, PairPeer};
+use crate::datagram::{DataPlane, PacketBatch};
+use crate::hub_plane::{HubPlane, LinkSpec};
+use crate::keys::{KeyEpoch, StaticKey};
+use crate::pair::PairId;
+use crate::routing::RouteTable;
+use crate::spoke_keys::HeldEpoch;
+use crate::spoke_pairs::PairCommand;
+use crate::spoke_plane::{SpokeEvent, SpokePlane};
+use crate::test_packets::udp;
+
+const HUB: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const HUB_AT: &str = "172.30.0.1:51820";
+const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+struct Spoke {
+    at: SocketAddr,
+    key: Arc<StaticKey>,
+    plane: SpokePlane<PacketBatch>,
+}
+
+struct World {
+    hub: HubPlane<PacketBatch>,
+    spokes: Vec<Spoke>,
+    rng: StdRng,
+    /// While false, datagrams between the spokes are lost.
+    direct_open: bool,
+    /// Datagrams that went spoke to spoke.
+    direct_datagrams: u64,
+    now_ms: u64,
+}
+
+impl World {
+    fn new() -> Self {
+        let mut rng = StdRng::seed_from_u64(7);
+        let hub_key = Arc::new(StaticKey::generate(&mut rng));
+        let net = "10.77.0.0/24".parse().unwrap();
+        let routes = RouteTable::new(net, HUB, vec![]);
+        let access = Arc::new(AccessPolicy::default().compile(HUB, &[]));
+        let mut hub = HubPlane::<PacketBatch>::new(hub_key.clone(), routes, access);
+        let mut spokes = Vec::new();
+        for (n, addr) in [A, B].into_iter().enumerate() {
+            let key = Arc::new(StaticKey::generate(&mut rng));
+            let epoch = KeyEpoch::issue(1, 0, &mut rng);
+            hub.upsert(LinkSpec {
+                id: n as u32 + 1,
+                public_key: key.public(),
+                tunnel_addr: addr,
+                epochs: vec![epoch.clone()],
+                handshake_epochs: vec![1],
+                carry: true,
+                confirmed: 0,
+            });
+            let held = HeldEpoch {
+                epoch,
+                lifetime: Lifetime::default(),
+            };
+            let mut plane = SpokePlane::<PacketBatch>::new(
+                key.clone(),
+                hub_key.public(),
+                HUB_AT.parse().unwrap(),
+                0,
+                (vec![held], 0),
+                100,
+            );
+            plane.set_network(addr, net, HUB);
+            plane.start();
+            let at = SocketAddr::from(([192, 0, 2, n as u8 + 2], 40_000));
+            spokes.push(Spoke { at, key, plane });
+        }
+        let mut w = Self {
+            hub,
+            spokes,
+            rng,
+            direct_open: true,
+            direct_datagrams: 0,
+            now_ms: 100_000,
+        };
+        w.settle();
+        w
+    }
+
+    /// Carries datagrams until nothing moves.
+    fn settle(&mut self) {
+        let hub_at: SocketAddr = HUB_AT.parse().unwrap();
+        for _ in 0..40 {
+            let mut moved = false;
+            for i in 0..self.spokes.len() {
+                let from = self.spokes[i].at;
+                for (to, d) in self.spokes[i].plane.outbox().take_all() {
+                    moved = true;
+                    if to == hub_at {
+                        self.hub.handle_datagram(from, &d);
+                    } else if let Some(j) = self.spokes.iter().position(|s| s.at == to) {
+                        if self.direct_open {
+                            self.direct_datagrams += 1;
+                            self.spokes[j].plane.handle_datagram(from, &d);
+                        }
+                    }
+                }
+            }
+            for (to, d) in self.hub.outbox().take_all() {
+                if let Some(s) = self.spokes.iter_mut().find(|s| s.at == to) {
+                    s.plane.handle_datagram(hub_at, &d);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the machines never settled");
+    }
+
+    /// Moves both clocks on and runs the timers.
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+        for s in &mut self.spokes {
+            s.plane.set_now_ms(self.now_ms);
+            s.plane.handle_timeout();
+        }
+        self.settle();
+    }
+
+    fn pair(&self) -> PairId {
+        PairId::new(1, 2).unwrap()
+    }
+
+    fn peer_of(&self, i: usize) -> PairPeer {
+        let j = 1 - i;
+        PairPeer {
+            spoke_id: j as u32 + 1,
+            name: ["a", "b"][j].into(),
+            public_key: self.spokes[j].key.public(),
+            tunnel_addr: [A, B][j],
+            candidates: vec![self.spokes[j].at],
+        }
+    }
+
+    /// Both spokes hold pair epoch `number` and are told to use it.
+    fn pair_epoch(&mut self, number: u64) {
+        let epoch = KeyEpoch::issue(number, 0, &mut self.rng);
+        let pair = self.pair();
+        for i in 0..2 {
+            let peer = self.peer_of(i);
+            let candidates = peer.candidates.clone();
+            let plane = &mut self.spokes[i].plane;
+            plane.pair_command(PairCommand::Hold {
+                pair,
+                peer,
+                epoch: epoch.clone(),
+            });
+            plane.pair_command(PairCommand::Use {
+                pair,
+                epoch: number,
+                candidates,
+            });
+        }
+        self.advance(0);
+    }
+
+    fn path_of(&mut self, i: usize) -> String {
+        let peers = self.spokes[i].plane.status().peers;
+        peers.first().map(|p| p.path.clone()).unwrap_or_default()
+    }
+
+    /// Sends `n` packets a → b, one per 10 ms; returns how many b got.
+    fn stream(&mut self, n: usize) -> usize {
+        let before = self.spokes[1].plane.to_tun().packets.len();
+        for k in 0..n {
+            let p = udp(A, B, format!("packet {k}").as_bytes());
+            self.spokes[0].plane.handle_tun(&p);
+            self.advance(10);
+        }
+        self.spokes[1].plane.to_tun().packets.len() - before
+    }
+}
+
+fn relayed(w: &mut World) -> u64 {
+    w.hub.status().counters.relayed
+}
+
+#[test]
+fn traffic_goes_through_the_relay_asks_for_a_pair_and_then_goes_direct() {
+    let mut w = World::new();
+    let first = udp(A, B, b"first");
+    w.spokes[0].plane.handle_tun(&first);
+    w.settle();
+    assert_eq!(w.spokes[1].plane.to_tun().packets, vec![first]);
+    assert_eq!(relayed(&mut w), 1);
+    let events: Vec<SpokeEvent> = std::iter::from_fn(|| w.spokes[0].plane.poll_event()).collect();
+    assert!(events.contains(&SpokeEvent::AskPair(B)), "{events:?}");
+    // Packets to the hub or outside the tunnel network ask for nothing.
+    w.spokes[0].plane.handle_tun(&udp(A, HUB, b"hub"));
+    w.settle();
+    let events: Vec<SpokeEvent> = std::iter::from_fn(|| w.spokes[0].plane.poll_event()).collect();
+    assert!(!events.iter().any(|e| matches!(e, SpokeEvent::AskPair(_))));
+
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(0), "direct");
+    assert_eq!(w.path_of(1), "direct");
+    let relayed_before = relayed(&mut w);
+    let direct_before = w.direct_datagrams;
+    assert_eq!(w.stream(20), 20, "nothing lost");
+    assert_eq!(relayed(&mut w), relayed_before, "the hub relays none of it");
+    assert!(w.direct_datagrams >= direct_before + 20);
+    let a = &w.spokes[0].plane.status().peers[0];
+    assert_eq!(a.tx_packets, 20);
+    assert_eq!(a.upgrades, 1);
+}
+
+#[test]
+fn a_blocked_direct_path_falls_back_to_the_relay_and_comes_back() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(0), "direct");
+    w.direct_open = false;
+    // Packets sent into the blocked path are lost until the trust window
+    // ends; then the relay carries them.
+    w.stream(600);
+    assert_eq!(w.path_of(0), "relay");
+    let relayed_before = relayed(&mut w);
+    assert_eq!(w.stream(10), 10, "the relay carries everything now");
+    assert_eq!(relayed(&mut w), relayed_before + 10);
+    assert_eq!(w.spokes[0].plane.status().peers[0].fallbacks, 1);
+    // Open again: after the back-off, the probes find the path.
+    w.direct_open = true;
+    for _ in 0..100 {
+        w.advance(100);
+    }
+    assert_eq!(w.path_of(0), "direct");
+    let relayed_before = relayed(&mut w);
+    assert_eq!(w.stream(10), 10);
+    assert_eq!(relayed(&mut w), relayed_before);
+}
+
+#[test]
+fn a_new_pair_epoch_takes_over_without_losing_a_packet() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    assert_eq!(w.stream(10), 10);
+    for k in 2..6 {
+        w.pair_epoch(k);
+        assert_eq!(w.stream(10), 10, "epoch {k}");
+        assert_eq!(w.path_of(0), "direct");
+    }
+    let held = &w.spokes[0].plane.status().peers[0];
+    assert_eq!(held.epoch, 5);
+}
+
+#[test]
+fn a_peer_cannot_send_from_another_address_or_to_someone_else() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    let dropped = |w: &mut World, reason: &str| {
+        w.spokes[1]
+            .plane
+            .status()
+            .counters
+            .dropped
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    };
+    let forged = udp(Ipv4Addr::new(10, 77, 0, 9), B, b"forged");
+    w.spokes[0].plane.handle_tun(&udp(A, B, b"real"));
+    w.settle();
+    let got = w.spokes[1].plane.to_tun().packets.len();
+    // a's session seals a packet whose source is not a's address: the
+    // kernel would not, a compromised spoke might.
+    let before = dropped(&mut w, "forged_source");
+    let mut spoof = forged.clone();
+    spoof[12..16].copy_from_slice(&[10, 77, 0, 9]);
+    w.spokes[0].plane.handle_tun(&spoof);
+    w.settle();
+    assert_eq!(w.spokes[1].plane.to_tun().packets.len(), got);
+    assert_eq!(dropped(&mut w, "forged_source"), before + 1);
+    // Junk from an unknown address is dropped, not a panic.
+    w.spokes[1]
+        .plane
+        .handle_datagram("198.51.100.1:9".parse().unwrap(), &[4, 0, 0, 0, 1, 2, 3]);
+    w.spokes[1]
+        .plane
+        .handle_datagram("198.51.100.1:9".parse().unwrap(), &[1; 148]);
+    assert!(dropped(&mut w, "bad_datagram") + dropped(&mut w, "unknown_peer") >= 2);
+}
+
+#[test]
+fn an_ended_pair_sends_through_the_relay_again() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(0), "direct");
+    let pair = w.pair();
+    w.spokes[0].plane.pair_command(PairCommand::End(pair));
+    w.spokes[1].plane.pair_command(PairCommand::End(pair));
+    assert!(w.spokes[0].plane.status().peers.is_empty());
+    let relayed_before = relayed(&mut w);
+    assert_eq!(w.stream(5), 5);
+    assert_eq!(relayed(&mut w), relayed_before + 5);
+}
