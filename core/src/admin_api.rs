@@ -361,6 +361,9 @@ pub struct SpokeStatus {
     pub last_error: Option<String>,
     /// Data-plane counters.
     pub counters: Counters,
+    /// Peer spokes in direct mode, with their path.
+    #[serde(default)]
+    pub peers: Vec<PeerView>,
 }
 
 /// One peer spoke of a spoke in direct mode, for `tasuki-spoke status`.

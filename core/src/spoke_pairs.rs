@@ -22,6 +22,9 @@ use crate::routing::SpokeId;
 pub const ASK_EVERY_SECS: u64 = 10;
 /// Seconds a refused peer is not asked for again.
 pub const REFUSED_SECS: u64 = 60;
+/// Seconds an epoch both holders left is kept (a datagram still on its
+/// way under it opens).
+pub const PAIR_GRACE_SECS: u64 = 30;
 
 /// What a pair's store holds, for [`SpokePairs::restore`].
 #[derive(Clone, Debug)]
@@ -168,6 +171,12 @@ impl SpokePairs {
             s.peers.insert(p.pair, p.peer);
         }
         s
+    }
+
+    /// This spoke's id, once the hub's configuration says (a fresh spoke
+    /// restores its pairs before it knows it).
+    pub fn set_me(&mut self, me: SpokeId) {
+        self.me = me;
     }
 
     /// The next thing to do.

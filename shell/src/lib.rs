@@ -20,15 +20,24 @@ pub mod vault;
 /// wall-clock change (NTP, an admin's `date`) never moves, yet that keeps
 /// counting while a laptop is suspended. For ages and lifetimes.
 pub fn boot_secs() -> u64 {
+    boot_millis() / 1000
+}
+
+/// [`boot_secs`] in milliseconds, for the data plane's path timers.
+pub fn boot_millis() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
+        Ok(t) => u64::try_from(t.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1000)
+            .saturating_add(u64::try_from(t.tv_nsec() / 1_000_000).unwrap_or(0)),
         // Not Linux: the monotonic clock, from the first call.
         Err(_) => {
             static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-            FIRST
+            let ms = FIRST
                 .get_or_init(std::time::Instant::now)
                 .elapsed()
-                .as_secs()
+                .as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX)
         }
     }
 }

@@ -377,6 +377,21 @@ fn print_status(s: SpokeStatus) {
     for d in &s.devices_waiting {
         println!("  waiting:    device {d:?} (tasuki-spoke approve-device {d})");
     }
+    for p in &s.peers {
+        println!(
+            "  peer:       {} {} {}{} (pair epoch {}, {} packets out, {} in direct)",
+            p.name,
+            p.tunnel_addr,
+            p.path,
+            p.endpoint
+                .as_ref()
+                .map(|e| format!(" via {e}"))
+                .unwrap_or_default(),
+            p.epoch,
+            p.tx_packets,
+            p.rx_packets
+        );
+    }
     if let Some(e) = s.last_error {
         println!("  last error: {e}");
     }

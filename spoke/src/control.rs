@@ -14,6 +14,7 @@ use tasuki_core::control::{
     DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, UserReply, UserRequest,
 };
 use tasuki_core::keys::StaticKey;
+use tasuki_core::spoke_pairs::SpokePairs;
 use tasuki_core::spoke_session::{
     after_refusal, AfterRefusal, Holding, PlaneCommand, SessionAction, SessionEnd, SpokeSession,
     IDLE_SECS,
@@ -61,6 +62,10 @@ pub(crate) struct Control {
     pub(crate) calls: tokio::sync::Mutex<mpsc::Receiver<UserCall>>,
     /// The session facts for `status`.
     pub(crate) session_info: watch::Sender<SessionInfo>,
+    /// Direct mode: the pairs held (locked only for plain calls).
+    pub(crate) pairs: std::sync::Mutex<SpokePairs>,
+    /// The data-plane socket's port, once it listens.
+    pub(crate) dp_port: std::sync::Mutex<Option<u16>>,
 }
 
 impl Control {
@@ -104,6 +109,14 @@ impl Control {
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot erase keys"),
                     }
+                    if let Err(e) = self.store.forget_pairs() {
+                        tracing::error!(error = %format!("{e:#}"), "cannot erase pair keys");
+                    }
+                    self.with_pairs(|p| {
+                        p.end_all(tasuki_shell::boot_secs());
+                        // Stores and tunnels are gone already.
+                        while p.poll_action().is_some() {}
+                    });
                     if self.dataplane.send(DpCommand::Revoked).await.is_err() {
                         tracing::error!(
                             "the data plane has stopped; it cannot drop the revoked keys"
@@ -166,15 +179,17 @@ impl Control {
             s.last_error = None;
         });
         tracing::info!(hub = %endpoint, "control channel up");
+        self.send_facts();
         let mut events = self.events.lock().await;
         let mut calls = self.calls.lock().await;
+        let mut pair_timer = tokio::time::interval(Duration::from_secs(5));
         loop {
             let deadline = origin + Duration::from_secs(session.poll_timeout());
             tokio::select! {
                 Some((request, reply)) = calls.recv() => {
                     pending.insert(session.call(now(), request), reply);
                 }
-                Some(report) = events.recv() => session.handle_report(now(), report),
+                Some(event) = events.recv() => self.on_event(&mut session, now(), event),
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
@@ -191,7 +206,11 @@ impl Control {
                 _ = tokio::time::sleep_until(deadline) => {
                     session.handle_timeout(now()).map_err(session_end)?;
                 }
+                _ = pair_timer.tick() => {
+                    self.with_pairs(|p| p.handle_timeout(tasuki_shell::boot_secs()));
+                }
             }
+            self.carry_out_pairs(&mut session, now()).await?;
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
@@ -273,8 +292,17 @@ impl Control {
                         }
                     });
                 }
-                SessionAction::Pair(pair) => {
-                    tracing::debug!(?pair, "direct mode is not on at this spoke")
+                SessionAction::Pair(msg) => {
+                    let links: Vec<_> = match self.store.epochs() {
+                        Ok(held) => held.into_iter().map(|h| h.epoch).collect(),
+                        Err(e) => {
+                            // The hub offers it again.
+                            tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for a pair offer");
+                            continue;
+                        }
+                    };
+                    self.with_pairs(|p| p.handle(tasuki_shell::boot_secs(), msg, &links));
+                    self.carry_out_pairs(session, now()).await?;
                 }
             }
         }

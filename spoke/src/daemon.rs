@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::control::{Control, ControlState, SessionInfo};
-use crate::dataplane::{DataPlane, DpCommand, SpokeEvent};
+use crate::dataplane::{DataPlane, DpCommand, Network, SpokeEvent};
 use crate::local::LocalApi;
 use crate::state::{Enrolment, SpokeStore};
 
@@ -134,6 +134,12 @@ fn connect(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (session_tx, session_rx) = watch::channel(SessionInfo::default());
+    let me = store.config()?.map(|c| c.spoke_id).unwrap_or(0);
+    let pairs = tasuki_core::spoke_pairs::SpokePairs::restore(
+        me,
+        tasuki_core::spoke_pairs::PAIR_GRACE_SECS,
+        store.pairs()?,
+    );
     let control = Control {
         store: store.clone(),
         key: key.clone(),
@@ -144,6 +150,8 @@ fn connect(
         events: tokio::sync::Mutex::new(events_rx),
         calls: tokio::sync::Mutex::new(calls_rx),
         session_info: session_tx,
+        pairs: std::sync::Mutex::new(pairs),
+        dp_port: std::sync::Mutex::new(None),
     };
     let api = LocalApi {
         interface: interface.to_owned(),
@@ -194,17 +202,23 @@ async fn start_dataplane(
     // The data plane runs on a thread of its own (see
     // `tasuki_shell::thread`), where it makes its TUN and socket.
     let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
+    let hub_tunnel = config.hub_tunnel_addr;
     let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
     let keepalive = keepalive.unwrap_or(config.keepalive_secs);
     let (tun_name, done) =
         tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
             let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
+            let network = Network {
+                own: addr.addr(),
+                net: addr.trunc(),
+                hub: hub_tunnel,
+            };
             let dp = DataPlane::new(
                 store_dp,
                 key_dp,
                 (hub_key, hub),
                 keepalive,
-                tun.device,
+                (tun.device, network),
                 events_tx,
             )
             .await?;

@@ -5,14 +5,17 @@
 //! each packet, then makes one GSO send and one coalescing TUN write. What
 //! the machine asks to store goes to the writer thread.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tasuki_core::keys::{PublicKey, StaticKey};
+use tasuki_core::pair::PairId;
 use tasuki_core::spoke_keys::HeldEpoch;
+use tasuki_core::spoke_pairs::PairCommand;
 pub(crate) use tasuki_core::spoke_plane::SpokeStatus as DpStatus;
 use tasuki_core::spoke_plane::{SpokeEvent as PlaneEvent, SpokePlane};
+use tasuki_core::spoke_session::PlaneReport;
 use tasuki_shell::netdev::{Tun, TunWriter};
 use tasuki_shell::passes::{DataPlane as _, Devices};
 use tasuki_shell::udp::BatchUdp;
@@ -40,10 +43,38 @@ pub(crate) enum DpCommand {
     Carrying(bool),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
+    /// Direct mode: a pair's epoch, switch, erasure or end.
+    Pair(PairCommand),
 }
 
 /// What the data plane tells the control loop (for the hub).
-pub(crate) use tasuki_core::spoke_session::PlaneReport as SpokeEvent;
+#[derive(Clone, Debug)]
+pub(crate) enum SpokeEvent {
+    /// For the session: an update report or request, a distribution request.
+    Report(PlaneReport),
+    /// Traffic to the spoke at this tunnel address goes through the relay:
+    /// ask the hub for the pair.
+    AskPair(Ipv4Addr),
+    /// The pairs that carried direct traffic lately.
+    PairsUsed(Vec<PairId>),
+    /// The data-plane socket listens on this UDP port (for the hub's
+    /// candidates).
+    Listening(u16),
+}
+
+/// Timer ticks (250 ms) between two reports of the pairs in use.
+const USED_EVERY_TICKS: u32 = 120;
+
+/// Where the spoke is in the tunnel network.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Network {
+    /// Its own tunnel address.
+    pub(crate) own: Ipv4Addr,
+    /// The tunnel network.
+    pub(crate) net: ipnet::Ipv4Net,
+    /// The hub's tunnel address.
+    pub(crate) hub: Ipv4Addr,
+}
 
 /// The data plane task: the devices and the machine a pass works on.
 pub(crate) struct DataPlane {
@@ -65,7 +96,7 @@ impl DataPlane {
         key: Arc<StaticKey>,
         (hub_key, hub): (PublicKey, SocketAddr),
         keepalive_secs: u16,
-        tun: Tun,
+        (tun, network): (Tun, Network),
         events: mpsc::UnboundedSender<SpokeEvent>,
     ) -> anyhow::Result<Self> {
         let bind: SocketAddr = if hub.is_ipv4() {
@@ -73,10 +104,16 @@ impl DataPlane {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
+        // Not connected: in direct mode peers send to this socket too, and
+        // the mapping a NAT gives it is the one the hub sees.
         let udp = BatchUdp::bind(bind)?;
-        udp.connect(hub).await?;
+        let port = udp.local_addr()?.port();
         let stored = (store.epochs()?, store.current()?);
-        let machine = SpokePlane::new(key, hub_key, hub, keepalive_secs, stored, boot_secs());
+        let mut machine = SpokePlane::new(key, hub_key, hub, keepalive_secs, stored, boot_secs());
+        machine.set_network(network.own, network.net, network.hub);
+        if events.send(SpokeEvent::Listening(port)).is_err() {
+            anyhow::bail!("the control loop stopped");
+        }
         Ok(Self {
             io: Devices::new(udp, tun),
             plane: Plane {
@@ -89,6 +126,7 @@ impl DataPlane {
 
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<DpCommand>) {
         let mut timers = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks = 0u32;
         // Start a session right away so the hub learns where we are.
         self.plane.machine.start();
         self.io.flush(&mut self.plane.machine).await;
@@ -111,6 +149,10 @@ impl DataPlane {
                     self.plane.tick_clock();
                     self.plane.machine.handle_timeout();
                     self.io.flush(&mut self.plane.machine).await;
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(USED_EVERY_TICKS) {
+                        self.plane.report_used();
+                    }
                 }
             }
             self.plane.forward_events();
@@ -123,20 +165,29 @@ impl DataPlane {
         if addr == from {
             return;
         }
-        match self.io.udp().connect(addr).await {
-            Ok(()) => {
-                tracing::info!(%from, to = %addr, "the hub moved: data plane follows");
-                self.plane.machine.move_hub(addr);
-            }
-            Err(e) => tracing::warn!(error = %e, %addr, "cannot send to the hub's new address"),
-        }
+        tracing::info!(%from, to = %addr, "the hub moved: data plane follows");
+        self.plane.machine.move_hub(addr);
     }
 }
 
 impl Plane {
     /// Tells the machine the time, once per wake-up.
     fn tick_clock(&mut self) {
-        self.machine.set_now(boot_secs());
+        self.machine.set_now_ms(tasuki_shell::boot_millis());
+    }
+
+    /// Tells the control loop which pairs carried direct traffic lately.
+    fn report_used(&mut self) {
+        let used = self.machine.take_used_pairs();
+        if !used.is_empty() {
+            self.to_control(SpokeEvent::PairsUsed(used));
+        }
+    }
+
+    fn to_control(&self, event: SpokeEvent) {
+        if let Err(e) = self.events.send(event) {
+            tracing::debug!(event = ?e.0, "data-plane event dropped: the spoke is stopping");
+        }
     }
 
     /// Does what the machine asks: store writes go to the writer thread
@@ -153,15 +204,11 @@ impl Plane {
                     self.writer.send(StoreJob::EraseBelow(k));
                     continue;
                 }
-                PlaneEvent::RequestUpdate => SpokeEvent::RequestUpdate,
-                PlaneEvent::NeedKeys => SpokeEvent::NeedKeys,
+                PlaneEvent::RequestUpdate => SpokeEvent::Report(PlaneReport::RequestUpdate),
+                PlaneEvent::NeedKeys => SpokeEvent::Report(PlaneReport::NeedKeys),
+                PlaneEvent::AskPair(peer) => SpokeEvent::AskPair(peer),
             };
-            if self.events.send(to_control).is_err() {
-                tracing::debug!(
-                    ?to_control,
-                    "data-plane event dropped: the spoke is stopping"
-                );
-            }
+            self.to_control(to_control);
         }
     }
 
@@ -174,6 +221,7 @@ impl Plane {
             DpCommand::Carrying(c) => m.set_carrying(c),
             DpCommand::HubAt(_) => {}
             DpCommand::Revoked => m.revoke(),
+            DpCommand::Pair(cmd) => m.pair_command(cmd),
             DpCommand::Status(reply) => {
                 if reply.send(m.status()).is_err() {
                     tracing::debug!("a data-plane status was no longer awaited");

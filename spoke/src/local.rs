@@ -108,6 +108,7 @@ impl LocalApi {
             last_handshake_secs: d.last_handshake_secs,
             last_error: control.last_error,
             counters: d.counters,
+            peers: d.peers,
         }
     }
 }

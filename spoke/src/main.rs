@@ -10,6 +10,7 @@ mod daemon;
 mod dataplane;
 mod enrol;
 mod local;
+mod pairs;
 mod state;
 mod writer;
 

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tasuki_core::control::Lifetime;
+use tasuki_core::control::PairPeer;
 use tasuki_core::control::SpokeConfig;
 use tasuki_core::keys::{EpochRecord, KeyEpoch};
 use tasuki_core::keys::{PublicKey, StaticKey};
+use tasuki_core::pair::PairId;
 use tasuki_core::spoke_keys::HeldEpoch;
+use tasuki_core::spoke_pairs::StoredPair;
 use tasuki_shell::store::{Store, Write};
 use tasuki_shell::vault::KeyVault;
 
@@ -22,6 +25,30 @@ const STORE_DIR: &str = "store";
 const KEYS_DIR: &str = "keys";
 const META_TREE: &str = "meta";
 const EPOCHS_TREE: &str = "epochs";
+/// Direct mode: one record per pair (its peer, epochs and current epoch);
+/// the pair epochs' keys are in the vault under [`pair_key_name`].
+const PAIRS_TREE: &str = "pairs";
+
+/// What the store keeps of one pair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PairRecord {
+    pair: PairId,
+    peer: PairPeer,
+    current: u64,
+    epochs: Vec<EpochRecord>,
+}
+
+fn pair_key(pair: PairId) -> Vec<u8> {
+    let [low, high] = pair.holders();
+    let mut k = low.to_be_bytes().to_vec();
+    k.extend_from_slice(&high.to_be_bytes());
+    k
+}
+
+/// A pair epoch's key file in the vault (link epochs' are their number).
+fn pair_key_name(pair: PairId, epoch: u64) -> String {
+    format!("pair-{pair}-{epoch}")
+}
 
 /// What the spoke learned when it enrolled.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,11 +75,15 @@ impl SpokeStore {
         let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
         // Keys whose record never reached the store, or whose record is gone:
         // never acknowledged or no longer used, so erase them.
-        let recorded: Vec<String> = store
+        let mut recorded: Vec<String> = store
             .all::<(EpochRecord, Lifetime)>(EPOCHS_TREE)?
             .iter()
             .map(|(r, _)| r.number.to_string())
             .collect();
+        for record in store.all::<PairRecord>(PAIRS_TREE)? {
+            let pair = record.pair;
+            recorded.extend(record.epochs.iter().map(|e| pair_key_name(pair, e.number)));
+        }
         for name in vault.names()? {
             if !recorded.contains(&name) {
                 vault.erase(&name)?;
@@ -180,5 +211,102 @@ impl SpokeStore {
             h.epoch.number.to_be_bytes(),
             &(h.epoch.record(), h.lifetime.clone()),
         )?])
+    }
+
+    /// Every pair stored, with its epochs' keys (a key missing from the
+    /// vault is left out, with an error logged).
+    pub(crate) fn pairs(&self) -> Result<Vec<StoredPair>> {
+        let mut out = Vec::new();
+        for record in self.store.all::<PairRecord>(PAIRS_TREE)? {
+            let pair = record.pair;
+            let mut epochs = Vec::new();
+            for r in record.epochs {
+                match self.vault.get(&pair_key_name(pair, r.number))? {
+                    Some(k) => epochs.push(KeyEpoch::from_record(r, k)),
+                    None => {
+                        tracing::error!(%pair, epoch = r.number, "a stored pair epoch's key is missing; skipping it")
+                    }
+                }
+            }
+            out.push(StoredPair {
+                pair,
+                peer: record.peer,
+                epochs,
+                current: record.current,
+            });
+        }
+        Ok(out)
+    }
+
+    fn pair_record(&self, pair: PairId) -> Result<Option<PairRecord>> {
+        self.store.get(PAIRS_TREE, &pair_key(pair))
+    }
+
+    /// Stores a pair epoch (key first, then the record naming it; flushed)
+    /// before it is used or its receipt reported.
+    pub(crate) fn save_pair_epoch(
+        &self,
+        pair: PairId,
+        peer: &PairPeer,
+        epoch: &KeyEpoch,
+    ) -> Result<()> {
+        self.vault
+            .put(&pair_key_name(pair, epoch.number), &epoch.key)?;
+        let mut record = self.pair_record(pair)?.unwrap_or(PairRecord {
+            pair,
+            peer: peer.clone(),
+            current: 0,
+            epochs: Vec::new(),
+        });
+        record.peer = peer.clone();
+        record.epochs.retain(|e| e.number != epoch.number);
+        record.epochs.push(epoch.record());
+        record.epochs.sort_by_key(|e| e.number);
+        self.store
+            .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
+    }
+
+    /// Records the pair epoch new handshakes use (flushed).
+    pub(crate) fn save_pair_current(&self, pair: PairId, epoch: u64) -> Result<()> {
+        let mut record = self
+            .pair_record(pair)?
+            .with_context(|| format!("pair {pair} is not stored"))?;
+        record.current = epoch;
+        self.store
+            .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
+    }
+
+    /// Erases some of a pair's epochs: the record first, then the keys.
+    pub(crate) fn erase_pair_epochs(&self, pair: PairId, epochs: &[u64]) -> Result<()> {
+        if let Some(mut record) = self.pair_record(pair)? {
+            record.epochs.retain(|e| !epochs.contains(&e.number));
+            self.store
+                .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])?;
+        }
+        for n in epochs {
+            self.vault.erase(&pair_key_name(pair, *n))?;
+        }
+        Ok(())
+    }
+
+    /// Erases everything stored for a pair.
+    pub(crate) fn forget_pair(&self, pair: PairId) -> Result<()> {
+        let Some(record) = self.pair_record(pair)? else {
+            return Ok(());
+        };
+        self.store
+            .commit(&[Write::remove(PAIRS_TREE, pair_key(pair))])?;
+        for e in record.epochs {
+            self.vault.erase(&pair_key_name(pair, e.number))?;
+        }
+        Ok(())
+    }
+
+    /// Erases every pair (the spoke was revoked).
+    pub(crate) fn forget_pairs(&self) -> Result<()> {
+        for p in self.pairs()? {
+            self.forget_pair(p.pair)?;
+        }
+        Ok(())
     }
 }

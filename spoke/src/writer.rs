@@ -71,7 +71,12 @@ fn write(
             if tries > 0 {
                 tracing::info!(epoch, tries, "current epoch recorded");
             }
-            if events.send(SpokeEvent::Confirmed(epoch)).is_err() {
+            if events
+                .send(SpokeEvent::Report(
+                    tasuki_core::spoke_session::PlaneReport::Confirmed(epoch),
+                ))
+                .is_err()
+            {
                 tracing::debug!(
                     epoch,
                     "the daemon is stopping; the update report goes at the next start"

@@ -1,0 +1,142 @@
+//! Direct mode in the spoke's control loop: carries out what
+//! [`SpokePairs`] asks (stores first, then the data plane, then the hub),
+//! and feeds it what the data plane reports.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use tasuki_core::control::SpokeMessage;
+use tasuki_core::spoke_pairs::{PairAction, SpokePairs};
+use tasuki_core::spoke_session::SpokeSession;
+
+use crate::control::Control;
+use crate::dataplane::{DpCommand, SpokeEvent};
+
+/// Local addresses offered to the hub as candidates.
+const MAX_LOCAL: usize = 8;
+
+impl Control {
+    /// A plain call on the pairs (the lock is never held across an await).
+    pub(crate) fn with_pairs<R>(&self, f: impl FnOnce(&mut SpokePairs) -> R) -> R {
+        let mut pairs = self
+            .pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut pairs)
+    }
+
+    /// What the data plane reports: for the session, or for the pairs.
+    pub(crate) fn on_event(&self, session: &mut SpokeSession, now: u64, event: SpokeEvent) {
+        match event {
+            SpokeEvent::Report(report) => session.handle_report(now, report),
+            SpokeEvent::AskPair(peer) => {
+                self.with_pairs(|p| p.ask(tasuki_shell::boot_secs(), peer))
+            }
+            SpokeEvent::PairsUsed(used) => self.with_pairs(|p| p.used(used)),
+            SpokeEvent::Listening(port) => {
+                *self
+                    .dp_port
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(port);
+                self.send_facts();
+            }
+        }
+    }
+
+    /// Tells the hub where the data-plane socket is on our own networks
+    /// and which pairs we hold (after each attach, and once it listens).
+    pub(crate) fn send_facts(&self) {
+        let port = *self
+            .dp_port
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let local = port.map(|p| self.local_candidates(p)).unwrap_or_default();
+        if let Some(config) = self.config.borrow().as_ref() {
+            let me = config.spoke_id;
+            self.with_pairs(|p| p.set_me(me));
+        }
+        self.with_pairs(|p| p.facts(local));
+    }
+
+    /// This machine's IPv4 addresses outside the tunnel network, with the
+    /// data-plane port.
+    fn local_candidates(&self, port: u16) -> Vec<SocketAddr> {
+        let tunnel = self.config.borrow().as_ref().map(|c| c.tunnel_addr.trunc());
+        let addrs = match nix::ifaddrs::getifaddrs() {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list local addresses for direct mode");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for ifa in addrs {
+            let Some(ip) = ifa
+                .address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in())
+                .map(|a| a.ip())
+            else {
+                continue;
+            };
+            if ip.is_loopback() || ip.is_unspecified() || tunnel.is_some_and(|t| t.contains(&ip)) {
+                continue;
+            }
+            let at = SocketAddr::new(IpAddr::V4(ip), port);
+            if !out.contains(&at) && out.len() < MAX_LOCAL {
+                out.push(at);
+            }
+        }
+        out
+    }
+
+    /// Does what the pairs ask, in order, until they ask nothing more:
+    /// stores (and tells the pairs whether they worked), the data plane,
+    /// messages for the hub (through the session, which sends them next).
+    pub(crate) async fn carry_out_pairs(&self, session: &mut SpokeSession, now: u64) -> Result<()> {
+        while let Some(action) = self.with_pairs(SpokePairs::poll_action) {
+            match action {
+                PairAction::Send(msg) => session.send_other(now, SpokeMessage::Pair(msg)),
+                PairAction::Store { pair, peer, epoch } => {
+                    let stored = self.store.save_pair_epoch(pair, &peer, &epoch);
+                    match &stored {
+                        Ok(()) => {
+                            tracing::info!(%pair, epoch = epoch.number, peer = %peer.name, "pair epoch received")
+                        }
+                        Err(e) => {
+                            tracing::error!(%pair, error = %format!("{e:#}"), "cannot store a pair epoch; the hub sends it again")
+                        }
+                    }
+                    let ok = stored.is_ok();
+                    self.with_pairs(|p| p.stored(pair, peer, epoch, ok));
+                }
+                PairAction::StoreCurrent { pair, epoch } => {
+                    let stored = self.store.save_pair_current(pair, epoch);
+                    if let Err(e) = &stored {
+                        tracing::error!(%pair, epoch, error = %format!("{e:#}"), "cannot store a pair switch; the hub sends it again");
+                    }
+                    let ok = stored.is_ok();
+                    let boot = tasuki_shell::boot_secs();
+                    self.with_pairs(|p| p.switch_stored(boot, pair, epoch, ok));
+                }
+                PairAction::Erase { pair, epochs } => {
+                    if let Err(e) = self.store.erase_pair_epochs(pair, &epochs) {
+                        tracing::error!(%pair, ?epochs, error = %format!("{e:#}"), "cannot erase pair epochs");
+                    }
+                }
+                PairAction::Forget(pair) => {
+                    tracing::info!(%pair, "pair ended");
+                    if let Err(e) = self.store.forget_pair(pair) {
+                        tracing::error!(%pair, error = %format!("{e:#}"), "cannot erase an ended pair");
+                    }
+                }
+                PairAction::Plane(cmd) => self
+                    .dataplane
+                    .send(DpCommand::Pair(cmd))
+                    .await
+                    .context("data plane stopped")?,
+            }
+        }
+        Ok(())
+    }
+}
