@@ -1,0 +1,222 @@
+//! Direct mode (issue 14): spokes that may talk get a pair epoch from the
+//! hub and carry their traffic straight to each other, through NAT routers
+//! with endpoint-independent mappings; behind two symmetric NATs the relay
+//! carries on. The hub's relay counter shows which path traffic took.
+//! Skipped unless root.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tasuki_netns_tests::{
+    skip_unless_root, Mapping, Proc, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, B_WAN,
+};
+
+/// How long a pair may take from the first packet to a direct path.
+const UPGRADE_WITHIN: Duration = Duration::from_secs(40);
+
+fn direct_on(t: &Topology) {
+    t.hub_ok(&["key", "policy", "set", "--direct", "auto"]);
+}
+
+/// The path spoke `socket` reports to the peer at `peer`, if it has a pair.
+fn path_to(t: &Topology, socket: &Path, peer: &str) -> Option<String> {
+    let status = t.spoke_status_json(socket);
+    status["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["tunnel_addr"] == peer)
+        .and_then(|p| p["path"].as_str().map(str::to_owned))
+}
+
+fn relayed(t: &Topology) -> u64 {
+    t.hub_status_json()["counters"]["relayed"]
+        .as_u64()
+        .unwrap_or_else(|| t.fail("the hub's status has no relayed counter"))
+}
+
+/// Pings `addr` from `ns` until the spoke there reports a direct path to it.
+fn wait_direct(t: &Topology, ns: &str, socket: &Path, addr: &str) {
+    t.wait_for(&format!("a direct path to {addr}"), UPGRADE_WITHIN, || {
+        t.ping(ns, addr, 1);
+        path_to(t, socket, addr).as_deref() == Some("direct")
+    });
+}
+
+/// `count` pings 20 ms apart; returns how many were answered.
+fn pings(t: &Topology, ns: &str, addr: &str, count: u32) -> u32 {
+    let out = t.exec(
+        ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            addr,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn nft(t: &Topology, ns: &str, script: &str) {
+    let path = t.dir().join(format!("{ns}-block.nft"));
+    std::fs::write(&path, script).expect("write the ruleset");
+    t.exec_ok(ns, &["nft", "-f", path.to_str().expect("a UTF-8 path")]);
+}
+
+/// Drops every datagram between spoke a and spoke b's underlay addresses
+/// (in a's namespace), or lets them through again.
+fn block_direct(t: &Topology, blocked: bool) {
+    let script = if blocked {
+        format!(
+            "table ip block {{\n chain out {{ type filter hook output priority 0; ip daddr {B_WAN} drop; }}\n chain in {{ type filter hook input priority 0; ip saddr {B_WAN} drop; }}\n}}\n"
+        )
+    } else {
+        "delete table ip block\n".to_owned()
+    };
+    nft(t, &t.ns_a, &script);
+}
+
+#[test]
+fn spokes_on_one_network_go_direct_fall_back_when_blocked_and_come_back() {
+    if skip_unless_root("direct::spokes_on_one_network_go_direct") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    direct_on(t);
+    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    t.wait_for("b's direct path to a", UPGRADE_WITHIN, || {
+        t.ping(&t.ns_b, A_TUNNEL, 1);
+        path_to(t, &net.b_socket, A_TUNNEL).as_deref() == Some("direct")
+    });
+    let before = relayed(t);
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 50), 50, "nothing lost direct");
+    let after = relayed(t);
+    assert_eq!(after, before, "the hub relayed none of the direct pings");
+    let pairs = t.hub_ok(&["pair", "list", "--json"]);
+    let pairs: Value = serde_json::from_str(&pairs).expect("pair list --json");
+    assert_eq!(pairs.as_array().map(Vec::len), Some(1), "{pairs}");
+
+    // Blocked: back on the relay within a few seconds, and pings pass.
+    block_direct(t, true);
+    t.wait_for(
+        "a to fall back to the relay",
+        Duration::from_secs(20),
+        || {
+            t.ping(&t.ns_a, B_TUNNEL, 1);
+            path_to(t, &net.a_socket, B_TUNNEL).as_deref() == Some("relay")
+        },
+    );
+    let before = relayed(t);
+    assert_eq!(
+        pings(t, &t.ns_a, B_TUNNEL, 20),
+        20,
+        "the relay carries them"
+    );
+    assert!(relayed(t) >= before + 20, "through the hub");
+
+    // Open again: direct again after the back-off.
+    block_direct(t, false);
+    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = relayed(t);
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
+    assert_eq!(relayed(t), before);
+    let status = t.spoke_status_json(&net.a_socket);
+    let peer = &status["peers"][0];
+    assert!(peer["fallbacks"].as_u64() >= Some(1), "{peer}");
+    assert!(peer["upgrades"].as_u64() >= Some(2), "{peer}");
+}
+
+#[test]
+fn direct_mode_off_keeps_everything_on_the_relay() {
+    if skip_unless_root("direct::direct_mode_off_keeps_everything_on_the_relay") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    let before = relayed(t);
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
+    assert!(relayed(t) >= before + 80, "requests and replies, both ways");
+    assert_eq!(path_to(t, &net.a_socket, B_TUNNEL), None, "no pair at all");
+}
+
+/// A spoke behind a NAT router: its host namespace, socket and process.
+struct Behind(String, std::path::PathBuf, #[allow(dead_code)] Proc);
+
+/// One spoke started behind NAT router `i`, enrolled as `name`.
+fn spoke_behind(t: &mut Topology, name: &str, i: u8, mapping: Mapping) -> Behind {
+    let nat = t.add_nat(i, mapping);
+    let inv = t.invite_with(name, &["--pre-approved", "--service"]);
+    t.enrol_ok(&nat.host, &inv, &t.spoke_dir(name));
+    let socket = t.spoke_socket(name);
+    let proc = t.start_spoke(&nat.host, &t.spoke_dir(name), &socket);
+    Behind(nat.host, socket, proc)
+}
+
+/// The tunnel address of the spoke at `socket`, once it has one.
+fn tunnel_addr(t: &Topology, socket: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = t.spoke_status_json(socket);
+        let addr = status["tunnel_addr"].as_str().unwrap_or_default();
+        if let Some((ip, _)) = addr.split_once('/') {
+            return ip.to_owned();
+        }
+        if Instant::now() > deadline {
+            t.fail(&format!("no tunnel address: {status}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn through_nat_routers_cone_pairs_go_direct_and_symmetric_pairs_stay_relayed() {
+    if skip_unless_root("direct::through_nat_routers") {
+        return;
+    }
+    let mut t = Topology::new();
+    t.hub_init();
+    let _hub = t.start_hub();
+    direct_on(&t);
+    let inv = t.invite_with("a", &["--pre-approved", "--service"]);
+    t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("a"));
+    let a_socket = t.spoke_socket("a");
+    let _a = t.start_spoke(&t.ns_a, &t.spoke_dir("a"), &a_socket);
+    let cone1 = spoke_behind(&mut t, "cone1", 0, Mapping::EndpointIndependent);
+    let cone2 = spoke_behind(&mut t, "cone2", 1, Mapping::EndpointIndependent);
+    let sym1 = spoke_behind(&mut t, "sym1", 2, Mapping::Symmetric);
+    let sym2 = spoke_behind(&mut t, "sym2", 3, Mapping::Symmetric);
+    let addr = |s: &Behind| tunnel_addr(&t, &s.1);
+    let (c1, c2, s2) = (addr(&cone1), addr(&cone2), addr(&sym2));
+    addr(&sym1);
+    let ns_a = t.ns_a.clone();
+    // Open WAN ↔ cone NAT, cone ↔ cone: direct.
+    wait_direct(&t, &ns_a, &a_socket, &c1);
+    wait_direct(&t, &cone1.0, &cone1.1, &c2);
+    let before = relayed(&t);
+    assert_eq!(pings(&t, &ns_a, &c1, 20), 20);
+    assert_eq!(pings(&t, &cone1.0, &c2, 20), 20);
+    assert_eq!(relayed(&t), before, "cone pairs go direct");
+    // Symmetric ↔ symmetric: the punch fails, the relay carries on.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        assert!(t.ping(&sym1.0, &s2, 1), "the relay carries sym1 → sym2");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_ne!(path_to(&t, &sym1.1, &s2).as_deref(), Some("direct"));
+    let before = relayed(&t);
+    assert_eq!(pings(&t, &sym1.0, &s2, 20), 20);
+    assert!(relayed(&t) >= before + 40, "through the hub");
+}
