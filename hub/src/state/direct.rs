@@ -235,13 +235,15 @@ impl HubState {
 
 /// The direct-mode setting and the pairs, as stored: every pair epoch
 /// whose key is in the vault (their vault names are added to `named`),
-/// grouped with its pair's meta. Pairs whose holders are not both `active`
+/// grouped with its pair's meta, counted as used `now`. Pairs whose
+/// holders are not both `active`
 /// are left out (their keys are erased with the other unnamed ones).
 pub(super) fn load_direct(
     store: &Store,
     vault: &KeyVault,
     active: impl Fn(SpokeId) -> bool,
     named: &mut std::collections::HashSet<String>,
+    now: u64,
 ) -> anyhow::Result<Direct> {
     let mode = store.get(SETTINGS_TREE, DIRECT_KEY)?.unwrap_or_default();
     let overrides = store
@@ -275,7 +277,10 @@ pub(super) fn load_direct(
     let schedules: Vec<PairSchedule> = epochs
         .into_iter()
         .map(|(pair, list)| {
-            let meta = metas.remove(&pair).unwrap_or_default();
+            let mut meta = metas.remove(&pair).unwrap_or_default();
+            // Use reports are memory only: a restored pair counts as used
+            // now, or a restart would end every pair that talks.
+            meta.last_used = meta.last_used.max(now);
             PairSchedule::restore(pair, list, meta)
         })
         .collect();

@@ -35,7 +35,13 @@ impl HubState {
             .filter(|s| s.state == SpokeState::Active)
             .map(|s| s.id)
             .collect();
-        let direct = direct::load_direct(&store, &vault, |id| active.contains(&id), &mut named)?;
+        let direct = direct::load_direct(
+            &store,
+            &vault,
+            |id| active.contains(&id),
+            &mut named,
+            tasuki_shell::unix_now(),
+        )?;
         erase_unnamed(&vault, &named)?;
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store

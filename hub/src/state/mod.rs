@@ -29,6 +29,8 @@ mod direct;
 pub(crate) use direct::PairCounters;
 mod error;
 mod load;
+#[cfg(test)]
+mod pair_tests;
 mod pair_tick;
 mod pairs;
 pub(crate) use error::StateError;
@@ -250,7 +252,7 @@ impl HubState {
         self.sessions.remove(&id);
         self.backlog.forget(id);
         self.command(DpCommand::Remove(id));
-        self.end_pairs_of(id, tasuki_shell::unix_now(), "a holder was cut off");
+        self.forget_direct(id, tasuki_shell::unix_now());
         if self.refresh_facts(id) {
             self.push_access();
         }

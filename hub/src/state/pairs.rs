@@ -64,11 +64,14 @@ impl HubState {
     /// The spoke at tunnel address `addr`: a live one before a dead one
     /// that had the address before it.
     fn spoke_at(&self, addr: Ipv4Addr) -> Option<SpokeId> {
-        let mut at = self.registry.spokes().filter(|s| s.tunnel_addr == addr);
-        let all: Vec<_> = at.by_ref().collect();
-        all.iter()
+        let at: Vec<_> = self
+            .registry
+            .spokes()
+            .filter(|s| s.tunnel_addr == addr)
+            .collect();
+        at.iter()
             .find(|s| !s.state.is_dead())
-            .or(all.first())
+            .or(at.first())
             .map(|s| s.id)
     }
 
@@ -272,6 +275,14 @@ impl HubState {
         gone.into_iter()
             .filter(|p| self.end_pair(*p, now, why))
             .count()
+    }
+
+    /// A spoke was cut off (revoked, denied): its pairs end and what it
+    /// told of its addresses is forgotten.
+    pub(super) fn forget_direct(&mut self, spoke: SpokeId, now: u64) {
+        self.end_pairs_of(spoke, now, "a holder was cut off");
+        self.direct.local.remove(&spoke);
+        self.direct.seen.remove(&spoke);
     }
 
     /// Ends every pair `spoke` is in (revoked, cut off, its traffic ended).
