@@ -2,6 +2,7 @@
 //! a temporary directory: refusals, an offer stored before it goes, the
 //! switch with the peer's candidates, a restart, and pairs ending.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use tasuki_core::control::{DirectFacts, HubMessage, HubPair, SpokePair};
@@ -220,4 +221,83 @@ fn turning_direct_mode_off_for_a_holder_ends_its_pairs() {
     })
     .unwrap();
     assert_eq!(st.pair_count(), 0);
+}
+
+/// Both holders report `epoch` stored, then switched to, as spokes do.
+fn walk(st: &mut HubState, pair: PairId, epoch: u64, now: u64) {
+    for h in pair.holders() {
+        let msg = SpokePair::Receipt { pair, epoch };
+        st.on_pair_message(h, msg, now).unwrap();
+    }
+    for h in pair.holders() {
+        let msg = SpokePair::Switched { pair, epoch };
+        st.on_pair_message(h, msg, now).unwrap();
+    }
+}
+
+#[test]
+fn an_admins_rotation_walks_a_pair_to_a_new_epoch_and_erases_the_old() {
+    let dir = TempDir::new("rotate");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    drain(&mut ra);
+    drain(&mut rb);
+    st.request_rotation(Some("a"), tasuki_core::rotation::Trigger::Admin)
+        .unwrap();
+    st.pair_tick(102, HashMap::new());
+    let got = drain(&mut rb);
+    assert!(
+        matches!(&got[..], [HubPair::Offer(o)] if o.delivery.epoch == 2),
+        "{got:?}"
+    );
+    assert!(matches!(&drain(&mut ra)[..], [HubPair::Offer(_)]));
+    walk(&mut st, pair, 2, 103);
+    let got = drain(&mut ra);
+    assert!(
+        matches!(
+            &got[..],
+            [HubPair::Switch {
+                epoch: 2,
+                settled: 1,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let v = &st.pair_views(103)[0];
+    assert_eq!((v.epoch, v.rotations, v.held.clone()), (2, 1, vec![1, 2]));
+    // The old epoch goes once the grace has passed, key file and all.
+    let grace = st.policy.grace_secs;
+    st.pair_tick(103 + grace, HashMap::new());
+    assert_eq!(st.pair_views(103 + grace)[0].held, vec![2]);
+    let names = st.vault.names().unwrap();
+    let [low, high] = pair.holders();
+    assert!(!names.contains(&format!("pair-{low}-{high}-1")));
+    assert!(names.contains(&format!("pair-{low}-{high}-2")));
+}
+
+#[test]
+fn an_unused_pair_ends_after_the_idle_time() {
+    let dir = TempDir::new("idle");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, _rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    let idle = st.direct.book.limits().idle_secs;
+    st.on_pair_message(a, SpokePair::Used(vec![pair]), 200)
+        .unwrap();
+    st.pair_tick(200 + idle - 1, HashMap::new());
+    assert_eq!(st.pair_count(), 1, "used at 200: not idle yet");
+    drain(&mut ra);
+    st.pair_tick(200 + idle, HashMap::new());
+    assert_eq!(st.pair_count(), 0);
+    assert_eq!(drain(&mut ra), vec![HubPair::Ended { pair }]);
 }

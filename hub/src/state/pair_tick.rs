@@ -14,7 +14,7 @@ use tasuki_core::control::{HubMessage, HubPair, PairOffer, PairPeer};
 use tasuki_core::keys::KeyEpoch;
 use tasuki_core::pair::{seal_pair, PairId};
 use tasuki_core::pair_schedule::{PairDelivery, PairPlan, PairSchedule};
-use tasuki_core::rotation::Usage;
+use tasuki_core::rotation::{Trigger, Usage};
 use tasuki_core::routing::SpokeId;
 
 use super::*;
@@ -223,6 +223,19 @@ impl HubState {
             self.send_keys(to, &tx, messages);
         }
         Ok(())
+    }
+
+    /// Asks for a rotation of every pair `spoke` holds at their next tick
+    /// (an admin's command, a named event such as a changed address, whose
+    /// new switch carries the new candidates). Memory only: a restart
+    /// before the tick loses the request, and the pair rotates by its
+    /// interval.
+    pub(super) fn request_pair_rotations(&mut self, spoke: SpokeId, trigger: &Trigger) {
+        for pair in self.direct.book.pairs_of(spoke) {
+            if let Some(s) = self.direct.book.get_mut(pair) {
+                s.request(trigger.clone());
+            }
+        }
     }
 
     /// How many pairs the hub keys.

@@ -175,6 +175,7 @@ impl HubState {
             if let Some(s) = self.schedules.get_mut(id) {
                 s.request(trigger.clone());
             }
+            self.request_pair_rotations(*id, &trigger);
         }
         Ok(ids.len())
     }
@@ -190,6 +191,7 @@ impl HubState {
             // Still asked for in memory; only a crash before it begins loses it.
             tracing::warn!(spoke, trigger = %trigger.name(), error = %format!("{e:#}"), "rotation request not stored");
         }
+        self.request_pair_rotations(spoke, &trigger);
         if let Some(s) = self.schedules.get_mut(&spoke) {
             s.request(trigger);
         }
