@@ -92,6 +92,51 @@ impl AccessView {
     }
 }
 
+/// The direct-mode setting (see [`crate::pair_rules::DirectMode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectView {
+    /// The hub-wide setting.
+    pub hub: crate::pair_rules::DirectMode,
+    /// The spoke asked about, if one was.
+    pub spoke: Option<String>,
+    /// The setting in force (for that spoke, or hub-wide).
+    pub direct: crate::pair_rules::DirectMode,
+    /// Whether the spoke has an override of its own.
+    pub overridden: bool,
+    /// Pairs ended by this change (0 for a show).
+    pub pairs_ended: usize,
+}
+
+/// One holder of a pair, as `pair list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairHolderView {
+    /// Spoke name.
+    pub spoke: String,
+    /// The highest pair epoch it reported stored.
+    pub stored: u64,
+    /// The pair epoch it reported its direct handshakes use.
+    pub current: u64,
+    /// Its candidate endpoints as its peer is told them.
+    pub candidates: Vec<String>,
+}
+
+/// One pair the hub keys (never key bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairView {
+    /// The pair, "low-high" by spoke id.
+    pub pair: String,
+    /// Both holders, lower id first.
+    pub holders: Vec<PairHolderView>,
+    /// The epoch both holders switched to (0: none yet).
+    pub epoch: u64,
+    /// The epochs the hub still holds.
+    pub held: Vec<u64>,
+    /// Rotations done.
+    pub rotations: u64,
+    /// Seconds since a holder last reported use (or asked for it).
+    pub idle_secs: u64,
+}
+
 /// One link's key status (never key bytes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinkKeyView {
@@ -319,6 +364,9 @@ pub struct HubStatus {
     pub access_rules: usize,
     /// Data-plane counters.
     pub counters: Counters,
+    /// Pairs keyed for direct mode.
+    #[serde(default)]
+    pub pairs: usize,
     /// What needs an admin's attention (WireGuard peers whose key epoch
     /// is about to end, …).
     #[serde(default)]

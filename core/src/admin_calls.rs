@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{Member, Mode, Rule, Service};
 use crate::admin_api::{
-    AccessCheckView, AccessView, HubStatus, InvitationView, LinkKeyView, SpokeView, UserPassword,
-    UserView,
+    AccessCheckView, AccessView, DirectView, HubStatus, InvitationView, LinkKeyView, PairView,
+    SpokeView, UserPassword, UserView,
 };
 use crate::audit::AuditRecord;
+use crate::pair_rules::DirectMode;
 use crate::rotation::RotationPolicy;
 use crate::wireguard::WireGuardConfigView;
 
@@ -90,6 +91,12 @@ hub_requests! {
     KeyPolicySet -> RotationPolicy,
     /// Per-link key status.
     KeyStatus -> Vec<LinkKeyView>,
+    /// Show the direct-mode setting.
+    DirectShow -> DirectView,
+    /// Set the direct-mode setting.
+    DirectSet -> DirectView,
+    /// The pairs the hub keys (direct mode).
+    PairList -> Vec<PairView>,
     /// The access policy.
     AccessShow -> AccessView,
     /// Set the access mode.
@@ -255,6 +262,28 @@ pub struct KeyPolicySet {
 /// Per-link key status.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KeyStatus {}
+
+/// Show the direct-mode setting (hub-wide, or the one in force for a spoke).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DirectShow {
+    /// Spoke name; `None` for the hub-wide setting.
+    pub spoke: Option<String>,
+}
+
+/// Set the hub-wide direct mode or a spoke's override; `direct: None`
+/// with a spoke drops its override. Turning it off ends the pairs it
+/// affects at once. The reply is the setting now in force.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DirectSet {
+    /// Spoke name; `None` for the hub-wide setting.
+    pub spoke: Option<String>,
+    /// The new setting.
+    pub direct: Option<DirectMode>,
+}
+
+/// The pairs the hub keys (never key bytes).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PairList {}
 
 /// The access policy: mode, rules and groups.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

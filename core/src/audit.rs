@@ -40,6 +40,10 @@ pub enum AuditKind {
     /// Someone asked for an account from a spoke (approved or denied later
     /// as a `user_change`).
     Registration,
+    /// Two spokes were given a pair (direct mode): its first epoch.
+    PairIssue,
+    /// A pair ended (idle, a holder gone, direct mode off, the policy).
+    PairEnd,
 }
 
 /// One line of the audit log.

@@ -29,6 +29,7 @@ pub mod link;
 pub mod pair;
 pub mod pair_book;
 pub mod pair_keys;
+pub mod pair_rules;
 pub mod pair_schedule;
 pub mod path;
 pub mod registry;

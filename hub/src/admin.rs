@@ -114,6 +114,11 @@ fn change(st: &mut HubState, req: HubRequest) -> Answer {
         HubRequest::KeyPolicySet(r) => {
             answer(st, r, |st, r| st.set_policy(r.spoke.as_deref(), r.policy))
         }
+        HubRequest::DirectShow(r) => answer(st, r, |st, r| st.direct_view(r.spoke.as_deref())),
+        HubRequest::DirectSet(r) => answer(st, r, |st, r| {
+            st.set_direct(r.spoke.as_deref(), r.direct, now)
+        }),
+        HubRequest::PairList(r) => answer(st, r, |st, _| Ok(st.pair_views(now))),
         other => user_change(st, other, now),
     }
 }

@@ -111,6 +111,14 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Direct mode's pairs: list.
+    Pair {
+        #[command(subcommand)]
+        command: crate::cli_pairs::PairCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the audit log: enrolments, approvals, logins, keys, revocations.
     Audit {
         /// Only records since this time: RFC 3339 (2026-11-25T06:00:00Z) or a
@@ -224,6 +232,10 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(crate::cli_keys::key_command(command, &admin_socket)),
+        Command::Pair {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_pairs::pair_command(command, &admin_socket)),
         Command::User {
             command,
             admin_socket,
@@ -435,6 +447,7 @@ fn print_status(s: &HubStatus) {
         "  spokes:       {} active, {} pending; {} control connections",
         s.spokes_active, s.spokes_pending, s.control_connections
     );
+    println!("  pairs:        {} (direct mode)", s.pairs);
     println!(
         "  access:       {} ({} rules; {} flows tracked)",
         s.access_mode.name(),

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use tasuki_core::admin_api::LinkKeyView;
+use tasuki_core::admin_api::{DirectView, LinkKeyView};
 use tasuki_core::admin_calls as calls;
+use tasuki_core::pair_rules::DirectMode;
 use tasuki_core::rotation::{Delivery, RotationPolicy};
 
 #[derive(Subcommand)]
@@ -44,7 +45,8 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Drop a spoke's override: the hub-wide policy applies to it again.
+    /// Drop a spoke's overrides (rotation and direct mode): the hub-wide
+    /// policy applies to it again.
     Reset {
         /// The spoke.
         #[arg(long)]
@@ -56,6 +58,11 @@ pub(crate) enum PolicyCommand {
         /// The spoke to override for; without it the hub-wide policy changes.
         #[arg(long)]
         spoke: Option<String>,
+        /// Direct mode: auto lets spokes that talk to each other get a pair
+        /// key and go direct; off keeps all their traffic on the hub (and
+        /// ends the pairs it affects at once).
+        #[arg(long, value_parser = clap::value_parser!(DirectMode))]
+        direct: Option<DirectMode>,
         #[command(flatten)]
         changes: PolicyChanges,
     },
@@ -92,6 +99,19 @@ pub(crate) struct PolicyChanges {
 }
 
 impl PolicyChanges {
+    /// Whether no rotation option was given (only `--direct`, say): the
+    /// rotation policy, or a spoke's lack of an override, stays as it is.
+    fn is_empty(&self) -> bool {
+        self.interval.is_none()
+            && self.max_packets.is_none()
+            && self.max_bytes.is_none()
+            && self.max_handshakes.is_none()
+            && self.delivery.is_none()
+            && self.grace.is_none()
+            && self.batch.is_none()
+            && self.hard_limit.is_none()
+    }
+
     /// Applies the options given to `p`, checking their values.
     fn apply(self, p: &mut RotationPolicy) -> Result<()> {
         if let Some(i) = self.interval {
@@ -163,27 +183,57 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
 async fn policy_command(command: PolicyCommand, socket: &Path) -> Result<()> {
     match command {
         PolicyCommand::Show { spoke, json } => {
-            let p: RotationPolicy =
-                tasuki_shell::local::call(socket, calls::KeyPolicyShow { spoke }).await?;
-            print_policy(&p, json)
-        }
-        PolicyCommand::Reset { spoke } => {
-            let p = store_policy(socket, Some(spoke), None).await?;
-            print_policy(&p, false)
-        }
-        PolicyCommand::Set { spoke, changes } => {
-            let mut p: RotationPolicy = tasuki_shell::local::call(
+            let p: RotationPolicy = tasuki_shell::local::call(
                 socket,
                 calls::KeyPolicyShow {
                     spoke: spoke.clone(),
                 },
             )
             .await?;
-            changes.apply(&mut p)?;
-            let p = store_policy(socket, spoke, Some(p)).await?;
-            print_policy(&p, false)
+            let d = tasuki_shell::local::call(socket, calls::DirectShow { spoke }).await?;
+            print_policy(&p, &d, json)
+        }
+        PolicyCommand::Reset { spoke } => {
+            let p = store_policy(socket, Some(spoke.clone()), None).await?;
+            let d = store_direct(socket, Some(spoke), None).await?;
+            print_policy(&p, &d, false)
+        }
+        PolicyCommand::Set {
+            spoke,
+            direct,
+            changes,
+        } => {
+            let show = calls::KeyPolicyShow {
+                spoke: spoke.clone(),
+            };
+            let mut p: RotationPolicy = tasuki_shell::local::call(socket, show).await?;
+            if !changes.is_empty() {
+                changes.apply(&mut p)?;
+                p = store_policy(socket, spoke.clone(), Some(p)).await?;
+            }
+            let d = match direct {
+                Some(mode) => store_direct(socket, spoke, Some(mode)).await?,
+                None => tasuki_shell::local::call(socket, calls::DirectShow { spoke }).await?,
+            };
+            if d.pairs_ended > 0 {
+                println!(
+                    "{} pair(s) ended: direct mode is off for them",
+                    d.pairs_ended
+                );
+            }
+            print_policy(&p, &d, false)
         }
     }
+}
+
+/// Sets (or, with `None`, drops a spoke's override of) the direct mode,
+/// and returns the setting in force afterwards.
+async fn store_direct(
+    socket: &Path,
+    spoke: Option<String>,
+    direct: Option<DirectMode>,
+) -> Result<DirectView> {
+    tasuki_shell::local::call(socket, calls::DirectSet { spoke, direct }).await
 }
 
 /// Sets (or, with `None`, drops) the policy of `spoke` or the hub-wide one,
@@ -217,10 +267,15 @@ fn print_key_status(links: &[LinkKeyView]) {
     }
 }
 
-/// A rotation policy, as text or JSON.
-fn print_policy(p: &RotationPolicy, json: bool) -> Result<()> {
+/// A rotation policy with the direct mode in force, as text or JSON (the
+/// policy's fields, and `direct` with the direct-mode view).
+fn print_policy(p: &RotationPolicy, d: &DirectView, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(p)?);
+        let mut v = serde_json::to_value(p)?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("direct".into(), serde_json::to_value(d)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let opt = |v: Option<u64>, unit: &str| v.map_or("off".to_string(), |n| format!("{n}{unit}"));
@@ -232,5 +287,11 @@ fn print_policy(p: &RotationPolicy, json: bool) -> Result<()> {
     println!("grace:       {}s", p.grace_secs);
     println!("batch:       {}", p.batch);
     println!("hard limit:  {}", if p.hard_limit { "on" } else { "off" });
+    let whose = match (&d.spoke, d.overridden) {
+        (Some(_), true) => "this spoke's override",
+        (Some(_), false) => "hub-wide",
+        (None, _) => "hub-wide",
+    };
+    println!("direct:      {} ({whose})", d.direct);
     Ok(())
 }

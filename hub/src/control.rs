@@ -285,7 +285,13 @@ impl Link<'_> {
                 }
                 HubAction::Report(epoch) => tracing::info!(spoke = %name, epoch, "update report"),
                 HubAction::Pair(pair) => {
-                    tracing::debug!(spoke = %name, ?pair, "direct mode is off at this hub")
+                    let done = self
+                        .state
+                        .with(|st| st.on_pair_message(id, pair, unix_now()));
+                    if let Err(e) = done {
+                        // Memory was put back; the spoke's report or request comes again.
+                        tracing::warn!(spoke = %name, error = %format!("{e:#}"), "pair message not stored");
+                    }
                 }
                 HubAction::User { id: call, request } => {
                     let result = with_dataplane(self.state, |st| {

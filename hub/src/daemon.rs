@@ -133,7 +133,12 @@ async fn rotate(state: SharedState) {
         tick.tick().await;
         let dp = state.with(|st| st.dataplane()).status().await;
         let usage = state::usage(dp.as_ref());
-        state.with(|st| st.rotation_tick(tasuki_shell::unix_now(), &usage));
+        let seen = state::endpoints(dp.as_ref());
+        state.with(|st| {
+            let now = tasuki_shell::unix_now();
+            st.rotation_tick(now, &usage);
+            st.pair_tick(now, seen);
+        });
     }
 }
 

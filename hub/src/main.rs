@@ -6,6 +6,7 @@ mod audit;
 mod cli;
 mod cli_access;
 mod cli_keys;
+mod cli_pairs;
 mod cli_spokes;
 mod cli_users;
 mod config;

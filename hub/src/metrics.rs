@@ -100,6 +100,8 @@ struct Snapshot {
     usage: HashMap<SpokeId, Usage>,
     keys: Vec<LinkKeyView>,
     logins: usize,
+    /// Pair messages not taken (refused requests, unknown pairs).
+    pair_counters: crate::state::PairCounters,
 }
 
 impl Snapshot {
@@ -115,6 +117,7 @@ impl Snapshot {
             usage,
             keys,
             logins: st.login_count(),
+            pair_counters: st.pair_counters(),
         }
     }
 }
@@ -310,6 +313,21 @@ fn state_families(snap: &Snapshot) -> Vec<Family> {
             "tasuki_control_connections",
             "Open control connections.",
             single(status.control_connections as u64),
+        ),
+        gauge(
+            "tasuki_pairs",
+            "Spoke pairs keyed for direct mode.",
+            single(status.pairs as u64),
+        ),
+        counter(
+            "tasuki_pair_requests_refused_total",
+            "Pair requests refused (a reason was sent back).",
+            single(snap.pair_counters.refused),
+        ),
+        counter(
+            "tasuki_pair_reports_unknown_total",
+            "Pair reports about a pair the hub does not key, or from a spoke that does not hold it.",
+            single(snap.pair_counters.unknown),
         ),
     ]
 }

@@ -48,6 +48,7 @@ impl HubState {
         tracing::info!(change = %what, mode = self.access.mode.name(), "access policy changed");
         self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
         self.push_access();
+        self.end_pairs_if_enforced(now);
         Ok(self.access_view())
     }
 

@@ -28,7 +28,21 @@ impl HubState {
             .all_upgrading::<SpokeRecord, tasuki_core::registry::LegacySpokeRecord>(SPOKES_TREE)?;
         let invitations = store.all(INVITATIONS_TREE)?;
         let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
-        let schedules = load_schedules(&store, &vault)?;
+        let mut named = HashSet::new();
+        let schedules = load_schedules(&store, &vault, &mut named)?;
+        let active: HashSet<SpokeId> = spokes
+            .iter()
+            .filter(|s| s.state == SpokeState::Active)
+            .map(|s| s.id)
+            .collect();
+        let direct = direct::load_direct(
+            &store,
+            &vault,
+            |id| active.contains(&id),
+            &mut named,
+            tasuki_shell::unix_now(),
+        )?;
+        erase_unnamed(&vault, &named)?;
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store
             .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
@@ -66,6 +80,7 @@ impl HubState {
             tick_failing: false,
             access,
             access_facts: HashMap::new(),
+            direct,
         };
         state.refresh_all_facts();
         Ok(state)
@@ -77,8 +92,9 @@ impl HubState {
 fn load_schedules(
     store: &Store,
     vault: &KeyVault,
+    named: &mut HashSet<String>,
 ) -> anyhow::Result<HashMap<SpokeId, LinkSchedule>> {
-    let epochs = load_epochs(store, vault)?;
+    let epochs = load_epochs(store, vault, named)?;
     let mut metas: HashMap<SpokeId, ScheduleMeta> = store
         .all::<(SpokeId, ScheduleMeta)>(SCHEDULES_TREE)?
         .into_iter()
@@ -99,11 +115,14 @@ fn load_schedules(
     Ok(schedules)
 }
 
-/// Every stored epoch whose key is in the vault; keys in the vault that no
-/// record names are erased.
-fn load_epochs(store: &Store, vault: &KeyVault) -> anyhow::Result<HashMap<SpokeId, Vec<KeyEpoch>>> {
+/// Every stored link epoch whose key is in the vault (their vault names
+/// are added to `named`).
+fn load_epochs(
+    store: &Store,
+    vault: &KeyVault,
+    named: &mut HashSet<String>,
+) -> anyhow::Result<HashMap<SpokeId, Vec<KeyEpoch>>> {
     let mut epochs: HashMap<SpokeId, Vec<KeyEpoch>> = HashMap::new();
-    let mut named = HashSet::new();
     for (spoke, record) in store.all::<(SpokeId, EpochRecord)>(EPOCHS_TREE)? {
         let name = vault_name(spoke, record.number);
         match vault.get(&name)? {
@@ -121,12 +140,17 @@ fn load_epochs(store: &Store, vault: &KeyVault) -> anyhow::Result<HashMap<SpokeI
             ),
         }
     }
-    // Keys whose record never made it to the store (a crash in between) or
-    // whose record was removed before the key: never in use, erase them.
+    Ok(epochs)
+}
+
+/// Erases the keys in the vault that no loaded record names, link's or
+/// pair's: their record never made it to the store (a crash in between),
+/// or was removed before the key. Never in use.
+fn erase_unnamed(vault: &KeyVault, named: &HashSet<String>) -> anyhow::Result<()> {
     for name in vault.names()? {
         if !named.contains(&name) {
             vault.erase(&name)?;
         }
     }
-    Ok(epochs)
+    Ok(())
 }

@@ -25,15 +25,21 @@ use tokio::sync::mpsc;
 use crate::dataplane::{DpCommand, DpHandle, DpStatus, LinkSpec};
 
 mod access;
+mod direct;
+pub(crate) use direct::PairCounters;
 mod error;
 mod load;
+#[cfg(test)]
+mod pair_tests;
+mod pair_tick;
+mod pairs;
 pub(crate) use error::StateError;
 
 /// What a change to the hub's state returns.
 pub(crate) type Result<T, E = StateError> = std::result::Result<T, E>;
 mod outbox;
 mod rotation;
-pub(crate) use rotation::usage;
+pub(crate) use rotation::{endpoints, usage};
 mod spokes;
 mod user_requests;
 mod users;
@@ -175,6 +181,8 @@ pub(crate) struct HubState {
     /// Whether the last rotation tick failed to store something (so a
     /// failure is logged once, not every tick).
     tick_failing: bool,
+    /// Direct mode: the pairs and their setting (see [`direct`]).
+    direct: direct::Direct,
 }
 
 impl HubState {
@@ -244,6 +252,7 @@ impl HubState {
         self.sessions.remove(&id);
         self.backlog.forget(id);
         self.command(DpCommand::Remove(id));
+        self.forget_direct(id, tasuki_shell::unix_now());
         if self.refresh_facts(id) {
             self.push_access();
         }
@@ -308,6 +317,7 @@ impl HubState {
             access_mode: self.access.mode,
             access_rules: self.access.rules.len(),
             counters: dp.map(|d| d.counters.clone()).unwrap_or_default(),
+            pairs: self.pair_count(),
             warnings: self.wireguard_warnings(tasuki_shell::unix_now()),
         }
     }

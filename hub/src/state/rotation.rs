@@ -175,6 +175,7 @@ impl HubState {
             if let Some(s) = self.schedules.get_mut(id) {
                 s.request(trigger.clone());
             }
+            self.request_pair_rotations(*id, &trigger);
         }
         Ok(ids.len())
     }
@@ -190,6 +191,7 @@ impl HubState {
             // Still asked for in memory; only a crash before it begins loses it.
             tracing::warn!(spoke, trigger = %trigger.name(), error = %format!("{e:#}"), "rotation request not stored");
         }
+        self.request_pair_rotations(spoke, &trigger);
         if let Some(s) = self.schedules.get_mut(&spoke) {
             s.request(trigger);
         }
@@ -216,7 +218,7 @@ impl HubState {
         self.overrides.get(&spoke).unwrap_or(&self.policy)
     }
 
-    fn spoke_id(&self, name: &str) -> Result<SpokeId> {
+    pub(super) fn spoke_id(&self, name: &str) -> Result<SpokeId> {
         self.registry
             .spoke_by_name(name)
             .map(|s| s.id)
@@ -491,6 +493,19 @@ pub(crate) fn usage(dp: Option<&crate::dataplane::DpStatus>) -> HashMap<SpokeId,
                 };
                 (*id, usage)
             })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Where the data plane last saw each link's datagrams come from.
+pub(crate) fn endpoints(
+    dp: Option<&crate::dataplane::DpStatus>,
+) -> HashMap<SpokeId, std::net::SocketAddr> {
+    dp.map(|d| {
+        d.links
+            .iter()
+            .filter_map(|(id, l)| l.endpoint.map(|e| (*id, e)))
             .collect()
     })
     .unwrap_or_default()

@@ -311,6 +311,7 @@ impl HubState {
                 w,
                 Write::remove(SCHEDULES_TREE, spoke.id.to_be_bytes()),
                 Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
+                Write::remove(super::direct::DIRECT_TREE, spoke.id.to_be_bytes()),
                 Write::remove(REQUESTS_TREE, spoke.id.to_be_bytes()),
             ];
             for e in &epochs {
@@ -325,6 +326,7 @@ impl HubState {
         }
         self.schedules.remove(&spoke.id);
         self.overrides.remove(&spoke.id);
+        self.direct.overrides.remove(&spoke.id);
         for e in &epochs {
             // The records are gone, so a key file left here (an error) is
             // erased at the next start; the link is cut off below either way.

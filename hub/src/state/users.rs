@@ -83,6 +83,7 @@ impl HubState {
         self.tell(spoke, msg);
         if logout {
             self.request_rotation_of(spoke, Trigger::Logout);
+            self.end_pairs_if_not_carrying(spoke, tasuki_shell::unix_now());
         }
         Ok(())
     }

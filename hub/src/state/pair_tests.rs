@@ -1,0 +1,303 @@
+//! The hub state's direct mode, driven through its own calls on a store in
+//! a temporary directory: refusals, an offer stored before it goes, the
+//! switch with the peer's candidates, a restart, and pairs ending.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use tasuki_core::control::{DirectFacts, HubMessage, HubPair, SpokePair};
+use tasuki_core::invitation::Invitation;
+use tasuki_core::pair::PairId;
+use tasuki_core::pair_rules::DirectMode;
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// A state directory removed when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tasuki-hub-{name}-{}-{}",
+            std::process::id(),
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn load(dir: &TempDir, key: &Arc<StaticKey>) -> HubState {
+    let (dp, _rx) = DpHandle::channel();
+    HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp).unwrap()
+}
+
+fn new_hub(dir: &TempDir) -> (HubState, Arc<StaticKey>) {
+    let settings = HubSettings {
+        endpoint: "hub.example:51820".into(),
+        tunnel_net: "100.64.0.0/24".parse().unwrap(),
+        routes: vec![],
+        keepalive_secs: 25,
+    };
+    write_settings(&dir.0, &settings).unwrap();
+    let key = Arc::new(StaticKey::generate(&mut rand_core::OsRng));
+    (load(dir, &key), key)
+}
+
+/// Enrols an active service spoke, stores its first link epoch's receipt
+/// and attaches a session; returns its id and its session's queue.
+fn spoke(st: &mut HubState, name: &str, now: u64) -> (SpokeId, mpsc::Receiver<HubMessage>) {
+    let view = st.invite(name, true, true, None, 3600, now).unwrap();
+    let invitation = Invitation::decode(&view.invitation).unwrap();
+    let key = StaticKey::generate(&mut rand_core::OsRng).public();
+    let (enrolled, _) = st
+        .enrol(&invitation.id, key, "198.51.100.1:1", name, None, now)
+        .unwrap()
+        .unwrap();
+    let id = enrolled.spoke.id;
+    st.ensure_schedule(id, now).unwrap();
+    st.on_receipt(id, 1).unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    st.attach_session(id, tx);
+    (id, rx)
+}
+
+fn drain(rx: &mut mpsc::Receiver<HubMessage>) -> Vec<HubPair> {
+    let mut out = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let HubMessage::Pair(p) = msg {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn addr_of(st: &HubState, id: SpokeId) -> std::net::Ipv4Addr {
+    st.registry.spoke(id).unwrap().tunnel_addr
+}
+
+fn request(st: &mut HubState, from: SpokeId, to: SpokeId, now: u64) {
+    let peer = addr_of(st, to);
+    st.on_pair_message(from, SpokePair::Request { peer }, now)
+        .unwrap();
+}
+
+#[test]
+fn direct_mode_off_refuses_with_a_reason_and_keeps_nothing() {
+    let dir = TempDir::new("off");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, _rb) = spoke(&mut st, "b", 100);
+    request(&mut st, a, b, 100);
+    let got = drain(&mut ra);
+    assert!(
+        matches!(&got[..], [HubPair::Refused { reason, .. }] if reason.contains("direct mode is off")),
+        "{got:?}"
+    );
+    assert_eq!(st.pair_count(), 0);
+    // An address nobody has.
+    let nobody = "100.64.0.200".parse().unwrap();
+    st.on_pair_message(a, SpokePair::Request { peer: nobody }, 100)
+        .unwrap();
+    assert!(matches!(&drain(&mut ra)[..], [HubPair::Refused { .. }]));
+    assert_eq!(st.pair_counters().refused, 2);
+}
+
+#[test]
+fn a_pair_is_offered_to_both_switched_restored_and_ended() {
+    let dir = TempDir::new("pair");
+    let (mut st, key) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    let seen: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    let local: SocketAddr = "192.168.1.9:51820".parse().unwrap();
+    st.direct.seen.insert(b, seen);
+    st.on_pair_message(
+        b,
+        SpokePair::Facts(DirectFacts {
+            local: vec![local, seen],
+            pairs: vec![],
+        }),
+        100,
+    )
+    .unwrap();
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    // Both holders got the first epoch, each with the other as its peer.
+    let offer_a = drain(&mut ra);
+    let offer_b = drain(&mut rb);
+    let HubPair::Offer(o) = &offer_a[0] else {
+        panic!("{offer_a:?}")
+    };
+    assert_eq!((o.peer.spoke_id, o.delivery.epoch), (b, 1));
+    assert_eq!(o.peer.candidates, vec![seen, local]);
+    assert!(matches!(&offer_b[0], HubPair::Offer(o) if o.peer.spoke_id == a));
+    // Receipts from both: both are told to switch, with the peer's candidates.
+    for h in [a, b] {
+        let msg = SpokePair::Receipt { pair, epoch: 1 };
+        st.on_pair_message(h, msg, 101).unwrap();
+    }
+    let switch = drain(&mut ra);
+    assert!(
+        matches!(&switch[..], [HubPair::Switch { epoch: 1, candidates, .. }] if candidates == &vec![seen, local]),
+        "{switch:?}"
+    );
+    assert!(matches!(
+        &drain(&mut rb)[..],
+        [HubPair::Switch { epoch: 1, .. }]
+    ));
+    for h in [a, b] {
+        let msg = SpokePair::Switched { pair, epoch: 1 };
+        st.on_pair_message(h, msg, 102).unwrap();
+    }
+    let views = st.pair_views(102);
+    assert_eq!(views.len(), 1);
+    assert_eq!((views[0].epoch, views[0].held.clone()), (1, vec![1]));
+    // A restart keeps the pair, its meta and its key.
+    drop(st);
+    let mut st = load(&dir, &key);
+    assert_eq!(st.pair_count(), 1);
+    assert_eq!(st.pair_views(103)[0].epoch, 1);
+    // A report on a pair the spoke does not hold is answered with its end.
+    let (c, mut rc) = spoke(&mut st, "c", 103);
+    st.on_pair_message(c, SpokePair::Switched { pair, epoch: 1 }, 103)
+        .unwrap();
+    assert_eq!(drain(&mut rc), vec![HubPair::Ended { pair }]);
+    assert_eq!(st.pair_counters().unknown, 1);
+    // Revoking a holder ends the pair at once, on disk too.
+    let (tx, mut ra) = mpsc::channel(64);
+    st.attach_session(a, tx);
+    st.revoke("b", 104).unwrap();
+    assert_eq!(drain(&mut ra), vec![HubPair::Ended { pair }]);
+    assert_eq!(st.pair_count(), 0);
+    drop(st);
+    let st = load(&dir, &key);
+    assert_eq!(st.pair_count(), 0);
+}
+
+#[test]
+fn turning_direct_mode_off_for_a_holder_ends_its_pairs() {
+    let dir = TempDir::new("offagain");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    let (c, _rc) = spoke(&mut st, "c", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    request(&mut st, a, b, 100);
+    request(&mut st, a, c, 100);
+    assert_eq!(st.pair_count(), 2);
+    drain(&mut ra);
+    drain(&mut rb);
+    let view = st
+        .set_direct(Some("b"), Some(DirectMode::Off), 101)
+        .unwrap();
+    assert_eq!(
+        (view.direct, view.overridden, view.pairs_ended),
+        (DirectMode::Off, true, 1)
+    );
+    let pair = PairId::new(a, b).unwrap();
+    assert_eq!(drain(&mut rb), vec![HubPair::Ended { pair }]);
+    assert_eq!(drain(&mut ra), vec![HubPair::Ended { pair }]);
+    assert_eq!(st.pair_count(), 1);
+    // Asking again is refused, naming the spoke.
+    request(&mut st, a, b, 102);
+    assert!(
+        matches!(&drain(&mut ra)[..], [HubPair::Refused { reason, .. }] if reason.contains("spoke b"))
+    );
+    // Enforce mode ends the rest.
+    st.edit_access(103, |p| {
+        p.mode = tasuki_core::access::Mode::Enforce;
+        Ok("mode enforce".into())
+    })
+    .unwrap();
+    assert_eq!(st.pair_count(), 0);
+}
+
+/// Both holders report `epoch` stored, then switched to, as spokes do.
+fn walk(st: &mut HubState, pair: PairId, epoch: u64, now: u64) {
+    for h in pair.holders() {
+        let msg = SpokePair::Receipt { pair, epoch };
+        st.on_pair_message(h, msg, now).unwrap();
+    }
+    for h in pair.holders() {
+        let msg = SpokePair::Switched { pair, epoch };
+        st.on_pair_message(h, msg, now).unwrap();
+    }
+}
+
+#[test]
+fn an_admins_rotation_walks_a_pair_to_a_new_epoch_and_erases_the_old() {
+    let dir = TempDir::new("rotate");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    drain(&mut ra);
+    drain(&mut rb);
+    st.request_rotation(Some("a"), tasuki_core::rotation::Trigger::Admin)
+        .unwrap();
+    st.pair_tick(102, HashMap::new());
+    let got = drain(&mut rb);
+    assert!(
+        matches!(&got[..], [HubPair::Offer(o)] if o.delivery.epoch == 2),
+        "{got:?}"
+    );
+    assert!(matches!(&drain(&mut ra)[..], [HubPair::Offer(_)]));
+    walk(&mut st, pair, 2, 103);
+    let got = drain(&mut ra);
+    assert!(
+        matches!(
+            &got[..],
+            [HubPair::Switch {
+                epoch: 2,
+                settled: 1,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    let v = &st.pair_views(103)[0];
+    assert_eq!((v.epoch, v.rotations, v.held.clone()), (2, 1, vec![1, 2]));
+    // The old epoch goes once the grace has passed, key file and all.
+    let grace = st.policy.grace_secs;
+    st.pair_tick(103 + grace, HashMap::new());
+    assert_eq!(st.pair_views(103 + grace)[0].held, vec![2]);
+    let names = st.vault.names().unwrap();
+    let [low, high] = pair.holders();
+    assert!(!names.contains(&format!("pair-{low}-{high}-1")));
+    assert!(names.contains(&format!("pair-{low}-{high}-2")));
+}
+
+#[test]
+fn an_unused_pair_ends_after_the_idle_time() {
+    let dir = TempDir::new("idle");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, _rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    let idle = st.direct.book.limits().idle_secs;
+    st.on_pair_message(a, SpokePair::Used(vec![pair]), 200)
+        .unwrap();
+    st.pair_tick(200 + idle - 1, HashMap::new());
+    assert_eq!(st.pair_count(), 1, "used at 200: not idle yet");
+    drain(&mut ra);
+    st.pair_tick(200 + idle, HashMap::new());
+    assert_eq!(st.pair_count(), 0);
+    assert_eq!(drain(&mut ra), vec![HubPair::Ended { pair }]);
+}
