@@ -311,3 +311,26 @@ fn an_ended_pair_sends_through_the_relay_again() {
     assert_eq!(w.stream(5), 5);
     assert_eq!(relayed(&mut w), relayed_before + 5);
 }
+
+#[test]
+fn one_way_traffic_and_a_last_reply_keep_the_direct_path() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    // Only a sends, for longer than the trust window: b's keepalives answer.
+    assert_eq!(w.stream(800), 800);
+    assert_eq!(w.path_of(0), "direct");
+    // b replies last, then nobody sends: a's keepalive answers b.
+    w.spokes[1].plane.handle_tun(&udp(B, A, b"the last word"));
+    for _ in 0..100 {
+        w.advance(100);
+    }
+    assert_eq!(w.path_of(0), "direct");
+    assert_eq!(w.path_of(1), "direct");
+    for i in 0..2 {
+        assert_eq!(
+            w.spokes[i].plane.status().peers[0].fallbacks,
+            0,
+            "spoke {i}"
+        );
+    }
+}

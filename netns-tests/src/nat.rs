@@ -126,8 +126,12 @@ impl Topology {
             Mapping::EndpointIndependent => "masquerade",
             Mapping::Symmetric => "masquerade fully-random",
         };
+        // Like a home router's firewall, nothing new from the WAN reaches
+        // the router itself: a peer's probe that arrives before our own
+        // went out is dropped before conntrack keeps it (a kept entry would
+        // take the mapping's port and make masquerade pick another).
         let script = format!(
-            "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"eth0\" {rule}\n }}\n}}\n"
+            "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100; policy accept;\n  oifname \"eth0\" {rule}\n }}\n}}\ntable ip firewall {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  iifname \"eth0\" ct state new drop\n }}\n}}\n"
         );
         let path = self.dir.join(format!("nat{i}.nft"));
         std::fs::write(&path, script).expect("write the NAT ruleset");

@@ -27,9 +27,10 @@ use crate::pair::PairId;
 use crate::path::{Path, PathChange, PathConfig, PeerPath};
 use crate::routing::{DropReason, SpokeId};
 
-/// A peer that sent us data is answered within this long (a keepalive
-/// when we have nothing to send), so its path's trust window holds.
-const ANSWER_WITHIN_MS: u64 = 1_000;
+/// A peer that sent us data is answered within about this long (a
+/// keepalive when we have sent it nothing since), so its path's trust
+/// window ([`PathConfig::trust_ms`]) holds while only it sends.
+const ANSWER_WITHIN_MS: u64 = 500;
 /// The data plane asks for a pair with one destination at most this often.
 const ASK_EVERY_MS: u64 = 2_000;
 
@@ -69,7 +70,8 @@ struct DirectPeer {
     /// The epoch new handshakes use (0: none switched to yet).
     current: u64,
     path: PeerPath,
-    last_sent_ms: u64,
+    /// Since when the peer's data waits for something from us.
+    owe_answer: Option<u64>,
     /// Direct traffic since the last report to the hub.
     used: bool,
     stats: PeerStats,
@@ -131,7 +133,7 @@ impl DirectPeers {
             link: Link::new(id, peer.public_key, keepalive),
             current: 0,
             path: PeerPath::new(config),
-            last_sent_ms: 0,
+            owe_answer: None,
             used: false,
             stats: PeerStats::default(),
         });
@@ -172,7 +174,6 @@ impl DirectPeers {
                 {
                     let len = d.len();
                     out.commit(at, len);
-                    p.last_sent_ms = now_ms;
                 }
             }
         }
@@ -258,7 +259,7 @@ impl DirectPeers {
         };
         let tunnel = p.link.for_sending().ok_or(DropReason::NoSession)?;
         let sealed = tunnel.seal(packet, out, at)?;
-        p.last_sent_ms = now_ms;
+        p.owe_answer = None;
         p.used = true;
         p.path.on_sent(now_ms);
         if let Sealed::Sent(len) = sealed {
@@ -318,7 +319,7 @@ impl DirectPeers {
         if kind == Some(2) {
             // Our initiation was answered: the keepalive boringtun sends
             // back went to `from`.
-            p.last_sent_ms = now_ms;
+            p.owe_answer = None;
             return FromPeer::Nothing;
         }
         // A data message (or keepalive) of the pair's session: the path
@@ -331,15 +332,7 @@ impl DirectPeers {
             Some(PathChange::Roamed(at)) => tracing::info!(peer = %p.name, %at, "peer roamed"),
             _ => {}
         }
-        if now_ms.saturating_sub(p.last_sent_ms) >= ANSWER_WITHIN_MS {
-            if let Some(t) = p.link.for_sending() {
-                if let TunnResult::WriteToNetwork(d) = t.tunn.encapsulate(&[], out.spare()) {
-                    let len = d.len();
-                    out.commit(from, len);
-                    p.last_sent_ms = now_ms;
-                }
-            }
-        }
+        p.owe_answer.get_or_insert(now_ms);
         let Some(len) = inner else {
             return FromPeer::Nothing;
         };
@@ -409,6 +402,11 @@ impl DirectPeers {
                 }
                 _ => {}
             }
+            if p.owe_answer
+                .is_some_and(|since| now_ms.saturating_sub(since) >= ANSWER_WITHIN_MS)
+            {
+                answer(p, out);
+            }
             let probes = p.path.poll_probe(now_ms);
             if !probes.is_empty() {
                 probe(p, &probes, out);
@@ -423,6 +421,7 @@ impl DirectPeers {
                     Tick::Send(len) => {
                         if let Some(at) = direct {
                             out.commit(at, len);
+                            p.owe_answer = None;
                         }
                     }
                     Tick::Lost(n) => lost += n,
@@ -478,6 +477,21 @@ impl DirectPeers {
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
+    }
+}
+
+/// A keepalive on the direct path: the peer's data was heard.
+fn answer(p: &mut DirectPeer, out: &mut Outbox<SocketAddr>) {
+    p.owe_answer = None;
+    let Path::Direct(at) = p.path.path() else {
+        return;
+    };
+    let Some(t) = p.link.for_sending() else {
+        return;
+    };
+    if let TunnResult::WriteToNetwork(d) = t.tunn.encapsulate(&[], out.spare()) {
+        let len = d.len();
+        out.commit(at, len);
     }
 }
 
