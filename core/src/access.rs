@@ -21,7 +21,7 @@ mod policy;
 mod rules;
 
 pub use gate::{AccessGate, Flow, FlowTable, PacketKind, MAX_FLOWS_PER_ORIGIN, MAX_FRAGMENTED};
-pub use policy::{AccessPolicy, CompiledAccess, SpokeFacts};
+pub use policy::{AccessPolicy, CompiledAccess, PairRule, PairRules, SpokeFacts};
 pub use rules::{AccessError, Member, Mode, Proto, Rule, Selector, Service};
 
 use crate::routing::SpokeId;

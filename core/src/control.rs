@@ -217,6 +217,15 @@ pub enum HubPair {
         /// Why (a person reads it in the log).
         reason: String,
     },
+    /// The access rules for what comes straight from the peer (and what
+    /// goes to it), sent with each offer and whenever they change; until
+    /// they come, nothing direct passes.
+    Rules {
+        /// The pair.
+        pair: PairId,
+        /// The rules.
+        rules: crate::access::PairRules,
+    },
 }
 
 /// A pair epoch with what the holder needs to reach the peer.

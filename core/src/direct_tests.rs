@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rand::{rngs::StdRng, SeedableRng};
 
-use crate::access::AccessPolicy;
+use crate::access::{AccessPolicy, PairRule, PairRules};
 use crate::control::{Lifetime, PairPeer};
 use crate::datagram::{DataPlane, PacketBatch};
 use crate::hub_plane::{HubPlane, LinkSpec};
@@ -41,6 +41,8 @@ struct World {
     /// Datagrams that went spoke to spoke.
     direct_datagrams: u64,
     now_ms: u64,
+    /// Each spoke's access rules for the pair (open by default).
+    rules: [PairRules; 2],
 }
 
 impl World {
@@ -88,6 +90,7 @@ impl World {
             direct_open: true,
             direct_datagrams: 0,
             now_ms: 100_000,
+            rules: [PairRules::default(), PairRules::default()],
         };
         w.settle();
         w
@@ -162,6 +165,10 @@ impl World {
                 pair,
                 peer,
                 epoch: epoch.clone(),
+            });
+            plane.pair_command(PairCommand::Rules {
+                pair,
+                rules: self.rules[i].clone(),
             });
             plane.pair_command(PairCommand::Use {
                 pair,
@@ -333,4 +340,78 @@ fn one_way_traffic_and_a_last_reply_keep_the_direct_path() {
             "spoke {i}"
         );
     }
+}
+
+#[test]
+fn the_receiver_enforces_the_pairs_rules_on_what_comes_direct() {
+    let mut w = World::new();
+    // b's rules: a may send b udp/53 only (and pings, to probe nothing
+    // else); a's side is open, as a compromised sender's would be.
+    w.rules[1] = PairRules {
+        enforce: true,
+        rules: vec![PairRule {
+            from: 1,
+            to: B,
+            services: vec!["udp/53".parse().unwrap()],
+        }],
+    };
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(0), "direct");
+    let denied = |w: &mut World, i: usize| {
+        w.spokes[i]
+            .plane
+            .status()
+            .counters
+            .dropped
+            .get("denied")
+            .copied()
+            .unwrap_or(0)
+    };
+    let got = |w: &mut World| w.spokes[1].plane.to_tun().packets.len();
+    let before = got(&mut w);
+    let dns = crate::test_packets::udp_ports(A, 5000, B, 53, b"query");
+    let other = crate::test_packets::udp_ports(A, 5000, B, 80, b"not allowed");
+    w.spokes[0].plane.handle_tun(&dns);
+    w.spokes[0].plane.handle_tun(&other);
+    w.settle();
+    assert_eq!(got(&mut w), before + 1, "only the allowed flow arrives");
+    assert_eq!(denied(&mut w, 1), 1, "b dropped the other");
+    // b's answer to the allowed flow passes b's own gate on the way out,
+    // and a flow b starts that no rule allows is stopped at b.
+    let answer = crate::test_packets::udp_ports(B, 53, A, 5000, b"answer");
+    let start = crate::test_packets::udp_ports(B, 6000, A, 22, b"not allowed");
+    let a_before = w.spokes[0].plane.to_tun().packets.len();
+    w.spokes[1].plane.handle_tun(&answer);
+    w.spokes[1].plane.handle_tun(&start);
+    w.settle();
+    assert_eq!(w.spokes[0].plane.to_tun().packets.len(), a_before + 1);
+    assert_eq!(denied(&mut w, 1), 2);
+}
+
+#[test]
+fn before_its_rules_come_nothing_direct_passes() {
+    let mut w = World::new();
+    let pair = w.pair();
+    let epoch = KeyEpoch::issue(1, 0, &mut w.rng);
+    for i in 0..2 {
+        let peer = w.peer_of(i);
+        let candidates = peer.candidates.clone();
+        let plane = &mut w.spokes[i].plane;
+        plane.pair_command(PairCommand::Hold {
+            pair,
+            peer,
+            epoch: epoch.clone(),
+        });
+        plane.pair_command(PairCommand::Use {
+            pair,
+            epoch: 1,
+            candidates,
+        });
+    }
+    w.advance(0);
+    assert_eq!(w.path_of(0), "direct", "the path works");
+    let before = w.spokes[1].plane.to_tun().packets.len();
+    w.spokes[0].plane.handle_tun(&udp(A, B, b"no rules yet"));
+    w.settle();
+    assert_eq!(w.spokes[1].plane.to_tun().packets.len(), before);
 }

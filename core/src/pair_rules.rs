@@ -87,9 +87,9 @@ pub enum DirectRefusal {
     /// Direct mode is off for one side.
     #[error("direct mode is off for spoke {0}")]
     DirectOff(String),
-    /// The access mode is enforce: the hub must see every packet until the
-    /// receiving spoke can enforce the rules itself.
-    #[error("direct mode under an enforced access policy waits for the receiving spoke's gate; traffic goes through the hub")]
+    /// The access policy is enforced and allows no traffic at all between
+    /// the two: a pair would carry nothing.
+    #[error("the access policy allows no traffic between these spokes")]
     Enforced,
     /// One side carries no traffic (no user logged in on it).
     #[error("spoke {0} carries no traffic now (nobody is logged in on it)")]
@@ -100,7 +100,8 @@ pub enum DirectRefusal {
 }
 
 /// Checks whether `asker` may get a pair with `peer` (`None`: no spoke at
-/// the address asked for); `enforced` says the access mode is enforce.
+/// the address asked for); `denied` says the enforced access policy
+/// allows nothing between them.
 /// The first reason that applies is given, the asker's side before the
 /// peer's.
 pub fn check_pair(
@@ -108,7 +109,7 @@ pub fn check_pair(
     peer: Option<&PairSide>,
     same: bool,
     asked: Ipv4Addr,
-    enforced: bool,
+    denied: bool,
 ) -> Result<(), DirectRefusal> {
     let peer = peer.ok_or(DirectRefusal::NoSuchPeer(asked))?;
     if same {
@@ -129,7 +130,7 @@ pub fn check_pair(
             return Err(DirectRefusal::DirectOff(side.name.clone()));
         }
     }
-    if enforced {
+    if denied {
         return Err(DirectRefusal::Enforced);
     }
     for side in [asker, peer] {

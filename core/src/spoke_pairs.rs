@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
+use crate::access::PairRules;
 use crate::control::{DirectFacts, HubPair, PairHeld, PairPeer, SpokePair};
 use crate::keys::KeyEpoch;
 use crate::pair::PairId;
@@ -37,6 +38,8 @@ pub struct StoredPair {
     pub epochs: Vec<KeyEpoch>,
     /// The epoch switched to (0: none yet).
     pub current: u64,
+    /// The access rules last heard for it.
+    pub rules: Option<PairRules>,
 }
 
 /// What the data plane is to do for a pair.
@@ -66,6 +69,13 @@ pub enum PairCommand {
         pair: PairId,
         /// The epoch.
         epoch: u64,
+    },
+    /// The access rules for the pair's direct traffic.
+    Rules {
+        /// The pair.
+        pair: PairId,
+        /// The rules.
+        rules: PairRules,
     },
     /// The pair is over: its traffic goes through the relay.
     End(PairId),
@@ -99,6 +109,13 @@ pub enum PairAction {
         /// The epochs.
         epochs: Vec<u64>,
     },
+    /// Store the pair's access rules (not secret, nothing waits for it).
+    StoreRules {
+        /// The pair.
+        pair: PairId,
+        /// The rules.
+        rules: PairRules,
+    },
     /// Erase everything stored for the pair.
     Forget(PairId),
     /// Tell the data plane.
@@ -121,6 +138,7 @@ pub struct SpokePairs {
     keys: PairKeys,
     peers: BTreeMap<PairId, PairPeer>,
     current: BTreeMap<PairId, u64>,
+    rules: BTreeMap<PairId, PairRules>,
     switching: BTreeMap<PairId, Switching>,
     /// Per peer tunnel address: not asked again before this time.
     quiet_until: HashMap<Ipv4Addr, u64>,
@@ -141,6 +159,7 @@ impl SpokePairs {
             keys: PairKeys::default(),
             peers: BTreeMap::new(),
             current: BTreeMap::new(),
+            rules: BTreeMap::new(),
             switching: BTreeMap::new(),
             quiet_until: HashMap::new(),
             rejected: 0,
@@ -157,6 +176,13 @@ impl SpokePairs {
                     peer: p.peer.clone(),
                     epoch,
                 });
+            }
+            if let Some(rules) = p.rules {
+                s.plane(PairCommand::Rules {
+                    pair: p.pair,
+                    rules: rules.clone(),
+                });
+                s.rules.insert(p.pair, rules);
             }
             if p.current > 0 && s.keys.held(p.pair).contains(&p.current) {
                 // Current since the store said so; `settled` 0 erases nothing.
@@ -263,6 +289,23 @@ impl SpokePairs {
                 candidates,
             } => self.on_switch(now, pair, epoch, settled, candidates),
             HubPair::Ended { pair } => self.end(now, pair),
+            HubPair::Rules { pair, rules } => {
+                if !pair.has(self.me) {
+                    self.reject("rules for a pair this spoke is not in");
+                    return;
+                }
+                if self.peers.contains_key(&pair) {
+                    self.plane(PairCommand::Rules {
+                        pair,
+                        rules: rules.clone(),
+                    });
+                    self.actions.push_back(PairAction::StoreRules {
+                        pair,
+                        rules: rules.clone(),
+                    });
+                }
+                self.rules.insert(pair, rules);
+            }
             HubPair::Refused { peer, reason } => {
                 tracing::info!(%peer, %reason, "no direct path: the hub refused the pair");
                 self.quiet_until.insert(peer, now + REFUSED_SECS);
@@ -319,6 +362,14 @@ impl SpokePairs {
         self.keys.hold(pair, epoch.clone());
         self.peers.insert(pair, peer.clone());
         self.plane(PairCommand::Hold { pair, peer, epoch });
+        if let Some(rules) = self.rules.get(&pair).cloned() {
+            self.plane(PairCommand::Rules {
+                pair,
+                rules: rules.clone(),
+            });
+            self.actions
+                .push_back(PairAction::StoreRules { pair, rules });
+        }
         self.send(SpokePair::Receipt {
             pair,
             epoch: number,
@@ -367,6 +418,7 @@ impl SpokePairs {
     pub fn end(&mut self, now: u64, pair: PairId) {
         self.keys.end(pair);
         self.current.remove(&pair);
+        self.rules.remove(&pair);
         self.switching.remove(&pair);
         if let Some(peer) = self.peers.remove(&pair) {
             // Asking again at once would make the pair the hub just ended.

@@ -313,6 +313,7 @@ fn a_restored_pair_is_handed_to_the_plane_with_its_current_epoch() {
             peer: peer(),
             epochs: vec![e1, e2],
             current: 2,
+            rules: None,
         }],
     );
     let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();

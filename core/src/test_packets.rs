@@ -24,3 +24,19 @@ pub(crate) fn udp(from: Ipv4Addr, to: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
         .unwrap();
     p
 }
+
+/// A UDP packet from `from:sport` to `to:dport` carrying `payload`.
+pub(crate) fn udp_ports(
+    from: Ipv4Addr,
+    sport: u16,
+    to: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut p = Vec::new();
+    etherparse::PacketBuilder::ipv4(from.octets(), to.octets(), 64)
+        .udp(sport, dport)
+        .write(&mut p, payload)
+        .unwrap();
+    p
+}

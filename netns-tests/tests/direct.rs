@@ -220,3 +220,44 @@ fn through_nat_routers_cone_pairs_go_direct_and_symmetric_pairs_stay_relayed() {
     assert_eq!(pings(&t, &sym1.0, &s2, 20), 20);
     assert!(relayed(&t) >= before + 40, "through the hub");
 }
+
+#[test]
+fn under_an_enforced_policy_direct_traffic_follows_the_rules() {
+    if skip_unless_root("direct::under_an_enforced_policy") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    direct_on(t);
+    t.hub_ok(&[
+        "access",
+        "allow",
+        "--from",
+        "spoke:a",
+        "--to",
+        "spoke:b",
+        "--service",
+        "icmp",
+    ]);
+    t.hub_ok(&["access", "mode", "enforce"]);
+    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = relayed(t);
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "a may ping b, direct");
+    assert_eq!(relayed(t), before, "none of it through the hub");
+    // b may answer a's pings but not ping a: stopped where it starts.
+    assert_eq!(pings(t, &t.ns_b, A_TUNNEL, 5), 0, "no rule lets b ping a");
+    let dropped = t.spoke_status_json(&net.b_socket)["counters"]["dropped"]["denied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(dropped >= 5, "b's gate denied its pings ({dropped})");
+    // The rule goes: the pair ends on both sides, and the hub's gate
+    // stops the pings on the relay.
+    t.hub_ok(&["access", "remove", "1"]);
+    t.wait_for("the pair to end", Duration::from_secs(5), || {
+        path_to(t, &net.a_socket, B_TUNNEL).is_none()
+            && path_to(t, &net.b_socket, A_TUNNEL).is_none()
+    });
+    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 5), 0);
+    let pairs = t.hub_ok(&["pair", "list", "--json"]);
+    assert_eq!(pairs.trim(), "[]");
+}

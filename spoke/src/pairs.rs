@@ -124,6 +124,14 @@ impl Control {
                         tracing::error!(%pair, ?epochs, error = %format!("{e:#}"), "cannot erase pair epochs");
                     }
                 }
+                PairAction::StoreRules { pair, rules } => {
+                    // The data plane has them already; a restart before
+                    // they are stored starts with none (nothing direct
+                    // passes) until the hub sends them again.
+                    if let Err(e) = self.store.save_pair_rules(pair, &rules) {
+                        tracing::error!(%pair, error = %format!("{e:#}"), "cannot store a pair's access rules");
+                    }
+                }
                 PairAction::Forget(pair) => {
                     tracing::info!(%pair, "pair ended");
                     if let Err(e) = self.store.forget_pair(pair) {

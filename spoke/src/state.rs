@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use tasuki_core::access::PairRules;
 use tasuki_core::control::Lifetime;
 use tasuki_core::control::PairPeer;
 use tasuki_core::control::SpokeConfig;
@@ -36,6 +37,9 @@ struct PairRecord {
     peer: PairPeer,
     current: u64,
     epochs: Vec<EpochRecord>,
+    /// The access rules last heard (none: nothing direct passes).
+    #[serde(default)]
+    rules: Option<PairRules>,
 }
 
 fn pair_key(pair: PairId) -> Vec<u8> {
@@ -233,6 +237,7 @@ impl SpokeStore {
                 peer: record.peer,
                 epochs,
                 current: record.current,
+                rules: record.rules,
             });
         }
         Ok(out)
@@ -257,6 +262,7 @@ impl SpokeStore {
             peer: peer.clone(),
             current: 0,
             epochs: Vec::new(),
+            rules: None,
         });
         record.peer = peer.clone();
         record.epochs.retain(|e| e.number != epoch.number);
@@ -272,6 +278,16 @@ impl SpokeStore {
             .pair_record(pair)?
             .with_context(|| format!("pair {pair} is not stored"))?;
         record.current = epoch;
+        self.store
+            .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
+    }
+
+    /// Records the access rules of a pair held here.
+    pub(crate) fn save_pair_rules(&self, pair: PairId, rules: &PairRules) -> Result<()> {
+        let Some(mut record) = self.pair_record(pair)? else {
+            return Ok(());
+        };
+        record.rules = Some(rules.clone());
         self.store
             .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
     }

@@ -337,3 +337,93 @@ impl CompiledAccess {
         }
     }
 }
+
+/// The rules that decide the traffic of one pair in direct mode, as the
+/// hub compiled them for its two holders: each holder's gate decides what
+/// comes straight from its peer with the hub's semantics (rules, replies
+/// of allowed flows, fragments), where the hub cannot see.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRules {
+    /// Whether the rules decide (the hub's mode is `enforce`).
+    pub enforce: bool,
+    /// What each holder may send the other.
+    pub rules: Vec<PairRule>,
+}
+
+/// One rule between the holders of a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRule {
+    /// The sending spoke.
+    pub from: SpokeId,
+    /// The receiving spoke's tunnel address.
+    pub to: Ipv4Addr,
+    /// What may pass.
+    pub services: Vec<Service>,
+}
+
+impl PairRules {
+    /// Whether any traffic at all may go between the holders: a pair
+    /// that allows none is never issued.
+    pub fn allows_any(&self) -> bool {
+        !self.enforce || !self.rules.is_empty()
+    }
+
+    /// The gate's form, for a holder's data plane. Bounded like a policy
+    /// (a hub never sends more).
+    pub fn compile(&self) -> CompiledAccess {
+        let mut compiled = CompiledAccess {
+            enforce: self.enforce,
+            ..CompiledAccess::default()
+        };
+        for (index, rule) in self.rules.iter().take(MAX_RULES).enumerate() {
+            compiled.rules.push(CompiledRule {
+                to: Destination::Addrs(HashSet::from([rule.to])),
+                services: rule.services.iter().take(MAX_SERVICES).copied().collect(),
+            });
+            compiled
+                .from_spoke
+                .entry(rule.from)
+                .or_default()
+                .push(index);
+        }
+        compiled
+    }
+
+    /// Rules that let nothing through, until the hub's arrive.
+    pub fn deny_all() -> Self {
+        Self {
+            enforce: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl CompiledAccess {
+    /// The rules of this policy that decide traffic between spokes `a`
+    /// and `b` (each an id and its tunnel address).
+    pub fn for_pair(&self, a: (SpokeId, Ipv4Addr), b: (SpokeId, Ipv4Addr)) -> PairRules {
+        let mut rules = Vec::new();
+        if self.enforce {
+            for ((from, _), (_, to)) in [(a, b), (b, a)] {
+                for &i in self.from_spoke.get(&from).into_iter().flatten() {
+                    let rule = &self.rules[i];
+                    let reaches = match &rule.to {
+                        Destination::Net(net) => net.contains(&to),
+                        Destination::Addrs(addrs) => addrs.contains(&to),
+                    };
+                    if reaches {
+                        rules.push(PairRule {
+                            from,
+                            to,
+                            services: rule.services.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        PairRules {
+            enforce: self.enforce,
+            rules,
+        }
+    }
+}

@@ -12,11 +12,13 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::Ipv4Net;
 
+use crate::access::{AccessGate, Origin, PairRules};
 use crate::admin_api::PeerView;
 use crate::batch::Outbox;
 use crate::control::PairPeer;
@@ -75,6 +77,12 @@ struct DirectPeer {
     /// Direct traffic since the last report to the hub.
     used: bool,
     stats: PeerStats,
+    /// This spoke's id (the pair's other holder), the origin of what we send.
+    me: SpokeId,
+    /// The pair's access rules, on everything between us and the peer
+    /// (relayed packets too, so a flow that began on the relay keeps its
+    /// replies when it moves); nothing direct passes before they come.
+    gate: AccessGate,
 }
 
 /// The spoke's peers in direct mode.
@@ -126,6 +134,7 @@ impl DirectPeers {
         }
         let keepalive = self.keepalive_secs;
         let config = self.config;
+        let me = pair.peer_of(id).unwrap_or_default();
         let p = self.peers.entry(id).or_insert_with(|| DirectPeer {
             pair,
             name: peer.name.clone(),
@@ -136,6 +145,8 @@ impl DirectPeers {
             owe_answer: None,
             used: false,
             stats: PeerStats::default(),
+            me,
+            gate: AccessGate::new(Arc::new(PairRules::deny_all().compile())),
         });
         if p.link.peer() != peer.public_key {
             // The peer's key changed (it enrolled again): a new link.
@@ -176,6 +187,38 @@ impl DirectPeers {
                     out.commit(at, len);
                 }
             }
+        }
+    }
+
+    /// Whether any peer is paired (else nothing here needs a look at a packet).
+    pub(crate) fn has_peers(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The pair's access rules, from now on.
+    pub(crate) fn set_rules(&mut self, pair: PairId, rules: &PairRules) {
+        if let Some(p) = self.by_pair(pair) {
+            p.gate.replace(Arc::new(rules.compile()));
+        }
+    }
+
+    /// A packet between us and a peer that went through the relay (the
+    /// hub decided it): the pair's gate tracks its flow all the same.
+    pub(crate) fn observe_relayed(&mut self, packet: &[u8], now_ms: u64) {
+        let Some(h) = packet.get(12..20) else {
+            return;
+        };
+        let src = Ipv4Addr::new(h[0], h[1], h[2], h[3]);
+        let dst = Ipv4Addr::new(h[4], h[5], h[6], h[7]);
+        let (peer, from_peer) = match (self.by_addr.get(&dst), self.by_addr.get(&src)) {
+            (Some(id), _) => (*id, false),
+            (None, Some(id)) => (*id, true),
+            (None, None) => return,
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let origin = Origin::Spoke(if from_peer { peer } else { p.me });
+            // The verdict was the hub's; only the flow is noted here.
+            let _tracked = p.gate.check(origin, packet, now_ms);
         }
     }
 
@@ -257,6 +300,9 @@ impl DirectPeers {
         let Path::Direct(at) = p.path.path() else {
             return Err(DropReason::NoSession);
         };
+        if !p.gate.check(Origin::Spoke(p.me), packet, now_ms) {
+            return Err(DropReason::Denied);
+        }
         let tunnel = p.link.for_sending().ok_or(DropReason::NoSession)?;
         let sealed = tunnel.seal(packet, out, at)?;
         p.owe_answer = None;
@@ -350,6 +396,12 @@ impl DirectPeers {
         if Some(dst) != own {
             return FromPeer::Drop(DropReason::NoRoute);
         }
+        if !p
+            .gate
+            .check(Origin::Spoke(slot_of_receiver(receiver)), packet, now_ms)
+        {
+            return FromPeer::Drop(DropReason::Denied);
+        }
         p.used = true;
         p.stats.rx_packets += 1;
         FromPeer::Inner(len)
@@ -393,6 +445,7 @@ impl DirectPeers {
     pub(crate) fn tick(&mut self, now_ms: u64, out: &mut Outbox<SocketAddr>) -> u32 {
         let mut lost = 0;
         for p in self.peers.values_mut() {
+            p.gate.prune(now_ms);
             match p.path.tick(now_ms) {
                 Some(PathChange::FellBack) => {
                     tracing::info!(peer = %p.name, "direct path stopped answering: back on the relay")

@@ -212,6 +212,10 @@ impl<T: TunSink> SpokePlane<T> {
                 0
             }
             PairCommand::Erase { pair, epoch } => self.direct.erase(pair, epoch),
+            PairCommand::Rules { pair, rules } => {
+                self.direct.set_rules(pair, &rules);
+                0
+            }
             PairCommand::End(pair) => self.direct.end(pair),
         };
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
@@ -391,6 +395,10 @@ impl<T: TunSink> SpokePlane<T> {
                 self.count_drop(DropReason::KeyExpired);
                 return;
             }
+            if self.direct.has_peers() {
+                self.direct
+                    .observe_relayed(self.io.to_tun.pending(len), self.now_ms);
+            }
             self.io.to_tun.commit(len);
             self.counters.to_tun += 1;
         }
@@ -452,7 +460,7 @@ impl<T: TunSink> SpokePlane<T> {
                     return;
                 }
                 Route::Relay(Some(ask)) => self.io.events.push_back(SpokeEvent::AskPair(ask)),
-                Route::Relay(None) => {}
+                Route::Relay(None) => self.direct.observe_relayed(packet, self.now_ms),
             }
         }
         let Some(tunnel) = self.link.for_sending() else {

@@ -48,7 +48,7 @@ impl HubState {
         tracing::info!(change = %what, mode = self.access.mode.name(), "access policy changed");
         self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
         self.push_access();
-        self.end_pairs_if_enforced(now);
+        self.refresh_pair_rules(now);
         Ok(self.access_view())
     }
 

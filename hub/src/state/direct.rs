@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use tasuki_core::access::PairRules;
 
 use tasuki_core::admin_api::DirectView;
 use tasuki_core::keys::KeyEpoch;
@@ -75,6 +76,9 @@ pub(crate) struct Direct {
     pub(super) unerased: BTreeMap<PairId, u64>,
     /// What was not taken.
     pub(crate) counters: PairCounters,
+    /// The access rules each pair's holders were last sent (memory only:
+    /// sent again after every attach).
+    pub(super) rules_sent: HashMap<PairId, PairRules>,
 }
 
 impl HubState {

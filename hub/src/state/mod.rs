@@ -255,6 +255,7 @@ impl HubState {
         self.forget_direct(id, tasuki_shell::unix_now());
         if self.refresh_facts(id) {
             self.push_access();
+            self.refresh_pair_rules(tasuki_shell::unix_now());
         }
     }
 
@@ -267,6 +268,7 @@ impl HubState {
     fn push_link(&mut self, id: SpokeId) {
         if self.refresh_facts(id) {
             self.push_access();
+            self.refresh_pair_rules(tasuki_shell::unix_now());
         }
         let Some(spec) = self.link_spec(id) else {
             return;

@@ -252,10 +252,13 @@ fn an_admins_rotation_walks_a_pair_to_a_new_epoch_and_erases_the_old() {
     st.pair_tick(102, HashMap::new());
     let got = drain(&mut rb);
     assert!(
-        matches!(&got[..], [HubPair::Offer(o)] if o.delivery.epoch == 2),
+        matches!(&got[..], [HubPair::Offer(o), HubPair::Rules { .. }] if o.delivery.epoch == 2),
         "{got:?}"
     );
-    assert!(matches!(&drain(&mut ra)[..], [HubPair::Offer(_)]));
+    assert!(matches!(
+        &drain(&mut ra)[..],
+        [HubPair::Offer(_), HubPair::Rules { .. }]
+    ));
     walk(&mut st, pair, 2, 103);
     let got = drain(&mut ra);
     assert!(
@@ -300,4 +303,80 @@ fn an_unused_pair_ends_after_the_idle_time() {
     st.pair_tick(200 + idle, HashMap::new());
     assert_eq!(st.pair_count(), 0);
     assert_eq!(drain(&mut ra), vec![HubPair::Ended { pair }]);
+}
+
+/// Under an enforced policy a pair is issued only when some rule lets
+/// traffic between its holders, its holders get the rules that decide
+/// it, a change of the rules reaches them, and a policy that no longer
+/// allows it ends it on both sides.
+#[test]
+fn an_enforced_policy_decides_which_pairs_exist_and_what_they_carry() {
+    use tasuki_core::access::{Mode, Rule};
+    let dir = TempDir::new("enforce");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    st.edit_access(100, |p| {
+        p.mode = Mode::Enforce;
+        Ok("enforce".into())
+    })
+    .unwrap();
+    request(&mut st, a, b, 100);
+    let got = drain(&mut ra);
+    assert!(
+        matches!(&got[..], [HubPair::Refused { reason, .. }] if reason.contains("allows no traffic")),
+        "{got:?}"
+    );
+    let rule: Rule = Rule {
+        from: "spoke:a".parse().unwrap(),
+        to: "spoke:b".parse().unwrap(),
+        services: vec!["tcp/22".parse().unwrap()],
+    };
+    st.edit_access(101, |p| p.allow(rule).map(|n| format!("rule {n}")))
+        .unwrap();
+    request(&mut st, a, b, 102);
+    let pair = PairId::new(a, b).unwrap();
+    for rx in [&mut ra, &mut rb] {
+        let got = drain(rx);
+        let rules = got.iter().find_map(|m| match m {
+            HubPair::Rules { rules, .. } => Some(rules.clone()),
+            _ => None,
+        });
+        let rules = rules.unwrap_or_else(|| panic!("no rules in {got:?}"));
+        assert!(rules.enforce);
+        assert_eq!(rules.rules.len(), 1);
+        assert_eq!(rules.rules[0].from, a);
+        assert_eq!(rules.rules[0].to, addr_of(&st, b));
+    }
+    // Another rule between them: both holders hear the new rules.
+    let back: Rule = Rule {
+        from: "spoke:b".parse().unwrap(),
+        to: "spoke:a".parse().unwrap(),
+        services: vec!["udp/53".parse().unwrap()],
+    };
+    st.edit_access(103, |p| p.allow(back).map(|n| format!("rule {n}")))
+        .unwrap();
+    for rx in [&mut ra, &mut rb] {
+        let got = drain(rx);
+        assert!(
+            matches!(&got[..], [HubPair::Rules { rules, .. }] if rules.rules.len() == 2),
+            "{got:?}"
+        );
+    }
+    // Both rules gone: the pair ends at once, on both sides.
+    st.edit_access(104, |p| {
+        p.remove_rule(2)?;
+        p.remove_rule(1).map(|_| "removed".into())
+    })
+    .unwrap();
+    assert_eq!(st.pair_count(), 0);
+    for rx in [&mut ra, &mut rb] {
+        let got = drain(rx);
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, HubPair::Ended { pair: p } if *p == pair)),
+            "{got:?}"
+        );
+    }
 }

@@ -140,10 +140,16 @@ impl HubState {
     /// What does not fit a queue is not kept: the schedule sends again.
     fn send_pair_plan(&mut self, pair: PairId, plan: PairPlan) {
         let mut messages: Vec<(SpokeId, HubMessage)> = Vec::new();
+        let rules = (!plan.deliveries.is_empty()).then(|| self.pair_rules(pair));
         for (holder, delivery) in plan.deliveries {
             if let Some(peer) = self.pair_peer(pair, holder) {
                 let offer = HubPair::Offer(PairOffer { peer, delivery });
                 messages.push((holder, HubMessage::Pair(offer)));
+                // The rules follow each offer: nothing direct passes before.
+                if let Some(rules) = rules.clone() {
+                    self.direct.rules_sent.insert(pair, rules.clone());
+                    messages.push((holder, HubMessage::Pair(HubPair::Rules { pair, rules })));
+                }
             }
         }
         for (holder, epoch) in plan.notify {
@@ -207,10 +213,12 @@ impl HubState {
             sealed: seal_pair(&link, pair, &epoch, &mut rand_core::OsRng)?,
             lifetime: self.policy.lifetime(),
         };
-        let mut messages = vec![HubMessage::Pair(HubPair::Offer(PairOffer {
-            peer,
-            delivery,
-        }))];
+        let rules = self.pair_rules(pair);
+        self.direct.rules_sent.insert(pair, rules.clone());
+        let mut messages = vec![
+            HubMessage::Pair(HubPair::Offer(PairOffer { peer, delivery })),
+            HubMessage::Pair(HubPair::Rules { pair, rules }),
+        ];
         if notified > 0 {
             messages.push(HubMessage::Pair(HubPair::Switch {
                 pair,

@@ -5,6 +5,7 @@
 //! Every change of a pair is stored (flushed) before anyone hears of it.
 
 use std::net::Ipv4Addr;
+use tasuki_core::access::PairRules;
 
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::{DirectFacts, HubMessage, HubPair, SpokePair};
@@ -83,8 +84,10 @@ impl HubState {
         let checked = match (self.pair_side(from), id) {
             (Some(asker), id) => {
                 let other = id.and_then(|id| self.pair_side(id));
-                let enforced = self.access.mode == tasuki_core::access::Mode::Enforce;
-                check_pair(&asker, other.as_ref(), id == Some(from), peer, enforced)
+                let denied = id
+                    .and_then(|id| PairId::new(from, id))
+                    .is_some_and(|pair| !self.pair_rules(pair).allows_any());
+                check_pair(&asker, other.as_ref(), id == Some(from), peer, denied)
             }
             (None, _) => Err(DirectRefusal::NotActive(self.spoke_name(from))),
         };
@@ -227,6 +230,11 @@ impl HubState {
             if let Err(e) = result {
                 failed.get_or_insert(e);
             }
+            // It may have restarted before storing them: the rules again.
+            if self.direct.book.get(pair).is_some() && pair.has(from) {
+                let rules = self.pair_rules(pair);
+                self.send_pair_rules(pair, from, rules);
+            }
         }
         failed.map_or(Ok(()), Err)
     }
@@ -290,11 +298,48 @@ impl HubState {
         self.end_pairs_where(now, why, |_, p| p.has(spoke))
     }
 
-    /// After a change of the access policy: under enforce no pair may
-    /// stand (the receiving spokes cannot enforce it yet).
-    pub(super) fn end_pairs_if_enforced(&mut self, now: u64) {
-        if self.access.mode == tasuki_core::access::Mode::Enforce {
-            self.end_pairs_where(now, "the access policy is enforced", |_, _| true);
+    /// The access rules between a pair's holders, as the policy compiles now.
+    pub(super) fn pair_rules(&self, pair: PairId) -> PairRules {
+        let [low, high] = pair.holders();
+        let addr = |id| self.registry.spoke(id).map(|s| s.tunnel_addr);
+        match (addr(low), addr(high)) {
+            (Some(a), Some(b)) => self.compiled_access().for_pair((low, a), (high, b)),
+            _ => PairRules::deny_all(),
+        }
+    }
+
+    /// After the compiled access policy changed (an edit, a login, a
+    /// spoke come or gone): pairs it no longer allows end at once, the
+    /// others' holders get their new rules.
+    pub(super) fn refresh_pair_rules(&mut self, now: u64) {
+        let pairs: Vec<PairId> = self.direct.book.pairs().map(PairSchedule::pair).collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let compiled = self.compiled_access();
+        for pair in pairs {
+            let [low, high] = pair.holders();
+            let addr = |id| self.registry.spoke(id).map(|s| s.tunnel_addr);
+            let rules = match (addr(low), addr(high)) {
+                (Some(a), Some(b)) => compiled.for_pair((low, a), (high, b)),
+                _ => PairRules::deny_all(),
+            };
+            if !rules.allows_any() {
+                self.end_pair(pair, now, "the access policy no longer allows it");
+            } else if self.direct.rules_sent.get(&pair) != Some(&rules) {
+                for holder in pair.holders() {
+                    self.send_pair_rules(pair, holder, rules.clone());
+                }
+            }
+        }
+    }
+
+    /// Sends a holder its pair's access rules.
+    pub(super) fn send_pair_rules(&mut self, pair: PairId, holder: SpokeId, rules: PairRules) {
+        self.direct.rules_sent.insert(pair, rules.clone());
+        let msg = HubMessage::Pair(HubPair::Rules { pair, rules });
+        if let Some(tx) = self.sessions.get(&holder).cloned() {
+            self.send_keys(holder, &tx, vec![msg]);
         }
     }
 
