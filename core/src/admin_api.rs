@@ -118,6 +118,28 @@ pub struct PairHolderView {
     pub current: u64,
     /// Its candidate endpoints as its peer is told them.
     pub candidates: Vec<String>,
+    /// Its path to the peer as it last reported: `direct`, `relay`, or
+    /// `unknown` before its first report.
+    #[serde(default)]
+    pub path: String,
+    /// Where it sends direct traffic, while direct.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Seconds since its last direct handshake, when it reported.
+    #[serde(default)]
+    pub last_handshake_secs: Option<u64>,
+    /// Datagram bytes it sent direct.
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// Datagram bytes it received direct.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Inner packets it sent direct.
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Inner packets it received direct.
+    #[serde(default)]
+    pub rx_packets: u64,
 }
 
 /// One pair the hub keys (never key bytes).

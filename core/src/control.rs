@@ -123,6 +123,36 @@ pub enum SpokePair {
     /// The pairs that carried direct traffic since the last such report
     /// (the hub cannot see direct traffic; a pair nobody uses ends).
     Used(Vec<PairId>),
+    /// Every pair's path and counters, every few seconds (for `pair list`
+    /// and the hub's metrics); an `active` pair counts as used.
+    Usage(Vec<PairUsage>),
+}
+
+/// One pair's direct traffic as one holder saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairUsage {
+    /// The pair.
+    pub pair: PairId,
+    /// Where direct traffic goes now; `None`: through the relay.
+    pub direct: Option<SocketAddr>,
+    /// Direct traffic since the last report.
+    pub active: bool,
+    /// Seconds since the last direct handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Inner packets sent direct.
+    pub tx_packets: u64,
+    /// Inner packets received direct.
+    pub rx_packets: u64,
+    /// Datagram bytes sent direct.
+    pub tx_bytes: u64,
+    /// Datagram bytes received direct.
+    pub rx_bytes: u64,
+    /// Times the direct path took over.
+    pub upgrades: u64,
+    /// Times it stopped answering and the relay took over again.
+    pub fallbacks: u64,
+    /// Rounds of probes nobody answered.
+    pub punch_failures: u64,
 }
 
 /// What a spoke tells the hub about its direct mode.

@@ -242,6 +242,8 @@ fn a_blocked_direct_path_falls_back_to_the_relay_and_comes_back() {
     let relayed_before = relayed(&mut w);
     assert_eq!(w.stream(10), 10, "the relay carries everything now");
     assert_eq!(relayed(&mut w), relayed_before + 10);
+    // b heard a through the hub: it answers through the hub too.
+    assert_eq!(w.path_of(1), "relay");
     assert_eq!(w.spokes[0].plane.status().peers[0].fallbacks, 1);
     // Open again: after the back-off, the probes find the path.
     w.direct_open = true;

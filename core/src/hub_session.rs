@@ -97,6 +97,7 @@ fn bounded(mut pair: SpokePair) -> SpokePair {
             facts.pairs.truncate(MAX_PAIRS_REPORTED);
         }
         SpokePair::Used(pairs) => pairs.truncate(MAX_PAIRS_REPORTED),
+        SpokePair::Usage(usage) => usage.truncate(MAX_PAIRS_REPORTED),
         _ => {}
     }
     pair

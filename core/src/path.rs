@@ -59,6 +59,9 @@ pub struct PathConfig {
     pub backoff_min_ms: u64,
     /// The longest wait before direct is tried again.
     pub backoff_max_ms: u64,
+    /// How long after an upgrade the peer's traffic may still come through
+    /// the relay (it upgrades a moment later).
+    pub settle_ms: u64,
 }
 
 impl Default for PathConfig {
@@ -69,6 +72,7 @@ impl Default for PathConfig {
             trust_ms: 5_000,
             backoff_min_ms: 2_000,
             backoff_max_ms: 120_000,
+            settle_ms: 2_000,
         }
     }
 }
@@ -85,6 +89,7 @@ enum State {
     Direct {
         endpoint: SocketAddr,
         unanswered_since: Option<u64>,
+        since: u64,
     },
 }
 
@@ -174,11 +179,12 @@ impl PeerPath {
 
     /// A packet of the pair's session (data or keepalive) was decrypted,
     /// coming from `from`.
-    pub fn on_authenticated(&mut self, from: SocketAddr) -> Option<PathChange> {
+    pub fn on_authenticated(&mut self, from: SocketAddr, now: u64) -> Option<PathChange> {
         match &mut self.state {
             State::Direct {
                 endpoint,
                 unanswered_since,
+                ..
             } => {
                 *unanswered_since = None;
                 if *endpoint != from {
@@ -191,11 +197,28 @@ impl PeerPath {
                 self.state = State::Direct {
                     endpoint: from,
                     unanswered_since: None,
+                    since: now,
                 };
                 self.backoff = self.config.backoff_min_ms;
                 self.counters.upgrades += 1;
                 Some(PathChange::Upgraded(from))
             }
+        }
+    }
+
+    /// A packet from the peer came through the relay: once the direct
+    /// path has settled ([`PathConfig::settle_ms`] after the upgrade),
+    /// that means the peer lost it (it fell back, or its address changed
+    /// and it has not probed yet), so traffic goes back to the relay at
+    /// once instead of into a path the peer no longer reads from.
+    pub fn on_peer_relayed(&mut self, now: u64) -> Option<PathChange> {
+        match self.state {
+            State::Direct { since, .. } if now.saturating_sub(since) >= self.config.settle_ms => {
+                self.counters.fallbacks += 1;
+                self.back_off(now);
+                Some(PathChange::FellBack)
+            }
+            _ => None,
         }
     }
 

@@ -13,6 +13,7 @@ fn config() -> PathConfig {
         trust_ms: 3_000,
         backoff_min_ms: 2_000,
         backoff_max_ms: 8_000,
+        settle_ms: 2_000,
     }
 }
 
@@ -33,7 +34,7 @@ fn the_relay_carries_until_a_packet_comes_back_direct() {
     assert!(p.poll_probe(500).is_empty(), "one round a second");
     assert_eq!(p.poll_probe(1_000).len(), 2);
     assert_eq!(
-        p.on_authenticated(addr(2, 51820)),
+        p.on_authenticated(addr(2, 51820), 0),
         Some(PathChange::Upgraded(addr(2, 51820)))
     );
     assert_eq!(
@@ -48,7 +49,7 @@ fn the_relay_carries_until_a_packet_comes_back_direct() {
 #[test]
 fn unanswered_traffic_falls_back_at_once_and_retries_with_growing_back_off() {
     let mut p = probing();
-    p.on_authenticated(addr(1, 4000));
+    p.on_authenticated(addr(1, 4000), 0);
     p.on_sent(10_000);
     p.on_sent(11_000);
     assert_eq!(p.tick(12_999), None, "inside the trust window");
@@ -71,11 +72,11 @@ fn unanswered_traffic_falls_back_at_once_and_retries_with_growing_back_off() {
 #[test]
 fn answers_keep_the_direct_path() {
     let mut p = probing();
-    p.on_authenticated(addr(1, 4000));
+    p.on_authenticated(addr(1, 4000), 0);
     for t in (0..60_000).step_by(1_000) {
         p.on_sent(t);
         assert_eq!(p.tick(t + 500), None);
-        p.on_authenticated(addr(1, 4000));
+        p.on_authenticated(addr(1, 4000), 0);
     }
     assert_eq!(p.path(), Path::Direct(addr(1, 4000)));
     // Idle (nothing sent): no answer is needed.
@@ -86,9 +87,9 @@ fn answers_keep_the_direct_path() {
 #[test]
 fn a_packet_from_a_new_address_moves_the_path_there() {
     let mut p = probing();
-    p.on_authenticated(addr(1, 4000));
+    p.on_authenticated(addr(1, 4000), 0);
     assert_eq!(
-        p.on_authenticated(addr(1, 4001)),
+        p.on_authenticated(addr(1, 4001), 0),
         Some(PathChange::Roamed(addr(1, 4001)))
     );
     assert_eq!(p.path(), Path::Direct(addr(1, 4001)));
@@ -122,7 +123,7 @@ fn the_back_off_stops_growing_and_an_offer_resets_it() {
 #[test]
 fn an_ended_pair_stays_on_the_relay() {
     let mut p = probing();
-    p.on_authenticated(addr(1, 4000));
+    p.on_authenticated(addr(1, 4000), 0);
     p.end();
     assert_eq!(p.path(), Path::Relay);
     assert!(p.candidates().is_empty());
@@ -134,8 +135,23 @@ fn an_ended_pair_stays_on_the_relay() {
 #[test]
 fn an_offer_while_direct_keeps_the_working_path() {
     let mut p = probing();
-    p.on_authenticated(addr(1, 4000));
+    p.on_authenticated(addr(1, 4000), 0);
     p.probe_now(9_000, vec![addr(1, 4000), addr(9, 9)]);
     assert_eq!(p.path(), Path::Direct(addr(1, 4000)));
     assert!(p.poll_probe(9_000).is_empty());
+}
+
+#[test]
+fn the_peers_traffic_on_the_relay_ends_a_settled_direct_path_at_once() {
+    let mut p = PeerPath::new(PathConfig::default());
+    p.probe_now(0, vec![addr(1, 4000)]);
+    p.on_authenticated(addr(1, 4000), 1_000);
+    // Just upgraded: the peer may not have moved yet.
+    assert_eq!(p.on_peer_relayed(1_500), None);
+    assert_eq!(p.path(), Path::Direct(addr(1, 4000)));
+    // Settled: the peer sends through the hub, so it lost the direct path.
+    assert_eq!(p.on_peer_relayed(3_100), Some(PathChange::FellBack));
+    assert_eq!(p.path(), Path::Relay);
+    assert_eq!(p.counters().fallbacks, 1);
+    assert_eq!(p.on_peer_relayed(3_200), None, "on the relay already");
 }

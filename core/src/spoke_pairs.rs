@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::access::PairRules;
-use crate::control::{DirectFacts, HubPair, PairHeld, PairPeer, SpokePair};
+use crate::control::{DirectFacts, HubPair, PairHeld, PairPeer, PairUsage, SpokePair};
 use crate::keys::KeyEpoch;
 use crate::pair::PairId;
 use crate::pair_keys::{PairKeys, PairReceived, PairSwitch};
@@ -233,10 +233,11 @@ impl SpokePairs {
         self.send(SpokePair::Facts(DirectFacts { local, pairs }));
     }
 
-    /// The pairs that carried direct traffic lately, for the hub.
-    pub fn used(&mut self, pairs: Vec<PairId>) {
-        if !pairs.is_empty() {
-            self.send(SpokePair::Used(pairs));
+    /// Every pair's path and counters, for the hub (which counts an
+    /// active pair as used).
+    pub fn usage(&mut self, usage: Vec<PairUsage>) {
+        if !usage.is_empty() {
+            self.send(SpokePair::Usage(usage));
         }
     }
 

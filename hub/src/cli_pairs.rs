@@ -55,10 +55,17 @@ fn print_pairs(pairs: &[PairView]) {
         );
         for h in &p.holders {
             println!(
-                "  {}: stored {}, current {}, candidates {}",
+                "  {}: {}{}, stored {}, current {}, {} B out / {} B in direct, candidates {}",
                 h.spoke,
+                h.path,
+                h.endpoint
+                    .as_ref()
+                    .map(|e| format!(" via {e}"))
+                    .unwrap_or_default(),
                 h.stored,
                 h.current,
+                h.tx_bytes,
+                h.rx_bytes,
                 if h.candidates.is_empty() {
                     "none".into()
                 } else {

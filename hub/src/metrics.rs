@@ -102,6 +102,8 @@ struct Snapshot {
     logins: usize,
     /// Pair messages not taken (refused requests, unknown pairs).
     pair_counters: crate::state::PairCounters,
+    /// Direct traffic as the spokes report it, and pairs direct now.
+    direct: (crate::state::DirectTotals, usize),
 }
 
 impl Snapshot {
@@ -118,6 +120,7 @@ impl Snapshot {
             keys,
             logins: st.login_count(),
             pair_counters: st.pair_counters(),
+            direct: st.direct_totals(),
         }
     }
 }
@@ -318,6 +321,42 @@ fn state_families(snap: &Snapshot) -> Vec<Family> {
             "tasuki_pairs",
             "Spoke pairs keyed for direct mode.",
             single(status.pairs as u64),
+        ),
+        gauge(
+            "tasuki_pair_paths_direct",
+            "Pair holders whose last report says their traffic goes direct.",
+            single(snap.direct.1 as u64),
+        ),
+        counter(
+            "tasuki_direct_packets_total",
+            "Inner packets spokes sent and received direct, as they report them (relayed ones are tasuki_packets_total{path=\"relayed\"}).",
+            by_label(
+                "direction",
+                &[("tx", snap.direct.0.tx_packets), ("rx", snap.direct.0.rx_packets)],
+            ),
+        ),
+        counter(
+            "tasuki_direct_bytes_total",
+            "Datagram bytes spokes sent and received direct, as they report them.",
+            by_label(
+                "direction",
+                &[("tx", snap.direct.0.tx_bytes), ("rx", snap.direct.0.rx_bytes)],
+            ),
+        ),
+        counter(
+            "tasuki_direct_upgrades_total",
+            "Times a pair's direct path took over from the relay.",
+            single(snap.direct.0.upgrades),
+        ),
+        counter(
+            "tasuki_direct_fallbacks_total",
+            "Times a direct path stopped answering and the relay took over again.",
+            single(snap.direct.0.fallbacks),
+        ),
+        counter(
+            "tasuki_direct_punch_failures_total",
+            "Rounds of hole-punching probes nobody answered.",
+            single(snap.direct.0.punch_failures),
         ),
         counter(
             "tasuki_pair_requests_refused_total",

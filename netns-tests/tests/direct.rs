@@ -103,9 +103,25 @@ fn spokes_on_one_network_go_direct_fall_back_when_blocked_and_come_back() {
     assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 50), 50, "nothing lost direct");
     let after = relayed(t);
     assert_eq!(after, before, "the hub relayed none of the direct pings");
-    let pairs = t.hub_ok(&["pair", "list", "--json"]);
-    let pairs: Value = serde_json::from_str(&pairs).expect("pair list --json");
-    assert_eq!(pairs.as_array().map(Vec::len), Some(1), "{pairs}");
+    // The holders' reports reach the hub within their 10 s period.
+    t.wait_for(
+        "the hub to hear both paths",
+        Duration::from_secs(25),
+        || {
+            let pairs = t.hub_ok(&["pair", "list", "--json"]);
+            let pairs: Value = serde_json::from_str(&pairs).expect("pair list --json");
+            let list = pairs.as_array().cloned().unwrap_or_default();
+            list.len() == 1
+                && list[0]["holders"].as_array().is_some_and(|h| {
+                    h.iter()
+                        .all(|h| h["path"] == "direct" && h["tx_packets"].as_u64().unwrap_or(0) > 0)
+                })
+        },
+    );
+    assert!(
+        !t.hub_ok(&["pair", "list"]).contains("key"),
+        "no key material in the listing"
+    );
 
     // Blocked: back on the relay within a few seconds, and pings pass.
     block_direct(t, true);

@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tasuki_core::control::PairUsage;
 use tasuki_core::keys::{PublicKey, StaticKey};
-use tasuki_core::pair::PairId;
 use tasuki_core::spoke_keys::HeldEpoch;
 use tasuki_core::spoke_pairs::PairCommand;
 pub(crate) use tasuki_core::spoke_plane::SpokeStatus as DpStatus;
@@ -55,15 +55,15 @@ pub(crate) enum SpokeEvent {
     /// Traffic to the spoke at this tunnel address goes through the relay:
     /// ask the hub for the pair.
     AskPair(Ipv4Addr),
-    /// The pairs that carried direct traffic lately.
-    PairsUsed(Vec<PairId>),
+    /// Every pair's path and counters, and which carried direct traffic lately.
+    PairsUsage(Vec<PairUsage>),
     /// The data-plane socket listens on this UDP port (for the hub's
     /// candidates).
     Listening(u16),
 }
 
-/// Timer ticks (250 ms) between two reports of the pairs in use.
-const USED_EVERY_TICKS: u32 = 120;
+/// Timer ticks (250 ms) between two reports of the pairs' use (10 s).
+const USED_EVERY_TICKS: u32 = 40;
 
 /// Where the spoke is in the tunnel network.
 #[derive(Clone, Copy, Debug)]
@@ -178,9 +178,9 @@ impl Plane {
 
     /// Tells the control loop which pairs carried direct traffic lately.
     fn report_used(&mut self) {
-        let used = self.machine.take_used_pairs();
-        if !used.is_empty() {
-            self.to_control(SpokeEvent::PairsUsed(used));
+        let usage = self.machine.take_pair_usage();
+        if !usage.is_empty() {
+            self.to_control(SpokeEvent::PairsUsage(usage));
         }
     }
 

@@ -32,7 +32,7 @@ impl Control {
             SpokeEvent::AskPair(peer) => {
                 self.with_pairs(|p| p.ask(tasuki_shell::boot_secs(), peer))
             }
-            SpokeEvent::PairsUsed(used) => self.with_pairs(|p| p.used(used)),
+            SpokeEvent::PairsUsage(usage) => self.with_pairs(|p| p.usage(usage)),
             SpokeEvent::Listening(port) => {
                 *self
                     .dp_port

@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 use crate::access::{AccessGate, Origin, PairRules};
 use crate::admin_api::PeerView;
 use crate::batch::Outbox;
-use crate::control::PairPeer;
+use crate::control::{PairPeer, PairUsage};
 use crate::datagram::{open_datagram, Opened, TunSink};
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Sealed, Tick, MAX_SLOT};
@@ -219,6 +219,9 @@ impl DirectPeers {
             let origin = Origin::Spoke(if from_peer { peer } else { p.me });
             // The verdict was the hub's; only the flow is noted here.
             let _tracked = p.gate.check(origin, packet, now_ms);
+            if from_peer && p.path.on_peer_relayed(now_ms).is_some() {
+                tracing::info!(peer = %p.name, "the peer sends through the hub: back on the relay");
+            }
         }
     }
 
@@ -371,7 +374,7 @@ impl DirectPeers {
         // A data message (or keepalive) of the pair's session: the path
         // from `from` works.
         p.stats.rx_bytes += datagram.len() as u64;
-        match p.path.on_authenticated(from) {
+        match p.path.on_authenticated(from, now_ms) {
             Some(PathChange::Upgraded(at)) => {
                 tracing::info!(peer = %p.name, %at, "direct path up")
             }
@@ -485,11 +488,34 @@ impl DirectPeers {
         lost
     }
 
-    /// The pairs that carried direct traffic since the last call.
-    pub(crate) fn take_used(&mut self) -> Vec<PairId> {
+    /// Every pair's path and counters, and whether it carried direct
+    /// traffic since the last call.
+    pub(crate) fn take_usage(&mut self) -> Vec<PairUsage> {
         self.peers
             .values_mut()
-            .filter_map(|p| std::mem::take(&mut p.used).then_some(p.pair))
+            .map(|p| {
+                let counters = p.path.counters();
+                PairUsage {
+                    pair: p.pair,
+                    direct: match p.path.path() {
+                        Path::Direct(at) => Some(at),
+                        Path::Relay => None,
+                    },
+                    active: std::mem::take(&mut p.used),
+                    last_handshake_secs: p
+                        .link
+                        .for_sending()
+                        .and_then(|t| t.tunn.time_since_last_handshake())
+                        .map(|d| d.as_secs()),
+                    tx_packets: p.stats.tx_packets,
+                    rx_packets: p.stats.rx_packets,
+                    tx_bytes: p.stats.tx_bytes,
+                    rx_bytes: p.stats.rx_bytes,
+                    upgrades: counters.upgrades,
+                    fallbacks: counters.fallbacks,
+                    punch_failures: counters.punch_failures,
+                }
+            })
             .collect()
     }
 

@@ -221,10 +221,10 @@ impl<T: TunSink> SpokePlane<T> {
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
     }
 
-    /// The pairs that carried direct traffic since the last call (for the
-    /// hub, which cannot see it).
-    pub fn take_used_pairs(&mut self) -> Vec<crate::pair::PairId> {
-        self.direct.take_used()
+    /// Every pair's path and counters, and which carried direct traffic
+    /// since the last call (for the hub, which cannot see it).
+    pub fn take_pair_usage(&mut self) -> Vec<crate::control::PairUsage> {
+        self.direct.take_usage()
     }
 
     /// The hub revoked this spoke: every tunnel and key goes.

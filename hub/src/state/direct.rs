@@ -79,6 +79,10 @@ pub(crate) struct Direct {
     /// The access rules each pair's holders were last sent (memory only:
     /// sent again after every attach).
     pub(super) rules_sent: HashMap<PairId, PairRules>,
+    /// What each holder last reported of each pair (memory only).
+    pub(super) usage: HashMap<(PairId, SpokeId), tasuki_core::control::PairUsage>,
+    /// Direct traffic over all pairs since the start.
+    pub(super) totals: super::pair_usage::DirectTotals,
 }
 
 impl HubState {

@@ -27,6 +27,7 @@ use crate::dataplane::{DpCommand, DpHandle, DpStatus, LinkSpec};
 mod access;
 mod direct;
 pub(crate) use direct::PairCounters;
+pub(crate) use pair_usage::DirectTotals;
 mod error;
 mod load;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub(crate) use error::StateError;
 /// What a change to the hub's state returns.
 pub(crate) type Result<T, E = StateError> = std::result::Result<T, E>;
 mod outbox;
+mod pair_usage;
 mod rotation;
 pub(crate) use rotation::{endpoints, usage};
 mod spokes;

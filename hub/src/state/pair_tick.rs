@@ -268,15 +268,30 @@ impl HubState {
                     .holders()
                     .into_iter()
                     .enumerate()
-                    .map(|(i, h)| PairHolderView {
-                        spoke: self.spoke_name(h),
-                        stored: meta.acked[i],
-                        current: meta.current[i],
-                        candidates: self
-                            .pair_candidates(h)
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect(),
+                    .map(|(i, h)| {
+                        let usage = self.pair_usage_of(pair, h);
+                        let path = match usage {
+                            Some(u) if u.direct.is_some() => "direct",
+                            Some(_) => "relay",
+                            None => "unknown",
+                        };
+                        PairHolderView {
+                            spoke: self.spoke_name(h),
+                            stored: meta.acked[i],
+                            current: meta.current[i],
+                            candidates: self
+                                .pair_candidates(h)
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect(),
+                            path: path.into(),
+                            endpoint: usage.and_then(|u| u.direct).map(|a| a.to_string()),
+                            last_handshake_secs: usage.and_then(|u| u.last_handshake_secs),
+                            tx_bytes: usage.map_or(0, |u| u.tx_bytes),
+                            rx_bytes: usage.map_or(0, |u| u.rx_bytes),
+                            tx_packets: usage.map_or(0, |u| u.tx_packets),
+                            rx_packets: usage.map_or(0, |u| u.rx_packets),
+                        }
                     })
                     .collect();
                 PairView {

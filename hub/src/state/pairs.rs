@@ -47,6 +47,7 @@ impl HubState {
                 }
                 Ok(())
             }
+            SpokePair::Usage(usage) => self.on_pair_usage(from, usage, now),
         }
     }
 
@@ -179,7 +180,7 @@ impl HubState {
 
     /// A report about a pair the hub does not key, or from a spoke that
     /// does not hold it: counted, and the spoke is told to drop it.
-    fn unknown_pair(&mut self, from: SpokeId, pair: PairId) {
+    pub(super) fn unknown_pair(&mut self, from: SpokeId, pair: PairId) {
         self.direct.counters.unknown += 1;
         tracing::info!(spoke = %self.spoke_name(from), %pair, "report about a pair this spoke does not hold at the hub; told it ended");
         self.tell(from, HubMessage::Pair(HubPair::Ended { pair }));
@@ -253,6 +254,7 @@ impl HubState {
         for h in pair.holders() {
             self.tell(h, HubMessage::Pair(HubPair::Ended { pair }));
         }
+        self.forget_pair_usage(pair);
         let names = pair.holders().map(|h| self.spoke_name(h));
         tracing::info!(%pair, low = %names[0], high = %names[1], %why, "pair ended");
         self.audit(
