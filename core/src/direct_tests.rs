@@ -305,6 +305,16 @@ fn a_peer_cannot_send_from_another_address_or_to_someone_else() {
         .plane
         .handle_datagram("198.51.100.1:9".parse().unwrap(), &[1; 148]);
     assert!(dropped(&mut w, "bad_datagram") + dropped(&mut w, "unknown_peer") >= 2);
+    // A flood of initiations from one address: most never reach the
+    // cryptography.
+    for _ in 0..200 {
+        w.spokes[1]
+            .plane
+            .handle_datagram("198.51.100.2:9".parse().unwrap(), &[1; 148]);
+    }
+    assert!(dropped(&mut w, "rate_limited") > 150);
+    // b still works.
+    assert_eq!(w.stream(5), 5);
 }
 
 #[test]

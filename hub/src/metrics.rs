@@ -364,6 +364,11 @@ fn state_families(snap: &Snapshot) -> Vec<Family> {
             single(snap.pair_counters.refused),
         ),
         counter(
+            "tasuki_pair_requests_flooded_total",
+            "Pair requests over a spoke's budget, dropped unanswered.",
+            single(snap.pair_counters.flooded),
+        ),
+        counter(
             "tasuki_pair_reports_unknown_total",
             "Pair reports about a pair the hub does not key, or from a spoke that does not hold it.",
             single(snap.pair_counters.unknown),

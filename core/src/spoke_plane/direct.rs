@@ -23,6 +23,7 @@ use crate::admin_api::PeerView;
 use crate::batch::Outbox;
 use crate::control::{PairPeer, PairUsage};
 use crate::datagram::{open_datagram, Opened, TunSink};
+use crate::flood::HandshakeGate;
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Sealed, Tick, MAX_SLOT};
 use crate::pair::PairId;
@@ -96,6 +97,9 @@ pub(crate) struct DirectPeers {
     by_addr: HashMap<Ipv4Addr, SpokeId>,
     by_key: HashMap<PublicKey, SpokeId>,
     asked: HashMap<Ipv4Addr, u64>,
+    /// Initiations per source address, checked before any cryptography
+    /// (anyone can send to the data-plane socket).
+    flood: HandshakeGate,
 }
 
 impl DirectPeers {
@@ -110,6 +114,7 @@ impl DirectPeers {
             by_addr: HashMap::new(),
             by_key: HashMap::new(),
             asked: HashMap::new(),
+            flood: HandshakeGate::default(),
         }
     }
 
@@ -328,6 +333,9 @@ impl DirectPeers {
         to_tun: &mut impl TunSink,
         now_ms: u64,
     ) -> FromPeer {
+        if datagram.first() == Some(&1) && !self.flood.allow(from.ip(), now_ms) {
+            return FromPeer::Drop(DropReason::RateLimited);
+        }
         let receiver = match Tunn::parse_incoming_packet(datagram) {
             Ok(Packet::HandshakeInit(init)) => {
                 let Ok(half) = parse_handshake_anon(&key.to_x25519(), &self.public, &init) else {
@@ -447,6 +455,7 @@ impl DirectPeers {
     /// lost in tunnels whose handshake gave up.
     pub(crate) fn tick(&mut self, now_ms: u64, out: &mut Outbox<SocketAddr>) -> u32 {
         let mut lost = 0;
+        self.flood.prune(now_ms);
         for p in self.peers.values_mut() {
             p.gate.prune(now_ms);
             match p.path.tick(now_ms) {

@@ -56,7 +56,15 @@ pub(crate) struct PairCounters {
     pub(crate) refused: u64,
     /// Reports about a pair the hub does not key, or from a non-holder.
     pub(crate) unknown: u64,
+    /// Requests over a spoke's budget, dropped unanswered (a flood).
+    pub(crate) flooded: u64,
 }
+
+/// Pair requests one spoke may make per [`REQUEST_WINDOW_SECS`] (a spoke
+/// asks once per peer every 10 s at most; more is a flood).
+pub(crate) const REQUESTS_PER_WINDOW: u32 = 64;
+/// The window of [`REQUESTS_PER_WINDOW`].
+pub(crate) const REQUEST_WINDOW_SECS: u64 = 10;
 
 /// What the hub keeps for direct mode.
 #[derive(Debug, Default)]
@@ -79,10 +87,28 @@ pub(crate) struct Direct {
     /// The access rules each pair's holders were last sent (memory only:
     /// sent again after every attach).
     pub(super) rules_sent: HashMap<PairId, PairRules>,
+    /// Each spoke's pair requests in the current window: its start and count.
+    pub(super) requests: HashMap<SpokeId, (u64, u32)>,
     /// What each holder last reported of each pair (memory only).
     pub(super) usage: HashMap<(PairId, SpokeId), tasuki_core::control::PairUsage>,
     /// Direct traffic over all pairs since the start.
     pub(super) totals: super::pair_usage::DirectTotals,
+}
+
+impl Direct {
+    /// Whether `spoke` may make one more pair request now; counts it.
+    pub(super) fn within_budget(&mut self, spoke: SpokeId, now: u64) -> bool {
+        let entry = self.requests.entry(spoke).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= REQUEST_WINDOW_SECS {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > REQUESTS_PER_WINDOW {
+            self.counters.flooded += 1;
+            return false;
+        }
+        true
+    }
 }
 
 impl HubState {

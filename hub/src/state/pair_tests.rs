@@ -380,3 +380,26 @@ fn an_enforced_policy_decides_which_pairs_exist_and_what_they_carry() {
         );
     }
 }
+
+/// A spoke that floods the hub with pair requests is answered for its
+/// budget's worth; the rest is dropped unanswered and counted.
+#[test]
+fn a_flood_of_pair_requests_is_dropped_past_the_budget() {
+    let dir = TempDir::new("flood");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let nobody: std::net::Ipv4Addr = "100.64.0.200".parse().unwrap();
+    let mut answers = 0;
+    for _ in 0..100 {
+        st.on_pair_message(a, SpokePair::Request { peer: nobody }, 100)
+            .unwrap();
+        answers += drain(&mut ra).len();
+    }
+    let budget = super::direct::REQUESTS_PER_WINDOW as usize;
+    assert_eq!(answers, budget);
+    assert_eq!(st.pair_counters().flooded, (100 - budget) as u64);
+    // The next window answers again.
+    st.on_pair_message(a, SpokePair::Request { peer: nobody }, 111)
+        .unwrap();
+    assert_eq!(drain(&mut ra).len(), 1);
+}

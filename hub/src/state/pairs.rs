@@ -81,6 +81,10 @@ impl HubState {
     /// with a reason, or answered with an offer (a new pair's first epoch
     /// is stored before it goes out).
     fn pair_request(&mut self, from: SpokeId, peer: Ipv4Addr, now: u64) -> Result<()> {
+        if !self.direct.within_budget(from, now) {
+            tracing::debug!(spoke = %self.spoke_name(from), %peer, "pair request over the spoke's budget: dropped");
+            return Ok(());
+        }
         let id = self.spoke_at(peer);
         let checked = match (self.pair_side(from), id) {
             (Some(asker), id) => {
@@ -291,6 +295,7 @@ impl HubState {
     /// told of its addresses is forgotten.
     pub(super) fn forget_direct(&mut self, spoke: SpokeId, now: u64) {
         self.end_pairs_of(spoke, now, "a holder was cut off");
+        self.direct.requests.remove(&spoke);
         self.direct.local.remove(&spoke);
         self.direct.seen.remove(&spoke);
     }
