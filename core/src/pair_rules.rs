@@ -154,13 +154,31 @@ fn reachable(addr: &SocketAddr) -> bool {
     !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
+/// Whether a spoke may name `addr` as one of its own addresses: only
+/// private ones (RFC 1918, shared 100.64/10, IPv6 unique-local and
+/// link-local). A public address is the one the hub sees already; one a
+/// spoke merely claims would make its peers probe somebody else.
+fn may_claim(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// A spoke's candidate endpoints for its peer, best first: the address the
 /// hub sees its datagrams come from (`seen`), then the local addresses it
-/// reported; addresses nobody can reach are dropped, duplicates too, and at
-/// most [`MAX_CANDIDATES`] are kept.
+/// reported (private ones only, see [`may_claim`]); addresses nobody can
+/// reach are dropped, duplicates too, and at most [`MAX_CANDIDATES`] are kept.
 pub fn candidates(seen: Option<SocketAddr>, local: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::with_capacity(MAX_CANDIDATES);
-    for addr in seen.iter().chain(local) {
+    let claimed = local.iter().filter(|a| may_claim(a));
+    for addr in seen.iter().chain(claimed) {
         if out.len() == MAX_CANDIDATES {
             break;
         }
@@ -296,6 +314,24 @@ mod tests {
             addr("10.0.0.5:51820"),
         ];
         assert_eq!(candidates(None, &local), vec![addr("10.0.0.5:51820")]);
+    }
+
+    #[test]
+    fn a_spoke_cannot_claim_a_public_address_as_its_own() {
+        let local = [
+            addr("198.51.100.7:51820"),
+            addr("[2001:db8::7]:51820"),
+            addr("192.168.1.20:51820"),
+            addr("172.16.0.9:51820"),
+            addr("100.64.3.1:51820"),
+            addr("[fd00::20]:51820"),
+        ];
+        let seen = addr("203.0.113.5:4000");
+        assert_eq!(
+            candidates(Some(seen), &local),
+            vec![seen, local[2], local[3], local[4], local[5]],
+            "the seen address stays first; claimed public ones go"
+        );
     }
 
     #[test]
