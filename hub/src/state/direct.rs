@@ -91,6 +91,8 @@ pub(crate) struct Direct {
     pub(super) requests: HashMap<SpokeId, (u64, u32)>,
     /// What each holder last reported of each pair (memory only).
     pub(super) usage: HashMap<(PairId, SpokeId), tasuki_core::control::PairUsage>,
+    /// Each pair's direct traffic both ways since the start.
+    pub(super) pair_use: HashMap<PairId, tasuki_core::rotation::Usage>,
     /// Direct traffic over all pairs since the start.
     pub(super) totals: super::pair_usage::DirectTotals,
 }

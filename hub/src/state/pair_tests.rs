@@ -403,3 +403,56 @@ fn a_flood_of_pair_requests_is_dropped_past_the_budget() {
         .unwrap();
     assert_eq!(drain(&mut ra).len(), 1);
 }
+
+/// The holders' reports of their direct traffic feed the pair's packet
+/// budget: past it, the pair rotates (the hub never sees that traffic).
+#[test]
+fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
+    use tasuki_core::control::PairUsage;
+    let dir = TempDir::new("budget");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    st.policy.max_packets = Some(1000);
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    drain(&mut ra);
+    drain(&mut rb);
+    let report = |tx: u64| PairUsage {
+        pair,
+        direct: Some("192.0.2.1:1".parse().unwrap()),
+        active: true,
+        last_handshake_secs: Some(1),
+        tx_packets: tx,
+        rx_packets: tx,
+        tx_bytes: tx * 100,
+        rx_bytes: tx * 100,
+        upgrades: 1,
+        fallbacks: 0,
+        punch_failures: 0,
+    };
+    // 400 each way: under the budget.
+    for h in [a, b] {
+        st.on_pair_message(h, SpokePair::Usage(vec![report(400)]), 102)
+            .unwrap();
+    }
+    st.pair_tick(103, HashMap::new());
+    assert!(drain(&mut ra).is_empty(), "no rotation under the budget");
+    // 700 each way in all: over it.
+    for h in [a, b] {
+        st.on_pair_message(h, SpokePair::Usage(vec![report(700)]), 104)
+            .unwrap();
+    }
+    st.pair_tick(105, HashMap::new());
+    let got = drain(&mut ra);
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, HubPair::Offer(o) if o.delivery.epoch == 2)),
+        "{got:?}"
+    );
+    let (totals, direct) = st.direct_totals();
+    assert_eq!(totals.tx_packets, 1400);
+    assert_eq!(direct, 2);
+}

@@ -14,7 +14,7 @@ use tasuki_core::control::{HubMessage, HubPair, PairOffer, PairPeer};
 use tasuki_core::keys::KeyEpoch;
 use tasuki_core::pair::{seal_pair, PairId};
 use tasuki_core::pair_schedule::{PairDelivery, PairPlan, PairSchedule};
-use tasuki_core::rotation::{Trigger, Usage};
+use tasuki_core::rotation::Trigger;
 use tasuki_core::routing::SpokeId;
 
 use super::*;
@@ -58,6 +58,7 @@ impl HubState {
         let policy = self.policy.clone();
         let idle = self.direct.book.limits().idle_secs;
         let [a, b] = pair.holders().map(|h| self.pair_link(h));
+        let total = self.pair_use(pair);
         let Some(sched) = self.direct.book.get_mut(pair) else {
             return Ok(());
         };
@@ -66,7 +67,7 @@ impl HubState {
             &policy,
             idle,
             now,
-            Usage::default(),
+            total,
             [a.as_ref(), b.as_ref()],
             &mut rand_core::OsRng,
         );

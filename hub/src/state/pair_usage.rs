@@ -4,6 +4,7 @@
 
 use tasuki_core::control::PairUsage;
 use tasuki_core::pair::PairId;
+use tasuki_core::rotation::Usage;
 use tasuki_core::routing::SpokeId;
 
 use super::{HubState, Result};
@@ -65,6 +66,17 @@ impl HubState {
                     }
                     let old = self.direct.usage.get(&(pair, from));
                     self.direct.totals.add(old, &u);
+                    // Each packet counted once, by its sender: the pair's
+                    // use both ways, for its packet and byte budgets.
+                    let (packets, bytes) = match old {
+                        Some(o) if o.tx_packets <= u.tx_packets && o.tx_bytes <= u.tx_bytes => {
+                            (u.tx_packets - o.tx_packets, u.tx_bytes - o.tx_bytes)
+                        }
+                        _ => (u.tx_packets, u.tx_bytes),
+                    };
+                    let total = self.direct.pair_use.entry(pair).or_default();
+                    total.packets += packets;
+                    total.bytes += bytes;
                     self.direct.usage.insert((pair, from), u);
                 }
                 None => self.unknown_pair(from, pair),
@@ -78,11 +90,18 @@ impl HubState {
         self.direct.usage.get(&(pair, holder))
     }
 
+    /// A pair's direct traffic both ways since the hub started, as its
+    /// holders reported it (for its packet and byte triggers).
+    pub(super) fn pair_use(&self, pair: PairId) -> Usage {
+        self.direct.pair_use.get(&pair).copied().unwrap_or_default()
+    }
+
     /// A pair ended: its reports go.
     pub(super) fn forget_pair_usage(&mut self, pair: PairId) {
         for h in pair.holders() {
             self.direct.usage.remove(&(pair, h));
         }
+        self.direct.pair_use.remove(&pair);
         self.direct.rules_sent.remove(&pair);
     }
 
