@@ -247,6 +247,10 @@ pub enum HubPair {
         /// Why (a person reads it in the log).
         reason: String,
     },
+    /// What refused earlier pair requests changed (direct mode turned on,
+    /// the access policy edited): ask again now instead of after the
+    /// refusal's quiet time.
+    Reconsider,
     /// The access rules for what comes straight from the peer (and what
     /// goes to it), sent with each offer and whenever they change; until
     /// they come, nothing direct passes.

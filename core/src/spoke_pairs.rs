@@ -307,6 +307,7 @@ impl SpokePairs {
                 }
                 self.rules.insert(pair, rules);
             }
+            HubPair::Reconsider => self.quiet_until.clear(),
             HubPair::Refused { peer, reason } => {
                 tracing::info!(%peer, %reason, "no direct path: the hub refused the pair");
                 self.quiet_until.insert(peer, now + REFUSED_SECS);

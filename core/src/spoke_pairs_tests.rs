@@ -294,6 +294,19 @@ fn requests_are_spaced_and_a_refusal_quiets_them() {
     assert!(w.actions().is_empty(), "refused: quiet for longer");
     w.pairs.ask(2 + REFUSED_SECS, PEER_ADDR);
     assert_eq!(sends(&w.actions()).len(), 1);
+    // The hub says what refused it changed: asked again at once.
+    w.handle(
+        3 + REFUSED_SECS,
+        HubPair::Refused {
+            peer: PEER_ADDR,
+            reason: "off".into(),
+        },
+    );
+    w.pairs.ask(4 + REFUSED_SECS, PEER_ADDR);
+    assert!(w.actions().is_empty());
+    w.handle(5 + REFUSED_SECS, HubPair::Reconsider);
+    w.pairs.ask(5 + REFUSED_SECS, PEER_ADDR);
+    assert_eq!(sends(&w.actions()).len(), 1);
     // A pair held: never asked.
     w.hold(1);
     w.pairs.ask(1000, PEER_ADDR);

@@ -49,6 +49,7 @@ impl HubState {
         self.audit(AuditRecord::new(now, AuditKind::AccessChange).detail(what));
         self.push_access();
         self.refresh_pair_rules(now);
+        self.ask_pairs_again();
         Ok(self.access_view())
     }
 

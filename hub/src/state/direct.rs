@@ -114,6 +114,19 @@ impl Direct {
 }
 
 impl HubState {
+    /// Tells every attached spoke that what refused its pair requests may
+    /// have changed, so a running flow goes direct now, not after the
+    /// refusal's quiet time.
+    pub(super) fn ask_pairs_again(&mut self) {
+        let ids: Vec<SpokeId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.tell(
+                id,
+                HubMessage::Pair(tasuki_core::control::HubPair::Reconsider),
+            );
+        }
+    }
+
     /// The direct mode in force for `spoke`.
     pub(crate) fn direct_for(&self, spoke: SpokeId) -> DirectMode {
         self.direct
@@ -169,6 +182,9 @@ impl HubState {
             (None, None) => {}
         }
         tracing::info!(spoke = ?spoke, mode = ?mode, "direct-mode setting changed");
+        if mode == Some(DirectMode::Auto) {
+            self.ask_pairs_again();
+        }
         let ended = self.end_pairs_where(now, "direct mode turned off", |st, pair| {
             pair.holders()
                 .iter()
