@@ -38,6 +38,8 @@ DIRECT_ROWS = [r for r in ROWS if r[1] == "direct"]
 # More packets than this relayed by the hub while tasuki's direct rows ran
 # means some of them were measured on the relay.
 RELAYED_DURING_DIRECT = 100
+# The same for the peers: bytes the hub's tunnel received from spoke-a.
+HUB_BYTES_DURING_DIRECT = 1_000_000
 
 
 def parse_iperf(rec):
@@ -314,6 +316,11 @@ def main():
                     f"{setup}: direct rows partly relayed (run {c.get('run')}: the hub relayed "
                     f"{c.get('relayed')} packets during them, path afterwards {c.get('path_after')})"
                 )
+            elif (c.get("hub_rx_bytes") or 0) > HUB_BYTES_DURING_DIRECT:
+                failures.append(
+                    f"{setup}: direct rows partly through the hub (run {c.get('run')}: its tunnel "
+                    f"received {c['hub_rx_bytes']:,} bytes from spoke-a during them)"
+                )
     for mode in ("off", "on"):
         if mode in rot and (rot[mode] is None or rot[mode]["max"] <= 0):
             failures.append(f"tasuki: no traffic with rotation {mode}")
@@ -369,10 +376,10 @@ def render(meta, table, summary, rot, acc, memory, records, failures, direct):
     )
     L.append("")
     base = meta.get("tasuki_base") or ""
+    args = meta.get("args")
     L.append(
         "Command: `sudo scripts/bench"
-        + (" --quick" if meta["quick"] else "")
-        + (f" --compare {base}" if base else "")
+        + (f" {args}" if args else (" --quick" if meta["quick"] else "") + (f" --compare {base}" if base else ""))
         + "`"
     )
     bg = meta.get("background_cpu_percent")
@@ -578,10 +585,16 @@ def render_direct(L, table, direct):
         "status, polled every 50 ms, says `direct`. Goal (issue 14): tasuki direct at least 3× the "
         "better peer and within 10 % of tasuki's point-to-point row."
     )
+    through = []
     for setup, checks in direct["checks"].items():
-        relayed = ", ".join(str(c.get("relayed")) for c in checks)
+        if any("relayed" in c for c in checks):
+            through.append(f"{setup} {', '.join(str(c.get('relayed')) for c in checks)} packets relayed")
+        else:
+            got = ", ".join(f"{c.get('hub_rx_bytes') or 0:,}" for c in checks)
+            through.append(f"{setup} {got} bytes into the hub's tunnel")
+    if through:
         L.append("")
-        L.append(f"{setup}: packets the hub relayed during each run's direct rows: {relayed}.")
+        L.append("Through the hub during the direct rows, per run (should be about nothing): " + "; ".join(through) + ".")
     for setup in direct["unsupported"]:
         L.append("")
         L.append(f"{setup}: no direct mode in that revision (`key policy set --direct` refused); no direct rows.")
