@@ -33,7 +33,8 @@ def main():
                  (("tasuki", "tasuki"), ("tasuki-base", "tasuki (base)"),
                   ("wireguard-go", "wireguard-go"), ("boringtun", "boringtun-cli"))
                  if r.get(col)]
-        print(f"bench: {r['label']}: " + ", ".join(parts))
+        if parts:  # not measured in this run (--only)
+            print(f"bench: {r['label']}: " + ", ".join(parts))
     p2p, relay = (median(rows.get(k, {}).get("tasuki")) for k in ("p2p-udp64", "relay-udp64"))
     if p2p and relay:
         print(f"bench: tasuki relay ÷ point to point, UDP 64 B: {relay / p2p:.2f}")
