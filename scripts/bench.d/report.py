@@ -27,10 +27,19 @@ ROWS = [
     ("relay-tcp4", "relay", "tcp4", "gbps", "relay, TCP 4 streams", "Gbit/s", True),
     ("relay-udp64", "relay", "udp64", "kpps", "relay, UDP 64 B received", "kpps", True),
     ("relay-ping", "relay", "ping", "rtt_ms", "relay, ping RTT", "ms", False),
+    ("direct-tcp1", "direct", "tcp1", "gbps", "spoke ↔ spoke direct, TCP 1 stream", "Gbit/s", True),
+    ("direct-tcp4", "direct", "tcp4", "gbps", "spoke ↔ spoke direct, TCP 4 streams", "Gbit/s", True),
+    ("direct-ping", "direct", "ping", "rtt_ms", "spoke ↔ spoke direct, ping RTT", "ms", False),
     ("p2p-cpu", "p2p", "tcp1", "cpu_s_per_gb", "hub CPU per GB, point to point (TCP 1)", "s/GB", False),
     ("relay-cpu", "relay", "tcp1", "cpu_s_per_gb", "hub CPU per GB, relay (TCP 1)", "s/GB", False),
 ]
 TRAFFIC_ROWS = [r for r in ROWS if r[3] != "cpu_s_per_gb"]
+DIRECT_ROWS = [r for r in ROWS if r[1] == "direct"]
+# More packets than this relayed by the hub while tasuki's direct rows ran
+# means some of them were measured on the relay.
+RELAYED_DURING_DIRECT = 100
+# The same for the peers: bytes the hub's tunnel received from spoke-a.
+HUB_BYTES_DURING_DIRECT = 1_000_000
 
 
 def parse_iperf(rec):
@@ -258,7 +267,27 @@ def main():
         peers = [p for p in (row["wireguard-go"], row["boringtun"]) if p]
         best = (max if higher else min)(peers, key=lambda p: p["median"]) if peers else None
         row["tasuki_vs_best_peer"] = ratio(row["tasuki"], best)
+        if path == "direct":
+            # tasuki's own point-to-point figure of the same test.
+            row["tasuki_p2p"] = get("tasuki", f"p2p-{key.split('-', 1)[1]}")
+            row["tasuki_vs_p2p"] = ratio(row["tasuki"], row["tasuki_p2p"])
         table.append(row)
+
+    # Direct mode: time from the first packet to the direct path, the checks
+    # around tasuki's direct runs, and why a setup has no direct rows.
+    direct = {"upgrade_ms": {}, "checks": {}, "failed": [], "unsupported": []}
+    for setup in SETUPS:
+        ups = [r for r in records if r.get("kind") == "direct-upgrade" and r["setup"] == setup]
+        if ups:
+            direct["upgrade_ms"][setup] = stats([r.get("ms") for r in ups])
+        checks = [r for r in records if r.get("kind") == "direct-check" and r["setup"] == setup]
+        if checks:
+            direct["checks"][setup] = checks
+    for r in records:
+        if r.get("kind") == "direct-failed":
+            direct["failed"].append(f"{r['setup']}: no direct path (run {r.get('run')}: {r.get('reason')})")
+        elif r.get("kind") == "direct-unsupported" and r["setup"] not in direct["unsupported"]:
+            direct["unsupported"].append(r["setup"])
 
     # tasuki alone: rotation, the access policy, memory.
     rot = off_on(records, "rotation")
@@ -272,10 +301,26 @@ def main():
     # Failures: a setup that ran and carried no traffic in some test.
     failures = [f"{s}: did not come up" for s in failed_setups]
     for setup in summary:
+        tried = {r["path"] for r in records if r.get("kind") in ("iperf3", "ping") and r["setup"] == setup}
         for key, path, test, metric, label, *_ in TRAFFIC_ROWS:
+            if path not in tried:
+                continue  # not measured in this run (--only, or no direct path)
             s = summary[setup][key]
             if s is None or s["max"] <= 0:
                 failures.append(f"{setup}: no traffic in {label}")
+    failures += direct["failed"]
+    for setup, checks in direct["checks"].items():
+        for c in checks:
+            if c.get("path_after") != "direct" or (c.get("relayed") or 0) > RELAYED_DURING_DIRECT:
+                failures.append(
+                    f"{setup}: direct rows partly relayed (run {c.get('run')}: the hub relayed "
+                    f"{c.get('relayed')} packets during them, path afterwards {c.get('path_after')})"
+                )
+            elif (c.get("hub_rx_bytes") or 0) > HUB_BYTES_DURING_DIRECT:
+                failures.append(
+                    f"{setup}: direct rows partly through the hub (run {c.get('run')}: its tunnel "
+                    f"received {c['hub_rx_bytes']:,} bytes from spoke-a during them)"
+                )
     for mode in ("off", "on"):
         if mode in rot and (rot[mode] is None or rot[mode]["max"] <= 0):
             failures.append(f"tasuki: no traffic with rotation {mode}")
@@ -284,7 +329,7 @@ def main():
     if "memory" in meta.get("parts", "") and not any(m["spokes"] >= 1 for m in memory):
         failures.append("memory: no spoke enrolled")
 
-    md = render(meta, table, summary, rot, acc, memory, records, failures)
+    md = render(meta, table, summary, rot, acc, memory, records, failures, direct)
     print(md)
     with open(args.out + ".md", "w") as f:
         f.write(md + "\n")
@@ -296,6 +341,7 @@ def main():
                 "setups": summary,
                 "rotation": rot,
                 "access": acc,
+                "direct": direct,
                 "memory": memory,
                 "failures": failures,
                 "runs": records,
@@ -313,7 +359,7 @@ def main():
     return 0
 
 
-def render(meta, table, summary, rot, acc, memory, records, failures):
+def render(meta, table, summary, rot, acc, memory, records, failures, direct):
     L = []
     L.append(f"# tasuki benchmark, {meta['timestamp']}")
     L.append("")
@@ -330,10 +376,10 @@ def render(meta, table, summary, rot, acc, memory, records, failures):
     )
     L.append("")
     base = meta.get("tasuki_base") or ""
+    args = meta.get("args")
     L.append(
         "Command: `sudo scripts/bench"
-        + (" --quick" if meta["quick"] else "")
-        + (f" --compare {base}" if base else "")
+        + (f" {args}" if args else (" --quick" if meta["quick"] else "") + (f" --compare {base}" if base else ""))
         + "`"
     )
     bg = meta.get("background_cpu_percent")
@@ -351,8 +397,9 @@ def render(meta, table, summary, rot, acc, memory, records, failures):
             )
     if summary:
         render_main(L, table, summary)
+    render_direct(L, table, direct)
     if "tasuki-base" in summary:
-        render_compare(L, table, meta)
+        render_compare(L, table, meta, direct)
     if rot or acc or memory:
         L.append("")
         L.append("## tasuki alone")
@@ -484,7 +531,7 @@ def render_main(L, table, summary):
         bt = row["boringtun"]
         bt_cell = cell(bt) + (f" {BT_LABEL[bt['config']]}" if bt else "")
         label = f"{row['label']} ({row['unit']}{'' if row['higher_is_better'] else ', lower is better'})"
-        plain = "n/a" if row["key"].endswith("-cpu") else cell(row["plain"])
+        plain = "n/a" if row["key"].endswith("-cpu") or row["key"].startswith("direct-") else cell(row["plain"])
         L.append(
             f"| {label} | {plain} | {cell(row['wireguard-go'])} | {bt_cell} | {cell(row['tasuki'])} "
             f"| {rfmt(row['tasuki_vs_wireguard_go'])} | {rfmt(row['tasuki_vs_boringtun'])} |"
@@ -504,19 +551,76 @@ def render_main(L, table, summary):
             L.append(f"| {label} ({unit}) | {cell(a)} | {cell(b)} |")
 
 
-def render_compare(L, table, meta):
+def render_direct(L, table, direct):
+    """Spoke ↔ spoke direct: tasuki's direct mode against the peers as a
+    direct spoke pair and against tasuki's own point-to-point row."""
+    rows = [r for r in table if r["key"].startswith("direct-")]
+    ups = direct["upgrade_ms"].get("tasuki")
+    if not any(r[c] for r in rows for c in ("wireguard-go", "boringtun", "tasuki")) and not ups:
+        return
+    L.append("")
+    L.append("## spoke ↔ spoke direct")
+    L.append("")
+    L.append(
+        "| test | wireguard-go | boringtun-cli | tasuki direct | tasuki point to point "
+        "| tasuki ÷ better peer | tasuki direct ÷ tasuki point to point |"
+    )
+    L.append("|---|---|---|---|---|---|---|")
+    for row in rows:
+        bt = row["boringtun"]
+        bt_cell = cell(bt) + (f" {BT_LABEL[bt['config']]}" if bt else "")
+        label = f"{row['label']} ({row['unit']}{'' if row['higher_is_better'] else ', lower is better'})"
+        L.append(
+            f"| {label} | {cell(row['wireguard-go'])} | {bt_cell} | {cell(row['tasuki'])} "
+            f"| {cell(row.get('tasuki_p2p'))} | {rfmt(row['tasuki_vs_best_peer'])} | {rfmt(row.get('tasuki_vs_p2p'))} |"
+        )
+    L.append(f"| time from first packet to direct path (ms, median of runs) | n/a | n/a | {cell(ups)} | | | |")
+    L.append("")
+    L.append(
+        "Direct: spoke-a → spoke-b over one WireGuard session between the two spokes; the hub's "
+        "namespace only routes the datagrams. wireguard-go and boringtun-cli: each spoke gets a peer "
+        "entry for the other (its /32 wins over the hub's /24). tasuki: `tasuki-hub key policy set "
+        "--direct auto`, measured once spoke-a's `tasuki-spoke status --json` says `direct`. Time to "
+        "direct: from the first ping after direct mode is turned on (a ping every 0.1 s) until that "
+        "status, polled every 50 ms, says `direct`. Goal (issue 14): tasuki direct at least 3× the "
+        "better peer and within 10 % of tasuki's point-to-point row."
+    )
+    through = []
+    for setup, checks in direct["checks"].items():
+        if any("relayed" in c for c in checks):
+            through.append(f"{setup} {', '.join(str(c.get('relayed')) for c in checks)} packets relayed")
+        else:
+            got = ", ".join(f"{c.get('hub_rx_bytes') or 0:,}" for c in checks)
+            through.append(f"{setup} {got} bytes into the hub's tunnel")
+    if through:
+        L.append("")
+        L.append("Through the hub during the direct rows, per run (should be about nothing): " + "; ".join(through) + ".")
+    for setup in direct["unsupported"]:
+        L.append("")
+        L.append(f"{setup}: no direct mode in that revision (`key policy set --direct` refused); no direct rows.")
+
+
+def render_compare(L, table, meta, direct):
     """This tree's tasuki beside the revision of `--compare`, same run."""
     L.append("")
     L.append(f"## tasuki {meta['tasuki']} beside {meta['tasuki_base']} (--compare), same run")
     L.append("")
     L.append(f"| test | tasuki {meta['tasuki_base']} | tasuki {meta['tasuki']} | new ÷ old |")
     L.append("|---|---|---|---|")
+    no_direct = "tasuki-base" in direct["unsupported"]
     for row in table:
         if not row["tasuki-base"] and not row["tasuki"]:
             continue
         label = f"{row['label']} ({row['unit']}{'' if row['higher_is_better'] else ', lower is better'})"
+        base = cell(row["tasuki-base"])
+        if no_direct and row["key"].startswith("direct-"):
+            base = "n/a (no direct mode)"
+        L.append(f"| {label} | {base} | {cell(row['tasuki'])} | {rfmt(row['tasuki_vs_base'])} |")
+    new, old = direct["upgrade_ms"].get("tasuki"), direct["upgrade_ms"].get("tasuki-base")
+    if new or old:
         L.append(
-            f"| {label} | {cell(row['tasuki-base'])} | {cell(row['tasuki'])} | {rfmt(row['tasuki_vs_base'])} |"
+            f"| time from first packet to direct path (ms, lower is better) "
+            f"| {'n/a (no direct mode)' if no_direct else cell(old)} | {cell(new)} | {rfmt(ratio(new, old))} |"
         )
 
 
@@ -538,13 +642,14 @@ def plot(meta, table, path):
             ("boringtun", "boringtun-cli"), ("tasuki", "tasuki")]
     colours = ["#999999", "#88ccee", "#ddcc77", "#cc3311"]
     panels = [
-        ("TCP throughput (Gbit/s, log scale)", ["p2p-tcp1", "p2p-tcp4", "relay-tcp1", "relay-tcp4"]),
+        ("TCP throughput (Gbit/s, log scale)",
+         ["p2p-tcp1", "p2p-tcp4", "relay-tcp1", "relay-tcp4", "direct-tcp1", "direct-tcp4"]),
         ("UDP 64 B packets received (kpps, log scale)", ["p2p-udp64", "relay-udp64"]),
     ]
     rows = {r["key"]: r for r in table}
     if not any(rows[k][c] for _, keys in panels for k in keys for c, _ in cols):
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 1]})
     for ax, (title, keys) in zip(axes, panels):
         width = 0.8 / len(cols)
         for ci, ((col, name), colour) in enumerate(zip(cols, colours)):
