@@ -90,6 +90,7 @@ fn families(snap: &Snapshot) -> Vec<Family> {
     let mut families = traffic_families(&snap.status.counters);
     families.extend(link_families(snap));
     families.extend(state_families(snap));
+    families.extend(direct_families(snap));
     families
 }
 
@@ -317,10 +318,17 @@ fn state_families(snap: &Snapshot) -> Vec<Family> {
             "Open control connections.",
             single(status.control_connections as u64),
         ),
+    ]
+}
+
+/// Direct mode: the pairs, their paths and traffic as the spokes report
+/// them, and what the hub would not take.
+fn direct_families(snap: &Snapshot) -> Vec<Family> {
+    vec![
         gauge(
             "tasuki_pairs",
             "Spoke pairs keyed for direct mode.",
-            single(status.pairs as u64),
+            single(snap.status.pairs as u64),
         ),
         gauge(
             "tasuki_pair_paths_direct",

@@ -18,7 +18,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::Ipv4Net;
 
-use crate::access::{AccessGate, Origin, PairRules};
+use crate::access::{Origin, PairRules};
 use crate::admin_api::PeerView;
 use crate::batch::Outbox;
 use crate::control::{PairPeer, PairUsage};
@@ -27,8 +27,10 @@ use crate::flood::HandshakeGate;
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Sealed, Tick, MAX_SLOT};
 use crate::pair::PairId;
-use crate::path::{Path, PathChange, PathConfig, PeerPath};
+use crate::path::{Path, PathChange, PathConfig};
 use crate::routing::{DropReason, SpokeId};
+
+use super::peer::DirectPeer;
 
 /// A peer that sent us data is answered within about this long (a
 /// keepalive when we have sent it nothing since), so its path's trust
@@ -54,36 +56,6 @@ pub(crate) enum FromPeer {
     Nothing,
     /// Dropped, for this reason.
     Drop(DropReason),
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct PeerStats {
-    tx_packets: u64,
-    rx_packets: u64,
-    tx_bytes: u64,
-    rx_bytes: u64,
-}
-
-/// One peer spoke.
-struct DirectPeer {
-    pair: PairId,
-    name: String,
-    tunnel_addr: Ipv4Addr,
-    link: Link,
-    /// The epoch new handshakes use (0: none switched to yet).
-    current: u64,
-    path: PeerPath,
-    /// Since when the peer's data waits for something from us.
-    owe_answer: Option<u64>,
-    /// Direct traffic since the last report to the hub.
-    used: bool,
-    stats: PeerStats,
-    /// This spoke's id (the pair's other holder), the origin of what we send.
-    me: SpokeId,
-    /// The pair's access rules, on everything between us and the peer
-    /// (relayed packets too, so a flow that began on the relay keeps its
-    /// replies when it moves); nothing direct passes before they come.
-    gate: AccessGate,
 }
 
 /// The spoke's peers in direct mode.
@@ -139,20 +111,10 @@ impl DirectPeers {
         }
         let keepalive = self.keepalive_secs;
         let config = self.config;
-        let me = pair.peer_of(id).unwrap_or_default();
-        let p = self.peers.entry(id).or_insert_with(|| DirectPeer {
-            pair,
-            name: peer.name.clone(),
-            tunnel_addr: peer.tunnel_addr,
-            link: Link::new(id, peer.public_key, keepalive),
-            current: 0,
-            path: PeerPath::new(config),
-            owe_answer: None,
-            used: false,
-            stats: PeerStats::default(),
-            me,
-            gate: AccessGate::new(Arc::new(PairRules::deny_all().compile())),
-        });
+        let p = self
+            .peers
+            .entry(id)
+            .or_insert_with(|| DirectPeer::new(pair, peer, keepalive, config));
         if p.link.peer() != peer.public_key {
             // The peer's key changed (it enrolled again): a new link.
             p.link = Link::new(id, peer.public_key, keepalive);
@@ -370,52 +332,10 @@ impl DirectPeers {
                 return FromPeer::Drop(DropReason::BadDatagram);
             }
         };
-        if matches!(kind, Some(2) | Some(4)) {
-            p.link.confirm(epoch);
+        if kind == Some(4) {
+            p.stats.rx_bytes += datagram.len() as u64;
         }
-        if kind == Some(2) {
-            // Our initiation was answered: the keepalive boringtun sends
-            // back went to `from`.
-            p.owe_answer = None;
-            return FromPeer::Nothing;
-        }
-        // A data message (or keepalive) of the pair's session: the path
-        // from `from` works.
-        p.stats.rx_bytes += datagram.len() as u64;
-        match p.path.on_authenticated(from, now_ms) {
-            Some(PathChange::Upgraded(at)) => {
-                tracing::info!(peer = %p.name, %at, "direct path up")
-            }
-            Some(PathChange::Roamed(at)) => tracing::info!(peer = %p.name, %at, "peer roamed"),
-            _ => {}
-        }
-        p.owe_answer.get_or_insert(now_ms);
-        let Some(len) = inner else {
-            return FromPeer::Nothing;
-        };
-        let packet = to_tun.pending(len);
-        let (src, dst) = match packet.get(12..20) {
-            Some(h) => (
-                Ipv4Addr::new(h[0], h[1], h[2], h[3]),
-                Ipv4Addr::new(h[4], h[5], h[6], h[7]),
-            ),
-            None => return FromPeer::Drop(DropReason::Malformed),
-        };
-        if src != p.tunnel_addr {
-            return FromPeer::Drop(DropReason::ForgedSource);
-        }
-        if Some(dst) != own {
-            return FromPeer::Drop(DropReason::NoRoute);
-        }
-        if !p
-            .gate
-            .check(Origin::Spoke(slot_of_receiver(receiver)), packet, now_ms)
-        {
-            return FromPeer::Drop(DropReason::Denied);
-        }
-        p.used = true;
-        p.stats.rx_packets += 1;
-        FromPeer::Inner(len)
+        p.accept(kind, epoch, from, inner, own, to_tun, now_ms)
     }
 
     /// A peer's initiation: answered under every epoch held (only the one
@@ -470,11 +390,11 @@ impl DirectPeers {
             if p.owe_answer
                 .is_some_and(|since| now_ms.saturating_sub(since) >= ANSWER_WITHIN_MS)
             {
-                answer(p, out);
+                p.answer(out);
             }
             let probes = p.path.poll_probe(now_ms);
             if !probes.is_empty() {
-                probe(p, &probes, out);
+                p.probe(&probes, out);
             }
             let direct = match p.path.path() {
                 Path::Direct(at) => Some(at),
@@ -502,104 +422,14 @@ impl DirectPeers {
     pub(crate) fn take_usage(&mut self) -> Vec<PairUsage> {
         self.peers
             .values_mut()
-            .map(|p| {
-                let counters = p.path.counters();
-                PairUsage {
-                    pair: p.pair,
-                    direct: match p.path.path() {
-                        Path::Direct(at) => Some(at),
-                        Path::Relay => None,
-                    },
-                    active: std::mem::take(&mut p.used),
-                    last_handshake_secs: p
-                        .link
-                        .for_sending()
-                        .and_then(|t| t.tunn.time_since_last_handshake())
-                        .map(|d| d.as_secs()),
-                    tx_packets: p.stats.tx_packets,
-                    rx_packets: p.stats.rx_packets,
-                    tx_bytes: p.stats.tx_bytes,
-                    rx_bytes: p.stats.rx_bytes,
-                    upgrades: counters.upgrades,
-                    fallbacks: counters.fallbacks,
-                    punch_failures: counters.punch_failures,
-                }
-            })
+            .map(DirectPeer::take_usage)
             .collect()
     }
 
     /// Every peer, for status.
     pub(crate) fn views(&mut self) -> Vec<PeerView> {
-        let mut views: Vec<PeerView> = self
-            .peers
-            .values_mut()
-            .map(|p| {
-                let last_handshake_secs = p
-                    .link
-                    .for_sending()
-                    .and_then(|t| t.tunn.time_since_last_handshake())
-                    .map(|d| d.as_secs());
-                let (path, endpoint) = match p.path.path() {
-                    Path::Direct(at) => ("direct", Some(at.to_string())),
-                    Path::Relay => ("relay", None),
-                };
-                let counters = p.path.counters();
-                PeerView {
-                    name: p.name.clone(),
-                    pair: p.pair.to_string(),
-                    tunnel_addr: p.tunnel_addr.to_string(),
-                    path: path.into(),
-                    endpoint,
-                    epoch: p.current,
-                    held_epochs: p.link.epochs(),
-                    last_handshake_secs,
-                    tx_packets: p.stats.tx_packets,
-                    rx_packets: p.stats.rx_packets,
-                    tx_bytes: p.stats.tx_bytes,
-                    rx_bytes: p.stats.rx_bytes,
-                    upgrades: counters.upgrades,
-                    fallbacks: counters.fallbacks,
-                    punch_failures: counters.punch_failures,
-                }
-            })
-            .collect();
+        let mut views: Vec<PeerView> = self.peers.values_mut().map(DirectPeer::view).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
         views
-    }
-}
-
-/// A keepalive on the direct path: the peer's data was heard.
-fn answer(p: &mut DirectPeer, out: &mut Outbox<SocketAddr>) {
-    p.owe_answer = None;
-    let Path::Direct(at) = p.path.path() else {
-        return;
-    };
-    let Some(t) = p.link.for_sending() else {
-        return;
-    };
-    if let TunnResult::WriteToNetwork(d) = t.tunn.encapsulate(&[], out.spare()) {
-        let len = d.len();
-        out.commit(at, len);
-    }
-}
-
-/// One round of probes: the same initiation under the pair's current
-/// epoch to every candidate, the first answer wins.
-fn probe(p: &mut DirectPeer, candidates: &[SocketAddr], out: &mut Outbox<SocketAddr>) {
-    let epoch = if p.current > 0 {
-        p.current
-    } else {
-        return;
-    };
-    let Some(t) = p.link.by_epoch(epoch) else {
-        return;
-    };
-    let TunnResult::WriteToNetwork(d) = t.tunn.format_handshake_initiation(out.spare(), true)
-    else {
-        return;
-    };
-    let initiation = d.to_vec();
-    for c in candidates {
-        out.push(*c, &initiation);
     }
 }

@@ -19,6 +19,7 @@ use crate::spoke_keys::{HeldEpoch, SpokeKeys};
 use crate::spoke_pairs::PairCommand;
 
 mod direct;
+mod peer;
 use direct::{DirectPeers, FromPeer, Route};
 
 /// What the spoke's data plane asks of the shell.
