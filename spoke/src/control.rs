@@ -193,15 +193,7 @@ impl Control {
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
-                    // Only a key delivery looks at what the store holds.
-                    let (held, current) = if matches!(msg, HubMessage::KeyDistribution(_)) {
-                        let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
-                        (held, self.store.current()?)
-                    } else {
-                        (Vec::new(), 0)
-                    };
-                    let holding = Holding { epochs: &held, current };
-                    session.handle_message(now(), msg, holding).map_err(session_end)?;
+                    self.on_message(&mut session, now(), msg)?;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     session.handle_timeout(now()).map_err(session_end)?;
@@ -214,6 +206,56 @@ impl Control {
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
+    }
+
+    /// A message from the hub, for the session (a key delivery with what
+    /// the store holds).
+    fn on_message(&self, session: &mut SpokeSession, now: u64, msg: HubMessage) -> Result<()> {
+        let (held, current) = if matches!(msg, HubMessage::KeyDistribution(_)) {
+            let held: Vec<_> = self.store.epochs()?.into_iter().map(|h| h.epoch).collect();
+            (held, self.store.current()?)
+        } else {
+            (Vec::new(), 0)
+        };
+        let holding = Holding {
+            epochs: &held,
+            current,
+        };
+        session
+            .handle_message(now, msg, holding)
+            .map_err(session_end)
+    }
+
+    /// Stores the hub's configuration; only a stored one is in effect.
+    fn save_config(&self, session: &mut SpokeSession, config: SpokeConfig, changed: bool) {
+        let saved = self.store.save_config(&config);
+        if let Err(e) = &saved {
+            tracing::error!(error = %format!("{e:#}"), "cannot store the configuration; it is taken at the next attach");
+        } else {
+            if changed {
+                tracing::warn!("the hub changed this spoke's configuration; restart to apply it");
+            }
+            self.config.send_replace(Some(config));
+        }
+        session.config_saved(saved.is_ok());
+    }
+
+    /// Stores a delivered epoch; only a stored one is used and acknowledged.
+    fn store_epoch(
+        &self,
+        session: &mut SpokeSession,
+        now: u64,
+        held: tasuki_core::spoke_keys::HeldEpoch,
+    ) {
+        let number = held.epoch.number;
+        let stored = self.store.save_epoch(&held);
+        match &stored {
+            Ok(()) => tracing::info!(epoch = number, "key epoch received"),
+            Err(e) => {
+                tracing::error!(epoch = number, error = %format!("{e:#}"), "cannot store a delivered key; the hub sends it again")
+            }
+        }
+        session.epoch_stored(now, number, stored.is_ok());
     }
 
     /// Does what the session asks, in order; a store that fails is told to
@@ -230,30 +272,9 @@ impl Control {
             match action {
                 SessionAction::Send(msg) => write_frame(w, &ch.seal(&msg)?).await?,
                 SessionAction::SaveConfig { config, changed } => {
-                    let saved = self.store.save_config(&config);
-                    if let Err(e) = &saved {
-                        tracing::error!(error = %format!("{e:#}"), "cannot store the configuration; it is taken at the next attach");
-                    } else {
-                        if changed {
-                            tracing::warn!(
-                                "the hub changed this spoke's configuration; restart to apply it"
-                            );
-                        }
-                        self.config.send_replace(Some(config));
-                    }
-                    session.config_saved(saved.is_ok());
+                    self.save_config(session, config, changed)
                 }
-                SessionAction::StoreEpoch(held) => {
-                    let number = held.epoch.number;
-                    let stored = self.store.save_epoch(&held);
-                    match &stored {
-                        Ok(()) => tracing::info!(epoch = number, "key epoch received"),
-                        Err(e) => {
-                            tracing::error!(epoch = number, error = %format!("{e:#}"), "cannot store a delivered key; the hub sends it again")
-                        }
-                    }
-                    session.epoch_stored(now(), number, stored.is_ok());
-                }
+                SessionAction::StoreEpoch(held) => self.store_epoch(session, now(), held),
                 SessionAction::Plane(cmd) => {
                     if let PlaneCommand::SwitchTo(epoch) = cmd {
                         tracing::info!(epoch, "update notification: switching");
@@ -293,15 +314,7 @@ impl Control {
                     });
                 }
                 SessionAction::Pair(msg) => {
-                    let links: Vec<_> = match self.store.epochs() {
-                        Ok(held) => held.into_iter().map(|h| h.epoch).collect(),
-                        Err(e) => {
-                            // The hub offers it again.
-                            tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for a pair offer");
-                            continue;
-                        }
-                    };
-                    self.with_pairs(|p| p.handle(tasuki_shell::boot_secs(), msg, &links));
+                    self.on_pair_message(msg);
                     self.carry_out_pairs(session, now()).await?;
                 }
             }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
-use tasuki_core::control::SpokeMessage;
+use tasuki_core::control::{HubPair, SpokeMessage};
 use tasuki_core::spoke_pairs::{PairAction, SpokePairs};
 use tasuki_core::spoke_session::SpokeSession;
 
@@ -23,6 +23,20 @@ impl Control {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut pairs)
+    }
+
+    /// A pair message from the hub, opened with the link epochs stored
+    /// (an offer is sealed under one of them).
+    pub(crate) fn on_pair_message(&self, msg: HubPair) {
+        let links: Vec<_> = match self.store.epochs() {
+            Ok(held) => held.into_iter().map(|h| h.epoch).collect(),
+            Err(e) => {
+                // The hub offers it again.
+                tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for a pair offer");
+                return;
+            }
+        };
+        self.with_pairs(|p| p.handle(tasuki_shell::boot_secs(), msg, &links));
     }
 
     /// What the data plane reports: for the session, or for the pairs.
