@@ -71,14 +71,27 @@ fn spoke(st: &mut HubState, name: &str, now: u64) -> (SpokeId, mpsc::Receiver<Hu
     (id, rx)
 }
 
+/// The pair messages a spoke got, but the notices to ask again
+/// ([`reconsider_count`] counts those).
 fn drain(rx: &mut mpsc::Receiver<HubMessage>) -> Vec<HubPair> {
     let mut out = Vec::new();
     while let Ok(msg) = rx.try_recv() {
-        if let HubMessage::Pair(p) = msg {
-            out.push(p);
+        match msg {
+            HubMessage::Pair(HubPair::Reconsider) => {}
+            HubMessage::Pair(p) => out.push(p),
+            _ => {}
         }
     }
     out
+}
+
+/// How many notices to ask again a spoke got (the rest is dropped).
+fn reconsider_count(rx: &mut mpsc::Receiver<HubMessage>) -> usize {
+    let mut n = 0;
+    while let Ok(msg) = rx.try_recv() {
+        n += usize::from(matches!(msg, HubMessage::Pair(HubPair::Reconsider)));
+    }
+    n
 }
 
 fn addr_of(st: &HubState, id: SpokeId) -> std::net::Ipv4Addr {
@@ -455,4 +468,25 @@ fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
     let (totals, direct) = st.direct_totals();
     assert_eq!(totals.tx_packets, 1400);
     assert_eq!(direct, 2);
+}
+
+/// Turning direct mode on, or editing the access policy, tells every
+/// attached spoke to ask for its pairs again (a refusal no longer holds).
+#[test]
+fn turning_direct_on_or_editing_the_policy_lets_refused_spokes_ask_again() {
+    let dir = TempDir::new("reconsider");
+    let (mut st, _) = new_hub(&dir);
+    let (_, mut ra) = spoke(&mut st, "a", 100);
+    let (_, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    assert_eq!(reconsider_count(&mut ra), 1);
+    assert_eq!(reconsider_count(&mut rb), 1);
+    st.set_direct(None, Some(DirectMode::Off), 101).unwrap();
+    assert_eq!(reconsider_count(&mut ra), 0, "off: nothing to ask for");
+    st.edit_access(102, |p| {
+        p.mode = tasuki_core::access::Mode::Enforce;
+        Ok("enforce".into())
+    })
+    .unwrap();
+    assert_eq!(reconsider_count(&mut ra), 1);
 }
