@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod daemons;
+mod direct;
 mod faults;
 mod nat;
 mod procs;
 pub use daemons::TwoSpokes;
+pub use direct::UPGRADE_WITHIN;
 pub use faults::FaultRng;
 pub use nat::{Mapping, Nat};
 use procs::show;

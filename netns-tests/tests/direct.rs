@@ -9,63 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tasuki_netns_tests::{
-    skip_unless_root, Mapping, Proc, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, B_WAN,
+    skip_unless_root, Mapping, Proc, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, B_WAN, UPGRADE_WITHIN,
 };
-
-/// How long a pair may take from the first packet to a direct path.
-const UPGRADE_WITHIN: Duration = Duration::from_secs(40);
-
-fn direct_on(t: &Topology) {
-    t.hub_ok(&["key", "policy", "set", "--direct", "auto"]);
-}
-
-/// The path spoke `socket` reports to the peer at `peer`, if it has a pair.
-fn path_to(t: &Topology, socket: &Path, peer: &str) -> Option<String> {
-    let status = t.spoke_status_json(socket);
-    status["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["tunnel_addr"] == peer)
-        .and_then(|p| p["path"].as_str().map(str::to_owned))
-}
-
-fn relayed(t: &Topology) -> u64 {
-    t.hub_status_json()["counters"]["relayed"]
-        .as_u64()
-        .unwrap_or_else(|| t.fail("the hub's status has no relayed counter"))
-}
-
-/// Pings `addr` from `ns` until the spoke there reports a direct path to it.
-fn wait_direct(t: &Topology, ns: &str, socket: &Path, addr: &str) {
-    t.wait_for(&format!("a direct path to {addr}"), UPGRADE_WITHIN, || {
-        t.ping(ns, addr, 1);
-        path_to(t, socket, addr).as_deref() == Some("direct")
-    });
-}
-
-/// `count` pings 20 ms apart; returns how many were answered.
-fn pings(t: &Topology, ns: &str, addr: &str, count: u32) -> u32 {
-    let out = t.exec(
-        ns,
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            addr,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 fn nft(t: &Topology, ns: &str, script: &str) {
     let path = t.dir().join(format!("{ns}-block.nft"));
@@ -93,15 +38,15 @@ fn spokes_on_one_network_go_direct_fall_back_when_blocked_and_come_back() {
     }
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    t.direct_on();
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
     t.wait_for("b's direct path to a", UPGRADE_WITHIN, || {
         t.ping(&t.ns_b, A_TUNNEL, 1);
-        path_to(t, &net.b_socket, A_TUNNEL).as_deref() == Some("direct")
+        t.path_to(&net.b_socket, A_TUNNEL).as_deref() == Some("direct")
     });
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 50), 50, "nothing lost direct");
-    let after = relayed(t);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 50), 50, "nothing lost direct");
+    let after = t.relayed();
     assert_eq!(after, before, "the hub relayed none of the direct pings");
     // The holders' reports reach the hub within their 10 s period.
     t.wait_for(
@@ -130,23 +75,19 @@ fn spokes_on_one_network_go_direct_fall_back_when_blocked_and_come_back() {
         Duration::from_secs(20),
         || {
             t.ping(&t.ns_a, B_TUNNEL, 1);
-            path_to(t, &net.a_socket, B_TUNNEL).as_deref() == Some("relay")
+            t.path_to(&net.a_socket, B_TUNNEL).as_deref() == Some("relay")
         },
     );
-    let before = relayed(t);
-    assert_eq!(
-        pings(t, &t.ns_a, B_TUNNEL, 20),
-        20,
-        "the relay carries them"
-    );
-    assert!(relayed(t) >= before + 20, "through the hub");
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "the relay carries them");
+    assert!(t.relayed() >= before + 20, "through the hub");
 
     // Open again: direct again after the back-off.
     block_direct(t, false);
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
-    assert_eq!(relayed(t), before);
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
+    assert_eq!(t.relayed(), before);
     let status = t.spoke_status_json(&net.a_socket);
     let peer = &status["peers"][0];
     assert!(peer["fallbacks"].as_u64() >= Some(1), "{peer}");
@@ -160,12 +101,15 @@ fn direct_mode_off_keeps_everything_on_the_relay() {
     }
     let net = TwoSpokes::up();
     let t = &net.topo;
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
-    assert!(relayed(t) >= before + 80, "requests and replies, both ways");
-    assert_eq!(path_to(t, &net.a_socket, B_TUNNEL), None, "no pair at all");
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
+    assert!(
+        t.relayed() >= before + 80,
+        "requests and replies, both ways"
+    );
+    assert_eq!(t.path_to(&net.a_socket, B_TUNNEL), None, "no pair at all");
 }
 
 /// A spoke behind a NAT router: its host namespace, socket and process.
@@ -205,7 +149,7 @@ fn through_nat_routers_cone_pairs_go_direct_and_symmetric_pairs_stay_relayed() {
     let mut t = Topology::new();
     t.hub_init();
     let _hub = t.start_hub();
-    direct_on(&t);
+    t.direct_on();
     let inv = t.invite_with("a", &["--pre-approved", "--service"]);
     t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("a"));
     let a_socket = t.spoke_socket("a");
@@ -219,22 +163,22 @@ fn through_nat_routers_cone_pairs_go_direct_and_symmetric_pairs_stay_relayed() {
     addr(&sym1);
     let ns_a = t.ns_a.clone();
     // Open WAN ↔ cone NAT, cone ↔ cone: direct.
-    wait_direct(&t, &ns_a, &a_socket, &c1);
-    wait_direct(&t, &cone1.0, &cone1.1, &c2);
-    let before = relayed(&t);
-    assert_eq!(pings(&t, &ns_a, &c1, 20), 20);
-    assert_eq!(pings(&t, &cone1.0, &c2, 20), 20);
-    assert_eq!(relayed(&t), before, "cone pairs go direct");
+    t.wait_direct(&ns_a, &a_socket, &c1);
+    t.wait_direct(&cone1.0, &cone1.1, &c2);
+    let before = t.relayed();
+    assert_eq!(t.pings(&ns_a, &c1, 20), 20);
+    assert_eq!(t.pings(&cone1.0, &c2, 20), 20);
+    assert_eq!(t.relayed(), before, "cone pairs go direct");
     // Symmetric ↔ symmetric: the punch fails, the relay carries on.
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         assert!(t.ping(&sym1.0, &s2, 1), "the relay carries sym1 → sym2");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_ne!(path_to(&t, &sym1.1, &s2).as_deref(), Some("direct"));
-    let before = relayed(&t);
-    assert_eq!(pings(&t, &sym1.0, &s2, 20), 20);
-    assert!(relayed(&t) >= before + 40, "through the hub");
+    assert_ne!(t.path_to(&sym1.1, &s2).as_deref(), Some("direct"));
+    let before = t.relayed();
+    assert_eq!(t.pings(&sym1.0, &s2, 20), 20);
+    assert!(t.relayed() >= before + 40, "through the hub");
 }
 
 #[test]
@@ -244,7 +188,7 @@ fn under_an_enforced_policy_direct_traffic_follows_the_rules() {
     }
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
+    t.direct_on();
     t.hub_ok(&[
         "access",
         "allow",
@@ -256,12 +200,12 @@ fn under_an_enforced_policy_direct_traffic_follows_the_rules() {
         "icmp",
     ]);
     t.hub_ok(&["access", "mode", "enforce"]);
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "a may ping b, direct");
-    assert_eq!(relayed(t), before, "none of it through the hub");
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "a may ping b, direct");
+    assert_eq!(t.relayed(), before, "none of it through the hub");
     // b may answer a's pings but not ping a: stopped where it starts.
-    assert_eq!(pings(t, &t.ns_b, A_TUNNEL, 5), 0, "no rule lets b ping a");
+    assert_eq!(t.pings(&t.ns_b, A_TUNNEL, 5), 0, "no rule lets b ping a");
     let dropped = t.spoke_status_json(&net.b_socket)["counters"]["dropped"]["denied"]
         .as_u64()
         .unwrap_or(0);
@@ -270,10 +214,9 @@ fn under_an_enforced_policy_direct_traffic_follows_the_rules() {
     // stops the pings on the relay.
     t.hub_ok(&["access", "remove", "1"]);
     t.wait_for("the pair to end", Duration::from_secs(5), || {
-        path_to(t, &net.a_socket, B_TUNNEL).is_none()
-            && path_to(t, &net.b_socket, A_TUNNEL).is_none()
+        t.path_to(&net.a_socket, B_TUNNEL).is_none() && t.path_to(&net.b_socket, A_TUNNEL).is_none()
     });
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 5), 0);
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 5), 0);
     let pairs = t.hub_ok(&["pair", "list", "--json"]);
     assert_eq!(pairs.trim(), "[]");
 }

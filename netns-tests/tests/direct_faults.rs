@@ -22,86 +22,17 @@ use tasuki_netns_tests::{
     skip_unless_root, Topology, TwoSpokes, A_TUNNEL, A_WAN, B_TUNNEL, B_WAN, HUB_TUNNEL, HUB_WAN,
 };
 
-/// How long a pair may take from the first packet to a direct path.
-const UPGRADE_WITHIN: Duration = Duration::from_secs(40);
-
 /// One test of this file at a time (see the module's documentation).
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn direct_on(t: &Topology) {
-    t.hub_ok(&["key", "policy", "set", "--direct", "auto"]);
-}
-
-/// Spoke `socket`'s view of its peer at tunnel address `peer`, if paired.
-fn peer_of(t: &Topology, socket: &Path, peer: &str) -> Option<Value> {
-    let status = t.spoke_status_json(socket);
-    status["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["tunnel_addr"] == peer)
-        .cloned()
-}
-
-/// The path spoke `socket` reports to the peer at `peer`, if it has a pair.
-fn path_to(t: &Topology, socket: &Path, peer: &str) -> Option<String> {
-    peer_of(t, socket, peer).and_then(|p| p["path"].as_str().map(str::to_owned))
-}
-
-fn relayed(t: &Topology) -> u64 {
-    t.hub_status_json()["counters"]["relayed"]
-        .as_u64()
-        .unwrap_or_else(|| t.fail("the hub's status has no relayed counter"))
-}
-
-/// `tasuki-hub pair list --json`, parsed.
-fn pair_list(t: &Topology) -> Vec<Value> {
-    let out = t.hub_ok(&["pair", "list", "--json"]);
-    serde_json::from_str::<Value>(&out)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_else(|| t.fail(&format!("pair list --json is no JSON list: {out}")))
-}
-
-/// Pings `addr` from `ns` until the spoke there reports a direct path to it.
-fn wait_direct(t: &Topology, ns: &str, socket: &Path, addr: &str) {
-    t.wait_for(&format!("a direct path to {addr}"), UPGRADE_WITHIN, || {
-        t.ping(ns, addr, 1);
-        path_to(t, socket, addr).as_deref() == Some("direct")
-    });
-}
-
 /// Both spokes of `net` direct to each other.
 fn both_direct(net: &TwoSpokes) {
     let t = &net.topo;
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
-    wait_direct(t, &t.ns_b, &net.b_socket, A_TUNNEL);
-}
-
-/// `count` pings 20 ms apart; returns how many were answered.
-fn pings(t: &Topology, ns: &str, addr: &str, count: u32) -> u32 {
-    let out = t.exec(
-        ns,
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            addr,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
+    t.wait_direct(&t.ns_b, &net.b_socket, A_TUNNEL);
 }
 
 /// Echo requests whose replies may still be on their way when a stream is
@@ -238,32 +169,32 @@ fn stream_across_the_upgrade(on_first: bool, within: Duration) {
     let net = TwoSpokes::up();
     let t = &net.topo;
     if on_first {
-        direct_on(t);
+        t.direct_on();
     } else {
-        assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 5), 5, "the relay works");
+        assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 5), 5, "the relay works");
     }
-    let relayed_at_start = relayed(t);
+    let relayed_at_start = t.relayed();
     // Stopped once the path has been direct for 3 s.
     let max = (within.as_secs() as u32 + 10) * 100;
     let stream = Stream::start(t, &t.ns_a, B_TUNNEL, max);
     let on = Instant::now();
     if !on_first {
         std::thread::sleep(Duration::from_secs(2));
-        let before = relayed(t);
+        let before = t.relayed();
         assert!(
             before >= relayed_at_start + 300,
             "the stream went through the relay: {relayed_at_start} → {before}"
         );
-        direct_on(t);
+        t.direct_on();
     }
     t.wait_for("the stream to go direct", within, || {
-        path_to(t, &net.a_socket, B_TUNNEL).as_deref() == Some("direct")
+        t.path_to(&net.a_socket, B_TUNNEL).as_deref() == Some("direct")
     });
     eprintln!("direct {:?} after direct mode was turned on", on.elapsed());
     std::thread::sleep(Duration::from_secs(4));
-    let relayed_then = relayed(t);
+    let relayed_then = t.relayed();
     std::thread::sleep(Duration::from_secs(1));
-    let relayed_late = relayed(t) - relayed_then;
+    let relayed_late = t.relayed() - relayed_then;
     let s = stream.stop();
     eprintln!("across the upgrade: {}", loss(&s));
     assert!(s.lost.is_empty(), "across the upgrade: {}", loss(&s));
@@ -273,11 +204,13 @@ fn stream_across_the_upgrade(on_first: bool, within: Duration) {
         "the stream began on the relay"
     );
     assert_eq!(
-        path_to(t, &net.a_socket, B_TUNNEL).as_deref(),
+        t.path_to(&net.a_socket, B_TUNNEL).as_deref(),
         Some("direct"),
         "the path ends direct"
     );
-    let peer = peer_of(t, &net.a_socket, B_TUNNEL).expect("a has b as its peer");
+    let peer = t
+        .peer_of(&net.a_socket, B_TUNNEL)
+        .expect("a has b as its peer");
     assert!(peer["upgrades"].as_u64() >= Some(1), "{peer}");
     assert!(peer["tx_packets"].as_u64() >= Some(300), "{peer}");
     // Once direct, the hub carries (almost) none of the stream's 200
@@ -310,7 +243,7 @@ fn turning_direct_mode_on_upgrades_a_refused_pair_promptly() {
 /// (both holders switched), both holders' `current` and a's peer epoch.
 fn pair_epoch_settled(net: &TwoSpokes, also_b: bool) -> Option<u64> {
     let t = &net.topo;
-    let pairs = pair_list(t);
+    let pairs = t.pair_list();
     let [pair] = pairs.as_slice() else {
         return None;
     };
@@ -319,12 +252,12 @@ fn pair_epoch_settled(net: &TwoSpokes, also_b: bool) -> Option<u64> {
     if holders.len() != 2 || holders.iter().any(|h| h["current"].as_u64() != Some(epoch)) {
         return None;
     }
-    let a = peer_of(t, &net.a_socket, B_TUNNEL)?;
+    let a = t.peer_of(&net.a_socket, B_TUNNEL)?;
     if a["epoch"].as_u64() != Some(epoch) {
         return None;
     }
     if also_b {
-        let b = peer_of(t, &net.b_socket, A_TUNNEL)?;
+        let b = t.peer_of(&net.b_socket, A_TUNNEL)?;
         if b["epoch"].as_u64() != Some(epoch) {
             return None;
         }
@@ -340,7 +273,7 @@ fn a_stream_loses_nothing_across_20_pair_rotations() {
     let _serial = serial();
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
+    t.direct_on();
     both_direct(&net);
     let mut epoch = 0;
     t.wait_for(
@@ -357,7 +290,7 @@ fn a_stream_loses_nothing_across_20_pair_rotations() {
     // 80 s at most; stopped after the rotations.
     let stream = Stream::start(t, &t.ns_a, B_TUNNEL, 8000);
     std::thread::sleep(Duration::from_millis(500));
-    let relayed_before = relayed(t);
+    let relayed_before = t.relayed();
     let start = Instant::now();
     for i in 1..=20 {
         t.hub_ok(&["key", "rotate", "--spoke", "a"]);
@@ -380,7 +313,7 @@ fn a_stream_loses_nothing_across_20_pair_rotations() {
     }
     let took = start.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let relayed_during = relayed(t) - relayed_before;
+    let relayed_during = t.relayed() - relayed_before;
     let s = stream.stop();
     eprintln!(
         "20 rotations in {took:?}, pair epoch {first} → {epoch}; the hub relayed {relayed_during} packets meanwhile; {}",
@@ -389,12 +322,12 @@ fn a_stream_loses_nothing_across_20_pair_rotations() {
     assert!(s.lost.is_empty(), "across 20 rotations: {}", loss(&s));
     assert!(epoch >= first + 20 && epoch >= 21, "pair epoch {epoch}");
     assert_eq!(
-        path_to(t, &net.a_socket, B_TUNNEL).as_deref(),
+        t.path_to(&net.a_socket, B_TUNNEL).as_deref(),
         Some("direct"),
         "a is still direct"
     );
     assert_eq!(
-        path_to(t, &net.b_socket, A_TUNNEL).as_deref(),
+        t.path_to(&net.b_socket, A_TUNNEL).as_deref(),
         Some("direct"),
         "b is still direct"
     );
@@ -430,7 +363,7 @@ fn a_revoked_spokes_direct_traffic_stops_within_a_second() {
     let _serial = serial();
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
+    t.direct_on();
     both_direct(&net);
     // Counts what reaches a's host from b's tunnel address (either path).
     nft(
@@ -453,18 +386,18 @@ fn a_revoked_spokes_direct_traffic_stops_within_a_second() {
     );
     let stream = Stream::start(t, &t.ns_b, A_TUNNEL, 3000);
     std::thread::sleep(Duration::from_secs(2));
-    let relayed_before = relayed(t);
+    let relayed_before = t.relayed();
     let c0 = counted(t, &t.ns_a);
     std::thread::sleep(Duration::from_secs(1));
     let c1 = counted(t, &t.ns_a);
     // ping paces itself at 60–100 packets/s on a busy small machine.
     assert!(c1 >= c0 + 40, "b's stream reaches a: {c0} → {c1} in 1 s");
     assert!(
-        relayed(t) <= relayed_before + 5,
+        t.relayed() <= relayed_before + 5,
         "b's stream goes direct, not through the hub"
     );
     assert_eq!(
-        path_to(t, &net.b_socket, A_TUNNEL).as_deref(),
+        t.path_to(&net.b_socket, A_TUNNEL).as_deref(),
         Some("direct")
     );
 
@@ -481,7 +414,7 @@ fn a_revoked_spokes_direct_traffic_stops_within_a_second() {
             last = now;
             last_change = revoked.elapsed();
         }
-        if a_peers_gone.is_none() && peer_of(t, &net.a_socket, B_TUNNEL).is_none() {
+        if a_peers_gone.is_none() && t.peer_of(&net.a_socket, B_TUNNEL).is_none() {
             a_peers_gone = Some(revoked.elapsed());
         }
     }
@@ -489,13 +422,13 @@ fn a_revoked_spokes_direct_traffic_stops_within_a_second() {
     eprintln!(
         "after the revocation: the last packet from b reached a {last_change:?} after it, a dropped its peer after {a_peers_gone:?}; b's stream: {}; b's own view of a now: {:?}",
         loss(&s),
-        peer_of(t, &net.b_socket, A_TUNNEL).map(|p| p["path"].clone())
+        t.peer_of(&net.b_socket, A_TUNNEL).map(|p| p["path"].clone())
     );
     assert!(
         a_peers_gone.is_some_and(|d| d <= Duration::from_millis(1500)),
         "a still has b as its peer {:?} after the revocation: {:?}",
         revoked.elapsed(),
-        peer_of(t, &net.a_socket, B_TUNNEL)
+        t.peer_of(&net.a_socket, B_TUNNEL)
     );
     assert!(
         last_change <= Duration::from_millis(1200),
@@ -514,7 +447,7 @@ fn direct_traffic_survives_a_killed_hub_and_the_epochs_agree_after() {
     }
     let _serial = serial();
     let mut net = TwoSpokes::up();
-    direct_on(&net);
+    net.direct_on();
     both_direct(&net);
     let mut before = 0;
     net.wait_for(
@@ -535,13 +468,13 @@ fn direct_traffic_survives_a_killed_hub_and_the_epochs_agree_after() {
     let mut rounds = 0;
     while down.elapsed() < Duration::from_secs(15) {
         assert_eq!(
-            pings(t, &t.ns_a, B_TUNNEL, 50),
+            t.pings(&t.ns_a, B_TUNNEL, 50),
             50,
             "a → b {:?} after the hub died",
             down.elapsed()
         );
         assert_eq!(
-            pings(t, &t.ns_b, A_TUNNEL, 50),
+            t.pings(&t.ns_b, A_TUNNEL, 50),
             50,
             "b → a {:?} after the hub died",
             down.elapsed()
@@ -551,12 +484,12 @@ fn direct_traffic_survives_a_killed_hub_and_the_epochs_agree_after() {
     }
     assert!(rounds >= 3, "{rounds} rounds");
     assert_eq!(
-        path_to(t, &net.a_socket, B_TUNNEL).as_deref(),
+        t.path_to(&net.a_socket, B_TUNNEL).as_deref(),
         Some("direct"),
         "a stays direct without the hub"
     );
     assert_eq!(
-        path_to(t, &net.b_socket, A_TUNNEL).as_deref(),
+        t.path_to(&net.b_socket, A_TUNNEL).as_deref(),
         Some("direct"),
         "b stays direct without the hub"
     );
@@ -582,8 +515,8 @@ fn direct_traffic_survives_a_killed_hub_and_the_epochs_agree_after() {
     );
     assert!(agreed >= before, "the epoch went back: {before} → {agreed}");
     let t = &net.topo;
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20);
-    assert_eq!(pings(t, &t.ns_b, A_TUNNEL, 20), 20);
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
+    assert_eq!(t.pings(&t.ns_b, A_TUNNEL, 20), 20);
 }
 
 #[test]
@@ -595,9 +528,9 @@ fn tcp_50mb_direct_arrives_intact_without_the_hub() {
     let _serial = serial();
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
+    t.direct_on();
     both_direct(&net);
-    let before = relayed(t);
+    let before = t.relayed();
     let bytes = BYTES.to_string();
     let dst = format!("{B_TUNNEL}:9100");
     let mut sent = Value::Null;
@@ -606,7 +539,7 @@ fn tcp_50mb_direct_arrives_intact_without_the_hub() {
         sent = t.nettool(&t.ns_a, &["tcp-source", &dst, &bytes]);
     });
     let took = start.elapsed();
-    let after = relayed(t);
+    let after = t.relayed();
     eprintln!(
         "50 MB direct in {took:?}; the hub relayed {} packets meanwhile",
         after - before
@@ -627,10 +560,10 @@ fn tcp_50mb_direct_arrives_intact_without_the_hub() {
         after - before
     );
     assert_eq!(
-        path_to(t, &net.a_socket, B_TUNNEL).as_deref(),
+        t.path_to(&net.a_socket, B_TUNNEL).as_deref(),
         Some("direct")
     );
-    let peer = peer_of(t, &net.a_socket, B_TUNNEL).expect("a's peer b");
+    let peer = t.peer_of(&net.a_socket, B_TUNNEL).expect("a's peer b");
     assert!(
         peer["tx_bytes"].as_u64() >= Some(BYTES),
         "the transfer went direct: {peer}"
@@ -699,8 +632,8 @@ fn a_pair_the_policy_does_not_allow_gets_no_epoch_and_its_datagrams_are_dropped(
     t.wait_for("tcpdump to listen", Duration::from_secs(10), || {
         std::fs::read_to_string(&tcpdump_log).is_ok_and(|l| l.contains("listening on"))
     });
-    direct_on(t);
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    t.direct_on();
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
     let mut captured = None;
     t.wait_for(
         "tcpdump to catch a's initiation",
@@ -738,15 +671,15 @@ fn a_pair_the_policy_does_not_allow_gets_no_epoch_and_its_datagrams_are_dropped(
     ]);
     t.hub_ok(&["access", "mode", "enforce"]);
     t.wait_for("the pair to end", Duration::from_secs(10), || {
-        pair_list(t).is_empty()
-            && peer_of(t, &net.a_socket, B_TUNNEL).is_none()
-            && peer_of(t, &net.b_socket, A_TUNNEL).is_none()
+        t.pair_list().is_empty()
+            && t.peer_of(&net.a_socket, B_TUNNEL).is_none()
+            && t.peer_of(&net.b_socket, A_TUNNEL).is_none()
     });
     // a's traffic to b: refused, and it asks for no pair that it gets.
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 0, "the policy stops a → b");
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 0, "the policy stops a → b");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 10), 0, "the policy stops a → b");
-    assert!(pair_list(t).is_empty(), "no pair: {:?}", pair_list(t));
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 10), 0, "the policy stops a → b");
+    assert!(t.pair_list().is_empty(), "no pair: {:?}", t.pair_list());
     let a = t.spoke_status_json(&net.a_socket);
     assert_eq!(a["peers"], serde_json::json!([]), "a has no peer: {a}");
 
@@ -807,7 +740,7 @@ fn a_pair_the_policy_does_not_allow_gets_no_epoch_and_its_datagrams_are_dropped(
         "b completed no handshake: {b_status}"
     );
     assert_eq!(b_status["peers"], serde_json::json!([]), "b has no peer");
-    assert!(pair_list(t).is_empty(), "still no pair");
+    assert!(t.pair_list().is_empty(), "still no pair");
     // b works on.
     net.must_be_alive(&net.b);
     assert!(t.ping(&t.ns_b, HUB_TUNNEL, 3), "b still reaches the hub");

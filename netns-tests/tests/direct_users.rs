@@ -12,79 +12,9 @@ use tasuki_netns_tests::{
     B_TUNNEL, B_WAN, HUB_TUNNEL,
 };
 
-/// How long a pair may take from the first packet to a direct path.
-const UPGRADE_WITHIN: Duration = Duration::from_secs(40);
-
 /// How long a pair may take to end on both spokes and the hub after the
 /// event that ends it ("at once": a control round trip, with slack).
 const ENDS_WITHIN: Duration = Duration::from_secs(2);
-
-fn direct_on(t: &Topology) {
-    t.hub_ok(&["key", "policy", "set", "--direct", "auto"]);
-}
-
-/// The peers spoke `socket` reports (its pairs).
-fn peers(t: &Topology, socket: &Path) -> Vec<Value> {
-    t.spoke_status_json(socket)["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The path spoke `socket` reports to the peer at `peer`, if it has a pair.
-fn path_to(t: &Topology, socket: &Path, peer: &str) -> Option<String> {
-    peers(t, socket)
-        .iter()
-        .find(|p| p["tunnel_addr"] == peer)
-        .and_then(|p| p["path"].as_str().map(str::to_owned))
-}
-
-/// `tasuki-hub pair list --json`, parsed.
-fn pair_list(t: &Topology) -> Vec<Value> {
-    let out = t.hub_ok(&["pair", "list", "--json"]);
-    serde_json::from_str::<Value>(&out)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_else(|| t.fail(&format!("pair list --json is no JSON list: {out}")))
-}
-
-fn relayed(t: &Topology) -> u64 {
-    t.hub_status_json()["counters"]["relayed"]
-        .as_u64()
-        .unwrap_or_else(|| t.fail("the hub's status has no relayed counter"))
-}
-
-/// Pings `addr` from `ns` until the spoke there reports a direct path to it.
-fn wait_direct(t: &Topology, ns: &str, socket: &Path, addr: &str) {
-    t.wait_for(&format!("a direct path to {addr}"), UPGRADE_WITHIN, || {
-        t.ping(ns, addr, 1);
-        path_to(t, socket, addr).as_deref() == Some("direct")
-    });
-}
-
-/// `count` pings 20 ms apart; returns how many were answered.
-fn pings(t: &Topology, ns: &str, addr: &str, count: u32) -> u32 {
-    let out = t.exec(
-        ns,
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            addr,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Waits (at most [`ENDS_WITHIN`]) until neither spoke has a peer and the
 /// hub lists no pair; returns how long that took.
@@ -93,7 +23,7 @@ fn wait_pair_gone(t: &Topology, a: &Path, b: &Path, after: &str) -> Duration {
     t.wait_for(
         &format!("the pair to end on both spokes and the hub after {after}"),
         ENDS_WITHIN,
-        || peers(t, a).is_empty() && peers(t, b).is_empty() && pair_list(t).is_empty(),
+        || t.peers(a).is_empty() && t.peers(b).is_empty() && t.pair_list().is_empty(),
     );
     let took = start.elapsed();
     eprintln!("the pair ended {took:?} after {after}");
@@ -181,17 +111,17 @@ fn a_logout_ends_the_pair_at_once_and_a_new_login_goes_direct_again() {
         Duration::from_secs(20),
         || t.ping(&t.ns_a, HUB_TUNNEL, 1) && t.ping(&t.ns_b, HUB_TUNNEL, 1),
     );
-    direct_on(t);
-    wait_direct(t, &t.ns_a, a, B_TUNNEL);
-    wait_direct(t, &t.ns_b, b, A_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "a ↔ b direct");
+    t.direct_on();
+    t.wait_direct(&t.ns_a, a, B_TUNNEL);
+    t.wait_direct(&t.ns_b, b, A_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "a ↔ b direct");
     assert_eq!(
-        relayed(t),
+        t.relayed(),
         before,
         "the hub relayed none of the direct pings"
     );
-    assert_eq!(pair_list(t).len(), 1, "{:?}", pair_list(t));
+    assert_eq!(t.pair_list().len(), 1, "{:?}", t.pair_list());
 
     // Bob logs out: nobody is logged in on b, so b carries nothing and the
     // pair ends at once on both sides and on the hub.
@@ -203,20 +133,20 @@ fn a_logout_ends_the_pair_at_once_and_a_new_login_goes_direct_again() {
     assert_eq!(s["carrying"], false, "{s}");
     // a's pings to b go to the relay, and the hub carries nothing for b.
     assert_eq!(
-        pings(t, &t.ns_a, B_TUNNEL, 10),
+        t.pings(&t.ns_a, B_TUNNEL, 10),
         0,
         "b answered with nobody logged in"
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        pings(t, &t.ns_a, B_TUNNEL, 10),
+        t.pings(&t.ns_a, B_TUNNEL, 10),
         0,
         "b answered with nobody logged in"
     );
     assert!(
-        pair_list(t).is_empty() && peers(t, a).is_empty(),
+        t.pair_list().is_empty() && t.peers(a).is_empty(),
         "a's pings got a new pair for a spoke with nobody logged in: {:?}",
-        pair_list(t)
+        t.pair_list()
     );
 
     // Bob logs in again: a ↔ b goes direct again.
@@ -224,11 +154,11 @@ fn a_logout_ends_the_pair_at_once_and_a_new_login_goes_direct_again() {
     t.wait_for("b to carry traffic again", Duration::from_secs(20), || {
         t.ping(&t.ns_b, HUB_TUNNEL, 1)
     });
-    wait_direct(t, &t.ns_a, a, B_TUNNEL);
-    wait_direct(t, &t.ns_b, b, A_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "a ↔ b direct again");
-    assert_eq!(relayed(t), before, "none of it through the hub");
+    t.wait_direct(&t.ns_a, a, B_TUNNEL);
+    t.wait_direct(&t.ns_b, b, A_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "a ↔ b direct again");
+    assert_eq!(t.relayed(), before, "none of it through the hub");
 }
 
 #[test]
@@ -252,30 +182,34 @@ fn a_group_change_ends_the_pair_under_enforce_and_a_new_member_goes_direct_again
         "icmp",
     ]);
     t.hub_ok(&["access", "mode", "enforce"]);
-    direct_on(t);
-    wait_direct(t, &t.ns_a, a, B_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "a may ping b, direct");
-    assert_eq!(relayed(t), before, "none of it through the hub");
+    t.direct_on();
+    t.wait_direct(&t.ns_a, a, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "a may ping b, direct");
+    assert_eq!(t.relayed(), before, "none of it through the hub");
 
     // b leaves eng: nothing between a and b is allowed any more.
     t.hub_ok(&["group", "remove-member", "eng", "spoke:b"]);
     wait_pair_gone(t, a, b, "b left the group");
     let denied = t.hub_dropped("denied");
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 10), 0, "a pinged b outside eng");
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 10), 0, "a pinged b outside eng");
     assert!(
         t.hub_dropped("denied") >= denied + 10,
         "the hub's gate dropped the relayed pings: {}",
         t.hub_status_json()["counters"]["dropped"]
     );
-    assert!(pair_list(t).is_empty(), "a got a pair: {:?}", pair_list(t));
+    assert!(
+        t.pair_list().is_empty(),
+        "a got a pair: {:?}",
+        t.pair_list()
+    );
 
     // b back in eng: a → b goes direct again.
     t.hub_ok(&["group", "add-member", "eng", "spoke:b"]);
-    wait_direct(t, &t.ns_a, a, B_TUNNEL);
-    let before = relayed(t);
-    assert_eq!(pings(t, &t.ns_a, B_TUNNEL, 20), 20, "direct again");
-    assert_eq!(relayed(t), before, "none of it through the hub");
+    t.wait_direct(&t.ns_a, a, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20, "direct again");
+    assert_eq!(t.relayed(), before, "none of it through the hub");
 }
 
 /// Datagrams between the two underlay addresses in a tcpdump listing, as
@@ -300,8 +234,8 @@ fn tcpdump_on_the_wan_sees_the_direct_datagrams_between_the_spokes() {
     }
     let net = TwoSpokes::up();
     let t = &net.topo;
-    direct_on(t);
-    wait_direct(t, &t.ns_a, &net.a_socket, B_TUNNEL);
+    t.direct_on();
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
     let filter = format!("udp and host {A_WAN} and host {B_WAN}");
     let out = std::thread::scope(|s| {
         let capture = s.spawn(|| {
@@ -314,13 +248,13 @@ fn tcpdump_on_the_wan_sees_the_direct_datagrams_between_the_spokes() {
         });
         // tcpdump needs a moment to listen; pings until it has 20 or stops.
         std::thread::sleep(Duration::from_millis(1500));
-        let before = relayed(t);
+        let before = t.relayed();
         let mut answered = 0;
         while !capture.is_finished() {
-            answered += pings(t, &t.ns_a, B_TUNNEL, 10);
+            answered += t.pings(&t.ns_a, B_TUNNEL, 10);
         }
         assert!(answered >= 10, "a's pings to b were answered ({answered})");
-        assert_eq!(relayed(t), before, "the hub relayed none of them");
+        assert_eq!(t.relayed(), before, "the hub relayed none of them");
         capture.join().expect("the capture thread")
     });
     let listing = String::from_utf8_lossy(&out.stdout);

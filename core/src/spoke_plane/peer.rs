@@ -164,6 +164,12 @@ impl DirectPeer {
     /// The pair's path and counters; whether it carried direct traffic
     /// since the last call.
     pub(super) fn take_usage(&mut self) -> PairUsage {
+        let mut usage = self.usage();
+        usage.active = std::mem::take(&mut self.used);
+        usage
+    }
+
+    fn usage(&mut self) -> PairUsage {
         let counters = self.path.counters();
         PairUsage {
             pair: self.pair,
@@ -171,7 +177,7 @@ impl DirectPeer {
                 Path::Direct(at) => Some(at),
                 Path::Relay => None,
             },
-            active: std::mem::take(&mut self.used),
+            active: self.used,
             last_handshake_secs: self.last_handshake_secs(),
             tx_packets: self.stats.tx_packets,
             rx_packets: self.stats.rx_packets,
@@ -185,27 +191,28 @@ impl DirectPeer {
 
     /// The peer as `tasuki-spoke status` shows it.
     pub(super) fn view(&mut self) -> PeerView {
-        let (path, endpoint) = match self.path.path() {
-            Path::Direct(at) => ("direct", Some(at.to_string())),
-            Path::Relay => ("relay", None),
-        };
-        let counters = self.path.counters();
+        let u = self.usage();
         PeerView {
             name: self.name.clone(),
             pair: self.pair.to_string(),
             tunnel_addr: self.tunnel_addr.to_string(),
-            path: path.into(),
-            endpoint,
+            path: if u.direct.is_some() {
+                "direct"
+            } else {
+                "relay"
+            }
+            .into(),
+            endpoint: u.direct.map(|at| at.to_string()),
             epoch: self.current,
             held_epochs: self.link.epochs(),
-            last_handshake_secs: self.last_handshake_secs(),
-            tx_packets: self.stats.tx_packets,
-            rx_packets: self.stats.rx_packets,
-            tx_bytes: self.stats.tx_bytes,
-            rx_bytes: self.stats.rx_bytes,
-            upgrades: counters.upgrades,
-            fallbacks: counters.fallbacks,
-            punch_failures: counters.punch_failures,
+            last_handshake_secs: u.last_handshake_secs,
+            tx_packets: u.tx_packets,
+            rx_packets: u.rx_packets,
+            tx_bytes: u.tx_bytes,
+            rx_bytes: u.rx_bytes,
+            upgrades: u.upgrades,
+            fallbacks: u.fallbacks,
+            punch_failures: u.punch_failures,
         }
     }
 
