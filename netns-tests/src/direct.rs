@@ -73,3 +73,38 @@ impl Topology {
             .unwrap_or(0)
     }
 }
+
+impl TwoSpokes {
+    /// Waits until both spokes are direct to each other.
+    pub fn both_direct(&self) {
+        let t = &self.topo;
+        t.wait_direct(&t.ns_a, &self.a_socket, B_TUNNEL);
+        t.wait_direct(&t.ns_b, &self.b_socket, A_TUNNEL);
+    }
+
+    /// The pair's epoch when hub and spoke a agree on it: the hub's `epoch`
+    /// (both holders switched), both holders' `current` and a's peer epoch.
+    pub fn pair_epoch_settled(&self, also_b: bool) -> Option<u64> {
+        let t = &self.topo;
+        let pairs = t.pair_list();
+        let [pair] = pairs.as_slice() else {
+            return None;
+        };
+        let epoch = pair["epoch"].as_u64().filter(|e| *e > 0)?;
+        let holders = pair["holders"].as_array()?;
+        if holders.len() != 2 || holders.iter().any(|h| h["current"].as_u64() != Some(epoch)) {
+            return None;
+        }
+        let a = t.peer_of(&self.a_socket, B_TUNNEL)?;
+        if a["epoch"].as_u64() != Some(epoch) {
+            return None;
+        }
+        if also_b {
+            let b = t.peer_of(&self.b_socket, A_TUNNEL)?;
+            if b["epoch"].as_u64() != Some(epoch) {
+                return None;
+            }
+        }
+        Some(epoch)
+    }
+}

@@ -40,11 +40,13 @@ mod direct;
 mod faults;
 mod nat;
 mod procs;
+mod stream;
 pub use daemons::TwoSpokes;
 pub use direct::UPGRADE_WITHIN;
 pub use faults::FaultRng;
 pub use nat::{Mapping, Nat};
 use procs::show;
+pub use stream::{loss, Stream, Streamed, IN_FLIGHT};
 
 /// The hub's address on the WAN bridge.
 pub const HUB_WAN: &str = "172.30.0.1";
