@@ -147,6 +147,9 @@ pub struct PairUsage {
     pub tx_bytes: u64,
     /// Datagram bytes received direct.
     pub rx_bytes: u64,
+    /// Direct handshakes this holder began that completed (each counted
+    /// once, by its initiator).
+    pub handshakes: u64,
     /// Times the direct path took over.
     pub upgrades: u64,
     /// Times it stopped answering and the relay took over again.

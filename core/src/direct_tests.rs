@@ -268,6 +268,13 @@ fn a_new_pair_epoch_takes_over_without_losing_a_packet() {
     }
     let held = &w.spokes[0].plane.status().peers[0];
     assert_eq!(held.epoch, 5);
+    // Every epoch took a handshake, each counted by the side that began
+    // it: the reports feed the pair's handshake budget at the hub.
+    let began: u64 = (0..2)
+        .flat_map(|i| w.spokes[i].plane.take_pair_usage())
+        .map(|u| u.handshakes)
+        .sum();
+    assert!(began >= 5, "{began} handshakes reported for 5 epochs");
 }
 
 #[test]

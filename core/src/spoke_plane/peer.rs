@@ -24,6 +24,9 @@ pub(super) struct PeerStats {
     pub(super) rx_packets: u64,
     pub(super) tx_bytes: u64,
     pub(super) rx_bytes: u64,
+    /// Handshakes this side began that the peer answered (each handshake
+    /// counted once, by its initiator).
+    pub(super) handshakes: u64,
 }
 
 /// One peer spoke.
@@ -89,6 +92,7 @@ impl DirectPeer {
             // Our initiation was answered: the keepalive boringtun sends
             // back went to `from`.
             self.owe_answer = None;
+            self.stats.handshakes += 1;
             return FromPeer::Nothing;
         }
         // A data message (or keepalive) of the pair's session: the path
@@ -183,6 +187,7 @@ impl DirectPeer {
             rx_packets: self.stats.rx_packets,
             tx_bytes: self.stats.tx_bytes,
             rx_bytes: self.stats.rx_bytes,
+            handshakes: self.stats.handshakes,
             upgrades: counters.upgrades,
             fallbacks: counters.fallbacks,
             punch_failures: counters.punch_failures,

@@ -442,6 +442,7 @@ fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
         rx_packets: tx,
         tx_bytes: tx * 100,
         rx_bytes: tx * 100,
+        handshakes: 1,
         upgrades: 1,
         fallbacks: 0,
         punch_failures: 0,
@@ -468,6 +469,56 @@ fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
     let (totals, direct) = st.direct_totals();
     assert_eq!(totals.tx_packets, 1400);
     assert_eq!(direct, 2);
+}
+
+/// The holders' completed handshakes (each counted by its initiator)
+/// feed the pair's handshake budget: past it, the pair rotates.
+#[test]
+fn reported_direct_handshakes_rotate_a_pair_past_its_handshake_budget() {
+    use tasuki_core::control::PairUsage;
+    let dir = TempDir::new("handshakes");
+    let (mut st, _) = new_hub(&dir);
+    let (a, mut ra) = spoke(&mut st, "a", 100);
+    let (b, mut rb) = spoke(&mut st, "b", 100);
+    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
+    st.policy.max_handshakes = Some(4);
+    request(&mut st, a, b, 100);
+    let pair = PairId::new(a, b).unwrap();
+    walk(&mut st, pair, 1, 101);
+    drain(&mut ra);
+    drain(&mut rb);
+    let report = |handshakes: u64| PairUsage {
+        pair,
+        direct: Some("192.0.2.1:1".parse().unwrap()),
+        active: true,
+        last_handshake_secs: Some(1),
+        tx_packets: 1,
+        rx_packets: 1,
+        tx_bytes: 100,
+        rx_bytes: 100,
+        handshakes,
+        upgrades: 1,
+        fallbacks: 0,
+        punch_failures: 0,
+    };
+    // One holder began 3: under the budget, and a repeated report of the
+    // same counters adds nothing.
+    for _ in 0..3 {
+        st.on_pair_message(a, SpokePair::Usage(vec![report(3)]), 102)
+            .unwrap();
+    }
+    st.pair_tick(103, HashMap::new());
+    assert!(drain(&mut ra).is_empty(), "no rotation under the budget");
+    // The other began 1: 4 in all, the budget.
+    st.on_pair_message(b, SpokePair::Usage(vec![report(1)]), 104)
+        .unwrap();
+    st.pair_tick(105, HashMap::new());
+    let got = drain(&mut ra);
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, HubPair::Offer(o) if o.delivery.epoch == 2)),
+        "{got:?}"
+    );
 }
 
 /// Turning direct mode on, or editing the access policy, tells every

@@ -48,6 +48,29 @@ impl DirectTotals {
     }
 }
 
+/// What a holder sent and began since its report `old` (all of it when
+/// there is none, or its counters went back after a restart).
+fn since(old: Option<&PairUsage>, new: &PairUsage) -> Usage {
+    match old {
+        Some(o)
+            if o.tx_packets <= new.tx_packets
+                && o.tx_bytes <= new.tx_bytes
+                && o.handshakes <= new.handshakes =>
+        {
+            Usage {
+                packets: new.tx_packets - o.tx_packets,
+                bytes: new.tx_bytes - o.tx_bytes,
+                handshakes: new.handshakes - o.handshakes,
+            }
+        }
+        _ => Usage {
+            packets: new.tx_packets,
+            bytes: new.tx_bytes,
+            handshakes: new.handshakes,
+        },
+    }
+}
+
 impl HubState {
     /// A holder's report of its pairs: kept for `pair list`, added to the
     /// totals, and an active pair counts as used now.
@@ -66,17 +89,14 @@ impl HubState {
                     }
                     let old = self.direct.usage.get(&(pair, from));
                     self.direct.totals.add(old, &u);
-                    // Each packet counted once, by its sender: the pair's
-                    // use both ways, for its packet and byte budgets.
-                    let (packets, bytes) = match old {
-                        Some(o) if o.tx_packets <= u.tx_packets && o.tx_bytes <= u.tx_bytes => {
-                            (u.tx_packets - o.tx_packets, u.tx_bytes - o.tx_bytes)
-                        }
-                        _ => (u.tx_packets, u.tx_bytes),
-                    };
+                    // Each packet counted once, by its sender, and each
+                    // handshake by its initiator: the pair's use both ways,
+                    // for its packet, byte and handshake budgets.
                     let total = self.direct.pair_use.entry(pair).or_default();
-                    total.packets += packets;
-                    total.bytes += bytes;
+                    let d = since(old, &u);
+                    total.packets += d.packets;
+                    total.bytes += d.bytes;
+                    total.handshakes += d.handshakes;
                     self.direct.usage.insert((pair, from), u);
                 }
                 None => self.unknown_pair(from, pair),
