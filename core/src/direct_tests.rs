@@ -434,3 +434,34 @@ fn before_its_rules_come_nothing_direct_passes() {
     w.settle();
     assert_eq!(w.spokes[1].plane.to_tun().packets.len(), before);
 }
+
+#[test]
+fn a_spoke_whose_address_changes_tells_its_peer_and_the_hub_at_once() {
+    let mut w = World::new();
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(1), "direct");
+    // a moves and says so before sending anything else: b's next packet
+    // already goes to the new address, nothing lost, nothing relayed.
+    let moved = SocketAddr::from(([198, 51, 100, 7], 41_000));
+    w.spokes[0].at = moved;
+    w.spokes[0].plane.underlay_changed();
+    w.settle();
+    let b_view = &w.spokes[1].plane.status().peers[0];
+    assert_eq!(b_view.endpoint.as_deref(), Some("198.51.100.7:41000"));
+    let relayed_before = relayed(&mut w);
+    let before = w.spokes[0].plane.to_tun().packets.len();
+    for k in 0..10 {
+        let p = udp(B, A, format!("to the new address {k}").as_bytes());
+        w.spokes[1].plane.handle_tun(&p);
+        w.advance(10);
+    }
+    assert_eq!(w.spokes[0].plane.to_tun().packets.len() - before, 10);
+    assert_eq!(relayed(&mut w), relayed_before, "still direct");
+    // The hub heard the keepalive from the new address too: it sends there.
+    let relayed_before = relayed(&mut w);
+    let before = w.spokes[0].plane.to_tun().packets.len();
+    w.hub.handle_tun(&udp(HUB, A, b"from the hub"));
+    w.settle();
+    assert_eq!(w.spokes[0].plane.to_tun().packets.len() - before, 1);
+    assert_eq!(relayed(&mut w), relayed_before);
+}

@@ -14,6 +14,7 @@ pub mod service;
 pub mod store;
 pub mod thread;
 pub mod udp;
+pub mod underlay;
 pub mod vault;
 
 /// Seconds since the machine booted, time asleep included: a clock that a

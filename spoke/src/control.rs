@@ -2,6 +2,8 @@
 //! configuration and keys, store them, report receipt, stay connected, and
 //! reconnect with backoff when the channel drops.
 
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +68,8 @@ pub(crate) struct Control {
     pub(crate) pairs: std::sync::Mutex<SpokePairs>,
     /// The data-plane socket's port, once it listens.
     pub(crate) dp_port: std::sync::Mutex<Option<u16>>,
+    /// This machine's addresses, anew after each change.
+    pub(crate) underlay: tokio::sync::Mutex<watch::Receiver<BTreeSet<IpAddr>>>,
 }
 
 impl Control {
@@ -140,6 +144,7 @@ impl Control {
         // The name is resolved anew on every connection: if the hub moved,
         // the data plane follows it (UDP on the same address and port).
         let hub_at = stream.peer_addr().ok();
+        let local_at = stream.local_addr().ok();
         let (r, mut w) = stream.into_split();
         let mut reader = FrameReader::new(r);
         let hello = Hello {
@@ -183,6 +188,8 @@ impl Control {
         let mut events = self.events.lock().await;
         let mut calls = self.calls.lock().await;
         let mut pair_timer = tokio::time::interval(Duration::from_secs(5));
+        let mut underlay = self.underlay.lock().await;
+        underlay.borrow_and_update();
         loop {
             let deadline = origin + Duration::from_secs(session.poll_timeout());
             tokio::select! {
@@ -201,11 +208,29 @@ impl Control {
                 _ = pair_timer.tick() => {
                     self.with_pairs(|p| p.handle_timeout(tasuki_shell::boot_secs()));
                 }
+                Ok(()) = underlay.changed() => {
+                    let now = underlay.borrow_and_update().clone();
+                    self.on_underlay_changed(local_at, &now)?;
+                }
             }
             self.carry_out_pairs(&mut session, now()).await?;
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
+    }
+
+    /// This machine's addresses changed: a connection from an address that
+    /// went away is dead (nothing comes back to it), so the loop reconnects
+    /// from the new one at once; else the hub gets the new local candidates.
+    fn on_underlay_changed(&self, local: Option<SocketAddr>, now: &BTreeSet<IpAddr>) -> Result<()> {
+        if let Some(at) = local.filter(|at| !now.contains(&at.ip())) {
+            bail!(
+                "this machine's address {} went away: reconnecting from the new one",
+                at.ip()
+            );
+        }
+        self.send_facts();
+        Ok(())
     }
 
     /// A message from the hub, for the session (a key delivery with what

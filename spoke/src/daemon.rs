@@ -1,6 +1,8 @@
 //! `tasuki-spoke run`: the daemon. Starts the control loop and the local
 //! socket at once, the data plane as soon as the hub's configuration is known.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,9 +45,11 @@ pub(crate) async fn run(
         config: config_rx,
         events,
         commands: (_dataplane, commands),
+        underlay,
     } = connect(&store, &key, &enrolment, interface)?;
     let listener = tasuki_shell::local::bind(socket, access)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
+    let underlay_task = tokio::spawn(crate::underlay::follow(control.dataplane.clone(), underlay));
     let control_task = tokio::spawn(control.run());
     let status_task = tokio::spawn(tasuki_shell::local::serve(
         listener,
@@ -71,7 +75,13 @@ pub(crate) async fn run(
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    serve_until_stopped(&mut dp_done, config, watchdog, [control_task, status_task]).await
+    serve_until_stopped(
+        &mut dp_done,
+        config,
+        watchdog,
+        [control_task, status_task, underlay_task],
+    )
+    .await
 }
 
 /// Once the data plane runs: serves until SIGTERM or until the data plane
@@ -80,7 +90,7 @@ async fn serve_until_stopped(
     dp_done: &mut tokio::sync::oneshot::Receiver<()>,
     config: Option<&Path>,
     watchdog: Option<JoinHandle<()>>,
-    tasks: [JoinHandle<()>; 2],
+    tasks: [JoinHandle<()>; 3],
 ) -> Result<()> {
     tasuki_shell::service::until_stopped(dp_done, || reload(config)).await?;
     tasuki_shell::service::stopping();
@@ -118,6 +128,8 @@ struct Parts {
     /// The data plane's commands: a sender besides the control loop's and
     /// the local socket's, and the receiver the data plane takes.
     commands: (mpsc::Sender<DpCommand>, mpsc::Receiver<DpCommand>),
+    /// Where the local addresses go when they change.
+    underlay: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 /// Connects the control loop, the local socket and the data plane of an
@@ -132,6 +144,7 @@ fn connect(
     let (config_tx, config_rx) = watch::channel(store.config()?);
     let (state_tx, state_rx) = watch::channel(ControlState::default());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (underlay_tx, underlay_rx) = watch::channel(BTreeSet::new());
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (session_tx, session_rx) = watch::channel(SessionInfo::default());
     let me = store.config()?.map(|c| c.spoke_id).unwrap_or(0);
@@ -152,6 +165,7 @@ fn connect(
         session_info: session_tx,
         pairs: std::sync::Mutex::new(pairs),
         dp_port: std::sync::Mutex::new(None),
+        underlay: tokio::sync::Mutex::new(underlay_rx),
     };
     let api = LocalApi {
         interface: interface.to_owned(),
@@ -168,6 +182,7 @@ fn connect(
         config: config_rx,
         events: events_tx,
         commands: (dp_tx, dp_rx),
+        underlay: underlay_tx,
     })
 }
 

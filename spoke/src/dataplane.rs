@@ -45,6 +45,8 @@ pub(crate) enum DpCommand {
     Status(oneshot::Sender<DpStatus>),
     /// Direct mode: a pair's epoch, switch, erasure or end.
     Pair(PairCommand),
+    /// This machine's addresses changed: tell the hub and direct peers.
+    UnderlayChanged,
 }
 
 /// What the data plane tells the control loop (for the hub).
@@ -222,6 +224,7 @@ impl Plane {
             DpCommand::HubAt(_) => {}
             DpCommand::Revoked => m.revoke(),
             DpCommand::Pair(cmd) => m.pair_command(cmd),
+            DpCommand::UnderlayChanged => m.underlay_changed(),
             DpCommand::Status(reply) => {
                 if reply.send(m.status()).is_err() {
                     tracing::debug!("a data-plane status was no longer awaited");

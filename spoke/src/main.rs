@@ -12,6 +12,7 @@ mod enrol;
 mod local;
 mod pairs;
 mod state;
+mod underlay;
 mod writer;
 
 fn main() -> std::process::ExitCode {

@@ -417,6 +417,15 @@ impl DirectPeers {
         lost
     }
 
+    /// This machine's underlay address changed: a keepalive to every peer
+    /// on a direct path, so it hears us from the new address at once (as
+    /// WireGuard's roaming, without waiting for our next packet).
+    pub(crate) fn nudge(&mut self, out: &mut Outbox<SocketAddr>) {
+        for p in self.peers.values_mut() {
+            p.answer(out);
+        }
+    }
+
     /// Every pair's path and counters, and whether it carried direct
     /// traffic since the last call.
     pub(crate) fn take_usage(&mut self) -> Vec<PairUsage> {

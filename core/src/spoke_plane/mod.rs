@@ -247,6 +247,23 @@ impl<T: TunSink> SpokePlane<T> {
         self.hub = addr;
     }
 
+    /// This machine's underlay addresses changed (a new network, a
+    /// renumbered interface): a keepalive to the hub and to every peer on a
+    /// direct path, so they learn our new address now rather than at our
+    /// next packet; the hub's is a handshake when the session is gone.
+    pub fn underlay_changed(&mut self) {
+        let sent = self.link.for_sending().and_then(|t| {
+            match t.tunn.encapsulate(&[], self.io.out.spare()) {
+                TunnResult::WriteToNetwork(d) => Some(d.len()),
+                _ => None,
+            }
+        });
+        if !sent.is_some_and(|len| self.io.out.commit(self.hub, len)) {
+            self.rehandshake();
+        }
+        self.direct.nudge(&mut self.io.out);
+    }
+
     /// The first handshake, at start: the hub learns where we are.
     pub fn start(&mut self) {
         let first = self.keys.current();
