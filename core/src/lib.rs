@@ -35,6 +35,7 @@ pub mod path;
 pub mod registry;
 pub mod rotation;
 pub mod routing;
+pub mod scope_schedule;
 pub mod seal;
 pub mod spoke_keys;
 pub mod spoke_pairs;

@@ -13,17 +13,15 @@
 //! - Pairs are hub-driven (a policy's batch does not apply): they are made
 //!   on demand and the relay carries their traffic whenever they are not.
 
-use std::collections::BTreeMap;
-
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::control::Lifetime;
-use crate::erasure::Erasure;
 use crate::keys::KeyEpoch;
 use crate::pair::{seal_pair, PairId};
-use crate::rotation::{trigger_due, RotationPolicy, Trigger, Usage, RESEND_SECS};
+use crate::rotation::{RotationPolicy, Trigger, Usage};
 use crate::routing::SpokeId;
+use crate::scope_schedule::{HolderMark, ScopeMeta, ScopeSchedule};
 use crate::seal::SealError;
 
 /// A pair epoch on its way to one holder.
@@ -91,16 +89,14 @@ impl PairPlan {
     }
 }
 
-/// One pair's epochs and where they stand.
+/// One pair's epochs and where they stand: a [`ScopeSchedule`] whose two
+/// holders never change, ended when idle.
 #[derive(Clone, Debug)]
 pub struct PairSchedule {
     pair: PairId,
-    epochs: BTreeMap<u64, KeyEpoch>,
-    meta: PairMeta,
-    base: Usage,
-    pending: Option<Trigger>,
-    erasure: Erasure,
-    last_sent: Option<u64>,
+    scope: ScopeSchedule,
+    /// When a holder last reported use, or the pair was asked for.
+    last_used: u64,
 }
 
 impl PairSchedule {
@@ -117,14 +113,23 @@ impl PairSchedule {
 
     /// A schedule restored from stored epochs and meta.
     pub fn restore(pair: PairId, epochs: Vec<KeyEpoch>, meta: PairMeta) -> Self {
+        let holders = pair
+            .holders()
+            .into_iter()
+            .zip(meta.acked.into_iter().zip(meta.current))
+            .map(|(h, (acked, current))| (h, HolderMark { acked, current }))
+            .collect();
+        let scope = ScopeMeta {
+            holders,
+            current_since: meta.current_since,
+            rotations: meta.rotations,
+            notified: meta.notified,
+            floor: 0,
+        };
         Self {
             pair,
-            epochs: epochs.into_iter().map(|e| (e.number, e)).collect(),
-            base: Usage::default(),
-            pending: None,
-            erasure: Erasure::after_restart(meta.current[0].min(meta.current[1]), 0),
-            meta,
-            last_sent: None,
+            scope: ScopeSchedule::restore(epochs, scope),
+            last_used: meta.last_used,
         }
     }
 
@@ -134,52 +139,58 @@ impl PairSchedule {
     }
 
     /// The durable meta to store after a change.
-    pub fn meta(&self) -> &PairMeta {
-        &self.meta
+    pub fn meta(&self) -> PairMeta {
+        let m = self.scope.meta();
+        let mark = |h: SpokeId| m.holders.get(&h).copied().unwrap_or_default();
+        let [a, b] = self.pair.holders().map(mark);
+        PairMeta {
+            acked: [a.acked, b.acked],
+            current: [a.current, b.current],
+            current_since: m.current_since,
+            rotations: m.rotations,
+            notified: m.notified,
+            last_used: self.last_used,
+        }
     }
 
     /// Every epoch still held, oldest first.
     pub fn epochs(&self) -> Vec<KeyEpoch> {
-        self.epochs.values().cloned().collect()
+        self.scope.epochs()
     }
 
     /// The newest epoch issued.
     pub fn latest(&self) -> u64 {
-        self.epochs.keys().next_back().copied().unwrap_or(0)
+        self.scope.latest()
     }
 
     /// The newest epoch both holders hold.
     pub fn held_by_both(&self) -> u64 {
-        self.meta.acked[0]
-            .min(self.meta.acked[1])
-            .min(self.latest())
+        self.scope.held_by_all()
     }
 
     /// The epoch both holders switched to: older ones are no longer used.
     pub fn current(&self) -> u64 {
-        self.meta.current[0].min(self.meta.current[1])
+        self.scope.current()
     }
 
     /// True while an issued epoch has not completed its walk (a holder
     /// lacks it, or has not switched to it).
     pub fn in_flight(&self) -> bool {
-        self.latest() > self.held_by_both() || self.meta.notified > self.current()
+        self.scope.in_flight()
     }
 
     /// Asks for a rotation at the next tick (one already asked for keeps
     /// its trigger).
     pub fn request(&mut self, trigger: Trigger) {
-        if self.pending.is_none() {
-            self.pending = Some(trigger);
-        }
+        self.scope.request(trigger);
     }
 
     /// One tick: end an idle pair, issue the epoch that is due, and hand out
     /// distributions and the notification (new ones, or again every
-    /// [`RESEND_SECS`] while a holder has not answered). `links` holds
-    /// each holder's current link epoch, in [`PairId::holders`] order (`None`:
-    /// that holder gets nothing now, it has no session); `total` is the
-    /// pair's use as its holders reported it.
+    /// [`crate::rotation::RESEND_SECS`] while a holder has not answered).
+    /// `links` holds each holder's current link epoch, in
+    /// [`PairId::holders`] order (`None`: that holder gets nothing now, it
+    /// has no session); `total` is the pair's use as its holders reported it.
     pub fn tick<R: RngCore + CryptoRng>(
         &mut self,
         policy: &RotationPolicy,
@@ -189,112 +200,46 @@ impl PairSchedule {
         links: [Option<&KeyEpoch>; 2],
         rng: &mut R,
     ) -> Result<PairPlan, SealError> {
-        let mut plan = PairPlan::default();
-        if now.saturating_sub(self.meta.last_used) >= idle_secs {
-            plan.ended = true;
-            return Ok(plan);
+        if now.saturating_sub(self.last_used) >= idle_secs {
+            return Ok(PairPlan {
+                ended: true,
+                ..PairPlan::default()
+            });
         }
-        // Both hold a newer epoch: both switch to it, at once.
-        let both = self.held_by_both();
-        if both > self.meta.notified {
-            self.meta.notified = both;
-            self.meta.current_since = now;
-            self.base = total;
-            self.last_sent = None;
-            plan.switched = true;
+        let holders = self.pair.holders();
+        let link_of = |h: SpokeId| holders.iter().position(|x| *x == h).and_then(|i| links[i]);
+        let plan = self
+            .scope
+            .tick(policy, now, total, |h| link_of(h).is_some(), rng);
+        let mut deliveries = Vec::with_capacity(plan.deliver.len());
+        for (holder, number) in plan.deliver {
+            let (Some(link), Some(epoch)) = (link_of(holder), self.scope.epoch(number)) else {
+                continue;
+            };
+            let delivery = PairDelivery {
+                pair: self.pair,
+                epoch: number,
+                under: link.number,
+                sealed: seal_pair(link, self.pair, epoch, rng)?,
+                lifetime: policy.lifetime(),
+            };
+            deliveries.push((holder, delivery));
         }
-        if !self.in_flight() && !self.epochs.is_empty() {
-            let used = total.since(self.base);
-            let due = trigger_due(
-                policy,
-                self.pending.as_ref(),
-                self.meta.current_since,
-                used,
-                now,
-            );
-            if let Some(trigger) = due {
-                let epoch = KeyEpoch::issue(self.latest() + 1, now, rng);
-                self.epochs.insert(epoch.number, epoch.clone());
-                self.pending = None;
-                plan.issued = Some(epoch);
-                plan.trigger = Some(trigger);
-            }
-        }
-        let unanswered = self.unanswered();
-        let resend = unanswered && self.last_sent.is_none_or(|t| now >= t + RESEND_SECS);
-        if plan.issued.is_some() || resend {
-            plan.deliveries = self.deliveries(policy, links, rng)?;
-        }
-        if resend {
-            plan.notify = self.notifications();
-            plan.settled = self.current();
-        }
-        if !plan.deliveries.is_empty() || !plan.notify.is_empty() {
-            self.last_sent = Some(now);
-        }
-        Ok(plan)
-    }
-
-    /// Whether a holder still has to report a receipt or a switch.
-    fn unanswered(&self) -> bool {
-        let latest = self.latest();
-        self.meta.acked.iter().any(|a| *a < latest)
-            || self.meta.current.iter().any(|c| *c < self.meta.notified)
-    }
-
-    /// The distributions of every epoch each holder has not reported yet,
-    /// sealed under its link epoch.
-    fn deliveries<R: RngCore + CryptoRng>(
-        &self,
-        policy: &RotationPolicy,
-        links: [Option<&KeyEpoch>; 2],
-        rng: &mut R,
-    ) -> Result<Vec<(SpokeId, PairDelivery)>, SealError> {
-        let mut out = Vec::new();
-        for (i, holder) in self.pair.holders().into_iter().enumerate() {
-            let Some(link) = links[i] else { continue };
-            for (number, epoch) in self.epochs.range(self.meta.acked[i] + 1..) {
-                let delivery = PairDelivery {
-                    pair: self.pair,
-                    epoch: *number,
-                    under: link.number,
-                    sealed: seal_pair(link, self.pair, epoch, rng)?,
-                    lifetime: policy.lifetime(),
-                };
-                out.push((holder, delivery));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The switch each holder has not reported yet.
-    fn notifications(&self) -> Vec<(SpokeId, u64)> {
-        let k = self.meta.notified;
-        self.pair
-            .holders()
-            .into_iter()
-            .zip(self.meta.current)
-            .filter(|(_, current)| *current < k)
-            .map(|(holder, _)| (holder, k))
-            .collect()
-    }
-
-    fn index_of(&self, holder: SpokeId) -> Option<usize> {
-        self.pair.holders().iter().position(|h| *h == holder)
+        Ok(PairPlan {
+            issued: plan.issued,
+            trigger: plan.trigger,
+            deliveries,
+            notify: plan.notify,
+            settled: plan.settled,
+            ended: false,
+            switched: plan.switched,
+        })
     }
 
     /// Holder `holder` reported epoch `k` stored; true if it moved the
     /// schedule.
     pub fn on_receipt(&mut self, holder: SpokeId, k: u64) -> bool {
-        let Some(i) = self.index_of(holder) else {
-            return false;
-        };
-        if k > self.meta.acked[i] && self.epochs.contains_key(&k) {
-            self.meta.acked[i] = k;
-            true
-        } else {
-            false
-        }
+        self.scope.on_receipt(holder, k)
     }
 
     /// Holder `holder` reported it switched to epoch `k` (after storing
@@ -302,39 +247,22 @@ impl PairSchedule {
     /// later. A report of an epoch it was not told to switch to is ignored.
     /// True if it moved the schedule.
     pub fn on_switched(&mut self, holder: SpokeId, k: u64, now: u64, grace: u64) -> bool {
-        let Some(i) = self.index_of(holder) else {
-            return false;
-        };
-        if k <= self.meta.current[i] || k > self.meta.notified {
-            return false;
+        let moved = self.scope.on_switched(holder, k, now, grace);
+        if moved {
+            self.last_used = self.last_used.max(now);
         }
-        let before = self.current();
-        self.meta.current[i] = k;
-        self.meta.last_used = self.meta.last_used.max(now);
-        let after = self.current();
-        if after > before {
-            if before != 0 {
-                self.meta.rotations += 1;
-            }
-            self.erasure.schedule(after, now.saturating_add(grace));
-        }
-        true
+        moved
     }
 
     /// A holder reported use of the pair (or asked for it again): it is not
     /// idle.
     pub fn on_used(&mut self, now: u64) {
-        self.meta.last_used = self.meta.last_used.max(now);
+        self.last_used = self.last_used.max(now);
     }
 
     /// Removes and returns the epochs whose grace has passed.
     pub fn take_erasable(&mut self, now: u64) -> Vec<u64> {
-        let below = self.erasure.due(now, self.current());
-        let gone: Vec<u64> = self.epochs.range(..below).map(|(k, _)| *k).collect();
-        for k in &gone {
-            self.epochs.remove(k);
-        }
-        gone
+        self.scope.take_erasable(now)
     }
 }
 

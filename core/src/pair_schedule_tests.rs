@@ -4,6 +4,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use super::*;
 use crate::pair::open_pair;
+use crate::rotation::RESEND_SECS;
 
 const IDLE: u64 = 600;
 const GRACE: u64 = 10;
@@ -210,7 +211,7 @@ fn a_restored_schedule_goes_on_where_it_stood() {
     }
     let meta = f.sched.meta().clone();
     let mut back = PairSchedule::restore(f.sched.pair(), f.sched.epochs(), meta.clone());
-    assert_eq!(back.meta(), &meta);
+    assert_eq!(back.meta(), meta);
     assert_eq!(back.current(), 1);
     let links = [Some(&f.links[0]), Some(&f.links[1])];
     let plan = back
