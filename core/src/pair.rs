@@ -9,11 +9,8 @@
 //! nonce from the epoch number as [`crate::seal`] does: each box carries a
 //! random 192-bit XChaCha20 nonce of its own.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::keys::KeyEpoch;
 use crate::routing::SpokeId;
@@ -85,15 +82,11 @@ impl std::fmt::Display for PairId {
     }
 }
 
-/// Length of the random nonce at the front of every sealed pair epoch.
-const NONCE_LEN: usize = 24;
-
-fn aad(pair: PairId, under: u64, sealed: u64) -> Vec<u8> {
+/// The pair's name in its sealed boxes' associated data.
+fn scope(pair: PairId) -> Vec<u8> {
     let mut a = b"tasuki pair v1".to_vec();
     a.extend_from_slice(&pair.low.to_be_bytes());
     a.extend_from_slice(&pair.high.to_be_bytes());
-    a.extend_from_slice(&under.to_be_bytes());
-    a.extend_from_slice(&sealed.to_be_bytes());
     a
 }
 
@@ -106,23 +99,7 @@ pub fn seal_pair<R: RngCore + CryptoRng>(
     epoch: &KeyEpoch,
     rng: &mut R,
 ) -> Result<Vec<u8>, SealError> {
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(link.key.expose()));
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill_bytes(&mut nonce);
-    let plain =
-        Zeroizing::new(crate::codec::to_bytes(epoch).map_err(|_| SealError::Open(epoch.number))?);
-    let sealed = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: &plain,
-                aad: &aad(pair, link.number, epoch.number),
-            },
-        )
-        .map_err(|_| SealError::Open(epoch.number))?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&sealed);
-    Ok(out)
+    crate::scope_seal::seal_for_holder(link, &scope(pair), epoch, rng)
 }
 
 /// Opens a sealed pair epoch `number` of `pair` with `link`, the holder's
@@ -133,18 +110,13 @@ pub fn open_pair(
     number: u64,
     sealed: &[u8],
 ) -> Result<KeyEpoch, SealError> {
-    if sealed.len() < NONCE_LEN {
-        return Err(SealError::Open(number));
-    }
-    let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(link.key.expose()));
-    let aad = aad(pair, link.number, number);
-    crate::seal::open_epoch(&cipher, XNonce::from_slice(nonce), body, &aad, number)
+    crate::scope_seal::open_as_holder(link, &scope(pair), number, sealed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scope_seal::NONCE_LEN;
     use rand::{rngs::StdRng, SeedableRng};
 
     #[test]

@@ -211,20 +211,16 @@ impl PairSchedule {
         let plan = self
             .scope
             .tick(policy, now, total, |h| link_of(h).is_some(), rng);
-        let mut deliveries = Vec::with_capacity(plan.deliver.len());
-        for (holder, number) in plan.deliver {
-            let (Some(link), Some(epoch)) = (link_of(holder), self.scope.epoch(number)) else {
-                continue;
-            };
-            let delivery = PairDelivery {
-                pair: self.pair,
-                epoch: number,
+        let pair = self.pair;
+        let deliveries = plan.seal_each(&self.scope, link_of, |link, epoch| {
+            Ok(PairDelivery {
+                pair,
+                epoch: epoch.number,
                 under: link.number,
-                sealed: seal_pair(link, self.pair, epoch, rng)?,
+                sealed: seal_pair(link, pair, epoch, rng)?,
                 lifetime: policy.lifetime(),
-            };
-            deliveries.push((holder, delivery));
-        }
+            })
+        })?;
         Ok(PairPlan {
             issued: plan.issued,
             trigger: plan.trigger,

@@ -19,6 +19,7 @@ use crate::erasure::Erasure;
 use crate::keys::KeyEpoch;
 use crate::rotation::{trigger_due, RotationPolicy, Trigger, Usage, RESEND_SECS};
 use crate::routing::SpokeId;
+use crate::seal::SealError;
 
 /// Where one holder stands: the newest epoch it reported stored, and the
 /// one it reported it switched to.
@@ -72,6 +73,23 @@ impl ScopePlan {
     /// Whether the schedule changed in a way the store must keep first.
     pub fn stores(&self) -> bool {
         self.issued.is_some() || self.switched
+    }
+
+    /// Seals each delivery with `seal(link, epoch)` under its holder's link
+    /// epoch from `links`, in order (a holder with none gets nothing now).
+    pub fn seal_each<'a, D>(
+        &self,
+        sched: &ScopeSchedule,
+        links: impl Fn(SpokeId) -> Option<&'a KeyEpoch>,
+        mut seal: impl FnMut(&KeyEpoch, &KeyEpoch) -> Result<D, SealError>,
+    ) -> Result<Vec<(SpokeId, D)>, SealError> {
+        let mut out = Vec::with_capacity(self.deliver.len());
+        for (holder, number) in &self.deliver {
+            if let (Some(link), Some(epoch)) = (links(*holder), sched.epoch(*number)) {
+                out.push((*holder, seal(link, epoch)?));
+            }
+        }
+        Ok(out)
     }
 }
 
