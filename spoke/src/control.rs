@@ -72,6 +72,15 @@ pub(crate) struct Control {
     pub(crate) underlay: tokio::sync::Mutex<watch::Receiver<BTreeSet<IpAddr>>>,
 }
 
+/// An attached control channel: the Noise channel, both halves of its
+/// connection, and the connection's own address.
+struct Attached {
+    ch: tasuki_core::channel::Channel,
+    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+    local_at: Option<SocketAddr>,
+}
+
 impl Control {
     /// Runs forever: attach, serve, back off, repeat.
     pub(crate) async fn run(self) {
@@ -136,43 +145,12 @@ impl Control {
 
     async fn session(&self) -> Result<()> {
         let endpoint = &self.enrolment.hub_endpoint;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-            .await
-            .context("timed out connecting")?
-            .with_context(|| format!("cannot connect to {endpoint}"))?;
-        let _ = stream.set_nodelay(true);
-        // The name is resolved anew on every connection: if the hub moved,
-        // the data plane follows it (UDP on the same address and port).
-        let hub_at = stream.peer_addr().ok();
-        let local_at = stream.local_addr().ok();
-        let (r, mut w) = stream.into_split();
-        let mut reader = FrameReader::new(r);
-        let hello = Hello {
-            version: tasuki_core::PROTOCOL_VERSION,
-            invitation: None,
-        };
-        let (init, first) = Initiator::start(
-            Purpose::Attach,
-            &self.key,
-            &self.enrolment.hub_key,
-            None,
-            &hello,
-        )?;
-        write_frame(&mut w, &first).await?;
-        let reply = reader
-            .next(CONNECT_TIMEOUT)
-            .await?
-            .context("the hub closed the connection during the handshake")?;
-        let fingerprint = self.enrolment.hub_key.fingerprint();
-        let mut ch = init
-            .finish(&reply)
-            .map_err(|e| crate::enrol::explain(e, endpoint, &fingerprint))?;
-        if let Some(addr) = hub_at {
-            self.dataplane
-                .send(DpCommand::HubAt(addr))
-                .await
-                .context("data plane stopped")?;
-        }
+        let Attached {
+            mut ch,
+            mut reader,
+            mut w,
+            local_at,
+        } = self.attach().await?;
         let origin = tokio::time::Instant::now();
         let now = || origin.elapsed().as_secs();
         let mut session = SpokeSession::new(now(), self.config.borrow().clone());
@@ -217,6 +195,55 @@ impl Control {
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
+    }
+
+    /// Connects to the hub, runs the Noise handshake and points the data
+    /// plane at the address the hub's name resolved to this time.
+    async fn attach(&self) -> Result<Attached> {
+        let endpoint = &self.enrolment.hub_endpoint;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .context("timed out connecting")?
+            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        let _ = stream.set_nodelay(true);
+        // The name is resolved anew on every connection: if the hub moved,
+        // the data plane follows it (UDP on the same address and port).
+        let hub_at = stream.peer_addr().ok();
+        let local_at = stream.local_addr().ok();
+        let (r, mut w) = stream.into_split();
+        let mut reader = FrameReader::new(r);
+        let hello = Hello {
+            version: tasuki_core::PROTOCOL_VERSION,
+            invitation: None,
+        };
+        let (init, first) = Initiator::start(
+            Purpose::Attach,
+            &self.key,
+            &self.enrolment.hub_key,
+            None,
+            &hello,
+        )?;
+        write_frame(&mut w, &first).await?;
+        let reply = reader
+            .next(CONNECT_TIMEOUT)
+            .await?
+            .context("the hub closed the connection during the handshake")?;
+        let fingerprint = self.enrolment.hub_key.fingerprint();
+        let ch = init
+            .finish(&reply)
+            .map_err(|e| crate::enrol::explain(e, endpoint, &fingerprint))?;
+        if let Some(addr) = hub_at {
+            self.dataplane
+                .send(DpCommand::HubAt(addr))
+                .await
+                .context("data plane stopped")?;
+        }
+        Ok(Attached {
+            ch,
+            reader,
+            w,
+            local_at,
+        })
     }
 
     /// This machine's addresses changed: a connection from an address that
