@@ -12,7 +12,7 @@ use crate::control::Lifetime;
 use crate::keys::KeyEpoch;
 use crate::rotation::{RotationPolicy, Trigger, Usage};
 use crate::routing::SpokeId;
-use crate::scope_schedule::{ScopeMeta, ScopeSchedule};
+use crate::scope_schedule::{ScopeMeta, ScopePlan, ScopeSchedule};
 use crate::scope_seal::{open_as_holder, seal_for_holder};
 use crate::seal::SealError;
 
@@ -66,30 +66,15 @@ pub fn open_group(link: &KeyEpoch, delivery: &GroupDelivery) -> Result<KeyEpoch,
     )
 }
 
-/// What one tick asks of the hub for a group, in order: store `issued`
-/// and the meta (flushed), then send the deliveries, then the
-/// notifications.
+/// What one tick asks of the hub for a group: the schedule's plan (store
+/// `issued` and the meta first, the notifications last), with its
+/// deliveries sealed, to send in between.
 #[derive(Debug, Default)]
 pub struct GroupPlan {
-    /// A new epoch, to store before anything is sent.
-    pub issued: Option<KeyEpoch>,
-    /// Why the epoch in use ends.
-    pub trigger: Option<Trigger>,
+    /// What the schedule decided (its `deliver` list is sealed below).
+    pub walk: ScopePlan,
     /// Deliveries, each to its member.
     pub deliveries: Vec<(SpokeId, GroupDelivery)>,
-    /// Update notifications: tell this member to switch to this epoch.
-    pub notify: Vec<(SpokeId, u64)>,
-    /// The epoch every member switched to (goes with each notification).
-    pub settled: u64,
-    /// The meta changed in a way to store before the notifications.
-    pub switched: bool,
-}
-
-impl GroupPlan {
-    /// Whether the schedule changed in a way the store must keep first.
-    pub fn stores(&self) -> bool {
-        self.issued.is_some() || self.switched
-    }
 }
 
 /// One keyed group's epochs and where each online member stands.
@@ -175,12 +160,8 @@ impl GroupSchedule {
             })
         })?;
         Ok(GroupPlan {
-            issued: plan.issued,
-            trigger: plan.trigger,
+            walk: plan,
             deliveries,
-            notify: plan.notify,
-            settled: plan.settled,
-            switched: plan.switched,
         })
     }
 

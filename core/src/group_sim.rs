@@ -119,7 +119,7 @@ impl Sim {
             m.held.insert(epoch.number, epoch);
             self.hub.on_receipt(id, d.epoch);
         }
-        for (id, k) in plan.notify {
+        for (id, k) in plan.walk.notify {
             let m = self.members.get_mut(&id).expect("a known member");
             assert!(m.held.contains_key(&k), "told to switch to {k} it lacks");
             if let Some(floor) = self.floors.last() {

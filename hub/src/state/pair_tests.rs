@@ -417,23 +417,23 @@ fn a_flood_of_pair_requests_is_dropped_past_the_budget() {
     assert_eq!(drain(&mut ra).len(), 1);
 }
 
-/// The holders' reports of their direct traffic feed the pair's packet
-/// budget: past it, the pair rotates (the hub never sees that traffic).
-#[test]
-fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
-    use tasuki_core::control::PairUsage;
-    let dir = TempDir::new("budget");
-    let (mut st, _) = new_hub(&dir);
-    let (a, mut ra) = spoke(&mut st, "a", 100);
-    let (b, mut rb) = spoke(&mut st, "b", 100);
+/// Spokes a and b with direct mode on and their pair on its first epoch
+/// (what the walk sent them drained).
+fn walked_pair(st: &mut HubState) -> (PairId, [SpokeId; 2], [mpsc::Receiver<HubMessage>; 2]) {
+    let (a, mut ra) = spoke(st, "a", 100);
+    let (b, mut rb) = spoke(st, "b", 100);
     st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
-    st.policy.max_packets = Some(1000);
-    request(&mut st, a, b, 100);
+    request(st, a, b, 100);
     let pair = PairId::new(a, b).unwrap();
-    walk(&mut st, pair, 1, 101);
+    walk(st, pair, 1, 101);
     drain(&mut ra);
     drain(&mut rb);
-    let report = |tx: u64| PairUsage {
+    (pair, [a, b], [ra, rb])
+}
+
+/// A holder's report of `tx` packets sent direct and `handshakes` begun.
+fn usage_report(pair: PairId, tx: u64, handshakes: u64) -> tasuki_core::control::PairUsage {
+    tasuki_core::control::PairUsage {
         pair,
         direct: Some("192.0.2.1:1".parse().unwrap()),
         active: true,
@@ -442,11 +442,22 @@ fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
         rx_packets: tx,
         tx_bytes: tx * 100,
         rx_bytes: tx * 100,
-        handshakes: 1,
+        handshakes,
         upgrades: 1,
         fallbacks: 0,
         punch_failures: 0,
-    };
+    }
+}
+
+/// The holders' reports of their direct traffic feed the pair's packet
+/// budget: past it, the pair rotates (the hub never sees that traffic).
+#[test]
+fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
+    let dir = TempDir::new("budget");
+    let (mut st, _) = new_hub(&dir);
+    st.policy.max_packets = Some(1000);
+    let (pair, [a, b], [mut ra, _rb]) = walked_pair(&mut st);
+    let report = |tx: u64| usage_report(pair, tx, 1);
     // 400 each way: under the budget.
     for h in [a, b] {
         st.on_pair_message(h, SpokePair::Usage(vec![report(400)]), 102)
@@ -475,32 +486,11 @@ fn reported_direct_traffic_rotates_a_pair_past_its_packet_budget() {
 /// feed the pair's handshake budget: past it, the pair rotates.
 #[test]
 fn reported_direct_handshakes_rotate_a_pair_past_its_handshake_budget() {
-    use tasuki_core::control::PairUsage;
     let dir = TempDir::new("handshakes");
     let (mut st, _) = new_hub(&dir);
-    let (a, mut ra) = spoke(&mut st, "a", 100);
-    let (b, mut rb) = spoke(&mut st, "b", 100);
-    st.set_direct(None, Some(DirectMode::Auto), 100).unwrap();
     st.policy.max_handshakes = Some(4);
-    request(&mut st, a, b, 100);
-    let pair = PairId::new(a, b).unwrap();
-    walk(&mut st, pair, 1, 101);
-    drain(&mut ra);
-    drain(&mut rb);
-    let report = |handshakes: u64| PairUsage {
-        pair,
-        direct: Some("192.0.2.1:1".parse().unwrap()),
-        active: true,
-        last_handshake_secs: Some(1),
-        tx_packets: 1,
-        rx_packets: 1,
-        tx_bytes: 100,
-        rx_bytes: 100,
-        handshakes,
-        upgrades: 1,
-        fallbacks: 0,
-        punch_failures: 0,
-    };
+    let (pair, [a, b], [mut ra, _rb]) = walked_pair(&mut st);
+    let report = |handshakes: u64| usage_report(pair, 1, handshakes);
     // One holder began 3: under the budget, and a repeated report of the
     // same counters adds nothing.
     for _ in 0..3 {
