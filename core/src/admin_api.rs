@@ -62,6 +62,24 @@ pub struct GroupView {
     pub name: String,
     /// Its users and spokes.
     pub members: Vec<crate::access::Member>,
+    /// Its own key epochs, if it is keyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<GroupKeyView>,
+}
+
+/// A keyed group's epochs (never key bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupKeyView {
+    /// The epoch every online member uses.
+    pub epoch: u64,
+    /// The newest epoch issued.
+    pub latest: u64,
+    /// Every epoch the hub still holds.
+    pub held: Vec<u64>,
+    /// Member spokes online (holding, or being given, the epoch in use).
+    pub members_online: usize,
+    /// Rotations done.
+    pub rotations: u64,
 }
 
 impl AccessView {
@@ -86,6 +104,7 @@ impl AccessView {
                 .map(|(name, members)| GroupView {
                     name: name.clone(),
                     members: members.iter().cloned().collect(),
+                    key: None,
                 })
                 .collect(),
         }
@@ -434,6 +453,20 @@ pub struct SpokeStatus {
     /// Peer spokes in direct mode, with their path.
     #[serde(default)]
     pub peers: Vec<PeerView>,
+    /// Keyed groups this spoke is a member of, with their epochs.
+    #[serde(default)]
+    pub groups: Vec<GroupHeldView>,
+}
+
+/// A keyed group a spoke is a member of, for `tasuki-spoke status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHeldView {
+    /// The group's name.
+    pub group: String,
+    /// The epoch in use (0: none yet).
+    pub epoch: u64,
+    /// Every epoch held, oldest first.
+    pub held: Vec<u64>,
 }
 
 /// One peer spoke of a spoke in direct mode, for `tasuki-spoke status`.

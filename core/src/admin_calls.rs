@@ -113,6 +113,8 @@ hub_requests! {
     AccessCheck -> AccessCheckView,
     /// Put members into a group or take them out.
     GroupMembers -> AccessView,
+    /// Give a group its own key epochs, or end them.
+    GroupKey -> AccessView,
 }
 
 /// Make an invitation for a new spoke.
@@ -334,6 +336,15 @@ pub struct AccessCheck {
     pub to: std::net::Ipv4Addr,
     /// The protocol and destination port (a range's first port).
     pub service: Service,
+}
+
+/// Give a group its own key epochs (claim 11), or end them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupKey {
+    /// Group name.
+    pub name: String,
+    /// On (keyed) or off.
+    pub on: bool,
 }
 
 /// Put members into a group, or take them out.

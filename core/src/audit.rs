@@ -44,6 +44,9 @@ pub enum AuditKind {
     PairIssue,
     /// A pair ended (idle, a holder gone, direct mode off, the policy).
     PairEnd,
+    /// A keyed group's epoch was issued (keyed by an admin, a rotation,
+    /// a member that left), or the group was no longer keyed.
+    GroupKey,
 }
 
 /// One line of the audit log.

@@ -89,6 +89,27 @@ pub enum SpokeMessage {
     Keepalive,
     /// Direct mode: a pair request or report.
     Pair(SpokePair),
+    /// Keyed groups: a group epoch stored, or switched to.
+    Group(SpokeGroup),
+}
+
+/// A member spoke's reports on its keyed groups' epochs (claim 11).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpokeGroup {
+    /// The member stored (flushed) the group's epoch `epoch`.
+    Receipt {
+        /// The group.
+        group: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The member uses the group's epoch `epoch` now (stored first).
+    Switched {
+        /// The group.
+        group: String,
+        /// The epoch.
+        epoch: u64,
+    },
 }
 
 /// A spoke's direct-mode messages (claim 10): the hub answers a request
@@ -215,6 +236,33 @@ pub enum HubMessage {
     Keepalive,
     /// Direct mode: a pair epoch, a switch, an end or a refusal.
     Pair(HubPair),
+    /// Keyed groups: a group epoch, a switch, or the end of membership.
+    Group(HubGroup),
+}
+
+/// The hub's messages to one member spoke of a keyed group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HubGroup {
+    /// A group epoch sealed under the member's link epoch (store it, then
+    /// send [`SpokeGroup::Receipt`]); re-sent until receipted.
+    Offer(crate::group::GroupDelivery),
+    /// Use epoch `epoch` now (every member holds it); every member is on
+    /// `settled` already, so older epochs go a grace after this. Re-sent
+    /// until [`SpokeGroup::Switched`] says so.
+    Switch {
+        /// The group.
+        group: String,
+        /// The epoch to use.
+        epoch: u64,
+        /// The epoch every member uses already.
+        settled: u64,
+    },
+    /// This spoke is no member of the group any more, or the group is no
+    /// longer keyed: erase every epoch of it.
+    Ended {
+        /// The group.
+        group: String,
+    },
 }
 
 /// The hub's direct-mode messages to one holder of a pair.

@@ -31,6 +31,17 @@ pub struct GroupDelivery {
     pub lifetime: Lifetime,
 }
 
+/// A file-name-safe tag of a group's name (the first 16 hex digits of its
+/// SHA-256: names may hold `.` and `@`, key files may not), for the
+/// names of its key files.
+pub fn file_tag(group: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(group.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The group's name in its sealed boxes' associated data.
 fn scope(group: &str) -> Vec<u8> {
     let mut a = b"tasuki group v1".to_vec();

@@ -80,6 +80,8 @@ pub enum HubAction {
     Rotate(Trigger),
     /// Direct mode: a pair request or report, for the hub's pairs.
     Pair(SpokePair),
+    /// Keyed groups: a member's receipt or switch report.
+    Group(crate::control::SpokeGroup),
     /// The exchange is over: close the connection.
     Close,
 }
@@ -232,6 +234,7 @@ impl HubSession {
                     HubAction::Rotate(Trigger::SpokeRequest(reason))
                 }
                 SpokeMessage::Pair(pair) => HubAction::Pair(bounded(pair)),
+                SpokeMessage::Group(group) => HubAction::Group(group),
                 other => return Err(self.violation(&other, during)),
             },
             (_, other) => return Err(self.violation(&other, during)),

@@ -40,6 +40,7 @@ pub mod routing;
 pub mod scope_schedule;
 pub mod scope_seal;
 pub mod seal;
+pub mod spoke_groups;
 pub mod spoke_keys;
 pub mod spoke_pairs;
 pub mod spoke_plane;

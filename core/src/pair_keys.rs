@@ -1,18 +1,20 @@
-//! A spoke's side of its pairs' epochs (direct mode): the rules for a
-//! delivered pair epoch, the switch the hub announces, and erasure, as the
-//! spoke's session and data plane use them. What is stored and when is the
-//! caller's: a new epoch is stored (flushed) before its receipt is
-//! reported, a switch before it is reported.
+//! A holder's side of the epochs of a key scope other than its link (a
+//! pair's in direct mode, a keyed group's): the rules for a delivered
+//! epoch, the switch the hub announces, and erasure, as the spoke's session
+//! and data plane use them. What is stored and when is the caller's: a new
+//! epoch is stored (flushed) before its receipt is reported, a switch
+//! before it is reported.
 
 use std::collections::BTreeMap;
 
 use crate::erasure::Erasure;
+use crate::group::{open_group, GroupDelivery};
 use crate::keys::KeyEpoch;
 use crate::pair::{open_pair, PairId};
 use crate::pair_schedule::PairDelivery;
 use crate::seal::SealError;
 
-/// What to do with a delivered pair epoch.
+/// What to do with a delivered epoch.
 #[derive(Debug)]
 pub enum PairReceived {
     /// Held already (or older than the one in use): report its receipt again.
@@ -33,17 +35,30 @@ pub enum PairSwitch {
 }
 
 #[derive(Debug, Default)]
-struct HeldPair {
+struct Held {
     epochs: BTreeMap<u64, KeyEpoch>,
     current: u64,
     erasure: Erasure,
 }
 
-/// Every pair epoch a spoke holds.
-#[derive(Debug, Default)]
-pub struct PairKeys {
-    pairs: BTreeMap<PairId, HeldPair>,
+/// Every epoch a spoke holds of scopes named by `S` (pairs, groups).
+#[derive(Debug)]
+pub struct ScopeKeys<S> {
+    scopes: BTreeMap<S, Held>,
 }
+
+impl<S> Default for ScopeKeys<S> {
+    fn default() -> Self {
+        Self {
+            scopes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A spoke's pair epochs.
+pub type PairKeys = ScopeKeys<PairId>;
+/// A spoke's keyed groups' epochs, by group name.
+pub type GroupKeys = ScopeKeys<String>;
 
 impl PairKeys {
     /// Opens a delivery with the link epoch it is sealed under, out of
@@ -55,44 +70,79 @@ impl PairKeys {
         delivery: &PairDelivery,
         links: &[KeyEpoch],
     ) -> Result<PairReceived, SealError> {
-        if let Some(p) = self.pairs.get(&delivery.pair) {
-            if p.epochs.contains_key(&delivery.epoch) || p.current >= delivery.epoch {
+        self.receive_with(
+            &delivery.pair,
+            delivery.epoch,
+            delivery.under,
+            links,
+            |link| open_pair(link, delivery.pair, delivery.epoch, &delivery.sealed),
+        )
+    }
+}
+
+impl GroupKeys {
+    /// Opens a group epoch's delivery (see [`PairKeys::receive`]).
+    pub fn receive(
+        &self,
+        delivery: &GroupDelivery,
+        links: &[KeyEpoch],
+    ) -> Result<PairReceived, SealError> {
+        self.receive_with(
+            &delivery.group,
+            delivery.epoch,
+            delivery.under,
+            links,
+            |link| open_group(link, delivery),
+        )
+    }
+}
+
+impl<S: Ord + Clone> ScopeKeys<S> {
+    /// Epoch `epoch` of `scope`, sealed under link epoch `under`: opened
+    /// with `open` and that link epoch out of `links`, unless held.
+    fn receive_with(
+        &self,
+        scope: &S,
+        epoch: u64,
+        under: u64,
+        links: &[KeyEpoch],
+        open: impl FnOnce(&KeyEpoch) -> Result<KeyEpoch, SealError>,
+    ) -> Result<PairReceived, SealError> {
+        if let Some(p) = self.scopes.get(scope) {
+            if p.epochs.contains_key(&epoch) || p.current >= epoch {
                 return Ok(PairReceived::Again);
             }
         }
-        let link =
-            links
-                .iter()
-                .find(|l| l.number == delivery.under)
-                .ok_or(SealError::NotPredecessor {
-                    sealed: delivery.epoch,
-                    under: delivery.under,
-                })?;
-        open_pair(link, delivery.pair, delivery.epoch, &delivery.sealed).map(PairReceived::New)
+        let link = links
+            .iter()
+            .find(|l| l.number == under)
+            .ok_or(SealError::NotPredecessor {
+                sealed: epoch,
+                under,
+            })?;
+        open(link).map(PairReceived::New)
     }
 
     /// Holds an epoch (once stored).
-    pub fn hold(&mut self, pair: PairId, epoch: KeyEpoch) {
-        self.pairs
-            .entry(pair)
+    pub fn hold(&mut self, scope: S, epoch: KeyEpoch) {
+        self.scopes
+            .entry(scope)
             .or_default()
             .epochs
             .insert(epoch.number, epoch);
     }
 
-    /// The hub announced a switch to epoch `k`, and that both holders are
+    /// Restores a scope's epoch in use (from the store).
+    pub fn restore_current(&mut self, scope: S, current: u64) {
+        self.scopes.entry(scope).or_default().current = current;
+    }
+
+    /// The hub announced a switch to epoch `k`, and that every holder is
     /// on `settled` already: epochs older than that (and than the one in
     /// use) are erasable `grace` seconds after `now`. A switch alone
-    /// erases nothing: the peer may not have switched yet.
-    pub fn switch(
-        &mut self,
-        pair: PairId,
-        k: u64,
-        settled: u64,
-        now: u64,
-        grace: u64,
-    ) -> PairSwitch {
-        let Some(p) = self.pairs.get_mut(&pair) else {
+    /// erases nothing: another holder may not have switched yet.
+    pub fn switch(&mut self, scope: &S, k: u64, settled: u64, now: u64, grace: u64) -> PairSwitch {
+        let Some(p) = self.scopes.get_mut(scope) else {
             return PairSwitch::NotHeld;
         };
         let outcome = if k <= p.current {
@@ -110,40 +160,48 @@ impl PairKeys {
         outcome
     }
 
-    /// The epoch a pair's new handshakes use: the one switched to.
-    pub fn current(&self, pair: PairId) -> Option<&KeyEpoch> {
-        let p = self.pairs.get(&pair)?;
+    /// The epoch in use: the one switched to.
+    pub fn current(&self, scope: &S) -> Option<&KeyEpoch> {
+        let p = self.scopes.get(scope)?;
         p.epochs.get(&p.current)
     }
 
-    /// Every epoch held for a pair, oldest first (an answer to a handshake
-    /// may be under any of them).
-    pub fn held(&self, pair: PairId) -> Vec<u64> {
-        self.pairs
-            .get(&pair)
+    /// Every epoch held for a scope, oldest first (an answer to a
+    /// handshake may be under any of them).
+    pub fn held(&self, scope: &S) -> Vec<u64> {
+        self.scopes
+            .get(scope)
             .map(|p| p.epochs.keys().copied().collect())
             .unwrap_or_default()
     }
 
-    /// Forgets a pair (it ended); returns the epochs to erase from the store.
-    pub fn end(&mut self, pair: PairId) -> Vec<u64> {
-        self.pairs
-            .remove(&pair)
+    /// Every scope held, with the epoch in use and the epochs held.
+    pub fn all(&self) -> Vec<(S, u64, Vec<u64>)> {
+        self.scopes
+            .iter()
+            .map(|(s, p)| (s.clone(), p.current, p.epochs.keys().copied().collect()))
+            .collect()
+    }
+
+    /// Forgets a scope (it ended); returns the epochs to erase from the store.
+    pub fn end(&mut self, scope: &S) -> Vec<u64> {
+        self.scopes
+            .remove(scope)
             .map(|p| p.epochs.into_keys().collect())
             .unwrap_or_default()
     }
 
-    /// Removes the epochs whose grace has passed, per pair.
-    pub fn take_erasable(&mut self, now: u64) -> Vec<(PairId, u64)> {
+    /// Removes the epochs whose grace has passed, per scope.
+    pub fn take_erasable(&mut self, now: u64) -> Vec<(S, u64)> {
         let mut out = Vec::new();
-        for (pair, p) in &mut self.pairs {
-            // Only what the hub said both left goes (never by count alone:
-            // a lagging peer may still send under an old epoch).
+        for (scope, p) in &mut self.scopes {
+            // Only what the hub said all left goes (never by count alone:
+            // a lagging holder may still send under an old epoch).
             let below = p.erasure.due(now, 0);
             let gone: Vec<u64> = p.epochs.range(..below).map(|(k, _)| *k).collect();
             for k in gone {
                 p.epochs.remove(&k);
-                out.push((*pair, k));
+                out.push((scope.clone(), k));
             }
         }
         out
@@ -196,12 +254,12 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         let pair = PairId::new(1, 2).unwrap();
         let mut keys = PairKeys::default();
-        assert_eq!(keys.switch(pair, 1, 0, 0, 10), PairSwitch::NotHeld);
+        assert_eq!(keys.switch(&pair, 1, 0, 0, 10), PairSwitch::NotHeld);
         keys.hold(pair, KeyEpoch::issue(1, 0, &mut rng));
-        assert_eq!(keys.switch(pair, 2, 0, 0, 10), PairSwitch::NotHeld);
-        assert_eq!(keys.switch(pair, 1, 0, 0, 10), PairSwitch::Switched);
-        assert_eq!(keys.switch(pair, 1, 0, 1, 10), PairSwitch::Again);
-        assert_eq!(keys.current(pair).map(|e| e.number), Some(1));
+        assert_eq!(keys.switch(&pair, 2, 0, 0, 10), PairSwitch::NotHeld);
+        assert_eq!(keys.switch(&pair, 1, 0, 0, 10), PairSwitch::Switched);
+        assert_eq!(keys.switch(&pair, 1, 0, 1, 10), PairSwitch::Again);
+        assert_eq!(keys.current(&pair).map(|e| e.number), Some(1));
     }
 
     #[test]
@@ -212,17 +270,17 @@ mod tests {
         for k in 1..=2 {
             keys.hold(pair, KeyEpoch::issue(k, 0, &mut rng));
         }
-        keys.switch(pair, 1, 0, 0, 10);
+        keys.switch(&pair, 1, 0, 0, 10);
         // On epoch 2 now, but the peer may still send under 1.
-        keys.switch(pair, 2, 1, 100, 10);
+        keys.switch(&pair, 2, 1, 100, 10);
         assert!(keys.take_erasable(1_000).is_empty());
         // The hub says both are on 2 (with a later notice, or again).
-        keys.switch(pair, 2, 2, 200, 10);
+        keys.switch(&pair, 2, 2, 200, 10);
         assert!(keys.take_erasable(209).is_empty());
         assert_eq!(keys.take_erasable(210), vec![(pair, 1)]);
-        assert_eq!(keys.held(pair), vec![2]);
-        assert_eq!(keys.end(pair), vec![2]);
-        assert!(keys.current(pair).is_none());
-        assert!(keys.end(pair).is_empty());
+        assert_eq!(keys.held(&pair), vec![2]);
+        assert_eq!(keys.end(&pair), vec![2]);
+        assert!(keys.current(&pair).is_none());
+        assert!(keys.end(&pair).is_empty());
     }
 }

@@ -169,12 +169,12 @@ impl World {
                 }
                 Down::Switch { epoch: k, settled } => match self.holders[i]
                     .keys
-                    .switch(self.pair, k, settled, self.now, GRACE)
+                    .switch(&self.pair, k, settled, self.now, GRACE)
                 {
                     PairSwitch::NotHeld => continue,
                     PairSwitch::Again => Up::Switched(k),
                     PairSwitch::Switched => {
-                        let other = self.holders[1 - i].keys.held(self.pair);
+                        let other = self.holders[1 - i].keys.held(&self.pair);
                         assert!(
                             other.contains(&k),
                             "holder {i} switches to epoch {k} that its peer lacks"
@@ -191,7 +191,7 @@ impl World {
     fn current(&self, i: usize) -> u64 {
         self.holders[i]
             .keys
-            .current(self.pair)
+            .current(&self.pair)
             .map_or(0, |e| e.number)
     }
 
@@ -203,7 +203,7 @@ impl World {
         }
         for i in 0..2 {
             let peer = self.current(1 - i);
-            if peer != 0 && !self.holders[i].keys.held(self.pair).contains(&peer) {
+            if peer != 0 && !self.holders[i].keys.held(&self.pair).contains(&peer) {
                 self.unreadable += 1;
             }
         }
@@ -278,7 +278,7 @@ fn two_holders_always_agree_through_loss_restarts_and_link_rotations() {
             "seed {seed}: a holder erased what its peer sends under"
         );
         for (i, h) in w.holders.iter().enumerate() {
-            let held = h.keys.held(w.pair).len();
+            let held = h.keys.held(&w.pair).len();
             // The newest, the one in use, the one a lagging peer may use.
             assert!(held <= 3, "seed {seed}: holder {i} keeps {held} epochs");
         }

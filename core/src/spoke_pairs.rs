@@ -184,9 +184,9 @@ impl SpokePairs {
                 });
                 s.rules.insert(p.pair, rules);
             }
-            if p.current > 0 && s.keys.held(p.pair).contains(&p.current) {
+            if p.current > 0 && s.keys.held(&p.pair).contains(&p.current) {
                 // Current since the store said so; `settled` 0 erases nothing.
-                s.keys.switch(p.pair, p.current, 0, 0, grace);
+                s.keys.switch(&p.pair, p.current, 0, 0, grace);
                 s.current.insert(p.pair, p.current);
                 s.plane(PairCommand::Use {
                     pair: p.pair,
@@ -222,7 +222,7 @@ impl SpokePairs {
             .map(|pair| PairHeld {
                 pair: *pair,
                 current: self.current.get(pair).copied().unwrap_or(0),
-                stored: self.keys.held(*pair).last().copied().unwrap_or(0),
+                stored: self.keys.held(pair).last().copied().unwrap_or(0),
             })
             .collect()
     }
@@ -326,7 +326,7 @@ impl SpokePairs {
         let current = self.current.get(&pair).copied().unwrap_or(0);
         if epoch <= current && self.peers.contains_key(&pair) {
             // Heard again (our report was lost): settle, report, re-probe.
-            self.keys.switch(pair, epoch, settled, now, self.grace);
+            self.keys.switch(&pair, epoch, settled, now, self.grace);
             self.send(SpokePair::Switched {
                 pair,
                 epoch: current,
@@ -338,7 +338,7 @@ impl SpokePairs {
             });
             return;
         }
-        if !self.keys.held(pair).contains(&epoch) {
+        if !self.keys.held(&pair).contains(&epoch) {
             // Not held yet: the offer comes again, then the switch.
             return;
         }
@@ -387,7 +387,7 @@ impl SpokePairs {
         if !ok {
             return;
         }
-        if self.keys.switch(pair, epoch, s.settled, now, self.grace) != PairSwitch::Switched {
+        if self.keys.switch(&pair, epoch, s.settled, now, self.grace) != PairSwitch::Switched {
             return;
         }
         self.current.insert(pair, epoch);
@@ -418,7 +418,7 @@ impl SpokePairs {
 
     /// Ends a pair here (the hub said so): its tunnels and keys go.
     pub fn end(&mut self, now: u64, pair: PairId) {
-        self.keys.end(pair);
+        self.keys.end(&pair);
         self.current.remove(&pair);
         self.rules.remove(&pair);
         self.switching.remove(&pair);

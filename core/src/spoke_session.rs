@@ -79,6 +79,8 @@ pub enum SessionAction {
     DeviceWaiting(DeviceWaiting),
     /// A direct-mode message, for the spoke's pairs ([`crate::spoke_pairs`]).
     Pair(HubPair),
+    /// A keyed group's message, for the spoke's groups ([`crate::spoke_groups`]).
+    Group(crate::control::HubGroup),
 }
 
 /// Why a session ended.
@@ -320,6 +322,7 @@ impl SpokeSession {
             HubMessage::Refused(refusal) => return Err(SessionEnd::Refused(refusal)),
             HubMessage::Keepalive => {}
             HubMessage::Pair(pair) => self.actions.push_back(SessionAction::Pair(pair)),
+            HubMessage::Group(group) => self.actions.push_back(SessionAction::Group(group)),
         }
         Ok(())
     }

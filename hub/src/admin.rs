@@ -173,9 +173,16 @@ fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
             st.edit_access(now, |p| {
                 p.remove_group(&r.name)
                     .map(|_| format!("group {} removed", r.name))
-            })
+            })?;
+            // A removed group's keys go with it, everywhere.
+            st.unkey_group(&r.name)?;
+            Ok(st.access_view())
         }),
         HubRequest::GroupMembers(r) => answer(st, r, group_members),
+        HubRequest::GroupKey(r) => answer(st, r, |st, r| {
+            st.set_group_key(&r.name, r.on, now)?;
+            Ok(st.access_view())
+        }),
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

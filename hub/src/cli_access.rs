@@ -108,6 +108,21 @@ pub(crate) enum GroupCommand {
         #[arg(required = true, value_parser = parse_member)]
         members: Vec<Member>,
     },
+    /// Give a group its own key epochs, or end them (claim 11). The hub
+    /// issues each epoch to every member spoke (a spoke in the group, or
+    /// one where a member user is logged in) sealed under its link key,
+    /// rotates it with the rotation policy and at once when a member
+    /// leaves (the leaver never gets the new one), and a joiner gets only
+    /// the epoch in use. `off` erases them everywhere.
+    ///
+    /// Example: tasuki-hub group key staff on
+    Key {
+        /// Group name.
+        name: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 fn parse_selector(s: &str) -> Result<Selector, String> {
@@ -233,6 +248,18 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
             ask(socket, req).await?;
             println!("group {name}: {n} member(s) added");
         }
+        GroupCommand::Key { name, state } => {
+            let on = state == "on";
+            ask(
+                socket,
+                calls::GroupKey {
+                    name: name.clone(),
+                    on,
+                },
+            )
+            .await?;
+            println!("group {name}: key epochs {state}");
+        }
         GroupCommand::RemoveMember { name, members } => {
             let n = members.len();
             let req = calls::GroupMembers {
@@ -286,5 +313,11 @@ fn print_groups(view: &AccessView) {
             members.join(" ")
         };
         println!("  {}: {members}", g.name);
+        if let Some(k) = &g.key {
+            println!(
+                "    keyed: epoch {} (newest {}, held {:?}), {} member spoke(s) online, {} rotation(s)",
+                k.epoch, k.latest, k.held, k.members_online, k.rotations
+            );
+        }
     }
 }

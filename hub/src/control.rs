@@ -293,6 +293,15 @@ impl Link<'_> {
                         tracing::warn!(spoke = %name, error = %format!("{e:#}"), "pair message not stored");
                     }
                 }
+                HubAction::Group(group) => {
+                    let done = self
+                        .state
+                        .with(|st| st.on_group_message(id, group, unix_now()));
+                    if let Err(e) = done {
+                        // The member reports again when the hub sends again.
+                        tracing::warn!(spoke = %name, error = %format!("{e:#}"), "group report not stored");
+                    }
+                }
                 HubAction::User { id: call, request } => {
                     let result = with_dataplane(self.state, |st| {
                         st.user_request(id, request, unix_now())

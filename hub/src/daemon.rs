@@ -138,6 +138,7 @@ async fn rotate(state: SharedState) {
             let now = tasuki_shell::unix_now();
             st.rotation_tick(now, &usage);
             st.pair_tick(now, seen);
+            st.group_tick(now);
         });
     }
 }

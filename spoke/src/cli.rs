@@ -392,6 +392,12 @@ fn print_status(s: SpokeStatus) {
             p.rx_packets
         );
     }
+    for g in &s.groups {
+        println!(
+            "  group:      {} keyed, epoch {} (held {:?})",
+            g.group, g.epoch, g.held
+        );
+    }
     if let Some(e) = s.last_error {
         println!("  last error: {e}");
     }

@@ -49,6 +49,8 @@ pub(crate) struct SessionInfo {
     pub(crate) users: Vec<String>,
     pub(crate) carrying: bool,
     pub(crate) devices_waiting: Vec<String>,
+    /// Keyed groups held.
+    pub(crate) groups: Vec<tasuki_core::spoke_groups::GroupHeld>,
 }
 
 pub(crate) struct Control {
@@ -66,6 +68,8 @@ pub(crate) struct Control {
     pub(crate) session_info: watch::Sender<SessionInfo>,
     /// Direct mode: the pairs held (locked only for plain calls).
     pub(crate) pairs: std::sync::Mutex<SpokePairs>,
+    /// Keyed groups: their epochs held (locked only for plain calls).
+    pub(crate) groups: std::sync::Mutex<tasuki_core::spoke_groups::SpokeGroups>,
     /// The data-plane socket's port, once it listens.
     pub(crate) dp_port: std::sync::Mutex<Option<u16>>,
     /// This machine's addresses, anew after each change.
@@ -125,6 +129,16 @@ impl Control {
                     if let Err(e) = self.store.forget_pairs() {
                         tracing::error!(error = %format!("{e:#}"), "cannot erase pair keys");
                     }
+                    if let Err(e) = self.store.forget_groups() {
+                        tracing::error!(error = %format!("{e:#}"), "cannot erase group keys");
+                    }
+                    self.with_groups(|g| {
+                        *g = tasuki_core::spoke_groups::SpokeGroups::restore(
+                            tasuki_core::spoke_groups::GROUP_GRACE_SECS,
+                            Vec::new(),
+                        )
+                    });
+                    self.publish_groups();
                     self.with_pairs(|p| {
                         p.end_all(tasuki_shell::boot_secs());
                         // Stores and tunnels are gone already.
@@ -162,6 +176,7 @@ impl Control {
             s.last_error = None;
         });
         tracing::info!(hub = %endpoint, "control channel up");
+        self.publish_groups();
         self.send_facts();
         let mut events = self.events.lock().await;
         let mut calls = self.calls.lock().await;
@@ -184,7 +199,9 @@ impl Control {
                     session.handle_timeout(now()).map_err(session_end)?;
                 }
                 _ = pair_timer.tick() => {
-                    self.with_pairs(|p| p.handle_timeout(tasuki_shell::boot_secs()));
+                    let boot = tasuki_shell::boot_secs();
+                    self.with_pairs(|p| p.handle_timeout(boot));
+                    self.with_groups(|g| g.handle_timeout(boot));
                 }
                 Ok(()) = underlay.changed() => {
                     let now = underlay.borrow_and_update().clone();
@@ -192,6 +209,7 @@ impl Control {
                 }
             }
             self.carry_out_pairs(&mut session, now()).await?;
+            self.carry_out_groups(&mut session, now());
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
@@ -368,6 +386,10 @@ impl Control {
                 SessionAction::Pair(msg) => {
                     self.on_pair_message(msg);
                     self.carry_out_pairs(session, now()).await?;
+                }
+                SessionAction::Group(msg) => {
+                    self.on_group_message(msg);
+                    self.carry_out_groups(session, now());
                 }
             }
         }

@@ -164,6 +164,10 @@ fn connect(
         calls: tokio::sync::Mutex::new(calls_rx),
         session_info: session_tx,
         pairs: std::sync::Mutex::new(pairs),
+        groups: std::sync::Mutex::new(tasuki_core::spoke_groups::SpokeGroups::restore(
+            tasuki_core::spoke_groups::GROUP_GRACE_SECS,
+            store.groups()?,
+        )),
         dp_port: std::sync::Mutex::new(None),
         underlay: tokio::sync::Mutex::new(underlay_rx),
     };

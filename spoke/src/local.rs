@@ -109,6 +109,15 @@ impl LocalApi {
             last_error: control.last_error,
             counters: d.counters,
             peers: d.peers,
+            groups: session
+                .groups
+                .into_iter()
+                .map(|g| tasuki_core::admin_api::GroupHeldView {
+                    group: g.group,
+                    epoch: g.current,
+                    held: g.held,
+                })
+                .collect(),
         }
     }
 }

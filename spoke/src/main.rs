@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod dataplane;
 mod enrol;
+mod groups;
 mod local;
 mod pairs;
 mod state;

@@ -13,6 +13,7 @@ use tasuki_core::control::SpokeConfig;
 use tasuki_core::keys::{EpochRecord, KeyEpoch};
 use tasuki_core::keys::{PublicKey, StaticKey};
 use tasuki_core::pair::PairId;
+use tasuki_core::spoke_groups::StoredGroup;
 use tasuki_core::spoke_keys::HeldEpoch;
 use tasuki_core::spoke_pairs::StoredPair;
 use tasuki_shell::store::{Store, Write};
@@ -52,6 +53,23 @@ fn pair_key(pair: PairId) -> Vec<u8> {
 /// A pair epoch's key file in the vault (link epochs' are their number).
 fn pair_key_name(pair: PairId, epoch: u64) -> String {
     format!("pair-{pair}-{epoch}")
+}
+
+/// Keyed groups: one record per group (its epochs and the one in use);
+/// the group epochs' keys are in the vault under [`group_key_name`].
+const GROUPS_TREE: &str = "groups";
+
+/// What the store keeps of one keyed group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GroupRecord {
+    group: String,
+    current: u64,
+    epochs: Vec<EpochRecord>,
+}
+
+/// A group epoch's key file in the vault.
+fn group_key_name(group: &str, epoch: u64) -> String {
+    format!("group-{}-{epoch}", tasuki_core::group::file_tag(group))
 }
 
 /// What the spoke learned when it enrolled.
@@ -322,6 +340,100 @@ impl SpokeStore {
     pub(crate) fn forget_pairs(&self) -> Result<()> {
         for p in self.pairs()? {
             self.forget_pair(p.pair)?;
+        }
+        Ok(())
+    }
+
+    /// Every keyed group stored, with its epochs' keys (a key missing from
+    /// the vault is left out, with an error logged).
+    pub(crate) fn groups(&self) -> Result<Vec<StoredGroup>> {
+        let mut out = Vec::new();
+        for record in self.store.all::<GroupRecord>(GROUPS_TREE)? {
+            let mut epochs = Vec::new();
+            for r in record.epochs {
+                match self.vault.get(&group_key_name(&record.group, r.number))? {
+                    Some(k) => epochs.push(KeyEpoch::from_record(r, k)),
+                    None => {
+                        tracing::error!(group = %record.group, epoch = r.number, "a stored group epoch's key is missing; skipping it")
+                    }
+                }
+            }
+            out.push(StoredGroup {
+                group: record.group,
+                epochs,
+                current: record.current,
+            });
+        }
+        Ok(out)
+    }
+
+    fn group_record(&self, group: &str) -> Result<Option<GroupRecord>> {
+        self.store.get(GROUPS_TREE, group.as_bytes())
+    }
+
+    fn put_group_record(&self, record: &GroupRecord) -> Result<()> {
+        self.store.commit(&[Write::put(
+            GROUPS_TREE,
+            record.group.as_bytes().to_vec(),
+            record,
+        )?])
+    }
+
+    /// Stores a group epoch (key first, then the record naming it;
+    /// flushed) before its receipt is reported.
+    pub(crate) fn save_group_epoch(&self, group: &str, epoch: &KeyEpoch) -> Result<()> {
+        self.vault
+            .put(&group_key_name(group, epoch.number), &epoch.key)?;
+        let mut record = self.group_record(group)?.unwrap_or(GroupRecord {
+            group: group.to_owned(),
+            current: 0,
+            epochs: Vec::new(),
+        });
+        record.epochs.retain(|e| e.number != epoch.number);
+        record.epochs.push(epoch.record());
+        record.epochs.sort_by_key(|e| e.number);
+        self.put_group_record(&record)
+    }
+
+    /// Records the group epoch in use (flushed).
+    pub(crate) fn save_group_current(&self, group: &str, epoch: u64) -> Result<()> {
+        let mut record = self
+            .group_record(group)?
+            .with_context(|| format!("group {group} is not stored"))?;
+        record.current = epoch;
+        self.put_group_record(&record)
+    }
+
+    /// Erases some of a group's epochs: the record first, then the keys.
+    pub(crate) fn erase_group_epochs(&self, group: &str, epochs: &[u64]) -> Result<()> {
+        if let Some(mut record) = self.group_record(group)? {
+            record.epochs.retain(|e| !epochs.contains(&e.number));
+            self.put_group_record(&record)?;
+        }
+        for n in epochs {
+            self.vault.erase(&group_key_name(group, *n))?;
+        }
+        Ok(())
+    }
+
+    /// Erases everything stored for a group (no member any more, or it
+    /// is no longer keyed).
+    pub(crate) fn forget_group(&self, group: &str) -> Result<()> {
+        let Some(record) = self.group_record(group)? else {
+            return Ok(());
+        };
+        self.store
+            .commit(&[Write::remove(GROUPS_TREE, group.as_bytes().to_vec())])?;
+        for e in record.epochs {
+            self.vault.erase(&group_key_name(group, e.number))?;
+        }
+        Ok(())
+    }
+
+    /// Erases every group (the spoke was revoked).
+    pub(crate) fn forget_groups(&self) -> Result<()> {
+        for g in self.groups()? {
+            self.forget_group(&g.group)?;
         }
         Ok(())
     }

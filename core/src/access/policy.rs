@@ -154,6 +154,24 @@ impl AccessPolicy {
             || self.groups.values().any(|m| m.contains(&member))
     }
 
+    /// The spokes of `spokes` that are members of `group`: by their own
+    /// membership, or a logged-in user's (a keyed group's holders).
+    pub fn member_spokes(&self, group: &str, spokes: &[SpokeFacts]) -> Vec<SpokeId> {
+        let Some(members) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        spokes
+            .iter()
+            .filter(|s| {
+                members.contains(&Member::Spoke(s.name.clone()))
+                    || s.users
+                        .iter()
+                        .any(|u| members.contains(&Member::User(u.clone())))
+            })
+            .map(|s| s.id)
+            .collect()
+    }
+
     /// Each spoke's groups (by its own membership and by its logged-in
     /// users'), in the order of `spokes`.
     fn groups_of<'a>(&'a self, spokes: &[SpokeFacts]) -> Vec<HashSet<&'a str>> {

@@ -27,7 +27,12 @@ impl HubState {
 
     /// The policy, rules numbered as `access remove` takes them.
     pub(crate) fn access_view(&self) -> AccessView {
-        AccessView::of(&self.access)
+        let mut view = AccessView::of(&self.access);
+        let mut keys = self.group_key_views();
+        for g in &mut view.groups {
+            g.key = keys.remove(&g.name);
+        }
+        view
     }
 
     /// Applies an admin's edit to the access policy: stored (and flushed)

@@ -42,6 +42,7 @@ impl HubState {
             &mut named,
             tasuki_shell::unix_now(),
         )?;
+        let keyed = super::groups::load_keyed(&store, &vault, &mut named)?;
         erase_unnamed(&vault, &named)?;
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store
@@ -81,6 +82,7 @@ impl HubState {
             access,
             access_facts: HashMap::new(),
             direct,
+            keyed,
         };
         state.refresh_all_facts();
         Ok(state)

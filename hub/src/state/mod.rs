@@ -29,11 +29,17 @@ mod direct;
 pub(crate) use direct::PairCounters;
 pub(crate) use pair_usage::DirectTotals;
 mod error;
+#[cfg(test)]
+mod group_tests;
+mod group_tick;
+mod groups;
 mod load;
 #[cfg(test)]
 mod pair_tests;
 mod pair_tick;
 mod pairs;
+#[cfg(test)]
+mod test_hub;
 pub(crate) use error::StateError;
 
 /// What a change to the hub's state returns.
@@ -185,6 +191,8 @@ pub(crate) struct HubState {
     tick_failing: bool,
     /// Direct mode: the pairs and their setting (see [`direct`]).
     direct: direct::Direct,
+    /// Keyed groups and their schedules (see [`groups`]).
+    keyed: groups::Keyed,
 }
 
 impl HubState {

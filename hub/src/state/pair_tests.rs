@@ -6,70 +6,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use tasuki_core::control::{DirectFacts, HubMessage, HubPair, SpokePair};
-use tasuki_core::invitation::Invitation;
 use tasuki_core::pair::PairId;
 use tasuki_core::pair_rules::DirectMode;
 use tokio::sync::mpsc;
 
 use super::*;
 
-/// A state directory removed when the test ends.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tasuki-hub-{name}-{}-{}",
-            std::process::id(),
-            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
-fn load(dir: &TempDir, key: &Arc<StaticKey>) -> HubState {
-    let (dp, _rx) = DpHandle::channel();
-    HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp).unwrap()
-}
-
-fn new_hub(dir: &TempDir) -> (HubState, Arc<StaticKey>) {
-    let settings = HubSettings {
-        endpoint: "hub.example:51820".into(),
-        tunnel_net: "100.64.0.0/24".parse().unwrap(),
-        routes: vec![],
-        keepalive_secs: 25,
-    };
-    write_settings(&dir.0, &settings).unwrap();
-    let key = Arc::new(StaticKey::generate(&mut rand_core::OsRng));
-    (load(dir, &key), key)
-}
-
-/// Enrols an active service spoke, stores its first link epoch's receipt
-/// and attaches a session; returns its id and its session's queue.
-fn spoke(st: &mut HubState, name: &str, now: u64) -> (SpokeId, mpsc::Receiver<HubMessage>) {
-    let view = st.invite(name, true, true, None, 3600, now).unwrap();
-    let invitation = Invitation::decode(&view.invitation).unwrap();
-    let key = StaticKey::generate(&mut rand_core::OsRng).public();
-    let (enrolled, _) = st
-        .enrol(&invitation.id, key, "198.51.100.1:1", name, None, now)
-        .unwrap()
-        .unwrap();
-    let id = enrolled.spoke.id;
-    st.ensure_schedule(id, now).unwrap();
-    st.on_receipt(id, 1).unwrap();
-    let (tx, rx) = mpsc::channel(64);
-    st.attach_session(id, tx);
-    (id, rx)
-}
+use super::test_hub::{load, new_hub, spoke, TempDir};
 
 /// The pair messages a spoke got, but the notices to ask again
 /// ([`reconsider_count`] counts those).

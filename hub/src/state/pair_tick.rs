@@ -40,7 +40,7 @@ impl HubState {
     /// The link epoch a holder surely holds, to seal its pair epochs
     /// under: the one carrying its traffic, else the newest it stored.
     /// `None` when it has no control session (nothing would reach it).
-    fn pair_link(&self, holder: SpokeId) -> Option<KeyEpoch> {
+    pub(super) fn pair_link(&self, holder: SpokeId) -> Option<KeyEpoch> {
         if !self.sessions.contains_key(&holder) {
             return None;
         }

@@ -1,0 +1,207 @@
+//! The hub state's keyed groups, driven through its own calls on a store in
+//! a temporary directory: the first epoch reaches every member spoke, a
+//! member that leaves is told to erase and never gets the next epoch, a
+//! joiner gets only the epoch in use, a restart keeps the epochs, and
+//! turning the key off erases them.
+
+use tasuki_core::access::Member;
+use tasuki_core::control::{HubGroup, HubMessage, SpokeGroup};
+use tasuki_core::keys::KeyEpoch;
+use tokio::sync::mpsc;
+
+use super::test_hub::{load, new_hub, spoke, TempDir};
+use super::*;
+
+/// The group messages a spoke got.
+fn drain(rx: &mut mpsc::Receiver<HubMessage>) -> Vec<HubGroup> {
+    let mut out = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let HubMessage::Group(g) = msg {
+            out.push(g);
+        }
+    }
+    out
+}
+
+/// A group "staff" with spokes `names` in it.
+fn group_of(st: &mut HubState, names: &[&str]) {
+    st.edit_access(1, |p| {
+        p.add_group("staff")?;
+        for n in names {
+            p.add_member("staff", Member::Spoke((*n).into()))?;
+        }
+        Ok("staff".into())
+    })
+    .unwrap();
+}
+
+/// A member that answers like a spoke: stores every offer (reporting its
+/// receipt) and every switch (reporting it); returns the epochs offered.
+fn answer(st: &mut HubState, id: SpokeId, got: Vec<HubGroup>, now: u64) -> Vec<u64> {
+    let mut offered = Vec::new();
+    for m in got {
+        let report = match m {
+            HubGroup::Offer(d) => {
+                offered.push(d.epoch);
+                SpokeGroup::Receipt {
+                    group: d.group,
+                    epoch: d.epoch,
+                }
+            }
+            HubGroup::Switch { group, epoch, .. } => SpokeGroup::Switched { group, epoch },
+            HubGroup::Ended { .. } => continue,
+        };
+        st.on_group_message(id, report, now).unwrap();
+    }
+    offered
+}
+
+/// Ticks and lets every member in `members` answer, until nothing is left
+/// to send; returns the epochs each was offered.
+fn settle(
+    st: &mut HubState,
+    members: &mut [(SpokeId, mpsc::Receiver<HubMessage>)],
+    now: &mut u64,
+) -> Vec<Vec<u64>> {
+    let mut offered = vec![Vec::new(); members.len()];
+    for _ in 0..6 {
+        *now += 1;
+        st.group_tick(*now);
+        for (i, (id, rx)) in members.iter_mut().enumerate() {
+            let got = drain(rx);
+            offered[i].extend(answer(st, *id, got, *now));
+        }
+    }
+    offered
+}
+
+fn current(st: &HubState) -> u64 {
+    st.keyed.groups["staff"].scope().current()
+}
+
+#[test]
+fn a_keyed_group_reaches_its_members_only_and_a_leaver_never_gets_the_next_epoch() {
+    let dir = TempDir::new("groups");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    let c = spoke(&mut st, "c", 1);
+    let (outsider, mut rx_out) = spoke(&mut st, "outsider", 1);
+    group_of(&mut st, &["a", "b", "c"]);
+    assert!(st.set_group_key("staff", true, 2).unwrap());
+    assert!(
+        !st.set_group_key("staff", true, 2).unwrap(),
+        "once is enough"
+    );
+    let mut members = vec![a, b, c];
+    let mut now = 10;
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert!(offered.iter().all(|o| o == &vec![1]), "{offered:?}");
+    assert_eq!(current(&st), 1);
+    // The outsider gets no epoch: only, once after it attached, the word
+    // to erase a group it might have left while offline.
+    let to_outsider = drain(&mut rx_out);
+    assert!(
+        to_outsider
+            .iter()
+            .all(|m| matches!(m, HubGroup::Ended { .. })),
+        "{to_outsider:?}"
+    );
+    // A report from the outsider moves nothing and is counted.
+    let forged = SpokeGroup::Receipt {
+        group: "staff".into(),
+        epoch: 1,
+    };
+    st.on_group_message(outsider, forged, now).unwrap();
+    assert_eq!(st.keyed.counters.unknown, 1);
+
+    // c leaves: it is told to erase, and epoch 2 comes at once without it.
+    st.edit_access(now, |p| {
+        p.remove_member("staff", &Member::Spoke("c".into()))?;
+        Ok("c out".into())
+    })
+    .unwrap();
+    now += 1;
+    st.group_tick(now);
+    let to_c = drain(&mut members[2].1);
+    assert!(
+        to_c.iter()
+            .any(|m| matches!(m, HubGroup::Ended { group } if group == "staff")),
+        "{to_c:?}"
+    );
+    let (mut stay, mut gone) = (members, Vec::new());
+    gone.push(stay.pop().unwrap());
+    let offered = settle(&mut st, &mut stay, &mut now);
+    assert!(offered.iter().all(|o| o.contains(&2)), "{offered:?}");
+    assert_eq!(current(&st), 2);
+    assert!(drain(&mut gone[0].1).is_empty(), "c never hears of epoch 2");
+    let view = st.access_view();
+    let key = view.groups[0].key.as_ref().expect("a keyed group's view");
+    assert_eq!((key.epoch, key.members_online), (2, 2));
+}
+
+#[test]
+fn a_joiner_gets_the_epoch_in_use_only_and_a_restart_keeps_the_epochs() {
+    let dir = TempDir::new("groups-join");
+    let (mut st, key) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    group_of(&mut st, &["a"]);
+    st.set_group_key("staff", true, 2).unwrap();
+    let mut members = vec![a];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    for _ in 0..2 {
+        st.keyed
+            .groups
+            .get_mut("staff")
+            .unwrap()
+            .request(tasuki_core::rotation::Trigger::Admin);
+        settle(&mut st, &mut members, &mut now);
+    }
+    assert_eq!(current(&st), 3);
+    let d = spoke(&mut st, "d", now);
+    st.edit_access(now, |p| {
+        p.add_member("staff", Member::Spoke("d".into()))?;
+        Ok("d in".into())
+    })
+    .unwrap();
+    members.push(d);
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert_eq!(offered[1], vec![3], "only the epoch in use");
+    // A restart: the epochs and where the members stand come back.
+    let latest: Vec<KeyEpoch> = st.keyed.groups["staff"].scope().epochs();
+    drop(st);
+    let st = load(&dir, &key);
+    let back = &st.keyed.groups["staff"];
+    assert_eq!(back.scope().epochs(), latest);
+    assert_eq!(back.scope().current(), 3);
+}
+
+#[test]
+fn turning_the_key_off_erases_the_epochs_and_tells_the_members() {
+    let dir = TempDir::new("groups-off");
+    let (mut st, key) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    group_of(&mut st, &["a"]);
+    st.set_group_key("staff", true, 2).unwrap();
+    let mut members = vec![a];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    assert!(st.set_group_key("staff", false, now).unwrap());
+    let got = drain(&mut members[0].1);
+    assert!(matches!(&got[..], [HubGroup::Ended { .. }]), "{got:?}");
+    let keys_dir = dir.0.join("keys");
+    let left: Vec<_> = std::fs::read_dir(&keys_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("group-"))
+        .collect();
+    assert!(left.is_empty(), "group key files left: {left:?}");
+    drop(st);
+    let mut st = load(&dir, &key);
+    assert!(st.keyed.groups.is_empty());
+    assert!(
+        st.set_group_key("nope", true, now).is_err(),
+        "no such group"
+    );
+}

@@ -1,0 +1,229 @@
+//! The keyed groups' tick (claim 11): each group's holders follow its
+//! membership (a spoke in the group or with a member user logged in, and
+//! attached): a member that comes online joins (the epoch in use only),
+//! one that goes offline stops holding the others up, one that is no
+//! member any more leaves for good (a new epoch at once, which it never
+//! gets, and it is told to erase the group's). Then the schedule says what
+//! is due and the hub carries it out in order: store first, then deliver
+//! sealed under each member's link epoch, then the switch. Also the
+//! members' reports and the admin's view.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tasuki_core::admin_api::GroupKeyView;
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::{HubGroup, HubMessage, SpokeGroup};
+use tasuki_core::keys::KeyEpoch;
+use tasuki_core::rotation::Usage;
+use tasuki_core::routing::SpokeId;
+
+use super::*;
+
+impl HubState {
+    /// One tick of every keyed group (from the rotation tick's task). A
+    /// group whose change cannot be stored is left as it was and tried
+    /// again next time.
+    pub(crate) fn group_tick(&mut self, now: u64) {
+        self.greet_sessions();
+        let names: Vec<String> = self.keyed.groups.keys().cloned().collect();
+        let mut failed = None;
+        for name in names {
+            if let Err(e) = self.tick_group(&name, now) {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            tracing::warn!(error = %format!("{e:#}"), "group keys cannot be stored: their rotations wait");
+        }
+    }
+
+    /// A spoke that attached is told to erase each keyed group it is no
+    /// member of: it may have left one while it was offline.
+    fn greet_sessions(&mut self) {
+        let sessions = &self.sessions;
+        self.keyed.greeted.retain(|id| sessions.contains_key(id));
+        let new: Vec<SpokeId> = self
+            .sessions
+            .keys()
+            .filter(|id| !self.keyed.greeted.contains(id))
+            .copied()
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let names: Vec<String> = self.keyed.groups.keys().cloned().collect();
+        for name in names {
+            let members = self.member_spokes(&name);
+            for id in new.iter().filter(|id| !members.contains(id)) {
+                self.tell_group_ended(*id, &name);
+            }
+        }
+        self.keyed.greeted.extend(new);
+    }
+
+    /// The spokes that are members of `group` now, by their own
+    /// membership or a logged-in user's.
+    fn member_spokes(&self, group: &str) -> BTreeSet<SpokeId> {
+        let facts: Vec<_> = self.access_facts.values().cloned().collect();
+        self.access
+            .member_spokes(group, &facts)
+            .into_iter()
+            .collect()
+    }
+
+    fn tick_group(&mut self, name: &str, now: u64) -> Result<()> {
+        let members = self.member_spokes(name);
+        let links: HashMap<SpokeId, KeyEpoch> = members
+            .iter()
+            .filter_map(|m| self.pair_link(*m).map(|l| (*m, l)))
+            .collect();
+        let policy = self.policy.clone();
+        let Some(sched) = self.keyed.groups.get_mut(name) else {
+            return Ok(());
+        };
+        let saved = sched.clone();
+        let mut left = Vec::new();
+        let mut moved = false;
+        for h in sched.scope().holders().collect::<Vec<_>>() {
+            if !members.contains(&h) {
+                moved |= sched.leave(h);
+                left.push(h);
+            } else if !links.contains_key(&h) {
+                moved |= sched.offline(h);
+            }
+        }
+        for m in links.keys() {
+            moved |= sched.join(*m);
+        }
+        let planned = sched.tick(
+            &policy,
+            now,
+            Usage::default(),
+            |h| links.get(&h),
+            &mut rand_core::OsRng,
+        );
+        let gone = sched.take_erasable(now);
+        let after = sched.clone();
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.keyed.groups.insert(name.to_owned(), saved);
+                return Err(StateError::from(e).context(format!("deliveries of group {name}")));
+            }
+        };
+        if moved || plan.walk.stores() {
+            if let Err(e) = self.commit_group_issue(&after, plan.walk.issued.as_ref()) {
+                self.keyed.groups.insert(name.to_owned(), saved);
+                return Err(e);
+            }
+        }
+        if !gone.is_empty() {
+            // The epochs stay erased in memory; their records go again at
+            // the next erasure, or the next start erases unnamed keys.
+            let meta = after.scope().meta().clone();
+            self.erase_group_epochs(name, &gone, Some(&meta))?;
+            tracing::info!(group = name, epochs = ?gone, "ended group epochs erased");
+        }
+        for h in left {
+            tracing::info!(group = name, spoke = %self.spoke_name(h), "member left the group: it erases the group's epochs");
+            self.tell_group_ended(h, name);
+        }
+        if let Some(epoch) = &plan.walk.issued {
+            self.keyed.counters.rotations += 1;
+            let why = plan
+                .walk
+                .trigger
+                .as_ref()
+                .map_or("asked".into(), |t| t.name());
+            tracing::info!(group = name, epoch = epoch.number, trigger = %why, "group epoch issued");
+            self.audit(
+                AuditRecord::new(now, AuditKind::GroupKey)
+                    .detail(format!("group {name} epoch {} ({why})", epoch.number)),
+            );
+        }
+        let mut messages: Vec<(SpokeId, HubMessage)> = plan
+            .deliveries
+            .into_iter()
+            .map(|(h, d)| (h, HubMessage::Group(HubGroup::Offer(d))))
+            .collect();
+        for (h, epoch) in plan.walk.notify {
+            let switch = HubGroup::Switch {
+                group: name.to_owned(),
+                epoch,
+                settled: plan.walk.settled,
+            };
+            messages.push((h, HubMessage::Group(switch)));
+        }
+        for (h, msg) in messages {
+            if let Some(tx) = self.sessions.get(&h).cloned() {
+                self.send_keys(h, &tx, vec![msg]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells `spoke` to erase every epoch of `group` (it is no member).
+    pub(super) fn tell_group_ended(&mut self, spoke: SpokeId, group: &str) {
+        if let Some(tx) = self.sessions.get(&spoke).cloned() {
+            let ended = HubGroup::Ended {
+                group: group.to_owned(),
+            };
+            self.send_keys(spoke, &tx, vec![HubMessage::Group(ended)]);
+        }
+    }
+
+    /// A member's report on a group epoch. A report on a group that is not
+    /// keyed, or from a spoke that holds none of it, is counted and dropped.
+    pub(crate) fn on_group_message(
+        &mut self,
+        from: SpokeId,
+        msg: SpokeGroup,
+        now: u64,
+    ) -> Result<()> {
+        let grace = self.policy.grace_secs;
+        let (group, epoch, switched) = match msg {
+            SpokeGroup::Receipt { group, epoch } => (group, epoch, false),
+            SpokeGroup::Switched { group, epoch } => (group, epoch, true),
+        };
+        let Some(sched) = self
+            .keyed
+            .groups
+            .get_mut(&group)
+            .filter(|s| s.scope().holders().any(|h| h == from))
+        else {
+            self.keyed.counters.unknown += 1;
+            tracing::debug!(spoke = %self.spoke_name(from), group, "a report on a group it holds nothing of");
+            return Ok(());
+        };
+        let moved = if switched {
+            sched.on_switched(from, epoch, now, grace)
+        } else {
+            sched.on_receipt(from, epoch)
+        };
+        match self.keyed.groups.get(&group) {
+            // Lost on a store error: the member reports again when the hub
+            // sends the epoch or switch again.
+            Some(sched) if moved => self.commit_group_issue(sched, None),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every keyed group's view, by name (for `group list`).
+    pub(crate) fn group_key_views(&self) -> HashMap<String, GroupKeyView> {
+        self.keyed
+            .groups
+            .iter()
+            .map(|(name, s)| {
+                let scope = s.scope();
+                let view = GroupKeyView {
+                    epoch: scope.current(),
+                    latest: scope.latest(),
+                    held: scope.epochs().iter().map(|e| e.number).collect(),
+                    members_online: scope.holders().count(),
+                    rotations: scope.meta().rotations,
+                };
+                (name.clone(), view)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,213 @@
+//! Keyed groups at the hub (claim 11): which groups have their own key
+//! epochs, how each group's epochs and meta are stored and erased, and the
+//! admin's switch. The groups' tick and their members' reports are in
+//! [`super::group_tick`].
+
+use std::collections::{BTreeMap, HashSet};
+
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::group::GroupSchedule;
+use tasuki_core::keys::{EpochRecord, KeyEpoch};
+use tasuki_core::scope_schedule::ScopeMeta;
+use tasuki_shell::store::Write;
+
+use super::*;
+
+/// Each keyed group's [`ScopeMeta`], by name.
+pub(super) const GROUP_KEYS_TREE: &str = "group-keys";
+/// Each group epoch's record (its key is in the vault), by group and number.
+pub(super) const GROUP_EPOCHS_TREE: &str = "group-epochs";
+
+/// The vault name of a group epoch's key.
+pub(super) fn group_vault_name(group: &str, epoch: u64) -> String {
+    format!("group-{}-{epoch}", tasuki_core::group::file_tag(group))
+}
+
+/// A group epoch's key in the group-epochs tree.
+fn group_epoch_key(group: &str, epoch: u64) -> Vec<u8> {
+    let mut k = group.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+/// Counts of what members sent about groups that the hub would not take.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GroupCounters {
+    /// Reports about a group the hub does not key, or from a non-member.
+    pub(crate) unknown: u64,
+    /// Group epochs issued after the first (rotations, leaves).
+    pub(crate) rotations: u64,
+}
+
+/// What the hub keeps for keyed groups.
+#[derive(Debug, Default)]
+pub(crate) struct Keyed {
+    /// Every keyed group's schedule, by name.
+    pub(super) groups: BTreeMap<String, GroupSchedule>,
+    /// What was not taken, and how many rotations.
+    pub(crate) counters: GroupCounters,
+    /// Sessions told, once after they attached, to erase the keyed groups
+    /// they are no member of (they may have left while offline).
+    pub(super) greeted: HashSet<SpokeId>,
+}
+
+impl HubState {
+    /// `tasuki-hub group key NAME on|off`: gives a group its own epochs
+    /// (the first is stored now and reaches the members at the next tick),
+    /// or ends them: every member is told to erase them, and so does the
+    /// hub.
+    pub(crate) fn set_group_key(&mut self, name: &str, on: bool, now: u64) -> Result<bool> {
+        if !self.access.groups.contains_key(name) {
+            return Err(StateError::NotFound(format!("no group named {name:?}")));
+        }
+        let keyed = self.keyed.groups.contains_key(name);
+        if on == keyed {
+            return Ok(false);
+        }
+        if on {
+            let (sched, first) = GroupSchedule::start(name, now, &mut rand_core::OsRng);
+            self.commit_group_issue(&sched, Some(&first))?;
+            self.keyed.groups.insert(name.to_owned(), sched);
+            tracing::info!(
+                group = name,
+                "group keyed: its first epoch goes to the members"
+            );
+        } else {
+            self.unkey_group(name)?;
+        }
+        self.audit(AuditRecord::new(now, AuditKind::GroupKey).detail(format!(
+            "group {name} keyed {}",
+            if on { "on" } else { "off" }
+        )));
+        Ok(true)
+    }
+
+    /// Ends a group's epochs: the records and keys go, and every member
+    /// that holds some is told.
+    pub(crate) fn unkey_group(&mut self, name: &str) -> Result<()> {
+        let Some(sched) = self.keyed.groups.get(name) else {
+            return Ok(());
+        };
+        let epochs: Vec<u64> = sched.scope().epochs().iter().map(|e| e.number).collect();
+        let holders: Vec<SpokeId> = sched.scope().holders().collect();
+        self.erase_group_epochs(name, &epochs, None)?;
+        self.keyed.groups.remove(name);
+        for h in holders {
+            self.tell_group_ended(h, name);
+        }
+        Ok(())
+    }
+
+    /// Stores a group's new epoch (key in the vault, flushed) with its
+    /// meta; on failure the key file is erased again.
+    pub(super) fn commit_group_issue(
+        &self,
+        sched: &GroupSchedule,
+        issued: Option<&KeyEpoch>,
+    ) -> Result<()> {
+        let name = sched.name();
+        let mut writes = Vec::with_capacity(2);
+        if let Some(epoch) = issued {
+            self.vault
+                .put(&group_vault_name(name, epoch.number), &epoch.key)?;
+            writes.push(Write::put(
+                GROUP_EPOCHS_TREE,
+                group_epoch_key(name, epoch.number),
+                &(name.to_owned(), epoch.record()),
+            )?);
+        }
+        writes.push(Write::put(
+            GROUP_KEYS_TREE,
+            name.as_bytes().to_vec(),
+            &(name.to_owned(), sched.scope().meta().clone()),
+        )?);
+        if let Err(e) = self.store.commit(&writes) {
+            if let Some(epoch) = issued {
+                self.erase_group_key(name, epoch.number);
+            }
+            return Err(StateError::from(e).context(format!("group {name}'s new epoch")));
+        }
+        Ok(())
+    }
+
+    /// Erases some of a group's epochs: the records (with the meta as it
+    /// is now, when the group stays keyed) first, then the keys.
+    pub(super) fn erase_group_epochs(
+        &self,
+        name: &str,
+        epochs: &[u64],
+        meta: Option<&ScopeMeta>,
+    ) -> Result<()> {
+        let mut writes: Vec<Write<'_>> = epochs
+            .iter()
+            .map(|k| Write::remove(GROUP_EPOCHS_TREE, group_epoch_key(name, *k)))
+            .collect();
+        writes.push(match meta {
+            Some(m) => Write::put(
+                GROUP_KEYS_TREE,
+                name.as_bytes().to_vec(),
+                &(name.to_owned(), m.clone()),
+            )?,
+            None => Write::remove(GROUP_KEYS_TREE, name.as_bytes().to_vec()),
+        });
+        self.store.commit(&writes)?;
+        for k in epochs {
+            self.erase_group_key(name, *k);
+        }
+        Ok(())
+    }
+
+    /// Erases one group key file; an error is logged (the next start
+    /// erases a key file no record names).
+    fn erase_group_key(&self, name: &str, epoch: u64) {
+        if let Err(e) = self.vault.erase(&group_vault_name(name, epoch)) {
+            tracing::error!(group = name, epoch, error = %format!("{e:#}"), "cannot erase a group key; the next start erases it");
+        }
+    }
+}
+
+/// The keyed groups as stored: every group epoch whose key is in the
+/// vault (their vault names are added to `named`), with its group's meta.
+pub(super) fn load_keyed(
+    store: &Store,
+    vault: &KeyVault,
+    named: &mut HashSet<String>,
+) -> anyhow::Result<Keyed> {
+    let mut metas: BTreeMap<String, ScopeMeta> = store.all(GROUP_KEYS_TREE)?.into_iter().collect();
+    let mut epochs: BTreeMap<String, Vec<KeyEpoch>> = BTreeMap::new();
+    for (group, record) in store.all::<(String, EpochRecord)>(GROUP_EPOCHS_TREE)? {
+        let name = group_vault_name(&group, record.number);
+        match vault.get(&name)? {
+            Some(key) => {
+                named.insert(name);
+                epochs
+                    .entry(group)
+                    .or_default()
+                    .push(KeyEpoch::from_record(record, key));
+            }
+            None => {
+                tracing::error!(
+                    group,
+                    epoch = record.number,
+                    "the key of a stored group epoch is missing; skipping it"
+                )
+            }
+        }
+    }
+    let groups: BTreeMap<String, GroupSchedule> = metas
+        .iter_mut()
+        .map(|(name, meta)| {
+            let list = epochs.remove(name).unwrap_or_default();
+            let sched = GroupSchedule::restore(name, list, std::mem::take(meta));
+            (name.clone(), sched)
+        })
+        .collect();
+    if !groups.is_empty() {
+        tracing::info!(groups = groups.len(), "keyed groups restored");
+    }
+    Ok(Keyed {
+        groups,
+        ..Keyed::default()
+    })
+}
