@@ -44,7 +44,7 @@ mod stream;
 pub use daemons::TwoSpokes;
 pub use direct::UPGRADE_WITHIN;
 pub use faults::FaultRng;
-pub use nat::{Mapping, Nat};
+pub use nat::{Behind, Mapping, Nat};
 use procs::show;
 pub use stream::{loss, Stream, Streamed, IN_FLIGHT};
 

@@ -159,3 +159,34 @@ impl Topology {
         }
     }
 }
+
+/// A service spoke running behind a NAT router.
+pub struct Behind {
+    /// The namespace of the host it runs in.
+    pub ns: String,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub dir: PathBuf,
+    /// Its process (stopped on drop).
+    pub proc: Proc,
+}
+
+impl Topology {
+    /// Adds NAT router `i` and starts a pre-approved service spoke `name`
+    /// on the host behind it.
+    pub fn spoke_behind(&mut self, name: &str, i: u8, mapping: Mapping) -> Behind {
+        let nat = self.add_nat(i, mapping);
+        let inv = self.invite_with(name, &["--pre-approved", "--service"]);
+        let dir = self.spoke_dir(name);
+        self.enrol_ok(&nat.host, &inv, &dir);
+        let socket = self.spoke_socket(name);
+        let proc = self.start_spoke(&nat.host, &dir, &socket);
+        Behind {
+            ns: nat.host,
+            socket,
+            dir,
+            proc,
+        }
+    }
+}

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tasuki_netns_tests::{
-    skip_unless_root, Mapping, Proc, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, B_WAN, UPGRADE_WITHIN,
+    skip_unless_root, Behind, Mapping, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL, B_WAN,
+    UPGRADE_WITHIN,
 };
 
 fn nft(t: &Topology, ns: &str, script: &str) {
@@ -112,19 +113,6 @@ fn direct_mode_off_keeps_everything_on_the_relay() {
     assert_eq!(t.path_to(&net.a_socket, B_TUNNEL), None, "no pair at all");
 }
 
-/// A spoke behind a NAT router: its host namespace, socket and process.
-struct Behind(String, std::path::PathBuf, #[allow(dead_code)] Proc);
-
-/// One spoke started behind NAT router `i`, enrolled as `name`.
-fn spoke_behind(t: &mut Topology, name: &str, i: u8, mapping: Mapping) -> Behind {
-    let nat = t.add_nat(i, mapping);
-    let inv = t.invite_with(name, &["--pre-approved", "--service"]);
-    t.enrol_ok(&nat.host, &inv, &t.spoke_dir(name));
-    let socket = t.spoke_socket(name);
-    let proc = t.start_spoke(&nat.host, &t.spoke_dir(name), &socket);
-    Behind(nat.host, socket, proc)
-}
-
 /// The tunnel address of the spoke at `socket`, once it has one.
 fn tunnel_addr(t: &Topology, socket: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -154,30 +142,30 @@ fn through_nat_routers_cone_pairs_go_direct_and_symmetric_pairs_stay_relayed() {
     t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("a"));
     let a_socket = t.spoke_socket("a");
     let _a = t.start_spoke(&t.ns_a, &t.spoke_dir("a"), &a_socket);
-    let cone1 = spoke_behind(&mut t, "cone1", 0, Mapping::EndpointIndependent);
-    let cone2 = spoke_behind(&mut t, "cone2", 1, Mapping::EndpointIndependent);
-    let sym1 = spoke_behind(&mut t, "sym1", 2, Mapping::Symmetric);
-    let sym2 = spoke_behind(&mut t, "sym2", 3, Mapping::Symmetric);
-    let addr = |s: &Behind| tunnel_addr(&t, &s.1);
+    let cone1 = t.spoke_behind("cone1", 0, Mapping::EndpointIndependent);
+    let cone2 = t.spoke_behind("cone2", 1, Mapping::EndpointIndependent);
+    let sym1 = t.spoke_behind("sym1", 2, Mapping::Symmetric);
+    let sym2 = t.spoke_behind("sym2", 3, Mapping::Symmetric);
+    let addr = |s: &Behind| tunnel_addr(&t, &s.socket);
     let (c1, c2, s2) = (addr(&cone1), addr(&cone2), addr(&sym2));
     addr(&sym1);
     let ns_a = t.ns_a.clone();
     // Open WAN ↔ cone NAT, cone ↔ cone: direct.
     t.wait_direct(&ns_a, &a_socket, &c1);
-    t.wait_direct(&cone1.0, &cone1.1, &c2);
+    t.wait_direct(&cone1.ns, &cone1.socket, &c2);
     let before = t.relayed();
     assert_eq!(t.pings(&ns_a, &c1, 20), 20);
-    assert_eq!(t.pings(&cone1.0, &c2, 20), 20);
+    assert_eq!(t.pings(&cone1.ns, &c2, 20), 20);
     assert_eq!(t.relayed(), before, "cone pairs go direct");
     // Symmetric ↔ symmetric: the punch fails, the relay carries on.
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        assert!(t.ping(&sym1.0, &s2, 1), "the relay carries sym1 → sym2");
+        assert!(t.ping(&sym1.ns, &s2, 1), "the relay carries sym1 → sym2");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_ne!(t.path_to(&sym1.1, &s2).as_deref(), Some("direct"));
+    assert_ne!(t.path_to(&sym1.socket, &s2).as_deref(), Some("direct"));
     let before = t.relayed();
-    assert_eq!(t.pings(&sym1.0, &s2, 20), 20);
+    assert_eq!(t.pings(&sym1.ns, &s2, 20), 20);
     assert!(t.relayed() >= before + 40, "through the hub");
 }
 

@@ -195,16 +195,42 @@ impl HubState {
             tracing::debug!(spoke = %self.spoke_name(from), group, "a report on a group it holds nothing of");
             return Ok(());
         };
+        let before = sched.scope().current();
         let moved = if switched {
             sched.on_switched(from, epoch, now, grace)
         } else {
             sched.on_receipt(from, epoch)
         };
+        let settled = sched.scope().current();
         match self.keyed.groups.get(&group) {
             // Lost on a store error: the member reports again when the hub
             // sends the epoch or switch again.
-            Some(sched) if moved => self.commit_group_issue(sched, None),
-            _ => Ok(()),
+            Some(sched) if moved => self.commit_group_issue(sched, None)?,
+            _ => return Ok(()),
+        }
+        if settled > before {
+            self.tell_settled(&group, settled);
+        }
+        Ok(())
+    }
+
+    /// Every member is on `settled` now: each is told, so it erases the
+    /// older epochs a grace later rather than at the next rotation.
+    fn tell_settled(&mut self, group: &str, settled: u64) {
+        let Some(sched) = self.keyed.groups.get(group) else {
+            return;
+        };
+        let holders: Vec<SpokeId> = sched.scope().holders().collect();
+        let epoch = sched.scope().meta().notified;
+        for h in holders {
+            let switch = HubGroup::Switch {
+                group: group.to_owned(),
+                epoch,
+                settled,
+            };
+            if let Some(tx) = self.sessions.get(&h).cloned() {
+                self.send_keys(h, &tx, vec![HubMessage::Group(switch)]);
+            }
         }
     }
 

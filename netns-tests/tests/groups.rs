@@ -1,0 +1,142 @@
+//! Keyed groups (issue 15) with the real binaries: a group's own key
+//! epochs reach every member spoke and no other, a member that leaves is
+//! told to erase them and the others move to a new epoch it never gets,
+//! and an ended epoch's key bytes are then found in no state directory.
+//! Skipped unless root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tasuki_netns_tests::{skip_unless_root, Mapping, Topology, TwoSpokes};
+
+/// The keyed groups spoke `socket` holds: (name, epoch in use).
+fn groups_of(t: &Topology, socket: &Path) -> Vec<(String, u64)> {
+    t.spoke_status_json(socket)["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            let name = g["group"].as_str().unwrap_or_default().to_owned();
+            (name, g["epoch"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// The epoch of group "staff" spoke `socket` uses, if it holds the group.
+fn staff_epoch(t: &Topology, socket: &Path) -> Option<u64> {
+    groups_of(t, socket)
+        .into_iter()
+        .find_map(|(g, e)| (g == "staff").then_some(e))
+}
+
+/// The key file of epoch `epoch` of group "staff" in state directory `dir`.
+fn staff_key_file(dir: &Path, epoch: u64) -> std::path::PathBuf {
+    let tag = tasuki_core::group::file_tag("staff");
+    dir.join("keys").join(format!("group-{tag}-{epoch}.key"))
+}
+
+/// Whether any regular file under `dir` holds `needle`.
+fn found_under(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if let Some(hit) = found_under(&path, needle) {
+                return Some(hit);
+            }
+        } else if kind.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                return Some(path);
+            }
+        }
+    }
+    None
+}
+
+/// The hub's view of group "staff" (`group list --json`).
+fn staff_view(t: &Topology) -> Value {
+    let list: Value =
+        serde_json::from_str(&t.hub_ok(&["group", "list", "--json"])).expect("group list --json");
+    list.as_array()
+        .and_then(|l| l.iter().find(|g| g["name"] == "staff").cloned())
+        .unwrap_or_else(|| t.fail(&format!("no group staff in {list}")))
+}
+
+#[test]
+fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goes() {
+    if skip_unless_root("groups::a_keyed_group_reaches_its_members") {
+        return;
+    }
+    let mut net = TwoSpokes::up();
+    let c = net.topo.spoke_behind("c", 0, Mapping::EndpointIndependent);
+    let outsider = net
+        .topo
+        .spoke_behind("outsider", 1, Mapping::EndpointIndependent);
+    let t = &net.topo;
+    t.hub_ok(&["group", "add", "staff"]);
+    t.hub_ok(&[
+        "group",
+        "add-member",
+        "staff",
+        "spoke:a",
+        "spoke:b",
+        "spoke:c",
+    ]);
+    t.hub_ok(&["group", "key", "staff", "on"]);
+    let sockets = [&net.a_socket, &net.b_socket, &c.socket];
+    let dirs = [&net.a_dir, &net.b_dir, &c.dir];
+    t.wait_for("every member on epoch 1", Duration::from_secs(30), || {
+        sockets.iter().all(|s| staff_epoch(t, s) == Some(1))
+    });
+    assert!(
+        groups_of(t, &outsider.socket).is_empty(),
+        "the outsider holds no group"
+    );
+    let view = staff_view(t);
+    assert_eq!(view["key"]["epoch"], 1, "{view}");
+    assert_eq!(view["key"]["members_online"], 3, "{view}");
+    // Every member holds the hub's epoch 1, byte for byte.
+    let first = std::fs::read(staff_key_file(&t.hub_dir(), 1)).expect("the hub's key file");
+    assert_eq!(first.len(), 32);
+    for dir in dirs {
+        let held = std::fs::read(staff_key_file(dir, 1)).expect("a member's key file");
+        assert_eq!(held, first, "{} holds another key", dir.display());
+    }
+    assert!(
+        found_under(&outsider.dir, &first).is_none(),
+        "the outsider has the group key"
+    );
+
+    // c leaves: it erases the group at once; a and b go to epoch 2.
+    t.hub_ok(&["group", "remove-member", "staff", "spoke:c"]);
+    t.wait_for("a and b on epoch 2, c out", Duration::from_secs(30), || {
+        [&net.a_socket, &net.b_socket]
+            .iter()
+            .all(|s| staff_epoch(t, s) == Some(2))
+            && groups_of(t, &c.socket).is_empty()
+    });
+    let second = std::fs::read(staff_key_file(&t.hub_dir(), 2)).expect("epoch 2 at the hub");
+    assert!(
+        found_under(&c.dir, &second).is_none(),
+        "the leaver got the new epoch"
+    );
+    assert!(
+        found_under(&c.dir, &first).is_none(),
+        "the leaver kept the old epoch"
+    );
+    // A grace after every member left epoch 1, its bytes are nowhere.
+    t.wait_for(
+        "epoch 1's key erased everywhere",
+        Duration::from_secs(90),
+        || found_under(t.dir(), &first).is_none(),
+    );
+    let view = staff_view(t);
+    assert_eq!(view["key"]["epoch"], 2, "{view}");
+    assert_eq!(view["key"]["held"], serde_json::json!([2]), "{view}");
+}
