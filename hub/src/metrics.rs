@@ -91,6 +91,7 @@ fn families(snap: &Snapshot) -> Vec<Family> {
     families.extend(link_families(snap));
     families.extend(state_families(snap));
     families.extend(direct_families(snap));
+    families.extend(group_families(snap));
     families
 }
 
@@ -105,6 +106,8 @@ struct Snapshot {
     pair_counters: crate::state::PairCounters,
     /// Direct traffic as the spokes report it, and pairs direct now.
     direct: (crate::state::DirectTotals, usize),
+    /// Keyed groups, and what their members sent that was not taken.
+    groups: (usize, crate::state::GroupCounters),
 }
 
 impl Snapshot {
@@ -122,6 +125,7 @@ impl Snapshot {
             logins: st.login_count(),
             pair_counters: st.pair_counters(),
             direct: st.direct_totals(),
+            groups: st.group_counters(),
         }
     }
 }
@@ -380,6 +384,28 @@ fn direct_families(snap: &Snapshot) -> Vec<Family> {
             "tasuki_pair_reports_unknown_total",
             "Pair reports about a pair the hub does not key, or from a spoke that does not hold it.",
             single(snap.pair_counters.unknown),
+        ),
+    ]
+}
+
+/// Keyed groups: how many, their rotations, and reports not taken.
+fn group_families(snap: &Snapshot) -> Vec<Family> {
+    let (keyed, counters) = snap.groups;
+    vec![
+        gauge(
+            "tasuki_keyed_groups",
+            "Groups with key epochs of their own.",
+            single(keyed as u64),
+        ),
+        counter(
+            "tasuki_group_rotations_total",
+            "Group epochs issued since the hub started (rotations, members that left).",
+            single(counters.rotations),
+        ),
+        counter(
+            "tasuki_group_reports_unknown_total",
+            "Group reports about a group the hub does not key, or from a spoke that holds none of it.",
+            single(counters.unknown),
         ),
     ]
 }

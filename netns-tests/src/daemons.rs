@@ -154,6 +154,20 @@ impl Topology {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The hub's metrics endpoint at `at` (inside the hub's namespace), as
+    /// Prometheus text.
+    pub fn hub_metrics(&self, at: &str) -> String {
+        let nettool = binaries().nettool.to_string_lossy().into_owned();
+        let out = self.exec(
+            &self.ns_hub,
+            &[nettool.as_str(), "http-get", at, "/metrics"],
+        );
+        if !out.status.success() {
+            self.fail(&format!("metrics from {at}: {}", crate::output_text(&out)));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `tasuki-hub status --json`, parsed.
     pub fn hub_status_json(&self) -> Value {
         let out = self.hub_cli(&["status", "--json"]);

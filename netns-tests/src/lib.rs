@@ -159,6 +159,16 @@ pub fn spoke_stdin(socket: &Path, args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("wait for tasuki-spoke")
 }
 
+/// The value of series `series` (its name with labels) in Prometheus
+/// text, 0 when it is missing.
+pub fn metric_sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A command's standard output and error, as one text for messages.
 pub fn output_text(o: &Output) -> String {
     format!(

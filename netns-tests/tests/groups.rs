@@ -8,7 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tasuki_netns_tests::{skip_unless_root, Mapping, Topology, TwoSpokes};
+use tasuki_netns_tests::{metric_sample, skip_unless_root, Mapping, Topology, TwoSpokes};
+
+/// Where the hub serves its metrics in these tests.
+const METRICS: &str = "127.0.0.1:9586";
 
 /// The keyed groups spoke `socket` holds: (name, epoch in use).
 fn groups_of(t: &Topology, socket: &Path) -> Vec<(String, u64)> {
@@ -73,7 +76,7 @@ fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goe
     if skip_unless_root("groups::a_keyed_group_reaches_its_members") {
         return;
     }
-    let mut net = TwoSpokes::up();
+    let (mut net, ()) = TwoSpokes::up_with_hub_args(|_| (), &["--metrics", METRICS]);
     let c = net.topo.spoke_behind("c", 0, Mapping::EndpointIndependent);
     let outsider = net
         .topo
@@ -139,4 +142,12 @@ fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goe
     let view = staff_view(t);
     assert_eq!(view["key"]["epoch"], 2, "{view}");
     assert_eq!(view["key"]["held"], serde_json::json!([2]), "{view}");
+    let m = t.hub_metrics(METRICS);
+    assert_eq!(metric_sample(&m, "tasuki_keyed_groups"), 1, "{m}");
+    assert!(
+        metric_sample(&m, "tasuki_group_rotations_total") >= 1,
+        "{m}"
+    );
+    let audit = t.hub_ok(&["audit"]);
+    assert!(audit.contains("group staff epoch 2"), "{audit}");
 }

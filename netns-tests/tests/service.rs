@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tasuki_netns_tests::{binaries, skip_unless_root, Topology, TwoSpokes, B_TUNNEL};
+use tasuki_netns_tests::{
+    binaries, metric_sample, skip_unless_root, Topology, TwoSpokes, B_TUNNEL,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -131,29 +133,7 @@ fn config_errors_name_the_file_line_and_key() {
 }
 
 fn metrics(t: &Topology) -> String {
-    let out = t.exec(
-        &t.ns_hub,
-        &[
-            binaries().nettool.to_str().unwrap(),
-            "http-get",
-            "127.0.0.1:9586",
-            "/metrics",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    t.hub_metrics("127.0.0.1:9586")
 }
 
 #[test]
@@ -203,11 +183,14 @@ fn metrics_and_status_move_with_traffic() {
     assert!(t.ping(&t.ns_a, B_TUNNEL, 5));
     let after = metrics(t);
     let rx = "tasuki_datagrams_total{direction=\"rx\"}";
-    assert!(sample(&after, rx) > sample(&before, rx), "rx did not move");
+    assert!(
+        metric_sample(&after, rx) > metric_sample(&before, rx),
+        "rx did not move"
+    );
     let relayed = "tasuki_packets_total{path=\"relayed\"}";
-    assert!(sample(&after, relayed) >= sample(&before, relayed) + 10);
+    assert!(metric_sample(&after, relayed) >= metric_sample(&before, relayed) + 10);
     let a_rx = "tasuki_link_bytes_total{spoke=\"a\",direction=\"rx\"}";
-    assert!(sample(&after, a_rx) > sample(&before, a_rx));
+    assert!(metric_sample(&after, a_rx) > metric_sample(&before, a_rx));
     let status_after: Value = t.hub_status_json();
     assert!(
         status_after["counters"]["relayed"].as_u64()

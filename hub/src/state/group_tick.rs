@@ -234,6 +234,12 @@ impl HubState {
         }
     }
 
+    /// How many groups are keyed, and what their members sent that was
+    /// not taken (for the metrics).
+    pub(crate) fn group_counters(&self) -> (usize, super::GroupCounters) {
+        (self.keyed.groups.len(), self.keyed.counters)
+    }
+
     /// Every keyed group's view, by name (for `group list`).
     pub(crate) fn group_key_views(&self) -> HashMap<String, GroupKeyView> {
         self.keyed

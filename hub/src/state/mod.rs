@@ -27,6 +27,7 @@ use crate::dataplane::{DpCommand, DpHandle, DpStatus, LinkSpec};
 mod access;
 mod direct;
 pub(crate) use direct::PairCounters;
+pub(crate) use groups::GroupCounters;
 pub(crate) use pair_usage::DirectTotals;
 mod error;
 #[cfg(test)]
