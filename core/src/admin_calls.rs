@@ -242,6 +242,9 @@ pub struct Status {}
 pub struct KeyRotate {
     /// Spoke name; `None` for all.
     pub spoke: Option<String>,
+    /// A keyed group to rotate instead of links.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Show the rotation policy (hub-wide, or the one in force for a spoke).
@@ -386,6 +389,9 @@ pub struct RegistrationDenied {
 pub struct RotationsAsked {
     /// How many links rotate.
     pub links: usize,
+    /// How many keyed groups rotate.
+    #[serde(default)]
+    pub groups: usize,
 }
 
 #[cfg(test)]

@@ -107,8 +107,15 @@ fn change(st: &mut HubState, req: HubRequest) -> Answer {
         HubRequest::Deny(r) => answer(st, r, |st, r| st.deny(&r.name, now).map(spoke_state)),
         HubRequest::Revoke(r) => answer(st, r, |st, r| st.revoke(&r.name, now).map(spoke_state)),
         HubRequest::KeyRotate(r) => answer(st, r, |st, r| {
+            if let Some(group) = &r.group {
+                st.request_group_rotation(group)?;
+                return Ok(RotationsAsked {
+                    links: 0,
+                    groups: 1,
+                });
+            }
             let links = st.request_rotation(r.spoke.as_deref(), Trigger::Admin)?;
-            Ok(RotationsAsked { links })
+            Ok(RotationsAsked { links, groups: 0 })
         }),
         HubRequest::KeyPolicyShow(r) => answer(st, r, |st, r| st.policy_of(r.spoke.as_deref())),
         HubRequest::KeyPolicySet(r) => {

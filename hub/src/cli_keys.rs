@@ -15,11 +15,15 @@ pub(crate) enum KeyCommand {
     /// End the current epoch now and hand out a new one.
     Rotate {
         /// The spoke whose link to rotate.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long, conflicts_with_all = ["all", "group"], required_unless_present_any = ["all", "group"])]
         spoke: Option<String>,
         /// Rotate every link.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         all: bool,
+        /// Rotate a keyed group's epoch instead (every member gets the new
+        /// one, then all switch).
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Show or change the rotation policy.
     Policy {
@@ -165,9 +169,17 @@ fn parse_interval(i: &str) -> Result<Option<u64>> {
 /// Runs a `key` subcommand against the daemon at `socket`.
 pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()> {
     match command {
-        KeyCommand::Rotate { spoke, all: _ } => {
-            let v = tasuki_shell::local::call(socket, calls::KeyRotate { spoke }).await?;
-            println!("rotation requested on {} link(s)", v.links);
+        KeyCommand::Rotate {
+            spoke,
+            all: _,
+            group,
+        } => {
+            let v = tasuki_shell::local::call(socket, calls::KeyRotate { spoke, group }).await?;
+            if v.groups > 0 {
+                println!("rotation requested on {} keyed group(s)", v.groups);
+            } else {
+                println!("rotation requested on {} link(s)", v.links);
+            }
         }
         KeyCommand::Policy { command } => policy_command(command, socket).await?,
         KeyCommand::Status { json } => {

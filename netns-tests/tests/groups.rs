@@ -142,10 +142,18 @@ fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goe
     let view = staff_view(t);
     assert_eq!(view["key"]["epoch"], 2, "{view}");
     assert_eq!(view["key"]["held"], serde_json::json!([2]), "{view}");
+    // An admin's rotation: both members move to epoch 3.
+    let said = t.hub_ok(&["key", "rotate", "--group", "staff"]);
+    assert!(said.contains("1 keyed group"), "{said}");
+    t.wait_for("a and b on epoch 3", Duration::from_secs(30), || {
+        [&net.a_socket, &net.b_socket]
+            .iter()
+            .all(|s| staff_epoch(t, s) == Some(3))
+    });
     let m = t.hub_metrics(METRICS);
     assert_eq!(metric_sample(&m, "tasuki_keyed_groups"), 1, "{m}");
     assert!(
-        metric_sample(&m, "tasuki_group_rotations_total") >= 1,
+        metric_sample(&m, "tasuki_group_rotations_total") >= 2,
         "{m}"
     );
     let audit = t.hub_ok(&["audit"]);

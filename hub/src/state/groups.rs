@@ -83,6 +83,18 @@ impl HubState {
         Ok(true)
     }
 
+    /// `tasuki-hub key rotate --group NAME`: the group's next epoch at its
+    /// next tick (after one on its way completes).
+    pub(crate) fn request_group_rotation(&mut self, name: &str) -> Result<()> {
+        let sched = self.keyed.groups.get_mut(name).ok_or_else(|| {
+            StateError::NotFound(format!(
+                "group {name:?} is not keyed (tasuki-hub group key {name} on)"
+            ))
+        })?;
+        sched.request(tasuki_core::rotation::Trigger::Admin);
+        Ok(())
+    }
+
     /// Ends a group's epochs: the records and keys go, and every member
     /// that holds some is told.
     pub(crate) fn unkey_group(&mut self, name: &str) -> Result<()> {
