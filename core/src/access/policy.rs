@@ -156,12 +156,16 @@ impl AccessPolicy {
 
     /// The spokes of `spokes` that are members of `group`: by their own
     /// membership, or a logged-in user's (a keyed group's holders).
-    pub fn member_spokes(&self, group: &str, spokes: &[SpokeFacts]) -> Vec<SpokeId> {
+    pub fn member_spokes<'a>(
+        &self,
+        group: &str,
+        spokes: impl IntoIterator<Item = &'a SpokeFacts>,
+    ) -> Vec<SpokeId> {
         let Some(members) = self.groups.get(group) else {
             return Vec::new();
         };
         spokes
-            .iter()
+            .into_iter()
             .filter(|s| {
                 members.contains(&Member::Spoke(s.name.clone()))
                     || s.users

@@ -64,9 +64,8 @@ impl HubState {
     /// The spokes that are members of `group` now, by their own
     /// membership or a logged-in user's.
     fn member_spokes(&self, group: &str) -> BTreeSet<SpokeId> {
-        let facts: Vec<_> = self.access_facts.values().cloned().collect();
         self.access
-            .member_spokes(group, &facts)
+            .member_spokes(group, self.access_facts.values())
             .into_iter()
             .collect()
     }
