@@ -205,3 +205,53 @@ fn turning_the_key_off_erases_the_epochs_and_tells_the_members() {
         "no such group"
     );
 }
+
+#[test]
+fn a_member_users_logout_takes_its_spoke_out_of_the_group_and_rotates() {
+    use tasuki_core::control::UserRequest;
+    use zeroize::Zeroizing;
+    let dir = TempDir::new("groups-user");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    let initial = st
+        .add_user("alice", "Alice", "alice@example.com", 1)
+        .unwrap();
+    st.allow_user("alice", "b", 1).unwrap();
+    let login = UserRequest::Login {
+        user: "alice".into(),
+        password: Zeroizing::new(initial.initial_password),
+        new_password: Some(Zeroizing::new("a long and new passphrase".into())),
+    };
+    st.user_request(b.0, login, 2).unwrap();
+    st.edit_access(3, |p| {
+        p.add_group("staff")?;
+        p.add_member("staff", Member::Spoke("a".into()))?;
+        p.add_member("staff", Member::User("alice".into()))?;
+        Ok("staff".into())
+    })
+    .unwrap();
+    st.set_group_key("staff", true, 3).unwrap();
+    let mut members = vec![a, b];
+    let mut now = 10;
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert_eq!(offered, vec![vec![1], vec![1]], "b is a member by its user");
+    // Alice logs out of b: b is no member now, and the group rotates.
+    let logout = UserRequest::Logout {
+        user: "alice".into(),
+    };
+    st.user_request(members[1].0, logout, now).unwrap();
+    now += 1;
+    st.group_tick(now);
+    let to_b = drain(&mut members[1].1);
+    assert!(
+        to_b.iter().any(|m| matches!(m, HubGroup::Ended { .. })),
+        "{to_b:?}"
+    );
+    let gone = members.pop().unwrap();
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert!(offered[0].contains(&2), "{offered:?}");
+    assert_eq!(current(&st), 2);
+    let mut gone = gone;
+    assert!(drain(&mut gone.1).is_empty(), "b hears nothing of epoch 2");
+}
