@@ -21,13 +21,9 @@ impl Control {
     /// A group message from the hub, opened with the link epochs stored
     /// (an offer is sealed under one of them).
     pub(crate) fn on_group_message(&self, msg: HubGroup) {
-        let links: Vec<_> = match self.store.epochs() {
-            Ok(held) => held.into_iter().map(|h| h.epoch).collect(),
-            Err(e) => {
-                // The hub offers it again.
-                tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for a group epoch");
-                return;
-            }
+        // Unreadable: the hub offers it again.
+        let Some(links) = self.link_epochs("a group epoch") else {
+            return;
         };
         self.with_groups(|g| g.handle(tasuki_shell::boot_secs(), msg, &links));
     }

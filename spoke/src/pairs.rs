@@ -28,15 +28,23 @@ impl Control {
     /// A pair message from the hub, opened with the link epochs stored
     /// (an offer is sealed under one of them).
     pub(crate) fn on_pair_message(&self, msg: HubPair) {
-        let links: Vec<_> = match self.store.epochs() {
-            Ok(held) => held.into_iter().map(|h| h.epoch).collect(),
-            Err(e) => {
-                // The hub offers it again.
-                tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for a pair offer");
-                return;
-            }
+        // Unreadable: the hub offers it again.
+        let Some(links) = self.link_epochs("a pair offer") else {
+            return;
         };
         self.with_pairs(|p| p.handle(tasuki_shell::boot_secs(), msg, &links));
+    }
+
+    /// The link epochs stored (a pair's or group's epoch is sealed under
+    /// one of them); `None`, logged, when the store cannot be read.
+    pub(crate) fn link_epochs(&self, what: &str) -> Option<Vec<tasuki_core::keys::KeyEpoch>> {
+        match self.store.epochs() {
+            Ok(held) => Some(held.into_iter().map(|h| h.epoch).collect()),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the link epochs for {what}");
+                None
+            }
+        }
     }
 
     /// What the data plane reports: for the session, or for the pairs.

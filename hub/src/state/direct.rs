@@ -204,28 +204,14 @@ impl HubState {
         issued: Option<&KeyEpoch>,
     ) -> Result<()> {
         let pair = sched.pair();
-        let mut writes = Vec::with_capacity(2);
-        if let Some(epoch) = issued {
-            self.vault
-                .put(&pair_vault_name(pair, epoch.number), &epoch.key)?;
-            writes.push(Write::put(
-                PAIR_EPOCHS_TREE,
-                pair_epoch_key(pair, epoch.number),
-                &(pair, epoch.record()),
-            )?);
-        }
-        writes.push(Write::put(
-            PAIRS_TREE,
-            pair_key(pair),
-            &(pair, sched.meta().clone()),
-        )?);
-        if let Err(e) = self.store.commit(&writes) {
-            if let Some(epoch) = issued {
-                self.erase_pair_key(pair, epoch.number);
-            }
-            return Err(StateError::from(e).context(format!("pair {pair}'s new epoch")));
-        }
-        Ok(())
+        let at = super::scope_store::ScopeRecords {
+            epochs_tree: PAIR_EPOCHS_TREE,
+            epoch_key: &|k| pair_epoch_key(pair, k),
+            vault_name: &|k| pair_vault_name(pair, k),
+            meta: Write::put(PAIRS_TREE, pair_key(pair), &(pair, sched.meta()))?,
+            what: format!("pair {pair}"),
+        };
+        self.commit_scope_issue(at, issued.map(|e| (e, (pair, e.record()))))
     }
 
     /// Stores a pair's meta after a report moved it.

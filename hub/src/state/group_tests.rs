@@ -75,6 +75,27 @@ fn settle(
     offered
 }
 
+/// A hub whose group "staff" of spoke a is keyed and on epoch 1: the
+/// hub, its key, the member and the clock.
+type Member1 = (SpokeId, mpsc::Receiver<HubMessage>);
+fn keyed_with_a(
+    dir: &TempDir,
+) -> (
+    HubState,
+    std::sync::Arc<tasuki_core::keys::StaticKey>,
+    Vec<Member1>,
+    u64,
+) {
+    let (mut st, key) = new_hub(dir);
+    let a = spoke(&mut st, "a", 1);
+    group_of(&mut st, &["a"]);
+    st.set_group_key("staff", true, 2).unwrap();
+    let mut members = vec![a];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    (st, key, members, now)
+}
+
 fn current(st: &HubState) -> u64 {
     st.keyed.groups["staff"].scope().current()
 }
@@ -143,13 +164,7 @@ fn a_keyed_group_reaches_its_members_only_and_a_leaver_never_gets_the_next_epoch
 #[test]
 fn a_joiner_gets_the_epoch_in_use_only_and_a_restart_keeps_the_epochs() {
     let dir = TempDir::new("groups-join");
-    let (mut st, key) = new_hub(&dir);
-    let a = spoke(&mut st, "a", 1);
-    group_of(&mut st, &["a"]);
-    st.set_group_key("staff", true, 2).unwrap();
-    let mut members = vec![a];
-    let mut now = 10;
-    settle(&mut st, &mut members, &mut now);
+    let (mut st, key, mut members, mut now) = keyed_with_a(&dir);
     for _ in 0..2 {
         st.keyed
             .groups
@@ -180,13 +195,7 @@ fn a_joiner_gets_the_epoch_in_use_only_and_a_restart_keeps_the_epochs() {
 #[test]
 fn turning_the_key_off_erases_the_epochs_and_tells_the_members() {
     let dir = TempDir::new("groups-off");
-    let (mut st, key) = new_hub(&dir);
-    let a = spoke(&mut st, "a", 1);
-    group_of(&mut st, &["a"]);
-    st.set_group_key("staff", true, 2).unwrap();
-    let mut members = vec![a];
-    let mut now = 10;
-    settle(&mut st, &mut members, &mut now);
+    let (mut st, key, mut members, now) = keyed_with_a(&dir);
     assert!(st.set_group_key("staff", false, now).unwrap());
     let got = drain(&mut members[0].1);
     assert!(matches!(&got[..], [HubGroup::Ended { .. }]), "{got:?}");

@@ -119,28 +119,18 @@ impl HubState {
         issued: Option<&KeyEpoch>,
     ) -> Result<()> {
         let name = sched.name();
-        let mut writes = Vec::with_capacity(2);
-        if let Some(epoch) = issued {
-            self.vault
-                .put(&group_vault_name(name, epoch.number), &epoch.key)?;
-            writes.push(Write::put(
-                GROUP_EPOCHS_TREE,
-                group_epoch_key(name, epoch.number),
-                &(name.to_owned(), epoch.record()),
-            )?);
-        }
-        writes.push(Write::put(
-            GROUP_KEYS_TREE,
-            name.as_bytes().to_vec(),
-            &(name.to_owned(), sched.scope().meta().clone()),
-        )?);
-        if let Err(e) = self.store.commit(&writes) {
-            if let Some(epoch) = issued {
-                self.erase_group_key(name, epoch.number);
-            }
-            return Err(StateError::from(e).context(format!("group {name}'s new epoch")));
-        }
-        Ok(())
+        let at = super::scope_store::ScopeRecords {
+            epochs_tree: GROUP_EPOCHS_TREE,
+            epoch_key: &|k| group_epoch_key(name, k),
+            vault_name: &|k| group_vault_name(name, k),
+            meta: Write::put(
+                GROUP_KEYS_TREE,
+                name.as_bytes().to_vec(),
+                &(name, sched.scope().meta()),
+            )?,
+            what: format!("group {name}"),
+        };
+        self.commit_scope_issue(at, issued.map(|e| (e, (name, e.record()))))
     }
 
     /// Erases some of a group's epochs: the records (with the meta as it

@@ -39,6 +39,7 @@ mod load;
 mod pair_tests;
 mod pair_tick;
 mod pairs;
+mod scope_store;
 #[cfg(test)]
 mod test_hub;
 pub(crate) use error::StateError;
