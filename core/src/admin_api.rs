@@ -80,6 +80,13 @@ pub struct GroupKeyView {
     pub members_online: usize,
     /// Rotations done.
     pub rotations: u64,
+    /// Seconds between rotations by time, as in force for the group
+    /// (its own, or the hub-wide policy's); `None`: none by time.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// Whether that interval is the group's own.
+    #[serde(default)]
+    pub own_interval: bool,
 }
 
 impl AccessView {

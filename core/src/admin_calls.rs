@@ -348,6 +348,21 @@ pub struct GroupKey {
     pub name: String,
     /// On (keyed) or off.
     pub on: bool,
+    /// The group's own rotation interval, replacing the hub-wide one
+    /// (`None`: leave it as it is).
+    #[serde(default)]
+    pub interval: Option<GroupInterval>,
+}
+
+/// A keyed group's rotation interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupInterval {
+    /// The hub-wide policy's interval.
+    HubWide,
+    /// No rotation by time (members leaving and admins still rotate it).
+    Off,
+    /// Every this many seconds.
+    Every(u64),
 }
 
 /// Put members into a group, or take them out.

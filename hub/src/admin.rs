@@ -187,7 +187,7 @@ fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
         }),
         HubRequest::GroupMembers(r) => answer(st, r, group_members),
         HubRequest::GroupKey(r) => answer(st, r, |st, r| {
-            st.set_group_key(&r.name, r.on, now)?;
+            st.set_group_key(&r.name, r.on, r.interval, now)?;
             Ok(st.access_view())
         }),
         other => Err(ApiError::new(

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use tasuki_core::access::{Member, Mode, Rule, Selector, Service};
 use tasuki_core::admin_api::{AccessCheckView, AccessView};
@@ -122,7 +122,27 @@ pub(crate) enum GroupCommand {
         /// on or off.
         #[arg(value_parser = ["on", "off"])]
         state: String,
+        /// The group's own rotation interval (e.g. 1h, 30m, or off for
+        /// none by time), or `hub` for the hub-wide policy's again.
+        #[arg(long)]
+        interval: Option<String>,
     },
+}
+
+/// `--interval` of `group key`: `hub`, `off` or a duration of 1 s or more.
+fn parse_group_interval(i: &str) -> Result<calls::GroupInterval> {
+    match i {
+        "hub" => Ok(calls::GroupInterval::HubWide),
+        "off" => Ok(calls::GroupInterval::Off),
+        _ => {
+            let d = humantime::parse_duration(i)
+                .with_context(|| format!("--interval {i:?}: use e.g. 30s, 10m, 1h, off or hub"))?;
+            if d.as_secs() == 0 {
+                bail!("--interval must be at least 1s (or off, or hub)");
+            }
+            Ok(calls::GroupInterval::Every(d.as_secs()))
+        }
+    }
 }
 
 fn parse_selector(s: &str) -> Result<Selector, String> {
@@ -248,16 +268,22 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
             ask(socket, req).await?;
             println!("group {name}: {n} member(s) added");
         }
-        GroupCommand::Key { name, state } => {
+        GroupCommand::Key {
+            name,
+            state,
+            interval,
+        } => {
             let on = state == "on";
-            ask(
-                socket,
-                calls::GroupKey {
-                    name: name.clone(),
-                    on,
-                },
-            )
-            .await?;
+            if interval.is_some() && !on {
+                bail!("--interval goes with `on`: an unkeyed group does not rotate");
+            }
+            let interval = interval.as_deref().map(parse_group_interval).transpose()?;
+            let req = calls::GroupKey {
+                name: name.clone(),
+                on,
+                interval,
+            };
+            ask(socket, req).await?;
             println!("group {name}: key epochs {state}");
         }
         GroupCommand::RemoveMember { name, members } => {
@@ -314,8 +340,13 @@ fn print_groups(view: &AccessView) {
         };
         println!("  {}: {members}", g.name);
         if let Some(k) = &g.key {
+            let every = match (k.interval_secs, k.own_interval) {
+                (Some(s), true) => format!("every {s}s (its own)"),
+                (Some(s), false) => format!("every {s}s (hub-wide)"),
+                (None, _) => "not by time".to_owned(),
+            };
             println!(
-                "    keyed: epoch {} (newest {}, held {:?}), {} member spoke(s) online, {} rotation(s)",
+                "    keyed: epoch {} (newest {}, held {:?}), {} member spoke(s) online, {} rotation(s), rotates {every}",
                 k.epoch, k.latest, k.held, k.members_online, k.rotations
             );
         }

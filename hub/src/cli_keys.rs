@@ -186,6 +186,11 @@ pub(crate) async fn key_command(command: KeyCommand, socket: &Path) -> Result<()
             let links: Vec<LinkKeyView> =
                 tasuki_shell::local::call(socket, calls::KeyStatus {}).await?;
             crate::cli::print_json_or(links.as_slice(), json, print_key_status)?;
+            if !json {
+                // Keyed groups' epochs (their JSON is `group list --json`).
+                let view = tasuki_shell::local::call(socket, calls::AccessShow {}).await?;
+                print_group_keys(&view);
+            }
         }
     }
     Ok(())
@@ -275,6 +280,28 @@ fn print_key_status(links: &[LinkKeyView]) {
             l.bytes,
             l.rotations,
             l.next_interval_in.map_or("-".into(), |s| format!("{s}s"))
+        );
+    }
+}
+
+/// Each keyed group's epochs, after the links' (nothing when none is keyed).
+fn print_group_keys(view: &tasuki_core::admin_api::AccessView) {
+    let keyed: Vec<_> = view
+        .groups
+        .iter()
+        .filter_map(|g| g.key.as_ref().map(|k| (g, k)))
+        .collect();
+    if keyed.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<20} {:>6} {:>7} {:>14} {:>9}",
+        "GROUP", "EPOCH", "LATEST", "MEMBERS ONLINE", "ROTATIONS"
+    );
+    for (g, k) in keyed {
+        println!(
+            "{:<20} {:>6} {:>7} {:>14} {:>9}",
+            g.name, k.epoch, k.latest, k.members_online, k.rotations
         );
     }
 }

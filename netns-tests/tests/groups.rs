@@ -104,6 +104,13 @@ fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goe
     let view = staff_view(t);
     assert_eq!(view["key"]["epoch"], 1, "{view}");
     assert_eq!(view["key"]["members_online"], 3, "{view}");
+    let keys = t.hub_ok(&["key", "status"]);
+    let row = keys
+        .lines()
+        .find(|l| l.starts_with("staff "))
+        .unwrap_or_else(|| t.fail(&format!("no group row in key status: {keys}")));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1..4], ["1", "1", "3"], "{row}");
     // Every member holds the hub's epoch 1, byte for byte.
     let first = std::fs::read(staff_key_file(&t.hub_dir(), 1)).expect("the hub's key file");
     assert_eq!(first.len(), 32);

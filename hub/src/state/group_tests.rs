@@ -89,7 +89,7 @@ fn keyed_with_a(
     let (mut st, key) = new_hub(dir);
     let a = spoke(&mut st, "a", 1);
     group_of(&mut st, &["a"]);
-    st.set_group_key("staff", true, 2).unwrap();
+    st.set_group_key("staff", true, None, 2).unwrap();
     let mut members = vec![a];
     let mut now = 10;
     settle(&mut st, &mut members, &mut now);
@@ -109,9 +109,9 @@ fn a_keyed_group_reaches_its_members_only_and_a_leaver_never_gets_the_next_epoch
     let c = spoke(&mut st, "c", 1);
     let (outsider, mut rx_out) = spoke(&mut st, "outsider", 1);
     group_of(&mut st, &["a", "b", "c"]);
-    assert!(st.set_group_key("staff", true, 2).unwrap());
+    assert!(st.set_group_key("staff", true, None, 2).unwrap());
     assert!(
-        !st.set_group_key("staff", true, 2).unwrap(),
+        !st.set_group_key("staff", true, None, 2).unwrap(),
         "once is enough"
     );
     let mut members = vec![a, b, c];
@@ -196,7 +196,7 @@ fn a_joiner_gets_the_epoch_in_use_only_and_a_restart_keeps_the_epochs() {
 fn turning_the_key_off_erases_the_epochs_and_tells_the_members() {
     let dir = TempDir::new("groups-off");
     let (mut st, key, mut members, now) = keyed_with_a(&dir);
-    assert!(st.set_group_key("staff", false, now).unwrap());
+    assert!(st.set_group_key("staff", false, None, now).unwrap());
     let got = drain(&mut members[0].1);
     assert!(matches!(&got[..], [HubGroup::Ended { .. }]), "{got:?}");
     let keys_dir = dir.0.join("keys");
@@ -210,7 +210,7 @@ fn turning_the_key_off_erases_the_epochs_and_tells_the_members() {
     let mut st = load(&dir, &key);
     assert!(st.keyed.groups.is_empty());
     assert!(
-        st.set_group_key("nope", true, now).is_err(),
+        st.set_group_key("nope", true, None, now).is_err(),
         "no such group"
     );
 }
@@ -240,7 +240,7 @@ fn a_member_users_logout_takes_its_spoke_out_of_the_group_and_rotates() {
         Ok("staff".into())
     })
     .unwrap();
-    st.set_group_key("staff", true, 3).unwrap();
+    st.set_group_key("staff", true, None, 3).unwrap();
     let mut members = vec![a, b];
     let mut now = 10;
     let offered = settle(&mut st, &mut members, &mut now);
@@ -263,4 +263,35 @@ fn a_member_users_logout_takes_its_spoke_out_of_the_group_and_rotates() {
     assert_eq!(current(&st), 2);
     let mut gone = gone;
     assert!(drain(&mut gone.1).is_empty(), "b hears nothing of epoch 2");
+}
+
+#[test]
+fn a_groups_own_interval_rotates_it_and_outlives_a_restart() {
+    use tasuki_core::admin_calls::GroupInterval;
+    let dir = TempDir::new("groups-interval");
+    let (mut st, key, mut members, mut now) = keyed_with_a(&dir);
+    st.policy.interval_secs = None;
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 1, "no rotation by time hub-wide");
+    // Its own interval: 30 s.
+    st.set_group_key("staff", true, Some(GroupInterval::Every(30)), now)
+        .unwrap();
+    now += 40;
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 2, "rotated by the group's own interval");
+    let view = st.access_view();
+    let k = view.groups[0].key.as_ref().unwrap();
+    assert_eq!((k.interval_secs, k.own_interval), (Some(30), true));
+    drop(st);
+    let mut st = load(&dir, &key);
+    st.policy.interval_secs = None;
+    let view = st.access_view();
+    let k = view.groups[0].key.as_ref().unwrap();
+    assert_eq!(k.interval_secs, Some(30), "the interval is stored");
+    // Back to the hub-wide policy (none by time here).
+    st.set_group_key("staff", true, Some(GroupInterval::HubWide), now)
+        .unwrap();
+    let view = st.access_view();
+    let k = view.groups[0].key.as_ref().unwrap();
+    assert_eq!((k.interval_secs, k.own_interval), (None, false));
 }

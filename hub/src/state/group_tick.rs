@@ -76,7 +76,7 @@ impl HubState {
             .iter()
             .filter_map(|m| self.pair_link(*m).map(|l| (*m, l)))
             .collect();
-        let policy = self.policy.clone();
+        let policy = self.group_policy(name);
         let Some(sched) = self.keyed.groups.get_mut(name) else {
             return Ok(());
         };
@@ -252,6 +252,8 @@ impl HubState {
                     held: scope.epochs().iter().map(|e| e.number).collect(),
                     members_online: scope.holders().count(),
                     rotations: scope.meta().rotations,
+                    interval_secs: self.group_policy(name).interval_secs,
+                    own_interval: self.keyed.intervals.contains_key(name),
                 };
                 (name.clone(), view)
             })

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use tasuki_core::admin_calls::GroupInterval;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::group::GroupSchedule;
 use tasuki_core::keys::{EpochRecord, KeyEpoch};
@@ -17,6 +18,8 @@ use super::*;
 pub(super) const GROUP_KEYS_TREE: &str = "group-keys";
 /// Each group epoch's record (its key is in the vault), by group and number.
 pub(super) const GROUP_EPOCHS_TREE: &str = "group-epochs";
+/// Keyed groups' own rotation intervals (seconds, `None`: off), by name.
+pub(super) const GROUP_INTERVALS_TREE: &str = "group-intervals";
 
 /// The vault name of a group epoch's key.
 pub(super) fn group_vault_name(group: &str, epoch: u64) -> String {
@@ -47,6 +50,8 @@ pub(crate) struct Keyed {
     pub(super) groups: BTreeMap<String, GroupSchedule>,
     /// What was not taken, and how many rotations.
     pub(crate) counters: GroupCounters,
+    /// Groups whose rotation interval is their own (`None`: off).
+    pub(super) intervals: BTreeMap<String, Option<u64>>,
     /// Sessions told, once after they attached, to erase the keyed groups
     /// they are no member of (they may have left while offline).
     pub(super) greeted: HashSet<SpokeId>,
@@ -57,9 +62,18 @@ impl HubState {
     /// (the first is stored now and reaches the members at the next tick),
     /// or ends them: every member is told to erase them, and so does the
     /// hub.
-    pub(crate) fn set_group_key(&mut self, name: &str, on: bool, now: u64) -> Result<bool> {
+    pub(crate) fn set_group_key(
+        &mut self,
+        name: &str,
+        on: bool,
+        interval: Option<GroupInterval>,
+        now: u64,
+    ) -> Result<bool> {
         if !self.access.groups.contains_key(name) {
             return Err(StateError::NotFound(format!("no group named {name:?}")));
+        }
+        if let Some(i) = interval.filter(|_| on) {
+            self.set_group_interval(name, i)?;
         }
         let keyed = self.keyed.groups.contains_key(name);
         if on == keyed {
@@ -81,6 +95,36 @@ impl HubState {
             if on { "on" } else { "off" }
         )));
         Ok(true)
+    }
+
+    /// A group's own rotation interval, stored, or the hub-wide one again.
+    fn set_group_interval(&mut self, name: &str, interval: GroupInterval) -> Result<()> {
+        let own = match interval {
+            GroupInterval::HubWide => None,
+            GroupInterval::Off => Some(None),
+            GroupInterval::Every(secs) => Some(Some(secs.max(1))),
+        };
+        let key = name.as_bytes().to_vec();
+        let write = match own {
+            Some(i) => Write::put(GROUP_INTERVALS_TREE, key, &(name, i))?,
+            None => Write::remove(GROUP_INTERVALS_TREE, key),
+        };
+        self.store.commit(&[write])?;
+        match own {
+            Some(i) => self.keyed.intervals.insert(name.to_owned(), i),
+            None => self.keyed.intervals.remove(name),
+        };
+        Ok(())
+    }
+
+    /// The rotation policy a group's epochs follow: the hub-wide one, with
+    /// the group's own interval if it has one.
+    pub(super) fn group_policy(&self, name: &str) -> tasuki_core::rotation::RotationPolicy {
+        let mut policy = self.policy.clone();
+        if let Some(i) = self.keyed.intervals.get(name) {
+            policy.interval_secs = *i;
+        }
+        policy
     }
 
     /// `tasuki-hub key rotate --group NAME`: the group's next epoch at its
@@ -105,6 +149,9 @@ impl HubState {
         let holders: Vec<SpokeId> = sched.scope().holders().collect();
         self.erase_group_epochs(name, &epochs, None)?;
         self.keyed.groups.remove(name);
+        if self.keyed.intervals.contains_key(name) {
+            self.set_group_interval(name, GroupInterval::HubWide)?;
+        }
         for h in holders {
             self.tell_group_ended(h, name);
         }
@@ -208,8 +255,13 @@ pub(super) fn load_keyed(
     if !groups.is_empty() {
         tracing::info!(groups = groups.len(), "keyed groups restored");
     }
+    let intervals = store
+        .all::<(String, Option<u64>)>(GROUP_INTERVALS_TREE)?
+        .into_iter()
+        .collect();
     Ok(Keyed {
         groups,
+        intervals,
         ..Keyed::default()
     })
 }
