@@ -183,6 +183,9 @@ pub struct PairView {
     pub rotations: u64,
     /// Seconds since a holder last reported use (or asked for it).
     pub idle_secs: u64,
+    /// The keyed group whose epochs key the pair (the hub issues it none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// One link's key status (never key bytes).

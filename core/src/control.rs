@@ -268,6 +268,18 @@ pub enum HubGroup {
 /// The hub's direct-mode messages to one holder of a pair.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HubPair {
+    /// A pair whose holders share keyed group `group`: they derive its
+    /// keys from the group's epochs ([`crate::group_keys::pair_key`]) and
+    /// switch them with the group's; the hub issues none. Sent again when
+    /// the holder asks for the pair again, or the peer's address changes.
+    Keyed {
+        /// The pair.
+        pair: PairId,
+        /// The other holder.
+        peer: PairPeer,
+        /// The keyed group.
+        group: String,
+    },
     /// Direct mode: a pair epoch for the pair with `peer` (store it, then
     /// send [`SpokePair::Receipt`]); re-sent until receipted.
     Offer(PairOffer),

@@ -62,6 +62,9 @@ pub enum Asked {
     /// A new pair with its first epoch, to store (flushed) before anything
     /// about it is sent.
     New(KeyEpoch),
+    /// A new pair keyed by a group's epochs: its meta to store (flushed)
+    /// before its holders are told.
+    NewVia,
 }
 
 /// Every pair the hub keys.
@@ -106,6 +109,20 @@ impl PairBook {
         now: u64,
         rng: &mut R,
     ) -> Result<Asked, PairRefusal> {
+        self.ask_via(from, peer, allowed, None, now, rng)
+    }
+
+    /// As [`PairBook::ask`]; a new pair is keyed by group `via`'s epochs
+    /// when one is given (both are members of that keyed group).
+    pub fn ask_via<R: RngCore + CryptoRng>(
+        &mut self,
+        from: SpokeId,
+        peer: SpokeId,
+        allowed: bool,
+        via: Option<&str>,
+        now: u64,
+        rng: &mut R,
+    ) -> Result<Asked, PairRefusal> {
         let pair = PairId::new(from, peer).ok_or(PairRefusal::SameSpoke)?;
         if !allowed {
             return Err(PairRefusal::NotAllowed(from, peer));
@@ -122,6 +139,10 @@ impl PairBook {
             if n >= self.limits.per_spoke {
                 return Err(PairRefusal::SpokeFull(spoke, n));
             }
+        }
+        if let Some(group) = via {
+            self.insert(PairSchedule::keyed_by(pair, group, now));
+            return Ok(Asked::NewVia);
         }
         let (schedule, first) = PairSchedule::start(pair, now, rng);
         self.insert(schedule);

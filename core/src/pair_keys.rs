@@ -175,12 +175,27 @@ impl<S: Ord + Clone> ScopeKeys<S> {
             .unwrap_or_default()
     }
 
+    /// Every epoch held of a scope, oldest first.
+    pub fn epochs(&self, scope: &S) -> Vec<KeyEpoch> {
+        self.scopes
+            .get(scope)
+            .map(|p| p.epochs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every scope held, with the epoch in use and the epochs held.
     pub fn all(&self) -> Vec<(S, u64, Vec<u64>)> {
         self.scopes
             .iter()
             .map(|(s, p)| (s.clone(), p.current, p.epochs.keys().copied().collect()))
             .collect()
+    }
+
+    /// Drops one epoch of a scope (it is no longer derivable); true if held.
+    pub fn drop_epoch(&mut self, scope: &S, k: u64) -> bool {
+        self.scopes
+            .get_mut(scope)
+            .is_some_and(|p| p.epochs.remove(&k).is_some())
     }
 
     /// Forgets a scope (it ended); returns the epochs to erase from the store.

@@ -55,6 +55,10 @@ pub struct PairMeta {
     pub notified: u64,
     /// When a holder last reported use, or the pair was asked for.
     pub last_used: u64,
+    /// Keyed by this keyed group's epochs (both holders are members): the
+    /// holders derive the pair's keys, and the hub issues none.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// What one tick asks of the hub for a pair, in order: store `issued` and
@@ -97,6 +101,8 @@ pub struct PairSchedule {
     scope: ScopeSchedule,
     /// When a holder last reported use, or the pair was asked for.
     last_used: u64,
+    /// The keyed group whose epochs key the pair, if one does.
+    via: Option<String>,
 }
 
 impl PairSchedule {
@@ -109,6 +115,22 @@ impl PairSchedule {
             ..PairMeta::default()
         };
         (Self::restore(pair, vec![first.clone()], meta), first)
+    }
+
+    /// A pair asked for now whose holders share keyed group `group`: its
+    /// keys come from the group's epochs, so the hub issues none.
+    pub fn keyed_by(pair: PairId, group: &str, now: u64) -> Self {
+        let meta = PairMeta {
+            last_used: now,
+            via: Some(group.to_owned()),
+            ..PairMeta::default()
+        };
+        Self::restore(pair, Vec::new(), meta)
+    }
+
+    /// The keyed group whose epochs key the pair, if one does.
+    pub fn via(&self) -> Option<&str> {
+        self.via.as_deref()
     }
 
     /// A schedule restored from stored epochs and meta.
@@ -130,6 +152,7 @@ impl PairSchedule {
             pair,
             scope: ScopeSchedule::restore(epochs, scope),
             last_used: meta.last_used,
+            via: meta.via,
         }
     }
 
@@ -150,6 +173,7 @@ impl PairSchedule {
             rotations: m.rotations,
             notified: m.notified,
             last_used: self.last_used,
+            via: self.via.clone(),
         }
     }
 

@@ -178,6 +178,14 @@ impl SpokeGroups {
         self.keys.current(&group.to_owned())
     }
 
+    /// A group's epochs held and the one in use (0: none yet), for the
+    /// pairs it keys.
+    pub fn epochs_of(&self, group: &str) -> (Vec<KeyEpoch>, u64) {
+        let group = group.to_owned();
+        let current = self.keys.current(&group).map_or(0, |e| e.number);
+        (self.keys.epochs(&group), current)
+    }
+
     /// Every group held, for `status`.
     pub fn views(&self) -> Vec<GroupHeld> {
         self.keys

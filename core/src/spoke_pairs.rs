@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::access::PairRules;
 use crate::control::{DirectFacts, HubPair, PairHeld, PairPeer, PairUsage, SpokePair};
-use crate::keys::KeyEpoch;
+use crate::keys::{KeyEpoch, PublicKey};
 use crate::pair::PairId;
 use crate::pair_keys::{PairKeys, PairReceived, PairSwitch};
 use crate::routing::SpokeId;
@@ -40,6 +40,9 @@ pub struct StoredPair {
     pub current: u64,
     /// The access rules last heard for it.
     pub rules: Option<PairRules>,
+    /// The keyed group whose epochs key it, if one does (its epochs are
+    /// then derived, not stored).
+    pub via: Option<String>,
 }
 
 /// What the data plane is to do for a pair.
@@ -109,6 +112,16 @@ pub enum PairAction {
         /// The epochs.
         epochs: Vec<u64>,
     },
+    /// Store a pair keyed by a group (its peer and group; flushed), then
+    /// [`SpokePairs::via_stored`].
+    StoreVia {
+        /// The pair.
+        pair: PairId,
+        /// The peer.
+        peer: PairPeer,
+        /// The keyed group.
+        group: String,
+    },
     /// Store the pair's access rules (not secret, nothing waits for it).
     StoreRules {
         /// The pair.
@@ -140,6 +153,8 @@ pub struct SpokePairs {
     current: BTreeMap<PairId, u64>,
     rules: BTreeMap<PairId, PairRules>,
     switching: BTreeMap<PairId, Switching>,
+    /// Pairs keyed by a group's epochs, and the group.
+    via: BTreeMap<PairId, String>,
     /// Per peer tunnel address: not asked again before this time.
     quiet_until: HashMap<Ipv4Addr, u64>,
     /// Messages that did not fit (another spoke's pair, a box that would
@@ -161,12 +176,26 @@ impl SpokePairs {
             current: BTreeMap::new(),
             rules: BTreeMap::new(),
             switching: BTreeMap::new(),
+            via: BTreeMap::new(),
             quiet_until: HashMap::new(),
             rejected: 0,
             actions: VecDeque::new(),
         };
         for p in stored {
             if p.pair.peer_of(me) != Some(p.peer.spoke_id) {
+                continue;
+            }
+            if let Some(group) = p.via {
+                // Its epochs come when the group's are fed in.
+                if let Some(rules) = p.rules {
+                    s.plane(PairCommand::Rules {
+                        pair: p.pair,
+                        rules: rules.clone(),
+                    });
+                    s.rules.insert(p.pair, rules);
+                }
+                s.via.insert(p.pair, group);
+                s.peers.insert(p.pair, p.peer);
                 continue;
             }
             for epoch in p.epochs {
@@ -290,6 +319,7 @@ impl SpokePairs {
                 candidates,
             } => self.on_switch(now, pair, epoch, settled, candidates),
             HubPair::Ended { pair } => self.end(now, pair),
+            HubPair::Keyed { pair, peer, group } => self.on_keyed(pair, peer, group),
             HubPair::Rules { pair, rules } => {
                 if !pair.has(self.me) {
                     self.reject("rules for a pair this spoke is not in");
@@ -312,6 +342,108 @@ impl SpokePairs {
                 tracing::info!(%peer, %reason, "no direct path: the hub refused the pair");
                 self.quiet_until.insert(peer, now + REFUSED_SECS);
             }
+        }
+    }
+
+    /// The hub keys a pair by a group's epochs: stored first, then its
+    /// epochs are derived as the group's are fed in. Heard again (new
+    /// candidates, or the hub lost track): the path is probed anew.
+    fn on_keyed(&mut self, pair: PairId, peer: PairPeer, group: String) {
+        if pair.peer_of(self.me) != Some(peer.spoke_id) {
+            self.reject("a keyed pair this spoke is not in");
+            return;
+        }
+        if self.via.get(&pair) == Some(&group) {
+            let current = self.current.get(&pair).copied().unwrap_or(0);
+            let candidates = peer.candidates.clone();
+            self.peers.insert(pair, peer);
+            if current > 0 {
+                self.plane(PairCommand::Use {
+                    pair,
+                    epoch: current,
+                    candidates,
+                });
+            }
+            return;
+        }
+        self.actions
+            .push_back(PairAction::StoreVia { pair, peer, group });
+    }
+
+    /// Whether the pair of the last [`PairAction::StoreVia`] is on disk:
+    /// only then is it held (the caller feeds in its group's epochs next).
+    pub fn via_stored(&mut self, pair: PairId, peer: PairPeer, group: String, ok: bool) {
+        if !ok {
+            return;
+        }
+        self.peers.insert(pair, peer);
+        self.via.insert(pair, group);
+        if let Some(rules) = self.rules.get(&pair).cloned() {
+            self.plane(PairCommand::Rules { pair, rules });
+        }
+    }
+
+    /// The keyed groups some held pair is keyed by.
+    pub fn via_groups(&self) -> std::collections::BTreeSet<String> {
+        self.via.values().cloned().collect()
+    }
+
+    /// Group `group`'s epochs held now, and the one in use: every pair
+    /// keyed by it holds the keys derived from them (`me` is this spoke's
+    /// static key) and uses the one derived from `current`; keys of epochs
+    /// the group no longer holds go.
+    pub fn group_epochs(&mut self, group: &str, me: &PublicKey, epochs: &[KeyEpoch], current: u64) {
+        let pairs: Vec<PairId> = self
+            .via
+            .iter()
+            .filter(|(_, g)| g.as_str() == group)
+            .map(|(p, _)| *p)
+            .collect();
+        for pair in pairs {
+            let Some(peer) = self.peers.get(&pair).cloned() else {
+                continue;
+            };
+            let held = self.keys.held(&pair);
+            for e in epochs.iter().filter(|e| !held.contains(&e.number)) {
+                let derived = crate::group_keys::pair_key(group, e, me, &peer.public_key);
+                self.keys.hold(pair, derived.clone());
+                self.plane(PairCommand::Hold {
+                    pair,
+                    peer: peer.clone(),
+                    epoch: derived,
+                });
+            }
+            for k in held
+                .iter()
+                .filter(|k| !epochs.iter().any(|e| e.number == **k))
+            {
+                self.keys.drop_epoch(&pair, *k);
+                self.plane(PairCommand::Erase { pair, epoch: *k });
+            }
+            let was = self.current.get(&pair).copied().unwrap_or(0);
+            if current > 0 && current != was && epochs.iter().any(|e| e.number == current) {
+                self.current.insert(pair, current);
+                self.plane(PairCommand::Use {
+                    pair,
+                    epoch: current,
+                    candidates: peer.candidates.clone(),
+                });
+            }
+        }
+    }
+
+    /// This spoke left group `group` (or it is no longer keyed): the pairs
+    /// it keyed end here; traffic goes through the relay, which may ask
+    /// for a pair of the hub's again.
+    pub fn group_ended(&mut self, now: u64, group: &str) {
+        let pairs: Vec<PairId> = self
+            .via
+            .iter()
+            .filter(|(_, g)| g.as_str() == group)
+            .map(|(p, _)| *p)
+            .collect();
+        for pair in pairs {
+            self.end(now, pair);
         }
     }
 
@@ -419,6 +551,7 @@ impl SpokePairs {
     /// Ends a pair here (the hub said so): its tunnels and keys go.
     pub fn end(&mut self, now: u64, pair: PairId) {
         self.keys.end(&pair);
+        self.via.remove(&pair);
         self.current.remove(&pair);
         self.rules.remove(&pair);
         self.switching.remove(&pair);

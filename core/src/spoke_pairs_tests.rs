@@ -327,6 +327,7 @@ fn a_restored_pair_is_handed_to_the_plane_with_its_current_epoch() {
             epochs: vec![e1, e2],
             current: 2,
             rules: None,
+            via: None,
         }],
     );
     let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();
@@ -341,4 +342,75 @@ fn a_restored_pair_is_handed_to_the_plane_with_its_current_epoch() {
         candidates: peer().candidates
     })));
     assert_eq!(pairs.held()[0].current, 2);
+}
+
+/// A pair keyed by a group: stored first, then its keys are the ones
+/// derived from the group's epochs (the same on both sides), it uses the
+/// group's epoch in use, follows the group's rotation, and ends with the
+/// group.
+#[test]
+fn a_pair_keyed_by_a_group_derives_its_epochs_and_follows_the_group() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let me = PublicKey([3; 32]);
+    let (e1, e2) = (
+        KeyEpoch::issue(1, 0, &mut rng),
+        KeyEpoch::issue(2, 0, &mut rng),
+    );
+    let mut pairs = SpokePairs::restore(ME, 30, Vec::new());
+    let keyed = HubPair::Keyed {
+        pair: pair(),
+        peer: peer(),
+        group: "staff".into(),
+    };
+    pairs.handle(1, keyed, &[]);
+    let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();
+    assert!(
+        matches!(&actions[..], [PairAction::StoreVia { group, .. }] if group == "staff"),
+        "stored before anything: {actions:?}"
+    );
+    // Fed before it is stored: nothing is derived yet.
+    pairs.group_epochs("staff", &me, std::slice::from_ref(&e1), 1);
+    assert!(pairs.poll_action().is_none());
+    pairs.via_stored(pair(), peer(), "staff".into(), true);
+    pairs.group_epochs("staff", &me, &[e1.clone(), e2.clone()], 1);
+    let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();
+    let held: Vec<&KeyEpoch> = actions
+        .iter()
+        .filter_map(|a| match a {
+            PairAction::Plane(PairCommand::Hold { epoch, .. }) => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    let expect = crate::group_keys::pair_key("staff", &e1, &me, &peer().public_key);
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].key, expect.key, "the derived key, not the group's");
+    assert_ne!(held[0].key, e1.key);
+    // The peer derives the same key with the keys the other way round.
+    let theirs = crate::group_keys::pair_key("staff", &e1, &peer().public_key, &me);
+    assert_eq!(theirs.key, expect.key);
+    assert!(actions.iter().any(
+        |a| matches!(a, PairAction::Plane(PairCommand::Use { epoch: 1, candidates, .. }) if !candidates.is_empty())
+    ));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, PairAction::Send(_) | PairAction::Store { .. })),
+        "nothing stored or reported for derived epochs: {actions:?}"
+    );
+    // The group moves to 2 and erases 1: so does the pair.
+    pairs.group_epochs("staff", &me, std::slice::from_ref(&e2), 2);
+    let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, PairAction::Plane(PairCommand::Erase { epoch: 1, .. }))));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, PairAction::Plane(PairCommand::Use { epoch: 2, .. }))));
+    // A spoke that leaves the group: its pairs keyed by it end.
+    pairs.group_ended(5, "staff");
+    let actions: Vec<_> = std::iter::from_fn(|| pairs.poll_action()).collect();
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, PairAction::Plane(PairCommand::End(p)) if *p == pair())));
+    assert!(pairs.via_groups().is_empty());
 }

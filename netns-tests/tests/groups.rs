@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tasuki_netns_tests::{metric_sample, skip_unless_root, Mapping, Topology, TwoSpokes};
+use tasuki_netns_tests::{
+    metric_sample, skip_unless_root, Mapping, Topology, TwoSpokes, A_TUNNEL, B_TUNNEL,
+};
 
 /// Where the hub serves its metrics in these tests.
 const METRICS: &str = "127.0.0.1:9586";
@@ -165,4 +167,59 @@ fn a_keyed_group_reaches_its_members_rotates_when_one_leaves_and_its_old_key_goe
     );
     let audit = t.hub_ok(&["audit"]);
     assert!(audit.contains("group staff epoch 2"), "{audit}");
+}
+
+#[test]
+fn members_go_direct_under_keys_derived_from_the_group_epoch_and_follow_its_rotation() {
+    if skip_unless_root("groups::members_go_direct_under_keys_derived") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    let t = &net.topo;
+    t.hub_ok(&["group", "add", "staff"]);
+    t.hub_ok(&["group", "add-member", "staff", "spoke:a", "spoke:b"]);
+    t.hub_ok(&["group", "key", "staff", "on"]);
+    t.wait_for("both members on epoch 1", Duration::from_secs(30), || {
+        [&net.a_socket, &net.b_socket]
+            .iter()
+            .all(|s| staff_epoch(t, s) == Some(1))
+    });
+    t.direct_on();
+    net.both_direct();
+    // The hub keys the pair by the group: no pair epoch of its own.
+    let pairs = t.pair_list();
+    let [pair] = pairs.as_slice() else {
+        t.fail(&format!("one pair expected: {pairs:?}"))
+    };
+    assert_eq!(pair["via"], "staff", "{pair}");
+    assert_eq!(pair["held"], serde_json::json!([]), "{pair}");
+    let before = t.relayed();
+    assert_eq!(
+        t.pings(&t.ns_a, B_TUNNEL, 20),
+        20,
+        "direct under the derived key"
+    );
+    assert_eq!(t.relayed(), before, "nothing relayed");
+    let peer_epoch = |s: &Path, addr: &str| {
+        t.peer_of(s, addr)
+            .and_then(|p| p["epoch"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(peer_epoch(&net.a_socket, B_TUNNEL), 1);
+    // The group rotates: the pair moves with it, still direct.
+    t.hub_ok(&["key", "rotate", "--group", "staff"]);
+    t.wait_for(
+        "the pair on the group's epoch 2",
+        Duration::from_secs(30),
+        || {
+            t.ping(&t.ns_a, B_TUNNEL, 1);
+            peer_epoch(&net.a_socket, B_TUNNEL) == 2 && peer_epoch(&net.b_socket, A_TUNNEL) == 2
+        },
+    );
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
+    assert_eq!(t.pings(&t.ns_b, A_TUNNEL, 20), 20);
+    assert_eq!(t.relayed(), before, "direct after the rotation");
+    assert!(t.pair_list()[0]["held"] == serde_json::json!([]));
 }

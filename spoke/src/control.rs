@@ -177,6 +177,9 @@ impl Control {
         });
         tracing::info!(hub = %endpoint, "control channel up");
         self.publish_groups();
+        // Pairs keyed by a group get their keys from the group's epochs.
+        self.feed_all_groups();
+        self.carry_out_pairs(&mut session, now()).await?;
         self.send_facts();
         let mut events = self.events.lock().await;
         let mut calls = self.calls.lock().await;
@@ -208,8 +211,8 @@ impl Control {
                     self.on_underlay_changed(local_at, &now)?;
                 }
             }
-            self.carry_out_pairs(&mut session, now()).await?;
             self.carry_out_groups(&mut session, now());
+            self.carry_out_pairs(&mut session, now()).await?;
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
         }
@@ -390,6 +393,8 @@ impl Control {
                 SessionAction::Group(msg) => {
                     self.on_group_message(msg);
                     self.carry_out_groups(session, now());
+                    // What the group's epochs changed in the pairs it keys.
+                    self.carry_out_pairs(session, now()).await?;
                 }
             }
         }

@@ -41,7 +41,8 @@ impl Control {
                     match self.store.save_group_epoch(&group, &epoch) {
                         Ok(()) => {
                             tracing::info!(group, epoch = epoch.number, "group epoch received");
-                            self.with_groups(|g| g.stored(group, epoch));
+                            self.with_groups(|g| g.stored(group.clone(), epoch));
+                            self.feed_group(&group);
                         }
                         Err(e) => {
                             tracing::error!(group, error = %format!("{e:#}"), "cannot store a group epoch; the hub sends it again")
@@ -53,7 +54,8 @@ impl Control {
                         Ok(()) => {
                             tracing::info!(group, epoch, "group epoch in use");
                             let boot = tasuki_shell::boot_secs();
-                            self.with_groups(|g| g.switch_stored(boot, group, epoch));
+                            self.with_groups(|g| g.switch_stored(boot, group.clone(), epoch));
+                            self.feed_group(&group);
                         }
                         Err(e) => {
                             tracing::error!(group, epoch, error = %format!("{e:#}"), "cannot store a group switch; the hub sends it again")
@@ -66,6 +68,7 @@ impl Control {
                     } else {
                         tracing::info!(group, ?epochs, "ended group epochs erased");
                     }
+                    self.feed_group(&group);
                 }
                 GroupAction::Forget(group) => {
                     tracing::info!(
@@ -75,6 +78,8 @@ impl Control {
                     if let Err(e) = self.store.forget_group(&group) {
                         tracing::error!(group, error = %format!("{e:#}"), "cannot erase a group's epochs");
                     }
+                    let boot = tasuki_shell::boot_secs();
+                    self.with_pairs(|p| p.group_ended(boot, &group));
                 }
             }
         }

@@ -80,6 +80,21 @@ impl Control {
         self.with_pairs(|p| p.facts(local));
     }
 
+    /// Gives the pairs keyed by `group` the group's epochs held now (they
+    /// derive their keys from them) and the one in use.
+    pub(crate) fn feed_group(&self, group: &str) {
+        let (epochs, current) = self.with_groups(|g| g.epochs_of(group));
+        let me = self.key.public();
+        self.with_pairs(|p| p.group_epochs(group, &me, &epochs, current));
+    }
+
+    /// Every group some held pair is keyed by, fed (after a start).
+    pub(crate) fn feed_all_groups(&self) {
+        for group in self.with_pairs(|p| p.via_groups()) {
+            self.feed_group(&group);
+        }
+    }
+
     /// This machine's IPv4 addresses outside the tunnel network, with the
     /// data-plane port.
     fn local_candidates(&self, port: u16) -> Vec<SocketAddr> {
@@ -145,6 +160,20 @@ impl Control {
                     if let Err(e) = self.store.erase_pair_epochs(pair, &epochs) {
                         tracing::error!(%pair, ?epochs, error = %format!("{e:#}"), "cannot erase pair epochs");
                     }
+                }
+                PairAction::StoreVia { pair, peer, group } => {
+                    let stored = self.store.save_pair_via(pair, &peer, &group);
+                    match &stored {
+                        Ok(()) => {
+                            tracing::info!(%pair, peer = %peer.name, group, "pair keyed by its group")
+                        }
+                        Err(e) => {
+                            tracing::error!(%pair, error = %format!("{e:#}"), "cannot store a keyed pair; the hub sends it again when asked")
+                        }
+                    }
+                    let ok = stored.is_ok();
+                    self.with_pairs(|p| p.via_stored(pair, peer, group.clone(), ok));
+                    self.feed_group(&group);
                 }
                 PairAction::StoreRules { pair, rules } => {
                     // The data plane has them already; a restart before

@@ -41,6 +41,10 @@ struct PairRecord {
     /// The access rules last heard (none: nothing direct passes).
     #[serde(default)]
     rules: Option<PairRules>,
+    /// The keyed group whose epochs key the pair (its epochs are derived
+    /// from the group's, never stored).
+    #[serde(default)]
+    via: Option<String>,
 }
 
 fn pair_key(pair: PairId) -> Vec<u8> {
@@ -256,6 +260,7 @@ impl SpokeStore {
                 epochs,
                 current: record.current,
                 rules: record.rules,
+                via: record.via,
             });
         }
         Ok(out)
@@ -281,11 +286,28 @@ impl SpokeStore {
             current: 0,
             epochs: Vec::new(),
             rules: None,
+            via: None,
         });
         record.peer = peer.clone();
         record.epochs.retain(|e| e.number != epoch.number);
         record.epochs.push(epoch.record());
         record.epochs.sort_by_key(|e| e.number);
+        self.store
+            .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
+    }
+
+    /// Stores a pair keyed by a group (its peer and group; flushed).
+    pub(crate) fn save_pair_via(&self, pair: PairId, peer: &PairPeer, group: &str) -> Result<()> {
+        let mut record = self.pair_record(pair)?.unwrap_or(PairRecord {
+            pair,
+            peer: peer.clone(),
+            current: 0,
+            epochs: Vec::new(),
+            rules: None,
+            via: None,
+        });
+        record.peer = peer.clone();
+        record.via = Some(group.to_owned());
         self.store
             .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])
     }

@@ -322,10 +322,16 @@ pub(super) fn load_direct(
             PairSchedule::restore(pair, list, meta)
         })
         .collect();
-    // Metas with no epoch left are pairs that ended: their records go at
-    // the first pair tick.
-    for pair in metas.into_keys() {
-        unerased.entry(pair).or_insert(0);
+    // Metas with no epoch left are pairs that ended (their records go at
+    // the first pair tick), but for pairs keyed by a group: they have none.
+    let mut schedules = schedules;
+    for (pair, mut meta) in metas {
+        if meta.via.is_some() && pair.holders().into_iter().all(&active) {
+            meta.last_used = meta.last_used.max(now);
+            schedules.push(PairSchedule::restore(pair, Vec::new(), meta));
+        } else {
+            unerased.entry(pair).or_insert(0);
+        }
     }
     if !schedules.is_empty() {
         tracing::info!(pairs = schedules.len(), "pairs restored");

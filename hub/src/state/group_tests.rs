@@ -295,3 +295,59 @@ fn a_groups_own_interval_rotates_it_and_outlives_a_restart() {
     let k = view.groups[0].key.as_ref().unwrap();
     assert_eq!((k.interval_secs, k.own_interval), (None, false));
 }
+
+#[test]
+fn members_of_a_keyed_group_get_a_pair_keyed_by_it_and_no_pair_epoch() {
+    use tasuki_core::control::{HubPair, SpokePair};
+    use tasuki_core::pair_rules::DirectMode;
+    let dir = TempDir::new("groups-via");
+    let (mut st, key) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    group_of(&mut st, &["a", "b"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a, b];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    st.set_direct(None, Some(DirectMode::Auto), now).unwrap();
+    let (a_id, b_id) = (members[0].0, members[1].0);
+    let peer = st.registry.spoke(b_id).unwrap().tunnel_addr;
+    st.on_pair_message(a_id, SpokePair::Request { peer }, now)
+        .unwrap();
+    for (id, rx) in &mut members {
+        let mut keyed = false;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                HubMessage::Pair(HubPair::Keyed { group, peer, .. }) => {
+                    assert_eq!(group, "staff");
+                    assert_ne!(peer.spoke_id, *id);
+                    keyed = true;
+                }
+                HubMessage::Pair(HubPair::Offer(_)) => panic!("a pair epoch was issued"),
+                _ => {}
+            }
+        }
+        assert!(keyed, "spoke {id} was told the pair is keyed by the group");
+    }
+    let views = st.pair_views(now);
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].via.as_deref(), Some("staff"));
+    assert!(views[0].held.is_empty(), "the hub holds no pair key");
+    // It outlives a restart, keyed by the group still.
+    drop(st);
+    let mut st = load(&dir, &key);
+    assert_eq!(st.pair_views(now)[0].via.as_deref(), Some("staff"));
+    // b leaves the group: the pair it keyed ends.
+    st.edit_access(now, |p| {
+        p.remove_member("staff", &Member::Spoke("b".into()))?;
+        Ok("b out".into())
+    })
+    .unwrap();
+    st.attach_session(a_id, mpsc::channel(64).0);
+    st.attach_session(b_id, mpsc::channel(64).0);
+    st.group_tick(now + 1);
+    assert!(
+        st.pair_views(now + 1).is_empty(),
+        "the pair ended with b's membership"
+    );
+}

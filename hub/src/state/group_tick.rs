@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use tasuki_core::admin_api::GroupKeyView;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::{HubGroup, HubMessage, SpokeGroup};
+use tasuki_core::group::{GroupPlan, GroupSchedule};
 use tasuki_core::keys::KeyEpoch;
 use tasuki_core::rotation::Usage;
 use tasuki_core::routing::SpokeId;
@@ -81,19 +82,7 @@ impl HubState {
             return Ok(());
         };
         let saved = sched.clone();
-        let mut left = Vec::new();
-        let mut moved = false;
-        for h in sched.scope().holders().collect::<Vec<_>>() {
-            if !members.contains(&h) {
-                moved |= sched.leave(h);
-                left.push(h);
-            } else if !links.contains_key(&h) {
-                moved |= sched.offline(h);
-            }
-        }
-        for m in links.keys() {
-            moved |= sched.join(*m);
-        }
+        let (moved, left) = follow_membership(sched, &members, &links);
         let planned = sched.tick(
             &policy,
             now,
@@ -126,7 +115,14 @@ impl HubState {
         for h in left {
             tracing::info!(group = name, spoke = %self.spoke_name(h), "member left the group: it erases the group's epochs");
             self.tell_group_ended(h, name);
+            self.end_pairs_via(name, Some(h), now);
         }
+        self.send_group_plan(name, plan, now);
+        Ok(())
+    }
+
+    /// Audits a plan's new epoch, then sends its deliveries and switches.
+    fn send_group_plan(&mut self, name: &str, plan: GroupPlan, now: u64) {
         if let Some(epoch) = &plan.walk.issued {
             self.keyed.counters.rotations += 1;
             let why = plan
@@ -158,7 +154,29 @@ impl HubState {
                 self.send_keys(h, &tx, vec![msg]);
             }
         }
-        Ok(())
+    }
+
+    /// Ends the pairs keyed by `group` (those `holder` is in, or all).
+    pub(super) fn end_pairs_via(&mut self, group: &str, holder: Option<SpokeId>, now: u64) {
+        self.end_pairs_where(
+            now,
+            "a holder left the group that keyed the pair",
+            |st, p| {
+                holder.is_none_or(|h| p.has(h))
+                    && st.direct.book.get(p).and_then(|s| s.via()) == Some(group)
+            },
+        );
+    }
+
+    /// The keyed group two spokes share whose epoch both use, to key
+    /// their pair by ([`tasuki_core::group_keys::choose_group`]).
+    pub(super) fn shared_keyed_group(&self, a: SpokeId, b: SpokeId) -> Option<String> {
+        let shared = self.keyed.groups.iter().filter_map(|(name, s)| {
+            let meta = s.scope().meta();
+            let on = |h| meta.holders.get(&h).is_some_and(|m| m.current > 0);
+            (on(a) && on(b)).then_some(name.as_str())
+        });
+        tasuki_core::group_keys::choose_group(shared).map(str::to_owned)
     }
 
     /// Tells `spoke` to erase every epoch of `group` (it is no member).
@@ -259,4 +277,28 @@ impl HubState {
             })
             .collect()
     }
+}
+
+/// Makes a group's holders follow its membership: members no longer in it
+/// leave for good, members with no session go offline, members online
+/// join. Returns whether the schedule moved, and who left.
+fn follow_membership(
+    sched: &mut GroupSchedule,
+    members: &BTreeSet<SpokeId>,
+    links: &HashMap<SpokeId, KeyEpoch>,
+) -> (bool, Vec<SpokeId>) {
+    let mut left = Vec::new();
+    let mut moved = false;
+    for h in sched.scope().holders().collect::<Vec<_>>() {
+        if !members.contains(&h) {
+            moved |= sched.leave(h);
+            left.push(h);
+        } else if !links.contains_key(&h) {
+            moved |= sched.offline(h);
+        }
+    }
+    for m in links.keys() {
+        moved |= sched.join(*m);
+    }
+    (moved, left)
 }

@@ -149,6 +149,7 @@ impl HubState {
         let holders: Vec<SpokeId> = sched.scope().holders().collect();
         self.erase_group_epochs(name, &epochs, None)?;
         self.keyed.groups.remove(name);
+        self.end_pairs_via(name, None, tasuki_shell::unix_now());
         if self.keyed.intervals.contains_key(name) {
             self.set_group_interval(name, GroupInterval::HubWide)?;
         }

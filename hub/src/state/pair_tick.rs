@@ -119,7 +119,7 @@ impl HubState {
     }
 
     /// The other holder of a pair, as `holder` is told it.
-    fn pair_peer(&self, pair: PairId, holder: SpokeId) -> Option<PairPeer> {
+    pub(super) fn pair_peer(&self, pair: PairId, holder: SpokeId) -> Option<PairPeer> {
         let other = pair.peer_of(holder)?;
         let s = self.registry.spoke(other)?;
         Some(PairPeer {
@@ -196,6 +196,15 @@ impl HubState {
     /// (it answers a held one with a receipt and a switch it is on with a
     /// report, so nothing moves twice).
     pub(super) fn reoffer(&mut self, pair: PairId, to: SpokeId) -> Result<()> {
+        if self
+            .direct
+            .book
+            .get(pair)
+            .is_some_and(|s| s.via().is_some())
+        {
+            self.send_keyed(pair, to);
+            return Ok(());
+        }
         let (Some(link), Some(peer)) = (self.pair_link(to), self.pair_peer(pair, to)) else {
             return Ok(());
         };
@@ -241,8 +250,20 @@ impl HubState {
     /// interval.
     pub(super) fn request_pair_rotations(&mut self, spoke: SpokeId, trigger: &Trigger) {
         for pair in self.direct.book.pairs_of(spoke) {
-            if let Some(s) = self.direct.book.get_mut(pair) {
-                s.request(trigger.clone());
+            let via = match self.direct.book.get_mut(pair) {
+                Some(s) if s.via().is_some() => true,
+                Some(s) => {
+                    s.request(trigger.clone());
+                    false
+                }
+                None => false,
+            };
+            // A pair keyed by a group rotates with it: its holders hear
+            // the new candidates at once instead.
+            if via {
+                for h in pair.holders() {
+                    self.send_keyed(pair, h);
+                }
             }
         }
     }
@@ -302,6 +323,7 @@ impl HubState {
                     held: s.epochs().iter().map(|e| e.number).collect(),
                     rotations: meta.rotations,
                     idle_secs: now.saturating_sub(meta.last_used),
+                    via: meta.via.clone(),
                 }
             })
             .collect()

@@ -113,16 +113,22 @@ impl HubState {
                 return Ok(());
             }
         }
-        let asked = self
-            .direct
-            .book
-            .ask(from, peer_id, true, now, &mut rand_core::OsRng);
+        let via = self.shared_keyed_group(from, peer_id);
+        let asked = self.direct.book.ask_via(
+            from,
+            peer_id,
+            true,
+            via.as_deref(),
+            now,
+            &mut rand_core::OsRng,
+        );
         match asked {
             Err(limit) => {
                 self.refuse_pair(from, peer, &DirectRefusal::Limit(limit).to_string());
                 Ok(())
             }
             Ok(Asked::New(first)) => self.pair_started(from, peer, peer_id, &first, now),
+            Ok(Asked::NewVia) => self.pair_via_started(from, peer, peer_id, now),
             Ok(Asked::Existing) => {
                 if let Some(pair) = PairId::new(from, peer_id) {
                     self.tick_pair(pair, now)?;
@@ -169,6 +175,71 @@ impl HubState {
                 )),
         );
         self.tick_pair(pair, now)
+    }
+
+    /// A new pair keyed by a group both holders share: its meta stored,
+    /// audited, then both told to derive its keys.
+    fn pair_via_started(
+        &mut self,
+        from: SpokeId,
+        peer: Ipv4Addr,
+        peer_id: SpokeId,
+        now: u64,
+    ) -> Result<()> {
+        let Some(pair) = PairId::new(from, peer_id) else {
+            return Ok(());
+        };
+        let (stored, group) = match self.direct.book.get(pair) {
+            Some(s) => (
+                self.commit_pair_issue(s, None),
+                s.via().unwrap_or_default().to_owned(),
+            ),
+            None => return Ok(()),
+        };
+        if let Err(e) = stored {
+            self.direct.book.end(pair);
+            self.refuse_pair(
+                from,
+                peer,
+                "the hub cannot store pairs now; traffic goes through the hub",
+            );
+            return Err(e);
+        }
+        let names = pair.holders().map(|h| self.spoke_name(h));
+        tracing::info!(%pair, low = %names[0], high = %names[1], %group, "pair keyed by its group");
+        self.audit(
+            AuditRecord::new(now, AuditKind::PairIssue)
+                .spoke(self.spoke_name(from))
+                .detail(format!(
+                    "pair {pair} ({} and {}) keyed by group {group}",
+                    names[0], names[1]
+                )),
+        );
+        for h in pair.holders() {
+            self.send_keyed(pair, h);
+        }
+        Ok(())
+    }
+
+    /// Tells `holder` its pair is keyed by a group, with the peer (and its
+    /// candidates as the hub sees them now), then the pair's rules.
+    pub(super) fn send_keyed(&mut self, pair: PairId, holder: SpokeId) {
+        let group = match self.direct.book.get(pair).and_then(|s| s.via()) {
+            Some(g) => g.to_owned(),
+            None => return,
+        };
+        let Some(peer) = self.pair_peer(pair, holder) else {
+            return;
+        };
+        let rules = self.pair_rules(pair);
+        self.direct.rules_sent.insert(pair, rules.clone());
+        let messages = vec![
+            HubMessage::Pair(HubPair::Keyed { pair, peer, group }),
+            HubMessage::Pair(HubPair::Rules { pair, rules }),
+        ];
+        if let Some(tx) = self.sessions.get(&holder).cloned() {
+            self.send_keys(holder, &tx, messages);
+        }
     }
 
     /// Tells `from` it gets no pair with `peer`, and why.
