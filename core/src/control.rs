@@ -263,6 +263,13 @@ pub enum HubGroup {
         /// The group.
         group: String,
     },
+    /// After an attach: the keyed groups this spoke is a member of; it
+    /// erases every other group it holds (it may have left one, or one may
+    /// have been unkeyed, while it was offline).
+    Only {
+        /// The keyed groups it is a member of.
+        groups: Vec<String>,
+    },
 }
 
 /// The hub's direct-mode messages to one holder of a pair.

@@ -98,8 +98,17 @@ pub struct GroupSchedule {
 impl GroupSchedule {
     /// A group keyed now, with its first epoch (to store, then deliver to
     /// the members as they join).
-    pub fn start<R: RngCore + CryptoRng>(name: &str, now: u64, rng: &mut R) -> (Self, KeyEpoch) {
-        let first = KeyEpoch::issue(1, now, rng);
+    ///
+    /// `after` is the last number a keying of this group under the same
+    /// name used (0: none): numbers go on from there, so a member that was
+    /// offline meanwhile never mistakes a new epoch for one it holds.
+    pub fn start<R: RngCore + CryptoRng>(
+        name: &str,
+        after: u64,
+        now: u64,
+        rng: &mut R,
+    ) -> (Self, KeyEpoch) {
+        let first = KeyEpoch::issue(after + 1, now, rng);
         let meta = ScopeMeta {
             current_since: now,
             ..ScopeMeta::default()

@@ -42,7 +42,7 @@ struct Sim {
 impl Sim {
     fn new(n: u32) -> Self {
         let mut rng = StdRng::seed_from_u64(50);
-        let (hub, _) = GroupSchedule::start("staff", 1_000, &mut rng);
+        let (hub, _) = GroupSchedule::start("staff", 0, 1_000, &mut rng);
         let mut sim = Self {
             rng,
             hub,

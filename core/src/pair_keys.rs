@@ -109,7 +109,10 @@ impl<S: Ord + Clone> ScopeKeys<S> {
         open: impl FnOnce(&KeyEpoch) -> Result<KeyEpoch, SealError>,
     ) -> Result<PairReceived, SealError> {
         if let Some(p) = self.scopes.get(scope) {
-            if p.epochs.contains_key(&epoch) || p.current >= epoch {
+            // Held, or older than the one in use (erased, or never needed):
+            // its receipt again. One in use but not held is taken (its key
+            // file was lost): the scope could not work without it.
+            if p.epochs.contains_key(&epoch) || p.current > epoch {
                 return Ok(PairReceived::Again);
             }
         }

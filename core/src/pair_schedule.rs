@@ -147,6 +147,7 @@ impl PairSchedule {
             rotations: meta.rotations,
             notified: meta.notified,
             floor: 0,
+            away: Default::default(),
         };
         Self {
             pair,
@@ -229,6 +230,10 @@ impl PairSchedule {
                 ended: true,
                 ..PairPlan::default()
             });
+        }
+        if self.via.is_some() {
+            // Keyed by a group: its epochs are the group's.
+            return Ok(PairPlan::default());
         }
         let holders = self.pair.holders();
         let link_of = |h: SpokeId| holders.iter().position(|x| *x == h).and_then(|i| links[i]);

@@ -10,7 +10,7 @@
 //! the next epoch due at once, and no epoch it could have received is ever
 //! switched to again ([`ScopeSchedule::leave`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,10 @@ pub struct ScopeMeta {
     /// No epoch below this one is switched to: a holder that left may
     /// have received them.
     pub floor: u64,
+    /// Holders that went offline holding epochs: not waited for, but a
+    /// leave of theirs still rotates.
+    #[serde(default)]
+    pub away: BTreeSet<SpokeId>,
 }
 
 /// What one tick asks of the hub, in order: store `issued` and the meta
@@ -67,6 +71,9 @@ pub struct ScopePlan {
     /// This tick decided a switch: the meta says so, and is stored before
     /// the notifications go out.
     pub switched: bool,
+    /// The epoch every holder uses moved on without a report (a lagging
+    /// holder went offline or left): tell them all `settled`.
+    pub settled_rose: bool,
 }
 
 impl ScopePlan {
@@ -104,6 +111,8 @@ pub struct ScopeSchedule {
     urgent: bool,
     erasure: Erasure,
     last_sent: Option<u64>,
+    /// The epoch every holder used when last looked at (memory only).
+    settled_seen: u64,
 }
 
 impl ScopeSchedule {
@@ -117,8 +126,10 @@ impl ScopeSchedule {
             erasure: Erasure::default(),
             meta,
             last_sent: None,
+            settled_seen: 0,
         };
         s.erasure = Erasure::after_restart(s.current(), 0);
+        s.settled_seen = s.current();
         // A leave whose epoch was not issued before the restart.
         s.urgent = s.meta.floor > s.latest();
         s
@@ -144,9 +155,23 @@ impl ScopeSchedule {
         self.epochs.keys().next_back().copied().unwrap_or(0)
     }
 
+    /// The number the next epoch gets: past every epoch issued, told or
+    /// barred, even when their keys are gone.
+    fn next_number(&self) -> u64 {
+        self.latest()
+            .max(self.meta.notified)
+            .max(self.meta.floor.saturating_sub(1))
+            + 1
+    }
+
     /// The holders, in id order.
     pub fn holders(&self) -> impl Iterator<Item = SpokeId> + '_ {
         self.meta.holders.keys().copied()
+    }
+
+    /// Former holders that went offline with epochs of the scope.
+    pub fn away(&self) -> impl Iterator<Item = SpokeId> + '_ {
+        self.meta.away.iter().copied()
     }
 
     /// The newest epoch every holder holds.
@@ -194,6 +219,7 @@ impl ScopeSchedule {
         if self.meta.holders.contains_key(&holder) {
             return false;
         }
+        self.meta.away.remove(&holder);
         let below = self.meta.notified.max(self.meta.floor).saturating_sub(1);
         let mark = HolderMark {
             acked: below,
@@ -210,14 +236,20 @@ impl ScopeSchedule {
     /// (it went offline) it only stops holding up the others. True if it
     /// was a holder.
     pub fn leave(&mut self, holder: SpokeId, for_good: bool, trigger: Trigger) -> bool {
-        if self.meta.holders.remove(&holder).is_none() {
+        let was_holder = self.meta.holders.remove(&holder).is_some();
+        if !for_good {
+            if was_holder {
+                self.meta.away.insert(holder);
+            }
+            return was_holder;
+        }
+        let was_away = self.meta.away.remove(&holder);
+        if !was_holder && !was_away {
             return false;
         }
-        if for_good {
-            self.meta.floor = self.latest() + 1;
-            self.urgent = true;
-            self.pending = Some(trigger);
-        }
+        self.meta.floor = self.next_number();
+        self.urgent = true;
+        self.pending = Some(trigger);
         true
     }
 
@@ -237,6 +269,16 @@ impl ScopeSchedule {
         if self.meta.holders.is_empty() {
             return plan;
         }
+        // A lagging holder left or went offline: the others are all on a
+        // newer epoch now, and the older ones go a grace later.
+        let settled = self.current();
+        if settled > self.settled_seen {
+            self.settled_seen = settled;
+            self.erasure
+                .schedule(settled, now.saturating_add(policy.grace_secs));
+            plan.settled_rose = true;
+            plan.settled = settled;
+        }
         // Every holder holds a newer epoch: all switch to it, at once.
         let all = self.held_by_all();
         if all > self.meta.notified && all >= self.meta.floor {
@@ -253,7 +295,14 @@ impl ScopeSchedule {
                     .take()
                     .unwrap_or_else(|| Trigger::Event("holder-left".into())),
             )
-        } else if self.in_flight() || self.epochs.is_empty() {
+        } else if self.epochs.is_empty() {
+            // Its keys are gone (lost files): a new epoch for everyone.
+            Some(
+                self.pending
+                    .take()
+                    .unwrap_or_else(|| Trigger::Event("no-epoch".into())),
+            )
+        } else if self.in_flight() {
             None
         } else {
             let used = total.since(self.base);
@@ -266,7 +315,7 @@ impl ScopeSchedule {
             )
         };
         if let Some(trigger) = due {
-            let epoch = KeyEpoch::issue(self.latest() + 1, now, rng);
+            let epoch = KeyEpoch::issue(self.next_number(), now, rng);
             self.epochs.insert(epoch.number, epoch.clone());
             self.pending = None;
             self.urgent = false;
@@ -351,6 +400,7 @@ impl ScopeSchedule {
                 self.meta.rotations += 1;
             }
             self.erasure.schedule(after, now.saturating_add(grace));
+            self.settled_seen = self.settled_seen.max(after);
         }
         true
     }

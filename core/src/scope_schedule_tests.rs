@@ -168,3 +168,50 @@ fn a_restart_after_a_leave_still_issues_the_epoch_the_leaver_lacks() {
     assert_eq!(plan.issued.as_ref().map(|e| e.number), Some(2));
     assert!(plan.deliver.iter().all(|(h, _)| *h != 1));
 }
+
+#[test]
+fn a_holder_that_leaves_while_offline_still_rotates_the_scope() {
+    let mut f = Fixture::new();
+    assert!(f.sched.leave(3, false, Trigger::Admin));
+    f.settle(|_| true);
+    assert!(f.sched.away().any(|h| h == 3));
+    // Removed while away: the epoch it holds is barred, a new one comes.
+    assert!(f.sched.leave(3, true, Trigger::LeftGroup("staff".into())));
+    let plan = f.round(|_| true);
+    assert_eq!(plan.issued.as_ref().map(|e| e.number), Some(2));
+    f.settle(|_| true);
+    assert_eq!(f.sched.current(), 2);
+    assert!(f.sched.away().next().is_none());
+    // A second leave of nobody moves nothing.
+    assert!(!f.sched.leave(3, true, Trigger::Admin));
+}
+
+#[test]
+fn lost_keys_are_replaced_by_an_epoch_numbered_past_every_one_told() {
+    let mut f = Fixture::new();
+    f.sched.request(Trigger::Admin);
+    f.settle(|_| true);
+    assert_eq!(f.sched.current(), 2);
+    // The hub's key files are gone: the meta says 2 was in use.
+    let meta = f.sched.meta().clone();
+    let mut again = ScopeSchedule::restore(Vec::new(), meta);
+    let plan = again.tick(&policy(), f.now + 1, Usage::default(), |_| true, &mut f.rng);
+    assert_eq!(plan.issued.as_ref().map(|e| e.number), Some(3));
+    assert_eq!(plan.deliver.len(), 3, "every holder gets it");
+}
+
+#[test]
+fn a_lagging_holder_going_offline_settles_the_others_and_says_so() {
+    let mut f = Fixture::new();
+    f.sched.request(Trigger::Admin);
+    // All hold 2 and are told to switch; 3 never reports it.
+    f.round(|_| true);
+    f.round(|h| h != 3);
+    assert_eq!(f.sched.current(), 1);
+    f.sched.leave(3, false, Trigger::Admin);
+    let plan = f.round(|_| true);
+    assert!(plan.settled_rose, "{plan:?}");
+    assert_eq!(plan.settled, 2);
+    f.now += GRACE;
+    assert_eq!(f.sched.take_erasable(f.now), vec![1]);
+}

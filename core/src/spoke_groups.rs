@@ -130,12 +130,26 @@ impl SpokeGroups {
                         .push_back(GroupAction::StoreCurrent { group, epoch });
                 }
             }
-            HubGroup::Ended { group } => {
-                self.keys.end(&group);
-                self.settling.remove(&group);
-                self.actions.push_back(GroupAction::Forget(group));
+            HubGroup::Ended { group } => self.forget(group),
+            HubGroup::Only { groups } => {
+                let stale: Vec<String> = self
+                    .keys
+                    .all()
+                    .into_iter()
+                    .map(|(g, _, _)| g)
+                    .filter(|g| !groups.contains(g))
+                    .collect();
+                for group in stale {
+                    self.forget(group);
+                }
             }
         }
+    }
+
+    fn forget(&mut self, group: String) {
+        self.keys.end(&group);
+        self.settling.remove(&group);
+        self.actions.push_back(GroupAction::Forget(group));
     }
 
     /// The epoch of [`GroupAction::Store`] is stored: hold it, report it.

@@ -41,8 +41,10 @@ fn stream_across_the_upgrade(on_first: bool, within: Duration) {
     if !on_first {
         std::thread::sleep(Duration::from_secs(2));
         let before = t.relayed();
+        // At least 50 requests and their replies (a loaded machine sends
+        // fewer than 100 a second: this says which path, not how fast).
         assert!(
-            before >= relayed_at_start + 300,
+            before >= relayed_at_start + 100,
             "the stream went through the relay: {relayed_at_start} → {before}"
         );
         t.direct_on();

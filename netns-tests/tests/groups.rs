@@ -174,7 +174,7 @@ fn members_go_direct_under_keys_derived_from_the_group_epoch_and_follow_its_rota
     if skip_unless_root("groups::members_go_direct_under_keys_derived") {
         return;
     }
-    let net = TwoSpokes::up();
+    let mut net = TwoSpokes::up();
     let t = &net.topo;
     t.hub_ok(&["group", "add", "staff"]);
     t.hub_ok(&["group", "add-member", "staff", "spoke:a", "spoke:b"]);
@@ -222,4 +222,19 @@ fn members_go_direct_under_keys_derived_from_the_group_epoch_and_follow_its_rota
     assert_eq!(t.pings(&t.ns_b, A_TUNNEL, 20), 20);
     assert_eq!(t.relayed(), before, "direct after the rotation");
     assert!(t.pair_list()[0]["held"] == serde_json::json!([]));
+    // A restart of spoke a keeps its group key (its file is the store's)
+    // and derives the pair's key again: direct once more.
+    let key_file = staff_key_file(&net.a_dir, 2);
+    net.restart_a();
+    let t = &net.topo;
+    t.wait_for(
+        "a back on the group's epoch 2",
+        Duration::from_secs(30),
+        || staff_epoch(t, &net.a_socket) == Some(2),
+    );
+    assert!(key_file.exists(), "the group key survived the restart");
+    t.wait_direct(&t.ns_a, &net.a_socket, B_TUNNEL);
+    let before = t.relayed();
+    assert_eq!(t.pings(&t.ns_a, B_TUNNEL, 20), 20);
+    assert_eq!(t.relayed(), before, "direct after a's restart");
 }

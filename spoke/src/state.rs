@@ -110,6 +110,15 @@ impl SpokeStore {
             let pair = record.pair;
             recorded.extend(record.epochs.iter().map(|e| pair_key_name(pair, e.number)));
         }
+        for record in store.all::<GroupRecord>(GROUPS_TREE)? {
+            let group = &record.group;
+            recorded.extend(
+                record
+                    .epochs
+                    .iter()
+                    .map(|e| group_key_name(group, e.number)),
+            );
+        }
         for name in vault.names()? {
             if !recorded.contains(&name) {
                 vault.erase(&name)?;

@@ -49,7 +49,7 @@ fn answer(st: &mut HubState, id: SpokeId, got: Vec<HubGroup>, now: u64) -> Vec<u
                 }
             }
             HubGroup::Switch { group, epoch, .. } => SpokeGroup::Switched { group, epoch },
-            HubGroup::Ended { .. } => continue,
+            HubGroup::Ended { .. } | HubGroup::Only { .. } => continue,
         };
         st.on_group_message(id, report, now).unwrap();
     }
@@ -119,13 +119,11 @@ fn a_keyed_group_reaches_its_members_only_and_a_leaver_never_gets_the_next_epoch
     let offered = settle(&mut st, &mut members, &mut now);
     assert!(offered.iter().all(|o| o == &vec![1]), "{offered:?}");
     assert_eq!(current(&st), 1);
-    // The outsider gets no epoch: only, once after it attached, the word
-    // to erase a group it might have left while offline.
+    // The outsider gets no epoch: only, once after it attached, the list
+    // of keyed groups it is in (none: it erases any it holds).
     let to_outsider = drain(&mut rx_out);
     assert!(
-        to_outsider
-            .iter()
-            .all(|m| matches!(m, HubGroup::Ended { .. })),
+        matches!(&to_outsider[..], [HubGroup::Only { groups }] if groups.is_empty()),
         "{to_outsider:?}"
     );
     // A report from the outsider moves nothing and is counted.
@@ -350,4 +348,44 @@ fn members_of_a_keyed_group_get_a_pair_keyed_by_it_and_no_pair_epoch() {
         st.pair_views(now + 1).is_empty(),
         "the pair ended with b's membership"
     );
+}
+
+#[test]
+fn a_member_removed_while_offline_still_rotates_and_a_rekeyed_group_numbers_on() {
+    let dir = TempDir::new("groups-away");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    group_of(&mut st, &["a", "b"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a, b];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 1);
+    // b goes offline, then is taken out of the group while away.
+    let b = members.pop().unwrap();
+    let (tx, _rx) = mpsc::channel(64);
+    st.attach_session(b.0, tx.clone());
+    st.detach_session(b.0, &tx.downgrade());
+    now += 1;
+    st.group_tick(now);
+    st.edit_access(now, |p| {
+        p.remove_member("staff", &Member::Spoke("b".into()))?;
+        Ok("b out".into())
+    })
+    .unwrap();
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert_eq!(
+        offered[0],
+        vec![2],
+        "epoch 1, which b holds, is left at once"
+    );
+    assert_eq!(current(&st), 2);
+    // Unkeyed and keyed again: the numbers go on, so a member that missed
+    // both never takes a new epoch for one it holds.
+    st.set_group_key("staff", false, None, now).unwrap();
+    st.set_group_key("staff", true, None, now).unwrap();
+    drain(&mut members[0].1);
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert_eq!(offered[0], vec![3], "{offered:?}");
 }

@@ -8,7 +8,7 @@
 //! sealed under each member's link epoch, then the switch. Also the
 //! members' reports and the admin's view.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tasuki_core::admin_api::GroupKeyView;
 use tasuki_core::audit::{AuditKind, AuditRecord};
@@ -38,8 +38,9 @@ impl HubState {
         }
     }
 
-    /// A spoke that attached is told to erase each keyed group it is no
-    /// member of: it may have left one while it was offline.
+    /// A spoke that attached is told which keyed groups it is a member of:
+    /// it erases any other it holds (it may have left one, or one may have
+    /// been unkeyed, while it was offline).
     fn greet_sessions(&mut self) {
         let sessions = &self.sessions;
         self.keyed.greeted.retain(|id| sessions.contains_key(id));
@@ -53,10 +54,18 @@ impl HubState {
             return;
         }
         let names: Vec<String> = self.keyed.groups.keys().cloned().collect();
+        let mut of: BTreeMap<SpokeId, Vec<String>> = BTreeMap::new();
         for name in names {
             let members = self.member_spokes(&name);
-            for id in new.iter().filter(|id| !members.contains(id)) {
-                self.tell_group_ended(*id, &name);
+            for id in new.iter().filter(|id| members.contains(id)) {
+                of.entry(*id).or_default().push(name.clone());
+            }
+        }
+        for id in &new {
+            let groups = of.remove(id).unwrap_or_default();
+            if let Some(tx) = self.sessions.get(id).cloned() {
+                let only = HubMessage::Group(HubGroup::Only { groups });
+                self.send_keys(*id, &tx, vec![only]);
             }
         }
         self.keyed.greeted.extend(new);
@@ -106,11 +115,19 @@ impl HubState {
             }
         }
         if !gone.is_empty() {
-            // The epochs stay erased in memory; their records go again at
-            // the next erasure, or the next start erases unnamed keys.
+            // On a store error the epochs stay erased in memory; their
+            // records go with the next change, and a start erases key
+            // files no record names. What follows is sent regardless.
             let meta = after.scope().meta().clone();
-            self.erase_group_epochs(name, &gone, Some(&meta))?;
-            tracing::info!(group = name, epochs = ?gone, "ended group epochs erased");
+            match self.erase_group_epochs(name, &gone, Some(&meta)) {
+                Ok(()) => tracing::info!(group = name, epochs = ?gone, "ended group epochs erased"),
+                Err(e) => {
+                    tracing::warn!(group = name, error = %format!("{e:#}"), "ended group epochs not erased from the store yet")
+                }
+            }
+        }
+        if plan.walk.settled_rose {
+            self.tell_settled(name, plan.walk.settled);
         }
         for h in left {
             tracing::info!(group = name, spoke = %self.spoke_name(h), "member left the group: it erases the group's epochs");
@@ -173,7 +190,12 @@ impl HubState {
     pub(super) fn shared_keyed_group(&self, a: SpokeId, b: SpokeId) -> Option<String> {
         let shared = self.keyed.groups.iter().filter_map(|(name, s)| {
             let meta = s.scope().meta();
-            let on = |h| meta.holders.get(&h).is_some_and(|m| m.current > 0);
+            // On the group's epoch by its own report, not a joiner yet.
+            let on = |h| {
+                meta.holders
+                    .get(&h)
+                    .is_some_and(|m| m.current > 0 && m.current >= meta.notified)
+            };
             (on(a) && on(b)).then_some(name.as_str())
         });
         tasuki_core::group_keys::choose_group(shared).map(str::to_owned)
@@ -289,6 +311,13 @@ fn follow_membership(
 ) -> (bool, Vec<SpokeId>) {
     let mut left = Vec::new();
     let mut moved = false;
+    // Gone while offline: a leave all the same.
+    for h in sched.scope().away().collect::<Vec<_>>() {
+        if !members.contains(&h) {
+            moved |= sched.leave(h);
+            left.push(h);
+        }
+    }
     for h in sched.scope().holders().collect::<Vec<_>>() {
         if !members.contains(&h) {
             moved |= sched.leave(h);

@@ -20,6 +20,9 @@ pub(super) const GROUP_KEYS_TREE: &str = "group-keys";
 pub(super) const GROUP_EPOCHS_TREE: &str = "group-epochs";
 /// Keyed groups' own rotation intervals (seconds, `None`: off), by name.
 pub(super) const GROUP_INTERVALS_TREE: &str = "group-intervals";
+/// The last epoch number of each group that was keyed and no longer is,
+/// by name: keyed again, its numbers go on from there.
+pub(super) const GROUP_LAST_TREE: &str = "group-last-numbers";
 
 /// The vault name of a group epoch's key.
 pub(super) fn group_vault_name(group: &str, epoch: u64) -> String {
@@ -52,6 +55,8 @@ pub(crate) struct Keyed {
     pub(crate) counters: GroupCounters,
     /// Groups whose rotation interval is their own (`None`: off).
     pub(super) intervals: BTreeMap<String, Option<u64>>,
+    /// The last epoch number of groups no longer keyed.
+    pub(super) last_numbers: BTreeMap<String, u64>,
     /// Sessions told, once after they attached, to erase the keyed groups
     /// they are no member of (they may have left while offline).
     pub(super) greeted: HashSet<SpokeId>,
@@ -80,7 +85,8 @@ impl HubState {
             return Ok(false);
         }
         if on {
-            let (sched, first) = GroupSchedule::start(name, now, &mut rand_core::OsRng);
+            let after = self.keyed.last_numbers.get(name).copied().unwrap_or(0);
+            let (sched, first) = GroupSchedule::start(name, after, now, &mut rand_core::OsRng);
             self.commit_group_issue(&sched, Some(&first))?;
             self.keyed.groups.insert(name.to_owned(), sched);
             tracing::info!(
@@ -147,6 +153,13 @@ impl HubState {
         };
         let epochs: Vec<u64> = sched.scope().epochs().iter().map(|e| e.number).collect();
         let holders: Vec<SpokeId> = sched.scope().holders().collect();
+        let last = sched.scope().latest().max(sched.scope().meta().notified);
+        self.store.commit(&[Write::put(
+            GROUP_LAST_TREE,
+            name.as_bytes().to_vec(),
+            &(name, last),
+        )?])?;
+        self.keyed.last_numbers.insert(name.to_owned(), last);
         self.erase_group_epochs(name, &epochs, None)?;
         self.keyed.groups.remove(name);
         self.end_pairs_via(name, None, tasuki_shell::unix_now());
@@ -260,9 +273,14 @@ pub(super) fn load_keyed(
         .all::<(String, Option<u64>)>(GROUP_INTERVALS_TREE)?
         .into_iter()
         .collect();
+    let last_numbers = store
+        .all::<(String, u64)>(GROUP_LAST_TREE)?
+        .into_iter()
+        .collect();
     Ok(Keyed {
         groups,
         intervals,
+        last_numbers,
         ..Keyed::default()
     })
 }
