@@ -113,6 +113,8 @@ pub struct ScopeSchedule {
     last_sent: Option<u64>,
     /// The epoch every holder used when last looked at (memory only).
     settled_seen: u64,
+    /// Since when each holder owes a receipt or a switch report (memory).
+    owing_since: BTreeMap<SpokeId, u64>,
 }
 
 impl ScopeSchedule {
@@ -127,6 +129,7 @@ impl ScopeSchedule {
             meta,
             last_sent: None,
             settled_seen: 0,
+            owing_since: BTreeMap::new(),
         };
         s.erasure = Erasure::after_restart(s.current(), 0);
         s.settled_seen = s.current();
@@ -333,7 +336,37 @@ impl ScopeSchedule {
         if !plan.deliver.is_empty() || !plan.notify.is_empty() {
             self.last_sent = Some(now);
         }
+        self.note_owing(now);
         plan
+    }
+
+    /// Holders that have owed a receipt or a switch report for `secs` or
+    /// more at `now`, though it was sent to them again and again: a spoke
+    /// that takes no group messages (an old build, a broken store) must
+    /// not hold up the others, a leaver's rotation least of all.
+    pub fn stalled(&self, now: u64, secs: u64) -> Vec<SpokeId> {
+        self.owing_since
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= secs)
+            .map(|(h, _)| *h)
+            .collect()
+    }
+
+    /// Notes which holders owe a report now, and since when.
+    fn note_owing(&mut self, now: u64) {
+        let latest = self.latest();
+        let notified = self.meta.notified;
+        let owing: Vec<SpokeId> = self
+            .meta
+            .holders
+            .iter()
+            .filter(|(_, m)| m.acked < latest || m.current < notified)
+            .map(|(h, _)| *h)
+            .collect();
+        self.owing_since.retain(|h, _| owing.contains(h));
+        for h in owing {
+            self.owing_since.entry(h).or_insert(now);
+        }
     }
 
     /// Whether a holder still has to report a receipt or a switch.

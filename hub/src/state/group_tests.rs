@@ -389,3 +389,72 @@ fn a_member_removed_while_offline_still_rotates_and_a_rekeyed_group_numbers_on()
     let offered = settle(&mut st, &mut members, &mut now);
     assert_eq!(offered[0], vec![3], "{offered:?}");
 }
+
+#[test]
+fn a_member_that_never_answers_stops_holding_up_the_others() {
+    let dir = TempDir::new("groups-stalled");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let (_b, mut rx_b) = spoke(&mut st, "b", 1);
+    group_of(&mut st, &["a", "b"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a];
+    let mut now = 10;
+    // b takes the deliveries and never reports: a waits for it...
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 0, "nobody switched while b owes its receipt");
+    assert!(!drain(&mut rx_b).is_empty(), "b was sent the epoch");
+    // ...until b has owed it long enough: then a switches alone.
+    now += 40;
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 1);
+    let view = st.access_view();
+    assert_eq!(view.groups[0].key.as_ref().unwrap().members_online, 1);
+}
+
+#[test]
+fn direct_traffic_of_pairs_keyed_by_a_group_counts_against_its_budget() {
+    use tasuki_core::control::{PairUsage, SpokePair};
+    use tasuki_core::pair::PairId;
+    use tasuki_core::pair_rules::DirectMode;
+    let dir = TempDir::new("groups-budget");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    group_of(&mut st, &["a", "b"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a, b];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    st.set_direct(None, Some(DirectMode::Auto), now).unwrap();
+    let (a_id, b_id) = (members[0].0, members[1].0);
+    let peer = st.registry.spoke(b_id).unwrap().tunnel_addr;
+    st.on_pair_message(a_id, SpokePair::Request { peer }, now)
+        .unwrap();
+    st.policy.max_packets = Some(1000);
+    let pair = PairId::new(a_id, b_id).unwrap();
+    let report = PairUsage {
+        pair,
+        direct: Some("192.0.2.1:1".parse().unwrap()),
+        active: true,
+        last_handshake_secs: Some(1),
+        tx_packets: 800,
+        rx_packets: 800,
+        tx_bytes: 80_000,
+        rx_bytes: 80_000,
+        handshakes: 1,
+        upgrades: 1,
+        fallbacks: 0,
+        punch_failures: 0,
+    };
+    for id in [a_id, b_id] {
+        st.on_pair_message(id, SpokePair::Usage(vec![report.clone()]), now)
+            .unwrap();
+    }
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(
+        current(&st),
+        2,
+        "1600 packets direct: over the group's 1000"
+    );
+}

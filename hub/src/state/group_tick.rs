@@ -20,6 +20,10 @@ use tasuki_core::routing::SpokeId;
 
 use super::*;
 
+/// Seconds a member may owe a receipt or switch report of a group's epoch
+/// (sent again every few seconds) before the others stop waiting for it.
+const STALLED_SECS: u64 = 30;
+
 impl HubState {
     /// One tick of every keyed group (from the rotation tick's task). A
     /// group whose change cannot be stored is left as it was and tried
@@ -44,6 +48,11 @@ impl HubState {
     fn greet_sessions(&mut self) {
         let sessions = &self.sessions;
         self.keyed.greeted.retain(|id| sessions.contains_key(id));
+        // A member that attached again is given a new chance.
+        let greeted = &self.keyed.greeted;
+        self.keyed
+            .stalled
+            .retain(|(_, id)| greeted.contains(id) && sessions.contains_key(id));
         let new: Vec<SpokeId> = self
             .sessions
             .keys()
@@ -87,15 +96,31 @@ impl HubState {
             .filter_map(|m| self.pair_link(*m).map(|l| (*m, l)))
             .collect();
         let policy = self.group_policy(name);
+        let total = self.group_use(name);
+        let mut stalled: BTreeSet<SpokeId> = self
+            .keyed
+            .stalled
+            .iter()
+            .filter(|(g, _)| g == name)
+            .map(|(_, h)| *h)
+            .collect();
         let Some(sched) = self.keyed.groups.get_mut(name) else {
             return Ok(());
         };
         let saved = sched.clone();
-        let (moved, left) = follow_membership(sched, &members, &links);
+        let mut moved = false;
+        for h in sched.scope().stalled(now, STALLED_SECS) {
+            tracing::warn!(group = name, spoke = h, "a member does not answer the group's epochs: not waited for until it attaches again");
+            moved |= sched.offline(h);
+            self.keyed.stalled.insert((name.to_owned(), h));
+            stalled.insert(h);
+        }
+        let (followed, left) = follow_membership(sched, &members, &links, &stalled);
+        moved |= followed;
         let planned = sched.tick(
             &policy,
             now,
-            Usage::default(),
+            total,
             |h| links.get(&h),
             &mut rand_core::OsRng,
         );
@@ -171,6 +196,19 @@ impl HubState {
                 self.send_keys(h, &tx, vec![msg]);
             }
         }
+    }
+
+    /// The direct traffic of the pairs `group` keys, as their holders
+    /// report it: the group's packet, byte and handshake budgets.
+    fn group_use(&self, group: &str) -> Usage {
+        let mut total = Usage::default();
+        for s in self.direct.book.pairs().filter(|s| s.via() == Some(group)) {
+            let u = self.pair_use(s.pair());
+            total.packets += u.packets;
+            total.bytes += u.bytes;
+            total.handshakes += u.handshakes;
+        }
+        total
     }
 
     /// Ends the pairs keyed by `group` (those `holder` is in, or all).
@@ -308,6 +346,7 @@ fn follow_membership(
     sched: &mut GroupSchedule,
     members: &BTreeSet<SpokeId>,
     links: &HashMap<SpokeId, KeyEpoch>,
+    stalled: &BTreeSet<SpokeId>,
 ) -> (bool, Vec<SpokeId>) {
     let mut left = Vec::new();
     let mut moved = false;
@@ -326,7 +365,7 @@ fn follow_membership(
             moved |= sched.offline(h);
         }
     }
-    for m in links.keys() {
+    for m in links.keys().filter(|m| !stalled.contains(m)) {
         moved |= sched.join(*m);
     }
     (moved, left)

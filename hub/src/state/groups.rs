@@ -3,7 +3,7 @@
 //! admin's switch. The groups' tick and their members' reports are in
 //! [`super::group_tick`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use tasuki_core::admin_calls::GroupInterval;
 use tasuki_core::audit::{AuditKind, AuditRecord};
@@ -57,6 +57,9 @@ pub(crate) struct Keyed {
     pub(super) intervals: BTreeMap<String, Option<u64>>,
     /// The last epoch number of groups no longer keyed.
     pub(super) last_numbers: BTreeMap<String, u64>,
+    /// Members that stopped answering a group's deliveries, not waited
+    /// for (nor given its epochs) until they attach again.
+    pub(super) stalled: BTreeSet<(String, SpokeId)>,
     /// Sessions told, once after they attached, to erase the keyed groups
     /// they are no member of (they may have left while offline).
     pub(super) greeted: HashSet<SpokeId>,
