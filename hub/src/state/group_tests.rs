@@ -458,3 +458,24 @@ fn direct_traffic_of_pairs_keyed_by_a_group_counts_against_its_budget() {
         "1600 packets direct: over the group's 1000"
     );
 }
+
+#[test]
+fn a_keyed_group_removed_half_way_has_its_keys_erased_at_the_next_start() {
+    let dir = TempDir::new("groups-orphan");
+    let (mut st, key, _members, now) = keyed_with_a(&dir);
+    // The group goes from the policy, and the hub stops before its keys do.
+    st.edit_access(now, |p| {
+        p.remove_group("staff")?;
+        Ok("staff removed".into())
+    })
+    .unwrap();
+    drop(st);
+    let st = load(&dir, &key);
+    assert!(st.keyed.groups.is_empty());
+    let left: Vec<_> = std::fs::read_dir(dir.0.join("keys"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("group-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -148,6 +148,26 @@ impl HubState {
         Ok(())
     }
 
+    /// At start: keyed groups whose group is gone (a removal that stopped
+    /// half way) have their epochs erased.
+    pub(super) fn unkey_orphan_groups(&mut self) {
+        let orphans: Vec<String> = self
+            .keyed
+            .groups
+            .keys()
+            .filter(|g| !self.access.groups.contains_key(*g))
+            .cloned()
+            .collect();
+        for name in orphans {
+            match self.unkey_group(&name) {
+                Ok(()) => tracing::info!(group = name, "the keys of a removed group are erased"),
+                Err(e) => {
+                    tracing::warn!(group = name, error = %format!("{e:#}"), "the keys of a removed group cannot be erased yet")
+                }
+            }
+        }
+    }
+
     /// Ends a group's epochs: the records and keys go, and every member
     /// that holds some is told.
     pub(crate) fn unkey_group(&mut self, name: &str) -> Result<()> {

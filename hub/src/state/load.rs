@@ -85,6 +85,7 @@ impl HubState {
             keyed,
         };
         state.refresh_all_facts();
+        state.unkey_orphan_groups();
         Ok(state)
     }
 }
