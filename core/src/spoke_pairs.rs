@@ -383,6 +383,15 @@ impl SpokePairs {
         }
     }
 
+    /// The pairs keyed by `group`.
+    fn pairs_via(&self, group: &str) -> Vec<PairId> {
+        self.via
+            .iter()
+            .filter(|(_, g)| g.as_str() == group)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// The keyed groups some held pair is keyed by.
     pub fn via_groups(&self) -> std::collections::BTreeSet<String> {
         self.via.values().cloned().collect()
@@ -393,12 +402,7 @@ impl SpokePairs {
     /// static key) and uses the one derived from `current`; keys of epochs
     /// the group no longer holds go.
     pub fn group_epochs(&mut self, group: &str, me: &PublicKey, epochs: &[KeyEpoch], current: u64) {
-        let pairs: Vec<PairId> = self
-            .via
-            .iter()
-            .filter(|(_, g)| g.as_str() == group)
-            .map(|(p, _)| *p)
-            .collect();
+        let pairs = self.pairs_via(group);
         for pair in pairs {
             let Some(peer) = self.peers.get(&pair).cloned() else {
                 continue;
@@ -436,12 +440,7 @@ impl SpokePairs {
     /// it keyed end here; traffic goes through the relay, which may ask
     /// for a pair of the hub's again.
     pub fn group_ended(&mut self, now: u64, group: &str) {
-        let pairs: Vec<PairId> = self
-            .via
-            .iter()
-            .filter(|(_, g)| g.as_str() == group)
-            .map(|(p, _)| *p)
-            .collect();
+        let pairs = self.pairs_via(group);
         for pair in pairs {
             self.end(now, pair);
         }

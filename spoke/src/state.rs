@@ -279,6 +279,20 @@ impl SpokeStore {
         self.store.get(PAIRS_TREE, &pair_key(pair))
     }
 
+    /// A pair's record as stored, or a new one, with `peer` as it is now.
+    fn pair_record_for(&self, pair: PairId, peer: &PairPeer) -> Result<PairRecord> {
+        let mut record = self.pair_record(pair)?.unwrap_or(PairRecord {
+            pair,
+            peer: peer.clone(),
+            current: 0,
+            epochs: Vec::new(),
+            rules: None,
+            via: None,
+        });
+        record.peer = peer.clone();
+        Ok(record)
+    }
+
     /// Stores a pair epoch (key first, then the record naming it; flushed)
     /// before it is used or its receipt reported.
     pub(crate) fn save_pair_epoch(
@@ -289,15 +303,7 @@ impl SpokeStore {
     ) -> Result<()> {
         self.vault
             .put(&pair_key_name(pair, epoch.number), &epoch.key)?;
-        let mut record = self.pair_record(pair)?.unwrap_or(PairRecord {
-            pair,
-            peer: peer.clone(),
-            current: 0,
-            epochs: Vec::new(),
-            rules: None,
-            via: None,
-        });
-        record.peer = peer.clone();
+        let mut record = self.pair_record_for(pair, peer)?;
         record.epochs.retain(|e| e.number != epoch.number);
         record.epochs.push(epoch.record());
         record.epochs.sort_by_key(|e| e.number);
@@ -307,15 +313,7 @@ impl SpokeStore {
 
     /// Stores a pair keyed by a group (its peer and group; flushed).
     pub(crate) fn save_pair_via(&self, pair: PairId, peer: &PairPeer, group: &str) -> Result<()> {
-        let mut record = self.pair_record(pair)?.unwrap_or(PairRecord {
-            pair,
-            peer: peer.clone(),
-            current: 0,
-            epochs: Vec::new(),
-            rules: None,
-            via: None,
-        });
-        record.peer = peer.clone();
+        let mut record = self.pair_record_for(pair, peer)?;
         record.via = Some(group.to_owned());
         self.store
             .commit(&[Write::put(PAIRS_TREE, pair_key(pair), &record)?])

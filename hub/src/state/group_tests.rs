@@ -96,6 +96,25 @@ fn keyed_with_a(
     (st, key, members, now)
 }
 
+/// Spokes a and b in keyed group "staff", both on its epoch, direct mode
+/// on, and a asking for its pair with b: the members and the clock.
+fn keyed_pair_asked(st: &mut HubState) -> (Vec<Member1>, u64) {
+    use tasuki_core::control::SpokePair;
+    use tasuki_core::pair_rules::DirectMode;
+    let a = spoke(st, "a", 1);
+    let b = spoke(st, "b", 1);
+    group_of(st, &["a", "b"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a, b];
+    let mut now = 10;
+    settle(st, &mut members, &mut now);
+    st.set_direct(None, Some(DirectMode::Auto), now).unwrap();
+    let peer = st.registry.spoke(members[1].0).unwrap().tunnel_addr;
+    st.on_pair_message(members[0].0, SpokePair::Request { peer }, now)
+        .unwrap();
+    (members, now)
+}
+
 fn current(st: &HubState) -> u64 {
     st.keyed.groups["staff"].scope().current()
 }
@@ -296,22 +315,11 @@ fn a_groups_own_interval_rotates_it_and_outlives_a_restart() {
 
 #[test]
 fn members_of_a_keyed_group_get_a_pair_keyed_by_it_and_no_pair_epoch() {
-    use tasuki_core::control::{HubPair, SpokePair};
-    use tasuki_core::pair_rules::DirectMode;
+    use tasuki_core::control::HubPair;
     let dir = TempDir::new("groups-via");
     let (mut st, key) = new_hub(&dir);
-    let a = spoke(&mut st, "a", 1);
-    let b = spoke(&mut st, "b", 1);
-    group_of(&mut st, &["a", "b"]);
-    st.set_group_key("staff", true, None, 2).unwrap();
-    let mut members = vec![a, b];
-    let mut now = 10;
-    settle(&mut st, &mut members, &mut now);
-    st.set_direct(None, Some(DirectMode::Auto), now).unwrap();
+    let (mut members, now) = keyed_pair_asked(&mut st);
     let (a_id, b_id) = (members[0].0, members[1].0);
-    let peer = st.registry.spoke(b_id).unwrap().tunnel_addr;
-    st.on_pair_message(a_id, SpokePair::Request { peer }, now)
-        .unwrap();
     for (id, rx) in &mut members {
         let mut keyed = false;
         while let Ok(msg) = rx.try_recv() {
@@ -416,21 +424,10 @@ fn a_member_that_never_answers_stops_holding_up_the_others() {
 fn direct_traffic_of_pairs_keyed_by_a_group_counts_against_its_budget() {
     use tasuki_core::control::{PairUsage, SpokePair};
     use tasuki_core::pair::PairId;
-    use tasuki_core::pair_rules::DirectMode;
     let dir = TempDir::new("groups-budget");
     let (mut st, _) = new_hub(&dir);
-    let a = spoke(&mut st, "a", 1);
-    let b = spoke(&mut st, "b", 1);
-    group_of(&mut st, &["a", "b"]);
-    st.set_group_key("staff", true, None, 2).unwrap();
-    let mut members = vec![a, b];
-    let mut now = 10;
-    settle(&mut st, &mut members, &mut now);
-    st.set_direct(None, Some(DirectMode::Auto), now).unwrap();
+    let (mut members, mut now) = keyed_pair_asked(&mut st);
     let (a_id, b_id) = (members[0].0, members[1].0);
-    let peer = st.registry.spoke(b_id).unwrap().tunnel_addr;
-    st.on_pair_message(a_id, SpokePair::Request { peer }, now)
-        .unwrap();
     st.policy.max_packets = Some(1000);
     let pair = PairId::new(a_id, b_id).unwrap();
     let report = PairUsage {
