@@ -87,6 +87,12 @@ pub struct GroupKeyView {
     /// Whether that interval is the group's own.
     #[serde(default)]
     pub own_interval: bool,
+    /// Its multicast ranges (none: no multicast).
+    #[serde(default)]
+    pub multicast: Vec<String>,
+    /// Packets per second one member may send into them.
+    #[serde(default)]
+    pub multicast_rate_pps: u32,
 }
 
 impl AccessView {
@@ -380,6 +386,10 @@ pub struct Counters {
     /// once it came up, else counted as `handshake_timeout` drops).
     #[serde(default)]
     pub queued: u64,
+    /// Group multicast copies: sealed to members (the hub's relay) or
+    /// written to the TUN (a member spoke).
+    #[serde(default)]
+    pub multicast: u64,
     /// Reads of the UDP socket or the TUN that failed (ICMP errors about
     /// a peer that went away surface here too).
     #[serde(default)]

@@ -115,6 +115,8 @@ hub_requests! {
     GroupMembers -> AccessView,
     /// Give a group its own key epochs, or end them.
     GroupKey -> AccessView,
+    /// Give a keyed group multicast ranges, take them away, set its rate.
+    GroupMulticastSet -> AccessView,
 }
 
 /// Make an invitation for a new spoke.
@@ -352,6 +354,24 @@ pub struct GroupKey {
     /// (`None`: leave it as it is).
     #[serde(default)]
     pub interval: Option<GroupInterval>,
+}
+
+/// A keyed group's multicast ranges (claim 11's bulletin board): a
+/// member's packet to an address in one reaches every other member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupMulticastSet {
+    /// Group name (a keyed group).
+    pub name: String,
+    /// Ranges to add (multicast addresses, owned by no other group).
+    #[serde(default)]
+    pub add: Vec<ipnet::Ipv4Net>,
+    /// Ranges to take away.
+    #[serde(default)]
+    pub remove: Vec<ipnet::Ipv4Net>,
+    /// Packets per second one member may send into the group (`None`:
+    /// leave it as it is).
+    #[serde(default)]
+    pub rate_pps: Option<u32>,
 }
 
 /// A keyed group's rotation interval.

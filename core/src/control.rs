@@ -15,6 +15,8 @@ use crate::invitation::InvitationId;
 use crate::keys::{KeyEpoch, PublicKey};
 use crate::pair::PairId;
 use crate::pair_schedule::PairDelivery;
+
+pub use crate::group_messages::{GroupMulticast, HubGroup, SpokeGroup};
 use zeroize::Zeroizing;
 
 /// Which exchange a control connection is for; the first byte a spoke sends.
@@ -91,25 +93,6 @@ pub enum SpokeMessage {
     Pair(SpokePair),
     /// Keyed groups: a group epoch stored, or switched to.
     Group(SpokeGroup),
-}
-
-/// A member spoke's reports on its keyed groups' epochs (claim 11).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SpokeGroup {
-    /// The member stored (flushed) the group's epoch `epoch`.
-    Receipt {
-        /// The group.
-        group: String,
-        /// The epoch.
-        epoch: u64,
-    },
-    /// The member uses the group's epoch `epoch` now (stored first).
-    Switched {
-        /// The group.
-        group: String,
-        /// The epoch.
-        epoch: u64,
-    },
 }
 
 /// A spoke's direct-mode messages (claim 10): the hub answers a request
@@ -238,38 +221,6 @@ pub enum HubMessage {
     Pair(HubPair),
     /// Keyed groups: a group epoch, a switch, or the end of membership.
     Group(HubGroup),
-}
-
-/// The hub's messages to one member spoke of a keyed group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HubGroup {
-    /// A group epoch sealed under the member's link epoch (store it, then
-    /// send [`SpokeGroup::Receipt`]); re-sent until receipted.
-    Offer(crate::group::GroupDelivery),
-    /// Use epoch `epoch` now (every member holds it); every member is on
-    /// `settled` already, so older epochs go a grace after this. Re-sent
-    /// until [`SpokeGroup::Switched`] says so.
-    Switch {
-        /// The group.
-        group: String,
-        /// The epoch to use.
-        epoch: u64,
-        /// The epoch every member uses already.
-        settled: u64,
-    },
-    /// This spoke is no member of the group any more, or the group is no
-    /// longer keyed: erase every epoch of it.
-    Ended {
-        /// The group.
-        group: String,
-    },
-    /// After an attach: the keyed groups this spoke is a member of; it
-    /// erases every other group it holds (it may have left one, or one may
-    /// have been unkeyed, while it was offline).
-    Only {
-        /// The keyed groups it is a member of.
-        groups: Vec<String>,
-    },
 }
 
 /// The hub's direct-mode messages to one holder of a pair.

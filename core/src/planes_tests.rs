@@ -191,3 +191,83 @@ fn a_rotation_moves_traffic_to_the_new_epoch() {
     assert_eq!(spoke.status().held, vec![2]);
     assert_eq!(spoke.poll_event(), Some(SpokeEvent::EraseBelow(2)));
 }
+
+/// Group multicast through the relay: three members and an outsider; a
+/// member's numbered datagrams reach each other member's TUN once and the
+/// outsider never, a member the hub no longer lists stops getting them,
+/// and what the outsider sends into the range goes nowhere.
+#[test]
+fn group_multicast_reaches_every_other_member_once() {
+    use crate::group_keys::multicast_key;
+    use crate::multicast::{group_tag, FanoutGroup, MemberGroup, DEFAULT_RATE_PPS};
+
+    let mut w = World::new(4);
+    let addr = |i: u8| Ipv4Addr::new(10, 77, 0, i + 2);
+    let range: ipnet::Ipv4Net = "239.77.1.0/24".parse().unwrap();
+    let epoch = multicast_key("staff", &KeyEpoch::issue(1, 0, &mut w.rng));
+    let carry = |w: &mut World, members: &[u8]| {
+        w.hub.set_multicast(FanoutGroup {
+            tag: group_tag("staff"),
+            ranges: vec![range],
+            members: members
+                .iter()
+                .map(|i| (u32::from(*i) + 1, addr(*i)))
+                .collect(),
+            rate_pps: DEFAULT_RATE_PPS,
+        });
+        for i in members {
+            let spoke = &mut w.spokes[usize::from(*i)].1;
+            spoke.set_multicast(MemberGroup {
+                name: "staff".into(),
+                ranges: vec![range],
+                members: members.iter().map(|m| addr(*m)).collect(),
+                keys: vec![epoch.clone()],
+                current: 1,
+                rate_pps: DEFAULT_RATE_PPS,
+            });
+        }
+    };
+    for (i, (_, spoke)) in w.spokes.iter_mut().enumerate() {
+        spoke.set_network(addr(i as u8), "10.77.0.0/24".parse().unwrap(), HUB);
+        spoke.seed_multicast([i as u8; 12], 1);
+    }
+    carry(&mut w, &[0, 1, 2]);
+    w.settle();
+    let dst = Ipv4Addr::new(239, 77, 1, 7);
+    let numbered = |n: u32| udp(addr(0), dst, &n.to_be_bytes());
+    for n in 0..20 {
+        w.spokes[0].1.handle_tun(&numbered(n));
+        w.settle();
+    }
+    for member in [1, 2] {
+        let got = std::mem::take(&mut w.spokes[member].1.to_tun().packets);
+        assert_eq!(
+            got,
+            (0..20).map(numbered).collect::<Vec<_>>(),
+            "member {member}"
+        );
+    }
+    assert!(
+        w.spokes[3].1.to_tun().packets.is_empty(),
+        "the outsider got nothing"
+    );
+    assert_eq!(w.hub.status().counters.multicast, 40);
+
+    // Member 2 leaves: the hub and the others stop listing it.
+    w.spokes[2].1.remove_multicast("staff");
+    carry(&mut w, &[0, 1]);
+    w.spokes[0].1.handle_tun(&numbered(20));
+    w.settle();
+    assert_eq!(w.spokes[1].1.to_tun().packets, vec![numbered(20)]);
+    assert!(
+        w.spokes[2].1.to_tun().packets.is_empty(),
+        "the leaver got nothing"
+    );
+
+    // The outsider's packet into the range is refused at its own plane.
+    w.spokes[3].1.handle_tun(&udp(addr(3), dst, b"let me in"));
+    w.settle();
+    let drops = &w.spokes[3].1.status().counters.dropped;
+    assert_eq!(drops.get("multicast_no_group"), Some(&1));
+    assert!(w.spokes[0].1.to_tun().packets.is_empty());
+}

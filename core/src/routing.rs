@@ -50,11 +50,31 @@ pub enum DropReason {
     SendFailed,
     /// A packet the TUN device refused.
     TunWriteFailed,
+    /// A multicast packet to an address no keyed group of ours owns (or,
+    /// at the hub, that no group owns).
+    MulticastNoGroup,
+    /// Group multicast from a spoke that is no member online.
+    MulticastNotMember,
+    /// A group datagram that is malformed, not sealed under the group's
+    /// key, or whose sealed addresses are not its own.
+    MulticastForged,
+    /// A group datagram sealed under an epoch not held (ended already, or
+    /// not here yet).
+    MulticastEpoch,
+    /// A group datagram seen before (a replay, or a copy that came both
+    /// through the hub and straight).
+    MulticastReplayed,
+    /// Group multicast over the sender's rate (fan-out is bounded).
+    MulticastOverRate,
+    /// A multicast packet too big to seal within the tunnel's MTU.
+    MulticastTooBig,
+    /// An IGMP membership report: it stays on the machine that sent it.
+    Igmp,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -69,6 +89,14 @@ impl DropReason {
         DropReason::HandshakeTimeout,
         DropReason::SendFailed,
         DropReason::TunWriteFailed,
+        DropReason::MulticastNoGroup,
+        DropReason::MulticastNotMember,
+        DropReason::MulticastForged,
+        DropReason::MulticastEpoch,
+        DropReason::MulticastReplayed,
+        DropReason::MulticastOverRate,
+        DropReason::MulticastTooBig,
+        DropReason::Igmp,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -88,6 +116,14 @@ impl DropReason {
             DropReason::HandshakeTimeout => "handshake_timeout",
             DropReason::SendFailed => "send_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
+            DropReason::MulticastNoGroup => "multicast_no_group",
+            DropReason::MulticastNotMember => "multicast_not_member",
+            DropReason::MulticastForged => "multicast_forged",
+            DropReason::MulticastEpoch => "multicast_epoch",
+            DropReason::MulticastReplayed => "multicast_replayed",
+            DropReason::MulticastOverRate => "multicast_over_rate",
+            DropReason::MulticastTooBig => "multicast_too_big",
+            DropReason::Igmp => "igmp",
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::control::{HubGroup, SpokeGroup};
+use crate::control::{GroupMulticast, HubGroup, SpokeGroup};
 use crate::keys::KeyEpoch;
 use crate::pair_keys::{GroupKeys, PairReceived, PairSwitch};
 
@@ -56,6 +56,9 @@ pub enum GroupAction {
     },
     /// Erase everything stored for the group.
     Forget(String),
+    /// The group's multicast changed ([`SpokeGroups::multicast_of`]):
+    /// hand it to the data plane, and route its ranges.
+    Multicast(String),
 }
 
 /// A group as `status` shows it.
@@ -77,6 +80,8 @@ pub struct SpokeGroups {
     grace: u64,
     /// Switches waiting for their store: the settled epoch that came with.
     settling: HashMap<String, u64>,
+    /// The groups' multicast, as the hub last told it.
+    multicast: BTreeMap<String, GroupMulticast>,
 }
 
 impl SpokeGroups {
@@ -131,6 +136,17 @@ impl SpokeGroups {
                 }
             }
             HubGroup::Ended { group } => self.forget(group),
+            HubGroup::Multicast(m) => {
+                let group = m.group.clone();
+                if m.ranges.is_empty() {
+                    self.multicast.remove(&group);
+                } else if self.multicast.get(&group) == Some(&m) {
+                    return;
+                } else {
+                    self.multicast.insert(group.clone(), m);
+                }
+                self.actions.push_back(GroupAction::Multicast(group));
+            }
             HubGroup::Only { groups } => {
                 let stale: Vec<String> = self
                     .keys
@@ -149,6 +165,7 @@ impl SpokeGroups {
     fn forget(&mut self, group: String) {
         self.keys.end(&group);
         self.settling.remove(&group);
+        self.multicast.remove(&group);
         self.actions.push_back(GroupAction::Forget(group));
     }
 
@@ -198,6 +215,11 @@ impl SpokeGroups {
         let group = group.to_owned();
         let current = self.keys.current(&group).map_or(0, |e| e.number);
         (self.keys.epochs(&group), current)
+    }
+
+    /// The group's multicast as the hub last told it (`None`: it has none).
+    pub fn multicast_of(&self, group: &str) -> Option<&GroupMulticast> {
+        self.multicast.get(group)
     }
 
     /// Every group held, for `status`.

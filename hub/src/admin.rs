@@ -190,6 +190,10 @@ fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
             st.set_group_key(&r.name, r.on, r.interval, now)?;
             Ok(st.access_view())
         }),
+        HubRequest::GroupMulticastSet(r) => answer(st, r, |st, r| {
+            st.set_group_multicast(&r, now)?;
+            Ok(st.access_view())
+        }),
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

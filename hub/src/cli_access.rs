@@ -127,6 +127,30 @@ pub(crate) enum GroupCommand {
         #[arg(long)]
         interval: Option<String>,
     },
+    /// Give a keyed group multicast ranges (the members' bulletin board:
+    /// mDNS, SSDP, service discovery). A packet a member sends to an
+    /// address in one reaches every other member online, sealed under the
+    /// group's epoch end to end, and no one else; a member that leaves
+    /// stops getting it at once. Through the hub, and straight to members
+    /// on a direct path. With no ranges and no options: shows them.
+    ///
+    /// Example: tasuki-hub group multicast staff 239.77.1.0/24 224.0.0.251/32
+    Multicast {
+        /// Group name (a keyed group).
+        name: String,
+        /// Ranges to add: multicast CIDRs (224.0.0.0/4) no other group owns.
+        ranges: Vec<ipnet::Ipv4Net>,
+        /// Ranges to take away.
+        #[arg(long, value_name = "CIDR")]
+        remove: Vec<ipnet::Ipv4Net>,
+        /// Packets per second one member may send into the group (each is
+        /// copied to every other member; more are dropped and counted).
+        #[arg(long, value_name = "PPS")]
+        rate: Option<u32>,
+        /// Print the group as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--interval` of `group key`: `hub`, `off` or a duration of 1 s or more.
@@ -286,6 +310,13 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
             ask(socket, req).await?;
             println!("group {name}: key epochs {state}");
         }
+        GroupCommand::Multicast {
+            name,
+            ranges,
+            remove,
+            rate,
+            json,
+        } => group_multicast(socket, name, (ranges, remove, rate), json).await?,
         GroupCommand::RemoveMember { name, members } => {
             let n = members.len();
             let req = calls::GroupMembers {
@@ -296,6 +327,36 @@ pub(crate) async fn run_group(command: GroupCommand, socket: &Path) -> Result<()
             ask(socket, req).await?;
             println!("group {name}: {n} member(s) taken out");
         }
+    }
+    Ok(())
+}
+
+/// `group multicast`: changes a keyed group's ranges or rate, then shows them.
+async fn group_multicast(
+    socket: &Path,
+    name: String,
+    (add, remove, rate_pps): (Vec<ipnet::Ipv4Net>, Vec<ipnet::Ipv4Net>, Option<u32>),
+    json: bool,
+) -> Result<()> {
+    let req = calls::GroupMulticastSet {
+        name: name.clone(),
+        add,
+        remove,
+        rate_pps,
+    };
+    let view = ask(socket, req).await?;
+    let group = view.groups.iter().find(|g| g.name == name);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&group)?);
+        return Ok(());
+    }
+    match group.and_then(|g| g.key.as_ref()) {
+        Some(k) if !k.multicast.is_empty() => println!(
+            "group {name}: multicast {} at {} packets/s per member",
+            k.multicast.join(" "),
+            k.multicast_rate_pps
+        ),
+        _ => println!("group {name}: no multicast"),
     }
     Ok(())
 }
@@ -349,6 +410,13 @@ fn print_groups(view: &AccessView) {
                 "    keyed: epoch {} (newest {}, held {:?}), {} member spoke(s) online, {} rotation(s), rotates {every}",
                 k.epoch, k.latest, k.held, k.members_online, k.rotations
             );
+            if !k.multicast.is_empty() {
+                println!(
+                    "    multicast: {} at {} packets/s per member",
+                    k.multicast.join(" "),
+                    k.multicast_rate_pps
+                );
+            }
         }
     }
 }

@@ -206,6 +206,11 @@ fn traffic_families(c: &Counters) -> Vec<Family> {
             ),
         ),
         counter(
+            "tasuki_multicast_delivered_total",
+            "Keyed groups' multicast copies sealed to member spokes (drops: tasuki_drops_total{reason=~\"multicast_.*\"}).",
+            single(c.multicast),
+        ),
+        counter(
             "tasuki_handshakes_total",
             "WireGuard handshakes answered.",
             single(c.handshakes),

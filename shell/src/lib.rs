@@ -43,6 +43,14 @@ pub fn boot_millis() -> u64 {
     }
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Current time as Unix seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

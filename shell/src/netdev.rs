@@ -221,6 +221,34 @@ pub async fn add_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
     Ok(())
 }
 
+/// Removes the routes to `nets` through interface `ifname` (one already
+/// gone is no error).
+pub async fn remove_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
+    if nets.is_empty() {
+        return Ok(());
+    }
+    let index = nix::net::if_::if_nametoindex(ifname)
+        .with_context(|| format!("interface {ifname} not found"))?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
+    let task = tokio::spawn(conn);
+    for net in nets {
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .output_interface(index)
+            .build();
+        match handle.route().del(msg).execute().await {
+            Ok(()) => tracing::info!(route = %net, dev = ifname, "route removed"),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+            Err(e) => {
+                task.abort();
+                return Err(e).with_context(|| format!("cannot remove route {net} dev {ifname}"));
+            }
+        }
+    }
+    task.abort();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     //! The offload framing tasuki relies on, checked without a device: a TCP

@@ -74,6 +74,11 @@ pub(crate) struct Control {
     pub(crate) dp_port: std::sync::Mutex<Option<u16>>,
     /// This machine's addresses, anew after each change.
     pub(crate) underlay: tokio::sync::Mutex<watch::Receiver<BTreeSet<IpAddr>>>,
+    /// The TUN interface (for the groups' multicast routes).
+    pub(crate) interface: String,
+    /// Each group's multicast ranges routed into the tunnel.
+    pub(crate) multicast_routes:
+        std::sync::Mutex<std::collections::BTreeMap<String, Vec<ipnet::Ipv4Net>>>,
 }
 
 /// An attached control channel: the Noise channel, both halves of its
@@ -211,7 +216,7 @@ impl Control {
                     self.on_underlay_changed(local_at, &now)?;
                 }
             }
-            self.carry_out_groups(&mut session, now());
+            self.carry_out_groups(&mut session, now()).await?;
             self.carry_out_pairs(&mut session, now()).await?;
             self.carry_out(&mut session, &mut ch, &mut w, &mut pending, now)
                 .await?;
@@ -392,7 +397,7 @@ impl Control {
                 }
                 SessionAction::Group(msg) => {
                     self.on_group_message(msg);
-                    self.carry_out_groups(session, now());
+                    self.carry_out_groups(session, now()).await?;
                     // What the group's epochs changed in the pairs it keys.
                     self.carry_out_pairs(session, now()).await?;
                 }

@@ -170,6 +170,8 @@ fn connect(
         )),
         dp_port: std::sync::Mutex::new(None),
         underlay: tokio::sync::Mutex::new(underlay_rx),
+        interface: interface.to_owned(),
+        multicast_routes: std::sync::Mutex::default(),
     };
     let api = LocalApi {
         interface: interface.to_owned(),

@@ -47,6 +47,10 @@ pub(crate) enum DpCommand {
     Pair(PairCommand),
     /// This machine's addresses changed: tell the hub and direct peers.
     UnderlayChanged,
+    /// A keyed group's multicast: ranges, members online, keys.
+    Multicast(Box<tasuki_core::multicast::MemberGroup>),
+    /// The group has no multicast here any more.
+    MulticastEnd(String),
 }
 
 /// What the data plane tells the control loop (for the hub).
@@ -113,6 +117,11 @@ impl DataPlane {
         let stored = (store.epochs()?, store.current()?);
         let mut machine = SpokePlane::new(key, hub_key, hub, keepalive_secs, stored, boot_secs());
         machine.set_network(network.own, network.net, network.hub);
+        // This run's own multicast nonces: a random part, and a counter
+        // from the wall clock (a restart is not taken for a replay).
+        let mut boot = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut boot);
+        machine.seed_multicast(boot, tasuki_shell::unix_micros());
         if events.send(SpokeEvent::Listening(port)).is_err() {
             anyhow::bail!("the control loop stopped");
         }
@@ -225,6 +234,8 @@ impl Plane {
             DpCommand::Revoked => m.revoke(),
             DpCommand::Pair(cmd) => m.pair_command(cmd),
             DpCommand::UnderlayChanged => m.underlay_changed(),
+            DpCommand::Multicast(group) => m.set_multicast(*group),
+            DpCommand::MulticastEnd(group) => m.remove_multicast(&group),
             DpCommand::Status(reply) => {
                 if reply.send(m.status()).is_err() {
                     tracing::debug!("a data-plane status was no longer awaited");

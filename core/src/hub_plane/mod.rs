@@ -16,6 +16,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 
 mod api;
+mod multicast;
 mod peer;
 pub use api::{HubEvent, LinkSpec, LinkStatus, PlaneStatus};
 use peer::{seal_to, Delivery, Peer};
@@ -26,6 +27,7 @@ use crate::datagram::{open_datagram, DataPlane, Opened, PassIo, TunSink};
 use crate::flood::HandshakeGate;
 use crate::keys::{PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Tick};
+use crate::multicast::{multicast_destination, Fanout};
 use crate::routing::{DropReason, RouteTable, SpokeId, Verdict};
 use crate::DATAGRAM_BUFFER;
 
@@ -57,6 +59,10 @@ pub struct HubPlane<T: TunSink> {
     /// Datagrams, TUN packets and events the pass leaves for the driver.
     io: PassIo<T, HubEvent>,
     scratch: Vec<u8>,
+    /// Keyed groups' multicast ranges and members online.
+    multicast: Fanout,
+    /// The members a multicast packet is copied to (reused).
+    fan_to: Vec<SpokeId>,
 }
 
 impl<T: TunSink + Default> HubPlane<T> {
@@ -79,6 +85,8 @@ impl<T: TunSink + Default> HubPlane<T> {
             drops: BTreeMap::new(),
             io: PassIo::default(),
             scratch: vec![0; DATAGRAM_BUFFER],
+            multicast: Fanout::default(),
+            fan_to: Vec::new(),
         }
     }
 }
@@ -431,6 +439,10 @@ impl<T: TunSink> HubPlane<T> {
             return;
         }
         let packet = self.io.to_tun.pending(len);
+        if let Some(dst) = multicast_destination(packet) {
+            self.fan_out(from, len, dst);
+            return;
+        }
         let route = self.routes.inbound(from, packet);
         let verdict = admit(
             &mut self.access,

@@ -26,6 +26,7 @@ use crate::datagram::{open_datagram, Opened, TunSink};
 use crate::flood::HandshakeGate;
 use crate::keys::{KeyEpoch, PublicKey, StaticKey};
 use crate::link::{slot_of_receiver, Link, Sealed, Tick, MAX_SLOT};
+use crate::multicast::multicast_destination;
 use crate::pair::PairId;
 use crate::path::{Path, PathChange, PathConfig};
 use crate::routing::{DropReason, SpokeId};
@@ -258,6 +259,13 @@ impl DirectPeers {
         Route::Relay(Some(dst))
     }
 
+    /// The peer at tunnel address `addr`, when it is on a direct path.
+    pub(crate) fn direct_to(&self, addr: Ipv4Addr) -> Option<SpokeId> {
+        let id = self.by_addr.get(&addr)?;
+        let p = self.peers.get(id)?;
+        matches!(p.path.path(), Path::Direct(_)).then_some(*id)
+    }
+
     /// Seals `packet` for peer `id` on its direct path.
     pub(crate) fn seal(
         &mut self,
@@ -270,7 +278,9 @@ impl DirectPeers {
         let Path::Direct(at) = p.path.path() else {
             return Err(DropReason::NoSession);
         };
-        if !p.gate.check(Origin::Spoke(p.me), packet, now_ms) {
+        // Group multicast is the group's to allow, not the pair's rules.
+        let multicast = multicast_destination(packet).is_some();
+        if !multicast && !p.gate.check(Origin::Spoke(p.me), packet, now_ms) {
             return Err(DropReason::Denied);
         }
         let tunnel = p.link.for_sending().ok_or(DropReason::NoSession)?;

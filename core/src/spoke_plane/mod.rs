@@ -14,11 +14,13 @@ use crate::admin_api::Counters;
 use crate::datagram::{open_datagram, DataPlane, Opened, PassIo, TunSink};
 use crate::keys::{PublicKey, StaticKey};
 use crate::link::{Link, Sealed, Tick};
+use crate::multicast::{multicast_destination, Membership};
 use crate::routing::DropReason;
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
 use crate::spoke_pairs::PairCommand;
 
 mod direct;
+mod multicast;
 mod peer;
 use direct::{DirectPeers, FromPeer, Route};
 
@@ -85,6 +87,10 @@ pub struct SpokePlane<T: TunSink> {
     direct: DirectPeers,
     /// Datagrams, TUN packets and events the pass leaves for the driver.
     io: PassIo<T, SpokeEvent>,
+    /// The keyed groups whose multicast we send and receive.
+    multicast: Membership,
+    /// An envelope being sealed or opened (reused).
+    multicast_buf: Vec<u8>,
 }
 
 impl<T: TunSink + Default> SpokePlane<T> {
@@ -117,6 +123,8 @@ impl<T: TunSink + Default> SpokePlane<T> {
             carrying: true,
             now,
             io: PassIo::default(),
+            multicast: Membership::new(),
+            multicast_buf: Vec::new(),
         }
     }
 }
@@ -194,6 +202,7 @@ impl<T: TunSink> SpokePlane<T> {
     /// destinations there are peer spokes, which direct mode may reach.
     pub fn set_network(&mut self, own: Ipv4Addr, net: ipnet::Ipv4Net, hub: Ipv4Addr) {
         self.direct.set_network(own, net, hub);
+        self.multicast.set_own(own);
     }
 
     /// A pair's command from the spoke's pairs ([`crate::spoke_pairs`]).
@@ -413,6 +422,10 @@ impl<T: TunSink> SpokePlane<T> {
                 self.count_drop(DropReason::KeyExpired);
                 return;
             }
+            if multicast_destination(self.io.to_tun.pending(len)).is_some() {
+                self.deliver_multicast(len);
+                return;
+            }
             if self.direct.has_peers() {
                 self.direct
                     .observe_relayed(self.io.to_tun.pending(len), self.now_ms);
@@ -463,6 +476,10 @@ impl<T: TunSink> SpokePlane<T> {
             self.count_drop(DropReason::NotLoggedIn);
             return;
         }
+        if let Some(dst) = multicast_destination(packet) {
+            self.send_multicast(packet, dst);
+            return;
+        }
         if let Some(dst) = packet.get(16..20) {
             let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
             match self.direct.route(dst, self.now_ms) {
@@ -481,18 +498,8 @@ impl<T: TunSink> SpokePlane<T> {
                 Route::Relay(None) => self.direct.observe_relayed(packet, self.now_ms),
             }
         }
-        let Some(tunnel) = self.link.for_sending() else {
-            self.count_drop(DropReason::NoSession);
-            return;
-        };
-        match tunnel.seal(packet, &mut self.io.out, self.hub) {
-            Ok(Sealed::Sent(len)) => {
-                self.counters.from_tun += 1;
-                self.packets += 1;
-                self.bytes += len as u64;
-            }
-            Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
-            Err(reason) => self.count_drop(reason),
+        if self.seal_to_hub(packet) {
+            self.counters.from_tun += 1;
         }
     }
 
@@ -530,6 +537,8 @@ impl<T: TunSink> SpokePlane<T> {
                     self.count_drop(DropReason::KeyExpired);
                 } else if !self.carrying {
                     self.count_drop(DropReason::NotLoggedIn);
+                } else if multicast_destination(self.io.to_tun.pending(len)).is_some() {
+                    self.deliver_multicast(len);
                 } else {
                     self.io.to_tun.commit(len);
                     self.counters.to_tun += 1;

@@ -117,6 +117,13 @@ impl DirectPeer {
         if src != self.tunnel_addr {
             return FromPeer::Drop(DropReason::ForgedSource);
         }
+        if dst.is_multicast() {
+            // Group multicast: opened and checked against the group's
+            // members by the plane, not the pair's rules.
+            self.used = true;
+            self.stats.rx_packets += 1;
+            return FromPeer::Inner(len);
+        }
         if Some(dst) != own {
             return FromPeer::Drop(DropReason::NoRoute);
         }

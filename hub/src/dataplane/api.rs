@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tasuki_core::access::CompiledAccess;
 pub(crate) use tasuki_core::hub_plane::{HubEvent, LinkSpec, PlaneStatus as DpStatus};
+use tasuki_core::multicast::{FanoutGroup, GroupTag};
 use tasuki_core::routing::SpokeId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +18,10 @@ pub(crate) enum DpCommand {
     Remove(SpokeId),
     /// Enforce this access policy from now on.
     Access(Arc<CompiledAccess>),
+    /// Carry a keyed group's multicast to these members online.
+    Multicast(FanoutGroup),
+    /// Stop carrying the multicast of the group with this tag.
+    MulticastEnd(GroupTag),
     /// Report status.
     Status(oneshot::Sender<DpStatus>),
     /// Answered with [`DpEvent::Synced`] once every command sent before it

@@ -49,7 +49,7 @@ fn answer(st: &mut HubState, id: SpokeId, got: Vec<HubGroup>, now: u64) -> Vec<u
                 }
             }
             HubGroup::Switch { group, epoch, .. } => SpokeGroup::Switched { group, epoch },
-            HubGroup::Ended { .. } | HubGroup::Only { .. } => continue,
+            HubGroup::Ended { .. } | HubGroup::Only { .. } | HubGroup::Multicast(_) => continue,
         };
         st.on_group_message(id, report, now).unwrap();
     }
@@ -475,4 +475,124 @@ fn a_keyed_group_removed_half_way_has_its_keys_erased_at_the_next_start() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("group-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+fn multicast_of(got: &[HubGroup]) -> Option<tasuki_core::control::GroupMulticast> {
+    got.iter().rev().find_map(|m| match m {
+        HubGroup::Multicast(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+fn set_multicast(
+    st: &mut HubState,
+    add: &[&str],
+    remove: &[&str],
+    rate: Option<u32>,
+) -> Result<()> {
+    let r = tasuki_core::admin_calls::GroupMulticastSet {
+        name: "staff".into(),
+        add: add.iter().map(|n| n.parse().unwrap()).collect(),
+        remove: remove.iter().map(|n| n.parse().unwrap()).collect(),
+        rate_pps: rate,
+    };
+    st.set_group_multicast(&r, 5)
+}
+
+#[test]
+fn group_multicast_ranges_are_checked_stored_and_told_to_the_members_online() {
+    let dir = TempDir::new("group-multicast");
+    let (mut st, key) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    let b = spoke(&mut st, "b", 1);
+    let (_outsider, mut rx_out) = spoke(&mut st, "outsider", 1);
+    group_of(&mut st, &["a", "b"]);
+    let refused = set_multicast(&mut st, &["239.77.1.0/24"], &[], None);
+    assert!(
+        matches!(refused, Err(StateError::WrongState(_))),
+        "not keyed yet: {refused:?}"
+    );
+    st.set_group_key("staff", true, None, 2).unwrap();
+    for bad in ["10.0.0.0/8", "239.77.1.1/24", "0.0.0.0/0"] {
+        let e = set_multicast(&mut st, &[bad], &[], None).unwrap_err();
+        assert!(matches!(e, StateError::Invalid(_)), "{bad}: {e}");
+    }
+    assert!(set_multicast(&mut st, &[], &[], Some(0)).is_err());
+    assert!(matches!(
+        set_multicast(&mut st, &[], &["239.1.0.0/16"], None),
+        Err(StateError::NotFound(_))
+    ));
+    set_multicast(
+        &mut st,
+        &["239.77.1.0/24", "224.0.0.251/32"],
+        &[],
+        Some(500),
+    )
+    .unwrap();
+    // Another group may not take a range that overlaps.
+    st.edit_access(3, |p| p.add_group("other").map(|_| "other".into()))
+        .unwrap();
+    st.set_group_key("other", true, None, 3).unwrap();
+    let overlap = tasuki_core::admin_calls::GroupMulticastSet {
+        name: "other".into(),
+        add: vec!["239.77.0.0/16".parse().unwrap()],
+        remove: vec![],
+        rate_pps: None,
+    };
+    assert!(matches!(
+        st.set_group_multicast(&overlap, 5),
+        Err(StateError::Invalid(_))
+    ));
+
+    let mut members = vec![a, b];
+    let mut now = 10;
+    st.group_tick(now);
+    let addr = |st: &HubState, id| st.registry.spoke(id).unwrap().tunnel_addr;
+    let mut want = vec![addr(&st, members[0].0), addr(&st, members[1].0)];
+    want.sort();
+    for (id, rx) in &mut members {
+        let got = drain(rx);
+        let m = multicast_of(&got).unwrap_or_else(|| panic!("spoke {id} told nothing: {got:?}"));
+        assert_eq!(m.members, want);
+        assert_eq!(m.ranges.len(), 2);
+        assert_eq!(m.rate_pps, 500);
+        answer(&mut st, *id, got, now);
+    }
+    assert!(
+        multicast_of(&drain(&mut rx_out)).is_none(),
+        "the outsider is told nothing"
+    );
+    settle(&mut st, &mut members, &mut now);
+    for (_, rx) in &mut members {
+        assert!(
+            multicast_of(&drain(rx)).is_none(),
+            "told once, not at every tick"
+        );
+    }
+    let view = &st.group_key_views()["staff"];
+    assert_eq!(view.multicast, vec!["239.77.1.0/24", "224.0.0.251/32"]);
+
+    // b leaves: a is told the members without b at the next tick.
+    st.edit_access(20, |p| {
+        p.remove_member("staff", &Member::Spoke("b".into()))?;
+        Ok("b out".into())
+    })
+    .unwrap();
+    now += 1;
+    st.group_tick(now);
+    let m = multicast_of(&drain(&mut members[0].1)).expect("a told again");
+    assert_eq!(m.members, vec![addr(&st, members[0].0)]);
+    let got_b = drain(&mut members[1].1);
+    assert!(got_b.iter().any(|m| matches!(m, HubGroup::Ended { .. })));
+    assert!(
+        multicast_of(&got_b).is_none(),
+        "the leaver hears no new members"
+    );
+
+    // Stored: a restarted hub has the ranges, and taking both away ends them.
+    drop(st);
+    let mut st = load(&dir, &key);
+    assert_eq!(st.group_key_views()["staff"].multicast.len(), 2);
+    set_multicast(&mut st, &[], &["239.77.1.0/24", "224.0.0.251/32"], None).unwrap();
+    assert!(st.group_key_views()["staff"].multicast.is_empty());
 }

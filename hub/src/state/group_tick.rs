@@ -160,6 +160,7 @@ impl HubState {
             self.end_pairs_via(name, Some(h), now);
         }
         self.send_group_plan(name, plan, now);
+        self.sync_multicast(name);
         Ok(())
     }
 
@@ -324,6 +325,7 @@ impl HubState {
             .iter()
             .map(|(name, s)| {
                 let scope = s.scope();
+                let (multicast, multicast_rate_pps) = self.multicast_view(name);
                 let view = GroupKeyView {
                     epoch: scope.current(),
                     latest: scope.latest(),
@@ -332,6 +334,8 @@ impl HubState {
                     rotations: scope.meta().rotations,
                     interval_secs: self.group_policy(name).interval_secs,
                     own_interval: self.keyed.intervals.contains_key(name),
+                    multicast,
+                    multicast_rate_pps,
                 };
                 (name.clone(), view)
             })

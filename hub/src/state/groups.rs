@@ -63,6 +63,10 @@ pub(crate) struct Keyed {
     /// Sessions told, once after they attached, to erase the keyed groups
     /// they are no member of (they may have left while offline).
     pub(super) greeted: HashSet<SpokeId>,
+    /// Keyed groups' multicast ranges and rates, by name.
+    pub(super) multicast: BTreeMap<String, super::group_multicast::MulticastSetting>,
+    /// What the data plane carries of them and the members were told.
+    pub(super) carried: super::group_multicast::MulticastCarried,
 }
 
 impl HubState {
@@ -185,6 +189,7 @@ impl HubState {
         self.keyed.last_numbers.insert(name.to_owned(), last);
         self.erase_group_epochs(name, &epochs, None)?;
         self.keyed.groups.remove(name);
+        self.drop_group_multicast(name)?;
         self.end_pairs_via(name, None, tasuki_shell::unix_now());
         if self.keyed.intervals.contains_key(name) {
             self.set_group_interval(name, GroupInterval::HubWide)?;
@@ -300,10 +305,16 @@ pub(super) fn load_keyed(
         .all::<(String, u64)>(GROUP_LAST_TREE)?
         .into_iter()
         .collect();
+    // A group unkeyed half way (its ranges outlived its keys) has none.
+    let multicast = super::group_multicast::load_multicast(store)?
+        .into_iter()
+        .filter(|(name, _)| groups.contains_key(name))
+        .collect();
     Ok(Keyed {
         groups,
         intervals,
         last_numbers,
+        multicast,
         ..Keyed::default()
     })
 }

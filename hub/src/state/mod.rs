@@ -30,6 +30,7 @@ pub(crate) use direct::PairCounters;
 pub(crate) use groups::GroupCounters;
 pub(crate) use pair_usage::DirectTotals;
 mod error;
+mod group_multicast;
 #[cfg(test)]
 mod group_tests;
 mod group_tick;

@@ -22,9 +22,11 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 mod attacks;
 mod dns;
+mod multicast;
 
 use attacks::{handshake_flood, tcp_garbage, udp_garbage};
 use dns::dns_server;
+use multicast::{mcast_recv, mcast_send, mdns_query, mdns_respond};
 
 const USAGE: &str = "\
 usage: tasuki-nettool COMMAND ARGS...
@@ -53,6 +55,15 @@ usage: tasuki-nettool COMMAND ARGS...
                                     {\"sent\":N,\"cookie_replies\":N,\"other_replies\":N}
   http-get ADDR:PORT PATH           GET PATH over HTTP/1.1, print the response body;
                                     exit 1 unless the status is 200
+  mcast-recv GROUP PORT IFADDR SECONDS [--ready PATH]
+                                    join GROUP on the interface with IFADDR, list the numbered
+                                    datagrams to GROUP:PORT, print {\"received\":[N,...],\"sources\":[IP,...]}
+  mcast-send GROUP PORT IFADDR COUNT PPS [SIZE]
+                                    send COUNT datagrams numbered from 0 to GROUP:PORT out of
+                                    IFADDR's interface, PPS a second, print {\"sent\":N}
+  mdns-respond NAME IFADDR SECONDS [--ready PATH]
+                                    answer mDNS A queries for NAME with IFADDR
+  mdns-query NAME IFADDR SECONDS    ask for NAME by mDNS, print {\"answer\":IP,\"from\":IP}
 
 With --ready PATH, the sinks create PATH once bound; they always print
 `listening` on stderr at that point.";
@@ -125,6 +136,32 @@ enum Command {
     HttpGet {
         addr: SocketAddr,
         path: String,
+    },
+    McastRecv {
+        group: Ipv4Addr,
+        port: u16,
+        ifaddr: Ipv4Addr,
+        seconds: u64,
+        ready: Option<PathBuf>,
+    },
+    McastSend {
+        group: Ipv4Addr,
+        port: u16,
+        ifaddr: Ipv4Addr,
+        count: u32,
+        pps: u32,
+        size: usize,
+    },
+    MdnsRespond {
+        name: String,
+        ifaddr: Ipv4Addr,
+        seconds: u64,
+        ready: Option<PathBuf>,
+    },
+    MdnsQuery {
+        name: String,
+        ifaddr: Ipv4Addr,
+        seconds: u64,
     },
 }
 
@@ -254,6 +291,48 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
                     .collect::<Result<_, _>>()?,
             }
         }
+        "mcast-recv" => {
+            want(4)?;
+            Command::McastRecv {
+                group: ipv4(pos[0], "GROUP")?,
+                port: num(pos[1], "PORT")?,
+                ifaddr: ipv4(pos[2], "IFADDR")?,
+                seconds: num(pos[3], "SECONDS")?,
+                ready,
+            }
+        }
+        "mcast-send" => {
+            if pos.len() != 5 {
+                want(6)?;
+            }
+            no_ready(&ready)?;
+            Command::McastSend {
+                group: ipv4(pos[0], "GROUP")?,
+                port: num(pos[1], "PORT")?,
+                ifaddr: ipv4(pos[2], "IFADDR")?,
+                count: num(pos[3], "COUNT")?,
+                pps: num(pos[4], "PPS")?,
+                size: pos.get(5).map_or(Ok(64), |s| num(s, "SIZE"))?,
+            }
+        }
+        "mdns-respond" => {
+            want(3)?;
+            Command::MdnsRespond {
+                name: pos[0].to_string(),
+                ifaddr: ipv4(pos[1], "IFADDR")?,
+                seconds: num(pos[2], "SECONDS")?,
+                ready,
+            }
+        }
+        "mdns-query" => {
+            want(3)?;
+            no_ready(&ready)?;
+            Command::MdnsQuery {
+                name: pos[0].to_string(),
+                ifaddr: ipv4(pos[1], "IFADDR")?,
+                seconds: num(pos[2], "SECONDS")?,
+            }
+        }
         other => return Err(UsageError(format!("unknown command {other:?}"))),
     };
     Ok(command)
@@ -302,6 +381,32 @@ fn run(command: Command) -> Result<()> {
             seconds,
             sources,
         } => handshake_flood(addr, &invitation, seconds, &sources),
+        Command::McastRecv {
+            group,
+            port,
+            ifaddr,
+            seconds,
+            ready,
+        } => mcast_recv(group, port, ifaddr, seconds, ready),
+        Command::McastSend {
+            group,
+            port,
+            ifaddr,
+            count,
+            pps,
+            size,
+        } => mcast_send(group, port, ifaddr, (count, pps, size)),
+        Command::MdnsRespond {
+            name,
+            ifaddr,
+            seconds,
+            ready,
+        } => mdns_respond(&name, ifaddr, seconds, ready),
+        Command::MdnsQuery {
+            name,
+            ifaddr,
+            seconds,
+        } => mdns_query(&name, ifaddr, seconds),
     }
 }
 
