@@ -487,6 +487,12 @@ pub struct GroupHeldView {
     pub epoch: u64,
     /// Every epoch held, oldest first.
     pub held: Vec<u64>,
+    /// Its multicast ranges and the members online (none: no multicast).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multicast: Vec<String>,
+    /// Members online, when it has multicast.
+    #[serde(default)]
+    pub members_online: usize,
 }
 
 /// One peer spoke of a spoke in direct mode, for `tasuki-spoke status`.

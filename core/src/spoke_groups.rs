@@ -70,6 +70,10 @@ pub struct GroupHeld {
     pub current: u64,
     /// Every epoch held, oldest first.
     pub held: Vec<u64>,
+    /// Its multicast ranges (none: no multicast).
+    pub multicast: Vec<String>,
+    /// Members online, as the hub last told them with its multicast.
+    pub members_online: usize,
 }
 
 /// Every keyed group this spoke is a member of, and what to do next.
@@ -227,10 +231,17 @@ impl SpokeGroups {
         self.keys
             .all()
             .into_iter()
-            .map(|(group, current, held)| GroupHeld {
-                group,
-                current,
-                held,
+            .map(|(group, current, held)| {
+                let m = self.multicast.get(&group);
+                GroupHeld {
+                    multicast: m.map_or_else(Vec::new, |m| {
+                        m.ranges.iter().map(ToString::to_string).collect()
+                    }),
+                    members_online: m.map_or(0, |m| m.members.len()),
+                    group,
+                    current,
+                    held,
+                }
             })
             .collect()
     }

@@ -328,8 +328,11 @@ def main():
             failures.append(f"tasuki: no traffic with the access policy {'enforced' if mode == 'on' else 'open'}")
     if "memory" in meta.get("parts", "") and not any(m["spokes"] >= 1 for m in memory):
         failures.append("memory: no spoke enrolled")
+    groups = group_rows(records)
+    if "groups" in meta.get("parts", "") and groups.get("delivered") is None:
+        failures.append("groups: no group multicast delivered")
 
-    md = render(meta, table, summary, rot, acc, memory, records, failures, direct)
+    md = render(meta, table, summary, rot, acc, memory, records, failures, direct, groups)
     print(md)
     with open(args.out + ".md", "w") as f:
         f.write(md + "\n")
@@ -343,6 +346,7 @@ def main():
                 "access": acc,
                 "direct": direct,
                 "memory": memory,
+                "groups": groups,
                 "failures": failures,
                 "runs": records,
             },
@@ -359,7 +363,64 @@ def main():
     return 0
 
 
-def render(meta, table, summary, rot, acc, memory, records, failures, direct):
+def group_rows(records):
+    """Keyed groups: key messages per rotation, multicast delivered per second."""
+    out = {}
+    keys = [r["result"] for r in records if r.get("kind") == "group-keys" and isinstance(r.get("result"), dict)]
+    if keys:
+        out["keys"] = keys[-1]
+    runs = [r for r in records if r.get("kind") == "group-multicast"]
+    if runs:
+        rates, shares, dups = [], [], 0
+        for r in runs:
+            got = r.get("received") or []
+            distinct = sum(c[0] for c in got)
+            dups += sum(c[1] for c in got)
+            secs = r.get("seconds") or 1
+            rates.append(distinct / secs / 1000)
+            offered = (r.get("offered_pps") or 1) * secs * (r.get("members") or 1)
+            shares.append(distinct / offered)
+        if any(rates):
+            out["delivered"] = stats(rates)
+        out["share"] = stats(shares)
+        out["duplicates"] = dups
+        out["members"] = runs[0].get("members")
+        out["offered_pps"] = runs[0].get("offered_pps")
+    return out
+
+
+def render_groups(L, groups, relay):
+    k = groups.get("keys")
+    if k:
+        g, p = k["group"], k["pairs"]
+        n = k["members"]
+        L.append(
+            f"| key messages per rotation, {n} members keyed as one group (epoch deliveries + switches) "
+            f"| {g['deliveries']:,} + {g['switches']:,} |"
+        )
+        L.append(
+            f"| the same {n} members with a pair epoch per member pair ({p['pairs']:,} pairs) "
+            f"| {p['deliveries']:,} + {p['switches']:,} |"
+        )
+        total_p = p["deliveries"] + p["switches"]
+        if total_p:
+            L.append(f"| group ÷ pair epochs | {(g['deliveries'] + g['switches']) / total_p:.3f}× |")
+    if "share" in groups:
+        m, o = groups.get("members"), groups.get("offered_pps")
+        L.append(
+            f"| group multicast delivered to {m} members, 64 B, one sender at {o:,}/s "
+            f"(kpps, all members together) | {cell(groups.get('delivered'))} |"
+        )
+        L.append(f"| share of the offered copies delivered ({o:,}/s × {m}) | {cell(groups.get('share'))} |")
+        L.append(f"| datagrams a member got twice | {groups.get('duplicates', 0)} |")
+        if relay and groups.get("delivered") and relay["median"]:
+            L.append(
+                "| multicast delivered ÷ tasuki's relayed UDP 64 B (one receiver) in this run | "
+                f"{groups['delivered']['median'] / relay['median']:.2f}× |"
+            )
+
+
+def render(meta, table, summary, rot, acc, memory, records, failures, direct, groups):
     L = []
     L.append(f"# tasuki benchmark, {meta['timestamp']}")
     L.append("")
@@ -400,7 +461,7 @@ def render(meta, table, summary, rot, acc, memory, records, failures, direct):
     render_direct(L, table, direct)
     if "tasuki-base" in summary:
         render_compare(L, table, meta, direct)
-    if rot or acc or memory:
+    if rot or acc or memory or groups:
         L.append("")
         L.append("## tasuki alone")
         L.append("")
@@ -441,6 +502,9 @@ def render(meta, table, summary, rot, acc, memory, records, failures, direct):
                 f"| enforced ÷ open, back-to-back pairs | {pr['median']:.3f} "
                 f"({pr['min']:.3f}–{pr['max']:.3f}, {pr['n']} pairs) |"
             )
+    if groups:
+        relay = (summary.get("tasuki") or {}).get("relay-udp64")
+        render_groups(L, groups, relay)
     if memory:
         target = meta.get("spokes_target", 10000)
         shown = {}

@@ -397,6 +397,13 @@ fn print_status(s: SpokeStatus) {
             "  group:      {} keyed, epoch {} (held {:?})",
             g.group, g.epoch, g.held
         );
+        if !g.multicast.is_empty() {
+            println!(
+                "              multicast {}, {} member(s) online",
+                g.multicast.join(" "),
+                g.members_online
+            );
+        }
     }
     if let Some(e) = s.last_error {
         println!("  last error: {e}");

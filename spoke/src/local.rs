@@ -116,6 +116,8 @@ impl LocalApi {
                     group: g.group,
                     epoch: g.current,
                     held: g.held,
+                    multicast: g.multicast,
+                    members_online: g.members_online,
                 })
                 .collect(),
         }

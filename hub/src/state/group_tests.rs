@@ -596,3 +596,54 @@ fn group_multicast_ranges_are_checked_stored_and_told_to_the_members_online() {
     set_multicast(&mut st, &[], &["239.77.1.0/24", "224.0.0.251/32"], None).unwrap();
     assert!(st.group_key_views()["staff"].multicast.is_empty());
 }
+
+/// A thousand member spokes join a keyed group with multicast at once:
+/// each is offered the epoch once and told the members once, nobody else
+/// is; one leaving rotates the group for the 999 others.
+#[test]
+fn a_thousand_members_joining_at_once_each_get_one_offer() {
+    let dir = TempDir::new("group-thousand");
+    let (mut st, _) = super::test_hub::new_hub_in(&dir, "100.64.0.0/20");
+    let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    let mut members: Vec<Member1> = names.iter().map(|n| spoke(&mut st, n, 1)).collect();
+    let (_outsider, mut rx_out) = spoke(&mut st, "outsider", 1);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    group_of(&mut st, &refs);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    set_multicast(&mut st, &["239.77.1.0/24"], &[], None).unwrap();
+    st.group_tick(10);
+    for (id, rx) in &mut members {
+        let got = drain(rx);
+        let offers = got
+            .iter()
+            .filter(|m| matches!(m, HubGroup::Offer(_)))
+            .count();
+        assert_eq!(offers, 1, "spoke {id}: {offers} offers");
+        let told = multicast_of(&got).expect("told the members");
+        assert_eq!(told.members.len(), 1000);
+        answer(&mut st, *id, got, 10);
+    }
+    assert!(drain(&mut rx_out)
+        .iter()
+        .all(|m| matches!(m, HubGroup::Only { .. })));
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    assert_eq!(current(&st), 1);
+    st.edit_access(now, |p| {
+        p.remove_member("staff", &Member::Spoke("m0".into()))?;
+        Ok("m0 out".into())
+    })
+    .unwrap();
+    let offered = settle(&mut st, &mut members, &mut now);
+    assert!(
+        offered[0].is_empty(),
+        "the leaver was offered {:?}",
+        offered[0]
+    );
+    assert!(
+        offered[1..].iter().all(|o| o == &vec![2]),
+        "the others get epoch 2 once each"
+    );
+    assert_eq!(current(&st), 2);
+    assert_eq!(st.group_key_views()["staff"].members_online, 999);
+}

@@ -35,9 +35,14 @@ pub(super) fn load(dir: &TempDir, key: &Arc<StaticKey>) -> HubState {
 }
 
 pub(super) fn new_hub(dir: &TempDir) -> (HubState, Arc<StaticKey>) {
+    new_hub_in(dir, "100.64.0.0/24")
+}
+
+/// A hub whose tunnel network is `net` (room for more spokes).
+pub(super) fn new_hub_in(dir: &TempDir, net: &str) -> (HubState, Arc<StaticKey>) {
     let settings = HubSettings {
         endpoint: "hub.example:51820".into(),
-        tunnel_net: "100.64.0.0/24".parse().unwrap(),
+        tunnel_net: net.parse().unwrap(),
         routes: vec![],
         keepalive_secs: 25,
     };

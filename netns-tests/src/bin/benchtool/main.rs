@@ -30,9 +30,18 @@ use tasuki_core::control::{Hello, HubMessage, Purpose, SpokeMessage};
 use tasuki_core::invitation::Invitation;
 use tasuki_core::keys::StaticKey;
 
+mod keys;
+
 const USAGE: &str = "\
 usage: tasuki-benchtool enrol --admin-socket PATH --count N [--concurrency C]
                               [--prefix NAME] [--seconds LIMIT]
+       tasuki-benchtool key-messages --members N
+
+  key-messages
+          the key messages (epoch deliveries, switches) one rotation costs the
+          hub for N members keyed as one group, and with a pair epoch for each
+          of their N(N-1)/2 pairs, run on the hub's own schedules. Prints
+          {\"members\":N,\"group\":{..},\"pairs\":{..}}.
 
   enrol   create N invitations (pre-approved service spokes) through the hub's
           admin socket and enrol each with the real Noise enrolment, C at a
@@ -98,6 +107,26 @@ fn main() -> ExitCode {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("key-messages") {
+        let members = match args.as_slice() {
+            [_, flag, n] if flag == "--members" => n.parse::<u32>().ok().filter(|n| *n >= 2),
+            _ => None,
+        };
+        let Some(n) = members else {
+            eprintln!("tasuki-benchtool: key-messages --members N (N ≥ 2)\n\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        return match keys::key_messages(n) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tasuki-benchtool: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     let parsed = match parse(&args) {
         Ok(p) => p,
