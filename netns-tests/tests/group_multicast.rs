@@ -196,6 +196,21 @@ fn a_members_multicast_reaches_every_other_member_once_and_a_leaver_stops() {
         metric_sample(&m, "tasuki_multicast_delivered_total") >= 600,
         "{m}"
     );
+    // Datagrams larger than the tunnel: the route's MTU leaves room for
+    // the envelope, the kernel fragments, every member gets them whole.
+    let route = String::from_utf8_lossy(&t.exec(&t.ns_a, &["ip", "route", "show", RANGE]).stdout)
+        .into_owned();
+    assert!(route.contains("mtu"), "{route}");
+    let big = receive_while(t, &listeners[..2], 4, || {
+        let out = t.nettool(
+            &t.ns_a,
+            &["mcast-send", GROUP_ADDR, PORT, A_TUNNEL, "20", "20", "3000"],
+        );
+        assert_eq!(out["sent"], 20, "{out}");
+    });
+    for got in &big {
+        assert_eq!(got, &(0..20).collect::<Vec<_>>(), "3000-byte datagrams");
+    }
     // The outsider's own packets into the range go nowhere.
     let before = t.hub_metrics(METRICS);
     let got = receive_while(t, &listeners[..2], 3, || {

@@ -194,6 +194,16 @@ impl TunWriter {
 
 /// Adds routes to `nets` through interface `ifname` (existing routes are kept).
 pub async fn add_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
+    add_routes_with(ifname, nets, None).await
+}
+
+/// Adds routes to `nets` through `ifname` whose packets the kernel keeps
+/// within `mtu` bytes (it fragments larger datagrams to fit).
+pub async fn add_routes_mtu(ifname: &str, nets: &[Ipv4Net], mtu: u32) -> Result<()> {
+    add_routes_with(ifname, nets, Some(mtu)).await
+}
+
+async fn add_routes_with(ifname: &str, nets: &[Ipv4Net], mtu: Option<u32>) -> Result<()> {
     if nets.is_empty() {
         return Ok(());
     }
@@ -202,10 +212,15 @@ pub async fn add_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
     let task = tokio::spawn(conn);
     for net in nets {
-        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(net.network(), net.prefix_len())
             .output_interface(index)
             .build();
+        if let Some(mtu) = mtu {
+            use rtnetlink::packet_route::route::{RouteAttribute, RouteMetric};
+            msg.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        }
         match handle.route().add(msg).execute().await {
             Ok(()) => tracing::info!(route = %net, dev = ifname, "route added"),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {

@@ -145,22 +145,29 @@ impl Control {
     /// ones it had. A route that cannot be changed is logged: senders
     /// that name the interface still reach the group.
     async fn route_multicast(&self, group: &str, ranges: Vec<Ipv4Net>) {
-        let before = {
+        let (before, others) = {
             let mut routed = self
                 .multicast_routes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if ranges.is_empty() {
+            let before = if ranges.is_empty() {
                 routed.remove(group).unwrap_or_default()
             } else {
                 routed
                     .insert(group.to_owned(), ranges.clone())
                     .unwrap_or_default()
-            }
+            };
+            // A range that moved to another group stays routed for it.
+            let others: Vec<Ipv4Net> = routed
+                .iter()
+                .filter(|(g, _)| g.as_str() != group)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect();
+            (before, others)
         };
         let gone: Vec<Ipv4Net> = before
             .iter()
-            .filter(|r| !ranges.contains(r))
+            .filter(|r| !ranges.contains(r) && !others.contains(r))
             .copied()
             .collect();
         let new: Vec<Ipv4Net> = ranges
@@ -171,7 +178,13 @@ impl Control {
         if let Err(e) = tasuki_shell::netdev::remove_routes(&self.interface, &gone).await {
             tracing::warn!(group, error = %format!("{e:#}"), "cannot remove a group's multicast routes");
         }
-        if let Err(e) = tasuki_shell::netdev::add_routes(&self.interface, &new).await {
+        // Room for the envelope: the kernel fragments a larger datagram
+        // to fit rather than the data plane dropping it.
+        let mtu = usize::from(tasuki_core::TUNNEL_MTU).saturating_sub(
+            tasuki_core::multicast::overhead(tasuki_core::multicast::MAX_SKIP),
+        );
+        let mtu = u32::try_from(mtu).unwrap_or(1280);
+        if let Err(e) = tasuki_shell::netdev::add_routes_mtu(&self.interface, &new, mtu).await {
             tracing::warn!(group, error = %format!("{e:#}"), "cannot route a group's multicast into the tunnel");
         }
     }

@@ -72,14 +72,13 @@ impl Membership {
     }
 
     /// Holds `group` (replacing what was held under its name): its keys,
-    /// ranges and members. What it says about epochs and members no longer
-    /// there is forgotten.
+    /// ranges and members. The replay windows of epochs no longer held are
+    /// forgotten; a sender's are kept while their epoch is held, online or
+    /// not (what it sent before is never taken again).
     pub fn set(&mut self, group: MemberGroup) {
         let tag = group_tag(&group.name);
-        self.windows.retain(|(t, sender, epoch), _| {
-            *t != tag
-                || (group.members.contains(sender) && group.keys.iter().any(|k| k.number == *epoch))
-        });
+        self.windows
+            .retain(|(t, _, epoch), _| *t != tag || group.keys.iter().any(|k| k.number == *epoch));
         self.groups.insert(tag, group);
     }
 
@@ -89,6 +88,21 @@ impl Membership {
         self.groups.remove(&tag);
         self.windows.retain(|(t, _, _), _| *t != tag);
         self.buckets.remove(&tag);
+    }
+
+    /// The other members of the group that owns `dst`.
+    pub fn members_of(&self, dst: Ipv4Addr) -> Vec<Ipv4Addr> {
+        self.groups
+            .values()
+            .find(|g| g.ranges.iter().any(|r| r.contains(&dst)))
+            .map(|g| {
+                g.members
+                    .iter()
+                    .copied()
+                    .filter(|m| Some(*m) != self.own)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every group held, by name.
@@ -131,6 +145,14 @@ impl Membership {
             .or_insert_with(|| RateBucket::new(rate, now_ms));
         if !bucket.take(rate, now_ms) {
             return Err(DropReason::MulticastOverRate);
+        }
+        // What every receiver would refuse is not sent: another source,
+        // or a sender the hub has not listed yet.
+        if packet.get(12..16) != Some(&own.octets()[..]) {
+            return Err(DropReason::MulticastForged);
+        }
+        if !group.members.contains(&own) {
+            return Err(DropReason::MulticastNotMember);
         }
         let others: Vec<Ipv4Addr> = group
             .members

@@ -47,6 +47,8 @@ pub const MAX_SKIP: usize = 16;
 pub const DEFAULT_RATE_PPS: u32 = 2_000;
 const VERSION: u8 = 1;
 const IPV4_HEADER: usize = 20;
+/// Where the first member reached directly is listed in an envelope.
+pub const SKIP_AT: usize = IPV4_HEADER + 2;
 const AEAD_TAG: usize = 16;
 /// Group tag, epoch, counter and boot nonce.
 const FIXED: usize = 8 + 8 + 8 + 12;

@@ -146,6 +146,18 @@ fn a_spoke_seals_only_into_its_groups_ranges_with_an_epoch_in_use() {
         "no epoch in use yet"
     );
     let mut a = member(2, &[2, 3], 1, 9);
+    let forged = udp(addr(7), group_dst(), b"x");
+    assert_eq!(
+        a.seal(&forged, group_dst(), 0, |_| false, &mut out),
+        Err(DropReason::MulticastForged),
+        "another source is not sealed"
+    );
+    let mut unlisted = member(2, &[3], 1, 9);
+    assert_eq!(
+        unlisted.seal(&p, group_dst(), 0, |_| false, &mut out),
+        Err(DropReason::MulticastNotMember),
+        "not listed yet by the hub"
+    );
     let big = udp(addr(2), group_dst(), &[0u8; 1400]);
     assert_eq!(
         a.seal(&big, group_dst(), 0, |_| false, &mut out[..1420]),

@@ -259,11 +259,13 @@ impl DirectPeers {
         Route::Relay(Some(dst))
     }
 
-    /// The peer at tunnel address `addr`, when it is on a direct path.
-    pub(crate) fn direct_to(&self, addr: Ipv4Addr) -> Option<SpokeId> {
+    /// The peer at tunnel address `addr`, when it is on a direct path
+    /// with a session to seal under.
+    pub(crate) fn direct_to(&mut self, addr: Ipv4Addr) -> Option<SpokeId> {
         let id = self.by_addr.get(&addr)?;
-        let p = self.peers.get(id)?;
-        matches!(p.path.path(), Path::Direct(_)).then_some(*id)
+        let p = self.peers.get_mut(id)?;
+        let ready = matches!(p.path.path(), Path::Direct(_)) && p.link.for_sending().is_some();
+        ready.then_some(*id)
     }
 
     /// Seals `packet` for peer `id` on its direct path.

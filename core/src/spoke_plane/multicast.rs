@@ -45,32 +45,38 @@ impl<T: TunSink> SpokePlane<T> {
         }
         let mut buf = std::mem::take(&mut self.multicast_buf);
         buf.resize(usize::from(TUNNEL_MTU), 0);
-        let direct = &self.direct;
-        let sealed = self.multicast.seal(
-            packet,
-            dst,
-            self.now_ms,
-            |m| direct.direct_to(m).is_some(),
-            &mut buf,
-        );
+        let direct = &mut self.direct;
+        let ready: Vec<Ipv4Addr> = self
+            .multicast
+            .members_of(dst)
+            .into_iter()
+            .filter(|m| direct.direct_to(*m).is_some())
+            .collect();
+        let sealed =
+            self.multicast
+                .seal(packet, dst, self.now_ms, |m| ready.contains(&m), &mut buf);
         match sealed {
             Err(reason) => self.count_drop(reason),
-            Ok(out) => {
-                let envelope = &buf[..out.len];
-                for member in out.direct {
-                    let Some(id) = self.direct.direct_to(member) else {
-                        continue;
+            Ok(mut out) => {
+                for (i, member) in out.direct.iter().enumerate() {
+                    let envelope = &buf[..out.len];
+                    let sent = match self.direct.direct_to(*member) {
+                        Some(id) => self
+                            .direct
+                            .seal(id, envelope, &mut self.io.out, self.now_ms),
+                        None => Err(DropReason::NoSession),
                     };
-                    match self
-                        .direct
-                        .seal(id, envelope, &mut self.io.out, self.now_ms)
-                    {
-                        Ok(_) => self.counters.multicast += 1,
-                        Err(reason) => self.count_drop(reason),
+                    if let Err(reason) = sent {
+                        // Not reached straight: the hub's copy covers it.
+                        tracing::debug!(%member, ?reason, "group multicast not sent direct");
+                        unskip(&mut buf, i);
+                        out.via_hub = true;
+                    } else {
+                        self.counters.multicast += 1;
                     }
                 }
                 if out.via_hub {
-                    self.seal_to_hub(envelope);
+                    self.seal_to_hub(&buf[..out.len]);
                 }
                 self.counters.from_tun += 1;
             }
@@ -118,5 +124,14 @@ impl<T: TunSink> SpokePlane<T> {
                 false
             }
         }
+    }
+}
+
+/// Clears the `i`th member the sender listed as reached directly, so the
+/// hub copies the envelope to it after all (the list is not sealed).
+fn unskip(envelope: &mut [u8], i: usize) {
+    let at = crate::multicast::SKIP_AT + 4 * i;
+    if let Some(entry) = envelope.get_mut(at..at + 4) {
+        entry.fill(0);
     }
 }

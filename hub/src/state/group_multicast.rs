@@ -136,13 +136,15 @@ impl HubState {
     /// Stores a group's setting (none left: its record goes).
     fn store_multicast(&mut self, name: &str, setting: &MulticastSetting) -> Result<()> {
         let key = name.as_bytes().to_vec();
-        let write = if setting.ranges.is_empty() {
+        // A rate of its own is kept with no ranges too.
+        let none = setting.ranges.is_empty() && setting.rate_pps == DEFAULT_RATE_PPS;
+        let write = if none {
             Write::remove(GROUP_MULTICAST_TREE, key)
         } else {
             Write::put(GROUP_MULTICAST_TREE, key, &(name, setting))?
         };
         self.store.commit(&[write])?;
-        if setting.ranges.is_empty() {
+        if none {
             self.keyed.multicast.remove(name);
         } else {
             self.keyed
@@ -155,11 +157,11 @@ impl HubState {
     /// An unkeyed group loses its ranges too.
     pub(super) fn drop_group_multicast(&mut self, name: &str) -> Result<()> {
         if self.keyed.multicast.contains_key(name) {
-            let none = MulticastSetting {
-                ranges: Vec::new(),
-                rate_pps: DEFAULT_RATE_PPS,
-            };
-            self.store_multicast(name, &none)?;
+            self.store.commit(&[Write::remove(
+                GROUP_MULTICAST_TREE,
+                name.as_bytes().to_vec(),
+            )])?;
+            self.keyed.multicast.remove(name);
         }
         self.sync_multicast(name);
         Ok(())
@@ -168,13 +170,27 @@ impl HubState {
     /// Hands the data plane the group's members online, and tells each
     /// member what changed (a member that attached again is told anew).
     pub(super) fn sync_multicast(&mut self, name: &str) {
+        // Members by the schedule and by the membership now: a leaver is
+        // out at once, even when the tick that ends it failed to store.
+        let members = self.member_spokes(name);
         let holders: Vec<SpokeId> = self
             .keyed
             .groups
             .get(name)
-            .map(|s| s.scope().holders().collect())
+            .map(|s| {
+                s.scope()
+                    .holders()
+                    .filter(|h| members.contains(h))
+                    .collect()
+            })
             .unwrap_or_default();
-        let Some(setting) = self.keyed.multicast.get(name).cloned() else {
+        let Some(setting) = self
+            .keyed
+            .multicast
+            .get(name)
+            .filter(|s| !s.ranges.is_empty())
+            .cloned()
+        else {
             self.end_multicast(name);
             return;
         };
@@ -246,12 +262,34 @@ impl HubState {
         self.tell_multicast(&told, &none);
     }
 
+    /// Queues the message for each (kept until there is room: it is
+    /// sent once, not again and again like an epoch).
     fn tell_multicast(&mut self, to: &[SpokeId], msg: &GroupMulticast) {
         for id in to {
-            if let Some(tx) = self.sessions.get(id).cloned() {
-                let m = HubMessage::Group(HubGroup::Multicast(msg.clone()));
-                self.send_keys(*id, &tx, vec![m]);
+            self.tell(*id, HubMessage::Group(HubGroup::Multicast(msg.clone())));
+        }
+    }
+
+    /// After an attach: a member of keyed groups with no multicast is told
+    /// so (it may hold some from before); the others hear theirs at the
+    /// next tick.
+    pub(super) fn greet_multicast(&mut self, id: SpokeId, groups: &[String]) {
+        for group in groups {
+            if self
+                .keyed
+                .multicast
+                .get(group)
+                .is_some_and(|s| !s.ranges.is_empty())
+            {
+                continue;
             }
+            let none = GroupMulticast {
+                group: group.clone(),
+                ranges: Vec::new(),
+                members: Vec::new(),
+                rate_pps: 0,
+            };
+            self.tell_multicast(&[id], &none);
         }
     }
 

@@ -647,3 +647,48 @@ fn a_thousand_members_joining_at_once_each_get_one_offer() {
     assert_eq!(current(&st), 2);
     assert_eq!(st.group_key_views()["staff"].members_online, 999);
 }
+
+/// A member that attaches anew is told the group's multicast again, and
+/// one of a group with none is told it has none (it may hold some from
+/// before it went away).
+#[test]
+fn an_attaching_member_is_told_its_groups_multicast_anew() {
+    let dir = TempDir::new("group-multicast-attach");
+    let (mut st, _) = new_hub(&dir);
+    let a = spoke(&mut st, "a", 1);
+    group_of(&mut st, &["a"]);
+    st.set_group_key("staff", true, None, 2).unwrap();
+    let mut members = vec![a];
+    let mut now = 10;
+    settle(&mut st, &mut members, &mut now);
+    // No ranges: the greeting says so.
+    let (tx, mut rx) = mpsc::channel(64);
+    st.attach_session(members[0].0, tx);
+    now += 1;
+    st.group_tick(now);
+    let none = multicast_of(&drain(&mut rx)).expect("told the group has no multicast");
+    assert!(none.ranges.is_empty());
+    // With ranges: told once, and again on a new session.
+    set_multicast(&mut st, &["239.77.1.0/24"], &[], None).unwrap();
+    now += 1;
+    st.group_tick(now);
+    assert_eq!(multicast_of(&drain(&mut rx)).expect("told").ranges.len(), 1);
+    now += 1;
+    st.group_tick(now);
+    assert!(multicast_of(&drain(&mut rx)).is_none());
+    let (tx, mut rx) = mpsc::channel(64);
+    st.attach_session(members[0].0, tx);
+    now += 1;
+    st.group_tick(now);
+    assert_eq!(
+        multicast_of(&drain(&mut rx))
+            .expect("told again")
+            .ranges
+            .len(),
+        1
+    );
+    // A rate without ranges is kept.
+    set_multicast(&mut st, &[], &["239.77.1.0/24"], Some(300)).unwrap();
+    set_multicast(&mut st, &["239.77.2.0/24"], &[], None).unwrap();
+    assert_eq!(st.group_key_views()["staff"].multicast_rate_pps, 300);
+}

@@ -36,6 +36,8 @@ impl HubState {
             if let Err(e) = self.tick_group(&name, now) {
                 failed.get_or_insert(e);
             }
+            // Whatever the tick stored: the multicast follows the members.
+            self.sync_multicast(&name);
         }
         if let Some(e) = failed {
             tracing::warn!(error = %format!("{e:#}"), "group keys cannot be stored: their rotations wait");
@@ -47,16 +49,18 @@ impl HubState {
     /// been unkeyed, while it was offline).
     fn greet_sessions(&mut self) {
         let sessions = &self.sessions;
-        self.keyed.greeted.retain(|id| sessions.contains_key(id));
+        self.keyed
+            .greeted
+            .retain(|id, tx| sessions.get(id).is_some_and(|s| s.same_channel(tx)));
         // A member that attached again is given a new chance.
         let greeted = &self.keyed.greeted;
         self.keyed
             .stalled
-            .retain(|(_, id)| greeted.contains(id) && sessions.contains_key(id));
+            .retain(|(_, id)| greeted.contains_key(id));
         let new: Vec<SpokeId> = self
             .sessions
             .keys()
-            .filter(|id| !self.keyed.greeted.contains(id))
+            .filter(|id| !self.keyed.greeted.contains_key(id))
             .copied()
             .collect();
         if new.is_empty() {
@@ -73,16 +77,21 @@ impl HubState {
         for id in &new {
             let groups = of.remove(id).unwrap_or_default();
             if let Some(tx) = self.sessions.get(id).cloned() {
+                self.greet_multicast(*id, &groups);
                 let only = HubMessage::Group(HubGroup::Only { groups });
                 self.send_keys(*id, &tx, vec![only]);
             }
         }
-        self.keyed.greeted.extend(new);
+        for id in new {
+            if let Some(tx) = self.sessions.get(&id) {
+                self.keyed.greeted.insert(id, tx.clone());
+            }
+        }
     }
 
     /// The spokes that are members of `group` now, by their own
     /// membership or a logged-in user's.
-    fn member_spokes(&self, group: &str) -> BTreeSet<SpokeId> {
+    pub(super) fn member_spokes(&self, group: &str) -> BTreeSet<SpokeId> {
         self.access
             .member_spokes(group, self.access_facts.values())
             .into_iter()
@@ -160,7 +169,6 @@ impl HubState {
             self.end_pairs_via(name, Some(h), now);
         }
         self.send_group_plan(name, plan, now);
-        self.sync_multicast(name);
         Ok(())
     }
 

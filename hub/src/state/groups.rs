@@ -3,7 +3,7 @@
 //! admin's switch. The groups' tick and their members' reports are in
 //! [`super::group_tick`].
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tasuki_core::admin_calls::GroupInterval;
 use tasuki_core::audit::{AuditKind, AuditRecord};
@@ -62,7 +62,8 @@ pub(crate) struct Keyed {
     pub(super) stalled: BTreeSet<(String, SpokeId)>,
     /// Sessions told, once after they attached, to erase the keyed groups
     /// they are no member of (they may have left while offline).
-    pub(super) greeted: HashSet<SpokeId>,
+    /// (On which session: one that attached again is greeted again.)
+    pub(super) greeted: HashMap<SpokeId, tokio::sync::mpsc::Sender<HubMessage>>,
     /// Keyed groups' multicast ranges and rates, by name.
     pub(super) multicast: BTreeMap<String, super::group_multicast::MulticastSetting>,
     /// What the data plane carries of them and the members were told.

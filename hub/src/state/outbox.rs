@@ -196,6 +196,11 @@ fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
     match (old, new) {
         (HubMessage::Session(_), HubMessage::Session(_)) => true,
         (HubMessage::DeviceWaiting(a), HubMessage::DeviceWaiting(b)) => a.name == b.name,
+        // A group's multicast as it is now replaces what it was.
+        (
+            HubMessage::Group(tasuki_core::control::HubGroup::Multicast(a)),
+            HubMessage::Group(tasuki_core::control::HubGroup::Multicast(b)),
+        ) => a.group == b.group,
         _ => old == new,
     }
 }
