@@ -16,6 +16,7 @@ use crate::admin_api::{
 };
 use crate::audit::AuditRecord;
 use crate::pair_rules::DirectMode;
+use crate::requests::{Request, RequestPolicy};
 use crate::rotation::RotationPolicy;
 use crate::wireguard::WireGuardConfigView;
 
@@ -117,6 +118,56 @@ hub_requests! {
     GroupKey -> AccessView,
     /// Give a keyed group multicast ranges, take them away, set its rate.
     GroupMulticastSet -> AccessView,
+    /// Add or replace a request policy (claim 13).
+    RequestPolicySet -> RequestPolicy,
+    /// The request policies.
+    RequestPolicyList -> Vec<RequestPolicy>,
+    /// Remove a request policy; the reply is the ones left.
+    RequestPolicyRemove -> Vec<RequestPolicy>,
+    /// The access requests the hub keeps.
+    RequestList -> Vec<Request>,
+    /// An admin approves or denies a request.
+    RequestDecide -> Request,
+    /// An admin ends a request, waiting or granted.
+    RequestRevoke -> Request,
+}
+
+/// Add or replace a request policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestPolicySet {
+    /// The policy.
+    pub policy: RequestPolicy,
+}
+
+/// The request policies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestPolicyList {}
+
+/// Remove a request policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestPolicyRemove {
+    /// Its name.
+    pub name: String,
+}
+
+/// The access requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestList {}
+
+/// An admin's approval (or denial) of a request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestDecide {
+    /// The request's number.
+    pub id: u64,
+    /// Yes (or no).
+    pub approve: bool,
+}
+
+/// End a request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRevoke {
+    /// The request's number.
+    pub id: u64,
 }
 
 /// Make an invitation for a new spoke.

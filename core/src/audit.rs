@@ -47,6 +47,9 @@ pub enum AuditKind {
     /// A keyed group's epoch was issued (keyed by an admin, a rotation,
     /// a member that left), or the group was no longer keyed.
     GroupKey,
+    /// An access request (claim 13) or request policy changed: asked,
+    /// approved, denied, granted, expired, over, revoked.
+    AccessRequest,
 }
 
 /// One line of the audit log.

@@ -37,6 +37,7 @@ pub mod pair_rules;
 pub mod pair_schedule;
 pub mod path;
 pub mod registry;
+pub mod requests;
 pub mod rotation;
 pub mod routing;
 pub mod scope_schedule;

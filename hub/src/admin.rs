@@ -194,6 +194,19 @@ fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
             st.set_group_multicast(&r, now)?;
             Ok(st.access_view())
         }),
+        HubRequest::RequestPolicySet(r) => {
+            answer(st, r, |st, r| st.set_request_policy(r.policy, now))
+        }
+        HubRequest::RequestPolicyList(r) => answer(st, r, |st, _| Ok(st.request_policies())),
+        HubRequest::RequestPolicyRemove(r) => answer(st, r, |st, r| {
+            st.remove_request_policy(&r.name, now)?;
+            Ok(st.request_policies())
+        }),
+        HubRequest::RequestList(r) => answer(st, r, |st, _| Ok(st.access_requests())),
+        HubRequest::RequestDecide(r) => {
+            answer(st, r, |st, r| st.admin_decide_request(r.id, r.approve, now))
+        }
+        HubRequest::RequestRevoke(r) => answer(st, r, |st, r| st.revoke_request(r.id, now)),
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

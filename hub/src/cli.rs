@@ -119,6 +119,23 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// Request policies: what users may ask for for a while, and whose
+    /// approvals it needs (claim 13).
+    RequestPolicy {
+        #[command(subcommand)]
+        command: crate::cli_requests::RequestPolicyCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Access requests: list, approve, deny, revoke.
+    Request {
+        #[command(subcommand)]
+        command: crate::cli_requests::RequestCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the audit log: enrolments, approvals, logins, keys, revocations.
     Audit {
         /// Only records since this time: RFC 3339 (2026-11-25T06:00:00Z) or a
@@ -236,6 +253,14 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(crate::cli_pairs::pair_command(command, &admin_socket)),
+        Command::RequestPolicy {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_requests::policy_command(command, &admin_socket)),
+        Command::Request {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_requests::request_command(command, &admin_socket)),
         Command::User {
             command,
             admin_socket,

@@ -139,6 +139,7 @@ async fn rotate(state: SharedState) {
             st.rotation_tick(now, &usage);
             st.pair_tick(now, seen);
             st.group_tick(now);
+            st.requests_tick(now);
         });
     }
 }

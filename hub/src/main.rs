@@ -7,6 +7,7 @@ mod cli;
 mod cli_access;
 mod cli_keys;
 mod cli_pairs;
+mod cli_requests;
 mod cli_spokes;
 mod cli_users;
 mod config;

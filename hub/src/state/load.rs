@@ -43,6 +43,7 @@ impl HubState {
             tasuki_shell::unix_now(),
         )?;
         let keyed = super::groups::load_keyed(&store, &vault, &mut named)?;
+        let requests = super::requests::load_requests(&store)?;
         erase_unnamed(&vault, &named)?;
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store
@@ -83,6 +84,7 @@ impl HubState {
             access_facts: HashMap::new(),
             direct,
             keyed,
+            requests,
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

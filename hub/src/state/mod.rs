@@ -40,6 +40,9 @@ mod load;
 mod pair_tests;
 mod pair_tick;
 mod pairs;
+#[cfg(test)]
+mod request_tests;
+mod requests;
 mod scope_store;
 #[cfg(test)]
 mod test_hub;
@@ -196,6 +199,8 @@ pub(crate) struct HubState {
     direct: direct::Direct,
     /// Keyed groups and their schedules (see [`groups`]).
     keyed: groups::Keyed,
+    /// Access requests and their policies (see [`requests`]).
+    requests: tasuki_core::requests::Requests,
 }
 
 impl HubState {

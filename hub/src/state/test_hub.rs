@@ -30,8 +30,19 @@ impl Drop for TempDir {
 }
 
 pub(super) fn load(dir: &TempDir, key: &Arc<StaticKey>) -> HubState {
-    let (dp, _rx) = DpHandle::channel();
-    HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp).unwrap()
+    // A hub just dropped may still hold the store's lock for a moment
+    // (sled's flusher thread ends on its own time).
+    for _ in 0..50 {
+        let (dp, _rx) = DpHandle::channel();
+        match HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp) {
+            Ok(st) => return st,
+            Err(e) if format!("{e:#}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("cannot load the hub: {e:#}"),
+        }
+    }
+    panic!("the store stayed locked")
 }
 
 pub(super) fn new_hub(dir: &TempDir) -> (HubState, Arc<StaticKey>) {

@@ -1,0 +1,219 @@
+//! Access requests at the hub (claim 13): the request policies and the
+//! requests, stored (flushed) before anyone hears of a change, and the
+//! calls that change them: an admin's policies, decisions and revocations,
+//! and the time. The rules are [`tasuki_core::requests`]'s.
+
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::requests::{
+    Approver, ApproverSel, Grant, Outcome, Request, RequestError, RequestPolicy, Requests,
+};
+use tasuki_shell::store::Write;
+
+use super::*;
+
+/// Each request policy, by name.
+pub(super) const REQUEST_POLICIES_TREE: &str = "request-policies";
+/// Each request, by number.
+pub(super) const ACCESS_REQUESTS_TREE: &str = "access-requests";
+
+impl From<RequestError> for StateError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotFound(m) => StateError::NotFound(m),
+            RequestError::Invalid(m) | RequestError::TooMany(m) => StateError::Invalid(m),
+            RequestError::Denied(m) => StateError::Denied(m),
+            RequestError::WrongState(m) => StateError::WrongState(m),
+        }
+    }
+}
+
+impl HubState {
+    /// `tasuki-hub request-policy add`: a policy whose groups exist,
+    /// stored before it is in force.
+    pub(crate) fn set_request_policy(
+        &mut self,
+        p: RequestPolicy,
+        now: u64,
+    ) -> Result<RequestPolicy> {
+        p.check()?;
+        let mut groups: Vec<&str> = p
+            .approvers
+            .iter()
+            .chain(p.requesters.iter().flatten())
+            .filter_map(|a| match a {
+                ApproverSel::Group(g) => Some(g.as_str()),
+                ApproverSel::User(_) => None,
+            })
+            .collect();
+        if let Grant::Group(g) = &p.grant {
+            groups.push(g);
+        }
+        if let Some(g) = groups
+            .iter()
+            .find(|g| !self.access.groups.contains_key(**g))
+        {
+            return Err(StateError::NotFound(format!(
+                "no group named {g:?}; create it first with `tasuki-hub group add {g}`"
+            )));
+        }
+        let mut after = self.requests.clone();
+        after.set_policy(p.clone())?;
+        self.store.commit(&[Write::put(
+            REQUEST_POLICIES_TREE,
+            p.name.as_bytes().to_vec(),
+            &(p.name.as_str(), &p),
+        )?])?;
+        self.requests = after;
+        self.audit(
+            AuditRecord::new(now, AuditKind::AccessRequest).detail(format!(
+                "request policy {} set: {} approval(s) of {} for up to {} s",
+                p.name,
+                p.required,
+                p.approvers.len(),
+                p.max_duration_secs
+            )),
+        );
+        Ok(p)
+    }
+
+    /// `tasuki-hub request-policy remove`: refused while requests under it
+    /// are open.
+    pub(crate) fn remove_request_policy(&mut self, name: &str, now: u64) -> Result<()> {
+        let mut after = self.requests.clone();
+        after.remove_policy(name)?;
+        self.store.commit(&[Write::remove(
+            REQUEST_POLICIES_TREE,
+            name.as_bytes().to_vec(),
+        )])?;
+        self.requests = after;
+        self.audit(
+            AuditRecord::new(now, AuditKind::AccessRequest)
+                .detail(format!("request policy {name} removed")),
+        );
+        Ok(())
+    }
+
+    /// Every request policy.
+    pub(crate) fn request_policies(&self) -> Vec<RequestPolicy> {
+        self.requests.policies().cloned().collect()
+    }
+
+    /// Every request the hub keeps, oldest first.
+    pub(crate) fn access_requests(&self) -> Vec<Request> {
+        self.requests.requests().cloned().collect()
+    }
+
+    /// `tasuki-hub request approve|deny ID`: an admin's decision.
+    pub(crate) fn admin_decide_request(
+        &mut self,
+        id: u64,
+        approve: bool,
+        now: u64,
+    ) -> Result<Request> {
+        self.change_requests(now, |r| {
+            if approve {
+                r.approve(id, &Approver::Admin, &[], now)
+            } else {
+                r.deny(id, &Approver::Admin, &[], now)
+            }
+        })
+    }
+
+    /// `tasuki-hub request revoke ID`: ends it, granted or waiting.
+    pub(crate) fn revoke_request(&mut self, id: u64, now: u64) -> Result<Request> {
+        self.change_requests(now, |r| r.revoke(id, now))
+    }
+
+    /// Once a tick: requests not approved in time expire, grants whose
+    /// time is over end. A change that cannot be stored is tried again
+    /// at the next tick.
+    pub(crate) fn requests_tick(&mut self, now: u64) {
+        if !self.requests.due(now) {
+            return;
+        }
+        let mut after = self.requests.clone();
+        let outcomes = after.tick(now);
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit_outcomes(&outcomes) {
+            tracing::warn!(error = %format!("{e:#}"), "expired requests cannot be stored yet");
+            return;
+        }
+        self.requests = after;
+        for out in &outcomes {
+            self.audit_request(now, out, "by time");
+        }
+    }
+
+    /// Runs one change on a copy, stores what it changed, then keeps it
+    /// and audits it: nothing changes when the store refuses.
+    fn change_requests(
+        &mut self,
+        now: u64,
+        change: impl FnOnce(&mut Requests) -> Result<Outcome, RequestError>,
+    ) -> Result<Request> {
+        let mut after = self.requests.clone();
+        let out = change(&mut after)?;
+        self.commit_outcomes(std::slice::from_ref(&out))?;
+        self.requests = after;
+        self.audit_request(now, &out, "by an admin");
+        Ok(out.request)
+    }
+
+    pub(super) fn commit_outcomes(&self, outcomes: &[Outcome]) -> Result<()> {
+        let mut writes = Vec::new();
+        for out in outcomes {
+            writes.push(Write::put(
+                ACCESS_REQUESTS_TREE,
+                out.request.id.to_be_bytes().to_vec(),
+                &(out.request.id.to_string(), &out.request),
+            )?);
+            for id in &out.forgotten {
+                writes.push(Write::remove(
+                    ACCESS_REQUESTS_TREE,
+                    id.to_be_bytes().to_vec(),
+                ));
+            }
+        }
+        self.store.commit(&writes)?;
+        Ok(())
+    }
+
+    fn audit_request(&mut self, now: u64, out: &Outcome, how: &str) {
+        let r = &out.request;
+        let detail = format!(
+            "request {} ({} for user {} on {}, policy {}): {} {how}; approvals {}/{} [{}]",
+            r.id,
+            r.reason,
+            r.requester,
+            r.spoke,
+            r.policy,
+            r.state.name(),
+            r.approvals.len(),
+            r.required,
+            r.approvals.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        tracing::info!(
+            request = r.id,
+            state = r.state.name(),
+            "access request changed"
+        );
+        self.audit(AuditRecord::new(now, AuditKind::AccessRequest).detail(detail));
+    }
+}
+
+/// The request policies and requests as stored.
+pub(super) fn load_requests(store: &Store) -> anyhow::Result<Requests> {
+    let policies = store
+        .all::<(String, RequestPolicy)>(REQUEST_POLICIES_TREE)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let requests = store
+        .all::<(String, Request)>(ACCESS_REQUESTS_TREE)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    Ok(Requests::restore(policies, requests))
+}
