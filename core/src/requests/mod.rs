@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::{Selector, Service};
+use crate::access::{AccessPolicy, Member, Rule, Selector, Service};
 
 mod machine;
 pub use machine::{Outcome, Requests};
@@ -274,6 +274,31 @@ impl RequestPolicy {
             .as_ref()
             .is_none_or(|r| Self::names(r, user, groups))
     }
+}
+
+/// The access policy with the grants in force: each rules grant's rules
+/// from its requester (`user:ID`), each group grant's requester a member
+/// of its group. A group that is gone grants nothing.
+pub fn policy_with_grants<'a>(
+    policy: &AccessPolicy,
+    grants: impl IntoIterator<Item = (&'a Request, &'a Grant)>,
+) -> AccessPolicy {
+    let mut p = policy.clone();
+    for (r, grant) in grants {
+        match grant {
+            Grant::Rules(rules) => p.rules.extend(rules.iter().map(|g| Rule {
+                from: Selector::User(r.requester.clone()),
+                to: g.to.clone(),
+                services: g.services.clone(),
+            })),
+            Grant::Group(g) => {
+                if let Some(members) = p.groups.get_mut(g) {
+                    members.insert(Member::User(r.requester.clone()));
+                }
+            }
+        }
+    }
+    p
 }
 
 #[cfg(test)]

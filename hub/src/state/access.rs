@@ -197,7 +197,7 @@ impl HubState {
         let mut facts: Vec<SpokeFacts> = self.access_facts.values().cloned().collect();
         facts.sort_by_key(|f| f.id);
         let hub = self.registry.settings().hub_addr();
-        Arc::new(self.access.compile(hub, &facts))
+        Arc::new(self.access_in_force().compile(hub, &facts))
     }
 
     /// Hands the data plane the policy compiled anew.

@@ -92,7 +92,7 @@ impl HubState {
     /// The spokes that are members of `group` now, by their own
     /// membership or a logged-in user's.
     pub(super) fn member_spokes(&self, group: &str) -> BTreeSet<SpokeId> {
-        self.access
+        self.access_in_force()
             .member_spokes(group, self.access_facts.values())
             .into_iter()
             .collect()

@@ -87,3 +87,66 @@ fn policies_name_groups_that_exist_and_requests_survive_a_restart() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_grant_is_in_force_from_the_last_approval_until_it_ends() {
+    use tasuki_core::access::{Member, Selector};
+    use tasuki_core::requests::GrantRule;
+    let dir = TempDir::new("requests-grant");
+    let (mut st, _) = new_hub(&dir);
+    st.edit_access(1, |p| p.add_group("prod").map(|_| "prod".into()))
+        .unwrap();
+    let rules = RequestPolicy {
+        name: "db".into(),
+        grant: Grant::Rules(vec![GrantRule {
+            to: "192.168.50.10".parse().unwrap(),
+            services: vec!["tcp/5432".parse().unwrap()],
+        }]),
+        ..policy(1)
+    };
+    st.set_request_policy(rules, 1).unwrap();
+    st.set_request_policy(policy(1), 1).unwrap();
+    let ask = |st: &mut HubState, p: &str, now| {
+        let out = st
+            .requests
+            .ask(p, ("alice", "laptop", &[]), 600, "on call", now)
+            .unwrap();
+        st.commit_outcomes(std::slice::from_ref(&out)).unwrap();
+        out.request.id
+    };
+    let a = ask(&mut st, "db", 10);
+    let b = ask(&mut st, "prod-db", 10);
+    assert_eq!(
+        st.access_in_force().rules.len(),
+        0,
+        "nothing before the approval"
+    );
+    st.admin_decide_request(a, true, 11).unwrap();
+    st.admin_decide_request(b, true, 11).unwrap();
+    let p = st.access_in_force().into_owned();
+    assert_eq!(p.rules.len(), 1);
+    assert_eq!(p.rules[0].from, Selector::User("alice".into()));
+    assert!(p.groups["prod"].contains(&Member::User("alice".into())));
+    assert!(
+        st.access.rules.is_empty(),
+        "the stored policy is not changed"
+    );
+    // Revoked: the rule goes at once; the group grant ends with its time.
+    st.revoke_request(a, 12).unwrap();
+    assert!(st.access_in_force().rules.is_empty());
+    st.requests_tick(11 + 600);
+    assert!(!st.access_in_force().groups["prod"].contains(&Member::User("alice".into())));
+    // A grant whose group is gone is refused, and nothing is granted.
+    let c = ask(&mut st, "prod-db", 700);
+    st.edit_access(701, |p| p.remove_group("prod").map(|_| "gone".into()))
+        .unwrap();
+    let refused = st.admin_decide_request(c, true, 702);
+    assert!(
+        matches!(refused, Err(StateError::NotFound(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        st.access_requests().last().unwrap().state,
+        RequestState::Waiting
+    );
+}

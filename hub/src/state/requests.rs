@@ -3,9 +3,13 @@
 //! calls that change them: an admin's policies, decisions and revocations,
 //! and the time. The rules are [`tasuki_core::requests`]'s.
 
+use std::borrow::Cow;
 use tasuki_core::audit::{AuditKind, AuditRecord};
+
+use tasuki_core::access::{AccessPolicy, Member};
 use tasuki_core::requests::{
-    Approver, ApproverSel, Grant, Outcome, Request, RequestError, RequestPolicy, Requests,
+    policy_with_grants, Approver, ApproverSel, Grant, Outcome, Request, RequestError,
+    RequestPolicy, RequestState, Requests,
 };
 use tasuki_shell::store::Write;
 
@@ -110,13 +114,43 @@ impl HubState {
         approve: bool,
         now: u64,
     ) -> Result<Request> {
+        let groups: Vec<String> = self.access.groups.keys().cloned().collect();
         self.change_requests(now, |r| {
-            if approve {
-                r.approve(id, &Approver::Admin, &[], now)
-            } else {
-                r.deny(id, &Approver::Admin, &[], now)
+            if !approve {
+                return r.deny(id, &Approver::Admin, &[], now);
             }
+            let out = r.approve(id, &Approver::Admin, &[], now)?;
+            grant_applies(r, &out, &groups)?;
+            Ok(out)
         })
+    }
+
+    /// The access policy in force: the stored one, with the grants of
+    /// requests granted now.
+    pub(super) fn access_in_force(&self) -> Cow<'_, AccessPolicy> {
+        if self.requests.grants().next().is_none() {
+            return Cow::Borrowed(&self.access);
+        }
+        Cow::Owned(policy_with_grants(&self.access, self.requests.grants()))
+    }
+
+    /// A grant began or ended: the data plane enforces the policy in force
+    /// anew, pairs follow it; a requester whose group grant ended rotates
+    /// its link keys (what it held may have reached the group), and the
+    /// group's own epoch moves on at its next tick.
+    fn grants_changed(&mut self, now: u64, out: &Outcome) {
+        self.push_access();
+        self.refresh_pair_rules(now);
+        self.ask_pairs_again();
+        let ended = !matches!(out.request.state, RequestState::Granted { .. });
+        let grant = self
+            .requests
+            .policy(&out.request.policy)
+            .map(|p| p.grant.clone());
+        if let (true, Some(Grant::Group(g))) = (ended, grant) {
+            let user = Member::User(out.request.requester.clone());
+            self.rotate_group_leavers(&g, &[user]);
+        }
     }
 
     /// `tasuki-hub request revoke ID`: ends it, granted or waiting.
@@ -143,6 +177,28 @@ impl HubState {
         self.requests = after;
         for out in &outcomes {
             self.audit_request(now, out, "by time");
+            if out.grants_changed {
+                self.grants_changed(now, out);
+            }
+        }
+    }
+
+    /// User `user` logged out of its last spoke, or was removed: its
+    /// requests end, and so does what they granted. An ending that cannot
+    /// be stored is logged; the grant still ends in memory at once.
+    pub(crate) fn requester_gone(&mut self, user: &str, now: u64) {
+        let outcomes = self.requests.requester_gone(user, now);
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit_outcomes(&outcomes) {
+            tracing::error!(user, error = %format!("{e:#}"), "the end of a leaver's requests is not stored yet");
+        }
+        for out in &outcomes {
+            self.audit_request(now, out, "as the requester left");
+            if out.grants_changed {
+                self.grants_changed(now, out);
+            }
         }
     }
 
@@ -158,6 +214,9 @@ impl HubState {
         self.commit_outcomes(std::slice::from_ref(&out))?;
         self.requests = after;
         self.audit_request(now, &out, "by an admin");
+        if out.grants_changed {
+            self.grants_changed(now, &out);
+        }
         Ok(out.request)
     }
 
@@ -200,6 +259,19 @@ impl HubState {
             "access request changed"
         );
         self.audit(AuditRecord::new(now, AuditKind::AccessRequest).detail(detail));
+    }
+}
+
+/// A grant about to begin must name what exists: never a partial grant.
+fn grant_applies(r: &Requests, out: &Outcome, groups: &[String]) -> Result<(), RequestError> {
+    if !out.grants_changed {
+        return Ok(());
+    }
+    match r.policy(&out.request.policy).map(|p| &p.grant) {
+        Some(Grant::Group(g)) if !groups.contains(g) => Err(RequestError::NotFound(format!(
+            "the group {g:?} the request grants is gone: nothing is granted"
+        ))),
+        _ => Ok(()),
     }
 }
 

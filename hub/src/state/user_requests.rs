@@ -100,6 +100,9 @@ impl HubState {
                 .spoke(&spoke_name),
         );
         self.logins_changed(spoke, true)?;
+        if !self.logins.values().any(|u| u.contains(&user)) {
+            self.requester_gone(&user, now);
+        }
         Ok(UserReply::LoggedOut { user })
     }
 

@@ -179,6 +179,7 @@ impl HubState {
                 .user(id)
                 .detail("removed"),
         );
+        self.requester_gone(id, now);
         if self.access_names_user(id) {
             let gone = id.to_owned();
             self.edit_access(now, move |p| {
