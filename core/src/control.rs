@@ -382,6 +382,31 @@ pub enum UserRequest {
         /// The chosen password.
         password: Zeroizing<String>,
     },
+    /// Ask for temporary access under a request policy (claim 13).
+    AskAccess {
+        /// User id (logged in here).
+        user: String,
+        /// The request policy.
+        policy: String,
+        /// How long the grant is to last.
+        duration_secs: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Approve (or deny) another user's access request.
+    DecideAccess {
+        /// User id (logged in here).
+        user: String,
+        /// The request's number.
+        id: u64,
+        /// Yes (or no).
+        approve: bool,
+    },
+    /// The user's own requests and those waiting for their approval.
+    ListAccess {
+        /// User id (logged in here).
+        user: String,
+    },
 }
 
 impl std::fmt::Debug for UserRequest {
@@ -396,6 +421,11 @@ impl std::fmt::Debug for UserRequest {
                 write!(f, "ApproveDevice({user}, {name:?})")
             }
             UserRequest::Register { user, .. } => write!(f, "Register({user})"),
+            UserRequest::AskAccess { user, policy, .. } => write!(f, "AskAccess({user}, {policy})"),
+            UserRequest::DecideAccess { user, id, approve } => {
+                write!(f, "DecideAccess({user}, {id}, {approve})")
+            }
+            UserRequest::ListAccess { user } => write!(f, "ListAccess({user})"),
         }
     }
 }
@@ -429,6 +459,15 @@ pub enum UserReply {
     Registered {
         /// The login id asked for.
         user: String,
+    },
+    /// An access request as it is now (asked, approved or denied).
+    AccessRequest(Box<crate::requests::Request>),
+    /// The user's own access requests, and those waiting for their yes.
+    AccessRequests {
+        /// Asked by the user.
+        mine: Vec<crate::requests::Request>,
+        /// Waiting for the user's approval.
+        to_decide: Vec<crate::requests::Request>,
     },
 }
 

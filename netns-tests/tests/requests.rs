@@ -89,3 +89,176 @@ fn request_policies_are_checked_stored_and_listed() {
     assert!(t.hub_ok(&["audit"]).contains("request policy prod-db set"));
     t.must_be_alive(&hub);
 }
+
+/// Logs `user` in on the spoke at `socket` for the first time (the initial
+/// password `initial` replaced).
+fn first_login(socket: &std::path::Path, user: &str, initial: &str) {
+    let login = tasuki_netns_tests::spoke_stdin(
+        socket,
+        &["login", user, "--password-stdin"],
+        &format!("{initial}\ncorrect horse battery staple {user}\n"),
+    );
+    assert!(login.status.success(), "{}", output_text(&login));
+}
+
+fn add_user(t: &Topology, user: &str, spoke: &str) -> String {
+    let v: Value = serde_json::from_str(&t.hub_ok(&["user", "add", user, "--json"])).expect("json");
+    t.hub_ok(&["user", "allow", user, "--spoke", spoke]);
+    v["initial_password"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A request that needs 2 of 3 approvers: nothing reaches the LAN host
+/// before the second yes; one yes from a spoke, a hub restart, the second
+/// from another spoke, and traffic flows; at its end it stops; the
+/// requester's own yes and a second yes do not count; a no ends one.
+#[test]
+fn access_is_granted_with_the_last_approval_and_ends_with_its_time() {
+    use std::time::Duration;
+    use tasuki_netns_tests::LAN_HOST;
+    if skip_unless_root("requests::access_is_granted_with_the_last_approval") {
+        return;
+    }
+    let t = Topology::new();
+    t.hub_init();
+    let mut hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("laptop", &t.ns_a), ("desk", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    let (laptop, desk) = (t.spoke_socket("laptop"), t.spoke_socket("desk"));
+    for (user, spoke, socket) in [
+        ("alice", "laptop", &laptop),
+        ("carol", "laptop", &laptop),
+        ("bob", "desk", &desk),
+    ] {
+        let initial = add_user(&t, user, spoke);
+        first_login(socket, user, &initial);
+    }
+    t.hub_ok(&["access", "mode", "enforce"]);
+    t.hub_ok(&[
+        "request-policy",
+        "add",
+        "lan",
+        "--allow-to",
+        "192.168.77.0/24",
+        "--service",
+        "icmp",
+        "--approvers",
+        "user:bob,user:carol,user:dave",
+        "--required",
+        "2",
+        "--max-duration",
+        "1h",
+    ]);
+    assert!(
+        !t.ping(&t.ns_a, LAN_HOST, 1),
+        "the LAN reached with no grant"
+    );
+    let asked = t.spoke_cli(
+        &laptop,
+        &[
+            "request",
+            "lan",
+            "--for",
+            "20s",
+            "--reason",
+            "reboot the switch",
+            "--user",
+            "alice",
+        ],
+    );
+    assert!(
+        output_text(&asked).contains("request 1 asked"),
+        "{}",
+        output_text(&asked)
+    );
+    let own = t.spoke_cli(&laptop, &["approve-request", "1", "--user", "alice"]);
+    assert!(
+        !own.status.success(),
+        "the requester approved: {}",
+        output_text(&own)
+    );
+    let bob = t.spoke_cli(&desk, &["approve-request", "1", "--user", "bob"]);
+    assert!(output_text(&bob).contains("1/2"), "{}", output_text(&bob));
+    let twice = t.spoke_cli(&desk, &["approve-request", "1", "--user", "bob"]);
+    assert!(
+        output_text(&twice).contains("counts once"),
+        "{}",
+        output_text(&twice)
+    );
+    assert!(
+        !t.ping(&t.ns_a, LAN_HOST, 1),
+        "one approval of two granted access"
+    );
+    // A hub restart between the two approvals.
+    t.sigterm(&hub);
+    hub = t.start_hub();
+    let mut v = Value::Null;
+    t.wait_for(
+        "the laptop back at the hub",
+        Duration::from_secs(30),
+        || {
+            let out = t.spoke_cli(&laptop, &["requests", "--user", "carol", "--json"]);
+            v = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap_or(Value::Null);
+            out.status.success()
+        },
+    );
+    assert_eq!(v["to_decide"][0]["id"], 1, "{v}");
+    let carol = t.spoke_cli(&laptop, &["approve-request", "1", "--user", "carol"]);
+    assert!(
+        output_text(&carol).contains("granted"),
+        "{}",
+        output_text(&carol)
+    );
+    t.wait_for(
+        "the grant to carry alice's pings",
+        Duration::from_secs(15),
+        || t.ping(&t.ns_a, LAN_HOST, 1),
+    );
+    // 20 s after the grant it is over.
+    t.wait_for("the grant to end", Duration::from_secs(40), || {
+        !t.ping(&t.ns_a, LAN_HOST, 1)
+    });
+    let list = t.hub_ok(&["request", "list"]);
+    assert!(list.contains("over"), "{list}");
+    // A no ends a request.
+    t.spoke_cli(
+        &laptop,
+        &[
+            "request", "lan", "--for", "1m", "--reason", "again", "--user", "alice",
+        ],
+    );
+    let no = t.spoke_cli(&desk, &["deny-request", "2", "--user", "bob"]);
+    assert!(output_text(&no).contains("denied"), "{}", output_text(&no));
+    let late = t.spoke_cli(&laptop, &["approve-request", "2", "--user", "carol"]);
+    assert!(!late.status.success(), "a denied request approved");
+    assert!(!t.ping(&t.ns_a, LAN_HOST, 1));
+    let audit = t.hub_ok(&["audit"]);
+    let order: Vec<usize> = [
+        "request 1 (",
+        "waiting by bob",
+        "granted by carol",
+        "over by time",
+        "denied by bob",
+    ]
+    .iter()
+    .map(|w| {
+        audit
+            .find(w)
+            .unwrap_or_else(|| panic!("{w:?} not in the audit log:\n{audit}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {order:?}\n{audit}"
+    );
+    t.must_be_alive(&hub);
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
+}

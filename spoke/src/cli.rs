@@ -11,7 +11,7 @@ use tasuki_core::admin_api::{SpokeRequest, SpokeStatus};
 use crate::config::RunSettings;
 use crate::enrol::Outcome;
 
-const DEFAULT_SOCKET: &str = "/run/tasuki/spoke.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/tasuki/spoke.sock";
 const DEFAULT_STATE: &str = "/var/lib/tasuki-spoke";
 
 #[derive(Parser)]
@@ -109,6 +109,8 @@ enum Command {
         #[arg(long, env = "TASUKI_SPOKE_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    #[command(flatten)]
+    Requests(crate::cli_requests::RequestCommand),
     /// Make an invitation for another device of a user logged in here.
     InviteDevice {
         /// Name for the new device.
@@ -205,6 +207,7 @@ pub(crate) fn main() -> Result<()> {
             password_stdin,
             socket,
         } => rt.block_on(crate::cli_users::passwd(&socket, user, password_stdin)),
+        Command::Requests(command) => rt.block_on(crate::cli_requests::run(command)),
         Command::InviteDevice { name, user, socket } => {
             rt.block_on(crate::cli_users::invite_device(&socket, user, name))
         }

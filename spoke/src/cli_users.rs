@@ -10,7 +10,7 @@ use tasuki_core::api_error::{ApiError, ErrorCode};
 use tasuki_core::control::{UserReply, UserRequest};
 use zeroize::Zeroizing;
 
-async fn call(socket: &Path, request: UserRequest) -> Result<UserReply> {
+pub(crate) async fn call(socket: &Path, request: UserRequest) -> Result<UserReply> {
     tasuki_shell::local::request(socket, SpokeRequest::User { request }).await
 }
 
@@ -62,7 +62,7 @@ impl Passwords {
 }
 
 /// The one user logged in on this spoke, when none is named.
-async fn only_user(socket: &Path, user: Option<String>) -> Result<String> {
+pub(crate) async fn only_user(socket: &Path, user: Option<String>) -> Result<String> {
     if let Some(u) = user {
         return Ok(u);
     }

@@ -3,6 +3,7 @@
 //! hub issues and rotates.
 
 mod cli;
+mod cli_requests;
 mod cli_users;
 mod config;
 mod control;

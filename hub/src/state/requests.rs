@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::UserReply;
 
 use tasuki_core::access::{AccessPolicy, Member};
 use tasuki_core::requests::{
@@ -115,7 +116,7 @@ impl HubState {
         now: u64,
     ) -> Result<Request> {
         let groups: Vec<String> = self.access.groups.keys().cloned().collect();
-        self.change_requests(now, |r| {
+        self.change_requests(now, "by an admin", |r| {
             if !approve {
                 return r.deny(id, &Approver::Admin, &[], now);
             }
@@ -123,6 +124,101 @@ impl HubState {
             grant_applies(r, &out, &groups)?;
             Ok(out)
         })
+    }
+
+    /// `tasuki-spoke request POLICY`: a user logged in on `spoke` asks.
+    pub(super) fn ask_access(
+        &mut self,
+        spoke: SpokeId,
+        user: &str,
+        policy: &str,
+        duration_secs: u64,
+        reason: &str,
+        now: u64,
+    ) -> Result<UserReply> {
+        self.logged_in(spoke, user)
+            .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))?;
+        let (spoke_name, groups) = (self.spoke_name(spoke), self.user_groups(user));
+        let how = format!("by {user} on {spoke_name}");
+        let r = self.change_requests(now, &how, |r| {
+            r.ask(
+                policy,
+                (user, &spoke_name, &groups),
+                duration_secs,
+                reason,
+                now,
+            )
+        })?;
+        Ok(UserReply::AccessRequest(Box::new(r)))
+    }
+
+    /// `tasuki-spoke approve-request|deny-request ID`: an approver logged
+    /// in on `spoke` decides.
+    pub(super) fn decide_access(
+        &mut self,
+        spoke: SpokeId,
+        user: &str,
+        id: u64,
+        approve: bool,
+        now: u64,
+    ) -> Result<UserReply> {
+        self.logged_in(spoke, user)
+            .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))?;
+        let who = Approver::User {
+            id: user.to_owned(),
+            spoke: self.spoke_name(spoke),
+        };
+        let groups = self.user_groups(user);
+        let all: Vec<String> = self.access.groups.keys().cloned().collect();
+        let how = format!("by {user} on {}", self.spoke_name(spoke));
+        let r = self.change_requests(now, &how, |r| {
+            if !approve {
+                return r.deny(id, &who, &groups, now);
+            }
+            let out = r.approve(id, &who, &groups, now)?;
+            grant_applies(r, &out, &all)?;
+            Ok(out)
+        })?;
+        Ok(UserReply::AccessRequest(Box::new(r)))
+    }
+
+    /// `tasuki-spoke requests`: what the user asked, and what waits for
+    /// their approval.
+    pub(super) fn list_access(&self, spoke: SpokeId, user: &str) -> Result<UserReply> {
+        self.logged_in(spoke, user)
+            .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))?;
+        let groups = self.user_groups(user);
+        let mine = self
+            .requests
+            .requests()
+            .filter(|r| r.requester == user)
+            .cloned()
+            .collect();
+        let to_decide = self
+            .requests
+            .requests()
+            .filter(|r| r.state == RequestState::Waiting && r.requester != user)
+            .filter(|r| {
+                self.requests
+                    .policy(&r.policy)
+                    .is_some_and(|p| p.is_approver(user, &groups))
+                    && !r.approvals.contains(&format!("user:{user}"))
+            })
+            .cloned()
+            .collect();
+        Ok(UserReply::AccessRequests { mine, to_decide })
+    }
+
+    /// The groups user `id` is a member of (approvers and requesters are
+    /// named by group too).
+    fn user_groups(&self, id: &str) -> Vec<String> {
+        let me = Member::User(id.to_owned());
+        self.access
+            .groups
+            .iter()
+            .filter(|(_, members)| members.contains(&me))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The access policy in force: the stored one, with the grants of
@@ -155,7 +251,7 @@ impl HubState {
 
     /// `tasuki-hub request revoke ID`: ends it, granted or waiting.
     pub(crate) fn revoke_request(&mut self, id: u64, now: u64) -> Result<Request> {
-        self.change_requests(now, |r| r.revoke(id, now))
+        self.change_requests(now, "by an admin", |r| r.revoke(id, now))
     }
 
     /// Once a tick: requests not approved in time expire, grants whose
@@ -207,13 +303,14 @@ impl HubState {
     fn change_requests(
         &mut self,
         now: u64,
+        how: &str,
         change: impl FnOnce(&mut Requests) -> Result<Outcome, RequestError>,
     ) -> Result<Request> {
         let mut after = self.requests.clone();
         let out = change(&mut after)?;
         self.commit_outcomes(std::slice::from_ref(&out))?;
         self.requests = after;
-        self.audit_request(now, &out, "by an admin");
+        self.audit_request(now, &out, how);
         if out.grants_changed {
             self.grants_changed(now, &out);
         }

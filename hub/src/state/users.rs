@@ -322,6 +322,16 @@ impl HubState {
                 email,
                 password,
             } => self.register(spoke, &user, &name, &email, &password, now),
+            UserRequest::AskAccess {
+                user,
+                policy,
+                duration_secs,
+                reason,
+            } => self.ask_access(spoke, &user, &policy, duration_secs, &reason, now),
+            UserRequest::DecideAccess { user, id, approve } => {
+                self.decide_access(spoke, &user, id, approve, now)
+            }
+            UserRequest::ListAccess { user } => self.list_access(spoke, &user),
         }
     }
 
