@@ -249,25 +249,13 @@ fn print_requests(list: &[Request]) {
     for r in list {
         let until = match r.state {
             RequestState::Granted { until } => format!(
-                " until {}",
+                ", until {}",
                 humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(until)
                 )
             ),
             _ => String::new(),
         };
-        println!(
-            "{:>4} {:<10} {} on {} under {} for {} s: {}{until}; approvals {}/{} [{}]",
-            r.id,
-            r.state.name(),
-            r.requester,
-            r.spoke,
-            r.policy,
-            r.duration_secs,
-            r.reason,
-            r.approvals.len(),
-            r.required,
-            r.approvals.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
+        println!("{}{until}", r.summary());
     }
 }

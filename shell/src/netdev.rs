@@ -207,15 +207,9 @@ async fn add_routes_with(ifname: &str, nets: &[Ipv4Net], mtu: Option<u32>) -> Re
     if nets.is_empty() {
         return Ok(());
     }
-    let index = nix::net::if_::if_nametoindex(ifname)
-        .with_context(|| format!("interface {ifname} not found"))?;
-    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
-    let task = tokio::spawn(conn);
+    let (index, handle, task) = route_connection(ifname)?;
     for net in nets {
-        let mut msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .output_interface(index)
-            .build();
+        let mut msg = route_to(net, index);
         if let Some(mtu) = mtu {
             use rtnetlink::packet_route::route::{RouteAttribute, RouteMetric};
             msg.attributes
@@ -236,21 +230,32 @@ async fn add_routes_with(ifname: &str, nets: &[Ipv4Net], mtu: Option<u32>) -> Re
     Ok(())
 }
 
+/// The interface's index and a netlink connection (its task is aborted
+/// by the caller when done).
+fn route_connection(ifname: &str) -> Result<(u32, rtnetlink::Handle, tokio::task::JoinHandle<()>)> {
+    let index = nix::net::if_::if_nametoindex(ifname)
+        .with_context(|| format!("interface {ifname} not found"))?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
+    Ok((index, handle, tokio::spawn(conn)))
+}
+
+/// A route to `net` out of the interface with `index`.
+fn route_to(net: &Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .output_interface(index)
+        .build()
+}
+
 /// Removes the routes to `nets` through interface `ifname` (one already
 /// gone is no error).
 pub async fn remove_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
     if nets.is_empty() {
         return Ok(());
     }
-    let index = nix::net::if_::if_nametoindex(ifname)
-        .with_context(|| format!("interface {ifname} not found"))?;
-    let (conn, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
-    let task = tokio::spawn(conn);
+    let (index, handle, task) = route_connection(ifname)?;
     for net in nets {
-        let msg = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .output_interface(index)
-            .build();
+        let msg = route_to(net, index);
         match handle.route().del(msg).execute().await {
             Ok(()) => tracing::info!(route = %net, dev = ifname, "route removed"),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}

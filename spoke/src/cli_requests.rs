@@ -149,17 +149,6 @@ fn print_list(title: &str, list: &[Request]) {
         println!("  none");
     }
     for r in list {
-        println!(
-            "  {:>4} {:<10} {} on {} under {} for {} s: {} ({}/{} approvals)",
-            r.id,
-            r.state.name(),
-            r.requester,
-            r.spoke,
-            r.policy,
-            r.duration_secs,
-            r.reason,
-            r.approvals.len(),
-            r.required
-        );
+        println!("  {}", r.summary());
     }
 }

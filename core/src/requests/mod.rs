@@ -174,6 +174,37 @@ pub struct Request {
     pub changed_at: u64,
 }
 
+impl Request {
+    /// One line for listings: number, state, who asked from where under
+    /// which policy, for how long and why, and the approvals so far.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:>4} {:<10} {} on {} under {} for {} s: {} ({}/{} approvals{})",
+            self.id,
+            self.state.name(),
+            self.requester,
+            self.spoke,
+            self.policy,
+            self.duration_secs,
+            self.reason,
+            self.approvals.len(),
+            self.required,
+            if self.approvals.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    self.approvals
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        )
+    }
+}
+
 /// Why an ask, approval, denial or revocation was refused; nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

@@ -117,16 +117,7 @@ fn main() -> ExitCode {
             eprintln!("tasuki-benchtool: key-messages --members N (N ≥ 2)\n\n{USAGE}");
             return ExitCode::from(2);
         };
-        return match keys::key_messages(n) {
-            Ok(line) => {
-                println!("{line}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tasuki-benchtool: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        return finish(keys::key_messages(n));
     }
     let parsed = match parse(&args) {
         Ok(p) => p,
@@ -135,7 +126,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match enrol_many(&parsed) {
+    finish(enrol_many(&parsed))
+}
+
+/// Prints a command's summary line, or its error (exit status 1).
+fn finish(result: Result<String>) -> ExitCode {
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
