@@ -177,6 +177,7 @@ fn access_change(st: &mut HubState, req: HubRequest, now: u64) -> Answer {
             })
         }),
         HubRequest::GroupRemove(r) => answer(st, r, |st, r| {
+            st.check_group_unused_by_requests(&r.name)?;
             st.edit_access(now, |p| {
                 p.remove_group(&r.name)
                     .map(|_| format!("group {} removed", r.name))

@@ -139,8 +139,10 @@ async fn decide(socket: &Path, user: Option<String>, id: u64, approve: bool) -> 
 }
 
 fn time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(t) if secs < 253_402_300_800 => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => format!("{secs} s after 1970"),
+    }
 }
 
 fn print_list(title: &str, list: &[Request]) {

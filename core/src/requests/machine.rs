@@ -86,10 +86,12 @@ impl Requests {
 
     /// The grants in force: each granted request with what it gives.
     pub fn grants(&self) -> impl Iterator<Item = (&Request, &Grant)> {
-        self.requests.values().filter_map(|r| match r.state {
-            RequestState::Granted { .. } => self.policies.get(&r.policy).map(|p| (r, &p.grant)),
-            _ => None,
-        })
+        self.requests
+            .values()
+            .filter_map(|r| match (&r.state, &r.grant) {
+                (RequestState::Granted { .. }, Some(g)) => Some((r, g)),
+                _ => None,
+            })
     }
 
     /// User `requester` (a member of `groups`), logged in on `spoke`, asks
@@ -117,7 +119,7 @@ impl Requests {
                 p.max_duration_secs
             )));
         }
-        if reason.trim().is_empty() || reason.len() > 500 {
+        if reason.trim().is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) {
             return Err(RequestError::Invalid(
                 "a reason of 1 to 500 characters is needed".into(),
             ));
@@ -147,6 +149,7 @@ impl Requests {
             decide_by: now.saturating_add(p.decide_within_secs),
             approvals: Default::default(),
             required: p.required,
+            grant: None,
             state: RequestState::Waiting,
             changed_at: now,
         };
@@ -164,12 +167,19 @@ impl Requests {
     fn waiting(
         &mut self,
         id: u64,
+        (who, groups): (&Approver, &[String]),
         now: u64,
     ) -> Result<(&mut Request, &RequestPolicy), RequestError> {
         let r = self
             .requests
             .get_mut(&id)
             .ok_or_else(|| RequestError::NotFound(format!("no request {id}")))?;
+        let p = self
+            .policies
+            .get(&r.policy)
+            .ok_or_else(|| RequestError::NotFound(format!("request {id}'s policy is gone")))?;
+        // Who may not decide it learns nothing of it.
+        Self::may_decide(r, p, who, groups)?;
         if r.state == RequestState::Waiting && now >= r.decide_by {
             // The tick records its expiry.
             return Err(RequestError::WrongState(format!(
@@ -182,10 +192,6 @@ impl Requests {
                 r.state.name()
             )));
         }
-        let p = self
-            .policies
-            .get(&r.policy)
-            .ok_or_else(|| RequestError::NotFound(format!("request {id}'s policy is gone")))?;
         Ok((r, p))
     }
 
@@ -205,8 +211,8 @@ impl Requests {
             }
             if !p.is_approver(id, groups) {
                 return Err(RequestError::Denied(format!(
-                    "user {id} is no approver of policy {}",
-                    p.name
+                    "no request {} waits for user {id}'s approval",
+                    r.id
                 )));
             }
         }
@@ -222,8 +228,7 @@ impl Requests {
         groups: &[String],
         now: u64,
     ) -> Result<Outcome, RequestError> {
-        let (r, p) = self.waiting(id, now)?;
-        Self::may_decide(r, p, who, groups)?;
+        let (r, p) = self.waiting(id, (who, groups), now)?;
         if !r.approvals.insert(who.key()) {
             return Err(RequestError::WrongState(format!(
                 "{} approved request {id} already; an approver counts once",
@@ -236,6 +241,8 @@ impl Requests {
             r.state = RequestState::Granted {
                 until: now.saturating_add(r.duration_secs),
             };
+            // What was approved, whatever the policy says later.
+            r.grant = Some(p.grant.clone());
         }
         Ok(Outcome {
             request: r.clone(),
@@ -252,8 +259,7 @@ impl Requests {
         groups: &[String],
         now: u64,
     ) -> Result<Outcome, RequestError> {
-        let (r, p) = self.waiting(id, now)?;
-        Self::may_decide(r, p, who, groups)?;
+        let (r, _) = self.waiting(id, (who, groups), now)?;
         r.state = RequestState::Denied { by: who.key() };
         r.changed_at = now;
         Ok(Outcome {

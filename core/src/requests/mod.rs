@@ -27,6 +27,8 @@ pub const MAX_OPEN_PER_USER: usize = 5;
 pub const MAX_OPEN: usize = 1_000;
 /// Finished requests kept for `requests` listings and the audit's sake.
 pub const MAX_FINISHED: usize = 1_000;
+/// Most rules one grant adds.
+pub const MAX_GRANT_RULES: usize = 16;
 /// Longest a request may last once granted, whatever a policy says.
 pub const MAX_DURATION_SECS: u64 = 30 * 24 * 3600;
 
@@ -168,6 +170,10 @@ pub struct Request {
     pub approvals: BTreeSet<String>,
     /// Approvals it needs.
     pub required: u32,
+    /// What it grants, copied from its policy when it was granted (a
+    /// policy changed later changes no grant in force).
+    #[serde(default)]
+    pub grant: Option<Grant>,
     /// Where it is.
     pub state: RequestState,
     /// When it last changed.
@@ -253,7 +259,8 @@ impl RequestPolicy {
             .approvers
             .iter()
             .filter(|a| matches!(a, ApproverSel::User(_)))
-            .count();
+            .collect::<BTreeSet<_>>()
+            .len();
         let has_group = self
             .approvers
             .iter()
@@ -271,16 +278,22 @@ impl RequestPolicy {
                 MAX_DURATION_SECS / 86_400
             )));
         }
-        if self.decide_within_secs == 0 {
-            return Err(RequestError::Invalid(
-                "--decide-within must be at least 1 s".into(),
-            ));
+        if self.decide_within_secs == 0 || self.decide_within_secs > MAX_DURATION_SECS {
+            return Err(RequestError::Invalid(format!(
+                "--decide-within must be between 1 s and {} days",
+                MAX_DURATION_SECS / 86_400
+            )));
         }
         if let Grant::Rules(rules) = &self.grant {
-            if rules.is_empty() || rules.iter().any(|r| r.services.is_empty()) {
-                return Err(RequestError::Invalid(
-                    "a rules grant needs at least one rule with a service".into(),
-                ));
+            let bad = rules.is_empty()
+                || rules.len() > MAX_GRANT_RULES
+                || rules
+                    .iter()
+                    .any(|r| r.services.is_empty() || r.services.len() > 16);
+            if bad {
+                return Err(RequestError::Invalid(format!(
+                    "a rules grant needs 1 to {MAX_GRANT_RULES} rules of 1 to 16 services"
+                )));
             }
         }
         Ok(())

@@ -263,3 +263,26 @@ fn approvals_in_every_order_across_restarts_grant_once() {
 }
 
 use std::collections::BTreeMap;
+
+#[test]
+fn a_policy_changed_later_changes_no_grant_in_force_and_outsiders_learn_nothing() {
+    let mut r = with_policy(1);
+    let id = ask(&mut r, "alice", 10).unwrap().request.id;
+    let outsider = r.approve(id, &user("mallory"), &[], 11).unwrap_err();
+    assert!(!outsider.to_string().contains("prod-db"), "{outsider}");
+    r.approve(id, &user("bob"), &[], 12).unwrap();
+    let wider = RequestPolicy {
+        grant: Grant::Group("admins".into()),
+        ..policy(1)
+    };
+    r.set_policy(wider).unwrap();
+    let (_, g) = r.grants().next().expect("still granted");
+    assert!(matches!(g, Grant::Rules(_)), "the grant is what was approved: {g:?}");
+    let bad = r.ask("prod-db", ("alice", "laptop", &devs()), 60, "a\u{1b}[2Jb", 13);
+    assert!(matches!(bad, Err(RequestError::Invalid(_))), "control characters in a reason");
+    let twice = RequestPolicy {
+        approvers: vec![ApproverSel::User("bob".into()), ApproverSel::User("bob".into())],
+        ..policy(3)
+    };
+    assert!(r.set_policy(twice).is_err(), "one approver named twice counts once");
+}

@@ -20,6 +20,8 @@ use super::*;
 pub(super) const REQUEST_POLICIES_TREE: &str = "request-policies";
 /// Each request, by number.
 pub(super) const ACCESS_REQUESTS_TREE: &str = "access-requests";
+/// Requests of each kind a user's listing shows (the newest).
+const LIST_AT_MOST: usize = 50;
 
 impl From<RequestError> for StateError {
     fn from(e: RequestError) -> Self {
@@ -50,9 +52,8 @@ impl HubState {
                 ApproverSel::User(_) => None,
             })
             .collect();
-        if let Grant::Group(g) = &p.grant {
-            groups.push(g);
-        }
+        let granted = grant_groups(&p.grant);
+        groups.extend(granted.iter().map(String::as_str));
         if let Some(g) = groups
             .iter()
             .find(|g| !self.access.groups.contains_key(**g))
@@ -96,6 +97,22 @@ impl HubState {
                 .detail(format!("request policy {name} removed")),
         );
         Ok(())
+    }
+
+    /// A group a request policy names stays (a grant of it, or an
+    /// approver's membership, would come back with a new group of its name).
+    pub(crate) fn check_group_unused_by_requests(&self, group: &str) -> Result<()> {
+        match self
+            .requests
+            .policies()
+            .find(|p| policy_names_group(p, group))
+        {
+            Some(p) => Err(StateError::WrongState(format!(
+                "request policy {} names group {group}: remove it first",
+                p.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Every request policy.
@@ -188,12 +205,18 @@ impl HubState {
         self.logged_in(spoke, user)
             .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))?;
         let groups = self.user_groups(user);
-        let mine = self
-            .requests
-            .requests()
-            .filter(|r| r.requester == user)
-            .cloned()
-            .collect();
+        // The newest of each, so the reply fits one frame.
+        let newest = |v: Vec<Request>| -> Vec<Request> {
+            let skip = v.len().saturating_sub(LIST_AT_MOST);
+            v.into_iter().skip(skip).collect()
+        };
+        let mine = newest(
+            self.requests
+                .requests()
+                .filter(|r| r.requester == user)
+                .cloned()
+                .collect(),
+        );
         let to_decide = self
             .requests
             .requests()
@@ -206,6 +229,7 @@ impl HubState {
             })
             .cloned()
             .collect();
+        let to_decide = newest(to_decide);
         Ok(UserReply::AccessRequests { mine, to_decide })
     }
 
@@ -239,10 +263,7 @@ impl HubState {
         self.refresh_pair_rules(now);
         self.ask_pairs_again();
         let ended = !matches!(out.request.state, RequestState::Granted { .. });
-        let grant = self
-            .requests
-            .policy(&out.request.policy)
-            .map(|p| p.grant.clone());
+        let grant = out.request.grant.clone();
         if let (true, Some(Grant::Group(g))) = (ended, grant) {
             let user = Member::User(out.request.requester.clone());
             self.rotate_group_leavers(&g, &[user]);
@@ -267,8 +288,9 @@ impl HubState {
             return;
         }
         if let Err(e) = self.commit_outcomes(&outcomes) {
-            tracing::warn!(error = %format!("{e:#}"), "expired requests cannot be stored yet");
-            return;
+            // Ended in memory all the same (access never outlives its
+            // time); the stored record ends again at the next start.
+            tracing::error!(error = %format!("{e:#}"), "ended requests cannot be stored yet");
         }
         self.requests = after;
         for out in &outcomes {
@@ -360,16 +382,46 @@ impl HubState {
 }
 
 /// A grant about to begin must name what exists: never a partial grant.
-fn grant_applies(r: &Requests, out: &Outcome, groups: &[String]) -> Result<(), RequestError> {
+fn grant_applies(_r: &Requests, out: &Outcome, groups: &[String]) -> Result<(), RequestError> {
     if !out.grants_changed {
         return Ok(());
     }
-    match r.policy(&out.request.policy).map(|p| &p.grant) {
-        Some(Grant::Group(g)) if !groups.contains(g) => Err(RequestError::NotFound(format!(
+    let missing = out
+        .request
+        .grant
+        .as_ref()
+        .map(grant_groups)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|g| !groups.contains(g));
+    match missing {
+        Some(g) => Err(RequestError::NotFound(format!(
             "the group {g:?} the request grants is gone: nothing is granted"
         ))),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// The groups a grant names (its group, or its rules' targets).
+fn grant_groups(grant: &Grant) -> Vec<String> {
+    match grant {
+        Grant::Group(g) => vec![g.clone()],
+        Grant::Rules(rules) => rules
+            .iter()
+            .filter_map(|r| match &r.to {
+                tasuki_core::access::Selector::Group(g) => Some(g.clone()),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// Whether a request policy names group `group` anywhere.
+pub(crate) fn policy_names_group(p: &RequestPolicy, group: &str) -> bool {
+    let sel = |a: &ApproverSel| matches!(a, ApproverSel::Group(g) if g == group);
+    grant_groups(&p.grant).iter().any(|g| g == group)
+        || p.approvers.iter().any(sel)
+        || p.requesters.iter().flatten().any(sel)
 }
 
 /// The request policies and requests as stored.
