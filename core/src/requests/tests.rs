@@ -277,12 +277,30 @@ fn a_policy_changed_later_changes_no_grant_in_force_and_outsiders_learn_nothing(
     };
     r.set_policy(wider).unwrap();
     let (_, g) = r.grants().next().expect("still granted");
-    assert!(matches!(g, Grant::Rules(_)), "the grant is what was approved: {g:?}");
-    let bad = r.ask("prod-db", ("alice", "laptop", &devs()), 60, "a\u{1b}[2Jb", 13);
-    assert!(matches!(bad, Err(RequestError::Invalid(_))), "control characters in a reason");
+    assert!(
+        matches!(g, Grant::Rules(_)),
+        "the grant is what was approved: {g:?}"
+    );
+    let bad = r.ask(
+        "prod-db",
+        ("alice", "laptop", &devs()),
+        60,
+        "a\u{1b}[2Jb",
+        13,
+    );
+    assert!(
+        matches!(bad, Err(RequestError::Invalid(_))),
+        "control characters in a reason"
+    );
     let twice = RequestPolicy {
-        approvers: vec![ApproverSel::User("bob".into()), ApproverSel::User("bob".into())],
+        approvers: vec![
+            ApproverSel::User("bob".into()),
+            ApproverSel::User("bob".into()),
+        ],
         ..policy(3)
     };
-    assert!(r.set_policy(twice).is_err(), "one approver named twice counts once");
+    assert!(
+        r.set_policy(twice).is_err(),
+        "one approver named twice counts once"
+    );
 }
