@@ -32,6 +32,8 @@ pub(crate) use pair_usage::DirectTotals;
 mod error;
 mod group_multicast;
 #[cfg(test)]
+mod group_multicast_tests;
+#[cfg(test)]
 mod group_tests;
 mod group_tick;
 mod groups;

@@ -5,6 +5,78 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// The multicast commands' arguments, or `None` for another command.
+pub(crate) fn parse(
+    name: &str,
+    pos: &[&str],
+    ready: Option<PathBuf>,
+) -> Option<Result<Command, UsageError>> {
+    let arity = |ok: bool| -> Result<(), UsageError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(UsageError(format!(
+                "{name}: wrong number of arguments ({})",
+                pos.len()
+            )))
+        }
+    };
+    let no_ready = |ready: &Option<PathBuf>| match ready {
+        Some(_) => Err(UsageError(format!("{name} does not take --ready"))),
+        None => Ok(()),
+    };
+    if !matches!(
+        name,
+        "mcast-recv" | "mcast-send" | "mdns-respond" | "mdns-query"
+    ) {
+        return None;
+    }
+    let parsed = (|| match name {
+        "mcast-recv" => {
+            arity(pos.len() == 4)?;
+            Ok(Command::McastRecv {
+                group: ipv4(pos[0], "GROUP")?,
+                port: num(pos[1], "PORT")?,
+                ifaddr: ipv4(pos[2], "IFADDR")?,
+                seconds: num(pos[3], "SECONDS")?,
+                ready: ready.clone(),
+            })
+        }
+        "mcast-send" => {
+            arity(pos.len() == 5 || pos.len() == 6)?;
+            no_ready(&ready)?;
+            Ok(Command::McastSend {
+                group: ipv4(pos[0], "GROUP")?,
+                port: num(pos[1], "PORT")?,
+                ifaddr: ipv4(pos[2], "IFADDR")?,
+                count: num(pos[3], "COUNT")?,
+                pps: num(pos[4], "PPS")?,
+                size: pos.get(5).map_or(Ok(64), |s| num(s, "SIZE"))?,
+            })
+        }
+        "mdns-respond" => {
+            arity(pos.len() == 3)?;
+            Ok(Command::MdnsRespond {
+                name: pos[0].to_string(),
+                ifaddr: ipv4(pos[1], "IFADDR")?,
+                seconds: num(pos[2], "SECONDS")?,
+                ready: ready.clone(),
+            })
+        }
+        "mdns-query" => {
+            arity(pos.len() == 3)?;
+            no_ready(&ready)?;
+            Ok(Command::MdnsQuery {
+                name: pos[0].to_string(),
+                ifaddr: ipv4(pos[1], "IFADDR")?,
+                seconds: num(pos[2], "SECONDS")?,
+            })
+        }
+        other => Err(UsageError(format!("unknown command {other:?}"))),
+    })();
+    Some(parsed)
+}
+
 const MDNS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
 const MDNS_PORT: u16 = 5353;
 
