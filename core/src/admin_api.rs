@@ -464,6 +464,9 @@ pub struct SpokeStatus {
     pub carrying: bool,
     /// New devices of a logged-in user waiting for confirmation here.
     pub devices_waiting: Vec<String>,
+    /// Access requests waiting for the approval of a user logged in here.
+    #[serde(default)]
+    pub approvals_waiting: Vec<ApprovalView>,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_secs: Option<u64>,
     /// Last refusal or error from the hub.
@@ -528,4 +531,13 @@ pub struct PeerView {
     pub fallbacks: u64,
     /// Rounds of probes nobody answered.
     pub punch_failures: u64,
+}
+
+/// An access request that waits for a logged-in user's yes or no.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// The approver, logged in here.
+    pub approver: String,
+    /// The request.
+    pub request: crate::requests::Request,
 }

@@ -221,6 +221,9 @@ pub enum HubMessage {
     Pair(HubPair),
     /// Keyed groups: a group epoch, a switch, or the end of membership.
     Group(HubGroup),
+    /// The access requests a user logged in here may decide now (sent
+    /// whenever that changes, and on attach and login).
+    ApprovalsWaiting(crate::requests::ApprovalsWaiting),
 }
 
 /// The hub's direct-mode messages to one holder of a pair.

@@ -81,6 +81,8 @@ pub enum SessionAction {
     Pair(HubPair),
     /// A keyed group's message, for the spoke's groups ([`crate::spoke_groups`]).
     Group(crate::control::HubGroup),
+    /// What waits for the approval of a user logged in here.
+    ApprovalsWaiting(crate::requests::ApprovalsWaiting),
 }
 
 /// Why a session ended.
@@ -323,6 +325,9 @@ impl SpokeSession {
             HubMessage::Keepalive => {}
             HubMessage::Pair(pair) => self.actions.push_back(SessionAction::Pair(pair)),
             HubMessage::Group(group) => self.actions.push_back(SessionAction::Group(group)),
+            HubMessage::ApprovalsWaiting(w) => {
+                self.actions.push_back(SessionAction::ApprovalsWaiting(w))
+            }
         }
         Ok(())
     }

@@ -262,3 +262,124 @@ fn access_is_granted_with_the_last_approval_and_ends_with_its_time() {
         t.must_be_alive(s);
     }
 }
+
+/// The epoch of keyed group "staff" the spoke at `socket` uses, if any.
+fn staff_epoch(t: &Topology, socket: &std::path::Path) -> Option<u64> {
+    t.spoke_status_json(socket)["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["group"] == "staff")
+        .and_then(|g| g["epoch"].as_u64())
+}
+
+/// A request for membership in a keyed group: the approver hears of it on
+/// their spoke at once (`status`), the requester's spoke gets the group's
+/// epoch with the approval, and when the grant is over it erases it and
+/// the members move to an epoch it never gets.
+#[test]
+fn a_group_grant_brings_the_group_key_and_its_end_rotates_it() {
+    use std::time::Duration;
+    if skip_unless_root("requests::a_group_grant_brings_the_group_key") {
+        return;
+    }
+    let t = Topology::new();
+    t.hub_init();
+    let hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("laptop", &t.ns_a), ("desk", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    let (laptop, desk) = (t.spoke_socket("laptop"), t.spoke_socket("desk"));
+    for (user, spoke, socket) in [("alice", "laptop", &laptop), ("bob", "desk", &desk)] {
+        let initial = add_user(&t, user, spoke);
+        first_login(socket, user, &initial);
+    }
+    t.hub_ok(&["group", "add", "staff"]);
+    t.hub_ok(&["group", "add-member", "staff", "spoke:desk"]);
+    t.hub_ok(&["group", "key", "staff", "on"]);
+    t.hub_ok(&[
+        "request-policy",
+        "add",
+        "join-staff",
+        "--grant-group",
+        "staff",
+        "--approvers",
+        "user:bob",
+        "--required",
+        "1",
+    ]);
+    t.wait_for("the desk on a staff epoch", Duration::from_secs(30), || {
+        staff_epoch(&t, &desk).is_some()
+    });
+    assert_eq!(staff_epoch(&t, &laptop), None, "the laptop holds staff");
+    let asked = t.spoke_cli(
+        &laptop,
+        &[
+            "request",
+            "join-staff",
+            "--for",
+            "15s",
+            "--reason",
+            "pairing",
+            "--user",
+            "alice",
+        ],
+    );
+    assert!(
+        output_text(&asked).contains("request 1 asked"),
+        "{}",
+        output_text(&asked)
+    );
+    // bob hears of it on his spoke, with no listing asked for.
+    t.wait_for("bob to hear of request 1", Duration::from_secs(10), || {
+        let s = t.spoke_status_json(&desk);
+        s["approvals_waiting"][0]["request"]["id"] == 1
+            && s["approvals_waiting"][0]["approver"] == "bob"
+    });
+    let status = t.spoke_cli(&desk, &["status"]);
+    assert!(
+        output_text(&status).contains("tasuki-spoke approve-request 1"),
+        "{}",
+        output_text(&status)
+    );
+    assert!(
+        t.spoke_status_json(&laptop)["approvals_waiting"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "the requester is told to approve their own request"
+    );
+    let yes = t.spoke_cli(&desk, &["approve-request", "1", "--user", "bob"]);
+    assert!(
+        output_text(&yes).contains("granted"),
+        "{}",
+        output_text(&yes)
+    );
+    t.wait_for(
+        "the laptop to get the staff epoch",
+        Duration::from_secs(15),
+        || staff_epoch(&t, &laptop).is_some(),
+    );
+    let granted_epoch = staff_epoch(&t, &laptop).unwrap_or_default();
+    t.wait_for("bob's notice to clear", Duration::from_secs(10), || {
+        t.spoke_status_json(&desk)["approvals_waiting"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    // Over: the laptop erases the group, the desk moves on past it.
+    t.wait_for(
+        "the grant to end and staff to rotate",
+        Duration::from_secs(45),
+        || {
+            staff_epoch(&t, &laptop).is_none()
+                && staff_epoch(&t, &desk).is_some_and(|e| e > granted_epoch)
+        },
+    );
+    assert!(t.hub_ok(&["request", "list"]).contains("over"));
+    t.must_be_alive(&hub);
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
+}

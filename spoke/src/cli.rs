@@ -380,6 +380,13 @@ fn print_status(s: SpokeStatus) {
     for d in &s.devices_waiting {
         println!("  waiting:    device {d:?} (tasuki-spoke approve-device {d})");
     }
+    for a in &s.approvals_waiting {
+        let r = &a.request;
+        println!(
+            "  waiting:    request {} by {} under {} for {} s: {} (for {}: tasuki-spoke approve-request {} or deny-request {})",
+            r.id, r.requester, r.policy, r.duration_secs, r.reason, a.approver, r.id, r.id
+        );
+    }
     for p in &s.peers {
         println!(
             "  peer:       {} {} {}{} (pair epoch {}, {} packets out, {} in direct)",

@@ -16,6 +16,7 @@ use tasuki_core::control::{
     DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, UserReply, UserRequest,
 };
 use tasuki_core::keys::StaticKey;
+use tasuki_core::requests::{ApprovalsWaiting, Request};
 use tasuki_core::spoke_pairs::SpokePairs;
 use tasuki_core::spoke_session::{
     after_refusal, AfterRefusal, Holding, PlaneCommand, SessionAction, SessionEnd, SpokeSession,
@@ -49,6 +50,8 @@ pub(crate) struct SessionInfo {
     pub(crate) users: Vec<String>,
     pub(crate) carrying: bool,
     pub(crate) devices_waiting: Vec<String>,
+    /// Access requests waiting for the approval of each user logged in here.
+    pub(crate) approvals_waiting: std::collections::BTreeMap<String, Vec<Request>>,
     /// Keyed groups held.
     pub(crate) groups: Vec<tasuki_core::spoke_groups::GroupHeld>,
 }
@@ -304,6 +307,28 @@ impl Control {
             .map_err(session_end)
     }
 
+    /// What waits for a logged-in user's approval: logged when new, shown
+    /// by `status`.
+    fn on_approvals_waiting(&self, w: ApprovalsWaiting) {
+        self.session_info.send_modify(|s| {
+            if !s.users.contains(&w.user) {
+                return;
+            }
+            let known = s.approvals_waiting.get(&w.user);
+            for r in &w.requests {
+                if !known.is_some_and(|k| k.iter().any(|o| o.id == r.id)) {
+                    tracing::warn!(
+                        approver = %w.user, request = r.id, requester = %r.requester,
+                        policy = %r.policy, reason = %r.reason,
+                        "an access request waits for your approval: tasuki-spoke approve-request {} (or deny-request)",
+                        r.id
+                    );
+                }
+            }
+            s.approvals_waiting.insert(w.user, w.requests);
+        });
+    }
+
     /// Stores the hub's configuration; only a stored one is in effect.
     fn save_config(&self, session: &mut SpokeSession, config: SpokeConfig, changed: bool) {
         let saved = self.store.save_config(&config);
@@ -371,6 +396,7 @@ impl Control {
                 SessionAction::Session(SessionFacts { users, carrying }) => {
                     tracing::info!(?users, carrying, "session");
                     self.session_info.send_modify(|s| {
+                        s.approvals_waiting.retain(|u, _| users.contains(u));
                         s.users = users;
                         s.carrying = carrying;
                     });
@@ -391,6 +417,7 @@ impl Control {
                         }
                     });
                 }
+                SessionAction::ApprovalsWaiting(w) => self.on_approvals_waiting(w),
                 SessionAction::Pair(msg) => {
                     self.on_pair_message(msg);
                     self.carry_out_pairs(session, now()).await?;

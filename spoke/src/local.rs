@@ -105,6 +105,18 @@ impl LocalApi {
             users: session.users,
             carrying: session.carrying,
             devices_waiting: session.devices_waiting,
+            approvals_waiting: session
+                .approvals_waiting
+                .into_iter()
+                .flat_map(|(approver, requests)| {
+                    requests
+                        .into_iter()
+                        .map(move |request| tasuki_core::admin_api::ApprovalView {
+                            approver: approver.clone(),
+                            request,
+                        })
+                })
+                .collect(),
             last_handshake_secs: d.last_handshake_secs,
             last_error: control.last_error,
             counters: d.counters,

@@ -296,6 +296,40 @@ impl Requests {
         self.end_where(now, RequestState::RequesterGone, |r| r.requester == user)
     }
 
+    /// Approvals of users who may approve no more (removed, or out of the
+    /// approving group) count no more on waiting requests: a grant needs
+    /// the yes of approvers as they are when it begins. `still(user,
+    /// policy)` says whether `user` still approves under `policy`.
+    pub fn withdraw_approvals(
+        &mut self,
+        still: impl Fn(&str, &RequestPolicy) -> bool,
+        now: u64,
+    ) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for r in self.requests.values_mut() {
+            let Some(p) = self.policies.get(&r.policy) else {
+                continue;
+            };
+            if r.state != RequestState::Waiting {
+                continue;
+            }
+            let before = r.approvals.len();
+            r.approvals.retain(|key| match key.strip_prefix("user:") {
+                Some(user) => still(user, p),
+                None => true,
+            });
+            if r.approvals.len() != before {
+                r.changed_at = now;
+                out.push(Outcome {
+                    request: r.clone(),
+                    grants_changed: false,
+                    forgotten: Vec::new(),
+                });
+            }
+        }
+        out
+    }
+
     /// Whether time ends something at `now` (so a tick has work).
     pub fn due(&self, now: u64) -> bool {
         self.requests.values().any(|r| match r.state {

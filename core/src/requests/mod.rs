@@ -211,6 +211,18 @@ impl Request {
     }
 }
 
+/// The requests that wait for one approver's yes or no, as the hub tells
+/// the spokes where the approver is logged in: all of them each time, so
+/// the latest replaces what came before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalsWaiting {
+    /// The approver.
+    pub user: String,
+    /// Waiting requests they may decide and have not approved (the newest
+    /// when there are many).
+    pub requests: Vec<Request>,
+}
+
 /// Why an ask, approval, denial or revocation was refused; nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

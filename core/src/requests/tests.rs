@@ -304,3 +304,28 @@ fn a_policy_changed_later_changes_no_grant_in_force_and_outsiders_learn_nothing(
         "one approver named twice counts once"
     );
 }
+
+#[test]
+fn an_approver_who_leaves_the_approving_group_counts_no_more() {
+    let mut r = with_policy(2);
+    let id = ask(&mut r, "alice", 100).unwrap().request.id;
+    // dave approves as a lead, then leaves the leads.
+    r.approve(id, &user("dave"), &["leads".into()], 110)
+        .unwrap();
+    let still = |u: &str, p: &RequestPolicy| p.is_approver(u, &[]);
+    let withdrawn = r.withdraw_approvals(still, 120);
+    assert_eq!(withdrawn.len(), 1);
+    assert!(withdrawn[0].request.approvals.is_empty());
+    assert!(!withdrawn[0].grants_changed);
+    // bob's yes is the first of two again: nothing granted.
+    let bob = r.approve(id, &user("bob"), &[], 130).unwrap();
+    assert_eq!(bob.request.state, RequestState::Waiting);
+    // Nothing more to withdraw; an admin's yes is never withdrawn.
+    r.approve(id, &Approver::Admin, &[], 140).unwrap();
+    assert!(r.withdraw_approvals(|_, _| false, 150).is_empty());
+    assert_eq!(
+        r.grants().count(),
+        1,
+        "a granted request keeps its approvals"
+    );
+}

@@ -55,6 +55,9 @@ impl HubState {
         self.push_access();
         self.refresh_pair_rules(now);
         self.ask_pairs_again();
+        self.recheck_approvals(now);
+        // Who approves may have changed with the groups.
+        self.announce_approvals();
         Ok(self.access_view())
     }
 

@@ -54,9 +54,11 @@ impl HubState {
             store.all::<tasuki_core::users::UserRecord>(USERS_TREE)?,
         )
         .with_registrations(store.all::<tasuki_core::users::Registration>(REGISTRATIONS_TREE)?);
+        // A revoked spoke's logins ended with it.
         let logins = store
             .all::<(SpokeId, BTreeSet<String>)>(LOGINS_TREE)?
             .into_iter()
+            .filter(|(id, _)| active.contains(id))
             .collect();
         let access = store
             .get(SETTINGS_TREE, access::ACCESS_KEY)?
@@ -88,6 +90,8 @@ impl HubState {
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();
+        state.end_requests_of_absent(tasuki_shell::unix_now());
+        state.recheck_approvals(tasuki_shell::unix_now());
         Ok(state)
     }
 }

@@ -42,6 +42,7 @@ mod load;
 mod pair_tests;
 mod pair_tick;
 mod pairs;
+mod request_notices;
 #[cfg(test)]
 mod request_tests;
 mod requests;

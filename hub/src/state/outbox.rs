@@ -196,6 +196,7 @@ fn same_fact(old: &HubMessage, new: &HubMessage) -> bool {
     match (old, new) {
         (HubMessage::Session(_), HubMessage::Session(_)) => true,
         (HubMessage::DeviceWaiting(a), HubMessage::DeviceWaiting(b)) => a.name == b.name,
+        (HubMessage::ApprovalsWaiting(a), HubMessage::ApprovalsWaiting(b)) => a.user == b.user,
         // A group's multicast as it is now replaces what it was.
         (
             HubMessage::Group(tasuki_core::control::HubGroup::Multicast(a)),

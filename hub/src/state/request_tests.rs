@@ -4,8 +4,31 @@
 
 use tasuki_core::requests::{Approver, ApproverSel, Grant, RequestPolicy, RequestState};
 
-use super::test_hub::{load, new_hub, TempDir};
+use super::test_hub::{load, new_hub, spoke, TempDir};
 use super::*;
+use tasuki_core::control::UserReply;
+
+/// `user` logged in on a new spoke `name` (stored, as a login is); its
+/// session's queue.
+fn log_in(st: &mut HubState, user: &str, name: &str) -> (SpokeId, mpsc::Receiver<HubMessage>) {
+    let (id, rx) = spoke(st, name, 1);
+    st.logins.entry(id).or_default().insert(user.into());
+    st.commit_logins_again(id).unwrap();
+    (id, rx)
+}
+
+/// The last approvals notice for `user` in a session's queue.
+fn last_notice(rx: &mut mpsc::Receiver<HubMessage>, user: &str) -> Option<Vec<u64>> {
+    let mut last = None;
+    while let Ok(msg) = rx.try_recv() {
+        if let HubMessage::ApprovalsWaiting(w) = msg {
+            if w.user == user {
+                last = Some(w.requests.iter().map(|r| r.id).collect());
+            }
+        }
+    }
+    last
+}
 
 fn policy(required: u32) -> RequestPolicy {
     RequestPolicy {
@@ -26,6 +49,8 @@ fn policy(required: u32) -> RequestPolicy {
 fn policies_name_groups_that_exist_and_requests_survive_a_restart() {
     let dir = TempDir::new("requests");
     let (mut st, key) = new_hub(&dir);
+    // alice stays logged in on her laptop across the restarts.
+    log_in(&mut st, "alice", "laptop");
     let refused = st.set_request_policy(policy(2), 1);
     assert!(
         matches!(refused, Err(StateError::NotFound(_))),
@@ -149,4 +174,59 @@ fn a_grant_is_in_force_from_the_last_approval_until_it_ends() {
         st.access_requests().last().unwrap().state,
         RequestState::Waiting
     );
+}
+
+#[test]
+fn approvers_hear_what_waits_and_leavers_end_or_withdraw() {
+    let dir = TempDir::new("requests-notices");
+    let (mut st, key) = new_hub(&dir);
+    st.edit_access(1, |p| p.add_group("prod").map(|_| "prod".into()))
+        .unwrap();
+    st.set_request_policy(policy(2), 1).unwrap();
+    let (alice, _) = log_in(&mut st, "alice", "alice-laptop");
+    let (_, mut bob) = log_in(&mut st, "bob", "bob-laptop");
+    let (_, mut carol) = log_in(&mut st, "carol", "carol-laptop");
+    st.add_user("carol", "Carol", "carol@example.com", 1)
+        .unwrap();
+    let asked = st.ask_access(alice, "alice", "prod-db", 600, "deploy", 10);
+    let UserReply::AccessRequest(r) = asked.unwrap() else {
+        panic!("not a request")
+    };
+    assert_eq!(
+        last_notice(&mut bob, "bob"),
+        Some(vec![r.id]),
+        "bob hears of it"
+    );
+    assert_eq!(last_notice(&mut carol, "carol"), Some(vec![r.id]));
+    // carol approves; then she is removed: her yes counts no more.
+    let carol_spoke = st.registry.spoke_by_name("carol-laptop").unwrap().id;
+    st.decide_access(carol_spoke, "carol", r.id, true, 11)
+        .unwrap();
+    assert_eq!(
+        last_notice(&mut carol, "carol"),
+        Some(vec![]),
+        "decided: cleared"
+    );
+    assert_eq!(st.access_requests()[0].approvals.len(), 1);
+    st.remove_user("carol", 12).unwrap();
+    assert!(st.access_requests()[0].approvals.is_empty(), "withdrawn");
+    assert_eq!(st.access_requests()[0].state, RequestState::Waiting);
+    // alice's laptop is revoked: she is logged in nowhere, her request ends.
+    st.revoke("alice-laptop", 13).unwrap();
+    assert_eq!(st.access_requests()[0].state, RequestState::RequesterGone);
+    assert_eq!(
+        last_notice(&mut bob, "bob"),
+        Some(vec![]),
+        "nothing waits now"
+    );
+    // A request whose requester logged out before a crash ended it ends at start.
+    let (alice2, _) = log_in(&mut st, "alice", "alice-desk");
+    st.ask_access(alice2, "alice", "prod-db", 600, "again", 20)
+        .unwrap();
+    st.logins.remove(&alice2);
+    st.commit_logins_again(alice2).unwrap();
+    drop(st);
+    let st = load(&dir, &key);
+    let last = st.access_requests().pop().unwrap();
+    assert_eq!(last.state, RequestState::RequesterGone);
 }

@@ -4,6 +4,7 @@
 //! and the time. The rules are [`tasuki_core::requests`]'s.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::UserReply;
 
@@ -20,8 +21,6 @@ use super::*;
 pub(super) const REQUEST_POLICIES_TREE: &str = "request-policies";
 /// Each request, by number.
 pub(super) const ACCESS_REQUESTS_TREE: &str = "access-requests";
-/// Requests of each kind a user's listing shows (the newest).
-const LIST_AT_MOST: usize = 50;
 
 impl From<RequestError> for StateError {
     fn from(e: RequestError) -> Self {
@@ -79,6 +78,7 @@ impl HubState {
                 p.max_duration_secs
             )),
         );
+        self.announce_approvals();
         Ok(p)
     }
 
@@ -204,38 +204,20 @@ impl HubState {
     pub(super) fn list_access(&self, spoke: SpokeId, user: &str) -> Result<UserReply> {
         self.logged_in(spoke, user)
             .map_err(|e| StateError::Denied(format!("{e}: log in on this spoke first")))?;
-        let groups = self.user_groups(user);
-        // The newest of each, so the reply fits one frame.
-        let newest = |v: Vec<Request>| -> Vec<Request> {
-            let skip = v.len().saturating_sub(LIST_AT_MOST);
-            v.into_iter().skip(skip).collect()
-        };
-        let mine = newest(
+        let mine = super::request_notices::newest(
             self.requests
                 .requests()
                 .filter(|r| r.requester == user)
                 .cloned()
                 .collect(),
         );
-        let to_decide = self
-            .requests
-            .requests()
-            .filter(|r| r.state == RequestState::Waiting && r.requester != user)
-            .filter(|r| {
-                self.requests
-                    .policy(&r.policy)
-                    .is_some_and(|p| p.is_approver(user, &groups))
-                    && !r.approvals.contains(&format!("user:{user}"))
-            })
-            .cloned()
-            .collect();
-        let to_decide = newest(to_decide);
+        let to_decide = self.to_decide(user);
         Ok(UserReply::AccessRequests { mine, to_decide })
     }
 
     /// The groups user `id` is a member of (approvers and requesters are
     /// named by group too).
-    fn user_groups(&self, id: &str) -> Vec<String> {
+    pub(super) fn user_groups(&self, id: &str) -> Vec<String> {
         let me = Member::User(id.to_owned());
         self.access
             .groups
@@ -299,6 +281,7 @@ impl HubState {
                 self.grants_changed(now, out);
             }
         }
+        self.announce_approvals();
     }
 
     /// User `user` logged out of its last spoke, or was removed: its
@@ -318,6 +301,45 @@ impl HubState {
                 self.grants_changed(now, out);
             }
         }
+        self.announce_approvals();
+    }
+
+    /// At start: the requests of users logged in nowhere end (a logout or
+    /// removal whose ending was not stored before the hub stopped).
+    pub(super) fn end_requests_of_absent(&mut self, now: u64) {
+        let absent: BTreeSet<String> = self
+            .requests
+            .requests()
+            .filter(|r| r.state.is_open())
+            .filter(|r| !self.logins.values().any(|u| u.contains(&r.requester)))
+            .map(|r| r.requester.clone())
+            .collect();
+        for user in absent {
+            tracing::info!(%user, "the requests of a user logged in nowhere end");
+            self.requester_gone(&user, now);
+        }
+    }
+
+    /// Users or groups changed: approvals of who approves no more are
+    /// withdrawn from waiting requests (in memory even when the store
+    /// refuses; the next start withdraws them again).
+    pub(crate) fn recheck_approvals(&mut self, now: u64) {
+        let mut after = self.requests.clone();
+        let outcomes = after.withdraw_approvals(
+            |user, p| self.user_exists(user) && p.is_approver(user, &self.user_groups(user)),
+            now,
+        );
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.commit_outcomes(&outcomes) {
+            tracing::error!(error = %format!("{e:#}"), "withdrawn approvals are not stored yet");
+        }
+        self.requests = after;
+        for out in &outcomes {
+            self.audit_request(now, out, "as an approver may approve no more");
+        }
+        self.announce_approvals();
     }
 
     /// Runs one change on a copy, stores what it changed, then keeps it
@@ -336,6 +358,7 @@ impl HubState {
         if out.grants_changed {
             self.grants_changed(now, &out);
         }
+        self.announce_approvals();
         Ok(out.request)
     }
 

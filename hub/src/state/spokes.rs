@@ -313,6 +313,7 @@ impl HubState {
                 Write::remove(OVERRIDES_TREE, spoke.id.to_be_bytes()),
                 Write::remove(super::direct::DIRECT_TREE, spoke.id.to_be_bytes()),
                 Write::remove(REQUESTS_TREE, spoke.id.to_be_bytes()),
+                Write::remove(LOGINS_TREE, spoke.id.to_be_bytes()),
             ];
             for e in &epochs {
                 writes.push(Write::remove(EPOCHS_TREE, epoch_key(spoke.id, e.number)));
@@ -339,6 +340,7 @@ impl HubState {
             Refusal::new(RefusalCode::Revoked, "an admin revoked this spoke"),
         );
         tracing::warn!(spoke = %spoke.name, erased = epochs.len(), "spoke revoked");
+        self.logged_out_by_revocation(spoke.id, name, now);
         self.audit(
             AuditRecord::new(now, AuditKind::Revocation)
                 .spoke(name)

@@ -67,7 +67,8 @@ impl HubState {
                 self.audit(audit);
                 self.logins_changed(spoke, false)?;
                 self.unsaved.remove(&Unsaved::Logins(spoke));
-                for notice in self.device_notices(&user) {
+                let approvals = self.approval_notice(&user);
+                for notice in self.device_notices(&user).into_iter().chain([approvals]) {
                     self.tell(spoke, notice);
                 }
                 Ok(UserReply::LoggedIn { user })

@@ -88,6 +88,23 @@ impl HubState {
         Ok(())
     }
 
+    /// Spoke `spoke` (named `name`) was revoked: whoever was logged in
+    /// there is logged out, and the requests of those now logged in
+    /// nowhere end.
+    pub(super) fn logged_out_by_revocation(&mut self, spoke: SpokeId, name: &str, now: u64) {
+        for user in self.logins.remove(&spoke).unwrap_or_default() {
+            self.audit(
+                AuditRecord::new(now, AuditKind::Logout)
+                    .user(&user)
+                    .spoke(name)
+                    .detail("the spoke was revoked"),
+            );
+            if !self.logins.values().any(|u| u.contains(&user)) {
+                self.requester_gone(&user, now);
+            }
+        }
+    }
+
     /// Registers a user; returns the initial password (shown once).
     pub(crate) fn add_user(
         &mut self,
@@ -180,6 +197,7 @@ impl HubState {
                 .detail("removed"),
         );
         self.requester_gone(id, now);
+        self.recheck_approvals(now);
         if self.access_names_user(id) {
             let gone = id.to_owned();
             self.edit_access(now, move |p| {
@@ -285,6 +303,7 @@ impl HubState {
         let mut out = vec![self.session_message(spoke)];
         for user in self.logins.get(&spoke).into_iter().flatten() {
             out.extend(self.device_notices(user));
+            out.push(self.approval_notice(user));
         }
         out
     }
