@@ -358,4 +358,6 @@ pub fn policy_with_grants<'a>(
 }
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;

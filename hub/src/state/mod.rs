@@ -137,6 +137,8 @@ enum Unsaved {
     Schedule(SpokeId),
     /// Who is logged in on a spoke.
     Logins(SpokeId),
+    /// An access request that ended (or changed) in memory only.
+    Request(u64),
 }
 
 /// The hub state shared by the daemon's tasks. It is locked only for a

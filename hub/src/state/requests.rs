@@ -269,11 +269,8 @@ impl HubState {
         if outcomes.is_empty() {
             return;
         }
-        if let Err(e) = self.commit_outcomes(&outcomes) {
-            // Ended in memory all the same (access never outlives its
-            // time); the stored record ends again at the next start.
-            tracing::error!(error = %format!("{e:#}"), "ended requests cannot be stored yet");
-        }
+        // Ended in memory all the same (access never outlives its time).
+        self.commit_or_retry(&outcomes, "ended requests");
         self.requests = after;
         for out in &outcomes {
             self.audit_request(now, out, "by time");
@@ -292,9 +289,7 @@ impl HubState {
         if outcomes.is_empty() {
             return;
         }
-        if let Err(e) = self.commit_outcomes(&outcomes) {
-            tracing::error!(user, error = %format!("{e:#}"), "the end of a leaver's requests is not stored yet");
-        }
+        self.commit_or_retry(&outcomes, "the end of a leaver's requests");
         for out in &outcomes {
             self.audit_request(now, out, "as the requester left");
             if out.grants_changed {
@@ -332,9 +327,7 @@ impl HubState {
         if outcomes.is_empty() {
             return;
         }
-        if let Err(e) = self.commit_outcomes(&outcomes) {
-            tracing::error!(error = %format!("{e:#}"), "withdrawn approvals are not stored yet");
-        }
+        self.commit_or_retry(&outcomes, "withdrawn approvals");
         self.requests = after;
         for out in &outcomes {
             self.audit_request(now, out, "as an approver may approve no more");
@@ -360,6 +353,46 @@ impl HubState {
         }
         self.announce_approvals();
         Ok(out.request)
+    }
+
+    /// Stores what changed in memory whatever the store says; what it
+    /// refuses is written again at each tick, and before any login (a
+    /// user back must not bring back what ended while they were away).
+    fn commit_or_retry(&mut self, outcomes: &[Outcome], what: &str) {
+        if let Err(e) = self.commit_outcomes(outcomes) {
+            tracing::error!(error = %format!("{e:#}"), "{what}: not stored yet; tried again");
+            for out in outcomes {
+                self.unsaved.insert(Unsaved::Request(out.request.id));
+            }
+        }
+    }
+
+    /// Writes request `id` as it is in memory (or its absence).
+    pub(super) fn commit_request_again(&self, id: u64) -> Result<()> {
+        let key = id.to_be_bytes().to_vec();
+        let write = match self.requests.request(id) {
+            Some(r) => Write::put(ACCESS_REQUESTS_TREE, key, &(id.to_string(), r))?,
+            None => Write::remove(ACCESS_REQUESTS_TREE, key),
+        };
+        Ok(self.store.commit(&[write])?)
+    }
+
+    /// Writes every request whose change the store refused; an error when
+    /// one still cannot be written.
+    pub(super) fn store_unsaved_requests(&mut self) -> Result<()> {
+        let ids: Vec<u64> = self
+            .unsaved
+            .iter()
+            .filter_map(|u| match u {
+                Unsaved::Request(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for id in ids {
+            self.commit_request_again(id)?;
+            self.unsaved.remove(&Unsaved::Request(id));
+        }
+        Ok(())
     }
 
     pub(super) fn commit_outcomes(&self, outcomes: &[Outcome]) -> Result<()> {

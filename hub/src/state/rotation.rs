@@ -290,6 +290,7 @@ impl HubState {
             let result = match item {
                 Unsaved::Schedule(id) => self.commit_meta(id),
                 Unsaved::Logins(id) => self.commit_logins_again(id),
+                Unsaved::Request(id) => self.commit_request_again(id),
             };
             if let Err(e) = result {
                 self.unsaved.insert(item);

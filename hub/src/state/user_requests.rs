@@ -27,6 +27,9 @@ impl HubState {
         now: u64,
     ) -> Result<UserReply> {
         let spoke_name = self.spoke_name(spoke);
+        self.store_unsaved_requests().map_err(|e| {
+            e.context("the hub cannot store this login right now (its disk may be full)")
+        })?;
         let saved = self.users.clone();
         let result = self.users.login(
             &user,
