@@ -317,6 +317,9 @@ pub struct SpokeView {
     pub state: String,
     /// Tunnel address.
     pub tunnel_addr: String,
+    /// IPv6 tunnel address, when the hub has an IPv6 prefix.
+    #[serde(default)]
+    pub tunnel_addr6: Option<String>,
     /// Fingerprint of its static key.
     pub key_fingerprint: String,
     /// Enrolment time, Unix seconds.
@@ -407,6 +410,9 @@ pub struct HubStatus {
     pub endpoint: String,
     /// Tunnel network.
     pub tunnel_net: String,
+    /// IPv6 tunnel prefix, when the hub has one.
+    #[serde(default)]
+    pub tunnel_net6: Option<String>,
     /// Routed subnets.
     pub routes: Vec<String>,
     /// TUN interface name.
@@ -443,6 +449,9 @@ pub struct SpokeStatus {
     pub name: String,
     /// Tunnel address.
     pub tunnel_addr: String,
+    /// IPv6 tunnel address, when the hub gives one.
+    #[serde(default)]
+    pub tunnel_addr6: Option<String>,
     /// Hub endpoint.
     pub hub_endpoint: String,
     /// Pinned hub key fingerprint.

@@ -491,6 +491,8 @@ pub struct SpokeConfig {
     pub mtu: u16,
     /// WireGuard persistent keepalive, seconds (0 = off).
     pub keepalive_secs: u16,
+    /// IPv6 in the tunnel, where the hub has an IPv6 plan.
+    pub ipv6: Option<crate::address_plan::SpokeIpv6>,
 }
 
 /// How a delivered key travels.

@@ -119,14 +119,13 @@ impl TunSink for PacketBatch {
 /// What opening one datagram of a WireGuard tunnel gave.
 #[derive(Debug)]
 pub enum Opened {
-    /// An IPv4 packet of this many bytes waits at the end of the TUN batch
-    /// (see [`TunSink::commit`]).
+    /// An IPv4 or IPv6 packet of this many bytes waits at the end of the
+    /// TUN batch (see [`TunSink::commit`]); cryptokey routing is the
+    /// caller's.
     Inner(usize),
     /// Nothing for the TUN: a keepalive, or a handshake message whose
     /// replies (and the packets queued behind it) are in the outbox.
     Nothing,
-    /// An IPv6 packet: tasuki carries IPv4 only.
-    Ipv6,
     /// The tunnel refused the datagram.
     Rejected(WireGuardError),
 }
@@ -164,7 +163,7 @@ pub fn open_datagram(
             Opened::Nothing
         }
         TunnResult::WriteToTunnelV4(p, _) => Opened::Inner(p.len()),
-        TunnResult::WriteToTunnelV6(..) => Opened::Ipv6,
+        TunnResult::WriteToTunnelV6(p, _) => Opened::Inner(p.len()),
         TunnResult::Done => Opened::Nothing,
         TunnResult::Err(e) => return Opened::Rejected(e),
     };

@@ -61,6 +61,7 @@ impl World {
                 id: n as u32 + 1,
                 public_key: key.public(),
                 tunnel_addr: addr,
+                tunnel_addr6: None,
                 epochs: vec![epoch.clone()],
                 handshake_epochs: vec![1],
                 carry: true,

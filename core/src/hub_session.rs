@@ -111,7 +111,7 @@ pub enum Enrolled {
     /// Enrolled: the configuration, and its first key unless it waits for approval.
     Done {
         /// The spoke's configuration.
-        config: SpokeConfig,
+        config: Box<SpokeConfig>,
         /// The first epoch, when it may carry traffic at once.
         first_key: Option<KeyDelivery>,
     },
@@ -255,7 +255,7 @@ impl HubSession {
     pub fn enrolled(&mut self, outcome: Enrolled) {
         match outcome {
             Enrolled::Done { config, first_key } => {
-                self.send(HubMessage::Welcome(config));
+                self.send(HubMessage::Welcome(*config));
                 match first_key {
                     Some(delivery) => {
                         self.phase = Phase::EnrolReceipt;

@@ -64,7 +64,7 @@ fn an_enrolment_goes_request_welcome_key_receipt_close() {
         }]
     );
     s.enrolled(Enrolled::Done {
-        config: config(),
+        config: Box::new(config()),
         first_key: Some(first_key()),
     });
     assert_eq!(
@@ -83,7 +83,7 @@ fn an_enrolment_goes_request_welcome_key_receipt_close() {
     })
     .unwrap();
     s.enrolled(Enrolled::Done {
-        config: config(),
+        config: Box::new(config()),
         first_key: Some(first_key()),
     });
     drain(&mut s);
@@ -96,7 +96,7 @@ fn an_enrolment_that_waits_or_fails_is_told_and_closed() {
     for (outcome, code) in [
         (
             Enrolled::Done {
-                config: config(),
+                config: Box::new(config()),
                 first_key: None,
             },
             RefusalCode::Pending,

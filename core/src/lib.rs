@@ -10,6 +10,7 @@
 //! [`channel`] wrap them so that tasuki's own rules stay testable.
 
 pub mod access;
+pub mod address_plan;
 pub mod admin_api;
 pub mod admin_calls;
 pub mod api_error;

@@ -7,10 +7,10 @@
 //! → the hub's TUN (claim 12); anything else → drop.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::Ipv4HeaderSlice;
-use ipnet::Ipv4Net;
+use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 /// The hub's numeric handle for an enrolled spoke.
@@ -70,11 +70,14 @@ pub enum DropReason {
     MulticastTooBig,
     /// An IGMP membership report: it stays on the machine that sent it.
     Igmp,
+    /// IPv6 link-local traffic (neighbour discovery, MLD reports, router
+    /// solicitations): it stays on the machine that sent it.
+    Ipv6LinkLocal,
 }
 
 impl DropReason {
     /// Every reason, for counters and metrics.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Malformed,
         DropReason::Unsupported,
         DropReason::ForgedSource,
@@ -97,6 +100,7 @@ impl DropReason {
         DropReason::MulticastOverRate,
         DropReason::MulticastTooBig,
         DropReason::Igmp,
+        DropReason::Ipv6LinkLocal,
     ];
 
     /// Stable snake_case name used in status output and metrics.
@@ -124,34 +128,69 @@ impl DropReason {
             DropReason::MulticastOverRate => "multicast_over_rate",
             DropReason::MulticastTooBig => "multicast_too_big",
             DropReason::Igmp => "igmp",
+            DropReason::Ipv6LinkLocal => "ipv6_link_local",
         }
     }
 }
 
-/// Source and destination of an inner IPv4 packet.
+/// Source and destination of an inner IPv4 or IPv6 packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InnerHeader {
     /// Source address.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination address.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
 }
 
-/// Reads the inner header with etherparse; never panics on any input.
+/// Reads the inner header with etherparse; never panics on any input. A
+/// packet shorter than its header says is malformed.
 pub fn inner_header(packet: &[u8]) -> Result<InnerHeader, DropReason> {
     match packet.first().map(|b| b >> 4) {
-        Some(4) => {}
-        Some(6) => return Err(DropReason::Unsupported),
-        _ => return Err(DropReason::Malformed),
+        Some(4) => {
+            let header = Ipv4HeaderSlice::from_slice(packet).map_err(|_| DropReason::Malformed)?;
+            if usize::from(header.total_len()) > packet.len() {
+                return Err(DropReason::Malformed);
+            }
+            Ok(InnerHeader {
+                src: header.source_addr().into(),
+                dst: header.destination_addr().into(),
+            })
+        }
+        Some(6) => {
+            let header = Ipv6HeaderSlice::from_slice(packet).map_err(|_| DropReason::Malformed)?;
+            // A jumbogram (payload length 0 with a hop-by-hop option) is
+            // longer than any tunnel's MTU: it is taken as 40 bytes long.
+            if 40 + usize::from(header.payload_length()) > packet.len() {
+                return Err(DropReason::Malformed);
+            }
+            Ok(InnerHeader {
+                src: header.source_addr().into(),
+                dst: header.destination_addr().into(),
+            })
+        }
+        _ => Err(DropReason::Malformed),
     }
-    let header = Ipv4HeaderSlice::from_slice(packet).map_err(|_| DropReason::Malformed)?;
-    if usize::from(header.total_len()) > packet.len() {
-        return Err(DropReason::Malformed);
-    }
-    Ok(InnerHeader {
-        src: header.source_addr(),
-        dst: header.destination_addr(),
-    })
+}
+
+/// Whether an IPv6 packet from `src` to `dst` belongs to the link it was
+/// sent on (a link-local source, or a node- or link-scoped multicast
+/// destination): no tunnel carries it.
+pub fn is_link_scoped(src: Ipv6Addr, dst: Ipv6Addr) -> bool {
+    let link_local = |a: Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
+    let scoped_multicast = dst.is_multicast() && (dst.segments()[0] & 0x000f) <= 2;
+    link_local(src) || link_local(dst) || scoped_multicast
+}
+
+/// The hub's IPv6 plan: its tunnel prefix, its own address in it, and the
+/// IPv6 subnets routed behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Plan {
+    /// The IPv6 tunnel prefix.
+    pub tunnel_net: Ipv6Net,
+    /// The hub's own address in it.
+    pub hub_addr: Ipv6Addr,
+    /// IPv6 subnets routed behind the hub.
+    pub routes: Vec<Ipv6Net>,
 }
 
 /// What the hub does with a packet.
@@ -173,6 +212,9 @@ pub struct RouteTable {
     lan: Vec<Ipv4Net>,
     spokes: HashMap<Ipv4Addr, SpokeId>,
     addrs: HashMap<SpokeId, Ipv4Addr>,
+    ipv6: Option<Ipv6Plan>,
+    spokes6: HashMap<Ipv6Addr, SpokeId>,
+    addrs6: HashMap<SpokeId, Ipv6Addr>,
 }
 
 impl RouteTable {
@@ -184,6 +226,26 @@ impl RouteTable {
             lan,
             spokes: HashMap::new(),
             addrs: HashMap::new(),
+            ipv6: None,
+            spokes6: HashMap::new(),
+            addrs6: HashMap::new(),
+        }
+    }
+
+    /// The same table carrying IPv6 too, under `plan`.
+    pub fn with_ipv6(mut self, plan: Option<Ipv6Plan>) -> Self {
+        self.ipv6 = plan;
+        self
+    }
+
+    /// Adds, moves or (with `None`) removes a spoke's IPv6 tunnel address.
+    pub fn set_spoke6(&mut self, id: SpokeId, addr: Option<Ipv6Addr>) {
+        if let Some(old) = self.addrs6.remove(&id) {
+            self.spokes6.remove(&old);
+        }
+        if let Some(addr) = addr {
+            self.addrs6.insert(id, addr);
+            self.spokes6.insert(addr, id);
         }
     }
 
@@ -200,6 +262,7 @@ impl RouteTable {
         if let Some(addr) = self.addrs.remove(&id) {
             self.spokes.remove(&addr);
         }
+        self.set_spoke6(id, None);
     }
 
     /// The tunnel address of a spoke.
@@ -213,21 +276,60 @@ impl RouteTable {
             Ok(h) => h,
             Err(reason) => return Verdict::Drop(reason),
         };
-        if self.addrs.get(&from) != Some(&header.src) {
+        if let (IpAddr::V6(src), IpAddr::V6(dst)) = (header.src, header.dst) {
+            if is_link_scoped(src, dst) {
+                return Verdict::Drop(DropReason::Ipv6LinkLocal);
+            }
+        }
+        let own = match header.src {
+            IpAddr::V4(src) => self.addrs.get(&from) == Some(&src),
+            IpAddr::V6(src) => self.addrs6.get(&from) == Some(&src),
+        };
+        if !own {
             return Verdict::Drop(DropReason::ForgedSource);
         }
-        self.by_destination(header.dst)
+        match header.dst {
+            IpAddr::V4(dst) => self.by_destination(dst),
+            IpAddr::V6(dst) => self.by_destination6(dst),
+        }
     }
 
     /// Decides where a packet read from the hub's TUN goes.
     pub fn outbound(&self, packet: &[u8]) -> Verdict {
-        match inner_header(packet) {
-            Ok(h) => match self.spokes.get(&h.dst) {
-                Some(&id) => Verdict::Relay(id),
-                None => Verdict::Drop(DropReason::NoRoute),
-            },
-            Err(reason) => Verdict::Drop(reason),
+        let to = match inner_header(packet) {
+            Ok(InnerHeader {
+                dst: IpAddr::V4(dst),
+                ..
+            }) => self.spokes.get(&dst),
+            Ok(InnerHeader {
+                src: IpAddr::V6(src),
+                dst: IpAddr::V6(dst),
+            }) if is_link_scoped(src, dst) => return Verdict::Drop(DropReason::Ipv6LinkLocal),
+            Ok(InnerHeader {
+                dst: IpAddr::V6(dst),
+                ..
+            }) => self.spokes6.get(&dst),
+            Err(reason) => return Verdict::Drop(reason),
+        };
+        match to {
+            Some(&id) => Verdict::Relay(id),
+            None => Verdict::Drop(DropReason::NoRoute),
         }
+    }
+
+    /// Where an IPv6 packet to `dst` goes: a spoke, the hub, or nowhere
+    /// (a hub with no IPv6 plan carries none).
+    fn by_destination6(&self, dst: Ipv6Addr) -> Verdict {
+        let Some(plan) = &self.ipv6 else {
+            return Verdict::Drop(DropReason::Unsupported);
+        };
+        if let Some(&id) = self.spokes6.get(&dst) {
+            return Verdict::Relay(id);
+        }
+        if dst == plan.hub_addr || plan.routes.iter().any(|net| net.contains(&dst)) {
+            return Verdict::Local;
+        }
+        Verdict::Drop(DropReason::NoRoute)
     }
 
     fn by_destination(&self, dst: Ipv4Addr) -> Verdict {
@@ -339,7 +441,8 @@ mod tests {
         assert_eq!(t.inbound(1, &[0x45]), Verdict::Drop(DropReason::Malformed));
         assert_eq!(
             t.inbound(1, &[0x60; 40]),
-            Verdict::Drop(DropReason::Unsupported)
+            Verdict::Drop(DropReason::Malformed),
+            "an IPv6 header whose payload is missing"
         );
         let mut p = packet([10, 77, 0, 2], [10, 77, 0, 3]);
         p.truncate(p.len() - 1);
@@ -348,6 +451,101 @@ mod tests {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
             let _ = t.inbound(1, &junk);
             let _ = t.outbound(&junk);
+        }
+    }
+
+    fn packet6(src: &str, dst: &str) -> Vec<u8> {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let builder =
+            etherparse::PacketBuilder::ipv6(src.octets(), dst.octets(), 64).udp(1000, 2000);
+        let mut out = Vec::new();
+        builder.write(&mut out, &[1u8, 2, 3]).unwrap();
+        out
+    }
+
+    fn table6() -> RouteTable {
+        let mut t = table().with_ipv6(Some(Ipv6Plan {
+            tunnel_net: "fd77:1::/64".parse().unwrap(),
+            hub_addr: "fd77:1::1".parse().unwrap(),
+            routes: vec!["fd50::/64".parse().unwrap()],
+        }));
+        t.set_spoke6(1, Some("fd77:1::2".parse().unwrap()));
+        t.set_spoke6(2, Some("fd77:1::3".parse().unwrap()));
+        t
+    }
+
+    #[test]
+    fn ipv6_is_routed_by_the_same_rules() {
+        let t = table6();
+        assert_eq!(
+            t.inbound(1, &packet6("fd77:1::2", "fd77:1::3")),
+            Verdict::Relay(2)
+        );
+        assert_eq!(
+            t.inbound(1, &packet6("fd77:1::2", "fd77:1::1")),
+            Verdict::Local
+        );
+        assert_eq!(
+            t.inbound(1, &packet6("fd77:1::2", "fd50::9")),
+            Verdict::Local
+        );
+        assert_eq!(
+            t.inbound(1, &packet6("fd77:1::2", "fd77:1::99")),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            t.outbound(&packet6("fd50::9", "fd77:1::3")),
+            Verdict::Relay(2)
+        );
+        // Link-scoped traffic stays where it was sent.
+        for (src, dst) in [
+            ("fe80::1", "fd77:1::1"),
+            ("fd77:1::2", "ff02::2"),
+            ("fe80::1", "ff02::16"),
+        ] {
+            assert_eq!(
+                t.inbound(1, &packet6(src, dst)),
+                Verdict::Drop(DropReason::Ipv6LinkLocal),
+                "{src} → {dst}"
+            );
+            assert_eq!(
+                t.outbound(&packet6(src, dst)),
+                Verdict::Drop(DropReason::Ipv6LinkLocal)
+            );
+        }
+        // Forged: another spoke's, an unassigned one.
+        for src in ["fd77:1::3", "fd77:1::99"] {
+            assert_eq!(
+                t.inbound(1, &packet6(src, "fd77:1::1")),
+                Verdict::Drop(DropReason::ForgedSource),
+                "{src}"
+            );
+        }
+        // A spoke with no IPv6 address sends none; a hub with no plan carries none.
+        let mut t = t;
+        t.set_spoke6(2, None);
+        assert_eq!(
+            t.inbound(1, &packet6("fd77:1::2", "fd77:1::3")),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+        let plain = table();
+        assert_eq!(
+            plain.inbound(1, &packet6("fd77:1::2", "fd77:1::1")),
+            Verdict::Drop(DropReason::ForgedSource)
+        );
+    }
+
+    #[test]
+    fn short_ipv6_packets_are_malformed() {
+        let t = table6();
+        let mut p = packet6("fd77:1::2", "fd77:1::3");
+        p.truncate(p.len() - 1);
+        assert_eq!(t.inbound(1, &p), Verdict::Drop(DropReason::Malformed));
+        for len in 0..48 {
+            assert_eq!(
+                t.inbound(1, &p[..len.min(p.len())]),
+                Verdict::Drop(DropReason::Malformed)
+            );
         }
     }
 

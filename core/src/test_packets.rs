@@ -12,6 +12,7 @@ pub(crate) fn spoke_config(id: u32) -> crate::control::SpokeConfig {
         routes: vec![],
         mtu: 1420,
         keepalive_secs: 25,
+        ipv6: None,
     }
 }
 

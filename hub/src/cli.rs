@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use ipnet::Ipv4Net;
 use tasuki_core::admin_api::HubStatus;
 use tasuki_core::admin_calls as calls;
 use tasuki_core::keys::StaticKey;
@@ -41,12 +40,18 @@ enum Command {
         /// Public HOST:PORT that spokes reach (TCP control and UDP data on the same port).
         #[arg(long)]
         endpoint: String,
-        /// Tunnel network; the hub takes its first address, spokes get the others.
-        #[arg(long)]
-        tunnel_net: Ipv4Net,
-        /// A subnet routed behind the hub (company LAN); repeat for several.
+        /// Tunnel network, once per family (an IPv4 one, and an IPv6 prefix
+        /// such as fd77:1::/64); the hub takes its first address, spokes
+        /// the others. With no IPv6 prefix, a random ULA /64 (RFC 4193).
+        #[arg(long = "tunnel-net", required = true)]
+        tunnel_nets: Vec<ipnet::IpNet>,
+        /// A subnet routed behind the hub (company LAN), IPv4 or IPv6;
+        /// repeat for several.
         #[arg(long = "route")]
-        routes: Vec<Ipv4Net>,
+        routes: Vec<ipnet::IpNet>,
+        /// No IPv6 inside the tunnels (no random ULA prefix either).
+        #[arg(long)]
+        no_ipv6: bool,
         /// WireGuard persistent keepalive for spokes, seconds (0 = off).
         #[arg(long, default_value_t = 25)]
         keepalive: u16,
@@ -230,10 +235,16 @@ pub(crate) fn main() -> Result<()> {
         Command::Init {
             state_dir,
             endpoint,
-            tunnel_net,
+            tunnel_nets,
             routes,
+            no_ipv6,
             keepalive,
-        } => init(&state_dir, endpoint, tunnel_net, routes, keepalive),
+        } => init(
+            &state_dir,
+            endpoint,
+            (tunnel_nets, routes, no_ipv6),
+            keepalive,
+        ),
         Command::Run { flags } => run(flags),
         Command::CheckConfig { config } => check_config(config),
         Command::Completions { shell } => {
@@ -368,10 +379,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init(
     dir: &Path,
     endpoint: String,
-    tunnel_net: Ipv4Net,
-    routes: Vec<Ipv4Net>,
+    (nets, routes, no_ipv6): (Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, bool),
     keepalive: u16,
 ) -> Result<()> {
+    let (tunnel_net, tunnel_net6) = crate::cli_ipv6::split_tunnel_nets(&nets)?;
+    let (routes, routes6) = crate::cli_ipv6::split_routes(routes);
     let port_ok = endpoint
         .rsplit_once(':')
         .and_then(|(host, port)| {
@@ -403,13 +415,14 @@ fn init(
     tasuki_shell::files::ensure_private_dir(dir)?;
     let key = StaticKey::generate(&mut rand_core::OsRng);
     tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
+    let plan = crate::cli_ipv6::init_plan(tunnel_net, tunnel_net6, routes6, no_ipv6)?;
     let settings = HubSettings {
         endpoint,
         tunnel_net,
         routes,
         keepalive_secs: keepalive,
     };
-    state::write_settings(dir, &settings)?;
+    state::write_settings(dir, &settings, plan.as_ref())?;
     println!("initialised hub in {}", dir.display());
     println!("  public key:  {}", key.public());
     println!("  fingerprint: {}", key.public().fingerprint());
@@ -419,6 +432,9 @@ fn init(
         settings.tunnel_net,
         settings.hub_addr()
     );
+    if let Some(p) = &plan {
+        println!("  tunnel net:  {} (hub {})", p.tunnel_net, p.hub_addr);
+    }
     Ok(())
 }
 
@@ -466,7 +482,10 @@ fn print_status(s: &HubStatus) {
     }
     println!("  fingerprint:  {}", s.fingerprint);
     println!("  endpoint:     {}", s.endpoint);
-    println!("  interface:    {} ({})", s.interface, s.tunnel_net);
+    match &s.tunnel_net6 {
+        Some(net6) => println!("  interface:    {} ({}, {net6})", s.interface, s.tunnel_net),
+        None => println!("  interface:    {} ({})", s.interface, s.tunnel_net),
+    }
     println!("  routes:       {}", s.routes.join(", "));
     println!(
         "  spokes:       {} active, {} pending; {} control connections",

@@ -412,7 +412,7 @@ fn enrolment_outcome(
                 body: DeliveryBody::Channel(epoch),
                 lifetime: st.policy_for(enrolled.spoke.id).lifetime(),
             });
-            let config = st.registry.spoke_config(&enrolled.spoke);
+            let config = Box::new(st.registry.spoke_config(&enrolled.spoke));
             (
                 Enrolled::Done { config, first_key },
                 Some((enrolled.spoke.id, enrolled.spoke.name.clone())),

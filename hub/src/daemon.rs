@@ -39,6 +39,7 @@ struct DataPlaneSetup {
     listen: SocketAddr,
     interface: String,
     hub_net: Ipv4Net,
+    hub_net6: Option<ipnet::Ipv6Net>,
     routes: RouteTable,
     access: Arc<tasuki_core::access::CompiledAccess>,
     events: mpsc::UnboundedSender<DpEvent>,
@@ -58,6 +59,7 @@ async fn spawn_dataplane(
         let tun = tasuki_shell::netdev::create_tun(
             &setup.interface,
             setup.hub_net,
+            setup.hub_net6,
             tasuki_core::TUNNEL_MTU,
         )?;
         let dataplane = DataPlane::new(
@@ -156,6 +158,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         dp_tx.clone(),
     )?;
     let settings = hub.registry.settings().clone();
+    let ipv6 = hub.registry.ipv6().cloned();
     let listen = listen_addr(opts.listen, &settings)?;
     let tcp = TcpListener::bind(listen)
         .await
@@ -171,11 +174,16 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         listen,
         interface: opts.interface.clone(),
         hub_net: Ipv4Net::new(settings.hub_addr(), settings.tunnel_net.prefix_len())?,
+        hub_net6: ipv6
+            .as_ref()
+            .map(|p| ipnet::Ipv6Net::new(p.hub_addr, p.tunnel_net.prefix_len()))
+            .transpose()?,
         routes: RouteTable::new(
             settings.tunnel_net,
             settings.hub_addr(),
             settings.routes.clone(),
-        ),
+        )
+        .with_ipv6(ipv6.clone()),
         access: hub.compiled_access(),
         events: ev_tx,
         commands: dp_rx,

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod cli;
 mod cli_access;
+mod cli_ipv6;
 mod cli_keys;
 mod cli_pairs;
 mod cli_requests;

@@ -44,6 +44,8 @@ impl Topology {
                 OsStr::new(HUB_ENDPOINT),
                 OsStr::new("--tunnel-net"),
                 OsStr::new(tunnel_net),
+                OsStr::new("--tunnel-net"),
+                OsStr::new(crate::TUNNEL_NET6),
                 OsStr::new("--route"),
                 OsStr::new(LAN_NET),
             ],

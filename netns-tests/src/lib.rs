@@ -58,6 +58,14 @@ pub const A_WAN: &str = "172.30.0.11";
 pub const B_WAN: &str = "172.30.0.12";
 /// The tunnel network.
 pub const TUNNEL_NET: &str = "10.77.0.0/24";
+/// The IPv6 tunnel prefix every test hub has beside it.
+pub const TUNNEL_NET6: &str = "fd77:1::/64";
+/// The hub's IPv6 tunnel address.
+pub const HUB_TUNNEL6: &str = "fd77:1::1";
+/// Spoke a's IPv6 tunnel address (its IPv4 host number in the prefix).
+pub const A_TUNNEL6: &str = "fd77:1::2";
+/// Spoke b's IPv6 tunnel address.
+pub const B_TUNNEL6: &str = "fd77:1::3";
 /// The hub's tunnel address.
 pub const HUB_TUNNEL: &str = "10.77.0.1";
 /// Spoke a's tunnel address (first spoke enrolled).

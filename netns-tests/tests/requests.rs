@@ -306,8 +306,9 @@ fn a_group_grant_brings_the_group_key_and_its_end_rotates_it() {
         "join-staff",
         "--grant-group",
         "staff",
+        // alice may approve too, but never her own request.
         "--approvers",
-        "user:bob",
+        "user:bob,user:alice",
         "--required",
         "1",
     ]);
@@ -359,7 +360,7 @@ fn a_group_grant_brings_the_group_key_and_its_end_rotates_it() {
     );
     t.wait_for(
         "the laptop to get the staff epoch",
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || staff_epoch(&t, &laptop).is_some(),
     );
     let granted_epoch = staff_epoch(&t, &laptop).unwrap_or_default();

@@ -9,10 +9,10 @@
 //! dozens of packets each way.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
 
 /// Packets one TUN read can yield (a 64 KB super-packet of small segments).
@@ -38,16 +38,22 @@ pub struct Tun {
     offload: bool,
 }
 
-/// Creates (or takes over) TUN interface `name` with address `addr`, MTU `mtu`, and brings it up.
-pub fn create_tun(name: &str, addr: Ipv4Net, mtu: u16) -> Result<TunDevice> {
+/// Creates (or takes over) TUN interface `name` with address `addr` (and
+/// `addr6`, where IPv6 is carried), MTU `mtu`, and brings it up.
+pub fn create_tun(
+    name: &str,
+    addr: Ipv4Net,
+    addr6: Option<Ipv6Net>,
+    mtu: u16,
+) -> Result<TunDevice> {
     let build = |offload: bool| {
-        DeviceBuilder::new()
+        let mut b = DeviceBuilder::new()
             .name(name)
-            .ipv4(addr.addr(), addr.prefix_len(), None)
-            .mtu(mtu)
-            .offload(offload)
-            .enable(true)
-            .build_async()
+            .ipv4(addr.addr(), addr.prefix_len(), None);
+        if let Some(a6) = addr6 {
+            b = b.ipv6(a6.addr(), a6.prefix_len());
+        }
+        b.mtu(mtu).offload(offload).enable(true).build_async()
     };
     let (dev, offload) = match build(true) {
         Ok(dev) => (dev, true),
@@ -245,6 +251,33 @@ fn route_to(net: &Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteM
         .destination_prefix(net.network(), net.prefix_len())
         .output_interface(index)
         .build()
+}
+
+/// Adds IPv6 routes to `nets` through interface `ifname` (existing
+/// routes are kept).
+pub async fn add_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {
+    if nets.is_empty() {
+        return Ok(());
+    }
+    let (index, handle, task) = route_connection(ifname)?;
+    for net in nets {
+        let msg = rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .output_interface(index)
+            .build();
+        match handle.route().add(msg).execute().await {
+            Ok(()) => tracing::info!(route = %net, dev = ifname, "route added"),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+                tracing::info!(route = %net, "route already present")
+            }
+            Err(e) => {
+                task.abort();
+                return Err(e).with_context(|| format!("cannot add route {net} dev {ifname}"));
+            }
+        }
+    }
+    task.abort();
+    Ok(())
 }
 
 /// Removes the routes to `nets` through interface `ifname` (one already

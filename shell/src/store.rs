@@ -280,6 +280,25 @@ impl Store {
         }
     }
 
+    /// Reads one value, written as `T` or, by an older version, as `Old`.
+    pub fn get_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
+        &self,
+        tree: &str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        let Some(bytes) = self
+            .db()?
+            .get(prefixed(tree, key))
+            .with_context(|| self.ctx(tree))?
+        else {
+            return Ok(None);
+        };
+        match tasuki_core::codec::from_bytes::<T>(std::any::type_name::<T>(), &bytes) {
+            Ok(value) => Ok(Some(value)),
+            Err(_) => Ok(Some(self.decode::<Old>(tree, &bytes)?.into())),
+        }
+    }
+
     /// Reads every value of a tree, in key order.
     pub fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
         let mut out = Vec::new();

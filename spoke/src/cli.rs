@@ -336,7 +336,13 @@ async fn status(socket: &Path, json: bool) -> Result<()> {
 /// The daemon's status, for a person.
 fn print_status(s: SpokeStatus) {
     println!("tasuki-spoke {:?}: {}", s.name, s.state);
-    println!("  address:    {} on {}", s.tunnel_addr, s.interface);
+    match &s.tunnel_addr6 {
+        Some(addr6) => println!(
+            "  address:    {} and {addr6} on {}",
+            s.tunnel_addr, s.interface
+        ),
+        None => println!("  address:    {} on {}", s.tunnel_addr, s.interface),
+    }
     println!("  hub:        {} ({})", s.hub_endpoint, s.hub_fingerprint);
     println!(
         "  control:    {}",

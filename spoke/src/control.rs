@@ -109,6 +109,10 @@ impl Control {
                     s.last_error = Some(format!("{e:#}"));
                 }
             });
+            // What waits for approval may change while we are away: the
+            // hub tells it again at the next attach.
+            self.session_info
+                .send_modify(|s| s.approvals_waiting.clear());
             let refusal = result
                 .as_ref()
                 .err()

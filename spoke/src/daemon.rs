@@ -223,16 +223,18 @@ async fn start_dataplane(
     // The data plane runs on a thread of its own (see
     // `tasuki_shell::thread`), where it makes its TUN and socket.
     let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
+    let addr6 = config.ipv6.as_ref().map(|v6| v6.tunnel_addr);
     let hub_tunnel = config.hub_tunnel_addr;
     let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
     let keepalive = keepalive.unwrap_or(config.keepalive_secs);
     let (tun_name, done) =
         tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
-            let tun = tasuki_shell::netdev::create_tun(&name, addr, mtu)?;
+            let tun = tasuki_shell::netdev::create_tun(&name, addr, addr6, mtu)?;
             let network = Network {
                 own: addr.addr(),
                 net: addr.trunc(),
                 hub: hub_tunnel,
+                own6: addr6.map(|a| a.addr()),
             };
             let dp = DataPlane::new(
                 store_dp,
@@ -247,6 +249,9 @@ async fn start_dataplane(
         })
         .await?;
     tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
+    if let Some(v6) = &config.ipv6 {
+        tasuki_shell::netdev::add_routes6(&tun_name, &v6.routes).await?;
+    }
     tracing::info!(
         name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
         epoch = store.current()?, "spoke running"

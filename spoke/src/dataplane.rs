@@ -80,6 +80,8 @@ pub(crate) struct Network {
     pub(crate) net: ipnet::Ipv4Net,
     /// The hub's tunnel address.
     pub(crate) hub: Ipv4Addr,
+    /// Its own IPv6 tunnel address, where IPv6 is carried.
+    pub(crate) own6: Option<std::net::Ipv6Addr>,
 }
 
 /// The data plane task: the devices and the machine a pass works on.
@@ -117,6 +119,7 @@ impl DataPlane {
         let stored = (store.epochs()?, store.current()?);
         let mut machine = SpokePlane::new(key, hub_key, hub, keepalive_secs, stored, boot_secs());
         machine.set_network(network.own, network.net, network.hub);
+        machine.set_ipv6(network.own6);
         // This run's own multicast nonces: a random part, and a counter
         // from the wall clock (a restart is not taken for a replay).
         let mut boot = [0u8; 12];

@@ -93,8 +93,13 @@ impl LocalApi {
             state: state.into(),
             name: self.enrolment.name.clone(),
             tunnel_addr: config
+                .as_ref()
                 .map(|c| c.tunnel_addr.to_string())
                 .unwrap_or_default(),
+            tunnel_addr6: config
+                .as_ref()
+                .and_then(|c| c.ipv6.as_ref())
+                .map(|v6| v6.tunnel_addr.to_string()),
             hub_endpoint: self.enrolment.hub_endpoint.clone(),
             hub_fingerprint: self.enrolment.hub_key.fingerprint(),
             interface: self.interface.clone(),

@@ -179,7 +179,10 @@ impl SpokeStore {
 
     /// The configuration from the hub, if received.
     pub(crate) fn config(&self) -> Result<Option<SpokeConfig>> {
-        self.store.get(META_TREE, b"config")
+        self.store
+            .get_upgrading::<SpokeConfig, tasuki_core::address_plan::LegacySpokeConfig>(
+                META_TREE, b"config",
+            )
     }
 
     /// Stores the configuration.

@@ -18,6 +18,8 @@ pub struct LinkSpec {
     pub public_key: PublicKey,
     /// Its tunnel address (cryptokey routing).
     pub tunnel_addr: Ipv4Addr,
+    /// Its IPv6 tunnel address, where the hub has an IPv6 plan.
+    pub tunnel_addr6: Option<std::net::Ipv6Addr>,
     /// Epochs whose tunnels should exist.
     pub epochs: Vec<KeyEpoch>,
     /// The epochs a handshake initiation may be under (answered under each).

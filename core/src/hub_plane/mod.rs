@@ -182,6 +182,7 @@ impl<T: TunSink> HubPlane<T> {
         peer.keys = spec.epochs;
         self.by_key.insert(spec.public_key, spec.id);
         self.routes.set_spoke(spec.id, spec.tunnel_addr);
+        self.routes.set_spoke6(spec.id, spec.tunnel_addr6);
         self.drop_packets(DropReason::HandshakeTimeout, lost.into());
         tracing::debug!(spoke = spec.id, epochs = ?keep, "link updated");
     }
@@ -391,10 +392,6 @@ impl<T: TunSink> HubPlane<T> {
         ) {
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
-            Opened::Ipv6 => {
-                *self.drops.entry(DropReason::Unsupported).or_default() += 1;
-                None
-            }
             Opened::Rejected(e) => {
                 tracing::trace!(spoke = id, error = ?e, "datagram rejected");
                 *self.drops.entry(DropReason::BadDatagram).or_default() += 1;

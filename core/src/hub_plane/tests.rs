@@ -41,6 +41,7 @@ fn setup() -> (HubPlane<PacketBatch>, Spoke, Spoke) {
             id,
             public_key: key.public(),
             tunnel_addr: addr,
+            tunnel_addr6: None,
             epochs: vec![epoch.clone()],
             handshake_epochs: vec![1],
             carry: true,

@@ -41,6 +41,8 @@ pub struct Registry {
     by_key: HashMap<PublicKey, SpokeId>,
     /// What the last change replaced.
     last_change: Vec<Prior>,
+    /// The IPv6 plan beside the IPv4 one, if any.
+    ipv6: Option<crate::address_plan::Ipv6Plan>,
 }
 
 impl Registry {
@@ -63,6 +65,7 @@ impl Registry {
             invitations: invitations.into_iter().map(|i| (i.id, i)).collect(),
             by_key,
             last_change: Vec::new(),
+            ipv6: None,
         }
     }
 
@@ -494,7 +497,28 @@ impl Registry {
             routes: self.settings.routes.clone(),
             mtu: crate::TUNNEL_MTU,
             keepalive_secs: self.settings.keepalive_secs,
+            ipv6: self
+                .ipv6
+                .as_ref()
+                .and_then(|p| p.for_spoke(self.settings.tunnel_net, spoke.tunnel_addr)),
         }
+    }
+
+    /// The hub's IPv6 plan, if it has one.
+    pub fn ipv6(&self) -> Option<&crate::address_plan::Ipv6Plan> {
+        self.ipv6.as_ref()
+    }
+
+    /// Takes IPv6 plan `plan` (checked by its maker).
+    pub fn set_ipv6(&mut self, plan: Option<crate::address_plan::Ipv6Plan>) {
+        self.ipv6 = plan;
+    }
+
+    /// A spoke's IPv6 tunnel address, where the hub has an IPv6 plan.
+    pub fn spoke_addr6(&self, spoke: &SpokeRecord) -> Option<std::net::Ipv6Addr> {
+        self.ipv6
+            .as_ref()
+            .and_then(|p| p.spoke_addr(self.settings.tunnel_net, spoke.tunnel_addr))
     }
 
     /// Drops invitations that expired unused more than `keep_secs` ago.

@@ -336,9 +336,12 @@ impl DirectPeers {
         let kind = datagram.first().copied();
         let opened = open_datagram(tunnel, Some(from.ip()), from, datagram, out, to_tun);
         let inner = match opened {
+            // Direct mode carries IPv4 (IPv6 goes through the hub).
+            Opened::Inner(len) if to_tun.pending(len).first().map(|b| b >> 4) != Some(4) => {
+                return FromPeer::Drop(DropReason::Unsupported)
+            }
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
-            Opened::Ipv6 => return FromPeer::Drop(DropReason::Unsupported),
             Opened::Rejected(e) => {
                 tracing::debug!(peer = %p.name, error = ?e, epoch, kind, "direct datagram rejected");
                 return FromPeer::Drop(DropReason::BadDatagram);

@@ -91,6 +91,8 @@ pub struct SpokePlane<T: TunSink> {
     multicast: Membership,
     /// An envelope being sealed or opened (reused).
     multicast_buf: Vec<u8>,
+    /// This spoke's IPv6 tunnel address, where IPv6 is carried.
+    own6: Option<std::net::Ipv6Addr>,
 }
 
 impl<T: TunSink + Default> SpokePlane<T> {
@@ -125,6 +127,7 @@ impl<T: TunSink + Default> SpokePlane<T> {
             io: PassIo::default(),
             multicast: Membership::new(),
             multicast_buf: Vec::new(),
+            own6: None,
         }
     }
 }
@@ -203,6 +206,33 @@ impl<T: TunSink> SpokePlane<T> {
     pub fn set_network(&mut self, own: Ipv4Addr, net: ipnet::Ipv4Net, hub: Ipv4Addr) {
         self.direct.set_network(own, net, hub);
         self.multicast.set_own(own);
+    }
+
+    /// Carries IPv6 from (and to) tunnel address `own6`, or none.
+    pub fn set_ipv6(&mut self, own6: Option<std::net::Ipv6Addr>) {
+        self.own6 = own6;
+    }
+
+    /// An IPv6 packet read from the TUN: through the hub (direct mode and
+    /// group multicast carry IPv4), unless it belongs to the link.
+    fn on_tun6(&mut self, packet: &[u8]) {
+        let header = match crate::routing::inner_header(packet) {
+            Ok(h) => h,
+            Err(reason) => return self.count_drop(reason),
+        };
+        let (std::net::IpAddr::V6(src), std::net::IpAddr::V6(dst)) = (header.src, header.dst)
+        else {
+            return self.count_drop(DropReason::Malformed);
+        };
+        if crate::routing::is_link_scoped(src, dst) {
+            return self.count_drop(DropReason::Ipv6LinkLocal);
+        }
+        if self.own6.is_none() || dst.is_multicast() {
+            return self.count_drop(DropReason::Unsupported);
+        }
+        if self.seal_to_hub(packet) {
+            self.counters.from_tun += 1;
+        }
     }
 
     /// A pair's command from the spoke's pairs ([`crate::spoke_pairs`]).
@@ -394,10 +424,6 @@ impl<T: TunSink> SpokePlane<T> {
         ) {
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
-            Opened::Ipv6 => {
-                self.count_drop(DropReason::Unsupported);
-                None
-            }
             Opened::Rejected(e) => {
                 // Expected during a switch: the hub answers an initiation under
                 // every epoch we may be on, and only one answer opens.
@@ -464,7 +490,8 @@ impl<T: TunSink> SpokePlane<T> {
 
     /// One packet read from the TUN: sealed to the hub.
     fn on_tun(&mut self, packet: &[u8]) {
-        if packet.first().map(|b| b >> 4) != Some(4) {
+        let version = packet.first().map(|b| b >> 4);
+        if version != Some(4) && version != Some(6) {
             self.count_drop(DropReason::Unsupported);
             return;
         }
@@ -475,6 +502,9 @@ impl<T: TunSink> SpokePlane<T> {
         if !self.carrying {
             self.count_drop(DropReason::NotLoggedIn);
             return;
+        }
+        if version == Some(6) {
+            return self.on_tun6(packet);
         }
         if let Some(dst) = multicast_destination(packet) {
             self.send_multicast(packet, dst);

@@ -54,17 +54,23 @@ impl HubState {
             store.all::<tasuki_core::users::UserRecord>(USERS_TREE)?,
         )
         .with_registrations(store.all::<tasuki_core::users::Registration>(REGISTRATIONS_TREE)?);
-        // A revoked spoke's logins ended with it.
+        // A revoked spoke's logins ended with it, a removed user's with them.
         let logins = store
             .all::<(SpokeId, BTreeSet<String>)>(LOGINS_TREE)?
             .into_iter()
             .filter(|(id, _)| active.contains(id))
+            .map(|(id, logged_in)| {
+                let kept = logged_in.into_iter().filter(|u| users.get(u).is_some());
+                (id, kept.collect())
+            })
             .collect();
         let access = store
             .get(SETTINGS_TREE, access::ACCESS_KEY)?
             .unwrap_or_default();
+        let mut registry = Registry::new(settings, spokes, invitations);
+        registry.set_ipv6(store.get(SETTINGS_TREE, IPV6_KEY)?);
         let mut state = Self {
-            registry: Registry::new(settings, spokes, invitations),
+            registry,
             users,
             logins,
             schedules,
@@ -87,6 +93,7 @@ impl HubState {
             direct,
             keyed,
             requests,
+            approvals_told: HashMap::new(),
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

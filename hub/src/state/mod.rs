@@ -110,10 +110,21 @@ fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
 }
 
 /// Stored as the `hub` entry of the settings tree.
-pub(crate) fn write_settings(dir: &Path, settings: &HubSettings) -> anyhow::Result<()> {
+pub(crate) fn write_settings(
+    dir: &Path,
+    settings: &HubSettings,
+    ipv6: Option<&tasuki_core::address_plan::Ipv6Plan>,
+) -> anyhow::Result<()> {
     let store = Store::open(&dir.join(STORE_DIR))?;
-    store.commit(&[Write::put(SETTINGS_TREE, *b"hub", settings)?])
+    let mut writes = vec![Write::put(SETTINGS_TREE, *b"hub", settings)?];
+    if let Some(plan) = ipv6 {
+        writes.push(Write::put(SETTINGS_TREE, IPV6_KEY, plan)?);
+    }
+    store.commit(&writes)
 }
+
+/// Where the IPv6 plan is stored (in the settings tree).
+const IPV6_KEY: &[u8] = b"ipv6";
 
 /// The hub's identity key from its state directory.
 pub(crate) fn load_key(dir: &Path) -> anyhow::Result<StaticKey> {
@@ -206,6 +217,9 @@ pub(crate) struct HubState {
     keyed: groups::Keyed,
     /// Access requests and their policies (see [`requests`]).
     requests: tasuki_core::requests::Requests,
+    /// What each spoke was last told waits for each user logged in on it
+    /// (see [`request_notices`]).
+    approvals_told: HashMap<(SpokeId, String), Vec<tasuki_core::requests::Request>>,
 }
 
 impl HubState {
@@ -228,6 +242,7 @@ impl HubState {
             id: s.id,
             public_key: s.public_key,
             tunnel_addr: s.tunnel_addr,
+            tunnel_addr6: self.registry.spoke_addr6(s),
             epochs: sched.epochs(),
             carry: self.carries(s.id),
             handshake_epochs: sched.handshake_epochs(),
@@ -334,7 +349,18 @@ impl HubState {
             fingerprint: self.key.public().fingerprint(),
             endpoint: settings.endpoint.clone(),
             tunnel_net: settings.tunnel_net.to_string(),
-            routes: settings.routes.iter().map(ToString::to_string).collect(),
+            tunnel_net6: self.registry.ipv6().map(|p| p.tunnel_net.to_string()),
+            routes: settings
+                .routes
+                .iter()
+                .map(ToString::to_string)
+                .chain(
+                    self.registry
+                        .ipv6()
+                        .into_iter()
+                        .flat_map(|p| p.routes.iter().map(ToString::to_string)),
+                )
+                .collect(),
             interface: self.interface.clone(),
             spokes_active: count(SpokeState::Active),
             spokes_pending: count(SpokeState::Pending),

@@ -2,7 +2,9 @@
 //! decide a request hears, on every spoke they are logged in on, the
 //! waiting requests they may decide, whenever that changes and whenever
 //! they log in or their spoke attaches (a notice sent to an earlier
-//! session may have been lost with it).
+//! session may have been lost with it). What each spoke was last told of
+//! each user is kept, so a change that leaves a user's list as it was
+//! sends that user nothing.
 
 use tasuki_core::control::HubMessage;
 use tasuki_core::requests::{ApprovalsWaiting, Request, RequestState};
@@ -38,25 +40,45 @@ impl HubState {
         )
     }
 
-    /// The notice for `user`: what waits for them (perhaps nothing, which
-    /// clears what their spoke showed).
-    pub(super) fn approval_notice(&self, user: &str) -> HubMessage {
+    /// The notice for `user` on `spoke`: what waits for them (perhaps
+    /// nothing, which clears what the spoke showed), remembered as told.
+    pub(super) fn approval_notice(&mut self, spoke: SpokeId, user: &str) -> HubMessage {
+        let requests = self.to_decide(user);
+        self.approvals_told
+            .insert((spoke, user.to_owned()), requests.clone());
         HubMessage::ApprovalsWaiting(ApprovalsWaiting {
             user: user.to_owned(),
-            requests: self.to_decide(user),
+            requests,
         })
     }
 
-    /// Requests or policies changed: every logged-in user hears what waits
-    /// for them now, on each spoke they are logged in on.
+    /// Requests, policies or approvers changed: every logged-in user whose
+    /// list is not what their spoke was last told hears it, on each spoke
+    /// they are logged in on that is attached (one that attaches later
+    /// hears it then).
     pub(super) fn announce_approvals(&mut self) {
+        let logins = &self.logins;
+        self.approvals_told
+            .retain(|(spoke, user), _| logins.get(spoke).is_some_and(|u| u.contains(user)));
+        let mut lists: HashMap<&str, Vec<Request>> = HashMap::new();
         let mut notices = Vec::new();
         for (spoke, users) in &self.logins {
+            if !self.sessions.contains_key(spoke) {
+                continue;
+            }
             for user in users {
-                notices.push((*spoke, self.approval_notice(user)));
+                let list = lists
+                    .entry(user.as_str())
+                    .or_insert_with(|| self.to_decide(user));
+                if self.approvals_told.get(&(*spoke, user.clone())) != Some(list) {
+                    notices.push((*spoke, user.clone(), list.clone()));
+                }
             }
         }
-        for (spoke, notice) in notices {
+        for (spoke, user, requests) in notices {
+            self.approvals_told
+                .insert((spoke, user.clone()), requests.clone());
+            let notice = HubMessage::ApprovalsWaiting(ApprovalsWaiting { user, requests });
             self.tell(spoke, notice);
         }
     }

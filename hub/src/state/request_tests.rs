@@ -8,9 +8,13 @@ use super::test_hub::{load, new_hub, spoke, TempDir};
 use super::*;
 use tasuki_core::control::UserReply;
 
-/// `user` logged in on a new spoke `name` (stored, as a login is); its
-/// session's queue.
+/// `user` (added when new) logged in on a new spoke `name` (stored, as a
+/// login is); its session's queue.
 fn log_in(st: &mut HubState, user: &str, name: &str) -> (SpokeId, mpsc::Receiver<HubMessage>) {
+    if !st.user_exists(user) {
+        st.add_user(user, user, &format!("{user}@example.com"), 1)
+            .unwrap();
+    }
     let (id, rx) = spoke(st, name, 1);
     st.logins.entry(id).or_default().insert(user.into());
     st.commit_logins_again(id).unwrap();
@@ -183,11 +187,9 @@ fn approvers_hear_what_waits_and_leavers_end_or_withdraw() {
     st.edit_access(1, |p| p.add_group("prod").map(|_| "prod".into()))
         .unwrap();
     st.set_request_policy(policy(2), 1).unwrap();
-    let (alice, _) = log_in(&mut st, "alice", "alice-laptop");
+    let (alice, mut alice_rx) = log_in(&mut st, "alice", "alice-laptop");
     let (_, mut bob) = log_in(&mut st, "bob", "bob-laptop");
     let (_, mut carol) = log_in(&mut st, "carol", "carol-laptop");
-    st.add_user("carol", "Carol", "carol@example.com", 1)
-        .unwrap();
     let asked = st.ask_access(alice, "alice", "prod-db", 600, "deploy", 10);
     let UserReply::AccessRequest(r) = asked.unwrap() else {
         panic!("not a request")
@@ -198,6 +200,18 @@ fn approvers_hear_what_waits_and_leavers_end_or_withdraw() {
         "bob hears of it"
     );
     assert_eq!(last_notice(&mut carol, "carol"), Some(vec![r.id]));
+    assert!(
+        last_notice(&mut alice_rx, "alice")
+            .unwrap_or_default()
+            .is_empty(),
+        "the requester is not asked to approve her own request"
+    );
+    st.announce_approvals();
+    assert_eq!(
+        last_notice(&mut bob, "bob"),
+        None,
+        "nothing changed, nothing sent again"
+    );
     // carol approves; then she is removed: her yes counts no more.
     let carol_spoke = st.registry.spoke_by_name("carol-laptop").unwrap().id;
     st.decide_access(carol_spoke, "carol", r.id, true, 11)
@@ -229,4 +243,65 @@ fn approvers_hear_what_waits_and_leavers_end_or_withdraw() {
     let st = load(&dir, &key);
     let last = st.access_requests().pop().unwrap();
     assert_eq!(last.state, RequestState::RequesterGone);
+}
+
+#[test]
+fn a_policy_change_withdraws_approvals_and_endings_outlive_a_restart() {
+    let dir = TempDir::new("requests-policy-change");
+    let (mut st, key) = new_hub(&dir);
+    st.edit_access(1, |p| p.add_group("prod").map(|_| "prod".into()))
+        .unwrap();
+    st.set_request_policy(policy(2), 1).unwrap();
+    let (alice, _) = log_in(&mut st, "alice", "alice-laptop");
+    let (_, mut bob) = log_in(&mut st, "bob", "bob-laptop");
+    let (carol_spoke, _) = log_in(&mut st, "carol", "carol-laptop");
+    let ask = |st: &mut HubState, why: &str, now| match st
+        .ask_access(alice, "alice", "prod-db", 600, why, now)
+        .unwrap()
+    {
+        UserReply::AccessRequest(r) => r.id,
+        other => panic!("not a request: {other:?}"),
+    };
+    let first = ask(&mut st, "deploy", 10);
+    st.decide_access(carol_spoke, "carol", first, true, 11)
+        .unwrap();
+    assert_eq!(st.access_requests()[0].approvals.len(), 1);
+    // carol approves no more under the new policy: her yes is withdrawn.
+    let mut changed = policy(2);
+    changed.approvers = vec![
+        ApproverSel::User("bob".into()),
+        ApproverSel::User("dave".into()),
+    ];
+    st.set_request_policy(changed, 12).unwrap();
+    assert!(st.access_requests()[0].approvals.is_empty(), "withdrawn");
+    assert_eq!(last_notice(&mut bob, "bob"), Some(vec![first]));
+    drop(st);
+    let mut st = load(&dir, &key);
+    assert!(
+        st.access_requests()[0].approvals.is_empty(),
+        "stored withdrawn"
+    );
+    // An ending held in memory only (its write was refused) is written by
+    // the retry and stays ended across a restart.
+    let second = ask(&mut st, "again", 20);
+    let out = st.requests.revoke(second, 21).unwrap();
+    assert!(!out.request.state.is_open());
+    st.unsaved.insert(Unsaved::Request(second));
+    st.store_unsaved_requests().unwrap();
+    assert!(!st.unsaved.contains(&Unsaved::Request(second)), "written");
+    drop(st);
+    let mut st = load(&dir, &key);
+    let stored = st.access_requests().into_iter().find(|r| r.id == second);
+    assert!(!stored.unwrap().state.is_open(), "the ending was stored");
+    // A user removed while the hub was down (the store holds their login
+    // still): their login is dropped at start and their requests end.
+    let third = ask(&mut st, "last", 30);
+    st.store
+        .commit(&[Write::remove(USERS_TREE, "alice".as_bytes())])
+        .unwrap();
+    drop(st);
+    let st = load(&dir, &key);
+    assert!(st.logins.values().all(|u| !u.contains("alice")));
+    let stored = st.access_requests().into_iter().find(|r| r.id == third);
+    assert_eq!(stored.unwrap().state, RequestState::RequesterGone);
 }

@@ -78,6 +78,8 @@ impl HubState {
                 p.max_duration_secs
             )),
         );
+        // Approvals given under the old approvers may count no more.
+        self.recheck_approvals(now);
         self.announce_approvals();
         Ok(p)
     }
@@ -240,15 +242,19 @@ impl HubState {
     /// anew, pairs follow it; a requester whose group grant ended rotates
     /// its link keys (what it held may have reached the group), and the
     /// group's own epoch moves on at its next tick.
-    fn grants_changed(&mut self, now: u64, out: &Outcome) {
+    fn grants_changed(&mut self, now: u64, outcomes: &[Outcome]) {
+        if !outcomes.iter().any(|o| o.grants_changed) {
+            return;
+        }
         self.push_access();
         self.refresh_pair_rules(now);
         self.ask_pairs_again();
-        let ended = !matches!(out.request.state, RequestState::Granted { .. });
-        let grant = out.request.grant.clone();
-        if let (true, Some(Grant::Group(g))) = (ended, grant) {
-            let user = Member::User(out.request.requester.clone());
-            self.rotate_group_leavers(&g, &[user]);
+        for out in outcomes.iter().filter(|o| o.grants_changed) {
+            let ended = !matches!(out.request.state, RequestState::Granted { .. });
+            if let (true, Some(Grant::Group(g))) = (ended, &out.request.grant) {
+                let user = Member::User(out.request.requester.clone());
+                self.rotate_group_leavers(g, &[user]);
+            }
         }
     }
 
@@ -274,10 +280,8 @@ impl HubState {
         self.requests = after;
         for out in &outcomes {
             self.audit_request(now, out, "by time");
-            if out.grants_changed {
-                self.grants_changed(now, out);
-            }
         }
+        self.grants_changed(now, &outcomes);
         self.announce_approvals();
     }
 
@@ -285,34 +289,46 @@ impl HubState {
     /// requests end, and so does what they granted. An ending that cannot
     /// be stored is logged; the grant still ends in memory at once.
     pub(crate) fn requester_gone(&mut self, user: &str, now: u64) {
-        let outcomes = self.requests.requester_gone(user, now);
+        self.requesters_gone(&[user.to_owned()], now);
+    }
+
+    /// [`Self::requester_gone`] for several users at once: one commit, one
+    /// recompiled policy, one round of notices.
+    fn requesters_gone(&mut self, users: &[String], now: u64) {
+        let outcomes: Vec<Outcome> = users
+            .iter()
+            .flat_map(|user| self.requests.requester_gone(user, now))
+            .collect();
         if outcomes.is_empty() {
             return;
         }
         self.commit_or_retry(&outcomes, "the end of a leaver's requests");
         for out in &outcomes {
             self.audit_request(now, out, "as the requester left");
-            if out.grants_changed {
-                self.grants_changed(now, out);
-            }
         }
+        self.grants_changed(now, &outcomes);
         self.announce_approvals();
     }
 
-    /// At start: the requests of users logged in nowhere end (a logout or
-    /// removal whose ending was not stored before the hub stopped).
+    /// At start: the requests of users logged in nowhere, or no longer
+    /// there at all, end (a logout or removal whose ending was not stored
+    /// before the hub stopped).
     pub(super) fn end_requests_of_absent(&mut self, now: u64) {
         let absent: BTreeSet<String> = self
             .requests
             .requests()
             .filter(|r| r.state.is_open())
-            .filter(|r| !self.logins.values().any(|u| u.contains(&r.requester)))
+            .filter(|r| {
+                !self.user_exists(&r.requester)
+                    || !self.logins.values().any(|u| u.contains(&r.requester))
+            })
             .map(|r| r.requester.clone())
             .collect();
-        for user in absent {
-            tracing::info!(%user, "the requests of a user logged in nowhere end");
-            self.requester_gone(&user, now);
+        if absent.is_empty() {
+            return;
         }
+        tracing::info!(users = ?absent, "the requests of users logged in nowhere end");
+        self.requesters_gone(&absent.into_iter().collect::<Vec<_>>(), now);
     }
 
     /// Users or groups changed: approvals of who approves no more are
@@ -345,13 +361,13 @@ impl HubState {
     ) -> Result<Request> {
         let mut after = self.requests.clone();
         let out = change(&mut after)?;
-        self.commit_outcomes(std::slice::from_ref(&out))?;
+        let outcomes = [out];
+        self.commit_outcomes(&outcomes)?;
         self.requests = after;
-        self.audit_request(now, &out, how);
-        if out.grants_changed {
-            self.grants_changed(now, &out);
-        }
+        self.audit_request(now, &outcomes[0], how);
+        self.grants_changed(now, &outcomes);
         self.announce_approvals();
+        let [out] = outcomes;
         Ok(out.request)
     }
 

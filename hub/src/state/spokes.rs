@@ -252,6 +252,7 @@ impl HubState {
                         }),
                     owner: s.owner.clone(),
                     tunnel_addr: s.tunnel_addr.to_string(),
+                    tunnel_addr6: self.registry.spoke_addr6(s).map(|a| a.to_string()),
                     key_fingerprint: s.public_key.fingerprint(),
                     enrolled_at: s.enrolled_at,
                     enrolled_from: s.enrolled_from.clone(),

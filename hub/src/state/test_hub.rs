@@ -57,7 +57,7 @@ pub(super) fn new_hub_in(dir: &TempDir, net: &str) -> (HubState, Arc<StaticKey>)
         routes: vec![],
         keepalive_secs: 25,
     };
-    write_settings(&dir.0, &settings).unwrap();
+    write_settings(&dir.0, &settings, None).unwrap();
     let key = Arc::new(StaticKey::generate(&mut rand_core::OsRng));
     (load(dir, &key), key)
 }

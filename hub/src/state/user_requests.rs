@@ -70,7 +70,7 @@ impl HubState {
                 self.audit(audit);
                 self.logins_changed(spoke, false)?;
                 self.unsaved.remove(&Unsaved::Logins(spoke));
-                let approvals = self.approval_notice(&user);
+                let approvals = self.approval_notice(spoke, &user);
                 for notice in self.device_notices(&user).into_iter().chain([approvals]) {
                     self.tell(spoke, notice);
                 }
@@ -104,6 +104,12 @@ impl HubState {
                 .spoke(&spoke_name),
         );
         self.logins_changed(spoke, true)?;
+        // The logout and the end of the user's requests are two writes;
+        // whichever the store refuses is written again at each tick, and a
+        // start ends the requests of users logged in nowhere. Only when
+        // both are refused and the hub dies before a retry does the next
+        // start find the user logged in with their requests: the two
+        // agree, as they did before the logout.
         if !self.logins.values().any(|u| u.contains(&user)) {
             self.requester_gone(&user, now);
         }

@@ -92,6 +92,8 @@ impl HubState {
     /// there is logged out, and the requests of those now logged in
     /// nowhere end.
     pub(super) fn logged_out_by_revocation(&mut self, spoke: SpokeId, name: &str, now: u64) {
+        // Revocation's commit removed the record: nothing to write again.
+        self.unsaved.remove(&Unsaved::Logins(spoke));
         for user in self.logins.remove(&spoke).unwrap_or_default() {
             self.audit(
                 AuditRecord::new(now, AuditKind::Logout)
@@ -299,11 +301,18 @@ impl HubState {
     /// whether it carries traffic, and the devices its users still have to
     /// confirm (a notice sent to an earlier session may have been lost with
     /// it).
-    pub(crate) fn session_messages(&self, spoke: SpokeId) -> Vec<HubMessage> {
+    pub(crate) fn session_messages(&mut self, spoke: SpokeId) -> Vec<HubMessage> {
         let mut out = vec![self.session_message(spoke)];
-        for user in self.logins.get(&spoke).into_iter().flatten() {
-            out.extend(self.device_notices(user));
-            out.push(self.approval_notice(user));
+        let users: Vec<String> = self
+            .logins
+            .get(&spoke)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for user in users {
+            out.extend(self.device_notices(&user));
+            out.push(self.approval_notice(spoke, &user));
         }
         out
     }

@@ -35,7 +35,7 @@ use traffic::{
 const USAGE: &str = "\
 usage: tasuki-nettool COMMAND ARGS...
 
-  tcp-sink PORT [--ready PATH]      accept one TCP connection on 0.0.0.0:PORT, read to EOF,
+  tcp-sink PORT [--ready PATH]      accept one TCP connection on [::]:PORT (IPv4 too), read to EOF,
                                     print {\"bytes\":N,\"sha256\":HEX}
   tcp-source ADDR:PORT BYTES        connect (retrying for 10 s), send BYTES of deterministic
                                     pseudo-random data, print {\"bytes\":N,\"sha256\":HEX}

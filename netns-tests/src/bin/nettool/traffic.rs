@@ -9,7 +9,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn tcp_sink(port: u16, ready: Option<PathBuf>) -> Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+    // Both families where IPv6 is on (IPv4 arrives mapped), else IPv4.
+    let listener = TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
         .with_context(|| format!("cannot listen on TCP port {port}"))?;
     announce(ready)?;
     let (mut stream, peer) = listener.accept().context("accept")?;

@@ -1,0 +1,112 @@
+//! IPv6 inside the tunnels (issue 19) with the real binaries over an IPv4
+//! underlay: every spoke has its IPv6 tunnel address from the hub's plan
+//! (the same host number as its IPv4 one), pings and a TCP transfer cross
+//! the relay, a full-size packet with "don't fragment" fits, the hub
+//! answers at its own IPv6 address, and a forged IPv6 source is dropped
+//! and counted. Skipped unless root.
+
+use serde_json::Value;
+use tasuki_netns_tests::{skip_unless_root, TwoSpokes, A_TUNNEL6, B_TUNNEL6, HUB_TUNNEL6};
+
+#[test]
+fn ipv6_crosses_the_relay_and_forged_sources_are_counted() {
+    if skip_unless_root("ipv6::ipv6_crosses_the_relay") {
+        return;
+    }
+    let net = TwoSpokes::up();
+    net.wait_tunnel_up(std::time::Duration::from_secs(30));
+    let status = net.spoke_status_json(&net.a_socket);
+    assert_eq!(
+        status["tunnel_addr6"],
+        format!("{A_TUNNEL6}/64"),
+        "{status}"
+    );
+    let list: Value =
+        serde_json::from_str(&net.hub_ok(&["spoke", "list", "--json"])).expect("json");
+    let b_row = list
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == "b").cloned())
+        .unwrap_or_default();
+    assert_eq!(b_row["tunnel_addr6"], B_TUNNEL6, "{list}");
+    assert!(
+        net.ping(&net.ns_a, HUB_TUNNEL6, 2),
+        "a cannot ping the hub over IPv6"
+    );
+    assert!(
+        net.ping(&net.ns_a, B_TUNNEL6, 3),
+        "a cannot ping b over IPv6"
+    );
+    assert!(
+        net.ping(&net.ns_b, A_TUNNEL6, 3),
+        "b cannot ping a over IPv6"
+    );
+    // A full-size packet with "don't fragment": 1420 − 40 − 8 bytes of ICMPv6 payload.
+    let full = net.exec(
+        &net.ns_a,
+        &[
+            "ping", "-q", "-n", "-c", "2", "-W", "2", "-M", "do", "-s", "1372", B_TUNNEL6,
+        ],
+    );
+    assert!(
+        full.status.success(),
+        "a full-size IPv6 ping did not cross the relay"
+    );
+    // TCP over IPv6, checksummed end to end.
+    const BYTES: u64 = 50 * 1024 * 1024;
+    let dst = format!("[{B_TUNNEL6}]:9106");
+    let mut sent = Value::Null;
+    let got = net.with_sink(&net.ns_b, &["tcp-sink", "9106"], || {
+        sent = net.nettool(&net.ns_a, &["tcp-source", &dst, &BYTES.to_string()]);
+    });
+    assert_eq!(
+        got["bytes"].as_u64(),
+        Some(BYTES),
+        "sink {got}, source {sent}"
+    );
+    assert_eq!(
+        got["sha256"], sent["sha256"],
+        "the data was altered in transit"
+    );
+    // A forged source: an address of the prefix that is not a's.
+    net.exec_ok(
+        &net.ns_a,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd77:1::99/128",
+            "dev",
+            "tasuki0",
+            "nodad",
+        ],
+    );
+    let before = net.hub_dropped("forged_source");
+    let forged = net.exec(
+        &net.ns_a,
+        &[
+            "ping",
+            "-q",
+            "-n",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-I",
+            "fd77:1::99",
+            B_TUNNEL6,
+        ],
+    );
+    assert!(!forged.status.success(), "a forged IPv6 source reached b");
+    let after = net.hub_dropped("forged_source");
+    assert!(after >= before + 2, "forged_source {before} -> {after}");
+    // The kernels' neighbour discovery and MLD stay where they were sent.
+    let dropped = net.hub_status_json();
+    assert_eq!(
+        dropped["counters"]["dropped"]["no_route"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{dropped}"
+    );
+}
