@@ -145,13 +145,18 @@ fn nth_host(net: Ipv6Net, n: u32) -> Ipv6Addr {
 /// Refuses what no tunnel routes: the unspecified, loopback, link-local,
 /// multicast and IPv4-mapped ranges.
 fn check_unicast(net: &Ipv6Net, what: &str) -> Result<(), PlanError> {
-    let a = net.network();
-    let seg = a.segments();
-    let bad = a.is_unspecified()
-        || a.is_loopback()
-        || a.is_multicast()
-        || (seg[0] & 0xffc0) == 0xfe80
-        || a.to_ipv4_mapped().is_some();
+    const SPECIAL: [(Ipv6Addr, u8); 5] = [
+        (Ipv6Addr::UNSPECIFIED, 128),
+        (Ipv6Addr::LOCALHOST, 128),
+        (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+        (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96),
+    ];
+    // In a special range, or holding one (fe00::/7 holds multicast).
+    let bad = SPECIAL.iter().any(|&(addr, len)| {
+        Ipv6Net::new(addr, len)
+            .is_ok_and(|s| s.contains(&net.network()) || net.contains(&s.network()))
+    });
     if bad || net.prefix_len() < 8 {
         return Err(PlanError::Invalid(format!(
             "{what} {net} is not a unicast prefix a tunnel can use (link-local, multicast, \
@@ -206,6 +211,10 @@ mod tests {
         assert!(plan("fd77:1::/64", &["fd77:1::/80"]).is_err(), "overlaps");
         assert!(plan("fd77:1::/64", &["fd77::/16"]).is_err(), "contains it");
         assert!(plan("fd77:1::/64", &["2001:db8:50::/64"]).is_ok());
+        // Routes that hold a special range are refused too.
+        for holds in ["fe00::/7", "fe00::/8", "::8000:0:0/81"] {
+            assert!(plan("fd77:1::/64", &[holds]).is_err(), "{holds}");
+        }
     }
 
     #[test]

@@ -64,7 +64,10 @@ mod sim;
 mod test_packets;
 
 /// Protocol version spoken on the control channel and the admin sockets.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Hub and spokes of different versions refuse each other with a clear
+/// error (2: the spoke configuration carries IPv6, approvers are told
+/// what waits for them).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest inner IP packet the data plane carries (the TUN MTU).
 ///

@@ -412,9 +412,8 @@ fn init(
             key_path.display()
         );
     }
-    tasuki_shell::files::ensure_private_dir(dir)?;
-    let key = StaticKey::generate(&mut rand_core::OsRng);
-    tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
+    // Everything is checked before anything is written; the key file,
+    // which marks a hub as made, is written last.
     let plan = crate::cli_ipv6::init_plan(tunnel_net, tunnel_net6, routes6, no_ipv6)?;
     let settings = HubSettings {
         endpoint,
@@ -422,7 +421,10 @@ fn init(
         routes,
         keepalive_secs: keepalive,
     };
+    tasuki_shell::files::ensure_private_dir(dir)?;
     state::write_settings(dir, &settings, plan.as_ref())?;
+    let key = StaticKey::generate(&mut rand_core::OsRng);
+    tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
     println!("initialised hub in {}", dir.display());
     println!("  public key:  {}", key.public());
     println!("  fingerprint: {}", key.public().fingerprint());

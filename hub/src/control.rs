@@ -36,7 +36,7 @@ pub(crate) async fn serve(listener: TcpListener, state: SharedState, key: Arc<St
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
+            Ok((stream, peer)) => (stream, tasuki_shell::dual_stack::canonical(peer)),
             Err(e) => {
                 tracing::warn!(error = %e, "control accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -89,7 +89,8 @@ fn listen_addr(
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .context("stored endpoint has no port")?;
-    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+    // Both families on one port (IPv4 only where the machine has no IPv6).
+    Ok(tasuki_shell::dual_stack::any(port))
 }
 
 /// Hands the data plane's events to the control state.
@@ -160,8 +161,8 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let settings = hub.registry.settings().clone();
     let ipv6 = hub.registry.ipv6().cloned();
     let listen = listen_addr(opts.listen, &settings)?;
-    let tcp = TcpListener::bind(listen)
-        .await
+    let tcp = tasuki_shell::dual_stack::tcp_listener(listen)
+        .and_then(TcpListener::from_std)
         .with_context(|| format!("cannot bind TCP {listen}"))?;
     let access = match &opts.admin_group {
         Some(g) => tasuki_shell::local::Access::group(g)?,

@@ -31,25 +31,34 @@ impl Topology {
     /// [`Topology::hub_init`] with another tunnel network (a small one, to
     /// run out of addresses).
     pub fn hub_init_net(&self, tunnel_net: &str) -> String {
-        let hub = binaries().hub.as_os_str();
-        let dir = self.hub_dir();
-        self.exec_ok(
-            &self.ns_hub,
+        self.hub_init_with(
+            HUB_ENDPOINT,
             &[
-                hub,
-                OsStr::new("init"),
-                OsStr::new("--state-dir"),
-                dir.as_os_str(),
-                OsStr::new("--endpoint"),
-                OsStr::new(HUB_ENDPOINT),
-                OsStr::new("--tunnel-net"),
-                OsStr::new(tunnel_net),
-                OsStr::new("--tunnel-net"),
-                OsStr::new(crate::TUNNEL_NET6),
-                OsStr::new("--route"),
-                OsStr::new(LAN_NET),
+                "--tunnel-net",
+                tunnel_net,
+                "--tunnel-net",
+                crate::TUNNEL_NET6,
+                "--route",
+                LAN_NET,
             ],
         )
+    }
+
+    /// `tasuki-hub init` with endpoint `endpoint` and arguments `args`
+    /// (networks, routes); fails the test if it fails.
+    pub fn hub_init_with(&self, endpoint: &str, args: &[&str]) -> String {
+        let hub = binaries().hub.as_os_str();
+        let dir = self.hub_dir();
+        let mut all = vec![
+            hub,
+            OsStr::new("init"),
+            OsStr::new("--state-dir"),
+            dir.as_os_str(),
+            OsStr::new("--endpoint"),
+            OsStr::new(endpoint),
+        ];
+        all.extend(args.iter().map(OsStr::new));
+        self.exec_ok(&self.ns_hub, &all)
     }
 
     /// Starts `tasuki-hub run` and waits (up to 20 s) until its admin

@@ -30,6 +30,9 @@ pub struct TunDevice {
     pub device: Tun,
     /// Its name.
     pub name: String,
+    /// Its IPv6 address, when one was asked for and the machine takes it
+    /// (a machine with IPv6 turned off carries IPv4 only).
+    pub addr6: Option<Ipv6Net>,
 }
 
 /// A TUN device read and written in batches.
@@ -47,13 +50,13 @@ pub fn create_tun(
     mtu: u16,
 ) -> Result<TunDevice> {
     let build = |offload: bool| {
-        let mut b = DeviceBuilder::new()
+        DeviceBuilder::new()
             .name(name)
-            .ipv4(addr.addr(), addr.prefix_len(), None);
-        if let Some(a6) = addr6 {
-            b = b.ipv6(a6.addr(), a6.prefix_len());
-        }
-        b.mtu(mtu).offload(offload).enable(true).build_async()
+            .ipv4(addr.addr(), addr.prefix_len(), None)
+            .mtu(mtu)
+            .offload(offload)
+            .enable(true)
+            .build_async()
     };
     let (dev, offload) = match build(true) {
         Ok(dev) => (dev, true),
@@ -68,10 +71,18 @@ pub fn create_tun(
         }
     };
     let name = dev.name().unwrap_or_else(|_| name.to_owned());
+    let addr6 = addr6.filter(|a6| match dev.add_address_v6(a6.addr(), a6.prefix_len()) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(interface = %name, addr = %a6, error = %e, "cannot give the TUN its IPv6 address (is IPv6 turned off here?): carrying IPv4 only");
+            false
+        }
+    });
     tracing::info!(interface = %name, offload, udp_offload = dev.udp_gso(), "TUN ready");
     Ok(TunDevice {
         device: Tun { dev, offload },
         name,
+        addr6,
     })
 }
 

@@ -26,6 +26,8 @@ const SOCKET_BUFFER: usize = 8 << 20;
 pub struct BatchUdp {
     sock: UdpSocket,
     state: UdpSocketState,
+    /// An IPv6 socket: IPv4 destinations are sent to as IPv4-mapped.
+    v6: bool,
 }
 
 /// Buffers for [`BatchUdp::try_recv`], reused across reads.
@@ -56,7 +58,10 @@ impl RecvBatch {
         self.meta[..self.count]
             .iter()
             .zip(self.bufs.iter())
-            .map(|(m, b)| (m.addr, &b[..m.len.min(RECV_BUFFER)], m.stride))
+            .map(|(m, b)| {
+                let from = crate::dual_stack::canonical(m.addr);
+                (from, &b[..m.len.min(RECV_BUFFER)], m.stride)
+            })
     }
 }
 
@@ -65,22 +70,30 @@ impl BatchUdp {
     pub fn new(sock: std::net::UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&sock).into())?;
         grow_buffers(&sock);
+        let v6 = sock.local_addr()?.is_ipv6();
+        sock.set_nonblocking(true)?;
         let sock = UdpSocket::from_std(sock)?;
         tracing::debug!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
             "UDP socket ready"
         );
-        Ok(Self { sock, state })
+        Ok(Self { sock, state, v6 })
     }
 
-    /// Binds a new socket to `addr`.
+    /// Binds a new socket to `addr`; `[::]:port` takes both families
+    /// (see [`crate::dual_stack`]).
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        Self::new(std::net::UdpSocket::bind(addr)?)
+        Self::new(crate::dual_stack::udp_socket(addr)?)
     }
 
     /// Sets the default destination; datagrams from others are discarded.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<()> {
+        let addr = if self.v6 {
+            crate::dual_stack::mapped(addr)
+        } else {
+            addr
+        };
         self.sock.connect(addr).await
     }
 
@@ -111,6 +124,11 @@ impl BatchUdp {
     pub async fn send(&self, batch: &Batch<SocketAddr>) -> io::Result<()> {
         let Some(destination) = batch.destination() else {
             return Ok(());
+        };
+        let destination = if self.v6 {
+            crate::dual_stack::mapped(destination)
+        } else {
+            destination
         };
         if batch.count() > 1 && self.state.max_gso_segments() >= batch.count() {
             return self

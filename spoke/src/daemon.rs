@@ -227,14 +227,14 @@ async fn start_dataplane(
     let hub_tunnel = config.hub_tunnel_addr;
     let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
     let keepalive = keepalive.unwrap_or(config.keepalive_secs);
-    let (tun_name, done) =
+    let ((tun_name, has6), done) =
         tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
             let tun = tasuki_shell::netdev::create_tun(&name, addr, addr6, mtu)?;
             let network = Network {
                 own: addr.addr(),
                 net: addr.trunc(),
                 hub: hub_tunnel,
-                own6: addr6.map(|a| a.addr()),
+                own6: tun.addr6.map(|a| a.addr()),
             };
             let dp = DataPlane::new(
                 store_dp,
@@ -245,11 +245,11 @@ async fn start_dataplane(
                 events_tx,
             )
             .await?;
-            Ok((tun.name, dp.run(dp_rx)))
+            Ok(((tun.name, tun.addr6.is_some()), dp.run(dp_rx)))
         })
         .await?;
     tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
-    if let Some(v6) = &config.ipv6 {
+    if let (Some(v6), true) = (&config.ipv6, has6) {
         tasuki_shell::netdev::add_routes6(&tun_name, &v6.routes).await?;
     }
     tracing::info!(

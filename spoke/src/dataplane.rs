@@ -107,14 +107,10 @@ impl DataPlane {
         (tun, network): (Tun, Network),
         events: mpsc::UnboundedSender<SpokeEvent>,
     ) -> anyhow::Result<Self> {
-        let bind: SocketAddr = if hub.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
         // Not connected: in direct mode peers send to this socket too, and
-        // the mapping a NAT gives it is the one the hub sees.
-        let udp = BatchUdp::bind(bind)?;
+        // the mapping a NAT gives it is the one the hub sees. Both
+        // families: the hub's name may resolve to either next time.
+        let udp = BatchUdp::bind(tasuki_shell::dual_stack::any(0))?;
         let port = udp.local_addr()?.port();
         let stored = (store.epochs()?, store.current()?);
         let mut machine = SpokePlane::new(key, hub_key, hub, keepalive_secs, stored, boot_secs());

@@ -96,9 +96,12 @@ impl LocalApi {
                 .as_ref()
                 .map(|c| c.tunnel_addr.to_string())
                 .unwrap_or_default(),
+            // The address the data plane carries (a configuration that
+            // brought one lately is applied at the next start).
             tunnel_addr6: config
                 .as_ref()
                 .and_then(|c| c.ipv6.as_ref())
+                .filter(|v6| d.own6 == Some(v6.tunnel_addr.addr()))
                 .map(|v6| v6.tunnel_addr.to_string()),
             hub_endpoint: self.enrolment.hub_endpoint.clone(),
             hub_fingerprint: self.enrolment.hub_key.fingerprint(),

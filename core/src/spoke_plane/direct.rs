@@ -173,6 +173,11 @@ impl DirectPeers {
     /// A packet between us and a peer that went through the relay (the
     /// hub decided it): the pair's gate tracks its flow all the same.
     pub(crate) fn observe_relayed(&mut self, packet: &[u8], now_ms: u64) {
+        // Direct paths carry IPv4: what IPv6 the relay carries says
+        // nothing of them (and its bytes 12..20 are no IPv4 addresses).
+        if packet.first().map(|b| b >> 4) != Some(4) {
+            return;
+        }
         let Some(h) = packet.get(12..20) else {
             return;
         };

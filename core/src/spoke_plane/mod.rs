@@ -57,6 +57,8 @@ pub struct SpokeStatus {
     pub last_handshake_secs: Option<u64>,
     /// Peer spokes in direct mode.
     pub peers: Vec<crate::admin_api::PeerView>,
+    /// The IPv6 tunnel address it carries, if any.
+    pub own6: Option<std::net::Ipv6Addr>,
 }
 
 /// The spoke's data plane. `T` is where opened packets wait for the TUN.
@@ -329,6 +331,7 @@ impl<T: TunSink> SpokePlane<T> {
             blocked: self.blocked,
             last_handshake_secs: last,
             peers: self.direct.views(),
+            own6: self.own6,
         }
     }
 

@@ -1,0 +1,197 @@
+//! An IPv6-only underlay (issue 19): the WAN has no IPv4 address at all,
+//! the invitation names the hub as `[fd30::1]:51820`, and both families
+//! cross the tunnels: IPv4 and IPv6 pings hub, spoke to spoke and to a
+//! LAN host behind the hub (an IPv6 LAN routed with `--route`), and a TCP
+//! transfer over IPv6 arrives intact. Skipped unless root.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tasuki_netns_tests::{
+    skip_unless_root, Topology, A_TUNNEL6, B_TUNNEL, B_TUNNEL6, HUB_TUNNEL, HUB_TUNNEL6, LAN_HOST,
+    LAN_NET, TUNNEL_NET, TUNNEL_NET6,
+};
+
+const HUB_WAN6: &str = "fd30::1";
+const LAN_NET6: &str = "fd50:77::/64";
+const LAN_HOST6: &str = "fd50:77::2";
+
+/// The WAN renumbered to IPv6 only, and an IPv6 LAN beside the IPv4 one.
+fn renumber(t: &Topology) {
+    for (ns, addr) in [
+        (&t.ns_hub, "fd30::1/64"),
+        (&t.ns_a, "fd30::11/64"),
+        (&t.ns_b, "fd30::12/64"),
+    ] {
+        t.exec_ok(ns, &["ip", "-4", "addr", "flush", "dev", "eth0"]);
+        t.exec_ok(
+            ns,
+            &["ip", "-6", "addr", "add", addr, "dev", "eth0", "nodad"],
+        );
+    }
+    t.exec_ok(
+        &t.ns_hub,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd50:77::1/64",
+            "dev",
+            "lan0",
+            "nodad",
+        ],
+    );
+    t.exec_ok(
+        &t.ns_lan,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd50:77::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    t.exec_ok(
+        &t.ns_lan,
+        &["ip", "-6", "route", "add", TUNNEL_NET6, "via", "fd50:77::1"],
+    );
+    t.exec_ok(
+        &t.ns_hub,
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    );
+}
+
+#[test]
+fn an_ipv6_only_underlay_carries_both_families() {
+    if skip_unless_root("ipv6_underlay::an_ipv6_only_underlay") {
+        return;
+    }
+    let t = Topology::new();
+    renumber(&t);
+    let endpoint = format!("[{HUB_WAN6}]:51820");
+    t.hub_init_with(
+        &endpoint,
+        &[
+            "--tunnel-net",
+            TUNNEL_NET,
+            "--tunnel-net",
+            TUNNEL_NET6,
+            "--route",
+            LAN_NET,
+            "--route",
+            LAN_NET6,
+        ],
+    );
+    let hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    for ns in [&t.ns_a, &t.ns_b] {
+        t.wait_for("a spoke to ping the hub", Duration::from_secs(30), || {
+            t.must_be_alive(&hub);
+            t.ping(ns, HUB_TUNNEL, 1)
+        });
+    }
+    for (what, addr) in [
+        ("the hub over IPv6", HUB_TUNNEL6),
+        ("b over IPv4", B_TUNNEL),
+        ("b over IPv6", B_TUNNEL6),
+        ("the IPv4 LAN host", LAN_HOST),
+        ("the IPv6 LAN host", LAN_HOST6),
+    ] {
+        assert!(t.ping(&t.ns_a, addr, 3), "a cannot ping {what} ({addr})");
+    }
+    assert!(
+        t.ping(&t.ns_lan, A_TUNNEL6, 3),
+        "the IPv6 LAN host cannot ping a"
+    );
+    // The hub sees the spokes at their IPv6 WAN addresses.
+    let list: Value = serde_json::from_str(&t.hub_ok(&["spoke", "list", "--json"])).expect("json");
+    let endpoints: Vec<(String, String)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let at = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+            (at("name"), at("endpoint"))
+        })
+        .collect();
+    for (name, wan) in [("a", "[fd30::11]:"), ("b", "[fd30::12]:")] {
+        assert!(
+            endpoints
+                .iter()
+                .any(|(n, e)| n == name && e.starts_with(wan)),
+            "{name} not seen at {wan}: {endpoints:?}"
+        );
+    }
+    // TCP over IPv6 inside, IPv6 outside, checksummed end to end.
+    const BYTES: u64 = 20 * 1024 * 1024;
+    let dst = format!("[{B_TUNNEL6}]:9107");
+    let mut sent = Value::Null;
+    let got = t.with_sink(&t.ns_b, &["tcp-sink", "9107"], || {
+        sent = t.nettool(&t.ns_a, &["tcp-source", &dst, &BYTES.to_string()]);
+    });
+    assert_eq!(
+        got["bytes"].as_u64(),
+        Some(BYTES),
+        "sink {got}, source {sent}"
+    );
+    assert_eq!(
+        got["sha256"], sent["sha256"],
+        "the data was altered in transit"
+    );
+    t.must_be_alive(&hub);
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
+}
+
+/// A spoke on a machine with IPv6 turned off runs, carrying IPv4 only
+/// (its TUN takes no IPv6 address), beside a spoke that carries both.
+#[test]
+fn a_spoke_with_ipv6_turned_off_carries_ipv4() {
+    if skip_unless_root("ipv6_underlay::a_spoke_with_ipv6_turned_off") {
+        return;
+    }
+    let t = Topology::new();
+    for key in ["all", "default"] {
+        t.exec_ok(
+            &t.ns_a,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+            ],
+        );
+    }
+    t.hub_init();
+    let hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    t.wait_for("a to ping b over IPv4", Duration::from_secs(30), || {
+        t.must_be_alive(&hub);
+        t.ping(&t.ns_a, B_TUNNEL, 1)
+    });
+    let a = t.spoke_status_json(&t.spoke_socket("a"));
+    assert!(a["tunnel_addr6"].is_null(), "a claims IPv6: {a}");
+    let b = t.spoke_status_json(&t.spoke_socket("b"));
+    assert_eq!(b["tunnel_addr6"], format!("{B_TUNNEL6}/64"), "{b}");
+    assert!(
+        t.ping(&t.ns_b, HUB_TUNNEL6, 2),
+        "b cannot ping the hub over IPv6"
+    );
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
+}
