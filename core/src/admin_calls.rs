@@ -389,7 +389,7 @@ pub struct AccessCheck {
     /// the hub's, a LAN host's).
     pub from: String,
     /// The receiver's address.
-    pub to: std::net::Ipv4Addr,
+    pub to: std::net::IpAddr,
     /// The protocol and destination port (a range's first port).
     pub service: Service,
 }

@@ -27,22 +27,31 @@ fuzz_target!(|data: &[u8]| {
     };
     policy.allow(rule("spoke:a", "*", "tcp/1-1024")).unwrap();
     policy.allow(rule("192.168.50.0/24", "spoke:b", "udp")).unwrap();
+    policy.allow(rule("fd50::/64", "spoke:a", "icmp")).unwrap();
+    policy.allow(rule("spoke:b", "fd50::/64", "tcp/22")).unwrap();
     let facts = [
         SpokeFacts {
             id: 1,
             name: "a".into(),
             addr: "10.77.0.2".parse().unwrap(),
+            addr6: Some("fd77:1::2".parse().unwrap()),
             users: vec!["alice".into()],
         },
         SpokeFacts {
             id: 2,
             name: "b".into(),
             addr: "10.77.0.3".parse().unwrap(),
+            addr6: Some("fd77:1::3".parse().unwrap()),
             users: vec![],
         },
     ];
     let mut gate = AccessGate::default();
-    gate.replace(Arc::new(policy.compile("10.77.0.1".parse().unwrap(), &facts)));
+    let compiled = policy.compile_dual(
+        "10.77.0.1".parse().unwrap(),
+        Some("fd77:1::1".parse().unwrap()),
+        &facts,
+    );
+    gate.replace(Arc::new(compiled));
     let _ = gate.check(Origin::Spoke(1), data, 0);
     let _ = gate.check(Origin::Spoke(2), data, 1);
     let _ = gate.check(Origin::Local, data, 2);

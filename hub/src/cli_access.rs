@@ -57,7 +57,7 @@ pub(crate) enum AccessCommand {
         from: String,
         /// The receiver's address.
         #[arg(long)]
-        to: std::net::Ipv4Addr,
+        to: std::net::IpAddr,
         /// The protocol and destination port: tcp/22, udp/53, icmp.
         #[arg(long, value_parser = parse_service)]
         service: Service,

@@ -65,6 +65,78 @@ fn renumber(t: &Topology) {
     );
 }
 
+/// UDP datagrams sent from `from_ns` to `dst:port` that arrived in `to_ns`.
+fn udp_through(t: &Topology, from_ns: &str, to_ns: &str, dst: &str, port: &str) -> u64 {
+    let got = t.with_sink(to_ns, &["udp-sink", port, "2"], || {
+        t.nettool(from_ns, &["udp-send", dst, port, "5"]);
+    });
+    got["received"].as_u64().unwrap_or(0)
+}
+
+/// The access policy decides IPv6 by prefix and port: a's datagrams to
+/// one port of the IPv6 LAN pass, to another not; `hub` answers pings at
+/// its IPv6 address; nothing else passes.
+fn enforce_by_ipv6_prefix_and_port(t: &Topology) {
+    for rule in [
+        [
+            "--from",
+            "spoke:a",
+            "--to",
+            LAN_NET6,
+            "--service",
+            "udp/9108",
+        ],
+        ["--from", "*", "--to", "hub", "--service", "icmp"],
+    ] {
+        let mut args = vec!["access", "allow"];
+        args.extend_from_slice(&rule);
+        t.hub_ok(&args);
+    }
+    let mixed = t.hub_cli(&[
+        "access",
+        "allow",
+        "--from",
+        "10.77.0.0/24",
+        "--to",
+        LAN_NET6,
+    ]);
+    assert!(
+        !mixed.status.success(),
+        "a rule from IPv4 to IPv6 was taken"
+    );
+    t.hub_ok(&["access", "mode", "enforce"]);
+    let check: Value = serde_json::from_str(&t.hub_ok(&[
+        "access",
+        "check",
+        "--from",
+        "spoke:a",
+        "--to",
+        LAN_HOST6,
+        "--service",
+        "udp/9108",
+        "--json",
+    ]))
+    .expect("json");
+    assert_eq!(check["allowed"], true, "{check}");
+    assert_eq!(udp_through(t, &t.ns_a, &t.ns_lan, LAN_HOST6, "9108"), 5);
+    assert_eq!(
+        udp_through(t, &t.ns_a, &t.ns_lan, LAN_HOST6, "9109"),
+        0,
+        "a port no rule allows"
+    );
+    assert!(
+        t.ping(&t.ns_a, HUB_TUNNEL6, 2),
+        "the hub's IPv6 address is `hub`"
+    );
+    assert!(
+        !t.ping(&t.ns_a, LAN_HOST6, 2),
+        "ICMPv6 to the LAN is allowed by no rule"
+    );
+    assert!(!t.ping(&t.ns_a, B_TUNNEL6, 2), "a reached b over IPv6");
+    let dropped = t.hub_dropped("denied");
+    assert!(dropped > 0, "denials are counted: {dropped}");
+}
+
 #[test]
 fn an_ipv6_only_underlay_carries_both_families() {
     if skip_unless_root("ipv6_underlay::an_ipv6_only_underlay") {
@@ -147,6 +219,7 @@ fn an_ipv6_only_underlay_carries_both_families() {
         got["sha256"], sent["sha256"],
         "the data was altered in transit"
     );
+    enforce_by_ipv6_prefix_and_port(&t);
     t.must_be_alive(&hub);
     for s in &spokes {
         t.must_be_alive(s);

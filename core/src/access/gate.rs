@@ -3,10 +3,13 @@
 //! them together.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use etherparse::{Icmpv4Slice, Icmpv4Type, IpNumber, LaxIpv4Slice};
+use etherparse::{
+    Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6ExtensionSlice, LaxIpv4Slice,
+    LaxIpv6Slice,
+};
 
 use super::{CompiledAccess, Origin, Proto, Service, MAX_FLOWS};
 
@@ -16,9 +19,9 @@ pub struct Flow {
     /// IP protocol number.
     pub proto: u8,
     /// Source address.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination address.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// Source and destination port (TCP, UDP); for ICMP echo, the
     /// identifier and the request's type (in that order for a request, the
     /// other way for a reply); `None` when the packet has none (a later
@@ -26,8 +29,13 @@ pub struct Flow {
     pub ports: Option<(u16, u16)>,
 }
 
-/// ICMP's echo request type, the second half of an echo request's key.
+/// ICMP's echo request type, the second half of an echo request's key
+/// (ICMPv6's echoes are keyed the same way).
 const ECHO_REQUEST: u16 = 8;
+/// IP protocol numbers of ICMP and ICMPv6.
+pub(super) const ICMP: u8 = 1;
+/// See [`ICMP`].
+pub(super) const ICMPV6: u8 = 58;
 
 /// What [`Flow::parse`] found besides the flow itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,81 +45,127 @@ pub enum PacketKind {
     /// An ICMP error (unreachable, time exceeded, parameter problem) about
     /// the packet of this flow, which the receiver of the error sent.
     IcmpError(Flow),
-    /// The first fragment of the IP datagram with this identification.
-    FirstFragment(u16),
+    /// The first fragment of the IP datagram with this identification
+    /// (16 bits in IPv4, 32 in IPv6's fragment header).
+    FirstFragment(u32),
     /// A later fragment (no ports of its own): it passes when its first
     /// fragment passed.
-    LaterFragment(u16),
+    LaterFragment(u32),
 }
 
 impl Flow {
-    /// Reads an IPv4 packet's flow; `None` when it is not one (the routing
-    /// rules drop those before the policy sees them).
+    /// Reads an IPv4 or IPv6 packet's flow; `None` when it is neither
+    /// (the routing rules drop those before the policy sees them).
     pub fn parse(packet: &[u8]) -> Option<(Flow, PacketKind)> {
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => Self::parse_v4(packet),
+            Some(6) => Self::parse_v6(packet),
+            _ => None,
+        }
+    }
+
+    fn parse_v4(packet: &[u8]) -> Option<(Flow, PacketKind)> {
         // Lax: the packet inside an ICMP error is cut short by design.
         let (ip, _) = LaxIpv4Slice::from_slice(packet).ok()?;
         let header = ip.header();
-        let proto = header.protocol();
         let mut flow = Flow {
-            proto: proto.0,
-            src: header.source_addr(),
-            dst: header.destination_addr(),
+            proto: header.protocol().0,
+            src: header.source_addr().into(),
+            dst: header.destination_addr().into(),
             ports: None,
         };
+        let payload = ip.payload().payload;
         if ip.is_payload_fragmented() {
-            let id = header.identification();
+            let id = u32::from(header.identification());
             if header.fragments_offset().value() != 0 {
                 return Some((flow, PacketKind::LaterFragment(id)));
             }
             // A first fragment: its ports decide, for its later fragments too.
-            let payload = ip.payload().payload;
-            if matches!(proto, IpNumber::TCP | IpNumber::UDP) && payload.len() >= 4 {
-                flow.ports = Some((
-                    u16::from_be_bytes([payload[0], payload[1]]),
-                    u16::from_be_bytes([payload[2], payload[3]]),
-                ));
-            }
+            flow.ports = ports(flow.proto, payload);
             return Some((flow, PacketKind::FirstFragment(id)));
         }
-        let payload = ip.payload().payload;
-        match proto {
-            IpNumber::TCP | IpNumber::UDP if payload.len() >= 4 => {
-                let sport = u16::from_be_bytes([payload[0], payload[1]]);
-                let dport = u16::from_be_bytes([payload[2], payload[3]]);
-                flow.ports = Some((sport, dport));
+        let kind = flow.read_transport(payload);
+        Some((flow, kind))
+    }
+
+    fn parse_v6(packet: &[u8]) -> Option<(Flow, PacketKind)> {
+        // Lax as IPv4; an extension chain that does not parse leaves the
+        // flow with the protocol where it stopped and no ports, which no
+        // rule with ports allows.
+        let (ip, _) = LaxIpv6Slice::from_slice(packet).ok()?;
+        let header = ip.header();
+        let payload = ip.payload();
+        let mut flow = Flow {
+            proto: payload.ip_number.0,
+            src: header.source_addr().into(),
+            dst: header.destination_addr().into(),
+            ports: None,
+        };
+        let fragment = ip.extensions().clone().into_iter().find_map(|e| match e {
+            Ipv6ExtensionSlice::Fragment(f) if f.is_fragmenting_payload() => Some(f),
+            _ => None,
+        });
+        if let Some(f) = fragment {
+            let id = f.identification();
+            if f.fragment_offset().value() != 0 {
+                return Some((flow, PacketKind::LaterFragment(id)));
             }
-            IpNumber::ICMP => {
+            flow.ports = ports(flow.proto, payload.payload);
+            return Some((flow, PacketKind::FirstFragment(id)));
+        }
+        let kind = flow.read_transport(payload.payload);
+        Some((flow, kind))
+    }
+
+    /// Fills in the ports (or an echo's key) from an unfragmented
+    /// packet's transport header, and says whether it is an ICMP error.
+    fn read_transport(&mut self, payload: &[u8]) -> PacketKind {
+        match self.proto {
+            ICMP => {
                 let Ok(icmp) = Icmpv4Slice::from_slice(payload) else {
-                    return Some((flow, PacketKind::Plain));
+                    return PacketKind::Plain;
                 };
                 match icmp.icmp_type() {
                     // The identifier and the direction: a reply answers the
                     // request (see [`Flow::reversed`]); a request the other
                     // way is a flow of its own.
-                    Icmpv4Type::EchoRequest(e) => flow.ports = Some((e.id, ECHO_REQUEST)),
-                    Icmpv4Type::EchoReply(e) => flow.ports = Some((ECHO_REQUEST, e.id)),
+                    Icmpv4Type::EchoRequest(e) => self.ports = Some((e.id, ECHO_REQUEST)),
+                    Icmpv4Type::EchoReply(e) => self.ports = Some((ECHO_REQUEST, e.id)),
                     Icmpv4Type::DestinationUnreachable(_)
                     | Icmpv4Type::TimeExceeded(_)
-                    | Icmpv4Type::ParameterProblem(_) => {
-                        if let Some((inner, _)) = Flow::parse(icmp.payload()) {
-                            if inner.proto != 1 {
-                                return Some((flow, PacketKind::IcmpError(inner)));
-                            }
-                        }
-                    }
+                    | Icmpv4Type::ParameterProblem(_) => return icmp_error(icmp.payload()),
                     _ => {}
                 }
             }
-            _ => {}
+            ICMPV6 => {
+                let Ok(icmp) = Icmpv6Slice::from_slice(payload) else {
+                    return PacketKind::Plain;
+                };
+                match icmp.icmp_type() {
+                    Icmpv6Type::EchoRequest(e) => self.ports = Some((e.id, ECHO_REQUEST)),
+                    Icmpv6Type::EchoReply(e) => self.ports = Some((ECHO_REQUEST, e.id)),
+                    // Packet Too Big is how IPv6 finds a path's MTU.
+                    Icmpv6Type::DestinationUnreachable(_)
+                    | Icmpv6Type::PacketTooBig { .. }
+                    | Icmpv6Type::TimeExceeded(_)
+                    | Icmpv6Type::ParameterProblem(_) => return icmp_error(icmp.payload()),
+                    _ => {}
+                }
+            }
+            _ => self.ports = ports(self.proto, payload),
         }
-        Some((flow, PacketKind::Plain))
+        PacketKind::Plain
     }
 
     /// The first packet of a flow that `service` names, for an admin's
     /// "would this pass?" (`None` for `any`, which names no protocol).
-    pub fn probe(src: Ipv4Addr, dst: Ipv4Addr, service: &Service) -> Option<Flow> {
+    pub fn probe(src: IpAddr, dst: IpAddr, service: &Service) -> Option<Flow> {
+        let proto = match (service.proto, dst) {
+            (Proto::Icmp, IpAddr::V6(_)) => ICMPV6,
+            (p, _) => p.number()?,
+        };
         Some(Flow {
-            proto: service.proto.number()?,
+            proto,
             src,
             dst,
             ports: match service.proto {
@@ -137,6 +191,28 @@ impl Flow {
             17 => 2 * 60 * 1000,
             _ => 30 * 1000,
         }
+    }
+}
+
+/// TCP's and UDP's source and destination ports, when the header is there.
+fn ports(proto: u8, payload: &[u8]) -> Option<(u16, u16)> {
+    let p = payload.get(..4)?;
+    matches!(IpNumber(proto), IpNumber::TCP | IpNumber::UDP).then(|| {
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        )
+    })
+}
+
+/// An ICMP error about the packet `invoking` (cut short, as errors carry
+/// it); plain when that packet does not parse or is an ICMP message itself.
+fn icmp_error(invoking: &[u8]) -> PacketKind {
+    match Flow::parse(invoking) {
+        Some((inner, _)) if inner.proto != ICMP && inner.proto != ICMPV6 => {
+            PacketKind::IcmpError(inner)
+        }
+        _ => PacketKind::Plain,
     }
 }
 
@@ -240,15 +316,15 @@ const FRAGMENT_MS: u64 = 10_000;
 /// which carry no ports, pass too (and others' do not).
 #[derive(Default)]
 struct Fragments {
-    passed: HashMap<(u8, Ipv4Addr, Ipv4Addr, u16), u64>,
+    passed: HashMap<(u8, IpAddr, IpAddr, u32), u64>,
 }
 
 impl Fragments {
-    fn key(flow: &Flow, id: u16) -> (u8, Ipv4Addr, Ipv4Addr, u16) {
+    fn key(flow: &Flow, id: u32) -> (u8, IpAddr, IpAddr, u32) {
         (flow.proto, flow.src, flow.dst, id)
     }
 
-    fn note(&mut self, flow: &Flow, id: u16, now_ms: u64) {
+    fn note(&mut self, flow: &Flow, id: u32, now_ms: u64) {
         if self.passed.len() >= MAX_FRAGMENTED {
             self.prune(now_ms);
             if self.passed.len() >= MAX_FRAGMENTED {
@@ -260,7 +336,7 @@ impl Fragments {
             .insert(Self::key(flow, id), now_ms.saturating_add(FRAGMENT_MS));
     }
 
-    fn passes(&self, flow: &Flow, id: u16, now_ms: u64) -> bool {
+    fn passes(&self, flow: &Flow, id: u32, now_ms: u64) -> bool {
         self.passed
             .get(&Self::key(flow, id))
             .is_some_and(|until| *until > now_ms)

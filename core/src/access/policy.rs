@@ -2,9 +2,9 @@
 //! every name resolved against the spokes and logins of the moment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -44,6 +44,13 @@ impl AccessPolicy {
                 if !self.groups.contains_key(g) {
                     return Err(AccessError::NoSuchGroup(g.clone()));
                 }
+            }
+        }
+        if let (Selector::Net(from), Selector::Net(to)) = (&rule.from, &rule.to) {
+            if from.addr().is_ipv4() != to.addr().is_ipv4() {
+                return Err(AccessError::Syntax(format!(
+                    "{from} -> {to} mixes IPv4 and IPv6: no packet goes from one family to the other"
+                )));
             }
         }
         self.rules.push(rule);
@@ -210,6 +217,22 @@ impl AccessPolicy {
     /// Resolves names into addresses for the data plane, given the spokes
     /// that can carry traffic now and who is logged in on them.
     pub fn compile(&self, hub_addr: Ipv4Addr, spokes: &[SpokeFacts]) -> CompiledAccess {
+        self.compile_dual(hub_addr, None, spokes)
+    }
+
+    /// [`AccessPolicy::compile`] for a hub with an IPv6 address too
+    /// (`hub` names both).
+    pub fn compile_dual(
+        &self,
+        hub_addr: Ipv4Addr,
+        hub_addr6: Option<Ipv6Addr>,
+        spokes: &[SpokeFacts],
+    ) -> CompiledAccess {
+        let hub = Destination::Addrs(
+            std::iter::once(IpAddr::V4(hub_addr))
+                .chain(hub_addr6.map(IpAddr::V6))
+                .collect(),
+        );
         let mut compiled = CompiledAccess {
             enforce: self.mode == Mode::Enforce,
             rules: Vec::with_capacity(self.rules.len()),
@@ -229,18 +252,18 @@ impl AccessPolicy {
                 Selector::Spoke(n) => *n == spoke.name,
                 Selector::User(u) => spoke.users.iter().any(|x| x == u),
                 Selector::Group(g) => spoke_groups[i].contains(g.as_str()),
-                Selector::Net(net) => net.contains(&spoke.addr),
+                Selector::Net(net) => spoke.addrs().any(|a| net.contains(&a)),
             }
         };
         for (index, rule) in self.rules.iter().enumerate() {
             let to = match &rule.to {
-                Selector::Any => Destination::Net(Ipv4Net::default()),
-                Selector::Hub => Destination::Net(Ipv4Net::from(hub_addr)),
+                Selector::Any => Destination::Any,
+                Selector::Hub => hub.clone(),
                 Selector::Net(n) => Destination::Net(*n),
                 named => Destination::Addrs(
                     (0..spokes.len())
                         .filter(|&i| names(named, i))
-                        .map(|i| spokes[i].addr)
+                        .flat_map(|i| spokes[i].addrs())
                         .collect(),
                 ),
             };
@@ -256,9 +279,9 @@ impl AccessPolicy {
                     .push(index);
             }
             let local = match &rule.from {
-                Selector::Any => Some(Ipv4Net::default()),
-                Selector::Hub => Some(Ipv4Net::from(hub_addr)),
-                Selector::Net(n) => Some(*n),
+                Selector::Any => Some(Destination::Any),
+                Selector::Hub => Some(hub.clone()),
+                Selector::Net(n) => Some(Destination::Net(*n)),
                 _ => None,
             };
             if let Some(net) = local {
@@ -278,14 +301,36 @@ pub struct SpokeFacts {
     pub name: String,
     /// Its tunnel address.
     pub addr: Ipv4Addr,
+    /// Its IPv6 tunnel address, where the hub has an IPv6 plan.
+    pub addr6: Option<Ipv6Addr>,
     /// Users logged in on it now.
     pub users: Vec<String>,
 }
 
+impl SpokeFacts {
+    /// Its tunnel addresses, of both families.
+    fn addrs(&self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(IpAddr::V4(self.addr)).chain(self.addr6.map(IpAddr::V6))
+    }
+}
+
+/// The addresses one end of a compiled rule covers.
 #[derive(Clone, Debug)]
 enum Destination {
-    Net(Ipv4Net),
-    Addrs(HashSet<Ipv4Addr>),
+    /// Every address of both families.
+    Any,
+    Net(IpNet),
+    Addrs(HashSet<IpAddr>),
+}
+
+impl Destination {
+    fn contains(&self, addr: &IpAddr) -> bool {
+        match self {
+            Destination::Any => true,
+            Destination::Net(net) => net.contains(addr),
+            Destination::Addrs(addrs) => addrs.contains(addr),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -296,11 +341,7 @@ struct CompiledRule {
 
 impl CompiledRule {
     fn allows(&self, flow: &Flow) -> bool {
-        let reaches = match &self.to {
-            Destination::Net(net) => net.contains(&flow.dst),
-            Destination::Addrs(addrs) => addrs.contains(&flow.dst),
-        };
-        reaches && self.services.iter().any(|s| s.covers(flow))
+        self.to.contains(&flow.dst) && self.services.iter().any(|s| s.covers(flow))
     }
 }
 
@@ -313,7 +354,7 @@ pub struct CompiledAccess {
     from_spoke: HashMap<SpokeId, Vec<usize>>,
     /// Rules (indexes) whose sender is an address range, for packets from
     /// the hub itself or its LAN.
-    from_local: Vec<(Ipv4Net, usize)>,
+    from_local: Vec<(Destination, usize)>,
 }
 
 impl CompiledAccess {
@@ -355,7 +396,7 @@ impl CompiledAccess {
             Origin::Local => self
                 .from_local
                 .iter()
-                .any(|(net, i)| net.contains(&flow.src) && consider(*i)),
+                .any(|(from, i)| from.contains(&flow.src) && consider(*i)),
         }
     }
 }
@@ -399,7 +440,7 @@ impl PairRules {
         };
         for (index, rule) in self.rules.iter().take(MAX_RULES).enumerate() {
             compiled.rules.push(CompiledRule {
-                to: Destination::Addrs(HashSet::from([rule.to])),
+                to: Destination::Addrs(HashSet::from([IpAddr::V4(rule.to)])),
                 services: rule.services.iter().take(MAX_SERVICES).copied().collect(),
             });
             compiled
@@ -429,11 +470,7 @@ impl CompiledAccess {
             for ((from, _), (_, to)) in [(a, b), (b, a)] {
                 for &i in self.from_spoke.get(&from).into_iter().flatten() {
                     let rule = &self.rules[i];
-                    let reaches = match &rule.to {
-                        Destination::Net(net) => net.contains(&to),
-                        Destination::Addrs(addrs) => addrs.contains(&to),
-                    };
-                    if reaches {
+                    if rule.to.contains(&IpAddr::V4(to)) {
                         rules.push(PairRule {
                             from,
                             to,

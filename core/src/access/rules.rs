@@ -3,10 +3,10 @@
 //! text an admin types.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::str::FromStr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::Flow;
@@ -121,17 +121,18 @@ pub enum Selector {
     /// A group's member spokes and the spokes its member users are logged
     /// in on (`group:NAME`).
     Group(String),
-    /// An address range: a LAN behind the hub, or tunnel addresses
-    /// (`192.168.10.0/24`, `10.77.0.5`).
-    Net(Ipv4Net),
+    /// An address range of either family: a LAN behind the hub, or
+    /// tunnel addresses (`192.168.10.0/24`, `10.77.0.5`, `fd50:10::/64`).
+    Net(IpNet),
 }
 
-/// An address range (`192.168.10.0/24`, host bits cleared) or one address.
-fn parse_net(s: &str) -> Option<Ipv4Net> {
-    s.parse::<Ipv4Net>()
+/// An address range (`192.168.10.0/24`, `fd50::/64`, host bits cleared)
+/// or one address.
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
         .map(|n| n.trunc())
         .ok()
-        .or_else(|| s.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 impl fmt::Display for Selector {
@@ -168,6 +169,10 @@ impl FromStr for Selector {
         if s == "hub" {
             return Ok(Selector::Hub);
         }
+        // Before `kind:`, which an IPv6 address looks like.
+        if let Some(net) = parse_net(s) {
+            return Ok(Selector::Net(net));
+        }
         if let Some((kind, name)) = s.split_once(':') {
             return match kind {
                 "spoke" => Ok(Selector::Spoke(named(name)?)),
@@ -180,9 +185,6 @@ impl FromStr for Selector {
                     "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
                 )),
             };
-        }
-        if let Some(net) = parse_net(s) {
-            return Ok(Selector::Net(net));
         }
         Err(bad(
             "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
@@ -201,7 +203,7 @@ pub enum Proto {
     Tcp,
     /// UDP.
     Udp,
-    /// ICMP.
+    /// ICMP, and ICMPv6 for IPv6 flows.
     Icmp,
 }
 
@@ -236,10 +238,13 @@ impl Service {
 
     /// Whether a flow falls under this service.
     pub(super) fn covers(&self, flow: &Flow) -> bool {
-        if let Some(p) = self.proto.number() {
-            if p != flow.proto {
-                return false;
-            }
+        let proto_ok = match self.proto {
+            Proto::Any => true,
+            Proto::Icmp => flow.proto == super::gate::ICMP || flow.proto == super::gate::ICMPV6,
+            p => p.number() == Some(flow.proto),
+        };
+        if !proto_ok {
+            return false;
         }
         match self.ports {
             None => true,

@@ -74,18 +74,21 @@ fn spokes() -> Vec<SpokeFacts> {
             id: 1,
             name: "laptop".into(),
             addr: LAPTOP,
+            addr6: None,
             users: vec!["alice".into()],
         },
         SpokeFacts {
             id: 2,
             name: "server".into(),
             addr: SERVER,
+            addr6: None,
             users: vec![],
         },
         SpokeFacts {
             id: 3,
             name: "printer".into(),
             addr: PRINTER,
+            addr6: None,
             users: vec![],
         },
     ]
@@ -410,8 +413,8 @@ fn the_policy_survives_serialization_as_text() {
 fn the_flow_table_stays_bounded_and_no_origin_fills_it() {
     let flow = |i: u32| Flow {
         proto: 17,
-        src: Ipv4Addr::from(i),
-        dst: SERVER,
+        src: Ipv4Addr::from(i).into(),
+        dst: SERVER.into(),
         ports: Some((1, 2)),
     };
     let mut t = FlowTable::default();
@@ -523,19 +526,20 @@ fn an_admin_can_ask_which_rules_allow_a_flow() {
         rule("192.168.77.0/24", "spoke:server", &["udp"]),
     ]);
     let c = p.compile(HUB, &spokes());
-    let ssh = Flow::probe(LAPTOP, LAN_HOST, &"tcp/22".parse().unwrap()).unwrap();
+    let ssh = Flow::probe(LAPTOP.into(), LAN_HOST.into(), &"tcp/22".parse().unwrap()).unwrap();
     assert_eq!(c.allowing_rules(Origin::Spoke(1), &ssh), vec![1, 2]);
     assert_eq!(
         c.allowing_rules(Origin::Spoke(2), &ssh),
         Vec::<usize>::new()
     );
-    let high = Flow::probe(LAPTOP, LAN_HOST, &"tcp/2000".parse().unwrap()).unwrap();
+    let high = Flow::probe(LAPTOP.into(), LAN_HOST.into(), &"tcp/2000".parse().unwrap()).unwrap();
     assert!(!c.allows(Origin::Spoke(1), &high));
-    let dns = Flow::probe(LAN_HOST, SERVER, &"udp/53".parse().unwrap()).unwrap();
+    let dns = Flow::probe(LAN_HOST.into(), SERVER.into(), &"udp/53".parse().unwrap()).unwrap();
     assert_eq!(c.allowing_rules(Origin::Local, &dns), vec![3]);
-    assert!(Flow::probe(LAPTOP, SERVER, &Service::ANY).is_none());
-    let ping = Flow::probe(LAPTOP, SERVER, &"icmp".parse().unwrap()).unwrap();
+    assert!(Flow::probe(LAPTOP.into(), SERVER.into(), &Service::ANY).is_none());
+    let ping = Flow::probe(LAPTOP.into(), SERVER.into(), &"icmp".parse().unwrap()).unwrap();
     assert!(!c.allows(Origin::Spoke(1), &ping));
 }
 
+mod ipv6;
 mod pairs;

@@ -66,7 +66,7 @@ impl HubState {
     pub(crate) fn access_check(
         &self,
         from: &str,
-        to: std::net::Ipv4Addr,
+        to: std::net::IpAddr,
         service: &Service,
     ) -> Result<AccessCheckView> {
         let mut notes = Vec::new();
@@ -75,14 +75,18 @@ impl HubState {
                 tasuki_core::registry::RegistryError::NoSuchSpoke(name.to_owned())
             })?),
             None => {
-                let addr: std::net::Ipv4Addr = from.parse().map_err(|_| {
+                let addr: std::net::IpAddr = from.parse().map_err(|_| {
                     StateError::Invalid(format!(
-                        "--from {from:?}: expected spoke:NAME or an IPv4 address"
+                        "--from {from:?}: expected spoke:NAME or an address"
                     ))
                 })?;
-                self.registry
-                    .spokes()
-                    .find(|s| s.tunnel_addr == addr && !s.state.is_dead())
+                self.registry.spokes().find(|s| {
+                    let own = match addr {
+                        std::net::IpAddr::V4(a) => s.tunnel_addr == a,
+                        std::net::IpAddr::V6(a) => self.registry.spoke_addr6(s) == Some(a),
+                    };
+                    own && !s.state.is_dead()
+                })
             }
         };
         let (origin, src) = match spoke {
@@ -99,14 +103,32 @@ impl HubState {
                         s.name
                     ));
                 }
-                (Origin::Spoke(s.id), s.tunnel_addr)
+                let src = match to {
+                    std::net::IpAddr::V4(_) => Some(std::net::IpAddr::V4(s.tunnel_addr)),
+                    std::net::IpAddr::V6(_) => {
+                        self.registry.spoke_addr6(s).map(std::net::IpAddr::V6)
+                    }
+                };
+                let src = src.ok_or_else(|| {
+                    StateError::Invalid(format!(
+                        "spoke {} has no IPv6 address (the hub has no IPv6 prefix)",
+                        s.name
+                    ))
+                })?;
+                (Origin::Spoke(s.id), src)
             }
-            None => (
-                Origin::Local,
-                from.parse()
-                    .map_err(|e| StateError::Invalid(format!("--from {from:?}: {e}")))?,
-            ),
+            None => {
+                let src: std::net::IpAddr = from
+                    .parse()
+                    .map_err(|e| StateError::Invalid(format!("--from {from:?}: {e}")))?;
+                (Origin::Local, src)
+            }
         };
+        if src.is_ipv4() != to.is_ipv4() {
+            return Err(StateError::Invalid(format!(
+                "--from {src} and --to {to} are of different families"
+            )));
+        }
         let flow = Flow::probe(src, to, service).ok_or_else(|| {
             StateError::Invalid("name a protocol to check: tcp/PORT, udp/PORT or icmp".into())
         })?;
@@ -159,6 +181,7 @@ impl HubState {
             id,
             name: s.name.clone(),
             addr: s.tunnel_addr,
+            addr6: self.registry.spoke_addr6(s),
             // A WireGuard peer's key is its user's proof: it counts as
             // logged in for as long as it is active.
             users: match (s.is_wireguard(), &s.owner) {
@@ -200,7 +223,8 @@ impl HubState {
         let mut facts: Vec<SpokeFacts> = self.access_facts.values().cloned().collect();
         facts.sort_by_key(|f| f.id);
         let hub = self.registry.settings().hub_addr();
-        Arc::new(self.access_in_force().compile(hub, &facts))
+        let hub6 = self.registry.ipv6().map(|p| p.hub_addr);
+        Arc::new(self.access_in_force().compile_dual(hub, hub6, &facts))
     }
 
     /// Hands the data plane the policy compiled anew.

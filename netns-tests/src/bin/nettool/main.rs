@@ -40,7 +40,7 @@ usage: tasuki-nettool COMMAND ARGS...
   tcp-source ADDR:PORT BYTES        connect (retrying for 10 s), send BYTES of deterministic
                                     pseudo-random data, print {\"bytes\":N,\"sha256\":HEX}
   udp-sink PORT SECONDS [--ready PATH]
-                                    count UDP datagrams for SECONDS,
+                                    count UDP datagrams to [::]:PORT (IPv4 too) for SECONDS,
                                     print {\"received\":N,\"sources\":[IP,...]}
   udp-send DST PORT COUNT           send COUNT ordinary UDP datagrams to DST:PORT
   forge SRC DST PORT                send one UDP datagram to DST:PORT whose IPv4 source is SRC
@@ -109,7 +109,7 @@ enum Command {
         ready: Option<PathBuf>,
     },
     UdpSend {
-        dst: Ipv4Addr,
+        dst: std::net::IpAddr,
         port: u16,
         count: u64,
     },
@@ -239,7 +239,9 @@ fn parse(args: &[String]) -> Result<Command, UsageError> {
             want(3)?;
             no_ready(&ready)?;
             Command::UdpSend {
-                dst: ipv4(pos[0], "DST")?,
+                dst: pos[0].parse().map_err(|_| {
+                    UsageError(format!("DST must be an IP address, got {:?}", pos[0]))
+                })?,
                 port: num(pos[1], "PORT")?,
                 count: num(pos[2], "COUNT")?,
             }

@@ -107,7 +107,9 @@ pub(crate) fn tcp_source(addr: SocketAddr, bytes: u64) -> Result<()> {
 }
 
 pub(crate) fn udp_sink(port: u16, seconds: u64, ready: Option<PathBuf>) -> Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+    // Both families where IPv6 is on (IPv4 arrives mapped), else IPv4.
+    let socket = UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
         .with_context(|| format!("cannot bind UDP port {port}"))?;
     announce(ready)?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -123,7 +125,7 @@ pub(crate) fn udp_sink(port: u16, seconds: u64, ready: Option<PathBuf>) -> Resul
         match socket.recv_from(&mut buf) {
             Ok((_, from)) => {
                 received += 1;
-                sources.insert(from.ip().to_string());
+                sources.insert(from.ip().to_canonical().to_string());
             }
             Err(e)
                 if matches!(
@@ -159,8 +161,13 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn udp_send(dst: Ipv4Addr, port: u16, count: u64) -> Result<()> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind")?;
+pub(crate) fn udp_send(dst: std::net::IpAddr, port: u16, count: u64) -> Result<()> {
+    let any: std::net::IpAddr = if dst.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((any, 0)).context("bind")?;
     for i in 0..count {
         let payload = format!("tasuki-nettool datagram {i}");
         socket
