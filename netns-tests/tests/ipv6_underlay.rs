@@ -184,6 +184,19 @@ fn an_ipv6_only_underlay_carries_both_families() {
         t.ping(&t.ns_lan, A_TUNNEL6, 3),
         "the IPv6 LAN host cannot ping a"
     );
+    // A LAN host's packet too big for the tunnel: the hub's kernel says so
+    // (Packet Too Big, with the tunnel's MTU), no black hole.
+    let big = t.exec(
+        &t.ns_lan,
+        &[
+            "ping", "-n", "-c", "2", "-W", "1", "-M", "do", "-s", "1452", A_TUNNEL6,
+        ],
+    );
+    let said = tasuki_netns_tests::output_text(&big);
+    assert!(
+        said.contains("mtu=1420") || said.contains("mtu = 1420"),
+        "{said}"
+    );
     // The hub sees the spokes at their IPv6 WAN addresses.
     let list: Value = serde_json::from_str(&t.hub_ok(&["spoke", "list", "--json"])).expect("json");
     let endpoints: Vec<(String, String)> = list
@@ -267,4 +280,133 @@ fn a_spoke_with_ipv6_turned_off_carries_ipv4() {
     for s in &spokes {
         t.must_be_alive(s);
     }
+}
+
+/// `/etc/netns/NS/hosts` files, which `ip netns exec` shows as
+/// `/etc/hosts` inside NS; removed on drop.
+struct HostsFiles(Vec<std::path::PathBuf>);
+
+impl Drop for HostsFiles {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A spoke that moves from an IPv4 network to an IPv6 one finds its hub
+/// again by name (A and AAAA records, from the namespace's hosts file) and
+/// keeps its TCP connection through the tunnel.
+#[test]
+fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
+    if skip_unless_root("ipv6_underlay::a_spoke_roams_from_ipv4_to_ipv6") {
+        return;
+    }
+    let t = Topology::new();
+    t.exec_ok(
+        &t.ns_hub,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd30::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let mut hosts = HostsFiles(Vec::new());
+    for ns in [&t.ns_a, &t.ns_b] {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        hosts.0.push(dir.clone());
+        std::fs::write(
+            dir.join("hosts"),
+            "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
+        )
+        .expect("write hosts");
+    }
+    t.hub_init_with(
+        "hub.tasuki.test:51820",
+        &[
+            "--tunnel-net",
+            TUNNEL_NET,
+            "--tunnel-net",
+            TUNNEL_NET6,
+            "--route",
+            LAN_NET,
+        ],
+    );
+    let hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    t.wait_for("a to ping b", Duration::from_secs(30), || {
+        t.must_be_alive(&hub);
+        t.ping(&t.ns_a, B_TUNNEL, 1)
+    });
+    let seen = |wan: &str| {
+        let list: Value =
+            serde_json::from_str(&t.hub_ok(&["spoke", "list", "--json"])).unwrap_or_default();
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "a" && s["endpoint"].as_str().is_some_and(|e| e.starts_with(wan)))
+    };
+    assert!(seen("172.30.0.11:"), "a is not seen on IPv4 first");
+    let server = t.spawn(
+        &t.ns_b,
+        &["iperf3", "-s", "-1", "-p", "5209"],
+        &t.dir().join("iperf3-server.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let client = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            t.exec(
+                &t.ns_a,
+                &[
+                    "iperf3", "-c", B_TUNNEL, "-p", "5209", "-t", "12", "-b", "4M", "-J",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        // a moves: an IPv6 address comes, its IPv4 one goes.
+        t.exec_ok(
+            &t.ns_a,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd30::11/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        t.exec_ok(&t.ns_a, &["ip", "-4", "addr", "flush", "dev", "eth0"]);
+        t.wait_for(
+            "the hub to see a at fd30::11",
+            Duration::from_secs(20),
+            || seen("[fd30::11]:"),
+        );
+        client.join().expect("the iperf3 client thread")
+    });
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap_or_default();
+    assert!(
+        client.status.success() && report["error"].is_null(),
+        "the TCP connection did not survive the move: {}",
+        tasuki_netns_tests::output_text(&client)
+    );
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(received > 2_000_000, "only {received} bytes arrived");
+    drop(server);
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
+    drop(hosts);
 }
