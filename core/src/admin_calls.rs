@@ -130,6 +130,18 @@ hub_requests! {
     RequestDecide -> Request,
     /// An admin ends a request, waiting or granted.
     RequestRevoke -> Request,
+    /// Give a hub that carries IPv4 only an IPv6 prefix.
+    Ipv6Enable -> HubStatus,
+}
+
+/// Give a hub that carries IPv4 only an IPv6 prefix; its spokes take
+/// their addresses without enrolling again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ipv6Enable {
+    /// The prefix; a random unique-local /64 when none is given.
+    pub tunnel_net: Option<ipnet::Ipv6Net>,
+    /// IPv6 subnets routed behind the hub.
+    pub routes: Vec<ipnet::Ipv6Net>,
 }
 
 /// Add or replace a request policy.

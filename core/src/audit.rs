@@ -50,6 +50,8 @@ pub enum AuditKind {
     /// An access request (claim 13) or request policy changed: asked,
     /// approved, denied, granted, expired, over, revoked.
     AccessRequest,
+    /// An admin changed the hub's address plan (gave it an IPv6 prefix).
+    AddressPlan,
 }
 
 /// One line of the audit log.

@@ -238,6 +238,12 @@ impl RouteTable {
         self
     }
 
+    /// Carries IPv6 under `plan` from now on (an admin gave the hub an
+    /// IPv6 prefix), or none.
+    pub fn set_ipv6(&mut self, plan: Option<Ipv6Plan>) {
+        self.ipv6 = plan;
+    }
+
     /// Adds, moves or (with `None`) removes a spoke's IPv6 tunnel address.
     pub fn set_spoke6(&mut self, id: SpokeId, addr: Option<Ipv6Addr>) {
         if let Some(old) = self.addrs6.remove(&id) {

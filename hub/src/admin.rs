@@ -36,6 +36,7 @@ pub(crate) async fn handle(state: &SharedState, req: HubRequest) -> Reply<serde_
             call(state, r, |st, r| st.access_check(&r.from, r.to, &r.service))
         }
         HubRequest::Audit(r) => call(state, r, |st, r| st.audit_since(r.since)),
+        HubRequest::Ipv6Enable(r) => enable_ipv6(state, r).await,
         other => state.with(|st| change(st, other)),
     };
     match answer {
@@ -75,6 +76,29 @@ fn answer<C: AdminCall>(
     handler: impl FnOnce(&mut HubState, C) -> Result<C::Reply, StateError>,
 ) -> Answer {
     encode(handler(st, req))
+}
+
+/// `tasuki-hub ipv6 enable`: the prefix stored and in force, then the
+/// hub's own interface given its address (with the state unlocked).
+async fn enable_ipv6(state: &SharedState, r: Ipv6Enable) -> Answer {
+    let enabled = state.with(|st| {
+        st.enable_ipv6(r.tunnel_net, r.routes, unix_now())
+            .map(|plan| (plan, st.interface.clone()))
+    });
+    let (plan, interface) = enabled.map_err(|e| ApiError::from(&e))?;
+    let own = ipnet::Ipv6Net::new(plan.hub_addr, plan.tunnel_net.prefix_len())
+        .unwrap_or_else(|_| plan.hub_addr.into());
+    if let Err(e) = tasuki_shell::netdev::add_address6(&interface, own).await {
+        return Err(ApiError::new(
+            ErrorCode::Internal,
+            format!(
+                "IPv6 is stored and carried between spokes, but {interface} did not take {own}: \
+                 {e:#}; restart the hub to give it its address"
+            ),
+        ));
+    }
+    let dp = dataplane_status(state).await;
+    state.with(|st| encode(Ok::<_, StateError>(st.status(dp.as_ref()))))
 }
 
 /// The data plane's status, asked for with the state unlocked.

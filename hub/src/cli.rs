@@ -133,6 +133,15 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// IPv6 inside the tunnels: give a hub that carries IPv4 only an IPv6
+    /// prefix (its spokes take their addresses without enrolling again).
+    Ipv6 {
+        #[command(subcommand)]
+        command: crate::cli_ipv6::Ipv6Command,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Access requests: list, approve, deny, revoke.
     Request {
         #[command(subcommand)]
@@ -272,6 +281,10 @@ pub(crate) fn main() -> Result<()> {
             command,
             admin_socket,
         } => runtime()?.block_on(crate::cli_requests::request_command(command, &admin_socket)),
+        Command::Ipv6 {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_ipv6::ipv6_command(command, &admin_socket)),
         Command::User {
             command,
             admin_socket,
@@ -477,7 +490,7 @@ async fn audit(since: Option<String>, json: bool, socket: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_status(s: &HubStatus) {
+pub(crate) fn print_status(s: &HubStatus) {
     println!("tasuki-hub {}", s.version);
     for w in &s.warnings {
         println!("  warning:      {w}");

@@ -5,8 +5,13 @@
 //! answers at its own IPv6 address, and a forged IPv6 source is dropped
 //! and counted. Skipped unless root.
 
+use std::time::Duration;
+
 use serde_json::Value;
-use tasuki_netns_tests::{skip_unless_root, TwoSpokes, A_TUNNEL6, B_TUNNEL6, HUB_TUNNEL6};
+use tasuki_netns_tests::{
+    skip_unless_root, Topology, TwoSpokes, A_TUNNEL6, B_TUNNEL, B_TUNNEL6, HUB_ENDPOINT,
+    HUB_TUNNEL6, LAN_NET, TUNNEL_NET,
+};
 
 #[test]
 fn ipv6_crosses_the_relay_and_forged_sources_are_counted() {
@@ -109,4 +114,66 @@ fn ipv6_crosses_the_relay_and_forged_sources_are_counted() {
         0,
         "{dropped}"
     );
+}
+
+/// A hub made with IPv4 only is given an IPv6 prefix while its spokes run:
+/// they take their addresses with no restart and no new enrolment, and
+/// keep them across restarts of the hub and of a spoke.
+#[test]
+fn ipv6_enable_gives_running_spokes_their_addresses() {
+    if skip_unless_root("ipv6::ipv6_enable_gives_running_spokes") {
+        return;
+    }
+    let t = Topology::new();
+    t.hub_init_with(
+        HUB_ENDPOINT,
+        &["--tunnel-net", TUNNEL_NET, "--route", LAN_NET, "--no-ipv6"],
+    );
+    let mut hub = t.start_hub();
+    let mut spokes = Vec::new();
+    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
+        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
+        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
+        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
+    }
+    t.wait_for("a to ping b", Duration::from_secs(30), || {
+        t.must_be_alive(&hub);
+        t.ping(&t.ns_a, B_TUNNEL, 1)
+    });
+    assert!(t.hub_status_json()["tunnel_net6"].is_null());
+    let enabled = t.hub_ok(&["ipv6", "enable", "--tunnel-net", "fd77:1::/64", "--json"]);
+    let status: Value = serde_json::from_str(&enabled).expect("json");
+    assert_eq!(status["tunnel_net6"], "fd77:1::/64", "{status}");
+    let again = t.hub_cli(&["ipv6", "enable"]);
+    assert!(
+        !again.status.success() && tasuki_netns_tests::output_text(&again).contains("already"),
+        "a second prefix was taken: {}",
+        tasuki_netns_tests::output_text(&again)
+    );
+    let both_ways = || {
+        t.ping(&t.ns_a, B_TUNNEL6, 1)
+            && t.ping(&t.ns_b, A_TUNNEL6, 1)
+            && t.ping(&t.ns_a, HUB_TUNNEL6, 1)
+    };
+    t.wait_for(
+        "the running spokes to carry IPv6",
+        Duration::from_secs(20),
+        both_ways,
+    );
+    let a = t.spoke_status_json(&t.spoke_socket("a"));
+    assert_eq!(a["tunnel_addr6"], format!("{A_TUNNEL6}/64"), "{a}");
+    // Stored on both sides: restarts keep it.
+    t.kill9(&hub);
+    hub = t.start_hub();
+    t.kill9(&spokes[0]);
+    spokes[0] = t.start_spoke(&t.ns_a, &t.spoke_dir("a"), &t.spoke_socket("a"));
+    t.wait_for(
+        "IPv6 again after the restarts",
+        Duration::from_secs(30),
+        both_ways,
+    );
+    t.must_be_alive(&hub);
+    for s in &spokes {
+        t.must_be_alive(s);
+    }
 }

@@ -264,6 +264,23 @@ fn route_to(net: &Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteM
         .build()
 }
 
+/// Gives interface `ifname` IPv6 address `addr` (one it has already is
+/// no error).
+pub async fn add_address6(ifname: &str, addr: Ipv6Net) -> Result<()> {
+    let (index, handle, task) = route_connection(ifname)?;
+    let added = handle
+        .address()
+        .add(index, addr.addr().into(), addr.prefix_len())
+        .execute()
+        .await;
+    task.abort();
+    match added {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot add address {addr} to {ifname}")),
+    }
+}
+
 /// Adds IPv6 routes to `nets` through interface `ifname` (existing
 /// routes are kept).
 pub async fn add_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {

@@ -335,12 +335,31 @@ impl Control {
 
     /// Stores the hub's configuration; only a stored one is in effect.
     fn save_config(&self, session: &mut SpokeSession, config: SpokeConfig, changed: bool) {
+        // IPv6 given to a spoke that had none, and nothing else changed:
+        // taken at once (see [`crate::ipv6`]).
+        let gained6 = self.config.borrow().as_ref().and_then(|old| {
+            let same = SpokeConfig {
+                ipv6: None,
+                ..config.clone()
+            } == *old;
+            (old.ipv6.is_none() && same).then(|| config.ipv6.clone())?
+        });
         let saved = self.store.save_config(&config);
         if let Err(e) = &saved {
             tracing::error!(error = %format!("{e:#}"), "cannot store the configuration; it is taken at the next attach");
         } else {
-            if changed {
-                tracing::warn!("the hub changed this spoke's configuration; restart to apply it");
+            match gained6 {
+                Some(v6) => {
+                    tracing::info!(addr = %v6.tunnel_addr, "the hub gave this spoke IPv6: taking it");
+                    let (interface, dp) = (self.interface.clone(), self.dataplane.clone());
+                    tokio::spawn(crate::ipv6::take(interface, v6, dp));
+                }
+                None if changed => {
+                    tracing::warn!(
+                        "the hub changed this spoke's configuration; restart to apply it"
+                    );
+                }
+                None => {}
             }
             self.config.send_replace(Some(config));
         }

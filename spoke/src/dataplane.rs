@@ -51,6 +51,8 @@ pub(crate) enum DpCommand {
     Multicast(Box<tasuki_core::multicast::MemberGroup>),
     /// The group has no multicast here any more.
     MulticastEnd(String),
+    /// Carry IPv6 from and to this tunnel address from now on.
+    Ipv6(Option<std::net::Ipv6Addr>),
 }
 
 /// What the data plane tells the control loop (for the hub).
@@ -235,6 +237,7 @@ impl Plane {
             DpCommand::UnderlayChanged => m.underlay_changed(),
             DpCommand::Multicast(group) => m.set_multicast(*group),
             DpCommand::MulticastEnd(group) => m.remove_multicast(&group),
+            DpCommand::Ipv6(own6) => m.set_ipv6(own6),
             DpCommand::Status(reply) => {
                 if reply.send(m.status()).is_err() {
                     tracing::debug!("a data-plane status was no longer awaited");

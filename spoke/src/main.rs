@@ -11,6 +11,7 @@ mod daemon;
 mod dataplane;
 mod enrol;
 mod groups;
+mod ipv6;
 mod local;
 mod pairs;
 mod state;

@@ -196,7 +196,14 @@ impl<T: TunSink> HubPlane<T> {
         tracing::info!(spoke = id, "link removed");
     }
 
-    /// Enforces this access policy from the next packet on.
+    /// Carries IPv6 under `plan` from now on (spokes' IPv6 addresses come
+    /// with their links), or none.
+    pub fn set_ipv6(&mut self, plan: Option<crate::routing::Ipv6Plan>) {
+        tracing::info!(plan = ?plan, "IPv6 plan in effect");
+        self.routes.set_ipv6(plan);
+    }
+
+    /// Enforces `policy` from the next packet on.
     pub fn set_access(&mut self, policy: Arc<CompiledAccess>) {
         self.access.replace(policy);
         tracing::debug!(

@@ -18,6 +18,8 @@ pub(crate) enum DpCommand {
     Remove(SpokeId),
     /// Enforce this access policy from now on.
     Access(Arc<CompiledAccess>),
+    /// Carry IPv6 under this plan from now on.
+    Ipv6(tasuki_core::routing::Ipv6Plan),
     /// Carry a keyed group's multicast to these members online.
     Multicast(FanoutGroup),
     /// Stop carrying the multicast of the group with this tag.

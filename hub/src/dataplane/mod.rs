@@ -107,6 +107,7 @@ impl Plane {
             DpCommand::Upsert(spec) => self.machine.upsert(spec),
             DpCommand::Remove(id) => self.machine.remove(id),
             DpCommand::Access(policy) => self.machine.set_access(policy),
+            DpCommand::Ipv6(plan) => self.machine.set_ipv6(Some(plan)),
             DpCommand::Multicast(group) => self.machine.set_multicast(group),
             DpCommand::MulticastEnd(tag) => self.machine.remove_multicast(&tag),
             DpCommand::Sync(n) => self.tell(DpEvent::Synced(n)),

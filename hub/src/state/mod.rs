@@ -37,6 +37,7 @@ mod group_multicast_tests;
 mod group_tests;
 mod group_tick;
 mod groups;
+mod ipv6;
 mod load;
 #[cfg(test)]
 mod pair_tests;
