@@ -410,3 +410,80 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
     }
     drop(hosts);
 }
+
+/// The hub's name resolves to IPv4 first, but its IPv4 address drops
+/// everything from spoke a: a enrols and attaches over IPv6 a moment
+/// later (happy eyeballs) instead of waiting out its timeout.
+#[test]
+fn a_hub_black_holed_on_ipv4_is_reached_over_ipv6() {
+    if skip_unless_root("ipv6_underlay::a_hub_black_holed_on_ipv4") {
+        return;
+    }
+    let t = Topology::new();
+    t.exec_ok(
+        &t.ns_hub,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd30::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    t.exec_ok(
+        &t.ns_a,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd30::11/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let mut hosts = HostsFiles(Vec::new());
+    let dir = std::path::Path::new("/etc/netns").join(&t.ns_a);
+    std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+    hosts.0.push(dir.clone());
+    std::fs::write(
+        dir.join("hosts"),
+        "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
+    )
+    .expect("write hosts");
+    for cmd in [
+        "add table inet blackhole",
+        "add chain inet blackhole in { type filter hook input priority 0 ; }",
+        "add rule inet blackhole in ip saddr 172.30.0.11 drop",
+    ] {
+        t.exec_ok(&t.ns_hub, &["nft", cmd]);
+    }
+    t.hub_init_with(
+        "hub.tasuki.test:51820",
+        &[
+            "--tunnel-net",
+            TUNNEL_NET,
+            "--tunnel-net",
+            TUNNEL_NET6,
+            "--route",
+            LAN_NET,
+        ],
+    );
+    let hub = t.start_hub();
+    let inv = t.invite_with("a", &["--pre-approved", "--service"]);
+    t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("a"));
+    let a = t.start_spoke(&t.ns_a, &t.spoke_dir("a"), &t.spoke_socket("a"));
+    t.wait_for("a to ping the hub", Duration::from_secs(30), || {
+        t.must_be_alive(&a);
+        t.ping(&t.ns_a, HUB_TUNNEL, 1)
+    });
+    let list: Value = serde_json::from_str(&t.hub_ok(&["spoke", "list", "--json"])).expect("json");
+    let a_at = list[0]["endpoint"].as_str().unwrap_or_default().to_owned();
+    assert!(a_at.starts_with("[fd30::11]:"), "a seen at {a_at}");
+    t.must_be_alive(&hub);
+    drop(hosts);
+}

@@ -4,6 +4,7 @@
 //! Nothing here decides anything; the decisions live in `tasuki-core`.
 
 pub mod config;
+pub mod connect;
 pub mod dual_stack;
 pub mod files;
 pub mod frames;

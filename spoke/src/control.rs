@@ -23,7 +23,6 @@ use tasuki_core::spoke_session::{
     IDLE_SECS,
 };
 use tasuki_shell::frames::{write_frame, FrameReader};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dataplane::{DpCommand, SpokeEvent};
@@ -234,10 +233,7 @@ impl Control {
     /// plane at the address the hub's name resolved to this time.
     async fn attach(&self) -> Result<Attached> {
         let endpoint = &self.enrolment.hub_endpoint;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
-            .await
-            .context("timed out connecting")?
-            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        let stream = tasuki_shell::connect::connect(endpoint, CONNECT_TIMEOUT).await?;
         let _ = stream.set_nodelay(true);
         // The name is resolved anew on every connection: if the hub moved,
         // the data plane follows it (UDP on the same address and port).

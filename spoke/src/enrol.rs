@@ -13,7 +13,6 @@ use tasuki_core::invitation::Invitation;
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use crate::state::{Enrolment, SpokeStore};
 
@@ -200,10 +199,9 @@ impl HubLink {
     async fn open(invitation: &Invitation, key: &StaticKey) -> Result<Self> {
         let endpoint = &invitation.hub_endpoint;
         let fingerprint = invitation.hub_key.fingerprint();
-        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(endpoint))
+        let stream = tasuki_shell::connect::connect(endpoint, TIMEOUT)
             .await
-            .with_context(|| format!("timed out connecting to the hub at {endpoint}"))?
-            .with_context(|| format!("cannot connect to the hub at {endpoint}"))?;
+            .context("cannot reach the hub")?;
         let _ = stream.set_nodelay(true);
         let (r, mut writer) = stream.into_split();
         let mut reader = FrameReader::new(r);
