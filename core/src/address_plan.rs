@@ -137,6 +137,47 @@ pub fn random_ula(rng: &mut impl RngCore) -> Ipv6Net {
     Ipv6Net::new(Ipv6Addr::from(octets), 64).unwrap_or_default()
 }
 
+/// Where a spoke at tunnel addresses `own` (in `v4`) and `own6` finds a
+/// peer's IPv6 address from its IPv4 one, and back: the same host number
+/// in the same prefix (whose length a spoke need not know: the plan keeps
+/// at least the IPv4 network's host bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddrs {
+    /// The IPv4 tunnel network.
+    pub v4: Ipv4Net,
+    /// This spoke's IPv6 tunnel address.
+    pub own6: Ipv6Addr,
+}
+
+impl PeerAddrs {
+    fn host_mask(&self) -> u128 {
+        (1u128 << (32 - u32::from(self.v4.prefix_len()))) - 1
+    }
+
+    /// The IPv6 address of the spoke at `v4_addr`.
+    pub fn v6_of(&self, v4_addr: Ipv4Addr) -> Option<Ipv6Addr> {
+        if !self.v4.contains(&v4_addr) {
+            return None;
+        }
+        let host = u128::from(u32::from(v4_addr) - u32::from(self.v4.network()));
+        Some(Ipv6Addr::from(
+            (u128::from(self.own6) & !self.host_mask()) | host,
+        ))
+    }
+
+    /// The IPv4 address of the spoke at `v6_addr`, when it is in our prefix.
+    pub fn v4_of(&self, v6_addr: Ipv6Addr) -> Option<Ipv4Addr> {
+        let mask = self.host_mask();
+        let (addr, own) = (u128::from(v6_addr), u128::from(self.own6));
+        if addr & !mask != own & !mask {
+            return None;
+        }
+        let host = u32::try_from(addr & mask).ok()?;
+        let v4 = Ipv4Addr::from(u32::from(self.v4.network()).checked_add(host)?);
+        self.v4.contains(&v4).then_some(v4)
+    }
+}
+
 /// The `n`-th address of `net`.
 fn nth_host(net: Ipv6Net, n: u32) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()).saturating_add(u128::from(n)))
@@ -169,6 +210,28 @@ fn check_unicast(net: &Ipv6Net, what: &str) -> Result<(), PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_ipv6_address_is_its_ipv4_host_number_in_our_prefix() {
+        let m = PeerAddrs {
+            v4: "10.77.0.0/24".parse().unwrap(),
+            own6: "fd77:1::2".parse().unwrap(),
+        };
+        let b6: Ipv6Addr = "fd77:1::3".parse().unwrap();
+        assert_eq!(m.v6_of("10.77.0.3".parse().unwrap()), Some(b6));
+        assert_eq!(m.v4_of(b6), Some("10.77.0.3".parse().unwrap()));
+        assert_eq!(m.v6_of("10.78.0.3".parse().unwrap()), None);
+        assert_eq!(
+            m.v4_of("fd77:2::3".parse().unwrap()),
+            None,
+            "another prefix"
+        );
+        assert_eq!(
+            m.v4_of("fd77:1::1:3".parse().unwrap()),
+            None,
+            "past the host bits"
+        );
+    }
 
     fn v4() -> Ipv4Net {
         "10.77.0.0/24".parse().unwrap()

@@ -371,7 +371,7 @@ fn the_receiver_enforces_the_pairs_rules_on_what_comes_direct() {
         enforce: true,
         rules: vec![PairRule {
             from: 1,
-            to: B,
+            to: B.into(),
             services: vec!["udp/53".parse().unwrap()],
         }],
     };
@@ -465,4 +465,42 @@ fn a_spoke_whose_address_changes_tells_its_peer_and_the_hub_at_once() {
     w.settle();
     assert_eq!(w.spokes[0].plane.to_tun().packets.len() - before, 1);
     assert_eq!(relayed(&mut w), relayed_before);
+}
+
+/// IPv6 between paired spokes takes the pair's direct path too (a peer's
+/// IPv6 address is its IPv4 host number in the prefix), and what comes
+/// direct must come from the peer's IPv6 address and be for ours.
+#[test]
+fn ipv6_between_paired_spokes_goes_direct_and_sources_are_checked() {
+    use crate::test_packets::udp6;
+    let mut w = World::new();
+    for (i, own6) in ["fd77:1::2", "fd77:1::3"].into_iter().enumerate() {
+        w.spokes[i].plane.set_ipv6(Some(own6.parse().unwrap()));
+    }
+    w.pair_epoch(1);
+    assert_eq!(w.path_of(0), "direct");
+    let relayed_before = relayed(&mut w);
+    let direct_before = w.direct_datagrams;
+    let p = udp6("fd77:1::2", "fd77:1::3", b"over ipv6");
+    w.spokes[0].plane.handle_tun(&p);
+    w.settle();
+    assert_eq!(w.spokes[1].plane.to_tun().packets.last(), Some(&p));
+    assert_eq!(relayed(&mut w), relayed_before, "not through the hub");
+    assert!(w.direct_datagrams > direct_before);
+    let forged_before = w.spokes[1]
+        .plane
+        .status()
+        .counters
+        .dropped
+        .get("forged_source")
+        .copied()
+        .unwrap_or(0);
+    let delivered = w.spokes[1].plane.to_tun().packets.len();
+    w.spokes[0]
+        .plane
+        .handle_tun(&udp6("fd77:1::9", "fd77:1::3", b"forged"));
+    w.settle();
+    assert_eq!(w.spokes[1].plane.to_tun().packets.len(), delivered);
+    let forged_after = w.spokes[1].plane.status().counters.dropped["forged_source"];
+    assert_eq!(forged_after, forged_before + 1);
 }

@@ -41,3 +41,15 @@ pub(crate) fn udp_ports(
         .unwrap();
     p
 }
+
+/// An IPv6 UDP packet from `from` to `to` carrying `payload`.
+pub(crate) fn udp6(from: &str, to: &str, payload: &[u8]) -> Vec<u8> {
+    let (from, to): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        (from.parse().unwrap(), to.parse().unwrap());
+    let mut p = Vec::new();
+    etherparse::PacketBuilder::ipv6(from.octets(), to.octets(), 64)
+        .udp(4000, 5000)
+        .write(&mut p, payload)
+        .unwrap();
+    p
+}

@@ -57,6 +57,14 @@ pub(crate) enum RequestPolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One request policy.
+    Show {
+        /// Its name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a request policy (refused while requests under it are open).
     Remove {
         /// Its name.
@@ -162,6 +170,16 @@ pub(crate) async fn policy_command(command: RequestPolicyCommand, socket: &Path)
             let list: Vec<RequestPolicy> =
                 tasuki_shell::local::call(socket, calls::RequestPolicyList {}).await?;
             crate::cli::print_json_or(list.as_slice(), json, print_policies)?;
+        }
+        RequestPolicyCommand::Show { name, json } => {
+            let list: Vec<RequestPolicy> =
+                tasuki_shell::local::call(socket, calls::RequestPolicyList {}).await?;
+            let Some(p) = list.into_iter().find(|p| p.name == name) else {
+                bail!(
+                    "no request policy named {name:?}; `tasuki-hub request-policy list` shows them"
+                );
+            };
+            crate::cli::print_json_or(&p, json, |p| print_policies(std::slice::from_ref(p)))?;
         }
         RequestPolicyCommand::Remove { name } => {
             let left: Vec<RequestPolicy> = tasuki_shell::local::call(

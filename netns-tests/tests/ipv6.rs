@@ -105,6 +105,42 @@ fn ipv6_crosses_the_relay_and_forged_sources_are_counted() {
     assert!(!forged.status.success(), "a forged IPv6 source reached b");
     let after = net.hub_dropped("forged_source");
     assert!(after >= before + 2, "forged_source {before} -> {after}");
+    // The forged address goes (as a /128 it would be every ping's source).
+    net.exec_ok(
+        &net.ns_a,
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            "fd77:1::99/128",
+            "dev",
+            "tasuki0",
+        ],
+    );
+    // Direct mode: IPv6 between the spokes takes their pair's direct path.
+    net.direct_on();
+    net.both_direct();
+    let relayed = net.relayed();
+    let direct = net.exec(
+        &net.ns_a,
+        &[
+            "ping", "-q", "-n", "-c", "20", "-i", "0.05", "-W", "1", B_TUNNEL6,
+        ],
+    );
+    assert!(
+        direct.status.success(),
+        "IPv6 does not cross the direct path: a {} b {} hub {}",
+        net.spoke_status_json(&net.a_socket)["counters"],
+        net.spoke_status_json(&net.b_socket)["counters"],
+        net.hub_status_json()["counters"]
+    );
+    assert!(
+        net.relayed() < relayed + 10,
+        "IPv6 went through the hub: {} relayed before, {} after",
+        relayed,
+        net.relayed()
+    );
     // The kernels' neighbour discovery and MLD stay where they were sent.
     let dropped = net.hub_status_json();
     assert_eq!(

@@ -74,6 +74,16 @@ fn request_policies_are_checked_stored_and_listed() {
     assert_eq!(list[0]["name"], "prod-db", "{list}");
     assert_eq!(list[0]["required"], 2, "{list}");
     assert_eq!(list[0]["max_duration_secs"], 7200, "{list}");
+    let shown: Value =
+        serde_json::from_str(&t.hub_ok(&["request-policy", "show", "prod-db", "--json"]))
+            .expect("json");
+    assert_eq!(shown, list[0], "show and list agree");
+    let missing = t.hub_cli(&["request-policy", "show", "nope"]);
+    assert!(
+        !missing.status.success() && output_text(&missing).contains("no request policy named"),
+        "{}",
+        output_text(&missing)
+    );
     assert!(t
         .hub_ok(&["request", "list"])
         .contains("no access requests"));

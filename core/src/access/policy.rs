@@ -418,8 +418,9 @@ pub struct PairRules {
 pub struct PairRule {
     /// The sending spoke.
     pub from: SpokeId,
-    /// The receiving spoke's tunnel address.
-    pub to: Ipv4Addr,
+    /// One of the receiving spoke's tunnel addresses (a rule that reaches
+    /// both is given once for each).
+    pub to: IpAddr,
     /// What may pass.
     pub services: Vec<Service>,
 }
@@ -440,7 +441,7 @@ impl PairRules {
         };
         for (index, rule) in self.rules.iter().take(MAX_RULES).enumerate() {
             compiled.rules.push(CompiledRule {
-                to: Destination::Addrs(HashSet::from([IpAddr::V4(rule.to)])),
+                to: Destination::Addrs(HashSet::from([rule.to])),
                 services: rule.services.iter().take(MAX_SERVICES).copied().collect(),
             });
             compiled
@@ -465,17 +466,29 @@ impl CompiledAccess {
     /// The rules of this policy that decide traffic between spokes `a`
     /// and `b` (each an id and its tunnel address).
     pub fn for_pair(&self, a: (SpokeId, Ipv4Addr), b: (SpokeId, Ipv4Addr)) -> PairRules {
+        self.for_pair_dual((a.0, a.1, None), (b.0, b.1, None))
+    }
+
+    /// [`CompiledAccess::for_pair`] for spokes with IPv6 addresses too.
+    pub fn for_pair_dual(
+        &self,
+        a: (SpokeId, Ipv4Addr, Option<Ipv6Addr>),
+        b: (SpokeId, Ipv4Addr, Option<Ipv6Addr>),
+    ) -> PairRules {
         let mut rules = Vec::new();
         if self.enforce {
-            for ((from, _), (_, to)) in [(a, b), (b, a)] {
-                for &i in self.from_spoke.get(&from).into_iter().flatten() {
-                    let rule = &self.rules[i];
-                    if rule.to.contains(&IpAddr::V4(to)) {
-                        rules.push(PairRule {
-                            from,
-                            to,
-                            services: rule.services.clone(),
-                        });
+            for ((from, _, _), (_, to4, to6)) in [(a, b), (b, a)] {
+                let addrs = std::iter::once(IpAddr::V4(to4)).chain(to6.map(IpAddr::V6));
+                for to in addrs {
+                    for &i in self.from_spoke.get(&from).into_iter().flatten() {
+                        let rule = &self.rules[i];
+                        if rule.to.contains(&to) {
+                            rules.push(PairRule {
+                                from,
+                                to,
+                                services: rule.services.clone(),
+                            });
+                        }
                     }
                 }
             }

@@ -11,7 +11,7 @@
 //! must come from the peer's tunnel address and be for ours.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -66,6 +66,9 @@ pub(crate) struct DirectPeers {
     config: PathConfig,
     /// Our tunnel address and network, once the hub's configuration says.
     network: Option<(Ipv4Addr, Ipv4Net, Ipv4Addr)>,
+    /// Our IPv6 tunnel address, where IPv6 is carried (a peer's is the
+    /// same host number as its IPv4 one).
+    own6: Option<Ipv6Addr>,
     peers: HashMap<SpokeId, DirectPeer>,
     by_addr: HashMap<Ipv4Addr, SpokeId>,
     by_key: HashMap<PublicKey, SpokeId>,
@@ -83,6 +86,7 @@ impl DirectPeers {
             keepalive_secs,
             config: PathConfig::default(),
             network: None,
+            own6: None,
             peers: HashMap::new(),
             by_addr: HashMap::new(),
             by_key: HashMap::new(),
@@ -95,6 +99,26 @@ impl DirectPeers {
     /// it: destinations there (but the hub and us) are peer spokes.
     pub(crate) fn set_network(&mut self, own: Ipv4Addr, net: Ipv4Net, hub: Ipv4Addr) {
         self.network = Some((own, net, hub));
+    }
+
+    /// Our IPv6 tunnel address, or none.
+    pub(crate) fn set_ipv6(&mut self, own6: Option<Ipv6Addr>) {
+        self.own6 = own6;
+    }
+
+    /// How peers' IPv6 addresses follow from their IPv4 ones.
+    fn addrs6(&self) -> Option<crate::address_plan::PeerAddrs> {
+        let (_, v4, _) = self.network?;
+        Some(crate::address_plan::PeerAddrs {
+            v4,
+            own6: self.own6?,
+        })
+    }
+
+    /// The IPv4 tunnel address of the peer an IPv6 packet to `dst6` is
+    /// for, when it is a spoke's of our prefix: IPv6 takes its path.
+    pub(crate) fn peer_v4_of(&self, dst6: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.addrs6()?.v4_of(dst6)
     }
 
     /// A held epoch of a pair: the peer's link gets its tunnel.
@@ -330,7 +354,8 @@ impl DirectPeers {
             Ok(Packet::PacketData(p)) => p.receiver_idx,
             Err(_) => return FromPeer::Drop(DropReason::BadDatagram),
         };
-        let own = self.network.map(|(own, _, _)| own);
+        let own = (self.network.map(|(own, _, _)| own), self.own6);
+        let addrs6 = self.addrs6();
         let Some(p) = self.peers.get_mut(&slot_of_receiver(receiver)) else {
             return FromPeer::Drop(DropReason::UnknownPeer);
         };
@@ -341,10 +366,6 @@ impl DirectPeers {
         let kind = datagram.first().copied();
         let opened = open_datagram(tunnel, Some(from.ip()), from, datagram, out, to_tun);
         let inner = match opened {
-            // Direct mode carries IPv4 (IPv6 goes through the hub).
-            Opened::Inner(len) if to_tun.pending(len).first().map(|b| b >> 4) != Some(4) => {
-                return FromPeer::Drop(DropReason::Unsupported)
-            }
             Opened::Inner(len) => Some(len),
             Opened::Nothing => None,
             Opened::Rejected(e) => {
@@ -355,7 +376,8 @@ impl DirectPeers {
         if kind == Some(4) {
             p.stats.rx_bytes += datagram.len() as u64;
         }
-        p.accept(kind, epoch, from, inner, own, to_tun, now_ms)
+        let peer6 = addrs6.and_then(|a| a.v6_of(p.tunnel_addr));
+        p.accept(kind, epoch, from, inner, (own, peer6), to_tun, now_ms)
     }
 
     /// A peer's initiation: answered under every epoch held (only the one

@@ -13,16 +13,17 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use crate::admin_api::Counters;
 use crate::datagram::{open_datagram, DataPlane, Opened, PassIo, TunSink};
 use crate::keys::{PublicKey, StaticKey};
-use crate::link::{Link, Sealed, Tick};
+use crate::link::{Link, Tick};
 use crate::multicast::{multicast_destination, Membership};
 use crate::routing::DropReason;
 use crate::spoke_keys::{HeldEpoch, SpokeKeys};
 use crate::spoke_pairs::PairCommand;
 
 mod direct;
+mod from_tun;
 mod multicast;
 mod peer;
-use direct::{DirectPeers, FromPeer, Route};
+use direct::{DirectPeers, FromPeer};
 
 /// What the spoke's data plane asks of the shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,28 +214,7 @@ impl<T: TunSink> SpokePlane<T> {
     /// Carries IPv6 from (and to) tunnel address `own6`, or none.
     pub fn set_ipv6(&mut self, own6: Option<std::net::Ipv6Addr>) {
         self.own6 = own6;
-    }
-
-    /// An IPv6 packet read from the TUN: through the hub (direct mode and
-    /// group multicast carry IPv4), unless it belongs to the link.
-    fn on_tun6(&mut self, packet: &[u8]) {
-        let header = match crate::routing::inner_header(packet) {
-            Ok(h) => h,
-            Err(reason) => return self.count_drop(reason),
-        };
-        let (std::net::IpAddr::V6(src), std::net::IpAddr::V6(dst)) = (header.src, header.dst)
-        else {
-            return self.count_drop(DropReason::Malformed);
-        };
-        if crate::routing::is_link_scoped(src, dst) {
-            return self.count_drop(DropReason::Ipv6LinkLocal);
-        }
-        if self.own6.is_none() || dst.is_multicast() {
-            return self.count_drop(DropReason::Unsupported);
-        }
-        if self.seal_to_hub(packet) {
-            self.counters.from_tun += 1;
-        }
+        self.direct.set_ipv6(own6);
     }
 
     /// A pair's command from the spoke's pairs ([`crate::spoke_pairs`]).
@@ -489,51 +469,6 @@ impl<T: TunSink> SpokePlane<T> {
         let lost = self.link.retain(|e| e >= below);
         self.count_lost(DropReason::HandshakeTimeout, lost.into());
         self.io.events.push_back(SpokeEvent::EraseBelow(below));
-    }
-
-    /// One packet read from the TUN: sealed to the hub.
-    fn on_tun(&mut self, packet: &[u8]) {
-        let version = packet.first().map(|b| b >> 4);
-        if version != Some(4) && version != Some(6) {
-            self.count_drop(DropReason::Unsupported);
-            return;
-        }
-        if self.blocked {
-            self.count_drop(DropReason::KeyExpired);
-            return;
-        }
-        if !self.carrying {
-            self.count_drop(DropReason::NotLoggedIn);
-            return;
-        }
-        if version == Some(6) {
-            return self.on_tun6(packet);
-        }
-        if let Some(dst) = multicast_destination(packet) {
-            self.send_multicast(packet, dst);
-            return;
-        }
-        if let Some(dst) = packet.get(16..20) {
-            let dst = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
-            match self.direct.route(dst, self.now_ms) {
-                Route::Direct(peer) => {
-                    match self
-                        .direct
-                        .seal(peer, packet, &mut self.io.out, self.now_ms)
-                    {
-                        Ok(Sealed::Sent(_)) => self.counters.from_tun += 1,
-                        Ok(Sealed::Waiting(_)) => self.counters.queued += 1,
-                        Err(reason) => self.count_drop(reason),
-                    }
-                    return;
-                }
-                Route::Relay(Some(ask)) => self.io.events.push_back(SpokeEvent::AskPair(ask)),
-                Route::Relay(None) => self.direct.observe_relayed(packet, self.now_ms),
-            }
-        }
-        if self.seal_to_hub(packet) {
-            self.counters.from_tun += 1;
-        }
     }
 
     /// WireGuard's timers, erasure and the key state (every 250 ms).

@@ -1,7 +1,7 @@
 //! One peer spoke in direct mode: its link keyed by the pair's epochs,
 //! its path, its access gate, and what it does with what arrives from it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use boringtun::noise::TunnResult;
@@ -81,7 +81,7 @@ impl DirectPeer {
         epoch: u64,
         from: SocketAddr,
         inner: Option<usize>,
-        own: Option<Ipv4Addr>,
+        ((own, own6), peer6): ((Option<Ipv4Addr>, Option<Ipv6Addr>), Option<Ipv6Addr>),
         to_tun: &mut impl TunSink,
         now_ms: u64,
     ) -> FromPeer {
@@ -109,23 +109,29 @@ impl DirectPeer {
             return FromPeer::Nothing;
         };
         let packet = to_tun.pending(len);
-        let Some(h) = packet.get(12..20) else {
-            return FromPeer::Drop(DropReason::Malformed);
+        let header = match crate::routing::inner_header(packet) {
+            Ok(h) => h,
+            Err(reason) => return FromPeer::Drop(reason),
         };
-        let src = Ipv4Addr::new(h[0], h[1], h[2], h[3]);
-        let dst = Ipv4Addr::new(h[4], h[5], h[6], h[7]);
-        if src != self.tunnel_addr {
+        // Cryptokey routing: the peer's own address, of either family.
+        let from_peer = match header.src {
+            IpAddr::V4(src) => src == self.tunnel_addr,
+            IpAddr::V6(src) => Some(src) == peer6,
+        };
+        if !from_peer {
             return FromPeer::Drop(DropReason::ForgedSource);
         }
-        if dst.is_multicast() {
-            // Group multicast: opened and checked against the group's
-            // members by the plane, not the pair's rules.
-            self.used = true;
-            self.stats.rx_packets += 1;
-            return FromPeer::Inner(len);
-        }
-        if Some(dst) != own {
-            return FromPeer::Drop(DropReason::NoRoute);
+        match header.dst {
+            IpAddr::V4(dst) if dst.is_multicast() => {
+                // Group multicast: opened and checked against the group's
+                // members by the plane, not the pair's rules.
+                self.used = true;
+                self.stats.rx_packets += 1;
+                return FromPeer::Inner(len);
+            }
+            IpAddr::V4(dst) if Some(dst) == own => {}
+            IpAddr::V6(dst) if Some(dst) == own6 => {}
+            _ => return FromPeer::Drop(DropReason::NoRoute),
         }
         let peer = self.pair.peer_of(self.me).unwrap_or_default();
         if !self.gate.check(Origin::Spoke(peer), packet, now_ms) {

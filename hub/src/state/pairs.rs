@@ -379,9 +379,15 @@ impl HubState {
     /// The access rules between a pair's holders, as the policy compiles now.
     pub(super) fn pair_rules(&self, pair: PairId) -> PairRules {
         let [low, high] = pair.holders();
-        let addr = |id| self.registry.spoke(id).map(|s| s.tunnel_addr);
+        let addr = |id| {
+            self.registry
+                .spoke(id)
+                .map(|s| (s.tunnel_addr, self.registry.spoke_addr6(s)))
+        };
         match (addr(low), addr(high)) {
-            (Some(a), Some(b)) => self.compiled_access().for_pair((low, a), (high, b)),
+            (Some(a), Some(b)) => self
+                .compiled_access()
+                .for_pair_dual((low, a.0, a.1), (high, b.0, b.1)),
             _ => PairRules::deny_all(),
         }
     }
@@ -397,9 +403,13 @@ impl HubState {
         let compiled = self.compiled_access();
         for pair in pairs {
             let [low, high] = pair.holders();
-            let addr = |id| self.registry.spoke(id).map(|s| s.tunnel_addr);
+            let addr = |id| {
+                self.registry
+                    .spoke(id)
+                    .map(|s| (s.tunnel_addr, self.registry.spoke_addr6(s)))
+            };
             let rules = match (addr(low), addr(high)) {
-                (Some(a), Some(b)) => compiled.for_pair((low, a), (high, b)),
+                (Some(a), Some(b)) => compiled.for_pair_dual((low, a.0, a.1), (high, b.0, b.1)),
                 _ => PairRules::deny_all(),
             };
             if !rules.allows_any() {
