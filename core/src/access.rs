@@ -17,6 +17,7 @@
 //! then decides per packet without looking anything up by name.
 
 mod gate;
+mod ipv6_chain;
 mod policy;
 mod rules;
 

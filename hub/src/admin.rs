@@ -88,7 +88,9 @@ async fn enable_ipv6(state: &SharedState, r: Ipv6Enable) -> Answer {
     let (plan, interface) = enabled.map_err(|e| ApiError::from(&e))?;
     let own = ipnet::Ipv6Net::new(plan.hub_addr, plan.tunnel_net.prefix_len())
         .unwrap_or_else(|_| plan.hub_addr.into());
-    if let Err(e) = tasuki_shell::netdev::add_address6(&interface, own).await {
+    let added = tasuki_shell::netdev::add_address6(&interface, own).await;
+    state.with(HubState::announce_ipv6);
+    if let Err(e) = added {
         return Err(ApiError::new(
             ErrorCode::Internal,
             format!(

@@ -21,16 +21,13 @@ const MAX_ADDRESSES: usize = 8;
 /// A TCP connection to `endpoint` (`host:port`, `[v6]:port`), made within
 /// `timeout` (name resolution included).
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<TcpStream> {
-    tokio::time::timeout(timeout, connect_any(endpoint))
-        .await
-        .with_context(|| format!("timed out connecting to {endpoint}"))?
-}
-
-async fn connect_any(endpoint: &str) -> Result<TcpStream> {
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(endpoint)
-        .await
-        .with_context(|| format!("cannot resolve {endpoint}"))?
-        .collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let resolved: Vec<SocketAddr> =
+        tokio::time::timeout_at(deadline, tokio::net::lookup_host(endpoint))
+            .await
+            .with_context(|| format!("timed out resolving {endpoint}"))?
+            .with_context(|| format!("cannot resolve {endpoint}"))?
+            .collect();
     let order = interleaved(resolved);
     if order.is_empty() {
         bail!("{endpoint} resolves to no address");
@@ -38,11 +35,25 @@ async fn connect_any(endpoint: &str) -> Result<TcpStream> {
     let mut next = order.into_iter();
     let mut attempts = JoinSet::new();
     let mut failures: Vec<String> = Vec::new();
+    let give_up = tokio::time::sleep_until(deadline);
+    tokio::pin!(give_up);
+    let stagger = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(stagger);
     loop {
-        if attempts.is_empty() {
+        // The next address starts when the last attempt has had its time
+        // alone, or at once when nothing is pending (all failed so far).
+        if attempts.is_empty() || stagger.is_elapsed() {
             match next.next() {
-                Some(addr) => start(&mut attempts, addr),
-                None => bail!("cannot connect to {endpoint}: {}", failures.join("; ")),
+                Some(addr) => {
+                    start(&mut attempts, addr);
+                    stagger
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
+                }
+                None if attempts.is_empty() => {
+                    bail!("cannot connect to {endpoint}: {}", failures.join("; "))
+                }
+                None => {}
             }
         }
         tokio::select! {
@@ -52,10 +63,10 @@ async fn connect_any(endpoint: &str) -> Result<TcpStream> {
                 Some(Err(e)) => failures.push(format!("an attempt failed: {e}")),
                 None => {}
             },
-            _ = tokio::time::sleep(ATTEMPT_DELAY), if next.len() > 0 => {
-                if let Some(addr) = next.next() {
-                    start(&mut attempts, addr);
-                }
+            _ = &mut stagger, if next.len() > 0 => {}
+            _ = &mut give_up => {
+                let tried = if failures.is_empty() { "no answer".to_owned() } else { failures.join("; ") };
+                bail!("timed out connecting to {endpoint} ({tried})")
             }
         }
     }

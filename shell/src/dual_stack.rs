@@ -51,11 +51,19 @@ fn bound(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     }
     match socket_on(addr, ty, proto, Some(false)) {
         Ok(sock) => Ok(sock),
-        Err(e) => {
+        // No IPv6 on this machine; anything else (the port in use) is an
+        // error to report, not a reason to carry less.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+            ) =>
+        {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
-            tracing::info!(error = %e, "no IPv6 socket here: listening on IPv4 only");
+            tracing::warn!(error = %e, "no IPv6 socket here: listening on IPv4 only");
             socket_on(v4, ty, proto, None)
         }
+        Err(e) => Err(e),
     }
 }
 

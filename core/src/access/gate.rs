@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use etherparse::{
-    Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6ExtensionSlice, LaxIpv4Slice,
-    LaxIpv6Slice,
+    Icmpv4Slice, Icmpv4Type, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6HeaderSlice, LaxIpv4Slice,
 };
 
 use super::{CompiledAccess, Origin, Proto, Service, MAX_FLOWS};
@@ -89,32 +88,28 @@ impl Flow {
     }
 
     fn parse_v6(packet: &[u8]) -> Option<(Flow, PacketKind)> {
-        // Lax as IPv4; an extension chain that does not parse leaves the
-        // flow with the protocol where it stopped and no ports, which no
-        // rule with ports allows.
-        let (ip, _) = LaxIpv6Slice::from_slice(packet).ok()?;
-        let header = ip.header();
-        let payload = ip.payload();
+        // Cut short is fine (the packet inside an ICMP error is); a chain
+        // that does not parse, or a source route still to follow, is
+        // refused (see [`super::ipv6_chain`]).
+        let header = Ipv6HeaderSlice::from_slice(packet).ok()?;
+        let chain = super::ipv6_chain::walk(packet).ok()?;
         let mut flow = Flow {
-            proto: payload.ip_number.0,
+            proto: chain.proto,
             src: header.source_addr().into(),
             dst: header.destination_addr().into(),
             ports: None,
         };
-        let fragment = ip.extensions().clone().into_iter().find_map(|e| match e {
-            Ipv6ExtensionSlice::Fragment(f) if f.is_fragmenting_payload() => Some(f),
-            _ => None,
-        });
-        if let Some(f) = fragment {
-            let id = f.identification();
-            if f.fragment_offset().value() != 0 {
-                return Some((flow, PacketKind::LaterFragment(id)));
+        match chain.fragment {
+            Some((id, 0)) => {
+                flow.ports = ports(flow.proto, chain.payload);
+                Some((flow, PacketKind::FirstFragment(id)))
             }
-            flow.ports = ports(flow.proto, payload.payload);
-            return Some((flow, PacketKind::FirstFragment(id)));
+            Some((id, _)) => Some((flow, PacketKind::LaterFragment(id))),
+            None => {
+                let kind = flow.read_transport(chain.payload);
+                Some((flow, kind))
+            }
         }
-        let kind = flow.read_transport(payload.payload);
-        Some((flow, kind))
     }
 
     /// Fills in the ports (or an echo's key) from an unfragmented
@@ -316,12 +311,14 @@ const FRAGMENT_MS: u64 = 10_000;
 /// which carry no ports, pass too (and others' do not).
 #[derive(Default)]
 struct Fragments {
-    passed: HashMap<(u8, IpAddr, IpAddr, u32), u64>,
+    passed: HashMap<(IpAddr, IpAddr, u32), u64>,
 }
 
 impl Fragments {
-    fn key(flow: &Flow, id: u32) -> (u8, IpAddr, IpAddr, u32) {
-        (flow.proto, flow.src, flow.dst, id)
+    /// A datagram's fragments share addresses and identification (the
+    /// protocol a later IPv6 fragment seems to carry is its data).
+    fn key(flow: &Flow, id: u32) -> (IpAddr, IpAddr, u32) {
+        (flow.src, flow.dst, id)
     }
 
     fn note(&mut self, flow: &Flow, id: u32, now_ms: u64) {

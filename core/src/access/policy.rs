@@ -268,6 +268,10 @@ impl AccessPolicy {
                 ),
             };
             compiled.rules.push(CompiledRule {
+                from: match rule.from {
+                    Selector::Net(n) => Some(n),
+                    _ => None,
+                },
                 to,
                 services: rule.services.clone(),
             });
@@ -335,13 +339,24 @@ impl Destination {
 
 #[derive(Clone, Debug)]
 struct CompiledRule {
+    /// The sender's addresses, when the rule names them (`10.77.0.8`,
+    /// `fd77:1::/64`): a spoke it selects is allowed from those only, not
+    /// from its address of the other family.
+    from: Option<IpNet>,
     to: Destination,
     services: Vec<Service>,
 }
 
 impl CompiledRule {
     fn allows(&self, flow: &Flow) -> bool {
-        self.to.contains(&flow.dst) && self.services.iter().any(|s| s.covers(flow))
+        self.from.is_none_or(|net| net.contains(&flow.src))
+            && self.to.contains(&flow.dst)
+            && self.services.iter().any(|s| s.covers(flow))
+    }
+
+    /// Whether the rule can allow anything to `to` (its sender's family).
+    fn reaches(&self, to: &IpAddr) -> bool {
+        self.to.contains(to) && self.from.is_none_or(|n| n.addr().is_ipv4() == to.is_ipv4())
     }
 }
 
@@ -441,6 +456,7 @@ impl PairRules {
         };
         for (index, rule) in self.rules.iter().take(MAX_RULES).enumerate() {
             compiled.rules.push(CompiledRule {
+                from: None,
                 to: Destination::Addrs(HashSet::from([rule.to])),
                 services: rule.services.iter().take(MAX_SERVICES).copied().collect(),
             });
@@ -482,7 +498,7 @@ impl CompiledAccess {
                 for to in addrs {
                     for &i in self.from_spoke.get(&from).into_iter().flatten() {
                         let rule = &self.rules[i];
-                        if rule.to.contains(&to) {
+                        if rule.reaches(&to) {
                             rules.push(PairRule {
                                 from,
                                 to,

@@ -13,6 +13,8 @@ use super::*;
 impl HubState {
     /// Takes IPv6 prefix `net` (a random unique-local /64 when `None`)
     /// and IPv6 routes `routes`; refused when the hub has a prefix already.
+    /// The spokes hear of it from [`HubState::announce_ipv6`], once the
+    /// hub's own interface holds its address.
     pub(crate) fn enable_ipv6(
         &mut self,
         net: Option<ipnet::Ipv6Net>,
@@ -39,17 +41,11 @@ impl HubState {
             .filter(|s| s.state == SpokeState::Active)
             .map(|s| s.id)
             .collect();
-        for id in &active {
+        for id in active {
             // The link's IPv6 address, and the spoke's facts for the policy.
-            self.push_link(*id);
+            self.push_link(id);
         }
         self.push_access();
-        for id in active {
-            if let Some(s) = self.registry.spoke(id) {
-                let config = self.registry.spoke_config(s);
-                self.tell(id, HubMessage::Welcome(config));
-            }
-        }
         self.audit(
             AuditRecord::new(now, AuditKind::AddressPlan).detail(format!(
                 "IPv6 prefix {} (hub {}), routes {:?}",
@@ -58,5 +54,19 @@ impl HubState {
         );
         tracing::info!(prefix = %plan.tunnel_net, hub = %plan.hub_addr, "IPv6 enabled");
         Ok(plan)
+    }
+
+    /// Every active spoke is sent its configuration with its IPv6 address
+    /// (those not attached get it when they attach).
+    pub(crate) fn announce_ipv6(&mut self) {
+        let configs: Vec<_> = self
+            .registry
+            .spokes()
+            .filter(|s| s.state == SpokeState::Active)
+            .map(|s| (s.id, self.registry.spoke_config(s)))
+            .collect();
+        for (id, config) in configs {
+            self.tell(id, HubMessage::Welcome(config));
+        }
     }
 }

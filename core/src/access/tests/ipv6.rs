@@ -226,3 +226,59 @@ fn ipv6_junk_never_panics() {
         let _ = g.check(Origin::Spoke(1), &p, 0);
     }
 }
+
+#[test]
+fn a_sender_address_rule_allows_that_family_only() {
+    let mut g = gate6(&enforcing(&[rule(
+        "10.77.0.2",
+        "spoke:server",
+        &["udp/53"],
+    )]));
+    let laptop = Origin::Spoke(1);
+    assert!(g.check(laptop, &udp(LAPTOP, 5000, SERVER, 53), 0));
+    assert!(
+        !g.check(laptop, &udp6(LAPTOP6, 5000, SERVER6, 53), 0),
+        "an IPv4 sender rule let the spoke's IPv6 through"
+    );
+    let mut g = gate6(&enforcing(&[rule("fd77:1::/64", "hub", &["icmp"])]));
+    assert!(g.check(laptop, &echo6(LAPTOP6, HUB6, 1, true), 0));
+    assert!(!g.check(laptop, &echo(LAPTOP, HUB, 1, true), 0));
+}
+
+#[test]
+fn a_source_route_still_to_follow_is_refused() {
+    let mut g = gate6(&enforcing(&[rule("*", "*", &["any"])]));
+    // IPv6 header, a routing header (type 0... segments left 1), UDP.
+    let inner = udp6(LAPTOP6, 5000, SERVER6, 53);
+    let with_route = |segments_left: u8| {
+        let mut p = inner[..40].to_vec();
+        p[6] = 43; // next header: routing
+        let mut routing = vec![17u8, 2, 4, segments_left, 0, 0, 0, 0];
+        routing.extend_from_slice(&LAN6.octets());
+        p.extend_from_slice(&routing);
+        p.extend_from_slice(&inner[40..]);
+        let len = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        p
+    };
+    assert!(!g.check(Origin::Spoke(1), &with_route(1), 0));
+    assert!(
+        g.check(Origin::Spoke(1), &with_route(0), 0),
+        "a route already followed"
+    );
+}
+
+#[test]
+fn later_fragments_match_their_first_whatever_their_data_looks_like() {
+    let mut g = gate6(&enforcing(&[rule(
+        "spoke:laptop",
+        "spoke:server",
+        &["udp/53"],
+    )]));
+    let [first, mut later] = fragments6(LAPTOP6, 5000, SERVER6, 53, 42);
+    // The later fragment's header names another next header (allowed by
+    // RFC 8200): its data is no header, and it still follows its first.
+    later[40] = 60;
+    assert!(g.check(Origin::Spoke(1), &first, 0));
+    assert!(g.check(Origin::Spoke(1), &later, 1));
+}
