@@ -61,6 +61,19 @@ impl Topology {
         self.exec_ok(&self.ns_hub, &all)
     }
 
+    /// Enrols each `(name, namespace)` with an invitation carrying `flags`
+    /// (`--pre-approved`, `--service`) and starts it; the running spokes.
+    pub fn enrol_and_start(&self, spokes: &[(&str, &str)], flags: &[&str]) -> Vec<Proc> {
+        spokes
+            .iter()
+            .map(|(name, ns)| {
+                let inv = self.invite_with(name, flags);
+                self.enrol_ok(ns, &inv, &self.spoke_dir(name));
+                self.start_spoke(ns, &self.spoke_dir(name), &self.spoke_socket(name))
+            })
+            .collect()
+    }
+
     /// Starts `tasuki-hub run` and waits (up to 20 s) until its admin
     /// socket answers a status request.
     pub fn start_hub(&self) -> Proc {

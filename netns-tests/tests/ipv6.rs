@@ -166,12 +166,10 @@ fn ipv6_enable_gives_running_spokes_their_addresses() {
         &["--tunnel-net", TUNNEL_NET, "--route", LAN_NET, "--no-ipv6"],
     );
     let mut hub = t.start_hub();
-    let mut spokes = Vec::new();
-    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
-        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
-        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
-        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
-    }
+    let mut spokes = t.enrol_and_start(
+        &[("a", &t.ns_a), ("b", &t.ns_b)],
+        &["--pre-approved", "--service"],
+    );
     t.wait_for("a to ping b", Duration::from_secs(30), || {
         t.must_be_alive(&hub);
         t.ping(&t.ns_a, B_TUNNEL, 1)

@@ -16,6 +16,12 @@ const HUB_WAN6: &str = "fd30::1";
 const LAN_NET6: &str = "fd50:77::/64";
 const LAN_HOST6: &str = "fd50:77::2";
 
+/// Gives `dev` in `ns` IPv6 address `addr` (no duplicate detection: the
+/// test's addresses are its own).
+fn add6(t: &Topology, ns: &str, addr: &str, dev: &str) {
+    t.exec_ok(ns, &["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
+}
+
 /// The WAN renumbered to IPv6 only, and an IPv6 LAN beside the IPv4 one.
 fn renumber(t: &Topology) {
     for (ns, addr) in [
@@ -24,37 +30,10 @@ fn renumber(t: &Topology) {
         (&t.ns_b, "fd30::12/64"),
     ] {
         t.exec_ok(ns, &["ip", "-4", "addr", "flush", "dev", "eth0"]);
-        t.exec_ok(
-            ns,
-            &["ip", "-6", "addr", "add", addr, "dev", "eth0", "nodad"],
-        );
+        add6(t, ns, addr, "eth0");
     }
-    t.exec_ok(
-        &t.ns_hub,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd50:77::1/64",
-            "dev",
-            "lan0",
-            "nodad",
-        ],
-    );
-    t.exec_ok(
-        &t.ns_lan,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd50:77::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
+    add6(t, &t.ns_hub, "fd50:77::1/64", "lan0");
+    add6(t, &t.ns_lan, "fd50:77::2/64", "eth0");
     t.exec_ok(
         &t.ns_lan,
         &["ip", "-6", "route", "add", TUNNEL_NET6, "via", "fd50:77::1"],
@@ -159,12 +138,10 @@ fn an_ipv6_only_underlay_carries_both_families() {
         ],
     );
     let hub = t.start_hub();
-    let mut spokes = Vec::new();
-    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
-        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
-        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
-        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
-    }
+    let spokes = t.enrol_and_start(
+        &[("a", &t.ns_a), ("b", &t.ns_b)],
+        &["--pre-approved", "--service"],
+    );
     for ns in [&t.ns_a, &t.ns_b] {
         t.wait_for("a spoke to ping the hub", Duration::from_secs(30), || {
             t.must_be_alive(&hub);
@@ -259,12 +236,10 @@ fn a_spoke_with_ipv6_turned_off_carries_ipv4() {
     }
     t.hub_init();
     let hub = t.start_hub();
-    let mut spokes = Vec::new();
-    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
-        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
-        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
-        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
-    }
+    let spokes = t.enrol_and_start(
+        &[("a", &t.ns_a), ("b", &t.ns_b)],
+        &["--pre-approved", "--service"],
+    );
     t.wait_for("a to ping b over IPv4", Duration::from_secs(30), || {
         t.must_be_alive(&hub);
         t.ping(&t.ns_a, B_TUNNEL, 1)
@@ -286,6 +261,25 @@ fn a_spoke_with_ipv6_turned_off_carries_ipv4() {
 /// `/etc/hosts` inside NS; removed on drop.
 struct HostsFiles(Vec<std::path::PathBuf>);
 
+impl HostsFiles {
+    /// Hosts files in each of `namespaces` where `hub.tasuki.test` has
+    /// the hub's IPv4 and IPv6 WAN addresses, IPv4 first.
+    fn naming_the_hub(namespaces: &[&str]) -> Self {
+        let mut hosts = HostsFiles(Vec::new());
+        for ns in namespaces {
+            let dir = std::path::Path::new("/etc/netns").join(ns);
+            std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+            hosts.0.push(dir.clone());
+            std::fs::write(
+                dir.join("hosts"),
+                "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
+            )
+            .expect("write hosts");
+        }
+        hosts
+    }
+}
+
 impl Drop for HostsFiles {
     fn drop(&mut self) {
         for dir in &self.0 {
@@ -303,30 +297,8 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
         return;
     }
     let t = Topology::new();
-    t.exec_ok(
-        &t.ns_hub,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd30::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    let mut hosts = HostsFiles(Vec::new());
-    for ns in [&t.ns_a, &t.ns_b] {
-        let dir = std::path::Path::new("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        hosts.0.push(dir.clone());
-        std::fs::write(
-            dir.join("hosts"),
-            "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
-        )
-        .expect("write hosts");
-    }
+    add6(&t, &t.ns_hub, "fd30::1/64", "eth0");
+    let hosts = HostsFiles::naming_the_hub(&[&t.ns_a, &t.ns_b]);
     t.hub_init_with(
         "hub.tasuki.test:51820",
         &[
@@ -339,12 +311,10 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
         ],
     );
     let hub = t.start_hub();
-    let mut spokes = Vec::new();
-    for (name, ns) in [("a", &t.ns_a), ("b", &t.ns_b)] {
-        let inv = t.invite_with(name, &["--pre-approved", "--service"]);
-        t.enrol_ok(ns, &inv, &t.spoke_dir(name));
-        spokes.push(t.start_spoke(ns, &t.spoke_dir(name), &t.spoke_socket(name)));
-    }
+    let spokes = t.enrol_and_start(
+        &[("a", &t.ns_a), ("b", &t.ns_b)],
+        &["--pre-approved", "--service"],
+    );
     t.wait_for("a to ping b", Duration::from_secs(30), || {
         t.must_be_alive(&hub);
         t.ping(&t.ns_a, B_TUNNEL, 1)
@@ -375,19 +345,7 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
         });
         std::thread::sleep(Duration::from_secs(3));
         // a moves: an IPv6 address comes, its IPv4 one goes.
-        t.exec_ok(
-            &t.ns_a,
-            &[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                "fd30::11/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        );
+        add6(&t, &t.ns_a, "fd30::11/64", "eth0");
         t.exec_ok(&t.ns_a, &["ip", "-4", "addr", "flush", "dev", "eth0"]);
         t.wait_for(
             "the hub to see a at fd30::11",
@@ -420,41 +378,9 @@ fn a_hub_black_holed_on_ipv4_is_reached_over_ipv6() {
         return;
     }
     let t = Topology::new();
-    t.exec_ok(
-        &t.ns_hub,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd30::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    t.exec_ok(
-        &t.ns_a,
-        &[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd30::11/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
-    let mut hosts = HostsFiles(Vec::new());
-    let dir = std::path::Path::new("/etc/netns").join(&t.ns_a);
-    std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-    hosts.0.push(dir.clone());
-    std::fs::write(
-        dir.join("hosts"),
-        "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
-    )
-    .expect("write hosts");
+    add6(&t, &t.ns_hub, "fd30::1/64", "eth0");
+    add6(&t, &t.ns_a, "fd30::11/64", "eth0");
+    let hosts = HostsFiles::naming_the_hub(&[&t.ns_a]);
     for cmd in [
         "add table inet blackhole",
         "add chain inet blackhole in { type filter hook input priority 0 ; }",

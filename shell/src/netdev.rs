@@ -211,16 +211,21 @@ impl TunWriter {
 
 /// Adds routes to `nets` through interface `ifname` (existing routes are kept).
 pub async fn add_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
-    add_routes_with(ifname, nets, None).await
+    add_routes_with(ifname, &v4_nets(nets), None).await
 }
 
 /// Adds routes to `nets` through `ifname` whose packets the kernel keeps
 /// within `mtu` bytes (it fragments larger datagrams to fit).
 pub async fn add_routes_mtu(ifname: &str, nets: &[Ipv4Net], mtu: u32) -> Result<()> {
-    add_routes_with(ifname, nets, Some(mtu)).await
+    add_routes_with(ifname, &v4_nets(nets), Some(mtu)).await
 }
 
-async fn add_routes_with(ifname: &str, nets: &[Ipv4Net], mtu: Option<u32>) -> Result<()> {
+/// `nets` as routes of either family.
+fn v4_nets(nets: &[Ipv4Net]) -> Vec<ipnet::IpNet> {
+    nets.iter().copied().map(Into::into).collect()
+}
+
+async fn add_routes_with(ifname: &str, nets: &[ipnet::IpNet], mtu: Option<u32>) -> Result<()> {
     if nets.is_empty() {
         return Ok(());
     }
@@ -257,11 +262,17 @@ fn route_connection(ifname: &str) -> Result<(u32, rtnetlink::Handle, tokio::task
 }
 
 /// A route to `net` out of the interface with `index`.
-fn route_to(net: &Ipv4Net, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
-    rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(net.network(), net.prefix_len())
-        .output_interface(index)
-        .build()
+fn route_to(net: &ipnet::IpNet, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    match net {
+        ipnet::IpNet::V4(net) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .output_interface(index)
+            .build(),
+        ipnet::IpNet::V6(net) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .output_interface(index)
+            .build(),
+    }
 }
 
 /// Gives interface `ifname` IPv6 address `addr` (one it has already is
@@ -284,28 +295,8 @@ pub async fn add_address6(ifname: &str, addr: Ipv6Net) -> Result<()> {
 /// Adds IPv6 routes to `nets` through interface `ifname` (existing
 /// routes are kept).
 pub async fn add_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {
-    if nets.is_empty() {
-        return Ok(());
-    }
-    let (index, handle, task) = route_connection(ifname)?;
-    for net in nets {
-        let msg = rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .output_interface(index)
-            .build();
-        match handle.route().add(msg).execute().await {
-            Ok(()) => tracing::info!(route = %net, dev = ifname, "route added"),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
-                tracing::info!(route = %net, "route already present")
-            }
-            Err(e) => {
-                task.abort();
-                return Err(e).with_context(|| format!("cannot add route {net} dev {ifname}"));
-            }
-        }
-    }
-    task.abort();
-    Ok(())
+    let nets: Vec<ipnet::IpNet> = nets.iter().copied().map(Into::into).collect();
+    add_routes_with(ifname, &nets, None).await
 }
 
 /// Removes the routes to `nets` through interface `ifname` (one already
@@ -316,7 +307,7 @@ pub async fn remove_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
     }
     let (index, handle, task) = route_connection(ifname)?;
     for net in nets {
-        let msg = route_to(net, index);
+        let msg = route_to(&(*net).into(), index);
         match handle.route().del(msg).execute().await {
             Ok(()) => tracing::info!(route = %net, dev = ifname, "route removed"),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
