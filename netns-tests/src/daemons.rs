@@ -61,6 +61,27 @@ impl Topology {
         self.exec_ok(&self.ns_hub, &all)
     }
 
+    /// Sends `bytes` bytes over TCP from `from_ns` to `dst` (`ADDR:PORT`,
+    /// `[V6]:PORT`; a sink on PORT in `to_ns`) and fails the test unless
+    /// every byte arrived unaltered.
+    pub fn tcp_transfer_intact(&self, from_ns: &str, to_ns: &str, dst: &str, bytes: u64) {
+        let port = dst.rsplit(':').next().unwrap_or_default();
+        let mut sent = Value::Null;
+        let received = self.with_sink(to_ns, &["tcp-sink", port], || {
+            sent = self.nettool(from_ns, &["tcp-source", dst, &bytes.to_string()]);
+        });
+        assert_eq!(sent["bytes"].as_u64(), Some(bytes), "source: {sent}");
+        assert_eq!(
+            received["bytes"].as_u64(),
+            Some(bytes),
+            "sink got {received}, source sent {sent}"
+        );
+        assert_eq!(
+            received["sha256"], sent["sha256"],
+            "the data was altered in transit"
+        );
+    }
+
     /// Enrols each `(name, namespace)` with an invitation carrying `flags`
     /// (`--pre-approved`, `--service`) and starts it; the running spokes.
     pub fn enrol_and_start(&self, spokes: &[(&str, &str)], flags: &[&str]) -> Vec<Proc> {

@@ -57,21 +57,8 @@ fn ipv6_crosses_the_relay_and_forged_sources_are_counted() {
         "a full-size IPv6 ping did not cross the relay"
     );
     // TCP over IPv6, checksummed end to end.
-    const BYTES: u64 = 50 * 1024 * 1024;
     let dst = format!("[{B_TUNNEL6}]:9106");
-    let mut sent = Value::Null;
-    let got = net.with_sink(&net.ns_b, &["tcp-sink", "9106"], || {
-        sent = net.nettool(&net.ns_a, &["tcp-source", &dst, &BYTES.to_string()]);
-    });
-    assert_eq!(
-        got["bytes"].as_u64(),
-        Some(BYTES),
-        "sink {got}, source {sent}"
-    );
-    assert_eq!(
-        got["sha256"], sent["sha256"],
-        "the data was altered in transit"
-    );
+    net.tcp_transfer_intact(&net.ns_a, &net.ns_b, &dst, 50 * 1024 * 1024);
     // A forged source: an address of the prefix that is not a's.
     net.exec_ok(
         &net.ns_a,

@@ -16,6 +16,22 @@ const HUB_WAN6: &str = "fd30::1";
 const LAN_NET6: &str = "fd50:77::/64";
 const LAN_HOST6: &str = "fd50:77::2";
 
+/// `tasuki-hub init` naming the hub `hub.tasuki.test` (see
+/// [`HostsFiles::naming_the_hub`]), with both tunnel networks.
+fn init_named_hub(t: &Topology) {
+    t.hub_init_with(
+        "hub.tasuki.test:51820",
+        &[
+            "--tunnel-net",
+            TUNNEL_NET,
+            "--tunnel-net",
+            TUNNEL_NET6,
+            "--route",
+            LAN_NET,
+        ],
+    );
+}
+
 /// Gives `dev` in `ns` IPv6 address `addr` (no duplicate detection: the
 /// test's addresses are its own).
 fn add6(t: &Topology, ns: &str, addr: &str, dev: &str) {
@@ -194,21 +210,8 @@ fn an_ipv6_only_underlay_carries_both_families() {
         );
     }
     // TCP over IPv6 inside, IPv6 outside, checksummed end to end.
-    const BYTES: u64 = 20 * 1024 * 1024;
     let dst = format!("[{B_TUNNEL6}]:9107");
-    let mut sent = Value::Null;
-    let got = t.with_sink(&t.ns_b, &["tcp-sink", "9107"], || {
-        sent = t.nettool(&t.ns_a, &["tcp-source", &dst, &BYTES.to_string()]);
-    });
-    assert_eq!(
-        got["bytes"].as_u64(),
-        Some(BYTES),
-        "sink {got}, source {sent}"
-    );
-    assert_eq!(
-        got["sha256"], sent["sha256"],
-        "the data was altered in transit"
-    );
+    t.tcp_transfer_intact(&t.ns_a, &t.ns_b, &dst, 20 * 1024 * 1024);
     enforce_by_ipv6_prefix_and_port(&t);
     t.must_be_alive(&hub);
     for s in &spokes {
@@ -299,17 +302,7 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
     let t = Topology::new();
     add6(&t, &t.ns_hub, "fd30::1/64", "eth0");
     let hosts = HostsFiles::naming_the_hub(&[&t.ns_a, &t.ns_b]);
-    t.hub_init_with(
-        "hub.tasuki.test:51820",
-        &[
-            "--tunnel-net",
-            TUNNEL_NET,
-            "--tunnel-net",
-            TUNNEL_NET6,
-            "--route",
-            LAN_NET,
-        ],
-    );
+    init_named_hub(&t);
     let hub = t.start_hub();
     let spokes = t.enrol_and_start(
         &[("a", &t.ns_a), ("b", &t.ns_b)],
@@ -388,17 +381,7 @@ fn a_hub_black_holed_on_ipv4_is_reached_over_ipv6() {
     ] {
         t.exec_ok(&t.ns_hub, &["nft", cmd]);
     }
-    t.hub_init_with(
-        "hub.tasuki.test:51820",
-        &[
-            "--tunnel-net",
-            TUNNEL_NET,
-            "--tunnel-net",
-            TUNNEL_NET6,
-            "--route",
-            LAN_NET,
-        ],
-    );
+    init_named_hub(&t);
     let hub = t.start_hub();
     let inv = t.invite_with("a", &["--pre-approved", "--service"]);
     t.enrol_ok(&t.ns_a, &inv, &t.spoke_dir("a"));
