@@ -504,3 +504,31 @@ mod tests {
         assert_eq!(stale_owner("ttabcx1-a"), None);
     }
 }
+
+/// Files under `/etc/netns/NS/` (`hosts`, `resolv.conf`), which `ip netns
+/// exec` shows in place of `/etc/...` inside NS; the directories go on
+/// drop, even when a test fails.
+#[derive(Default)]
+pub struct NetnsEtcFiles(Vec<PathBuf>);
+
+impl NetnsEtcFiles {
+    /// Writes `/etc/netns/NS/NAME` with `content`.
+    pub fn write(&mut self, ns: &str, name: &str, content: &str) {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        if !self.0.contains(&dir) {
+            self.0.push(dir.clone());
+        }
+        std::fs::write(dir.join(name), content).expect("write /etc/netns/NS/NAME");
+    }
+}
+
+impl Drop for NetnsEtcFiles {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                eprintln!("cannot remove {}: {e}", dir.display());
+            }
+        }
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tasuki_netns_tests::{
-    skip_unless_root, Topology, A_TUNNEL6, B_TUNNEL, B_TUNNEL6, HUB_TUNNEL, HUB_TUNNEL6, LAN_HOST,
-    LAN_NET, TUNNEL_NET, TUNNEL_NET6,
+    skip_unless_root, NetnsEtcFiles, Topology, A_TUNNEL6, B_TUNNEL, B_TUNNEL6, HUB_TUNNEL,
+    HUB_TUNNEL6, LAN_HOST, LAN_NET, TUNNEL_NET, TUNNEL_NET6,
 };
 
 const HUB_WAN6: &str = "fd30::1";
@@ -17,7 +17,7 @@ const LAN_NET6: &str = "fd50:77::/64";
 const LAN_HOST6: &str = "fd50:77::2";
 
 /// `tasuki-hub init` naming the hub `hub.tasuki.test` (see
-/// [`HostsFiles::naming_the_hub`]), with both tunnel networks.
+/// [`hosts_naming_the_hub`]), with both tunnel networks.
 fn init_named_hub(t: &Topology) {
     t.hub_init_with(
         "hub.tasuki.test:51820",
@@ -260,35 +260,18 @@ fn a_spoke_with_ipv6_turned_off_carries_ipv4() {
     }
 }
 
-/// `/etc/netns/NS/hosts` files, which `ip netns exec` shows as
-/// `/etc/hosts` inside NS; removed on drop.
-struct HostsFiles(Vec<std::path::PathBuf>);
-
-impl HostsFiles {
-    /// Hosts files in each of `namespaces` where `hub.tasuki.test` has
-    /// the hub's IPv4 and IPv6 WAN addresses, IPv4 first.
-    fn naming_the_hub(namespaces: &[&str]) -> Self {
-        let mut hosts = HostsFiles(Vec::new());
-        for ns in namespaces {
-            let dir = std::path::Path::new("/etc/netns").join(ns);
-            std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-            hosts.0.push(dir.clone());
-            std::fs::write(
-                dir.join("hosts"),
-                "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
-            )
-            .expect("write hosts");
-        }
-        hosts
+/// Hosts files in each of `namespaces` where `hub.tasuki.test` has the
+/// hub's IPv4 and IPv6 WAN addresses, IPv4 first.
+fn hosts_naming_the_hub(namespaces: &[&str]) -> NetnsEtcFiles {
+    let mut files = NetnsEtcFiles::default();
+    for ns in namespaces {
+        files.write(
+            ns,
+            "hosts",
+            "127.0.0.1 localhost\n172.30.0.1 hub.tasuki.test\nfd30::1 hub.tasuki.test\n",
+        );
     }
-}
-
-impl Drop for HostsFiles {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
+    files
 }
 
 /// A spoke that moves from an IPv4 network to an IPv6 one finds its hub
@@ -301,7 +284,7 @@ fn a_spoke_roams_from_ipv4_to_ipv6_and_keeps_its_tcp_connection() {
     }
     let t = Topology::new();
     add6(&t, &t.ns_hub, "fd30::1/64", "eth0");
-    let hosts = HostsFiles::naming_the_hub(&[&t.ns_a, &t.ns_b]);
+    let hosts = hosts_naming_the_hub(&[&t.ns_a, &t.ns_b]);
     init_named_hub(&t);
     let hub = t.start_hub();
     let spokes = t.enrol_and_start(
@@ -373,7 +356,7 @@ fn a_hub_black_holed_on_ipv4_is_reached_over_ipv6() {
     let t = Topology::new();
     add6(&t, &t.ns_hub, "fd30::1/64", "eth0");
     add6(&t, &t.ns_a, "fd30::11/64", "eth0");
-    let hosts = HostsFiles::naming_the_hub(&[&t.ns_a]);
+    let hosts = hosts_naming_the_hub(&[&t.ns_a]);
     for cmd in [
         "add table inet blackhole",
         "add chain inet blackhole in { type filter hook input priority 0 ; }",

@@ -4,27 +4,13 @@
 //! side. Skipped unless root.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tasuki_netns_tests::{
-    binaries, skip_unless_root, Topology, B_TUNNEL, HUB_TUNNEL, LAN_NET, TUNNEL_NET,
+    binaries, skip_unless_root, NetnsEtcFiles, Topology, B_TUNNEL, HUB_TUNNEL, LAN_NET, TUNNEL_NET,
 };
 
 const HUB_NAME: &str = "hub.tasuki.test";
-
-/// `/etc/netns/NS/resolv.conf` files, which `ip netns exec` shows as
-/// `/etc/resolv.conf` inside NS, pointing at a test DNS server on the
-/// namespace's loopback; removed on drop.
-struct Resolvers(Vec<PathBuf>);
-
-impl Drop for Resolvers {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 #[test]
 fn spokes_follow_the_hub_to_a_new_address() {
@@ -37,33 +23,27 @@ fn spokes_follow_the_hub_to_a_new_address() {
     let address_file = t.dir().join("hub-address");
     std::fs::write(&address_file, "172.30.0.1\n").expect("write address file");
     let nettool = binaries().nettool.to_string_lossy().into_owned();
-    let resolvers = Resolvers(
-        [&t.ns_a, &t.ns_b]
-            .iter()
-            .map(|ns| {
-                let dir = PathBuf::from("/etc/netns").join(ns);
-                std::fs::create_dir_all(&dir).expect("create /etc/netns dir");
-                std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\n")
-                    .expect("write resolv.conf");
-                let ready = t.dir().join(format!("dns-{ns}.ready"));
-                t.spawn(
-                    ns,
-                    &[
-                        nettool.as_str(),
-                        "dns-server",
-                        HUB_NAME,
-                        &address_file.to_string_lossy(),
-                        "600",
-                        "--ready",
-                        &ready.to_string_lossy(),
-                    ],
-                    &t.dir().join(format!("dns-{ns}.log")),
-                );
-                t.wait_for("the DNS server", Duration::from_secs(10), || ready.exists());
-                dir
-            })
-            .collect(),
-    );
+    // `/etc/resolv.conf` inside each spoke namespace points at a test DNS
+    // server on the namespace's loopback.
+    let mut resolvers = NetnsEtcFiles::default();
+    for ns in [&t.ns_a, &t.ns_b] {
+        resolvers.write(ns, "resolv.conf", "nameserver 127.0.0.1\n");
+        let ready = t.dir().join(format!("dns-{ns}.ready"));
+        t.spawn(
+            ns,
+            &[
+                nettool.as_str(),
+                "dns-server",
+                HUB_NAME,
+                &address_file.to_string_lossy(),
+                "600",
+                "--ready",
+                &ready.to_string_lossy(),
+            ],
+            &t.dir().join(format!("dns-{ns}.log")),
+        );
+        t.wait_for("the DNS server", Duration::from_secs(10), || ready.exists());
+    }
     let endpoint = format!("{HUB_NAME}:51820");
     let hub_dir = t.hub_dir();
     t.exec_ok(

@@ -56,22 +56,8 @@ fn tcp_50mb_spoke_to_spoke_arrives_intact() {
         net.ping(&net.ns_a, B_TUNNEL, 1),
         "spoke a cannot ping spoke b"
     );
-    let bytes = BYTES.to_string();
     let dst = format!("{B_TUNNEL}:9100");
-    let mut sent = Value::Null;
-    let received = net.with_sink(&net.ns_b, &["tcp-sink", "9100"], || {
-        sent = net.nettool(&net.ns_a, &["tcp-source", &dst, &bytes]);
-    });
-    assert_eq!(sent["bytes"].as_u64(), Some(BYTES), "source: {sent}");
-    assert_eq!(
-        received["bytes"].as_u64(),
-        Some(BYTES),
-        "sink got {received}, source sent {sent}"
-    );
-    assert_eq!(
-        received["sha256"], sent["sha256"],
-        "the data was altered in transit"
-    );
+    net.tcp_transfer_intact(&net.ns_a, &net.ns_b, &dst, BYTES);
 }
 
 #[test]

@@ -41,11 +41,14 @@ impl HubState {
             .filter(|s| s.state == SpokeState::Active)
             .map(|s| s.id)
             .collect();
+        // Every spoke's facts change at once (its IPv6 address): the policy
+        // and the pairs' rules are compiled once, then each link is told.
+        self.refresh_all_facts();
+        self.push_access();
+        self.refresh_pair_rules(now);
         for id in active {
-            // The link's IPv6 address, and the spoke's facts for the policy.
             self.push_link(id);
         }
-        self.push_access();
         self.audit(
             AuditRecord::new(now, AuditKind::AddressPlan).detail(format!(
                 "IPv6 prefix {} (hub {}), routes {:?}",
