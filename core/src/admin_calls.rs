@@ -15,6 +15,7 @@ use crate::admin_api::{
     SpokeView, UserPassword, UserView,
 };
 use crate::audit::AuditRecord;
+pub use crate::hierarchy::calls::*;
 use crate::pair_rules::DirectMode;
 use crate::requests::{Request, RequestPolicy};
 use crate::rotation::RotationPolicy;
@@ -132,6 +133,16 @@ hub_requests! {
     RequestRevoke -> Request,
     /// Give a hub that carries IPv4 only an IPv6 prefix.
     Ipv6Enable -> HubStatus,
+    /// Make an invitation for a child hub.
+    HubInvite -> InvitationView,
+    /// Approve a child hub and what it announced.
+    HubApprove -> ChildHubView,
+    /// Revoke a child hub.
+    HubRevoke -> ChildHubView,
+    /// The parent and the child hubs.
+    HubList -> HubTreeView,
+    /// Join a parent hub.
+    HubJoin -> ParentView,
 }
 
 /// Give a hub that carries IPv4 only an IPv6 prefix; its spokes take

@@ -52,6 +52,10 @@ pub enum AuditKind {
     AccessRequest,
     /// An admin changed the hub's address plan (gave it an IPv6 prefix).
     AddressPlan,
+    /// The hub tree changed (claim 6): a child hub invited, joined,
+    /// approved or revoked, a branch's routes announced or withdrawn, this
+    /// hub joining a parent.
+    HubTree,
 }
 
 /// One line of the audit log.

@@ -93,6 +93,17 @@ pub enum SpokeMessage {
     Pair(SpokePair),
     /// Keyed groups: a group epoch stored, or switched to.
     Group(SpokeGroup),
+    /// First message of a child hub's enrolment (claim 6): like
+    /// [`SpokeMessage::EnrolRequest`], with what its branch serves.
+    EnrolHub {
+        /// The machine's host name as the child hub sees it.
+        hostname: String,
+        /// The subnets its branch serves.
+        serves: crate::hierarchy::ServedNets,
+    },
+    /// A child hub's branch serves these subnets now (sent after each
+    /// attach and whenever that changes).
+    Serves(crate::hierarchy::ServedNets),
 }
 
 /// A spoke's direct-mode messages (claim 10): the hub answers a request

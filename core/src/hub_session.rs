@@ -59,6 +59,8 @@ pub enum HubAction {
         hostname: String,
         /// The user it enrols for as another device.
         as_user: Option<String>,
+        /// For a child hub: what its branch serves.
+        serves: Option<crate::hierarchy::ServedNets>,
     },
     /// Attach the spoke (then [`HubSession::attached`]).
     Attach,
@@ -82,6 +84,8 @@ pub enum HubAction {
     Pair(SpokePair),
     /// Keyed groups: a member's receipt or switch report.
     Group(crate::control::SpokeGroup),
+    /// A child hub's branch serves these subnets now.
+    Serves(crate::hierarchy::ServedNets),
     /// The exchange is over: close the connection.
     Close,
 }
@@ -209,7 +213,19 @@ impl HubSession {
         let action = match (self.phase, msg) {
             (Phase::EnrolRequest, SpokeMessage::EnrolRequest { hostname, as_user }) => {
                 self.phase = Phase::Enrolling;
-                HubAction::Enrol { hostname, as_user }
+                HubAction::Enrol {
+                    hostname,
+                    as_user,
+                    serves: None,
+                }
+            }
+            (Phase::EnrolRequest, SpokeMessage::EnrolHub { hostname, serves }) => {
+                self.phase = Phase::Enrolling;
+                HubAction::Enrol {
+                    hostname,
+                    as_user: None,
+                    serves: Some(serves),
+                }
             }
             (Phase::EnrolReceipt, SpokeMessage::KeyReceipt { epoch }) => {
                 // The spoke closes after enrolment; it switches when it attaches.
@@ -235,6 +251,7 @@ impl HubSession {
                 }
                 SpokeMessage::Pair(pair) => HubAction::Pair(bounded(pair)),
                 SpokeMessage::Group(group) => HubAction::Group(group),
+                SpokeMessage::Serves(nets) => HubAction::Serves(nets),
                 other => return Err(self.violation(&other, during)),
             },
             (_, other) => return Err(self.violation(&other, during)),

@@ -60,7 +60,8 @@ fn an_enrolment_goes_request_welcome_key_receipt_close() {
         drain(&mut s),
         vec![HubAction::Enrol {
             hostname: "h".into(),
-            as_user: None
+            as_user: None,
+            serves: None,
         }]
     );
     s.enrolled(Enrolled::Done {

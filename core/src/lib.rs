@@ -25,6 +25,7 @@ pub mod flood;
 pub mod group;
 pub mod group_keys;
 pub mod group_messages;
+pub mod hierarchy;
 pub mod hub_plane;
 pub mod hub_session;
 pub mod invitation;

@@ -13,6 +13,8 @@ use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::hierarchy::ServedNets;
+
 /// The hub's numeric handle for an enrolled spoke.
 pub type SpokeId = u32;
 
@@ -215,6 +217,11 @@ pub struct RouteTable {
     ipv6: Option<Ipv6Plan>,
     spokes6: HashMap<Ipv6Addr, SpokeId>,
     addrs6: HashMap<SpokeId, Ipv6Addr>,
+    /// Child hubs and the subnets routed to each (claim 6).
+    children: Vec<(SpokeId, ServedNets)>,
+    /// What the parent says the rest of the tree serves: the hub's TUN,
+    /// where its uplink takes it on.
+    upstream: ServedNets,
 }
 
 impl RouteTable {
@@ -229,7 +236,40 @@ impl RouteTable {
             ipv6: None,
             spokes6: HashMap::new(),
             addrs6: HashMap::new(),
+            children: Vec::new(),
+            upstream: ServedNets::default(),
         }
+    }
+
+    /// Routes these subnets to these child hubs from now on.
+    pub fn set_children(&mut self, children: Vec<(SpokeId, ServedNets)>) {
+        self.children = children;
+    }
+
+    /// Sends what the rest of the tree serves to the hub's TUN from now on.
+    pub fn set_upstream(&mut self, upstream: ServedNets) {
+        self.upstream = upstream;
+    }
+
+    /// The child hub whose branch holds `addr`.
+    fn child_holding(&self, addr: IpAddr) -> Option<SpokeId> {
+        self.children
+            .iter()
+            .find(|(_, nets)| nets.contains(addr))
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether `addr` may be the source of a packet from `from`: its own
+    /// tunnel address, or for a child hub an address of its branch.
+    fn sends_as(&self, from: SpokeId, addr: IpAddr) -> bool {
+        let own = match addr {
+            IpAddr::V4(a) => self.addrs.get(&from) == Some(&a),
+            IpAddr::V6(a) => self.addrs6.get(&from) == Some(&a),
+        };
+        own || self
+            .children
+            .iter()
+            .any(|(id, nets)| *id == from && nets.contains(addr))
     }
 
     /// The same table carrying IPv6 too, under `plan`.
@@ -287,11 +327,7 @@ impl RouteTable {
                 return Verdict::Drop(DropReason::Ipv6LinkLocal);
             }
         }
-        let own = match header.src {
-            IpAddr::V4(src) => self.addrs.get(&from) == Some(&src),
-            IpAddr::V6(src) => self.addrs6.get(&from) == Some(&src),
-        };
-        if !own {
+        if !self.sends_as(from, header.src) {
             return Verdict::Drop(DropReason::ForgedSource);
         }
         match header.dst {
@@ -302,23 +338,19 @@ impl RouteTable {
 
     /// Decides where a packet read from the hub's TUN goes.
     pub fn outbound(&self, packet: &[u8]) -> Verdict {
-        let to = match inner_header(packet) {
-            Ok(InnerHeader {
-                dst: IpAddr::V4(dst),
-                ..
-            }) => self.spokes.get(&dst),
-            Ok(InnerHeader {
-                src: IpAddr::V6(src),
-                dst: IpAddr::V6(dst),
-            }) if is_link_scoped(src, dst) => return Verdict::Drop(DropReason::Ipv6LinkLocal),
-            Ok(InnerHeader {
-                dst: IpAddr::V6(dst),
-                ..
-            }) => self.spokes6.get(&dst),
+        let header = match inner_header(packet) {
+            Ok(h) => h,
             Err(reason) => return Verdict::Drop(reason),
         };
-        match to {
-            Some(&id) => Verdict::Relay(id),
+        let to = match (header.src, header.dst) {
+            (IpAddr::V6(src), IpAddr::V6(dst)) if is_link_scoped(src, dst) => {
+                return Verdict::Drop(DropReason::Ipv6LinkLocal)
+            }
+            (_, IpAddr::V4(dst)) => self.spokes.get(&dst),
+            (_, IpAddr::V6(dst)) => self.spokes6.get(&dst),
+        };
+        match to.copied().or_else(|| self.child_holding(header.dst)) {
+            Some(id) => Verdict::Relay(id),
             None => Verdict::Drop(DropReason::NoRoute),
         }
     }
@@ -335,7 +367,7 @@ impl RouteTable {
         if dst == plan.hub_addr || plan.routes.iter().any(|net| net.contains(&dst)) {
             return Verdict::Local;
         }
-        Verdict::Drop(DropReason::NoRoute)
+        self.in_tree(IpAddr::V6(dst))
     }
 
     fn by_destination(&self, dst: Ipv4Addr) -> Verdict {
@@ -348,6 +380,19 @@ impl RouteTable {
         if self.tunnel_net.contains(&dst) {
             // An unassigned tunnel address: nobody to deliver to.
             return Verdict::Drop(DropReason::NoRoute);
+        }
+        self.in_tree(IpAddr::V4(dst))
+    }
+
+    /// Where a packet to `dst` goes that is for no spoke and no subnet of
+    /// this hub: a child's branch, the rest of the tree (up through the
+    /// hub's TUN), or nowhere.
+    fn in_tree(&self, dst: IpAddr) -> Verdict {
+        if let Some(child) = self.child_holding(dst) {
+            return Verdict::Relay(child);
+        }
+        if self.upstream.contains(dst) {
+            return Verdict::Local;
         }
         Verdict::Drop(DropReason::NoRoute)
     }
@@ -565,5 +610,76 @@ mod tests {
         );
         t.remove_spoke(1);
         assert_eq!(t.spoke_addr(1), None);
+    }
+
+    /// A hub with child hub 5 serving 10.1.0.0/24 and fd01::/64, and the
+    /// rest of the tree (from its parent) at 10.100.0.0/16.
+    fn tree_table() -> RouteTable {
+        let mut t = table().with_ipv6(Some(Ipv6Plan {
+            tunnel_net: "fd77::/64".parse().unwrap(),
+            hub_addr: "fd77::1".parse().unwrap(),
+            routes: vec![],
+        }));
+        t.set_spoke(5, "10.77.0.5".parse().unwrap());
+        t.set_children(vec![(
+            5,
+            ServedNets {
+                v4: vec!["10.1.0.0/24".parse().unwrap()],
+                v6: vec!["fd01::/64".parse().unwrap()],
+            },
+        )]);
+        t.set_upstream(ServedNets {
+            v4: vec!["10.100.0.0/16".parse().unwrap()],
+            v6: vec![],
+        });
+        t
+    }
+
+    #[test]
+    fn a_child_hubs_branch_is_routed_to_it() {
+        let t = tree_table();
+        // A spoke of ours to the branch, and the branch back.
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [10, 1, 0, 9])),
+            Verdict::Relay(5)
+        );
+        assert_eq!(
+            t.inbound(5, &packet([10, 1, 0, 9], [10, 77, 0, 2])),
+            Verdict::Relay(1)
+        );
+        assert_eq!(
+            t.outbound(&packet([192, 168, 50, 4], [10, 1, 0, 9])),
+            Verdict::Relay(5),
+            "the LAN reaches the branch"
+        );
+        assert_eq!(
+            t.outbound(&packet6("fd77::1", "fd01::9")),
+            Verdict::Relay(5)
+        );
+        // The rest of the tree goes up through the TUN.
+        assert_eq!(
+            t.inbound(5, &packet([10, 1, 0, 9], [10, 100, 3, 4])),
+            Verdict::Local
+        );
+        assert_eq!(
+            t.inbound(1, &packet([10, 77, 0, 2], [10, 101, 0, 1])),
+            Verdict::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn a_child_hub_sends_only_as_its_branch() {
+        let t = tree_table();
+        assert_eq!(
+            t.inbound(5, &packet([10, 2, 0, 9], [10, 77, 0, 2])),
+            Verdict::Drop(DropReason::ForgedSource),
+            "another branch's address"
+        );
+        assert_eq!(
+            t.inbound(1, &packet([10, 1, 0, 9], [10, 77, 0, 3])),
+            Verdict::Drop(DropReason::ForgedSource),
+            "a plain spoke sends as the branch"
+        );
+        assert_eq!(t.inbound(5, &packet6("fd01::9", "fd77::1")), Verdict::Local);
     }
 }

@@ -37,6 +37,14 @@ pub(crate) async fn handle(state: &SharedState, req: HubRequest) -> Reply<serde_
         }
         HubRequest::Audit(r) => call(state, r, |st, r| st.audit_since(r.since)),
         HubRequest::Ipv6Enable(r) => enable_ipv6(state, r).await,
+        HubRequest::HubJoin(r) => crate::uplink::join(state, &r.invitation)
+            .await
+            .and_then(|view| encode(Ok::<_, StateError>(view))),
+        HubRequest::HubList(r) => {
+            let dp = dataplane_status(state).await;
+            let parent = crate::uplink::parent_view(state).await;
+            call(state, r, |st, _| Ok(st.tree_view(dp.as_ref(), parent)))
+        }
         other => state.with(|st| change(st, other)),
     };
     match answer {
@@ -130,6 +138,11 @@ fn change(st: &mut HubState, req: HubRequest) -> Answer {
         HubRequest::Approve(r) => answer(st, r, |st, r| {
             st.approve(&r.name, "admin", now).map(spoke_state)
         }),
+        HubRequest::HubInvite(r) => {
+            answer(st, r, |st, r| st.invite_child(&r.name, r.valid_secs, now))
+        }
+        HubRequest::HubApprove(r) => answer(st, r, |st, r| st.approve_child(&r.name, "admin", now)),
+        HubRequest::HubRevoke(r) => answer(st, r, |st, r| st.revoke_child(&r.name, now)),
         HubRequest::Deny(r) => answer(st, r, |st, r| st.deny(&r.name, now).map(spoke_state)),
         HubRequest::Revoke(r) => answer(st, r, |st, r| st.revoke(&r.name, now).map(spoke_state)),
         HubRequest::KeyRotate(r) => answer(st, r, |st, r| {

@@ -150,6 +150,29 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// The hub tree: child hubs (regional or branch hubs) invited,
+    /// approved, revoked and listed, and this hub's parent.
+    Hub {
+        #[command(subcommand)]
+        command: crate::cli_hubs::HubCommand,
+        /// Admin socket of the running hub.
+        #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
+    /// Join a parent hub as its child hub, with the invitation its admin
+    /// printed (`tasuki-hub hub invite NAME` there). This hub keeps its own
+    /// spokes, keys and tunnel network; it announces them to the parent and
+    /// carries traffic to the rest of the tree once the parent approves.
+    Join {
+        /// The invitation.
+        invitation: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Admin socket of the running hub.
+        #[arg(long, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
+        admin_socket: PathBuf,
+    },
     /// Show the audit log: enrolments, approvals, logins, keys, revocations.
     Audit {
         /// Only records since this time: RFC 3339 (2026-11-25T06:00:00Z) or a
@@ -261,6 +284,15 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }
         Command::Manpage => manpage(),
+        Command::Hub {
+            command,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_hubs::hub_command(command, &admin_socket)),
+        Command::Join {
+            invitation,
+            json,
+            admin_socket,
+        } => runtime()?.block_on(crate::cli_hubs::join(invitation, json, &admin_socket)),
         Command::Spoke {
             command,
             admin_socket,

@@ -150,14 +150,21 @@ async fn enrol(
         while let Some(action) = session.poll_action() {
             match action {
                 HubAction::Send(msg) => send(&mut w, &mut ch, &msg).await?,
-                HubAction::Enrol { hostname, as_user } => {
+                HubAction::Enrol {
+                    hostname,
+                    as_user,
+                    serves,
+                } => {
                     let (outcome, enrolled) = with_dataplane(state, |st| {
                         let outcome = st.enrol(
                             &invitation,
                             spoke_key,
                             &peer.to_string(),
-                            &hostname,
-                            as_user.as_deref(),
+                            crate::state::EnrolAsk {
+                                hostname: &hostname,
+                                as_user: as_user.as_deref(),
+                                serves: serves.as_ref(),
+                            },
                             unix_now(),
                         );
                         enrolment_outcome(st, outcome, peer, &invitation)
@@ -293,6 +300,13 @@ impl Link<'_> {
                         tracing::warn!(spoke = %name, error = %format!("{e:#}"), "pair message not stored");
                     }
                 }
+                HubAction::Serves(nets) => {
+                    let done = self.state.with(|st| st.on_serves(id, nets, unix_now()));
+                    if let Err(e) = done {
+                        // Kept as it was; the child hub announces again at its next attach.
+                        tracing::warn!(spoke = %name, error = %format!("{e:#}"), "announcement refused");
+                    }
+                }
                 HubAction::Group(group) => {
                     let done = self
                         .state
@@ -355,7 +369,7 @@ impl Link<'_> {
                     st.attach_session(spoke.id, tx);
                 }
                 pending.extend(st.session_messages(spoke.id));
-                Some((st.registry.spoke_config(spoke), pending))
+                Some((st.spoke_config(spoke), pending))
             }
             Err(e) => {
                 tracing::error!(spoke = %spoke.name, error = %format!("{e:#}"), "cannot issue a first key");
@@ -412,7 +426,7 @@ fn enrolment_outcome(
                 body: DeliveryBody::Channel(epoch),
                 lifetime: st.policy_for(enrolled.spoke.id).lifetime(),
             });
-            let config = Box::new(st.registry.spoke_config(&enrolled.spoke));
+            let config = Box::new(st.spoke_config(&enrolled.spoke));
             (
                 Enrolled::Done { config, first_key },
                 Some((enrolled.spoke.id, enrolled.spoke.name.clone())),

@@ -193,7 +193,16 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     for spec in hub.link_specs() {
         dp_tx.send(DpCommand::Upsert(spec));
     }
+    let tun_routes = hub.tree.tun_routes.subscribe();
     let state = SharedState::new(hub);
+    // The data plane, the hub's TUN and the spokes take the tree's routes;
+    // then the uplink starts, when this hub joined a parent.
+    state.with(|st| st.tree_changed());
+    let routes_task = tokio::spawn(crate::uplink::follow_tun_routes(
+        interface.clone(),
+        tun_routes,
+    ));
+    crate::uplink::start(&state).await?;
     tracing::info!(
         %listen, %interface, fingerprint = %key.public().fingerprint(),
         tunnel = %settings.tunnel_net, "hub running"
@@ -203,6 +212,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(forward_events(state.clone(), ev_rx)),
         tokio::spawn(rotate(state.clone())),
         tokio::spawn(serve_admin(state.clone(), admin, access)),
+        routes_task,
     ];
     if let Some(addr) = opts.metrics {
         let listener = crate::metrics::bind(addr).await?;

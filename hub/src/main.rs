@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod cli;
 mod cli_access;
+mod cli_hubs;
 mod cli_ipv6;
 mod cli_keys;
 mod cli_pairs;
@@ -17,6 +18,7 @@ mod daemon;
 mod dataplane;
 mod metrics;
 mod state;
+mod uplink;
 
 fn main() -> std::process::ExitCode {
     match cli::main() {

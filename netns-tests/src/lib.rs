@@ -41,12 +41,14 @@ mod faults;
 mod nat;
 mod procs;
 mod stream;
+mod tree;
 pub use daemons::TwoSpokes;
 pub use direct::UPGRADE_WITHIN;
 pub use faults::FaultRng;
 pub use nat::{Behind, Mapping, Nat};
 use procs::show;
 pub use stream::{loss, Stream, Streamed, IN_FLIGHT};
+pub use tree::{TreeHub, TreeSpoke};
 
 /// The hub's address on the WAN bridge.
 pub const HUB_WAN: &str = "172.30.0.1";

@@ -225,6 +225,11 @@ fn v4_nets(nets: &[Ipv4Net]) -> Vec<ipnet::IpNet> {
     nets.iter().copied().map(Into::into).collect()
 }
 
+/// `nets` as routes of either family.
+fn v6_nets(nets: &[Ipv6Net]) -> Vec<ipnet::IpNet> {
+    nets.iter().copied().map(Into::into).collect()
+}
+
 async fn add_routes_with(ifname: &str, nets: &[ipnet::IpNet], mtu: Option<u32>) -> Result<()> {
     if nets.is_empty() {
         return Ok(());
@@ -295,19 +300,28 @@ pub async fn add_address6(ifname: &str, addr: Ipv6Net) -> Result<()> {
 /// Adds IPv6 routes to `nets` through interface `ifname` (existing
 /// routes are kept).
 pub async fn add_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {
-    let nets: Vec<ipnet::IpNet> = nets.iter().copied().map(Into::into).collect();
-    add_routes_with(ifname, &nets, None).await
+    add_routes_with(ifname, &v6_nets(nets), None).await
 }
 
 /// Removes the routes to `nets` through interface `ifname` (one already
 /// gone is no error).
 pub async fn remove_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {
+    remove_routes_with(ifname, &v4_nets(nets)).await
+}
+
+/// Removes the IPv6 routes to `nets` through interface `ifname` (one
+/// already gone is no error).
+pub async fn remove_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {
+    remove_routes_with(ifname, &v6_nets(nets)).await
+}
+
+async fn remove_routes_with(ifname: &str, nets: &[ipnet::IpNet]) -> Result<()> {
     if nets.is_empty() {
         return Ok(());
     }
     let (index, handle, task) = route_connection(ifname)?;
     for net in nets {
-        let msg = route_to(&(*net).into(), index);
+        let msg = route_to(net, index);
         match handle.route().del(msg).execute().await {
             Ok(()) => tracing::info!(route = %net, dev = ifname, "route removed"),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}

@@ -172,8 +172,9 @@ struct RunFlags {
     log: Option<String>,
 }
 
-/// The command line: carries out the subcommand it names.
-pub(crate) fn main() -> Result<()> {
+/// The command line of `tasuki-spoke`: carries out the subcommand it
+/// names (the binary's `main` is this and its exit code).
+pub fn main() -> Result<()> {
     // Nothing the daemon or a command writes is readable by other users.
     tasuki_shell::files::private_umask();
     let cli = Cli::parse();
@@ -237,7 +238,8 @@ async fn enrol(invitation: &str, state_dir: &Path, as_user: Option<String>) -> R
     } else {
         "waiting for the admin's approval"
     };
-    match crate::enrol::enrol(invitation, state_dir, as_user).await? {
+    let what = crate::enrol::EnrolAs::Device { as_user };
+    match crate::enrol::enrol(invitation, state_dir, what).await? {
         Outcome::Active {
             name,
             address,

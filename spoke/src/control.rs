@@ -13,8 +13,10 @@ use tasuki_core::channel::Initiator;
 
 use tasuki_core::api_error::ApiError;
 use tasuki_core::control::{
-    DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, UserReply, UserRequest,
+    DeviceWaiting, Hello, HubMessage, Purpose, SessionFacts, SpokeConfig, SpokeMessage, UserReply,
+    UserRequest,
 };
+use tasuki_core::hierarchy::ServedNets;
 use tasuki_core::keys::StaticKey;
 use tasuki_core::requests::{ApprovalsWaiting, Request};
 use tasuki_core::spoke_pairs::SpokePairs;
@@ -26,6 +28,7 @@ use tasuki_shell::frames::{write_frame, FrameReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dataplane::{DpCommand, SpokeEvent};
+use crate::routes::{Change, SharedRoutes};
 use crate::state::{Enrolment, SpokeStore};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +84,11 @@ pub(crate) struct Control {
     /// Each group's multicast ranges routed into the tunnel.
     pub(crate) multicast_routes:
         std::sync::Mutex<std::collections::BTreeMap<String, Vec<ipnet::Ipv4Net>>>,
+    /// The hub's routes on the TUN, once it is up.
+    pub(crate) routes: SharedRoutes,
+    /// A child hub's uplink: what its branch serves, told to the parent
+    /// after each attach and at each change (`None` for a device).
+    pub(crate) serves: Option<tokio::sync::Mutex<watch::Receiver<ServedNets>>>,
 }
 
 /// An attached control channel: the Noise channel, both halves of its
@@ -197,7 +205,14 @@ impl Control {
         let mut pair_timer = tokio::time::interval(Duration::from_secs(5));
         let mut underlay = self.underlay.lock().await;
         underlay.borrow_and_update();
+        let mut serves = match &self.serves {
+            Some(serves) => Some(serves.lock().await),
+            None => None,
+        };
+        // The hub's first welcome says it attached us.
+        let mut welcomed = false;
         loop {
+            let mut tell_serves = false;
             let deadline = origin + Duration::from_secs(session.poll_timeout());
             tokio::select! {
                 Some((request, reply)) = calls.recv() => {
@@ -207,7 +222,10 @@ impl Control {
                 frame = reader.next(IDLE_TIMEOUT) => {
                     let Some(body) = frame? else { bail!("the hub closed the control channel") };
                     let msg = ch.open::<HubMessage>("hub message", &body)?;
+                    let welcome = matches!(msg, HubMessage::Welcome(_));
                     self.on_message(&mut session, now(), msg)?;
+                    tell_serves = welcome && !welcomed;
+                    welcomed |= welcome;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     session.handle_timeout(now()).map_err(session_end)?;
@@ -221,6 +239,12 @@ impl Control {
                     let now = underlay.borrow_and_update().clone();
                     self.on_underlay_changed(local_at, &now)?;
                 }
+                true = serves_changed(serves.as_deref_mut()), if welcomed => tell_serves = true,
+            }
+            if let Some(serves) = serves.as_deref_mut().filter(|_| tell_serves) {
+                let nets = serves.borrow_and_update().clone();
+                tracing::info!(v4 = ?nets.v4, v6 = ?nets.v6, "telling the parent hub what this branch serves");
+                session.send_other(now(), SpokeMessage::Serves(nets));
             }
             self.carry_out_groups(&mut session, now()).await?;
             self.carry_out_pairs(&mut session, now()).await?;
@@ -330,35 +354,38 @@ impl Control {
     }
 
     /// Stores the hub's configuration; only a stored one is in effect.
-    fn save_config(&self, session: &mut SpokeSession, config: SpokeConfig, changed: bool) {
-        // IPv6 given to a spoke that had none, and nothing else changed:
-        // taken at once (see [`crate::ipv6`]).
-        let gained6 = self.config.borrow().as_ref().and_then(|old| {
-            let same = SpokeConfig {
-                ipv6: None,
-                ..config.clone()
-            } == *old;
-            (old.ipv6.is_none() && same).then(|| config.ipv6.clone())?
-        });
+    /// What changed in the routes alone is taken at once (see
+    /// [`crate::routes`]), IPv6 the spoke had not had too; any other change
+    /// waits for a restart.
+    async fn save_config(&self, session: &mut SpokeSession, config: SpokeConfig) {
+        // Held until the configuration is in effect: the data plane's start
+        // routes as the one in effect then, this as the ones after it.
+        let mut routed = self.routes.lock().await;
+        let change = crate::routes::classify(self.config.borrow().as_ref(), &config);
         let saved = self.store.save_config(&config);
         if let Err(e) = &saved {
             tracing::error!(error = %format!("{e:#}"), "cannot store the configuration; it is taken at the next attach");
         } else {
-            match gained6 {
-                Some(v6) => {
-                    tracing::info!(addr = %v6.tunnel_addr, "the hub gave this spoke IPv6: taking it");
-                    let (interface, dp) = (self.interface.clone(), self.dataplane.clone());
-                    tokio::spawn(crate::ipv6::take(interface, v6, dp));
+            match change {
+                Change::Live { gained6 } => {
+                    if let Some(v6) = &gained6 {
+                        tracing::info!(addr = %v6.tunnel_addr, "the hub gave this spoke IPv6: taking it");
+                        let (interface, dp) = (self.interface.clone(), self.dataplane.clone());
+                        tokio::spawn(crate::ipv6::take(interface, v6.clone(), dp));
+                    }
+                    // Before the TUN is up, its start routes as this one says.
+                    if let Some(routed) = routed.as_mut() {
+                        routed.follow(&config, gained6.is_some()).await;
+                    }
                 }
-                None if changed => {
-                    tracing::warn!(
-                        "the hub changed this spoke's configuration; restart to apply it"
-                    );
-                }
-                None => {}
+                Change::Restart => tracing::warn!(
+                    "the hub changed this spoke's configuration; restart to apply it"
+                ),
+                Change::First => {}
             }
             self.config.send_replace(Some(config));
         }
+        drop(routed);
         session.config_saved(saved.is_ok());
     }
 
@@ -393,9 +420,8 @@ impl Control {
         while let Some(action) = session.poll_action() {
             match action {
                 SessionAction::Send(msg) => write_frame(w, &ch.seal(&msg)?).await?,
-                SessionAction::SaveConfig { config, changed } => {
-                    self.save_config(session, config, changed)
-                }
+                // Whether it changed is the routes' business to say.
+                SessionAction::SaveConfig { config, .. } => self.save_config(session, config).await,
                 SessionAction::StoreEpoch(held) => self.store_epoch(session, now(), held),
                 SessionAction::Plane(cmd) => {
                     if let PlaneCommand::SwitchTo(epoch) = cmd {
@@ -450,6 +476,15 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+/// Resolves when what a child hub's branch serves changes (false once
+/// nothing can change it any more); never for a device.
+async fn serves_changed(serves: Option<&mut watch::Receiver<ServedNets>>) -> bool {
+    match serves {
+        Some(serves) => serves.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

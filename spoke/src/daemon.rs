@@ -1,21 +1,27 @@
 //! `tasuki-spoke run`: the daemon. Starts the control loop and the local
-//! socket at once, the data plane as soon as the hub's configuration is known.
+//! socket at once, the data plane as soon as the hub's configuration is
+//! known. Its parts are shared with a child hub's uplink
+//! ([`crate::uplink`]), which runs them with no local socket, signals or
+//! systemd.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tasuki_core::admin_api::SpokeRequest;
 use tasuki_core::control::SpokeConfig;
+use tasuki_core::hierarchy::ServedNets;
 use tasuki_core::keys::StaticKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::control::{Control, ControlState, SessionInfo};
 use crate::dataplane::{DataPlane, DpCommand, Network, SpokeEvent};
 use crate::local::LocalApi;
+use crate::routes::{Routed, SharedRoutes};
 use crate::state::{Enrolment, SpokeStore};
 
 /// `tasuki-spoke run`: until SIGTERM.
@@ -42,15 +48,14 @@ pub(crate) async fn run(
     let Parts {
         control,
         api,
-        config: config_rx,
-        events,
-        commands: (_dataplane, commands),
+        plane,
+        commands: _dataplane,
         underlay,
-    } = connect(&store, &key, &enrolment, interface)?;
+        ..
+    } = connect(&store, &key, &enrolment, interface, None)?;
     let listener = tasuki_shell::local::bind(socket, access)?;
     let _guard = tasuki_shell::local::SocketGuard(socket.to_owned());
-    let underlay_task = tokio::spawn(crate::underlay::follow(control.dataplane.clone(), underlay));
-    let control_task = tokio::spawn(control.run());
+    let [control_task, underlay_task] = spawn_loops(control, underlay, tracing::Span::none());
     let status_task = tokio::spawn(tasuki_shell::local::serve(
         listener,
         access,
@@ -58,14 +63,7 @@ pub(crate) async fn run(
     ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let start = start_dataplane(
-        config_rx.clone(),
-        &enrolment,
-        interface,
-        (store.clone(), key.clone()),
-        keepalive,
-        (events, commands),
-    );
+    let start = plane.start(keepalive);
     // Ready once the control loop and the local socket run: a pending spoke
     // may wait for its approval for a long time.
     let watchdog = tasuki_shell::service::spawn_watchdog();
@@ -115,30 +113,33 @@ fn enrolment_of(store: &SpokeStore, dir: &Path) -> Result<Enrolment> {
     })
 }
 
-/// The daemon's parts, connected to each other but not started yet.
-struct Parts {
+/// A spoke's parts, connected to each other but not started yet (shared
+/// by the daemon and a child hub's uplink).
+pub(crate) struct Parts {
     /// The control loop.
-    control: Control,
-    /// What answers on the local socket.
-    api: LocalApi,
+    pub(crate) control: Control,
+    /// What answers on the local socket (and the uplink's status).
+    pub(crate) api: LocalApi,
     /// The hub's configuration, once the control loop knows it.
-    config: watch::Receiver<Option<SpokeConfig>>,
-    /// Where the data plane reports to the control loop.
-    events: mpsc::UnboundedSender<SpokeEvent>,
-    /// The data plane's commands: a sender besides the control loop's and
-    /// the local socket's, and the receiver the data plane takes.
-    commands: (mpsc::Sender<DpCommand>, mpsc::Receiver<DpCommand>),
+    pub(crate) config: watch::Receiver<Option<SpokeConfig>>,
+    /// The data plane, to start once the configuration is known.
+    pub(crate) plane: PlaneStart,
+    /// A sender of the data plane's commands besides the control loop's
+    /// and the local socket's.
+    pub(crate) commands: mpsc::Sender<DpCommand>,
     /// Where the local addresses go when they change.
-    underlay: watch::Sender<BTreeSet<IpAddr>>,
+    pub(crate) underlay: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 /// Connects the control loop, the local socket and the data plane of an
-/// enrolled spoke to each other.
-fn connect(
+/// enrolled spoke to each other; a child hub's uplink gives what its
+/// branch `serves`, for the parent.
+pub(crate) fn connect(
     store: &Arc<SpokeStore>,
     key: &Arc<StaticKey>,
     enrolment: &Enrolment,
     interface: &str,
+    serves: Option<watch::Receiver<ServedNets>>,
 ) -> Result<Parts> {
     let (dp_tx, dp_rx) = mpsc::channel::<DpCommand>(64);
     let (config_tx, config_rx) = watch::channel(store.config()?);
@@ -147,6 +148,7 @@ fn connect(
     let (underlay_tx, underlay_rx) = watch::channel(BTreeSet::new());
     let (calls_tx, calls_rx) = mpsc::channel(16);
     let (session_tx, session_rx) = watch::channel(SessionInfo::default());
+    let routes = SharedRoutes::default();
     let me = store.config()?.map(|c| c.spoke_id).unwrap_or(0);
     let pairs = tasuki_core::spoke_pairs::SpokePairs::restore(
         me,
@@ -172,6 +174,8 @@ fn connect(
         underlay: tokio::sync::Mutex::new(underlay_rx),
         interface: interface.to_owned(),
         multicast_routes: std::sync::Mutex::default(),
+        routes: routes.clone(),
+        serves: serves.map(tokio::sync::Mutex::new),
     };
     let api = LocalApi {
         interface: interface.to_owned(),
@@ -182,14 +186,36 @@ fn connect(
         session: session_rx,
         calls: calls_tx,
     };
+    let plane = PlaneStart {
+        config: config_rx.clone(),
+        enrolment: enrolment.clone(),
+        interface: interface.to_owned(),
+        store: store.clone(),
+        key: key.clone(),
+        routes,
+        events: events_tx,
+        commands: dp_rx,
+    };
     Ok(Parts {
         control,
         api,
         config: config_rx,
-        events: events_tx,
-        commands: (dp_tx, dp_rx),
+        plane,
+        commands: dp_tx,
         underlay: underlay_tx,
     })
+}
+
+/// Starts the control loop and the underlay follower in this runtime,
+/// logging in `span`; returns their tasks, the control loop's first.
+pub(crate) fn spawn_loops(
+    control: Control,
+    underlay: watch::Sender<BTreeSet<IpAddr>>,
+    span: tracing::Span,
+) -> [JoinHandle<()>; 2] {
+    let follow = crate::underlay::follow(control.dataplane.clone(), underlay);
+    let follower = tokio::spawn(follow.instrument(span.clone()));
+    [tokio::spawn(control.run().instrument(span)), follower]
 }
 
 /// SIGHUP: re-read the config file and apply the log level (the rest needs a restart).
@@ -197,64 +223,122 @@ fn reload(config: Option<&Path>) {
     tasuki_shell::service::reload_log_level(|| Ok(crate::config::load(config)?.log));
 }
 
-/// Once the hub's configuration is known: resolves the hub, starts the
-/// data plane on a thread of its own (see `tasuki_shell::thread`), where
-/// it makes its TUN and socket, and adds the routes. Returns what resolves
-/// when the data plane stops.
-async fn start_dataplane(
-    mut config_rx: watch::Receiver<Option<SpokeConfig>>,
-    enrolment: &Enrolment,
-    interface: &str,
-    (store, key): (Arc<SpokeStore>, Arc<StaticKey>),
-    keepalive: Option<u16>,
-    (events_tx, dp_rx): (mpsc::UnboundedSender<SpokeEvent>, mpsc::Receiver<DpCommand>),
-) -> Result<tokio::sync::oneshot::Receiver<()>> {
-    let config = config_rx
-        .wait_for(Option::is_some)
-        .await
-        .context("control loop stopped")?
-        .clone()
-        .context("no configuration")?;
-    let hub = tokio::net::lookup_host(&enrolment.hub_endpoint)
-        .await
-        .with_context(|| format!("cannot resolve {}", enrolment.hub_endpoint))?
-        .next()
-        .with_context(|| format!("{} resolves to no address", enrolment.hub_endpoint))?;
-    // The data plane runs on a thread of its own (see
-    // `tasuki_shell::thread`), where it makes its TUN and socket.
-    let (name, addr, mtu) = (interface.to_owned(), config.tunnel_addr, config.mtu);
-    let addr6 = config.ipv6.as_ref().map(|v6| v6.tunnel_addr);
-    let hub_tunnel = config.hub_tunnel_addr;
-    let (store_dp, key_dp, hub_key) = (store.clone(), key.clone(), enrolment.hub_key);
-    let keepalive = keepalive.unwrap_or(config.keepalive_secs);
-    let ((tun_name, has6), done) =
-        tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
-            let tun = tasuki_shell::netdev::create_tun(&name, addr, addr6, mtu)?;
-            let network = Network {
-                own: addr.addr(),
-                net: addr.trunc(),
-                hub: hub_tunnel,
-                own6: tun.addr6.map(|a| a.addr()),
-            };
-            let dp = DataPlane::new(
-                store_dp,
-                key_dp,
-                (hub_key, hub),
-                keepalive,
-                (tun.device, network),
-                events_tx,
-            )
-            .await?;
-            Ok(((tun.name, tun.addr6.is_some()), dp.run(dp_rx)))
-        })
-        .await?;
-    tasuki_shell::netdev::add_routes(&tun_name, &config.routes).await?;
-    if let (Some(v6), true) = (&config.ipv6, has6) {
-        tasuki_shell::netdev::add_routes6(&tun_name, &v6.routes).await?;
+/// What the data plane starts with, once the hub's configuration is known.
+pub(crate) struct PlaneStart {
+    config: watch::Receiver<Option<SpokeConfig>>,
+    enrolment: Enrolment,
+    interface: String,
+    store: Arc<SpokeStore>,
+    key: Arc<StaticKey>,
+    routes: SharedRoutes,
+    events: mpsc::UnboundedSender<SpokeEvent>,
+    commands: mpsc::Receiver<DpCommand>,
+}
+
+/// A data plane started: what resolves when it stops, and a sentence for
+/// each route of the configuration it could not add.
+pub(crate) struct PlaneRunning {
+    /// Resolves once the data plane has stopped (its TUN and socket gone).
+    pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+    /// The routes that could not be added, each with its reason.
+    pub(crate) route_errors: Vec<String>,
+}
+
+impl PlaneStart {
+    /// The daemon's data plane: once the hub's configuration is known,
+    /// resolves the hub and [`Self::launch`]es; a route that cannot be
+    /// added stops the daemon. Returns what resolves when it stops.
+    async fn start(mut self, keepalive: Option<u16>) -> Result<tokio::sync::oneshot::Receiver<()>> {
+        let config = self.configured().await?;
+        let hub = self.resolve_hub().await?;
+        let running = self.launch(config, hub, keepalive).await?;
+        if !running.route_errors.is_empty() {
+            anyhow::bail!("{}", running.route_errors.join("; "));
+        }
+        Ok(running.done)
     }
-    tracing::info!(
-        name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
-        epoch = store.current()?, "spoke running"
-    );
-    Ok(done)
+
+    /// The hub's configuration, once the control loop knows it.
+    pub(crate) async fn configured(&mut self) -> Result<SpokeConfig> {
+        self.config
+            .wait_for(Option::is_some)
+            .await
+            .context("control loop stopped")?
+            .clone()
+            .context("no configuration")
+    }
+
+    /// The hub's address, as its name resolves now.
+    pub(crate) async fn resolve_hub(&self) -> Result<SocketAddr> {
+        let endpoint = &self.enrolment.hub_endpoint;
+        tokio::net::lookup_host(endpoint)
+            .await
+            .with_context(|| format!("cannot resolve {endpoint}"))?
+            .next()
+            .with_context(|| format!("{endpoint} resolves to no address"))
+    }
+
+    /// Starts the data plane on a thread of its own (see
+    /// `tasuki_shell::thread`), where it makes its TUN and socket, with
+    /// `config` and the hub at `hub`, then adds the routes of the
+    /// configuration in effect by then.
+    pub(crate) async fn launch(
+        self,
+        config: SpokeConfig,
+        hub: SocketAddr,
+        keepalive: Option<u16>,
+    ) -> Result<PlaneRunning> {
+        let (name, addr, mtu) = (self.interface.clone(), config.tunnel_addr, config.mtu);
+        let addr6 = config.ipv6.as_ref().map(|v6| v6.tunnel_addr);
+        let hub_tunnel = config.hub_tunnel_addr;
+        let (store_dp, key_dp, hub_key) = (self.store.clone(), self.key, self.enrolment.hub_key);
+        let keepalive = keepalive.unwrap_or(config.keepalive_secs);
+        let (events_tx, dp_rx) = (self.events, self.commands);
+        // The data plane's thread logs in the caller's span.
+        let span = tracing::Span::current();
+        let ((tun_name, has6), done) =
+            tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || {
+                let run_span = span.clone();
+                async move {
+                    let tun = tasuki_shell::netdev::create_tun(&name, addr, addr6, mtu)?;
+                    let network = Network {
+                        own: addr.addr(),
+                        net: addr.trunc(),
+                        hub: hub_tunnel,
+                        own6: tun.addr6.map(|a| a.addr()),
+                    };
+                    let dp = DataPlane::new(
+                        store_dp,
+                        key_dp,
+                        (hub_key, hub),
+                        keepalive,
+                        (tun.device, network),
+                        events_tx,
+                    )
+                    .await?;
+                    Ok((
+                        (tun.name, tun.addr6.is_some()),
+                        dp.run(dp_rx).instrument(run_span),
+                    ))
+                }
+                .instrument(span)
+            })
+            .await?;
+        // The configuration in effect now: one the hub changed meanwhile
+        // is routed here, and any later change by the control loop.
+        let mut routed = self.routes.lock().await;
+        let current = self
+            .config
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| config.clone());
+        let (routes, route_errors) = Routed::install(&tun_name, &current, has6).await;
+        *routed = Some(routes);
+        drop(routed);
+        tracing::info!(
+            name = %config.name, addr = %config.tunnel_addr, interface = %tun_name, %hub,
+            epoch = self.store.current()?, "spoke running"
+        );
+        Ok(PlaneRunning { done, route_errors })
+    }
 }

@@ -1,14 +1,18 @@
-//! `tasuki-spoke enrol`: one Noise handshake keyed by the invitation, with the
-//! hub's key pinned; stores identity, enrolment, configuration and first key.
+//! `tasuki-spoke enrol` (and a child hub's enrolment at its parent, see
+//! [`crate::uplink::enrol_hub`]): one Noise handshake keyed by the
+//! invitation, with the hub's key pinned; stores identity, enrolment,
+//! configuration and first key.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
 use tasuki_core::channel::{Channel, ChannelError, Initiator};
 use tasuki_core::control::{
     Hello, HubMessage, KeyDelivery, Purpose, Refusal, RefusalCode, SpokeConfig, SpokeMessage,
 };
+use tasuki_core::hierarchy::ServedNets;
 use tasuki_core::invitation::Invitation;
 use tasuki_core::keys::StaticKey;
 use tasuki_shell::frames::{write_frame, FrameReader};
@@ -45,11 +49,43 @@ pub(crate) enum Outcome {
     /// Enrolled and holding keys.
     Active {
         name: String,
-        address: String,
+        address: Ipv4Net,
         epoch: u64,
     },
     /// Enrolled; an admin must approve.
     Pending { name: String },
+}
+
+/// What enrols: the first message of the enrolment says it.
+pub(crate) enum EnrolAs {
+    /// A device (perhaps another device of a user, who confirms it).
+    Device {
+        /// The user it is another device of.
+        as_user: Option<String>,
+    },
+    /// A child hub, serving these subnets.
+    Hub {
+        /// What its branch serves.
+        serves: ServedNets,
+    },
+}
+
+impl EnrolAs {
+    /// The enrolment's first message, from the machine named `hostname`.
+    fn first_message(self, hostname: String) -> SpokeMessage {
+        match self {
+            Self::Device { as_user } => SpokeMessage::EnrolRequest { hostname, as_user },
+            Self::Hub { serves } => SpokeMessage::EnrolHub { hostname, serves },
+        }
+    }
+
+    /// What to do instead when the state directory is enrolled already.
+    fn hint_when_enrolled(&self) -> &'static str {
+        match self {
+            Self::Device { .. } => "; use another --state-dir",
+            Self::Hub { .. } => "; a hub joins one parent",
+        }
+    }
 }
 
 /// Explains a failed handshake in terms of what the user can check.
@@ -71,18 +107,18 @@ pub(crate) fn explain(err: ChannelError, endpoint: &str, fingerprint: &str) -> a
     }
 }
 
-/// `tasuki-spoke enrol`: enrols this device with the hub named in the
-/// invitation and stores what the hub grants.
-pub(crate) async fn enrol(text: &str, dir: &Path, as_user: Option<String>) -> Result<Outcome> {
+/// `tasuki-spoke enrol`: enrols this device (or child hub, as `what`
+/// says) with the hub named in the invitation and stores what the hub
+/// grants in `dir`.
+pub(crate) async fn enrol(text: &str, dir: &Path, what: EnrolAs) -> Result<Outcome> {
     let invitation = read_invitation(text)?;
-    let store = open_unenrolled(dir)?;
+    let store = open_unenrolled(dir, what.hint_when_enrolled())?;
     let key = store.key_or_create()?;
     let mut link = HubLink::open(&invitation, &key).await?;
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    link.send(&SpokeMessage::EnrolRequest { hostname, as_user })
-        .await?;
+    link.send(&what.first_message(hostname)).await?;
 
     // Once the hub answers with a configuration or "pending", it has enrolled
     // us: record that before anything else. If we crash before, the same key
@@ -112,12 +148,13 @@ fn read_invitation(text: &str) -> Result<Invitation> {
     Ok(invitation)
 }
 
-/// The store in `dir`, refused when it already belongs to an enrolled spoke.
-fn open_unenrolled(dir: &Path) -> Result<SpokeStore> {
+/// The store in `dir`, refused (with `hint`) when it already belongs to
+/// an enrolled spoke.
+fn open_unenrolled(dir: &Path, hint: &str) -> Result<SpokeStore> {
     let store = SpokeStore::open(dir)?;
     if let Some(e) = store.enrolment()? {
         bail!(
-            "{} is already enrolled as {:?} with the hub at {}; use another --state-dir",
+            "{} is already enrolled as {:?} with the hub at {}{hint}",
             dir.display(),
             e.name,
             e.hub_endpoint
@@ -181,7 +218,7 @@ async fn take_first_key(
     .await?;
     Ok(Outcome::Active {
         name: config.name,
-        address: config.tunnel_addr.to_string(),
+        address: config.tunnel_addr,
         epoch: epoch.number,
     })
 }

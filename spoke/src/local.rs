@@ -62,7 +62,8 @@ impl LocalApi {
         }
     }
 
-    async fn status(&self) -> SpokeStatus {
+    /// What `tasuki-spoke status` answers.
+    pub(crate) async fn status(&self) -> SpokeStatus {
         let (tx, rx) = oneshot::channel();
         let dp = if self.dataplane.send(DpCommand::Status(tx)).await.is_ok() {
             tokio::time::timeout(Duration::from_secs(2), rx)

@@ -84,6 +84,40 @@ pub(crate) struct Enrolment {
     pub(crate) hub_key: PublicKey,
 }
 
+/// Whether the state directory `dir` holds an enrolment (active or
+/// waiting for approval). Creates nothing, and erases no key (opening a
+/// [`SpokeStore`] would): a directory or store that is not there holds none.
+pub(crate) fn is_enrolled(dir: &Path) -> Result<bool> {
+    let path = dir.join(STORE_DIR);
+    let exists = path
+        .try_exists()
+        .with_context(|| format!("cannot look at {}", path.display()))?;
+    if !exists {
+        return Ok(false);
+    }
+    let store = Store::open(&path)?;
+    Ok(read_enrolment(dir, &store)?.is_some())
+}
+
+/// The enrolment `store` holds for the state directory `dir`, checked
+/// against the pinned key file.
+fn read_enrolment(dir: &Path, store: &Store) -> Result<Option<Enrolment>> {
+    let Some(e) = store.get::<Enrolment>(META_TREE, b"enrolment")? else {
+        return Ok(None);
+    };
+    let path = dir.join(HUB_KEY_FILE);
+    let pinned = tasuki_shell::files::read_secret_file(&path)?;
+    let pinned = PublicKey::from_base64(&pinned)
+        .with_context(|| format!("{} is damaged", path.display()))?;
+    if pinned != e.hub_key {
+        anyhow::bail!(
+            "{} does not match the hub key in the store; the state directory was tampered with",
+            path.display()
+        );
+    }
+    Ok(Some(e))
+}
+
 /// The spoke's state directory.
 pub(crate) struct SpokeStore {
     dir: PathBuf,
@@ -151,20 +185,7 @@ impl SpokeStore {
 
     /// The enrolment, if this spoke enrolled; checks the pinned key file agrees.
     pub(crate) fn enrolment(&self) -> Result<Option<Enrolment>> {
-        let Some(e) = self.store.get::<Enrolment>(META_TREE, b"enrolment")? else {
-            return Ok(None);
-        };
-        let path = self.dir.join(HUB_KEY_FILE);
-        let pinned = tasuki_shell::files::read_secret_file(&path)?;
-        let pinned = PublicKey::from_base64(&pinned)
-            .with_context(|| format!("{} is damaged", path.display()))?;
-        if pinned != e.hub_key {
-            anyhow::bail!(
-                "{} does not match the hub key in the store; the state directory was tampered with",
-                path.display()
-            );
-        }
-        Ok(Some(e))
+        read_enrolment(&self.dir, &self.store)
     }
 
     /// Records the enrolment (pinned hub key file first).

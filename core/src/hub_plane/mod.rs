@@ -203,6 +203,18 @@ impl<T: TunSink> HubPlane<T> {
         self.routes.set_ipv6(plan);
     }
 
+    /// Routes these subnets to these child hubs, and what the rest of the
+    /// tree serves to the TUN (toward the uplink), from now on (claim 6).
+    pub fn set_tree(
+        &mut self,
+        children: Vec<(SpokeId, crate::hierarchy::ServedNets)>,
+        upstream: crate::hierarchy::ServedNets,
+    ) {
+        tracing::info!(children = children.len(), upstream = ?upstream.strings(), "hub tree routes in effect");
+        self.routes.set_children(children);
+        self.routes.set_upstream(upstream);
+    }
+
     /// Enforces `policy` from the next packet on.
     pub fn set_access(&mut self, policy: Arc<CompiledAccess>) {
         self.access.replace(policy);

@@ -20,6 +20,14 @@ pub(crate) enum DpCommand {
     Access(Arc<CompiledAccess>),
     /// Carry IPv6 under this plan from now on.
     Ipv6(tasuki_core::routing::Ipv6Plan),
+    /// Route these subnets to these child hubs, and what the rest of the
+    /// tree serves to the TUN.
+    Tree {
+        /// Each child hub's link and its routed subnets.
+        children: Vec<(SpokeId, tasuki_core::hierarchy::ServedNets)>,
+        /// What the parent says the rest of the tree serves.
+        upstream: tasuki_core::hierarchy::ServedNets,
+    },
     /// Carry a keyed group's multicast to these members online.
     Multicast(FanoutGroup),
     /// Stop carrying the multicast of the group with this tag.

@@ -108,6 +108,7 @@ impl Plane {
             DpCommand::Remove(id) => self.machine.remove(id),
             DpCommand::Access(policy) => self.machine.set_access(policy),
             DpCommand::Ipv6(plan) => self.machine.set_ipv6(Some(plan)),
+            DpCommand::Tree { children, upstream } => self.machine.set_tree(children, upstream),
             DpCommand::Multicast(group) => self.machine.set_multicast(group),
             DpCommand::MulticastEnd(tag) => self.machine.remove_multicast(&tag),
             DpCommand::Sync(n) => self.tell(DpEvent::Synced(n)),

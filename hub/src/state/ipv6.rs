@@ -66,7 +66,7 @@ impl HubState {
             .registry
             .spokes()
             .filter(|s| s.state == SpokeState::Active)
-            .map(|s| (s.id, self.registry.spoke_config(s)))
+            .map(|s| (s.id, self.spoke_config(s)))
             .collect();
         for (id, config) in configs {
             self.tell(id, HubMessage::Welcome(config));

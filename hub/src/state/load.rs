@@ -69,6 +69,11 @@ impl HubState {
             .unwrap_or_default();
         let mut registry = Registry::new(settings, spokes, invitations);
         registry.set_ipv6(store.get(SETTINGS_TREE, IPV6_KEY)?);
+        let tree = Tree::new(
+            store.all::<tasuki_core::hierarchy::ChildHub>(super::hierarchy::CHILD_HUBS_TREE)?,
+            dir.join(super::hierarchy::UPLINK_DIR),
+            super::hierarchy::uplink_interface(&interface),
+        );
         let mut state = Self {
             registry,
             users,
@@ -94,6 +99,7 @@ impl HubState {
             keyed,
             requests,
             approvals_told: HashMap::new(),
+            tree,
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

@@ -37,6 +37,8 @@ mod group_multicast_tests;
 mod group_tests;
 mod group_tick;
 mod groups;
+mod hierarchy;
+pub(crate) use hierarchy::Tree;
 mod ipv6;
 mod load;
 #[cfg(test)]
@@ -59,6 +61,7 @@ mod pair_usage;
 mod rotation;
 pub(crate) use rotation::{endpoints, usage};
 mod spokes;
+pub(crate) use spokes::EnrolAsk;
 mod user_requests;
 mod users;
 mod wireguard;
@@ -221,6 +224,8 @@ pub(crate) struct HubState {
     /// What each spoke was last told waits for each user logged in on it
     /// (see [`request_notices`]).
     approvals_told: HashMap<(SpokeId, String), Vec<tasuki_core::requests::Request>>,
+    /// The hub tree: child hubs, the parent's routes, the uplink (see [`hierarchy`]).
+    pub(crate) tree: Tree,
 }
 
 impl HubState {

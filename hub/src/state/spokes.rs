@@ -10,6 +10,16 @@ use super::*;
 use tasuki_core::audit::{AuditKind, AuditRecord};
 use tasuki_core::control::RefusalCode;
 
+/// What an enrolling spoke (or child hub) asks for in its first message.
+pub(crate) struct EnrolAsk<'a> {
+    /// The host name it reported.
+    pub(crate) hostname: &'a str,
+    /// The user it enrols for as another device.
+    pub(crate) as_user: Option<&'a str>,
+    /// For a child hub: what its branch serves.
+    pub(crate) serves: Option<&'a tasuki_core::hierarchy::ServedNets>,
+}
+
 impl HubState {
     /// Makes an invitation and stores it.
     pub(crate) fn invite(
@@ -76,17 +86,28 @@ impl HubState {
         invitation: &InvitationId,
         spoke_key: PublicKey,
         source: &str,
-        hostname: &str,
-        as_user: Option<&str>,
+        ask: EnrolAsk<'_>,
         now: u64,
     ) -> Result<std::result::Result<(Enrolled, Option<KeyEpoch>), Refusal>> {
+        let EnrolAsk {
+            hostname,
+            as_user,
+            serves,
+        } = ask;
         let unknown_user = as_user.filter(|u| !self.user_exists(u));
-        let result = match unknown_user {
-            Some(u) => Err(Refusal::new(
+        let invited = self
+            .registry
+            .invitations()
+            .find(|i| i.id == *invitation)
+            .map(|i| i.name.clone());
+        let kind = invited.map_or(Ok(()), |name| self.check_enrol_kind(&name, serves));
+        let result = match (unknown_user, kind) {
+            (Some(u), _) => Err(Refusal::new(
                 RefusalCode::ProtocolViolation,
                 format!("no user {u:?} at this hub"),
             )),
-            None => self.registry.enrol(
+            (None, Err(refusal)) => Err(refusal),
+            (None, Ok(())) => self.registry.enrol(
                 invitation,
                 spoke_key,
                 source,
@@ -122,6 +143,13 @@ impl HubState {
             }
         };
         self.enrolment_done(&enrolled, schedule, source, now);
+        if let Some(nets) = serves {
+            if let Err(e) = self.on_serves(spoke.id, nets.clone(), now) {
+                // Enrolled all the same: once approved as a spoke and
+                // attached, the child hub announces again.
+                tracing::error!(child = %spoke.name, error = %format!("{e:#}"), "a child hub's announcement was not stored");
+            }
+        }
         self.push_link(enrolled.spoke.id);
         let first = enrolled.first_epoch.clone();
         Ok(Ok((enrolled, first)))
@@ -291,6 +319,7 @@ impl HubState {
         self.store_spoke(&spoke, "denial")?;
         tracing::info!(spoke = %spoke.name, "spoke denied");
         self.audit(AuditRecord::new(now, AuditKind::Denial).spoke(name));
+        self.forget_child_of(&spoke, now);
         self.cut_off(
             spoke.id,
             Refusal::new(RefusalCode::Revoked, "an admin denied this spoke"),
@@ -347,6 +376,16 @@ impl HubState {
                 .spoke(name)
                 .detail(format!("{} key epochs erased", epochs.len())),
         );
+        self.forget_child_of(&spoke, now);
         Ok(spoke)
+    }
+
+    /// A revoked or denied child hub's branch is withdrawn with it; a
+    /// record that cannot be removed is logged (the spoke is cut off either
+    /// way, and its link gone from the data plane).
+    fn forget_child_of(&mut self, spoke: &SpokeRecord, now: u64) {
+        if let Err(e) = self.forget_child(&spoke.name, now) {
+            tracing::error!(child = %spoke.name, error = %format!("{e:#}"), "a revoked child hub's record stays");
+        }
     }
 }

@@ -73,7 +73,17 @@ pub(super) fn spoke(
     let invitation = Invitation::decode(&view.invitation).unwrap();
     let key = StaticKey::generate(&mut rand_core::OsRng).public();
     let (enrolled, _) = st
-        .enrol(&invitation.id, key, "198.51.100.1:1", name, None, now)
+        .enrol(
+            &invitation.id,
+            key,
+            "198.51.100.1:1",
+            super::EnrolAsk {
+                hostname: name,
+                as_user: None,
+                serves: None,
+            },
+            now,
+        )
         .unwrap()
         .unwrap();
     let id = enrolled.spoke.id;

@@ -1,0 +1,199 @@
+//! A child hub's uplink (claim 6): its enrolment at the parent (`tasuki-hub
+//! join`) and the spoke that carries it, run inside the hub
+//! ([`tasuki_spoke::uplink`]); what the parent says the rest of the tree
+//! serves goes into the hub state, and the subnets routed to child hubs
+//! onto the hub's TUN.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use tasuki_core::admin_calls::ParentView;
+use tasuki_core::api_error::{ApiError, ErrorCode};
+use tasuki_core::audit::{AuditKind, AuditRecord};
+use tasuki_core::control::SpokeConfig;
+use tasuki_core::hierarchy::ServedNets;
+use tokio::sync::watch;
+
+use crate::state::SharedState;
+
+/// `tasuki-hub join`: enrols this hub at the parent the invitation names
+/// (announcing what it serves), then runs its uplink.
+pub(crate) async fn join(state: &SharedState, invitation: &str) -> Result<ParentView, ApiError> {
+    let (dir, serves, running) = state.with(|st| {
+        (
+            st.tree.uplink_dir.clone(),
+            st.tree.announce.borrow().clone(),
+            st.tree.uplink.is_some(),
+        )
+    });
+    let refuse = |e: anyhow::Error| ApiError::new(ErrorCode::InvalidInput, format!("{e:#}"));
+    let enrolled = tasuki_spoke::uplink::is_enrolled(&dir).map_err(refuse)?;
+    if running || enrolled {
+        return Err(ApiError::new(
+            ErrorCode::WrongState,
+            format!(
+                "this hub has joined a parent already (its enrolment is in {}); a hub has one parent",
+                dir.display()
+            ),
+        ));
+    }
+    let outcome = tasuki_spoke::uplink::enrol_hub(invitation, &dir, serves.clone())
+        .await
+        .map_err(refuse)?;
+    tracing::info!(%outcome, announced = ?serves.strings(), "joined a parent hub");
+    state.with(|st| {
+        st.audit(
+            AuditRecord::new(tasuki_shell::unix_now(), AuditKind::HubTree).detail(format!(
+                "joined a parent: {outcome}; announced {:?}",
+                serves.strings()
+            )),
+        )
+    });
+    start(state).await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("joined, but the uplink did not start: {e:#}; restart the hub to start it"),
+        )
+    })?;
+    parent_view(state).await.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "joined, but the uplink stopped at once; see the hub's log",
+        )
+    })
+}
+
+/// Starts the uplink when this hub has joined a parent (at `run`, and
+/// after `join`); nothing to do for a root hub.
+pub(crate) async fn start(state: &SharedState) -> Result<()> {
+    let (dir, interface, announce) = state.with(|st| {
+        (
+            st.tree.uplink_dir.clone(),
+            st.tree.uplink_interface.clone(),
+            st.tree.announce.subscribe(),
+        )
+    });
+    if !tasuki_spoke::uplink::is_enrolled(&dir)? {
+        return Ok(());
+    }
+    let uplink = tasuki_spoke::uplink::start(&dir, &interface, announce).await?;
+    let config = uplink.config();
+    state.with(|st| st.tree.uplink = Some(Arc::new(uplink)));
+    tokio::spawn(follow_parent(state.clone(), config));
+    tracing::info!(%interface, "uplink to the parent hub running");
+    Ok(())
+}
+
+/// Follows the parent's configuration: its routes are what the rest of
+/// the tree serves.
+async fn follow_parent(state: SharedState, mut config: watch::Receiver<Option<SpokeConfig>>) {
+    loop {
+        let upstream = config.borrow_and_update().as_ref().map(upstream_of);
+        if let Some(upstream) = upstream {
+            state.with(|st| st.set_upstream(&upstream));
+        }
+        if config.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the rest of the tree serves, from the parent's configuration of
+/// our uplink: its tunnel networks and every route it gives.
+fn upstream_of(config: &SpokeConfig) -> ServedNets {
+    let mut nets = ServedNets {
+        v4: vec![config.tunnel_addr.trunc()],
+        v6: vec![],
+    };
+    nets.v4.extend(config.routes.iter().copied());
+    if let Some(v6) = &config.ipv6 {
+        nets.v6.push(v6.tunnel_addr.trunc());
+        nets.v6.extend(v6.routes.iter().copied());
+    }
+    nets
+}
+
+/// The parent as the uplink sees it; `None` for a root hub.
+pub(crate) async fn parent_view(state: &SharedState) -> Option<ParentView> {
+    let (uplink, announced, upstream) = state.with(|st| {
+        (
+            st.tree.uplink.clone(),
+            st.tree.announce.borrow().strings(),
+            st.tree.map.upstream().strings(),
+        )
+    });
+    let status = uplink?.status().await?;
+    Some(ParentView {
+        state: status.state,
+        endpoint: status.hub_endpoint,
+        fingerprint: status.hub_fingerprint,
+        name: status.name,
+        tunnel_addr: status.tunnel_addr,
+        interface: status.interface,
+        epoch: status.epoch,
+        control_connected: status.control_connected,
+        announced,
+        upstream,
+    })
+}
+
+/// Keeps the subnets routed to child hubs on the hub's TUN `interface`.
+pub(crate) async fn follow_tun_routes(interface: String, mut routes: watch::Receiver<ServedNets>) {
+    let mut installed = ServedNets::default();
+    loop {
+        let want = routes.borrow_and_update().clone();
+        let added = ServedNets {
+            v4: want
+                .v4
+                .iter()
+                .copied()
+                .filter(|n| !installed.v4.contains(n))
+                .collect(),
+            v6: want
+                .v6
+                .iter()
+                .copied()
+                .filter(|n| !installed.v6.contains(n))
+                .collect(),
+        };
+        let gone = ServedNets {
+            v4: installed
+                .v4
+                .iter()
+                .copied()
+                .filter(|n| !want.v4.contains(n))
+                .collect(),
+            v6: installed
+                .v6
+                .iter()
+                .copied()
+                .filter(|n| !want.v6.contains(n))
+                .collect(),
+        };
+        apply(&interface, &added, &gone).await;
+        installed = want;
+        if routes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Adds and removes routes on `interface`; what fails is logged (the
+/// data plane routes by its own table either way).
+async fn apply(interface: &str, added: &ServedNets, gone: &ServedNets) {
+    use tasuki_shell::netdev;
+    let results = [
+        ("add", netdev::add_routes(interface, &added.v4).await),
+        ("add", netdev::add_routes6(interface, &added.v6).await),
+        ("remove", netdev::remove_routes(interface, &gone.v4).await),
+        ("remove", netdev::remove_routes6(interface, &gone.v6).await),
+    ];
+    for (what, result) in results {
+        if let Err(e) = result {
+            tracing::warn!(%interface, error = %format!("{e:#}"), "cannot {what} a child hub's route on the hub's interface");
+        }
+    }
+    if !added.is_empty() || !gone.is_empty() {
+        tracing::info!(%interface, added = ?added.strings(), removed = ?gone.strings(), "child hubs' routes on the hub's interface");
+    }
+}

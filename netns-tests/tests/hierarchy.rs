@@ -1,0 +1,286 @@
+//! Hub hierarchy (issue 16, claim 6) with the real binaries: a root hub
+//! with a LAN host, two child hubs each with a spoke (one with a LAN
+//! host), joined with `hub invite` / `join` / `hub approve`. Spokes of
+//! different branches reach each other and every LAN through child →
+//! root → child, re-encrypted on every hop; an overlapping branch is
+//! refused naming both subnets; a root that joins its own child is
+//! refused (a loop); with the root killed each branch works on its own
+//! and the cross-branch path comes back after its restart; revoking a
+//! child cuts its branch from the rest at once while it still works
+//! inside. Skipped unless root.
+
+use std::time::{Duration, Instant};
+
+use tasuki_netns_tests::{skip_unless_root, Topology, TreeHub, TreeSpoke};
+
+/// The tree: root (10.77.0.0/24, LAN 192.168.77.0/24), child a
+/// (10.81.0.0/24, LAN 192.168.81.0/24) with spoke a1, child b
+/// (10.82.0.0/24) with spoke b1.
+struct Tree {
+    net: Topology,
+    root: TreeHub,
+    root_proc: tasuki_netns_tests::Proc,
+    a: TreeHub,
+    b: TreeHub,
+    a1: TreeSpoke,
+    b1: TreeSpoke,
+}
+
+fn tree() -> Tree {
+    let mut net = Topology::new();
+    net.hub_init();
+    let root = net.root_tree_hub();
+    let a = net.add_tree_hub("hub-a", 2, 81, true);
+    let b = net.add_tree_hub("hub-b", 3, 82, false);
+    let root_proc = net.start_hub();
+    for hub in [&a, &b] {
+        net.start_tree_hub(hub);
+    }
+    let (ns_a, ns_b) = (net.ns_a.clone(), net.ns_b.clone());
+    let a1 = net.tree_spoke(&a, "a1", &ns_a);
+    let b1 = net.tree_spoke(&b, "b1", &ns_b);
+    net.join_tree(&root, &a);
+    net.join_tree(&root, &b);
+    Tree {
+        net,
+        root,
+        root_proc,
+        a,
+        b,
+        a1,
+        b1,
+    }
+}
+
+/// Pings until one answers or `within` passes.
+fn answers_within(net: &Topology, ns: &str, addr: &str, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if net.ping(ns, addr, 1) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn branches_reach_each_other_and_every_lan_through_the_root() {
+    if skip_unless_root("hierarchy::branches_reach_each_other") {
+        return;
+    }
+    let Tree {
+        net,
+        root,
+        a,
+        b,
+        a1,
+        b1,
+        ..
+    } = tree();
+    let list = net.tree_list(&root);
+    let children = list["children"].as_array().cloned().unwrap_or_default();
+    assert_eq!(children.len(), 2, "{list}");
+    let row_a = children
+        .iter()
+        .find(|c| c["name"] == "hub-a")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row_a["state"], "active", "{list}");
+    assert_eq!(
+        row_a["routed"],
+        serde_json::json!(["10.81.0.0/24", "192.168.81.0/24"]),
+        "{list}"
+    );
+    let (lan_a_ns, lan_a) = a.lan_host.clone().expect("a has a LAN");
+    let (root_lan_ns, root_lan) = root.lan_host.clone().expect("the root has a LAN");
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(20)),
+        "a1 cannot reach b1 across the branches"
+    );
+    assert!(net.ping(&b1.ns, &a1.tunnel_addr, 3), "b1 cannot reach a1");
+    assert!(
+        net.ping(&a1.ns, &root_lan, 3),
+        "a1 cannot reach the root's LAN"
+    );
+    assert!(net.ping(&b1.ns, &lan_a, 3), "b1 cannot reach a's LAN");
+    assert!(
+        net.ping(&root_lan_ns, &b1.tunnel_addr, 3),
+        "the root's LAN cannot reach b1"
+    );
+    assert!(
+        net.ping(&lan_a_ns, &b1.tunnel_addr, 3),
+        "a's LAN cannot reach b1"
+    );
+    assert!(
+        net.ping(&a1.ns, &root.tunnel_addr, 3),
+        "a1 cannot reach the root hub"
+    );
+    net.tcp_transfer_intact(
+        &a1.ns,
+        &b1.ns,
+        &format!("{}:9161", b1.tunnel_addr),
+        50 << 20,
+    );
+    // Each hub saw the other branch's traffic pass (a spoke's packets are
+    // re-encrypted at every hub on the path).
+    let relayed = |hub: &TreeHub| {
+        let s = net.tree_ok(hub, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+        v["counters"]["relayed"].as_u64().unwrap_or(0)
+            + v["counters"]["from_tun"].as_u64().unwrap_or(0)
+    };
+    assert!(
+        relayed(&root) > 1000,
+        "the root relayed the cross-branch transfer"
+    );
+    assert!(relayed(&b) > 1000, "b carried the transfer to its spoke");
+    // The spokes hear the other branches as routes through their own hub.
+    let routes = net.exec_ok(&a1.ns, &["ip", "route", "show", "dev", "tasuki0"]);
+    assert!(routes.contains("10.82.0.0/24"), "a1's routes: {routes}");
+    assert!(routes.contains("192.168.77.0/24"), "a1's routes: {routes}");
+    let audit = net.tree_ok(&root, &["audit", "--json"]);
+    assert!(
+        audit.contains("hub_tree") && audit.contains("approved by admin"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn overlaps_and_loops_are_refused_naming_both() {
+    if skip_unless_root("hierarchy::overlaps_and_loops_are_refused") {
+        return;
+    }
+    let Tree {
+        mut net, root, a, ..
+    } = tree();
+    // A third child whose tunnel network lies inside a's branch.
+    let mut c = net.add_tree_hub("hub-c", 4, 81, false);
+    // Its tunnel network is 10.81.0.0/24 too: re-initialised in a half of it.
+    std::fs::remove_dir_all(&c.dir).expect("remove c's state");
+    c.tunnel_net = "10.81.0.128/25".into();
+    let bin = tasuki_netns_tests::binaries().hub.display().to_string();
+    let dir = c.dir.display().to_string();
+    let endpoint = c.endpoint();
+    net.exec_ok(
+        &c.ns,
+        &[
+            bin.as_str(),
+            "init",
+            "--state-dir",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "--tunnel-net",
+            &c.tunnel_net,
+            "--no-ipv6",
+        ],
+    );
+    net.start_tree_hub(&c);
+    let inv = net.tree_ok(&root, &["hub", "invite", "hub-c"]);
+    net.tree_ok(&c, &["join", inv.trim()]);
+    let mut refused = String::new();
+    net.wait_for("c's enrolment at the root", Duration::from_secs(20), || {
+        let out = net.tree_cli(&root, &["hub", "approve", "hub-c"]);
+        refused = tasuki_netns_tests::output_text(&out);
+        !out.status.success() && refused.contains("overlaps")
+    });
+    assert!(
+        refused.contains("10.81.0.128/25 overlaps 10.81.0.0/24, which child hub \"hub-a\" serves"),
+        "{refused}"
+    );
+    let list = net.tree_list(&root);
+    let row_c = list["children"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["name"] == "hub-c").cloned())
+        .unwrap_or_default();
+    assert_eq!(
+        row_c["routed"],
+        serde_json::json!([]),
+        "nothing routed to c: {list}"
+    );
+    // A loop: the root joins its own child a.
+    let inv = net.tree_ok(&a, &["hub", "invite", "root"]);
+    net.tree_ok(&root, &["join", inv.trim()]);
+    net.wait_for("the root's enrolment at a", Duration::from_secs(20), || {
+        let out = net.tree_cli(&a, &["hub", "approve", "root"]);
+        refused = tasuki_netns_tests::output_text(&out);
+        !out.status.success() && refused.contains("overlaps")
+    });
+    // The root announces a's own branch (and its own networks, which a
+    // hears from it as the rest of the tree): refused either way.
+    assert!(
+        refused.contains("10.81.0.0/24 overlaps 10.81.0.0/24, which this hub serves"),
+        "{refused}"
+    );
+    // A second parent is refused at the child.
+    let inv = net.tree_ok(&root, &["hub", "invite", "again"]);
+    let out = net.tree_cli(&a, &["join", inv.trim()]);
+    assert!(!out.status.success(), "a joined a second parent");
+    assert!(
+        tasuki_netns_tests::output_text(&out).contains("one parent"),
+        "{}",
+        tasuki_netns_tests::output_text(&out)
+    );
+}
+
+#[test]
+fn branches_work_alone_without_the_root_and_a_revoked_branch_is_cut_off() {
+    if skip_unless_root("hierarchy::branches_work_alone") {
+        return;
+    }
+    let Tree {
+        net,
+        root,
+        root_proc,
+        a,
+        b,
+        a1,
+        b1,
+    } = tree();
+    let (lan_a_ns, lan_a) = a.lan_host.clone().expect("a has a LAN");
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(20)),
+        "a1 cannot reach b1 across the branches"
+    );
+    // The root dies: inside a branch nothing changes.
+    net.kill9(&root_proc);
+    assert!(net.ping(&a1.ns, &a.tunnel_addr, 5), "a1 lost its own hub");
+    assert!(net.ping(&a1.ns, &lan_a, 5), "a1 lost a's LAN");
+    assert!(net.ping(&lan_a_ns, &a1.tunnel_addr, 3), "a's LAN lost a1");
+    assert!(net.ping(&b1.ns, &b.tunnel_addr, 5), "b1 lost its own hub");
+    assert!(
+        !net.ping(&a1.ns, &b1.tunnel_addr, 3),
+        "cross-branch traffic without the root"
+    );
+    // Back by itself once the root is back.
+    net.start_hub();
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(40)),
+        "cross-branch traffic did not come back after the root's restart"
+    );
+    // Revoking b at the root cuts its branch off at once.
+    net.tree_ok(&root, &["hub", "revoke", "hub-b"]);
+    assert!(
+        !net.ping(&a1.ns, &b1.tunnel_addr, 3),
+        "a1 still reaches b1 after b's revocation"
+    );
+    assert!(
+        net.ping(&b1.ns, &b.tunnel_addr, 3),
+        "b's branch stopped working inside"
+    );
+    let list = net.tree_list(&root);
+    assert!(
+        list["children"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|x| x["name"] != "hub-b")),
+        "{list}"
+    );
+    net.wait_for(
+        "b's routes withdrawn at a1",
+        Duration::from_secs(10),
+        || {
+            !net.exec_ok(&a1.ns, &["ip", "route", "show", "dev", "tasuki0"])
+                .contains("10.82.0.0/24")
+        },
+    );
+}
