@@ -79,43 +79,7 @@ impl Topology {
     /// with `lan`, a LAN host at 192.168.<net>.2 behind it; initialised,
     /// not started.
     pub fn add_tree_hub(&mut self, name: &str, host: u8, net: u8, lan: bool) -> TreeHub {
-        let ns = self.add_namespace(name);
-        let wan = format!("172.30.0.{host}");
-        let port = format!("wt{host}");
-        ip(&[
-            "link",
-            "add",
-            &port,
-            "netns",
-            &self.ns_wan,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ]);
-        ip(&[
-            "-n",
-            &self.ns_wan,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{wan}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let (ns, wan) = self.add_wan_host(name, host);
         self.exec_ok(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let lan_host = lan.then(|| {
             let host_ns = self.add_namespace(&format!("{name}-lan"));
@@ -186,6 +150,44 @@ impl Topology {
         }
         self.exec_ok(&hub.ns, &args);
         hub
+    }
+
+    /// Adds namespace `{prefix}-{role}` at 172.30.0.`host` on the WAN
+    /// bridge; its name and address.
+    pub fn add_wan_host(&mut self, role: &str, host: u8) -> (String, String) {
+        let ns = self.add_namespace(role);
+        let wan = format!("172.30.0.{host}");
+        let port = format!("wt{host}");
+        let wan_ns = self.ns_wan.clone();
+        ip(&[
+            "link", "add", &port, "netns", &wan_ns, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ip(&["-n", &wan_ns, "link", "set", &port, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{wan}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        (ns, wan)
+    }
+
+    /// The link epoch child hub `child` runs at `parent`, when both sides
+    /// agree on it.
+    pub fn tree_epoch(&self, parent: &TreeHub, child: &TreeHub) -> Option<u64> {
+        let up = self.tree_list(child)["parent"]["epoch"].as_u64()?;
+        let list = self.tree_list(parent);
+        let row = list["children"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == child.name.as_str())?
+            .clone();
+        (row["link"]["epoch"].as_u64()? == up).then_some(up)
     }
 
     /// Starts `tasuki-hub run` for `hub` and waits until its socket answers.

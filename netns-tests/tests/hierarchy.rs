@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use tasuki_netns_tests::{skip_unless_root, Topology, TreeHub, TreeSpoke};
+use tasuki_netns_tests::{skip_unless_root, Stream, Topology, TreeHub, TreeSpoke};
 
 /// The tree: root (10.77.0.0/24, LAN 192.168.77.0/24), child a
 /// (10.81.0.0/24, LAN 192.168.81.0/24) with spoke a1, child b
@@ -282,5 +282,110 @@ fn branches_work_alone_without_the_root_and_a_revoked_branch_is_cut_off() {
             !net.exec_ok(&a1.ns, &["ip", "route", "show", "dev", "tasuki0"])
                 .contains("10.82.0.0/24")
         },
+    );
+}
+
+#[test]
+fn a_stream_across_branches_loses_nothing_across_20_rotations() {
+    if skip_unless_root("hierarchy::a_stream_across_branches") {
+        return;
+    }
+    let Tree {
+        net,
+        root,
+        a,
+        b,
+        a1,
+        b1,
+        ..
+    } = tree();
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(20)),
+        "a1 cannot reach b1 across the branches"
+    );
+    // 100 s at most; stopped after the rotations.
+    let stream = Stream::start(&net, &a1.ns, &b1.tunnel_addr, 10_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut rotated = Vec::new();
+    for i in 0..20 {
+        let child = if i % 2 == 0 { &a } else { &b };
+        let before = net.tree_epoch(&root, child).unwrap_or(0);
+        net.tree_ok(&root, &["key", "rotate", "--spoke", &child.name]);
+        net.wait_for(
+            &format!(
+                "rotation {i} of {}'s link (past epoch {before})",
+                child.name
+            ),
+            Duration::from_secs(15),
+            || net.tree_epoch(&root, child).is_some_and(|e| e > before),
+        );
+        rotated.push(net.tree_epoch(&root, child));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let s = stream.stop();
+    eprintln!(
+        "epochs after each rotation: {rotated:?}; {} sent, lost {:?}",
+        s.sent, s.lost
+    );
+    assert!(s.sent >= 500, "the stream ran: {s:?}");
+    assert!(
+        s.lost.is_empty(),
+        "lost across 20 rotations of the child hubs' links: {:?}",
+        s.lost
+    );
+}
+
+#[test]
+fn three_levels_a_grandchild_reaches_every_branch() {
+    if skip_unless_root("hierarchy::three_levels") {
+        return;
+    }
+    let Tree {
+        mut net,
+        root,
+        a,
+        b1,
+        ..
+    } = tree();
+    let g = net.add_tree_hub("hub-g", 5, 83, false);
+    net.start_tree_hub(&g);
+    let (ns_g1, _) = net.add_wan_host("g1", 31);
+    let g1 = net.tree_spoke(&g, "g1", &ns_g1);
+    net.join_tree(&a, &g);
+    // a announces its grown branch; the root routes it once approved again.
+    net.wait_for("a to announce g's network", Duration::from_secs(20), || {
+        let list = net.tree_list(&root);
+        list["children"].as_array().is_some_and(|c| {
+            c.iter().any(|x| {
+                x["name"] == "hub-a" && x["unapproved"] == serde_json::json!(["10.83.0.0/24"])
+            })
+        })
+    });
+    assert!(
+        !net.ping(&b1.ns, &g1.tunnel_addr, 2),
+        "b1 reached g1 before the root approved the grown branch"
+    );
+    net.tree_ok(&root, &["hub", "approve", "hub-a"]);
+    let (root_lan_ns, root_lan) = root.lan_host.clone().expect("the root has a LAN");
+    assert!(
+        answers_within(&net, &g1.ns, &b1.tunnel_addr, Duration::from_secs(20)),
+        "g1 cannot reach b1 (grandchild → a → root → b)"
+    );
+    assert!(net.ping(&b1.ns, &g1.tunnel_addr, 3), "b1 cannot reach g1");
+    assert!(
+        net.ping(&g1.ns, &root_lan, 3),
+        "g1 cannot reach the root's LAN"
+    );
+    assert!(
+        net.ping(&root_lan_ns, &g1.tunnel_addr, 3),
+        "the root's LAN cannot reach g1"
+    );
+    let (_, lan_a) = a.lan_host.clone().expect("a has a LAN");
+    assert!(net.ping(&g1.ns, &lan_a, 3), "g1 cannot reach a's LAN");
+    net.tcp_transfer_intact(
+        &b1.ns,
+        &g1.ns,
+        &format!("{}:9162", g1.tunnel_addr),
+        10 << 20,
     );
 }
