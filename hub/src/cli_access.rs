@@ -33,10 +33,12 @@ pub(crate) enum AccessCommand {
     ///
     /// Example: tasuki-hub access allow --from group:eng --to 192.168.10.0/24 --service tcp/22 --service icmp
     Allow {
-        /// The sender: *, hub, spoke:NAME, user:ID, group:NAME, or an address/CIDR.
+        /// The sender: *, hub, spoke:NAME, user:ID, group:NAME, hub:NAME (a
+        /// child hub's branch), or an address/CIDR.
         #[arg(long, value_parser = parse_selector)]
         from: Selector,
-        /// The receiver: *, hub, spoke:NAME, user:ID, group:NAME, or an address/CIDR.
+        /// The receiver: *, hub, spoke:NAME, user:ID, group:NAME, hub:NAME (a
+        /// child hub's branch), or an address/CIDR.
         #[arg(long, value_parser = parse_selector)]
         to: Selector,
         /// What may be sent: any, icmp, tcp, udp, tcp/22, udp/53, tcp/8000-8100;

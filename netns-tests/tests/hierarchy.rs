@@ -389,3 +389,86 @@ fn three_levels_a_grandchild_reaches_every_branch() {
         10 << 20,
     );
 }
+
+#[test]
+fn every_hub_on_the_path_decides_by_its_own_rules() {
+    if skip_unless_root("hierarchy::every_hub_decides") {
+        return;
+    }
+    let Tree {
+        net,
+        root,
+        b,
+        a1,
+        b1,
+        ..
+    } = tree();
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(20)),
+        "a1 cannot reach b1 across the branches"
+    );
+    net.tree_ok(&root, &["access", "mode", "enforce"]);
+    assert!(
+        !net.ping(&a1.ns, &b1.tunnel_addr, 3),
+        "the root let a branch through with no rule"
+    );
+    net.tree_ok(
+        &root,
+        &[
+            "access",
+            "allow",
+            "--from",
+            "hub:hub-a",
+            "--to",
+            "hub:hub-b",
+            "--service",
+            "icmp",
+        ],
+    );
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(5)),
+        "hub:hub-a -> hub:hub-b does not let a1 reach b1"
+    );
+    assert!(
+        !net.ping(&b1.ns, &a1.tunnel_addr, 3),
+        "b's branch reached a's with a rule one way only"
+    );
+    let check = net.tree_ok(
+        &root,
+        &[
+            "access",
+            "check",
+            "--from",
+            "spoke:hub-a",
+            "--to",
+            &b1.tunnel_addr,
+            "--service",
+            "icmp",
+        ],
+    );
+    assert!(check.contains("allow"), "{check}");
+    // b's own rules decide too: what comes from the rest of the tree
+    // arrives from its parent, by address.
+    net.tree_ok(&b, &["access", "mode", "enforce"]);
+    assert!(
+        !net.ping(&a1.ns, &b1.tunnel_addr, 3),
+        "b let the tree in with no rule"
+    );
+    net.tree_ok(
+        &b,
+        &[
+            "access",
+            "allow",
+            "--from",
+            "10.81.0.0/24",
+            "--to",
+            "spoke:b1",
+            "--service",
+            "icmp",
+        ],
+    );
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(5)),
+        "b's rule for a's branch does not let a1 in"
+    );
+}

@@ -253,6 +253,7 @@ impl AccessPolicy {
                 Selector::User(u) => spoke.users.iter().any(|x| x == u),
                 Selector::Group(g) => spoke_groups[i].contains(g.as_str()),
                 Selector::Net(net) => spoke.addrs().any(|a| net.contains(&a)),
+                Selector::Branch(n) => *n == spoke.name && !spoke.branch.is_empty(),
             }
         };
         for (index, rule) in self.rules.iter().enumerate() {
@@ -260,6 +261,13 @@ impl AccessPolicy {
                 Selector::Any => Destination::Any,
                 Selector::Hub => hub.clone(),
                 Selector::Net(n) => Destination::Net(*n),
+                Selector::Branch(n) => Destination::Nets(
+                    spokes
+                        .iter()
+                        .filter(|s| s.name == *n)
+                        .flat_map(|s| s.branch.iter().copied().chain(s.addrs().map(IpNet::from)))
+                        .collect(),
+                ),
                 named => Destination::Addrs(
                     (0..spokes.len())
                         .filter(|&i| names(named, i))
@@ -309,6 +317,8 @@ pub struct SpokeFacts {
     pub addr6: Option<Ipv6Addr>,
     /// Users logged in on it now.
     pub users: Vec<String>,
+    /// For a child hub: the subnets routed to its branch (`hub:NAME`).
+    pub branch: Vec<IpNet>,
 }
 
 impl SpokeFacts {
@@ -324,6 +334,8 @@ enum Destination {
     /// Every address of both families.
     Any,
     Net(IpNet),
+    /// A child hub's branch.
+    Nets(Vec<IpNet>),
     Addrs(HashSet<IpAddr>),
 }
 
@@ -332,6 +344,7 @@ impl Destination {
         match self {
             Destination::Any => true,
             Destination::Net(net) => net.contains(addr),
+            Destination::Nets(nets) => nets.iter().any(|n| n.contains(addr)),
             Destination::Addrs(addrs) => addrs.contains(addr),
         }
     }

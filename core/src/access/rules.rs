@@ -124,6 +124,10 @@ pub enum Selector {
     /// An address range of either family: a LAN behind the hub, or
     /// tunnel addresses (`192.168.10.0/24`, `10.77.0.5`, `fd50:10::/64`).
     Net(IpNet),
+    /// A child hub's whole branch (`hub:NAME`, claim 6): as a sender,
+    /// everything that comes through its link; as a receiver, the subnets
+    /// routed to it and its own tunnel address.
+    Branch(String),
 }
 
 /// An address range (`192.168.10.0/24`, `fd50::/64`, host bits cleared)
@@ -144,6 +148,7 @@ impl fmt::Display for Selector {
             Selector::User(n) => write!(f, "user:{n}"),
             Selector::Group(n) => write!(f, "group:{n}"),
             Selector::Net(n) => write!(f, "{n}"),
+            Selector::Branch(n) => write!(f, "hub:{n}"),
         }
     }
 }
@@ -178,16 +183,17 @@ impl FromStr for Selector {
                 "spoke" => Ok(Selector::Spoke(named(name)?)),
                 "user" => Ok(Selector::User(named(name)?)),
                 "group" => Ok(Selector::Group(named(name)?)),
+                "hub" => Ok(Selector::Branch(named(name)?)),
                 "net" => parse_net(name)
                     .map(Selector::Net)
                     .ok_or_else(|| bad("net: takes an address or CIDR")),
                 _ => Err(bad(
-                    "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
+                    "expected *, hub, spoke:NAME, user:ID, group:NAME, hub:NAME or an address/CIDR",
                 )),
             };
         }
         Err(bad(
-            "expected *, hub, spoke:NAME, user:ID, group:NAME or an address/CIDR",
+            "expected *, hub, spoke:NAME, user:ID, group:NAME, hub:NAME or an address/CIDR",
         ))
     }
 }

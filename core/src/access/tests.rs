@@ -76,6 +76,7 @@ fn spokes() -> Vec<SpokeFacts> {
             addr: LAPTOP,
             addr6: None,
             users: vec!["alice".into()],
+            branch: vec![],
         },
         SpokeFacts {
             id: 2,
@@ -83,6 +84,7 @@ fn spokes() -> Vec<SpokeFacts> {
             addr: SERVER,
             addr6: None,
             users: vec![],
+            branch: vec![],
         },
         SpokeFacts {
             id: 3,
@@ -90,6 +92,7 @@ fn spokes() -> Vec<SpokeFacts> {
             addr: PRINTER,
             addr6: None,
             users: vec![],
+            branch: vec![],
         },
     ]
 }
@@ -122,6 +125,7 @@ fn selectors_and_services_read_and_print_back() {
         "spoke:laptop-alice",
         "user:alice@example.com",
         "group:eng",
+        "hub:branch-a",
         "192.168.10.0/24",
         "10.77.0.5/32",
     ] {
@@ -539,6 +543,46 @@ fn an_admin_can_ask_which_rules_allow_a_flow() {
     assert!(Flow::probe(LAPTOP.into(), SERVER.into(), &Service::ANY).is_none());
     let ping = Flow::probe(LAPTOP.into(), SERVER.into(), &"icmp".parse().unwrap()).unwrap();
     assert!(!c.allows(Origin::Spoke(1), &ping));
+}
+
+#[test]
+fn a_child_hubs_branch_is_one_selector_both_ways() {
+    let p = enforcing(&[
+        rule("hub:branch-a", "spoke:server", &["icmp"]),
+        rule("spoke:laptop", "hub:branch-a", &["tcp/22"]),
+    ]);
+    let mut all = spokes();
+    all.push(SpokeFacts {
+        id: 4,
+        name: "branch-a".into(),
+        addr: "10.77.0.9".parse().unwrap(),
+        addr6: None,
+        users: vec![],
+        branch: vec!["10.81.0.0/24".parse().unwrap()],
+    });
+    let c = p.compile(HUB, &all);
+    let icmp: Service = "icmp".parse().unwrap();
+    let ssh: Service = "tcp/22".parse().unwrap();
+    let from_branch = Flow::probe("10.81.0.7".parse().unwrap(), SERVER.into(), &icmp).unwrap();
+    assert_eq!(c.allowing_rules(Origin::Spoke(4), &from_branch), vec![1]);
+    assert!(
+        !c.allows(Origin::Spoke(1), &from_branch),
+        "the rule names what comes through the child's link, not an address"
+    );
+    let into_branch = Flow::probe(LAPTOP.into(), "10.81.0.7".parse().unwrap(), &ssh).unwrap();
+    assert_eq!(c.allowing_rules(Origin::Spoke(1), &into_branch), vec![2]);
+    let to_child = Flow::probe(LAPTOP.into(), "10.77.0.9".parse().unwrap(), &ssh).unwrap();
+    assert!(
+        c.allows(Origin::Spoke(1), &to_child),
+        "the child hub itself is in its branch"
+    );
+    let elsewhere = Flow::probe(LAPTOP.into(), "10.82.0.7".parse().unwrap(), &ssh).unwrap();
+    assert!(!c.allows(Origin::Spoke(1), &elsewhere));
+    // A spoke of that name that is no child hub has no branch.
+    all[3].branch.clear();
+    let c = p.compile(HUB, &all);
+    assert!(!c.allows(Origin::Spoke(4), &from_branch));
+    assert!(!c.allows(Origin::Spoke(1), &into_branch));
 }
 
 mod ipv6;

@@ -192,6 +192,12 @@ impl HubState {
                     .map(|u| u.iter().cloned().collect())
                     .unwrap_or_default(),
             },
+            branch: self
+                .tree
+                .map
+                .child_of_spoke(id)
+                .map(|c| c.routed().nets().collect())
+                .unwrap_or_default(),
         })
     }
 

@@ -293,6 +293,16 @@ impl HubState {
             upstream: self.tree.map.upstream().clone(),
         });
         self.tree.tun_routes.send_replace(tun);
+        // `hub:NAME` rules follow the branches' routes.
+        let ids: Vec<SpokeId> = self.tree.map.children().filter_map(|c| c.spoke).collect();
+        let mut refreshed = false;
+        for id in ids {
+            refreshed |= self.refresh_facts(id);
+        }
+        if refreshed {
+            self.push_access();
+            self.refresh_pair_rules(tasuki_shell::unix_now());
+        }
         let own = self.own_nets();
         self.tree
             .announce
