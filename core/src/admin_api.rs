@@ -397,6 +397,12 @@ pub struct Counters {
     /// a peer that went away surface here too).
     #[serde(default)]
     pub receive_errors: u64,
+    /// Inner packets sent into a child hub's link (toward its branch).
+    #[serde(default)]
+    pub to_branches: u64,
+    /// Inner packets that came through a child hub's link and were forwarded.
+    #[serde(default)]
+    pub from_branches: u64,
 }
 
 /// The hub's status.
@@ -438,6 +444,12 @@ pub struct HubStatus {
     /// is about to end, …).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The parent hub's endpoint, when this hub joined one (claim 6).
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Child hubs here (invited or joined).
+    #[serde(default)]
+    pub child_hubs: usize,
 }
 
 /// The spoke's status.

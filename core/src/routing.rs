@@ -251,6 +251,11 @@ impl RouteTable {
         self.upstream = upstream;
     }
 
+    /// Whether spoke `id` is a child hub with a routed branch.
+    pub fn is_child(&self, id: SpokeId) -> bool {
+        self.children.iter().any(|(c, _)| *c == id)
+    }
+
     /// The child hub whose branch holds `addr`.
     fn child_holding(&self, addr: IpAddr) -> Option<SpokeId> {
         self.children

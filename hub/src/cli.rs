@@ -539,6 +539,10 @@ pub(crate) fn print_status(s: &HubStatus) {
         s.spokes_active, s.spokes_pending, s.control_connections
     );
     println!("  pairs:        {} (direct mode)", s.pairs);
+    match &s.parent {
+        Some(p) => println!("  hub tree:     child of {p}; {} child hubs", s.child_hubs),
+        None => println!("  hub tree:     root; {} child hubs", s.child_hubs),
+    }
     println!(
         "  access:       {} ({} rules; {} flows tracked)",
         s.access_mode.name(),

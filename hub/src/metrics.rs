@@ -206,6 +206,11 @@ fn traffic_families(c: &Counters) -> Vec<Family> {
             ),
         ),
         counter(
+            "tasuki_branch_packets_total",
+            "Inner packets into child hubs' links (to) and out of them (from): traffic of the hub tree's other branches.",
+            by_label("direction", &[("to", c.to_branches), ("from", c.from_branches)]),
+        ),
+        counter(
             "tasuki_multicast_delivered_total",
             "Keyed groups' multicast copies sealed to member spokes (drops: tasuki_drops_total{reason=~\"multicast_.*\"}).",
             single(c.multicast),

@@ -78,7 +78,11 @@ pub(crate) async fn start(state: &SharedState) -> Result<()> {
     }
     let uplink = tasuki_spoke::uplink::start(&dir, &interface, announce).await?;
     let config = uplink.config();
-    state.with(|st| st.tree.uplink = Some(Arc::new(uplink)));
+    let endpoint = uplink.status().await.map(|s| s.hub_endpoint);
+    state.with(|st| {
+        st.tree.uplink = Some(Arc::new(uplink));
+        st.tree.parent_endpoint = endpoint;
+    });
     tokio::spawn(follow_parent(state.clone(), config));
     tracing::info!(%interface, "uplink to the parent hub running");
     Ok(())

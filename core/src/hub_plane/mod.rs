@@ -144,6 +144,13 @@ impl<T: TunSink> HubPlane<T> {
 
     /// Counts what became of a packet sealed to a spoke: sent (on the
     /// path's counter), held for a handshake, or dropped.
+    /// Counts a packet for a child hub's branch.
+    fn count_to_branch(&mut self, to: SpokeId) {
+        if self.routes.is_child(to) {
+            self.counters.to_branches += 1;
+        }
+    }
+
     fn count_sealed(
         &mut self,
         sealed: Result<Delivery, DropReason>,
@@ -467,8 +474,14 @@ impl<T: TunSink> HubPlane<T> {
             packet,
             self.now_ms,
         );
+        if matches!(verdict, Verdict::Relay(_) | Verdict::Local) && self.routes.is_child(from) {
+            self.counters.from_branches += 1;
+        }
         match verdict {
             Verdict::Relay(to) => {
+                if self.routes.is_child(to) {
+                    self.counters.to_branches += 1;
+                }
                 let keys = (&*self.key, &self.limiter);
                 let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.io.out, keys);
                 self.count_sealed(sealed, |c| &mut c.relayed);
@@ -495,6 +508,7 @@ impl<T: TunSink> HubPlane<T> {
         };
         match verdict {
             Verdict::Relay(to) => {
+                self.count_to_branch(to);
                 let keys = (&*self.key, &self.limiter);
                 let sealed = seal_to(self.peers.get_mut(&to), packet, &mut self.io.out, keys);
                 self.count_sealed(sealed, |c| &mut c.from_tun);

@@ -43,6 +43,8 @@ pub(crate) struct Tree {
     pub(crate) uplink_interface: String,
     /// The uplink, once this hub joined a parent and it runs.
     pub(crate) uplink: Option<std::sync::Arc<tasuki_spoke::uplink::Uplink>>,
+    /// The parent's endpoint, once the uplink runs.
+    pub(crate) parent_endpoint: Option<String>,
 }
 
 impl Tree {
@@ -60,6 +62,7 @@ impl Tree {
             uplink_dir,
             uplink_interface,
             uplink: None,
+            parent_endpoint: None,
         }
     }
 }

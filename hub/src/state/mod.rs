@@ -376,6 +376,8 @@ impl HubState {
             counters: dp.map(|d| d.counters.clone()).unwrap_or_default(),
             pairs: self.pair_count(),
             warnings: self.wireguard_warnings(tasuki_shell::unix_now()),
+            parent: self.tree.parent_endpoint.clone(),
+            child_hubs: self.tree.map.children().count(),
         }
     }
 }
