@@ -143,6 +143,7 @@ async fn rotate(state: SharedState) {
             st.pair_tick(now, seen);
             st.group_tick(now);
             st.requests_tick(now);
+            st.tree_tick(now);
         });
     }
 }

@@ -92,4 +92,8 @@ pub struct HubTreeView {
     pub parent: Option<ParentView>,
     /// The child hubs.
     pub children: Vec<ChildHubView>,
+    /// Child hubs' announcements replaced by a newer one before they were
+    /// taken (a child that floods route updates is heard once a second).
+    #[serde(default)]
+    pub announcements_coalesced: u64,
 }

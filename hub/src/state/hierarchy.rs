@@ -45,7 +45,18 @@ pub(crate) struct Tree {
     pub(crate) uplink: Option<std::sync::Arc<tasuki_spoke::uplink::Uplink>>,
     /// The parent's endpoint, once the uplink runs.
     pub(crate) parent_endpoint: Option<String>,
+    /// When each child's announcement was last taken (Unix seconds).
+    announced_at: std::collections::HashMap<SpokeId, u64>,
+    /// Announcements that came sooner than [`ANNOUNCE_SPACING`] after the
+    /// last one: the newest of each child, taken at a later tick.
+    waiting: std::collections::BTreeMap<SpokeId, ServedNets>,
+    /// Announcements that were replaced by a newer one before they were taken.
+    pub(crate) coalesced: u64,
 }
+
+/// Seconds between two announcements of one child that are taken: a child
+/// that floods route updates costs one store write a second.
+const ANNOUNCE_SPACING: u64 = 1;
 
 impl Tree {
     /// The tree of a hub with these stored child hubs, the uplink kept in
@@ -63,6 +74,9 @@ impl Tree {
             uplink_interface,
             uplink: None,
             parent_endpoint: None,
+            announced_at: std::collections::HashMap::new(),
+            waiting: std::collections::BTreeMap::new(),
+            coalesced: 0,
         }
     }
 }
@@ -167,6 +181,47 @@ impl HubState {
     /// Child hub `spoke` says its branch serves `nets` (at its enrolment,
     /// or attached); stored, and routed as far as it was approved.
     pub(crate) fn on_serves(&mut self, spoke: SpokeId, nets: ServedNets, now: u64) -> Result<()> {
+        let soon = self
+            .tree
+            .announced_at
+            .get(&spoke)
+            .is_some_and(|&at| now < at.saturating_add(ANNOUNCE_SPACING));
+        if soon {
+            if self.tree.waiting.insert(spoke, nets).is_some() {
+                self.tree.coalesced += 1;
+            }
+            return Ok(());
+        }
+        self.tree.waiting.remove(&spoke);
+        self.tree.announced_at.insert(spoke, now);
+        self.take_announcement(spoke, nets, now)
+    }
+
+    /// Announcements that waited for their turn (see [`ANNOUNCE_SPACING`]).
+    pub(crate) fn tree_tick(&mut self, now: u64) {
+        let due: Vec<SpokeId> = self
+            .tree
+            .waiting
+            .keys()
+            .copied()
+            .filter(|id| {
+                self.tree
+                    .announced_at
+                    .get(id)
+                    .is_none_or(|&at| now >= at.saturating_add(ANNOUNCE_SPACING))
+            })
+            .collect();
+        for id in due {
+            if let Some(nets) = self.tree.waiting.remove(&id) {
+                if let Err(e) = self.on_serves(id, nets, now) {
+                    tracing::warn!(spoke = id, error = %format!("{e:#}"), "announcement refused");
+                }
+            }
+        }
+    }
+
+    /// Stores and routes (as far as approved) what child `spoke` announced.
+    fn take_announcement(&mut self, spoke: SpokeId, nets: ServedNets, now: u64) -> Result<()> {
         let name = self.spoke_name(spoke);
         if self
             .tree
@@ -368,6 +423,7 @@ impl HubState {
                 .children()
                 .map(|c| self.view_of(c, dp))
                 .collect(),
+            announcements_coalesced: self.tree.coalesced,
         }
     }
 }

@@ -38,6 +38,8 @@ mod group_tests;
 mod group_tick;
 mod groups;
 mod hierarchy;
+#[cfg(test)]
+mod hierarchy_tests;
 pub(crate) use hierarchy::Tree;
 mod ipv6;
 mod load;
