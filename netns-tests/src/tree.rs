@@ -17,6 +17,8 @@ pub struct TreeHub {
     pub tunnel_net: String,
     /// Its own tunnel address.
     pub tunnel_addr: String,
+    /// Its own IPv6 tunnel address (`fd<net>:1::1` for a tree hub).
+    pub tunnel_addr6: String,
     /// The LAN host behind it (its namespace and address), if any.
     pub lan_host: Option<(String, String)>,
     /// Its state directory.
@@ -41,6 +43,8 @@ pub struct TreeSpoke {
     pub ns: String,
     /// Its tunnel address.
     pub tunnel_addr: String,
+    /// Its IPv6 tunnel address.
+    pub tunnel_addr6: String,
     /// Its local socket.
     pub socket: PathBuf,
     /// The daemon.
@@ -61,12 +65,17 @@ impl Topology {
             "via",
             HUB_LAN,
         ]);
+        self.exec_ok(
+            &self.ns_hub,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        );
         TreeHub {
             name: "root".into(),
             ns: self.ns_hub.clone(),
             wan: HUB_WAN.into(),
             tunnel_net: TUNNEL_NET.into(),
             tunnel_addr: HUB_TUNNEL.into(),
+            tunnel_addr6: HUB_TUNNEL6.into(),
             lan_host: Some((self.ns_lan.clone(), LAN_HOST.into())),
             dir: self.hub_dir(),
             socket: self.hub_socket(),
@@ -75,12 +84,13 @@ impl Topology {
     }
 
     /// Adds hub `name` in a namespace of its own at 172.30.0.`host` on the
-    /// WAN bridge with tunnel network `10.<net>.0.0/24` (IPv4 only) and,
+    /// WAN bridge with tunnel network `10.<net>.0.0/24` and `fd<net>:1::/64` and,
     /// with `lan`, a LAN host at 192.168.<net>.2 behind it; initialised,
     /// not started.
     pub fn add_tree_hub(&mut self, name: &str, host: u8, net: u8, lan: bool) -> TreeHub {
         let (ns, wan) = self.add_wan_host(name, host);
         self.exec_ok(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        self.exec_ok(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         let lan_host = lan.then(|| {
             let host_ns = self.add_namespace(&format!("{name}-lan"));
             ip(&[
@@ -125,6 +135,7 @@ impl Topology {
             wan,
             tunnel_net: format!("10.{net}.0.0/24"),
             tunnel_addr: format!("10.{net}.0.1"),
+            tunnel_addr6: format!("fd{net}:1::1"),
             lan_host,
             dir: self.dir().join(format!("hub-{name}")),
             socket: self.dir().join(format!("hub-{name}.sock")),
@@ -133,6 +144,7 @@ impl Topology {
         let bin = binaries().hub.display().to_string();
         let dir = hub.dir.display().to_string();
         let endpoint = hub.endpoint();
+        let net6 = format!("fd{net}:1::/64");
         let mut args = vec![
             bin.as_str(),
             "init",
@@ -142,7 +154,8 @@ impl Topology {
             &endpoint,
             "--tunnel-net",
             &hub.tunnel_net,
-            "--no-ipv6",
+            "--tunnel-net",
+            &net6,
         ];
         let route = format!("192.168.{net}.0/24");
         if lan {
@@ -252,13 +265,14 @@ impl Topology {
         self.enrol_ok(ns, inv.trim(), &dir);
         let socket = self.dir().join(format!("spoke-{name}.sock"));
         let proc = self.start_spoke(ns, &dir, &socket);
-        let mut addr = String::new();
+        let (mut addr, mut addr6) = (String::new(), String::new());
         self.wait_for(
             &format!("spoke {name} to run"),
             Duration::from_secs(20),
             || {
                 let s = self.spoke_status_json(&socket);
                 addr = s["tunnel_addr"].as_str().unwrap_or_default().to_string();
+                addr6 = s["tunnel_addr6"].as_str().unwrap_or_default().to_string();
                 s["state"] == "running" && s["epoch"].is_u64()
             },
         );
@@ -266,6 +280,7 @@ impl Topology {
         TreeSpoke {
             ns: ns.into(),
             tunnel_addr,
+            tunnel_addr6: addr6.split('/').next().unwrap_or_default().to_string(),
             socket,
             proc,
         }

@@ -20,6 +20,7 @@ struct Tree {
     net: Topology,
     root: TreeHub,
     root_proc: tasuki_netns_tests::Proc,
+    b_proc: tasuki_netns_tests::Proc,
     a: TreeHub,
     b: TreeHub,
     a1: TreeSpoke,
@@ -33,9 +34,8 @@ fn tree() -> Tree {
     let a = net.add_tree_hub("hub-a", 2, 81, true);
     let b = net.add_tree_hub("hub-b", 3, 82, false);
     let root_proc = net.start_hub();
-    for hub in [&a, &b] {
-        net.start_tree_hub(hub);
-    }
+    net.start_tree_hub(&a);
+    let b_proc = net.start_tree_hub(&b);
     let (ns_a, ns_b) = (net.ns_a.clone(), net.ns_b.clone());
     let a1 = net.tree_spoke(&a, "a1", &ns_a);
     let b1 = net.tree_spoke(&b, "b1", &ns_b);
@@ -45,6 +45,7 @@ fn tree() -> Tree {
         net,
         root,
         root_proc,
+        b_proc,
         a,
         b,
         a1,
@@ -88,7 +89,7 @@ fn branches_reach_each_other_and_every_lan_through_the_root() {
     assert_eq!(row_a["state"], "active", "{list}");
     assert_eq!(
         row_a["routed"],
-        serde_json::json!(["10.81.0.0/24", "192.168.81.0/24"]),
+        serde_json::json!(["10.81.0.0/24", "192.168.81.0/24", "fd81:1::/64"]),
         "{list}"
     );
     let (lan_a_ns, lan_a) = a.lan_host.clone().expect("a has a LAN");
@@ -114,6 +115,19 @@ fn branches_reach_each_other_and_every_lan_through_the_root() {
     assert!(
         net.ping(&a1.ns, &root.tunnel_addr, 3),
         "a1 cannot reach the root hub"
+    );
+    // IPv6 takes the same path.
+    assert!(
+        net.ping(&a1.ns, &b1.tunnel_addr6, 3),
+        "a1 cannot reach b1 over IPv6"
+    );
+    assert!(
+        net.ping(&b1.ns, &root.tunnel_addr6, 3),
+        "b1 cannot reach the root over IPv6"
+    );
+    assert!(
+        net.ping(&b1.ns, &a.tunnel_addr6, 3),
+        "b1 cannot reach hub a over IPv6"
     );
     net.tcp_transfer_intact(
         &a1.ns,
@@ -239,6 +253,7 @@ fn branches_work_alone_without_the_root_and_a_revoked_branch_is_cut_off() {
         net,
         root,
         root_proc,
+        b_proc,
         a,
         b,
         a1,
@@ -264,6 +279,22 @@ fn branches_work_alone_without_the_root_and_a_revoked_branch_is_cut_off() {
     assert!(
         answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(40)),
         "cross-branch traffic did not come back after the root's restart"
+    );
+    // A child hub down takes only its own branch along.
+    let (_, root_lan) = root.lan_host.clone().expect("the root has a LAN");
+    net.kill9(&b_proc);
+    assert!(
+        !net.ping(&a1.ns, &b1.tunnel_addr, 2),
+        "b1 reached with its hub down"
+    );
+    assert!(
+        net.ping(&a1.ns, &root_lan, 3),
+        "a1 lost the root's LAN when b went down"
+    );
+    net.start_tree_hub(&b);
+    assert!(
+        answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(40)),
+        "cross-branch traffic did not come back after b's restart"
     );
     // Revoking b at the root cuts its branch off at once.
     net.tree_ok(&root, &["hub", "revoke", "hub-b"]);
@@ -364,7 +395,8 @@ fn three_levels_a_grandchild_reaches_every_branch() {
         let list = net.tree_list(&root);
         list["children"].as_array().is_some_and(|c| {
             c.iter().any(|x| {
-                x["name"] == "hub-a" && x["unapproved"] == serde_json::json!(["10.83.0.0/24"])
+                x["name"] == "hub-a"
+                    && x["unapproved"] == serde_json::json!(["10.83.0.0/24", "fd83:1::/64"])
             })
         })
     });
