@@ -93,16 +93,14 @@ pub enum SpokeMessage {
     Pair(SpokePair),
     /// Keyed groups: a group epoch stored, or switched to.
     Group(SpokeGroup),
-    /// First message of a child hub's enrolment (claim 6): like
-    /// [`SpokeMessage::EnrolRequest`], with what its branch serves.
+    /// A child hub's first enrolment message (claim 6), with what its branch serves.
     EnrolHub {
         /// The machine's host name as the child hub sees it.
         hostname: String,
         /// The subnets its branch serves.
         serves: crate::hierarchy::ServedNets,
     },
-    /// A child hub's branch serves these subnets now (sent after each
-    /// attach and whenever that changes).
+    /// What a child hub's branch serves now (after each attach, and on changes).
     Serves(crate::hierarchy::ServedNets),
 }
 

@@ -97,6 +97,11 @@ async fn follow_parent(state: SharedState, mut config: watch::Receiver<Option<Sp
             state.with(|st| st.set_upstream(&upstream));
         }
         if config.changed().await.is_err() {
+            // The uplink stopped: nothing goes up any more (the hub's TUN
+            // must not hand such packets to a kernel with no route for
+            // them through the uplink).
+            tracing::warn!("the uplink to the parent stopped: the rest of the tree is unreachable");
+            state.with(|st| st.set_upstream(&ServedNets::default()));
             return;
         }
     }
@@ -141,63 +146,83 @@ pub(crate) async fn parent_view(state: &SharedState) -> Option<ParentView> {
     })
 }
 
-/// Keeps the subnets routed to child hubs on the hub's TUN `interface`.
+/// Keeps the subnets routed to child hubs on the hub's TUN `interface`;
+/// what the kernel refused is tried again every few seconds.
 pub(crate) async fn follow_tun_routes(interface: String, mut routes: watch::Receiver<ServedNets>) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
     let mut installed = ServedNets::default();
     loop {
         let want = routes.borrow_and_update().clone();
-        let added = ServedNets {
-            v4: want
-                .v4
-                .iter()
-                .copied()
-                .filter(|n| !installed.v4.contains(n))
-                .collect(),
-            v6: want
-                .v6
-                .iter()
-                .copied()
-                .filter(|n| !installed.v6.contains(n))
-                .collect(),
-        };
-        let gone = ServedNets {
-            v4: installed
-                .v4
-                .iter()
-                .copied()
-                .filter(|n| !want.v4.contains(n))
-                .collect(),
-            v6: installed
-                .v6
-                .iter()
-                .copied()
-                .filter(|n| !want.v6.contains(n))
-                .collect(),
-        };
-        apply(&interface, &added, &gone).await;
-        installed = want;
-        if routes.changed().await.is_err() {
-            return;
+        installed = apply(
+            &interface,
+            &want.minus(&installed),
+            &installed.minus(&want),
+            installed,
+        )
+        .await;
+        let settled = installed == want;
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY), if !settled => {}
         }
     }
 }
 
-/// Adds and removes routes on `interface`; what fails is logged (the
-/// data plane routes by its own table either way).
-async fn apply(interface: &str, added: &ServedNets, gone: &ServedNets) {
+/// Adds `added` and removes `gone` on `interface`, one route at a time;
+/// returns what is routed there afterwards (`installed` as the kernel took
+/// the changes). What fails is logged.
+async fn apply(
+    interface: &str,
+    added: &ServedNets,
+    gone: &ServedNets,
+    mut installed: ServedNets,
+) -> ServedNets {
     use tasuki_shell::netdev;
-    let results = [
-        ("add", netdev::add_routes(interface, &added.v4).await),
-        ("add", netdev::add_routes6(interface, &added.v6).await),
-        ("remove", netdev::remove_routes(interface, &gone.v4).await),
-        ("remove", netdev::remove_routes6(interface, &gone.v6).await),
-    ];
-    for (what, result) in results {
-        if let Err(e) = result {
-            tracing::warn!(%interface, error = %format!("{e:#}"), "cannot {what} a child hub's route on the hub's interface");
+    let ok = |what: &str, net: ipnet::IpNet, result: Result<()>| match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%interface, %net, error = %format!("{e:#}"), "cannot {what} a child hub's route on the hub's interface");
+            false
+        }
+    };
+    for &net in &gone.v4 {
+        if ok(
+            "remove",
+            net.into(),
+            netdev::remove_routes(interface, &[net]).await,
+        ) {
+            installed.v4.retain(|n| *n != net);
+        }
+    }
+    for &net in &gone.v6 {
+        if ok(
+            "remove",
+            net.into(),
+            netdev::remove_routes6(interface, &[net]).await,
+        ) {
+            installed.v6.retain(|n| *n != net);
+        }
+    }
+    for &net in &added.v4 {
+        if ok(
+            "add",
+            net.into(),
+            netdev::add_routes(interface, &[net]).await,
+        ) {
+            installed.v4.push(net);
+        }
+    }
+    for &net in &added.v6 {
+        if ok(
+            "add",
+            net.into(),
+            netdev::add_routes6(interface, &[net]).await,
+        ) {
+            installed.v6.push(net);
         }
     }
     if !added.is_empty() || !gone.is_empty() {
-        tracing::info!(%interface, added = ?added.strings(), removed = ?gone.strings(), "child hubs' routes on the hub's interface");
+        tracing::info!(%interface, routed = ?installed.strings(), "child hubs' routes on the hub's interface");
     }
+    installed
 }

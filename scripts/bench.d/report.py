@@ -331,6 +331,9 @@ def main():
     groups = group_rows(records)
     if "groups" in meta.get("parts", "") and groups.get("delivered") is None:
         failures.append("groups: no group multicast delivered")
+    tree = tree_rows(records)
+    if "tree" in meta.get("parts", "") and not (tree.get("tcp1") and tree["tcp1"]["max"] > 0):
+        failures.append("tree: no traffic across the branches")
 
     md = render(meta, table, summary, rot, acc, memory, records, failures, direct, groups)
     print(md)
@@ -347,6 +350,7 @@ def main():
                 "direct": direct,
                 "memory": memory,
                 "groups": groups,
+                "tree": tree,
                 "failures": failures,
                 "runs": records,
             },
@@ -418,6 +422,52 @@ def render_groups(L, groups, relay):
                 "| multicast delivered ÷ tasuki's relayed UDP 64 B (one receiver) in this run | "
                 f"{groups['delivered']['median'] / relay['median']:.2f}× |"
             )
+
+
+# The hub tree's rows: (test, metric, the single-hub relay row beside it, label, unit).
+TREE_ROWS = [
+    ("tcp1", "gbps", "relay-tcp1", "TCP 1 stream", "Gbit/s"),
+    ("tcp4", "gbps", "relay-tcp4", "TCP 4 streams", "Gbit/s"),
+    ("udp64", "kpps", "relay-udp64", "UDP 64 B received", "kpps"),
+    ("ping", "rtt_ms", "relay-ping", "ping RTT", "ms"),
+]
+
+
+def tree_rows(records):
+    """The relay across a hub tree's branches, per test ({} when not run)."""
+    if not any(r.get("kind") == "tree" for r in records):
+        return {}
+    return {
+        test: stats(
+            [
+                r.get(metric)
+                for r in records
+                if r.get("kind") in ("iperf3", "ping")
+                and r.get("setup") == "tasuki-tree"
+                and r.get("path") == "branches"
+                and r.get("test") == test
+            ]
+        )
+        for test, metric, *_ in TREE_ROWS
+    }
+
+
+def render_tree(L, tree, summary):
+    relay = summary.get("tasuki") or {}
+    L += [
+        "",
+        "### Hub tree: the relay across branches",
+        "",
+        "spoke-a → child hub A → root hub → child hub B → spoke-b, decrypted, checked and",
+        "re-encrypted at each hub (the child hubs carry it through their uplinks' TUNs);",
+        "beside it tasuki's single-hub relay (spoke-a → hub → spoke-b) of the same run.",
+        "",
+        "| test | across branches | single-hub relay | across ÷ single |",
+        "|---|---|---|---|",
+    ]
+    for test, _, key, label, unit in TREE_ROWS:
+        a, b = tree.get(test), relay.get(key)
+        L.append(f"| {label} ({unit}) | {cell(a)} | {cell(b)} | {rfmt(ratio(a, b))} |")
 
 
 def render(meta, table, summary, rot, acc, memory, records, failures, direct, groups):
@@ -505,6 +555,9 @@ def render(meta, table, summary, rot, acc, memory, records, failures, direct, gr
     if groups:
         relay = (summary.get("tasuki") or {}).get("relay-udp64")
         render_groups(L, groups, relay)
+    tree = tree_rows(records)
+    if tree:
+        render_tree(L, tree, summary)
     if memory:
         target = meta.get("spokes_target", 10000)
         shown = {}

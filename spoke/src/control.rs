@@ -378,9 +378,14 @@ impl Control {
                         routed.follow(&config, gained6.is_some()).await;
                     }
                 }
-                Change::Restart => tracing::warn!(
-                    "the hub changed this spoke's configuration; restart to apply it"
-                ),
+                Change::Restart => {
+                    tracing::warn!(
+                        "the hub changed this spoke's configuration; restart to apply it (its routes are taken now)"
+                    );
+                    if let Some(routed) = routed.as_mut() {
+                        routed.follow(&config, false).await;
+                    }
+                }
                 Change::First => {}
             }
             self.config.send_replace(Some(config));

@@ -176,36 +176,43 @@ impl Routed {
     }
 
     /// Makes the changes of `diff` one route at a time, so that one that
-    /// fails (logged, with its reason) leaves the others made; what is
-    /// routed becomes what `diff` leads to. Returns a sentence for each
-    /// route that failed.
+    /// fails (logged, with its reason) leaves the others made. What is
+    /// known as routed is what the kernel took: a route that could not be
+    /// added is not (the next configuration adds it again), one that could
+    /// not be removed still is. Returns a sentence for each route that failed.
     async fn apply(&mut self, diff: RouteDiff) -> Vec<String> {
         use tasuki_shell::netdev;
-        let ifname = self.interface.as_str();
+        let ifname = self.interface.clone();
         let mut failed = Vec::new();
-        let mut note = |result: anyhow::Result<()>| {
-            if let Err(e) = result {
+        let mut ok = |result: anyhow::Result<()>| match result {
+            Ok(()) => true,
+            Err(e) => {
                 let e = format!("{e:#}");
                 tracing::warn!(interface = %ifname, error = %e, "a route change failed");
                 failed.push(e);
+                false
             }
         };
-        for net in &diff.remove {
-            note(netdev::remove_routes(ifname, std::slice::from_ref(net)).await);
+        for net in diff.remove {
+            if ok(netdev::remove_routes(&self.interface, &[net]).await) {
+                self.v4.retain(|n| *n != net);
+            }
         }
-        for net in &diff.remove6 {
-            note(netdev::remove_routes6(ifname, std::slice::from_ref(net)).await);
+        for net in diff.remove6 {
+            if ok(netdev::remove_routes6(&self.interface, &[net]).await) {
+                self.v6.retain(|n| *n != net);
+            }
         }
-        for net in &diff.add {
-            note(netdev::add_routes(ifname, std::slice::from_ref(net)).await);
+        for net in diff.add {
+            if ok(netdev::add_routes(&self.interface, &[net]).await) {
+                self.v4.push(net);
+            }
         }
-        for net in &diff.add6 {
-            note(netdev::add_routes6(ifname, std::slice::from_ref(net)).await);
+        for net in diff.add6 {
+            if ok(netdev::add_routes6(&self.interface, &[net]).await) {
+                self.v6.push(net);
+            }
         }
-        self.v4.retain(|n| !diff.remove.contains(n));
-        self.v4.extend(diff.add);
-        self.v6.retain(|n| !diff.remove6.contains(n));
-        self.v6.extend(diff.add6);
         failed
     }
 }

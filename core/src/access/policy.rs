@@ -264,7 +264,7 @@ impl AccessPolicy {
                 Selector::Branch(n) => Destination::Nets(
                     spokes
                         .iter()
-                        .filter(|s| s.name == *n)
+                        .filter(|s| s.name == *n && !s.branch.is_empty())
                         .flat_map(|s| s.branch.iter().copied().chain(s.addrs().map(IpNet::from)))
                         .collect(),
                 ),

@@ -583,6 +583,10 @@ fn a_child_hubs_branch_is_one_selector_both_ways() {
     let c = p.compile(HUB, &all);
     assert!(!c.allows(Origin::Spoke(4), &from_branch));
     assert!(!c.allows(Origin::Spoke(1), &into_branch));
+    assert!(
+        !c.allows(Origin::Spoke(1), &to_child),
+        "hub:NAME names no plain spoke's address"
+    );
 }
 
 mod ipv6;

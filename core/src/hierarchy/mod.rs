@@ -22,7 +22,7 @@ use crate::routing::SpokeId;
 pub mod calls;
 
 /// Most subnets one announcement may carry, per family.
-pub const MAX_SERVED: usize = 64;
+pub const MAX_SERVED: usize = 512;
 
 /// A set of IPv4 and IPv6 subnets: what a branch serves, or what the rest
 /// of the tree serves.
@@ -86,6 +86,24 @@ impl ServedNets {
             if !self.v6.contains(n) {
                 self.v6.push(*n);
             }
+        }
+    }
+
+    /// Our subnets that are not in `other` (as written, not by overlap).
+    pub fn minus(&self, other: &ServedNets) -> ServedNets {
+        ServedNets {
+            v4: self
+                .v4
+                .iter()
+                .copied()
+                .filter(|n| !other.v4.contains(n))
+                .collect(),
+            v6: self
+                .v6
+                .iter()
+                .copied()
+                .filter(|n| !other.v6.contains(n))
+                .collect(),
         }
     }
 
@@ -243,23 +261,7 @@ impl ChildHub {
 
     /// Announced subnets that were not approved (not routed; `hub list` shows them).
     pub fn unapproved(&self) -> ServedNets {
-        let routed = self.routed();
-        ServedNets {
-            v4: self
-                .announced
-                .v4
-                .iter()
-                .copied()
-                .filter(|n| !routed.v4.contains(n))
-                .collect(),
-            v6: self
-                .announced
-                .v6
-                .iter()
-                .copied()
-                .filter(|n| !routed.v6.contains(n))
-                .collect(),
-        }
+        self.announced.minus(&self.routed())
     }
 }
 
@@ -352,8 +354,12 @@ impl Hierarchy {
             None => Ok(()),
         };
         overlap(own, "this hub".into())?;
+        // What another child was approved for stays its own even while it
+        // announces less: its branch may grow back into it.
         for other in self.children.values().filter(|c| c.name != name) {
-            overlap(&other.routed(), format!("child hub {:?}", other.name))?;
+            let mut held = other.approved.clone();
+            held.extend(&other.routed());
+            overlap(&held, format!("child hub {:?}", other.name))?;
         }
         overlap(
             &self.upstream,
@@ -389,20 +395,7 @@ impl Hierarchy {
             ours.extend(&child.routed());
         }
         let kept = upstream.without_overlap(&ours);
-        let dropped = ServedNets {
-            v4: upstream
-                .v4
-                .iter()
-                .copied()
-                .filter(|n| !kept.v4.contains(n))
-                .collect(),
-            v6: upstream
-                .v6
-                .iter()
-                .copied()
-                .filter(|n| !kept.v6.contains(n))
-                .collect(),
-        };
+        let dropped = upstream.minus(&kept);
         self.upstream = kept;
         dropped
     }

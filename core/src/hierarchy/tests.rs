@@ -170,3 +170,21 @@ fn a_removed_child_takes_its_routes_along() {
     assert!(h.child_routes().is_empty());
     assert!(h.routes_for(7).is_empty());
 }
+
+#[test]
+fn what_a_child_was_approved_for_stays_its_own_while_it_announces_less() {
+    let mut h = parent();
+    // a shrinks its announcement to its tunnel network alone.
+    let a = h.announced("a", 2, nets(&["10.1.0.0/24"], &[])).unwrap();
+    h.put(a);
+    // b asks for the LAN a was approved for: refused.
+    let b = h
+        .announced("b", 3, nets(&["192.168.11.0/24"], &[]))
+        .unwrap();
+    h.put(b);
+    let err = h.approval("b", &own()).unwrap_err();
+    assert!(
+        matches!(&err, HierarchyError::Overlap { owner, .. } if owner.contains("\"a\"")),
+        "{err}"
+    );
+}

@@ -185,7 +185,7 @@ impl HubState {
             .tree
             .announced_at
             .get(&spoke)
-            .is_some_and(|&at| now < at.saturating_add(ANNOUNCE_SPACING));
+            .is_some_and(|&at| now >= at && now < at.saturating_add(ANNOUNCE_SPACING));
         if soon {
             if self.tree.waiting.insert(spoke, nets).is_some() {
                 self.tree.coalesced += 1;
@@ -208,7 +208,7 @@ impl HubState {
                 self.tree
                     .announced_at
                     .get(id)
-                    .is_none_or(|&at| now >= at.saturating_add(ANNOUNCE_SPACING))
+                    .is_none_or(|&at| now < at || now >= at.saturating_add(ANNOUNCE_SPACING))
             })
             .collect();
         for id in due {
@@ -288,16 +288,16 @@ impl HubState {
     /// revoked), its branch's routes withdrawn everywhere at once.
     pub(crate) fn revoke_child(&mut self, name: &str, now: u64) -> Result<ChildHubView> {
         let mut view = self.child_view(name)?;
+        // Withdrawn first (in memory even when the store fails), then its keys.
+        let forgot = self.forget_child(name, now);
         if self
             .registry
             .spoke_by_name(name)
             .is_some_and(|s| !s.state.is_dead())
         {
-            // Forgets the child too (see `forget_child`).
             self.revoke(name, now)?;
-        } else {
-            self.forget_child(name, now)?;
         }
+        forgot?;
         view.state = "revoked".into();
         view.routed.clear();
         Ok(view)
@@ -309,10 +309,19 @@ impl HubState {
         if self.tree.map.child(name).is_none() {
             return Ok(());
         }
-        self.store
-            .commit(&[Write::remove(CHILD_HUBS_TREE, name.as_bytes())])
-            .map_err(|e| StateError::from(e).context(format!("child hub {name:?} not removed")))?;
+        // Out of memory and the routes at once, stored or not: a revoked
+        // branch never stays routed. A record left behind is dropped at
+        // the next start (its spoke is revoked).
+        let stored = self
+            .store
+            .commit(&[Write::remove(CHILD_HUBS_TREE, name.as_bytes())]);
         self.tree.map.remove(name);
+        if let Err(e) = stored {
+            self.tree_changed();
+            return Err(StateError::from(e).context(format!(
+                "child hub {name:?} is withdrawn, but its record was not removed from the store"
+            )));
+        }
         self.audit(
             AuditRecord::new(now, AuditKind::HubTree)
                 .spoke(name)

@@ -69,8 +69,19 @@ impl HubState {
             .unwrap_or_default();
         let mut registry = Registry::new(settings, spokes, invitations);
         registry.set_ipv6(store.get(SETTINGS_TREE, IPV6_KEY)?);
+        // A child hub whose spoke is revoked or denied is gone, even where
+        // removing its record failed.
+        let dead: HashSet<SpokeId> = registry
+            .spokes()
+            .filter(|s| s.state.is_dead())
+            .map(|s| s.id)
+            .collect();
+        let children = store
+            .all::<tasuki_core::hierarchy::ChildHub>(super::hierarchy::CHILD_HUBS_TREE)?
+            .into_iter()
+            .filter(|c| c.spoke.is_none_or(|id| !dead.contains(&id)));
         let tree = Tree::new(
-            store.all::<tasuki_core::hierarchy::ChildHub>(super::hierarchy::CHILD_HUBS_TREE)?,
+            children.collect(),
             dir.join(super::hierarchy::UPLINK_DIR),
             super::hierarchy::uplink_interface(&interface),
         );
