@@ -54,8 +54,11 @@ async fn spawn_dataplane(
     setup: DataPlaneSetup,
 ) -> Result<(String, tokio::sync::oneshot::Receiver<()>)> {
     tasuki_shell::thread::spawn_on_own_thread("tasuki-dataplane", move || async move {
+        // Spokes may reach the hub at any of its addresses: each is
+        // answered from the one it used.
         let udp = tasuki_shell::udp::BatchUdp::bind(setup.listen)
-            .with_context(|| format!("cannot bind UDP {}", setup.listen))?;
+            .with_context(|| format!("cannot bind UDP {}", setup.listen))?
+            .answer_from_reached_address();
         let tun = tasuki_shell::netdev::create_tun(
             &setup.interface,
             setup.hub_net,

@@ -6,9 +6,11 @@
 //! [`Batch`] of equal-sized datagrams). Socket buffers are made large so
 //! bursts are not dropped by the kernel (`UdpRcvbufErrors`).
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::{Mutex, PoisonError};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tasuki_core::batch::Batch;
@@ -21,6 +23,9 @@ pub const RECV_BATCH: usize = 16;
 const RECV_BUFFER: usize = 65_536;
 /// Kernel socket buffer size asked for, each way.
 const SOCKET_BUFFER: usize = 8 << 20;
+/// Peers whose local address is remembered; past it, the memory starts
+/// afresh (and fills again from the next datagrams).
+const MAX_REPLY_ADDRS: usize = 1 << 18;
 
 /// A UDP socket for the data plane.
 pub struct BatchUdp {
@@ -28,6 +33,14 @@ pub struct BatchUdp {
     state: UdpSocketState,
     /// An IPv6 socket: IPv4 destinations are sent to as IPv4-mapped.
     v6: bool,
+    /// The local address each peer's last datagram came to (as the socket
+    /// names them): what is sent to that peer leaves from it, so a machine
+    /// with several addresses answers from the one the peer used (a peer,
+    /// or its NAT, drops an answer from another), as WireGuard's sticky
+    /// sockets do. Only where [`BatchUdp::answer_from_reached_address`]
+    /// asked for it (the hub): a spoke sends from what its kernel picks,
+    /// which follows it when it roams.
+    reply_from: Option<Mutex<HashMap<SocketAddr, IpAddr>>>,
 }
 
 /// Buffers for [`BatchUdp::try_recv`], reused across reads.
@@ -78,7 +91,20 @@ impl BatchUdp {
             gro_segments = state.gro_segments(),
             "UDP socket ready"
         );
-        Ok(Self { sock, state, v6 })
+        Ok(Self {
+            sock,
+            state,
+            v6,
+            reply_from: None,
+        })
+    }
+
+    /// From now on, what is sent to a peer leaves from the local address
+    /// the peer's last datagram came to (the hub: spokes may reach it at
+    /// any of its addresses).
+    pub fn answer_from_reached_address(mut self) -> Self {
+        self.reply_from = Some(Mutex::new(HashMap::new()));
+        self
     }
 
     /// Binds a new socket to `addr`; `[::]:port` takes both families
@@ -116,7 +142,34 @@ impl BatchUdp {
             self.state.recv((&self.sock).into(), &mut slices, meta)
         })?;
         *count = n;
+        self.remember_local(&meta[..n]);
         Ok(n)
+    }
+
+    /// Remembers where each datagram of a read came to.
+    fn remember_local(&self, meta: &[RecvMeta]) {
+        let Some(reply_from) = &self.reply_from else {
+            return;
+        };
+        let mut map = reply_from.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in meta {
+            let Some(local) = m.dst_ip else { continue };
+            if map.get(&m.addr) != Some(&local) {
+                if map.len() >= MAX_REPLY_ADDRS {
+                    map.clear();
+                }
+                map.insert(m.addr, local);
+            }
+        }
+    }
+
+    /// The local address `destination` last sent to.
+    fn local_for(&self, destination: SocketAddr) -> Option<IpAddr> {
+        let map = self.reply_from.as_ref()?;
+        map.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&destination)
+            .copied()
     }
 
     /// Sends one batch: one system call when the kernel does GSO, one per
@@ -130,28 +183,50 @@ impl BatchUdp {
         } else {
             destination
         };
+        let src_ip = self.local_for(destination);
         if batch.count() > 1 && self.state.max_gso_segments() >= batch.count() {
             return self
-                .send_one(&Transmit {
+                .send_from(Transmit {
                     destination,
                     ecn: None,
                     contents: batch.contents(),
                     segment_size: Some(batch.segment_size()),
-                    src_ip: None,
+                    src_ip,
                 })
                 .await;
         }
         for datagram in batch.datagrams() {
-            self.send_one(&Transmit {
+            self.send_from(Transmit {
                 destination,
                 ecn: None,
                 contents: datagram,
                 segment_size: None,
-                src_ip: None,
+                src_ip,
             })
             .await?;
         }
         Ok(())
+    }
+
+    /// Sends from the remembered local address; when that address is gone
+    /// (or cannot be a source here), it is forgotten and the kernel picks.
+    async fn send_from(&self, mut transmit: Transmit<'_>) -> io::Result<()> {
+        match self.send_one(&transmit).await {
+            Err(e)
+                if transmit.src_ip.is_some()
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL)) =>
+            {
+                tracing::debug!(to = %transmit.destination, from = ?transmit.src_ip, error = %e, "cannot send from the address the peer used; the kernel picks one");
+                if let Some(map) = &self.reply_from {
+                    map.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&transmit.destination);
+                }
+                transmit.src_ip = None;
+                self.send_one(&transmit).await
+            }
+            other => other,
+        }
     }
 
     async fn send_one(&self, transmit: &Transmit<'_>) -> io::Result<()> {
