@@ -141,27 +141,13 @@ impl Topology {
             socket: self.dir().join(format!("hub-{name}.sock")),
             log: self.dir().join(format!("hub-{name}.log")),
         };
-        let bin = binaries().hub.display().to_string();
-        let dir = hub.dir.display().to_string();
-        let endpoint = hub.endpoint();
         let net6 = format!("fd{net}:1::/64");
-        let mut args = vec![
-            bin.as_str(),
-            "init",
-            "--state-dir",
-            &dir,
-            "--endpoint",
-            &endpoint,
-            "--tunnel-net",
-            &hub.tunnel_net,
-            "--tunnel-net",
-            &net6,
-        ];
         let route = format!("192.168.{net}.0/24");
+        let mut extra = vec!["--tunnel-net", net6.as_str()];
         if lan {
-            args.extend(["--route", route.as_str()]);
+            extra.extend(["--route", route.as_str()]);
         }
-        self.exec_ok(&hub.ns, &args);
+        self.init_tree_hub(&hub, &extra);
         hub
     }
 
@@ -201,6 +187,26 @@ impl Topology {
             .find(|c| c["name"] == child.name.as_str())?
             .clone();
         (row["link"]["epoch"].as_u64()? == up).then_some(up)
+    }
+
+    /// `tasuki-hub init` of `hub` in its state directory, at its endpoint,
+    /// with its IPv4 tunnel network and `extra` arguments.
+    pub fn init_tree_hub(&self, hub: &TreeHub, extra: &[&str]) {
+        let bin = binaries().hub.display().to_string();
+        let dir = hub.dir.display().to_string();
+        let endpoint = hub.endpoint();
+        let mut args = vec![
+            bin.as_str(),
+            "init",
+            "--state-dir",
+            &dir,
+            "--endpoint",
+            &endpoint,
+            "--tunnel-net",
+            &hub.tunnel_net,
+        ];
+        args.extend(extra);
+        self.exec_ok(&hub.ns, &args);
     }
 
     /// Starts `tasuki-hub run` for `hub` and waits until its socket answers.

@@ -15,25 +15,28 @@ fn nets(v4: &[&str]) -> ServedNets {
     }
 }
 
+/// Enrols a new key with the invitation `text`, announcing `serves`.
+fn enrol_with(
+    st: &mut HubState,
+    text: &str,
+    serves: Option<&ServedNets>,
+    now: u64,
+) -> std::result::Result<(tasuki_core::registry::Enrolled, Option<KeyEpoch>), Refusal> {
+    let invitation = Invitation::decode(text).unwrap();
+    let key = StaticKey::generate(&mut rand_core::OsRng).public();
+    let ask = EnrolAsk {
+        hostname: "h",
+        as_user: None,
+        serves,
+    };
+    st.enrol(&invitation.id, key, "198.51.100.1:1", ask, now)
+        .unwrap()
+}
+
 /// Invites child hub `name` and enrols it announcing `serves`; its id.
 fn child(st: &mut HubState, name: &str, serves: &ServedNets, now: u64) -> SpokeId {
     let view = st.invite_child(name, 3600, now).unwrap();
-    let invitation = Invitation::decode(&view.invitation).unwrap();
-    let key = StaticKey::generate(&mut rand_core::OsRng).public();
-    let (enrolled, first) = st
-        .enrol(
-            &invitation.id,
-            key,
-            "198.51.100.1:1",
-            EnrolAsk {
-                hostname: name,
-                as_user: None,
-                serves: Some(serves),
-            },
-            now,
-        )
-        .unwrap()
-        .unwrap();
+    let (enrolled, first) = enrol_with(st, &view.invitation, Some(serves), now).unwrap();
     assert!(first.is_none(), "a child hub waits for its approval");
     enrolled.spoke.id
 }
@@ -82,40 +85,11 @@ fn the_wrong_kind_of_invitation_is_refused() {
     let dir = TempDir::new("tree-kind");
     let (mut st, _key) = new_hub(&dir);
     let view = st.invite("plain", false, false, None, 3600, 1).unwrap();
-    let invitation = Invitation::decode(&view.invitation).unwrap();
-    let key = StaticKey::generate(&mut rand_core::OsRng).public();
     let serves = nets(&["10.81.0.0/24"]);
-    let refused = st
-        .enrol(
-            &invitation.id,
-            key,
-            "198.51.100.1:1",
-            EnrolAsk {
-                hostname: "x",
-                as_user: None,
-                serves: Some(&serves),
-            },
-            2,
-        )
-        .unwrap()
-        .unwrap_err();
+    let refused = enrol_with(&mut st, &view.invitation, Some(&serves), 2).unwrap_err();
     assert!(refused.detail.contains("hub invite"), "{refused}");
     let view = st.invite_child("hub-x", 3600, 3).unwrap();
-    let invitation = Invitation::decode(&view.invitation).unwrap();
-    let refused = st
-        .enrol(
-            &invitation.id,
-            key,
-            "198.51.100.1:1",
-            EnrolAsk {
-                hostname: "x",
-                as_user: None,
-                serves: None,
-            },
-            4,
-        )
-        .unwrap()
-        .unwrap_err();
+    let refused = enrol_with(&mut st, &view.invitation, None, 4).unwrap_err();
     assert!(refused.detail.contains("tasuki-hub join"), "{refused}");
 }
 
