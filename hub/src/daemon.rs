@@ -206,7 +206,15 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         interface.clone(),
         tun_routes,
     ));
-    crate::uplink::start(&state).await?;
+    // A branch works on its own: an uplink that cannot start is an error
+    // in the log and in `status`, not a hub that does not run.
+    if let Err(e) = crate::uplink::start(&state).await {
+        let e = format!(
+            "the uplink to the parent hub did not start: {e:#}; restart the hub to try again"
+        );
+        tracing::error!(error = %e, "no uplink");
+        state.with(|st| st.tree.uplink_error = Some(e));
+    }
     tracing::info!(
         %listen, %interface, fingerprint = %key.public().fingerprint(),
         tunnel = %settings.tunnel_net, "hub running"

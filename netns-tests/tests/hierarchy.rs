@@ -20,6 +20,7 @@ struct Tree {
     net: Topology,
     root: TreeHub,
     root_proc: tasuki_netns_tests::Proc,
+    a_proc: tasuki_netns_tests::Proc,
     b_proc: tasuki_netns_tests::Proc,
     a: TreeHub,
     b: TreeHub,
@@ -34,7 +35,7 @@ fn tree() -> Tree {
     let a = net.add_tree_hub("hub-a", 2, 81, true);
     let b = net.add_tree_hub("hub-b", 3, 82, false);
     let root_proc = net.start_hub();
-    net.start_tree_hub(&a);
+    let a_proc = net.start_tree_hub(&a);
     let b_proc = net.start_tree_hub(&b);
     let (ns_a, ns_b) = (net.ns_a.clone(), net.ns_b.clone());
     let a1 = net.tree_spoke(&a, "a1", &ns_a);
@@ -49,6 +50,7 @@ fn tree() -> Tree {
         net,
         root,
         root_proc,
+        a_proc,
         b_proc,
         a,
         b,
@@ -242,6 +244,7 @@ fn branches_work_alone_without_the_root_and_a_revoked_branch_is_cut_off() {
         b,
         a1,
         b1,
+        ..
     } = tree();
     let (lan_a_ns, lan_a) = a.lan_host.clone().expect("a has a LAN");
     // The root dies: inside a branch nothing changes.
@@ -481,5 +484,28 @@ fn every_hub_on_the_path_decides_by_its_own_rules() {
     assert!(
         answers_within(&net, &a1.ns, &b1.tunnel_addr, Duration::from_secs(5)),
         "b's rule for a's branch does not let a1 in"
+    );
+}
+
+#[test]
+fn a_hub_whose_uplink_cannot_start_still_serves_its_branch() {
+    if skip_unless_root("hierarchy::a_hub_whose_uplink_cannot_start") {
+        return;
+    }
+    let Tree {
+        net, a, a_proc, a1, ..
+    } = tree();
+    net.kill9(&a_proc);
+    // Something else holds the uplink's interface name.
+    net.exec_ok(&a.ns, &["ip", "link", "add", "tasuki0-up", "type", "bridge"]);
+    net.start_tree_hub(&a);
+    assert!(
+        answers_within(&net, &a1.ns, &a.tunnel_addr, Duration::from_secs(20)),
+        "a's own spoke lost its hub"
+    );
+    let status = net.tree_ok(&a, &["status"]);
+    assert!(
+        status.contains("warning:") && status.contains("uplink to the parent hub did not start"),
+        "{status}"
     );
 }

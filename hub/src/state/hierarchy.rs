@@ -45,6 +45,8 @@ pub(crate) struct Tree {
     pub(crate) uplink: Option<std::sync::Arc<tasuki_spoke::uplink::Uplink>>,
     /// The parent's endpoint, once the uplink runs.
     pub(crate) parent_endpoint: Option<String>,
+    /// Why the uplink did not start (shown in `status`).
+    pub(crate) uplink_error: Option<String>,
     /// When each child's announcement was last taken (Unix seconds).
     announced_at: std::collections::HashMap<SpokeId, u64>,
     /// Announcements that came sooner than [`ANNOUNCE_SPACING`] after the
@@ -74,6 +76,7 @@ impl Tree {
             uplink_interface,
             uplink: None,
             parent_endpoint: None,
+            uplink_error: None,
             announced_at: std::collections::HashMap::new(),
             waiting: std::collections::BTreeMap::new(),
             coalesced: 0,

@@ -377,7 +377,11 @@ impl HubState {
             access_rules: self.access.rules.len(),
             counters: dp.map(|d| d.counters.clone()).unwrap_or_default(),
             pairs: self.pair_count(),
-            warnings: self.wireguard_warnings(tasuki_shell::unix_now()),
+            warnings: self
+                .wireguard_warnings(tasuki_shell::unix_now())
+                .into_iter()
+                .chain(self.tree.uplink_error.clone())
+                .collect(),
             parent: self.tree.parent_endpoint.clone(),
             child_hubs: self.tree.map.children().count(),
         }
