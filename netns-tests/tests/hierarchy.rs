@@ -497,7 +497,10 @@ fn a_hub_whose_uplink_cannot_start_still_serves_its_branch() {
     } = tree();
     net.kill9(&a_proc);
     // Something else holds the uplink's interface name.
-    net.exec_ok(&a.ns, &["ip", "link", "add", "tasuki0-up", "type", "bridge"]);
+    net.exec_ok(
+        &a.ns,
+        &["ip", "link", "add", "tasuki0-up", "type", "bridge"],
+    );
     net.start_tree_hub(&a);
     assert!(
         answers_within(&net, &a1.ns, &a.tunnel_addr, Duration::from_secs(20)),
