@@ -29,6 +29,8 @@ fuzz_target!(|data: &[u8]| {
     policy.allow(rule("192.168.50.0/24", "spoke:b", "udp")).unwrap();
     policy.allow(rule("fd50::/64", "spoke:a", "icmp")).unwrap();
     policy.allow(rule("spoke:b", "fd50::/64", "tcp/22")).unwrap();
+    policy.allow(rule("hub:b", "spoke:a", "any")).unwrap();
+    policy.allow(rule("spoke:a", "hub:b", "udp/53")).unwrap();
     let facts = [
         SpokeFacts {
             id: 1,
@@ -36,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             addr: "10.77.0.2".parse().unwrap(),
             addr6: Some("fd77:1::2".parse().unwrap()),
             users: vec!["alice".into()],
+            branch: vec![],
         },
         SpokeFacts {
             id: 2,
@@ -43,6 +46,8 @@ fuzz_target!(|data: &[u8]| {
             addr: "10.77.0.3".parse().unwrap(),
             addr6: Some("fd77:1::3".parse().unwrap()),
             users: vec![],
+            // b is a child hub: its branch as a sender and a receiver.
+            branch: vec!["10.81.0.0/24".parse().unwrap()],
         },
     ];
     let mut gate = AccessGate::default();

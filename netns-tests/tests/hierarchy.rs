@@ -461,6 +461,29 @@ fn every_hub_on_the_path_decides_by_its_own_rules() {
         ],
     );
     assert!(check.contains("allow"), "{check}");
+    // An address of a's branch is checked as coming through a's link.
+    let check = net.tree_ok(
+        &root,
+        &[
+            "access",
+            "check",
+            "--from",
+            &a1.tunnel_addr,
+            "--to",
+            &b1.tunnel_addr,
+            "--service",
+            "icmp",
+            "--json",
+        ],
+    );
+    let check: serde_json::Value = serde_json::from_str(&check).unwrap_or_default();
+    assert_eq!(check["allowed"], true, "{check}");
+    assert!(
+        check["notes"]
+            .to_string()
+            .contains("child hub hub-a's branch"),
+        "{check}"
+    );
     // b's own rules decide too: what comes from the rest of the tree
     // arrives from its parent, by address.
     net.tree_ok(&b, &["access", "mode", "enforce"]);

@@ -121,7 +121,7 @@ impl HubState {
                 let src: std::net::IpAddr = from
                     .parse()
                     .map_err(|e| StateError::Invalid(format!("--from {from:?}: {e}")))?;
-                (Origin::Local, src)
+                self.origin_in_tree(src, &mut notes)
             }
         };
         if src.is_ipv4() != to.is_ipv4() {
@@ -143,6 +143,34 @@ impl HubState {
             rules,
             notes,
         })
+    }
+
+    /// Where a packet from address `src` (no spoke's own) comes from: a
+    /// child hub's link when it lies in that child's branch, else the
+    /// hub's interface (its LAN, or the rest of the tree through the parent).
+    fn origin_in_tree(
+        &self,
+        src: std::net::IpAddr,
+        notes: &mut Vec<String>,
+    ) -> (Origin, std::net::IpAddr) {
+        let child = self
+            .tree
+            .map
+            .children()
+            .find(|c| c.routed().contains(src))
+            .and_then(|c| Some((c.spoke?, c.name.clone())));
+        if let Some((id, name)) = child {
+            notes.push(format!(
+                "{src} is in child hub {name}'s branch: it comes through that hub's link (hub:{name})"
+            ));
+            return (Origin::Spoke(id), src);
+        }
+        if self.tree.map.upstream().contains(src) {
+            notes.push(format!(
+                "{src} is in the rest of the tree: it comes from the parent, through this hub's interface"
+            ));
+        }
+        (Origin::Local, src)
     }
 
     /// Members taken out of a group lose their link keys at once too (the
