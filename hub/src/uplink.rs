@@ -150,17 +150,20 @@ pub(crate) async fn parent_view(state: &SharedState) -> Option<ParentView> {
 /// what the kernel refused is tried again every few seconds.
 pub(crate) async fn follow_tun_routes(interface: String, mut routes: watch::Receiver<ServedNets>) {
     const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
-    let mut installed = ServedNets::default();
+    let mut installed = tasuki_shell::netdev::KeptRoutes::default();
     loop {
         let want = routes.borrow_and_update().clone();
-        installed = apply(
-            &interface,
-            &want.minus(&installed),
-            &installed.minus(&want),
-            installed,
-        )
-        .await;
-        let settled = installed == want;
+        let have = routed(&installed);
+        let (add, remove) = (want.minus(&have), have.minus(&want));
+        if !add.is_empty() || !remove.is_empty() {
+            let kept = |n: ServedNets| tasuki_shell::netdev::KeptRoutes { v4: n.v4, v6: n.v6 };
+            installed
+                .change(&interface, &kept(add), &kept(remove))
+                .await;
+            tracing::info!(%interface, routed4 = ?installed.v4, routed6 = ?installed.v6, "child hubs' routes on the hub's interface");
+        }
+        let have = routed(&installed);
+        let settled = want.minus(&have).is_empty() && have.minus(&want).is_empty();
         tokio::select! {
             changed = routes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(RETRY), if !settled => {}
@@ -168,61 +171,10 @@ pub(crate) async fn follow_tun_routes(interface: String, mut routes: watch::Rece
     }
 }
 
-/// Adds `added` and removes `gone` on `interface`, one route at a time;
-/// returns what is routed there afterwards (`installed` as the kernel took
-/// the changes). What fails is logged.
-async fn apply(
-    interface: &str,
-    added: &ServedNets,
-    gone: &ServedNets,
-    mut installed: ServedNets,
-) -> ServedNets {
-    use tasuki_shell::netdev;
-    let ok = |what: &str, net: ipnet::IpNet, result: Result<()>| match result {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(%interface, %net, error = %format!("{e:#}"), "cannot {what} a child hub's route on the hub's interface");
-            false
-        }
-    };
-    for &net in &gone.v4 {
-        if ok(
-            "remove",
-            net.into(),
-            netdev::remove_routes(interface, &[net]).await,
-        ) {
-            installed.v4.retain(|n| *n != net);
-        }
+/// What is routed on the interface, as subnets.
+fn routed(kept: &tasuki_shell::netdev::KeptRoutes) -> ServedNets {
+    ServedNets {
+        v4: kept.v4.clone(),
+        v6: kept.v6.clone(),
     }
-    for &net in &gone.v6 {
-        if ok(
-            "remove",
-            net.into(),
-            netdev::remove_routes6(interface, &[net]).await,
-        ) {
-            installed.v6.retain(|n| *n != net);
-        }
-    }
-    for &net in &added.v4 {
-        if ok(
-            "add",
-            net.into(),
-            netdev::add_routes(interface, &[net]).await,
-        ) {
-            installed.v4.push(net);
-        }
-    }
-    for &net in &added.v6 {
-        if ok(
-            "add",
-            net.into(),
-            netdev::add_routes6(interface, &[net]).await,
-        ) {
-            installed.v6.push(net);
-        }
-    }
-    if !added.is_empty() || !gone.is_empty() {
-        tracing::info!(%interface, routed = ?installed.strings(), "child hubs' routes on the hub's interface");
-    }
-    installed
 }

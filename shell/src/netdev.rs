@@ -303,6 +303,61 @@ pub async fn add_routes6(ifname: &str, nets: &[Ipv6Net]) -> Result<()> {
     add_routes_with(ifname, &v6_nets(nets), None).await
 }
 
+/// Routes kept on one interface: what the kernel took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptRoutes {
+    /// IPv4 routes.
+    pub v4: Vec<Ipv4Net>,
+    /// IPv6 routes.
+    pub v6: Vec<Ipv6Net>,
+}
+
+impl KeptRoutes {
+    /// Makes the changes on interface `ifname` one route at a time, so
+    /// that one the kernel refuses (logged with its reason) leaves the
+    /// others made: a route it could not add is not kept (the next change
+    /// adds it again), one it could not remove still is. Removals first.
+    /// Returns a sentence for each route that failed.
+    pub async fn change(
+        &mut self,
+        ifname: &str,
+        add: &KeptRoutes,
+        remove: &KeptRoutes,
+    ) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut ok = |result: Result<()>| match result {
+            Ok(()) => true,
+            Err(e) => {
+                let e = format!("{e:#}");
+                tracing::warn!(interface = %ifname, error = %e, "a route change failed");
+                failed.push(e);
+                false
+            }
+        };
+        for &net in &remove.v4 {
+            if ok(remove_routes(ifname, &[net]).await) {
+                self.v4.retain(|n| *n != net);
+            }
+        }
+        for &net in &remove.v6 {
+            if ok(remove_routes6(ifname, &[net]).await) {
+                self.v6.retain(|n| *n != net);
+            }
+        }
+        for &net in &add.v4 {
+            if ok(add_routes(ifname, &[net]).await) {
+                self.v4.push(net);
+            }
+        }
+        for &net in &add.v6 {
+            if ok(add_routes6(ifname, &[net]).await) {
+                self.v6.push(net);
+            }
+        }
+        failed
+    }
+}
+
 /// Removes the routes to `nets` through interface `ifname` (one already
 /// gone is no error).
 pub async fn remove_routes(ifname: &str, nets: &[Ipv4Net]) -> Result<()> {

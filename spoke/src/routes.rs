@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ipnet::{Ipv4Net, Ipv6Net};
 use tasuki_core::address_plan::SpokeIpv6;
 use tasuki_core::control::SpokeConfig;
+use tasuki_shell::netdev;
 
 /// The routes on the TUN, shared by the data plane's start (which puts the
 /// first ones there) and the control loop (which follows the hub's
@@ -175,44 +176,23 @@ impl Routed {
         }
     }
 
-    /// Makes the changes of `diff` one route at a time, so that one that
-    /// fails (logged, with its reason) leaves the others made. What is
-    /// known as routed is what the kernel took: a route that could not be
-    /// added is not (the next configuration adds it again), one that could
-    /// not be removed still is. Returns a sentence for each route that failed.
+    /// Makes the changes of `diff` (see [`netdev::KeptRoutes::change`]);
+    /// returns a sentence for each route that failed.
     async fn apply(&mut self, diff: RouteDiff) -> Vec<String> {
-        use tasuki_shell::netdev;
-        let ifname = self.interface.clone();
-        let mut failed = Vec::new();
-        let mut ok = |result: anyhow::Result<()>| match result {
-            Ok(()) => true,
-            Err(e) => {
-                let e = format!("{e:#}");
-                tracing::warn!(interface = %ifname, error = %e, "a route change failed");
-                failed.push(e);
-                false
-            }
+        let mut kept = netdev::KeptRoutes {
+            v4: std::mem::take(&mut self.v4),
+            v6: std::mem::take(&mut self.v6),
         };
-        for net in diff.remove {
-            if ok(netdev::remove_routes(&self.interface, &[net]).await) {
-                self.v4.retain(|n| *n != net);
-            }
-        }
-        for net in diff.remove6 {
-            if ok(netdev::remove_routes6(&self.interface, &[net]).await) {
-                self.v6.retain(|n| *n != net);
-            }
-        }
-        for net in diff.add {
-            if ok(netdev::add_routes(&self.interface, &[net]).await) {
-                self.v4.push(net);
-            }
-        }
-        for net in diff.add6 {
-            if ok(netdev::add_routes6(&self.interface, &[net]).await) {
-                self.v6.push(net);
-            }
-        }
+        let add = netdev::KeptRoutes {
+            v4: diff.add,
+            v6: diff.add6,
+        };
+        let remove = netdev::KeptRoutes {
+            v4: diff.remove,
+            v6: diff.remove6,
+        };
+        let failed = kept.change(&self.interface, &add, &remove).await;
+        (self.v4, self.v6) = (kept.v4, kept.v6);
         failed
     }
 }

@@ -401,24 +401,7 @@ impl HubState {
             .map
             .child(name)
             .ok_or_else(|| StateError::Invalid(format!("no child hub named {name:?}")))?;
-        Ok(self.view_of(child, None))
-    }
-
-    fn view_of(&self, child: &ChildHub, dp: Option<&DpStatus>) -> ChildHubView {
-        let link = child
-            .spoke
-            .and_then(|id| self.spoke_views(dp).into_iter().find(|v| v.id == id));
-        ChildHubView {
-            name: child.name.clone(),
-            state: link
-                .as_ref()
-                .map_or_else(|| "invited".into(), |l| l.state.clone()),
-            announced: child.announced.strings(),
-            routed: child.routed().strings(),
-            unapproved: child.unapproved().strings(),
-            link,
-            invited_at: child.invited_at,
-        }
+        Ok(view_of(child, &self.spoke_views(None)))
     }
 
     /// `tasuki-hub hub list`, with the parent as the uplink sees it.
@@ -427,15 +410,35 @@ impl HubState {
         dp: Option<&DpStatus>,
         parent: Option<ParentView>,
     ) -> HubTreeView {
+        // Every link's view once, for all the children.
+        let links = self.spoke_views(dp);
         HubTreeView {
             parent,
             children: self
                 .tree
                 .map
                 .children()
-                .map(|c| self.view_of(c, dp))
+                .map(|c| view_of(c, &links))
                 .collect(),
             announcements_coalesced: self.tree.coalesced,
         }
+    }
+}
+
+/// One child hub as `hub list` shows it, its link found among `links`.
+fn view_of(child: &ChildHub, links: &[tasuki_core::admin_api::SpokeView]) -> ChildHubView {
+    let link = child
+        .spoke
+        .and_then(|id| links.iter().find(|v| v.id == id).cloned());
+    ChildHubView {
+        name: child.name.clone(),
+        state: link
+            .as_ref()
+            .map_or_else(|| "invited".into(), |l| l.state.clone()),
+        announced: child.announced.strings(),
+        routed: child.routed().strings(),
+        unapproved: child.unapproved().strings(),
+        link,
+        invited_at: child.invited_at,
     }
 }
