@@ -30,6 +30,7 @@ pub mod hub_plane;
 pub mod hub_session;
 pub mod invitation;
 pub mod keys;
+pub mod leadership;
 pub mod link;
 pub mod multicast;
 pub mod pair;
@@ -50,6 +51,7 @@ pub mod spoke_keys;
 pub mod spoke_pairs;
 pub mod spoke_plane;
 pub mod spoke_session;
+pub mod store_seal;
 pub mod users;
 pub mod wireguard;
 

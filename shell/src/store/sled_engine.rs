@@ -1,7 +1,7 @@
-//! A narrow typed interface over sled, so the engine can be swapped.
+//! The embedded store engine, sled.
 //!
-//! Values are postcard-encoded. Every record lives in sled's one default
-//! tree under `TREE \0 KEY`, so a [`Store::commit`] is a single atomic batch
+//! Every record lives in sled's one default
+//! tree under `TREE \0 KEY`, so a [`super::Store::commit`] is a single atomic batch
 //! however many "trees" it touches, and it is flushed before it returns.
 //! Only the daemon opens its store.
 //!
@@ -26,11 +26,8 @@ use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::{de::DeserializeOwned, Serialize};
 
-/// A commit is refused while the store's file system has less than this
-/// free: sled, the key files and the audit log need room to write safely.
-pub const MIN_FREE_BYTES: u64 = 1 << 20;
+use super::{Write, MIN_FREE_BYTES};
 
 /// How long a reopen waits for sled's background thread to let go of the
 /// old handle's file lock.
@@ -39,8 +36,8 @@ const REOPEN_LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Write failures of one episode are logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A daemon's durable store.
-pub struct Store {
+/// The embedded engine: sled in the state directory.
+pub(super) struct SledStore {
     /// `None` after a failed write whose reopen failed too; the next commit
     /// tries to reopen again.
     db: RwLock<Option<sled::Db>>,
@@ -226,10 +223,10 @@ fn free_bytes(path: &Path) -> Option<u64> {
     }
 }
 
-impl Store {
+impl SledStore {
     /// Opens the store at `path`; a store that will not open gets an error
     /// naming the path and what to do, never a silent reset.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(super) fn open(path: &Path) -> Result<Self> {
         let (db, stored) = open_db(path)?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -268,69 +265,36 @@ impl Store {
             .with_context(|| format!("the store at {} is closed", self.path.display()))
     }
 
-    /// Reads one value.
-    pub fn get<T: DeserializeOwned>(&self, tree: &str, key: &[u8]) -> Result<Option<T>> {
-        match self
+    /// The bytes of one record.
+    pub(super) fn get_raw(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
             .db()?
             .get(prefixed(tree, key))
             .with_context(|| self.ctx(tree))?
-        {
-            Some(bytes) => Ok(Some(self.decode(tree, &bytes)?)),
-            None => Ok(None),
-        }
+            .map(|v| v.to_vec()))
     }
 
-    /// Reads one value, written as `T` or, by an older version, as `Old`.
-    pub fn get_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
-        &self,
-        tree: &str,
-        key: &[u8],
-    ) -> Result<Option<T>> {
-        let Some(bytes) = self
-            .db()?
-            .get(prefixed(tree, key))
-            .with_context(|| self.ctx(tree))?
-        else {
-            return Ok(None);
-        };
-        match tasuki_core::codec::from_bytes::<T>(std::any::type_name::<T>(), &bytes) {
-            Ok(value) => Ok(Some(value)),
-            Err(_) => Ok(Some(self.decode::<Old>(tree, &bytes)?.into())),
-        }
-    }
-
-    /// Reads every value of a tree, in key order.
-    pub fn all<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
+    /// Every record of a tree (its key without the tree's prefix, and its
+    /// bytes), in key order.
+    pub(super) fn scan_raw(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = prefixed(tree, b"");
         let mut out = Vec::new();
-        for item in self.db()?.scan_prefix(prefixed(tree, b"")) {
-            let (_, v) = item.with_context(|| self.ctx(tree))?;
-            out.push(self.decode(tree, &v)?);
+        for item in self.db()?.scan_prefix(&prefix) {
+            let (k, v) = item.with_context(|| self.ctx(tree))?;
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
         }
         Ok(out)
     }
 
-    /// Reads every value of a tree, each written as `T` or, by an older
-    /// version, as `Old` (a record that has since gained a field).
-    pub fn all_upgrading<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
-        &self,
-        tree: &str,
-    ) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        for item in self.db()?.scan_prefix(prefixed(tree, b"")) {
-            let (_, v) = item.with_context(|| self.ctx(tree))?;
-            let value = match tasuki_core::codec::from_bytes::<T>(std::any::type_name::<T>(), &v) {
-                Ok(value) => value,
-                Err(_) => self.decode::<Old>(tree, &v)?.into(),
-            };
-            out.push(value);
-        }
-        Ok(out)
+    /// Where the store is, for messages.
+    pub(super) fn describe(&self) -> String {
+        format!("the store at {}", self.path.display())
     }
 
     /// Writes several values (and removals) in one atomic batch, flushes it,
     /// and records the new generation. On an error nothing of the batch is
     /// in the store, now or after a restart; the error is also logged.
-    pub fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
+    pub(super) fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
         let mut generation_file = self
             .commit_lock
             .lock()
@@ -442,25 +406,16 @@ impl Store {
 
     /// Sets the free space a commit needs (tests: 0 lets sled itself hit
     /// the full disk).
-    pub fn set_min_free(&self, bytes: u64) {
+    pub(super) fn set_min_free(&self, bytes: u64) {
         self.min_free.store(bytes, Ordering::Relaxed);
     }
 
     /// Forces everything written so far to disk.
-    pub fn flush(&self) -> Result<()> {
+    pub(super) fn flush(&self) -> Result<()> {
         self.db()?
             .flush()
             .with_context(|| format!("cannot flush the store at {}", self.path.display()))?;
         Ok(())
-    }
-
-    fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T> {
-        tasuki_core::codec::from_bytes(std::any::type_name::<T>(), bytes).with_context(|| {
-            format!(
-                "a record in tree {tree:?} of the store at {} is damaged",
-                self.path.display()
-            )
-        })
     }
 
     fn ctx(&self, tree: &str) -> String {
@@ -468,77 +423,10 @@ impl Store {
     }
 }
 
-/// One change in a [`Store::commit`].
-pub enum Write<'a> {
-    /// Insert or replace.
-    Put {
-        /// Tree name.
-        tree: &'a str,
-        /// Key bytes.
-        key: Vec<u8>,
-        /// Encoded value.
-        value: Vec<u8>,
-    },
-    /// Delete.
-    Remove {
-        /// Tree name.
-        tree: &'a str,
-        /// Key bytes.
-        key: Vec<u8>,
-    },
-}
-
-impl<'a> Write<'a> {
-    /// A put of a serializable value.
-    pub fn put<T: Serialize>(tree: &'a str, key: impl Into<Vec<u8>>, value: &T) -> Result<Self> {
-        Ok(Write::Put {
-            tree,
-            key: key.into(),
-            value: tasuki_core::codec::to_bytes(value)?,
-        })
-    }
-
-    /// A removal.
-    pub fn remove(tree: &'a str, key: impl Into<Vec<u8>>) -> Self {
-        Write::Remove {
-            tree,
-            key: key.into(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Records written before a field was added are read through their
-    /// old layout; new ones as they are; damage is still refused.
-    #[test]
-    fn old_records_are_read_through_their_old_layout() {
-        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-        struct Old(u32);
-        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-        struct New(u32, bool);
-        impl From<Old> for New {
-            fn from(o: Old) -> New {
-                New(o.0, false)
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("tasuki-upgrade-{}", std::process::id()));
-        let s = Store::open(&dir.join("store")).unwrap();
-        s.commit(&[
-            Write::put("t", *b"1", &Old(7)).unwrap(),
-            Write::put("t", *b"2", &New(8, true)).unwrap(),
-        ])
-        .unwrap();
-        let all: Vec<New> = s.all_upgrading::<New, Old>("t").unwrap();
-        assert_eq!(all, vec![New(7, false), New(8, true)]);
-        s.commit(&[Write::put("t", *b"3", &(1u8, 2u8, 3u8, 4u8, 5u8, 6u8)).unwrap()])
-            .unwrap();
-        assert!(s.all_upgrading::<New, Old>("t").is_err());
-        drop(s);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    use crate::store::Store;
 
     #[test]
     fn a_rolled_back_store_is_refused() {
@@ -698,44 +586,6 @@ mod tests {
         };
         assert_eq!(s.get::<u32>("a", b"k").unwrap(), Some(5));
         assert!(!dir.join("snap.FFFFFFFFFFFFFFFF.generating").exists());
-        drop(s);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn commit_and_read_back_across_reopen() {
-        let dir = std::env::temp_dir().join(format!("tasuki-store-{}", std::process::id()));
-        {
-            let s = Store::open(&dir).unwrap();
-            s.commit(&[
-                Write::put("a", *b"k1", &1u32).unwrap(),
-                Write::put("a", *b"k2", &2u32).unwrap(),
-                Write::put("b", *b"x", &"hi".to_string()).unwrap(),
-            ])
-            .unwrap();
-            s.commit(&[Write::remove("a", *b"k1")]).unwrap();
-        }
-        // sled's background flusher may hold the file lock for a moment
-        // after the handle is dropped (a new process never sees that).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let s = loop {
-            match Store::open(&dir) {
-                Ok(s) => break s,
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && format!("{e:#}").contains("acquire lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("{e:#}"),
-            }
-        };
-        assert_eq!(s.all::<u32>("a").unwrap(), vec![2]);
-        assert_eq!(s.get::<String>("b", b"x").unwrap().as_deref(), Some("hi"));
-        assert!(s.get::<u32>("b", b"y").unwrap().is_none());
-        // A record of the wrong shape is an error that names the tree.
-        let err = s.get::<u64>("b", b"x").map(|_| ()).unwrap_err();
-        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
