@@ -142,6 +142,16 @@ impl SecretKey {
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// Reads the base64 form of a key file (a cluster's storage key).
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        Ok(Self(decode32(text)?))
+    }
+
+    /// The base64 form, for a key file only.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(*self.0))
+    }
 }
 
 impl PartialEq for SecretKey {

@@ -5,15 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tasuki_core::admin_api::HubStatus;
 use tasuki_core::admin_calls as calls;
-use tasuki_core::keys::StaticKey;
-use tasuki_core::registry::HubSettings;
 
 use crate::daemon::{self, RunOptions};
-use crate::state;
 
 /// Default admin socket.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/tasuki/hub.sock";
@@ -34,27 +31,8 @@ struct Cli {
 enum Command {
     /// Create the hub's identity key and store in a new state directory.
     Init {
-        /// State directory (created 0700; holds hub.key and the store).
-        #[arg(long, default_value = "/var/lib/tasuki-hub")]
-        state_dir: PathBuf,
-        /// Public HOST:PORT that spokes reach (TCP control and UDP data on the same port).
-        #[arg(long)]
-        endpoint: String,
-        /// Tunnel network, once per family (an IPv4 one, and an IPv6 prefix
-        /// such as fd77:1::/64); the hub takes its first address, spokes
-        /// the others. With no IPv6 prefix, a random ULA /64 (RFC 4193).
-        #[arg(long = "tunnel-net", required = true)]
-        tunnel_nets: Vec<ipnet::IpNet>,
-        /// A subnet routed behind the hub (company LAN), IPv4 or IPv6;
-        /// repeat for several.
-        #[arg(long = "route")]
-        routes: Vec<ipnet::IpNet>,
-        /// No IPv6 inside the tunnels (no random ULA prefix either).
-        #[arg(long)]
-        no_ipv6: bool,
-        /// WireGuard persistent keepalive for spokes, seconds (0 = off).
-        #[arg(long, default_value_t = 25)]
-        keepalive: u16,
+        #[command(flatten)]
+        args: crate::cli_init::InitArgs,
     },
     /// Run the hub daemon.
     Run {
@@ -264,19 +242,7 @@ pub(crate) fn main() -> Result<()> {
         tasuki_shell::logging::init(None);
     }
     match cli.command {
-        Command::Init {
-            state_dir,
-            endpoint,
-            tunnel_nets,
-            routes,
-            no_ipv6,
-            keepalive,
-        } => init(
-            &state_dir,
-            endpoint,
-            (tunnel_nets, routes, no_ipv6),
-            keepalive,
-        ),
+        Command::Init { args } => crate::cli_init::init(args),
         Command::Run { flags } => run(flags),
         Command::CheckConfig { config } => check_config(config),
         Command::Completions { shell } => {
@@ -419,70 +385,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn init(
-    dir: &Path,
-    endpoint: String,
-    (nets, routes, no_ipv6): (Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, bool),
-    keepalive: u16,
-) -> Result<()> {
-    let (tunnel_net, tunnel_net6) = crate::cli_ipv6::split_tunnel_nets(&nets)?;
-    let (routes, routes6) = crate::cli_ipv6::split_routes(routes);
-    let port_ok = endpoint
-        .rsplit_once(':')
-        .and_then(|(host, port)| {
-            (!host.is_empty())
-                .then(|| port.parse::<u16>().ok())
-                .flatten()
-        })
-        .is_some_and(|p| p != 0);
-    if !port_ok {
-        bail!("--endpoint must be HOST:PORT with a non-zero port, got {endpoint:?}");
-    }
-    if tunnel_net.prefix_len() > 30 {
-        bail!("--tunnel-net {tunnel_net} is too small: use a /30 or larger");
-    }
-    if tunnel_net.trunc() != tunnel_net {
-        bail!(
-            "--tunnel-net {tunnel_net} has host bits set; did you mean {}?",
-            tunnel_net.trunc()
-        );
-    }
-    let key_path = dir.join(state::KEY_FILE);
-    if key_path.exists() {
-        bail!(
-            "{} already holds a hub (found {}); refusing to overwrite its identity",
-            dir.display(),
-            key_path.display()
-        );
-    }
-    // Everything is checked before anything is written; the key file,
-    // which marks a hub as made, is written last.
-    let plan = crate::cli_ipv6::init_plan(tunnel_net, tunnel_net6, routes6, no_ipv6)?;
-    let settings = HubSettings {
-        endpoint,
-        tunnel_net,
-        routes,
-        keepalive_secs: keepalive,
-    };
-    tasuki_shell::files::ensure_private_dir(dir)?;
-    state::write_settings(dir, &settings, plan.as_ref())?;
-    let key = StaticKey::generate(&mut rand_core::OsRng);
-    tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
-    println!("initialised hub in {}", dir.display());
-    println!("  public key:  {}", key.public());
-    println!("  fingerprint: {}", key.public().fingerprint());
-    println!("  endpoint:    {}", settings.endpoint);
-    println!(
-        "  tunnel net:  {} (hub {})",
-        settings.tunnel_net,
-        settings.hub_addr()
-    );
-    if let Some(p) = &plan {
-        println!("  tunnel net:  {} (hub {})", p.tunnel_net, p.hub_addr);
-    }
-    Ok(())
 }
 
 fn parse_since(text: &str) -> Result<u64> {

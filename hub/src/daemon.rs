@@ -80,15 +80,11 @@ async fn spawn_dataplane(
 
 /// Where the hub listens: `--listen`, or every address on the stored
 /// endpoint's port.
-fn listen_addr(
-    given: Option<SocketAddr>,
-    settings: &tasuki_core::registry::HubSettings,
-) -> Result<SocketAddr> {
+fn listen_addr(given: Option<SocketAddr>, endpoint: &str) -> Result<SocketAddr> {
     if let Some(a) = given {
         return Ok(a);
     }
-    let port = settings
-        .endpoint
+    let port = endpoint
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .context("stored endpoint has no port")?;
@@ -154,6 +150,14 @@ async fn rotate(state: SharedState) {
 /// `tasuki-hub run`: until SIGTERM (or the data plane stops).
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
+    let cluster = state::engine::ClusterFile::read(&opts.state_dir)?;
+    let opened = state::engine::open(&opts.state_dir)?;
+    let store = opened.store.clone();
+    // On etcd: nothing is loaded or served before this hub is the active one.
+    let elected = match &cluster {
+        Some(file) => Some(crate::cluster::campaign(file, &store).await?),
+        None => None,
+    };
     let (dp_tx, dp_rx) = DpHandle::channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<DpEvent>();
     let hub = HubState::load(
@@ -161,10 +165,13 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         key.clone(),
         opts.interface.clone(),
         dp_tx.clone(),
+        opened,
     )?;
     let settings = hub.registry.settings().clone();
     let ipv6 = hub.registry.ipv6().cloned();
-    let listen = listen_addr(opts.listen, &settings)?;
+    // A cluster member listens on its own endpoint's port.
+    let endpoint = cluster.as_ref().map_or(&settings.endpoint, |c| &c.endpoint);
+    let listen = listen_addr(opts.listen, endpoint)?;
     let tcp = tasuki_shell::dual_stack::tcp_listener(listen)
         .and_then(TcpListener::from_std)
         .with_context(|| format!("cannot bind TCP {listen}"))?;
@@ -174,7 +181,7 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     };
     let admin = tasuki_shell::local::bind(&opts.admin_socket, access)?;
     let _socket_guard = SocketGuard(opts.admin_socket.clone());
-    let (interface, mut dp_done) = spawn_dataplane(DataPlaneSetup {
+    let (interface, dp_done) = spawn_dataplane(DataPlaneSetup {
         key: key.clone(),
         listen,
         interface: opts.interface.clone(),
@@ -234,7 +241,9 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     tasks.extend(tasuki_shell::service::spawn_watchdog());
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
-    tasuki_shell::service::until_stopped(&mut dp_done, || reload(opts.config.as_deref())).await?;
+    let stepped_down = Arc::new(std::sync::OnceLock::new());
+    let mut done = until_done(dp_done, elected, store, stepped_down.clone());
+    tasuki_shell::service::until_stopped(&mut done, || reload(opts.config.as_deref())).await?;
     tasuki_shell::service::stopping();
     for task in tasks {
         task.abort();
@@ -242,5 +251,47 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     // Everything acknowledged is on disk already; flush what is not.
     state.with(|st| st.flush())?;
     tracing::info!("stopped; the TUN interface and its routes go with the process");
-    Ok(())
+    match stepped_down.get() {
+        Some(why) => Err(anyhow::anyhow!(
+            "this hub stepped down ({why:?}): another hub is active or the lease lapsed; start \
+             it again to stand by"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the hub's work has ended: its data plane stopped, or, on
+/// a cluster, it stepped down (then `stepped_down` says why).
+fn until_done(
+    dp_done: tokio::sync::oneshot::Receiver<()>,
+    elected: Option<(crate::cluster::Election, etcd_client::Client)>,
+    store: tasuki_shell::store::Store,
+    stepped_down: Arc<std::sync::OnceLock<tasuki_core::leadership::StepDown>>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        match elected {
+            None => {
+                // Ended or dropped: either way the data plane is gone.
+                drop(dp_done.await);
+            }
+            Some((election, client)) => {
+                let gate = election.clone();
+                if let Some(etcd) = store.etcd() {
+                    etcd.gate_with(Arc::new(move || gate.refusal()));
+                }
+                tokio::select! {
+                    _ = dp_done => {}
+                    why = crate::cluster::keep(election, client, store) => {
+                        tracing::error!(?why, "stepped down: this hub stops serving");
+                        stepped_down.get_or_init(|| why);
+                    }
+                }
+            }
+        }
+        if tx.send(()).is_err() {
+            tracing::debug!("the daemon stopped before its work ended");
+        }
+    });
+    rx
 }

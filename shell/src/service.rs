@@ -57,9 +57,10 @@ pub fn reload_log_level(load: impl FnOnce() -> anyhow::Result<Option<String>>) {
 }
 
 /// Waits until the daemon should stop: SIGTERM, an interrupt, or `done`
-/// (its data plane ended); calls `on_hangup` at each SIGHUP meanwhile.
-pub async fn until_stopped(
-    done: &mut tokio::sync::oneshot::Receiver<()>,
+/// (its data plane ended, or the hub lost its role: the caller says which);
+/// calls `on_hangup` at each SIGHUP meanwhile.
+pub async fn until_stopped<F: std::future::Future + Unpin>(
+    done: &mut F,
     mut on_hangup: impl FnMut(),
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -69,7 +70,7 @@ pub async fn until_stopped(
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: stopping"); return Ok(()); }
-            _ = &mut *done => { tracing::error!("data plane stopped"); return Ok(()); }
+            _ = &mut *done => { tracing::error!("stopping: the data plane ended (or, on a hub, it stepped down)"); return Ok(()); }
             _ = hup.recv() => on_hangup(),
         }
     }

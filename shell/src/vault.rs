@@ -1,4 +1,6 @@
-//! Throw-away keys at rest: one 0600 file per key, outside the store.
+//! Throw-away keys at rest: one 0600 file per key, outside the store; or,
+//! for a hub on etcd, records of the replicated store (sealed there under
+//! the cluster's storage key like every other value).
 //!
 //! sled is log-structured: a removed value stays in its files until the
 //! engine compacts (measured: the bytes of a removed record are still in
@@ -14,10 +16,20 @@ use anyhow::{bail, Context, Result};
 use tasuki_core::keys::SecretKey;
 use zeroize::Zeroizing;
 
-/// A directory of secret key files.
+/// Where secret keys are kept.
 pub struct KeyVault {
-    dir: PathBuf,
+    place: Place,
 }
+
+enum Place {
+    /// A directory of 0600 files.
+    Dir(PathBuf),
+    /// Records of the `vault` tree of a replicated store.
+    Store(crate::store::Store),
+}
+
+/// The store tree of a [`KeyVault::in_store`].
+const VAULT_TREE: &str = "vault";
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -32,44 +44,84 @@ impl KeyVault {
     pub fn open(dir: &Path) -> Result<Self> {
         crate::files::ensure_private_dir(dir)?;
         Ok(Self {
-            dir: dir.to_owned(),
+            place: Place::Dir(dir.to_owned()),
         })
     }
 
-    fn path(&self, name: &str) -> Result<PathBuf> {
+    /// A vault in the replicated `store` (which seals what it holds).
+    pub fn in_store(store: crate::store::Store) -> Self {
+        Self {
+            place: Place::Store(store),
+        }
+    }
+
+    fn checked(name: &str) -> Result<&str> {
         if !valid_name(name) {
             bail!("invalid key name {name:?}");
         }
-        Ok(self.dir.join(format!("{name}.key")))
+        Ok(name)
     }
 
-    /// Stores a key durably (written, synced, renamed into place).
+    fn path(&self, dir: &Path, name: &str) -> Result<PathBuf> {
+        Ok(dir.join(format!("{}.key", Self::checked(name)?)))
+    }
+
+    /// Stores a key durably (written, synced, renamed into place; or
+    /// committed to the replicated store).
     pub fn put(&self, name: &str, key: &SecretKey) -> Result<()> {
-        crate::files::write_secret_file(&self.path(name)?, key.expose())
+        match &self.place {
+            Place::Dir(dir) => {
+                crate::files::write_secret_file(&self.path(dir, name)?, key.expose())
+            }
+            Place::Store(store) => store.commit(&[crate::store::Write::Put {
+                tree: VAULT_TREE,
+                key: Self::checked(name)?.as_bytes().to_vec(),
+                value: key.expose().to_vec(),
+            }]),
+        }
     }
 
-    /// Reads a key; `None` if there is no such file.
+    /// Reads a key; `None` if there is no such key.
     pub fn get(&self, name: &str) -> Result<Option<SecretKey>> {
-        let path = self.path(name)?;
-        let bytes = match fs::read(&path) {
-            Ok(b) => Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        let (bytes, place) = match &self.place {
+            Place::Dir(dir) => {
+                let path = self.path(dir, name)?;
+                match fs::read(&path) {
+                    Ok(b) => (Zeroizing::new(b), path.display().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", path.display()))
+                    }
+                }
+            }
+            Place::Store(store) => {
+                match store.get_raw(VAULT_TREE, Self::checked(name)?.as_bytes())? {
+                    Some(b) => (b, format!("key {name} in {}", store.describe())),
+                    None => return Ok(None),
+                }
+            }
         };
-        let arr: [u8; 32] = bytes.as_slice().try_into().with_context(|| {
-            format!(
-                "{} is damaged ({} bytes, expected 32)",
-                path.display(),
-                bytes.len()
-            )
-        })?;
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .with_context(|| format!("{place} is damaged ({} bytes, expected 32)", bytes.len()))?;
         Ok(Some(SecretKey::from_bytes(arr)))
     }
 
-    /// Erases a key: overwrite with zeros, sync, unlink, sync the directory.
+    /// Erases a key: overwrite with zeros, sync, unlink, sync the directory
+    /// (a replicated store only ever held it sealed: removed).
     /// Erasing a key that is not there is not an error.
     pub fn erase(&self, name: &str) -> Result<()> {
-        let path = self.path(name)?;
+        let dir = match &self.place {
+            Place::Dir(dir) => dir,
+            Place::Store(store) => {
+                return store.commit(&[crate::store::Write::remove(
+                    VAULT_TREE,
+                    Self::checked(name)?.as_bytes(),
+                )])
+            }
+        };
+        let path = self.path(dir, name)?;
         match OpenOptions::new().write(true).open(&path) {
             Ok(mut f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(32) as usize;
@@ -81,32 +133,43 @@ impl KeyVault {
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         }
         fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        fs::File::open(&self.dir)
+        fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync {}", self.dir.display()))?;
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
         Ok(())
     }
 
     /// Names of every stored key.
     pub fn names(&self) -> Result<Vec<String>> {
+        let dir = match &self.place {
+            Place::Dir(dir) => dir,
+            Place::Store(store) => {
+                return Ok(store
+                    .scan_raw(VAULT_TREE)?
+                    .into_iter()
+                    .map(|(k, v)| {
+                        drop(Zeroizing::new(v));
+                        String::from_utf8_lossy(&k).into_owned()
+                    })
+                    .collect())
+            }
+        };
         let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dir)
-            .with_context(|| format!("cannot list {}", self.dir.display()))?
-        {
+        for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if let Some(stem) = name.strip_suffix(".key") {
                 out.push(stem.to_owned());
             } else if name.ends_with(".tmp") {
                 // A write cut short by a crash: never acknowledged, so never used.
-                let _ = self.erase_tmp(&name);
+                let _ = Self::erase_tmp(dir, &name);
             }
         }
         out.sort();
         Ok(out)
     }
 
-    fn erase_tmp(&self, file: &str) -> Result<()> {
-        let path = self.dir.join(file);
+    fn erase_tmp(dir: &Path, file: &str) -> Result<()> {
+        let path = dir.join(file);
         if let Ok(mut f) = OpenOptions::new().write(true).open(&path) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0) as usize;
             let _ = f.write_all(&vec![0u8; len]).and_then(|_| f.sync_all());

@@ -9,15 +9,17 @@ use anyhow::Context;
 use super::*;
 
 impl HubState {
-    /// Loads the registry and epochs from the state directory.
+    /// Loads the registry and epochs from the store (`opened`, named by
+    /// the state directory `dir`).
     pub(crate) fn load(
         dir: &Path,
         key: Arc<StaticKey>,
         interface: String,
         dataplane: DpHandle,
+        opened: engine::Opened,
     ) -> anyhow::Result<Self> {
         tasuki_shell::files::tighten_state_dir(dir)?;
-        let store = Store::open(&dir.join(STORE_DIR))?;
+        let engine::Opened { store, vault } = opened;
         let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
             format!(
                 "{} has no hub settings; run `tasuki-hub init`",
@@ -27,7 +29,6 @@ impl HubState {
         let spokes: Vec<SpokeRecord> = store
             .all_upgrading::<SpokeRecord, tasuki_core::registry::LegacySpokeRecord>(SPOKES_TREE)?;
         let invitations = store.all(INVITATIONS_TREE)?;
-        let vault = KeyVault::open(&dir.join(KEYS_DIR))?;
         let mut named = HashSet::new();
         let schedules = load_schedules(&store, &vault, &mut named)?;
         let active: HashSet<SpokeId> = spokes

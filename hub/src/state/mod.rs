@@ -58,6 +58,7 @@ pub(crate) use error::StateError;
 
 /// What a change to the hub's state returns.
 pub(crate) type Result<T, E = StateError> = std::result::Result<T, E>;
+pub(crate) mod engine;
 mod outbox;
 mod pair_usage;
 mod rotation;
@@ -70,9 +71,9 @@ mod wireguard;
 
 /// File holding the hub's static key.
 pub(crate) const KEY_FILE: &str = "hub.key";
-const STORE_DIR: &str = "store";
-const KEYS_DIR: &str = "keys";
-const SETTINGS_TREE: &str = "settings";
+pub(crate) const STORE_DIR: &str = "store";
+pub(crate) const KEYS_DIR: &str = "keys";
+pub(crate) const SETTINGS_TREE: &str = "settings";
 const SPOKES_TREE: &str = "spokes";
 const INVITATIONS_TREE: &str = "invitations";
 const EPOCHS_TREE: &str = "epochs";
@@ -116,13 +117,14 @@ fn epoch_key(spoke: SpokeId, epoch: u64) -> Vec<u8> {
 }
 
 /// Stored as the `hub` entry of the settings tree.
-pub(crate) fn write_settings(
-    dir: &Path,
+pub(crate) fn write_settings<'a>(
+    store: &Store,
     settings: &HubSettings,
     ipv6: Option<&tasuki_core::address_plan::Ipv6Plan>,
+    more: Vec<Write<'a>>,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&dir.join(STORE_DIR))?;
-    let mut writes = vec![Write::put(SETTINGS_TREE, *b"hub", settings)?];
+    let mut writes: Vec<Write<'a>> = vec![Write::put(SETTINGS_TREE, *b"hub", settings)?];
+    writes.extend(more);
     if let Some(plan) = ipv6 {
         writes.push(Write::put(SETTINGS_TREE, IPV6_KEY, plan)?);
     }

@@ -34,7 +34,9 @@ pub(super) fn load(dir: &TempDir, key: &Arc<StaticKey>) -> HubState {
     // (sled's flusher thread ends on its own time).
     for _ in 0..50 {
         let (dp, _rx) = DpHandle::channel();
-        match HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp) {
+        let loaded = super::engine::open(&dir.0)
+            .and_then(|opened| HubState::load(&dir.0, key.clone(), "tsk-test".into(), dp, opened));
+        match loaded {
             Ok(st) => return st,
             Err(e) if format!("{e:#}").contains("could not acquire lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
@@ -57,7 +59,13 @@ pub(super) fn new_hub_in(dir: &TempDir, net: &str) -> (HubState, Arc<StaticKey>)
         routes: vec![],
         keepalive_secs: 25,
     };
-    write_settings(&dir.0, &settings, None).unwrap();
+    write_settings(
+        &super::engine::open(&dir.0).unwrap().store,
+        &settings,
+        None,
+        vec![],
+    )
+    .unwrap();
     let key = Arc::new(StaticKey::generate(&mut rand_core::OsRng));
     (load(dir, &key), key)
 }

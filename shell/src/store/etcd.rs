@@ -146,7 +146,13 @@ struct Fence {
     leader: Option<Vec<u8>>,
     /// Why commits are refused for good (another hub changed the store).
     fenced: Option<String>,
+    /// Asked before each commit: why it must not be sent now (the hub's
+    /// lease is not known to be alive), if so.
+    gate: Option<Gate>,
 }
+
+/// See [`EtcdStore::gate_with`].
+pub type Gate = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// The etcd engine of a [`super::Store`].
 pub struct EtcdStore {
@@ -215,6 +221,7 @@ impl EtcdStore {
                 revision: 0,
                 leader: None,
                 fenced: None,
+                gate: None,
             }),
         };
         let revision = store.read_revision()?;
@@ -280,6 +287,20 @@ impl EtcdStore {
         fence.revision = revision;
         fence.leader = Some(token);
         Ok(())
+    }
+
+    /// Whether anything was ever committed under the prefix (a cluster is
+    /// there already).
+    pub fn holds_records(&self) -> bool {
+        self.lock_fence().revision != 0
+    }
+
+    /// Makes every commit ask `gate` first and fail at once with its
+    /// answer, if any: a hub whose lease may have lapsed refuses changes
+    /// without waiting for etcd (the transaction's compare would refuse
+    /// them anyway, once etcd answers).
+    pub fn gate_with(&self, gate: Gate) {
+        self.lock_fence().gate = Some(gate);
     }
 
     /// Why commits are refused for good, if they are.
@@ -350,6 +371,9 @@ impl EtcdStore {
     pub(super) fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
         let mut fence = self.lock_fence();
         if let Some(why) = &fence.fenced {
+            bail!("{why}");
+        }
+        if let Some(why) = fence.gate.as_ref().and_then(|g| g()) {
             bail!("{why}");
         }
         // One operation per key (etcd refuses a key twice in a transaction).

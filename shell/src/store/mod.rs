@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
+use zeroize::Zeroizing;
 
 pub mod etcd;
 mod sled_engine;
@@ -61,10 +62,11 @@ impl Store {
         }
     }
 
-    fn get_raw(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// The bytes of one record (wiped from memory when dropped).
+    pub fn get_raw(&self, tree: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
         match &*self.0 {
-            Engine::Sled(s) => s.get_raw(tree, key),
-            Engine::Etcd(e) => e.get_raw(tree, key).map(|v| v.map(|z| z.to_vec())),
+            Engine::Sled(s) => Ok(s.get_raw(tree, key)?.map(Zeroizing::new)),
+            Engine::Etcd(e) => e.get_raw(tree, key),
         }
     }
 

@@ -339,3 +339,25 @@ fn an_unreachable_etcd_is_a_clear_error() {
     };
     assert!(err.contains("http://"), "{err}");
 }
+
+/// A hub on etcd keeps its throw-away keys in the store: put, read, listed,
+/// erased; never in plaintext in etcd's files.
+#[test]
+fn a_vault_in_etcd_keeps_keys_sealed() {
+    let Some(server) = EtcdServer::start("vault") else {
+        return;
+    };
+    let store = Store::open_etcd(&server.settings("/v/"), key(3)).unwrap();
+    let vault = crate::vault::KeyVault::in_store(store.clone());
+    let k = SecretKey::from_bytes([0x6d; 32]);
+    vault.put("4-2", &k).unwrap();
+    vault.put("4-3", &SecretKey::from_bytes([1; 32])).unwrap();
+    assert_eq!(vault.get("4-2").unwrap(), Some(k.clone()));
+    assert_eq!(vault.names().unwrap(), vec!["4-2", "4-3"]);
+    vault.erase("4-2").unwrap();
+    vault.erase("4-2").unwrap();
+    assert_eq!(vault.get("4-2").unwrap(), None);
+    assert_eq!(vault.names().unwrap(), vec!["4-3"]);
+    assert!(vault.put("../x", &k).is_err());
+    assert!(!server.data_bytes().windows(32).any(|w| w == k.expose()));
+}

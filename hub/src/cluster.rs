@@ -1,0 +1,249 @@
+//! Several hub processes, one key station: the etcd election that makes one
+//! of them active, and the lease it keeps while it serves.
+//!
+//! A hub on etcd campaigns before it loads anything: it asks for a lease and
+//! puts the `leader` record (its token, bound to the lease) only if there is
+//! none. A standby tries again every [`CAMPAIGN_EVERY`]; the record vanishes
+//! with the active hub's lease, [`LEASE_TTL`] after its last renewal. The
+//! active hub renews its lease as [`tasuki_core::leadership`] decides, and
+//! stops (to come back as a standby) once it has lost the lease for good or
+//! the store has fenced a commit of its.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tasuki_core::leadership::{Health, Leadership, StepDown};
+use tasuki_shell::store::Store;
+
+use crate::state::engine::ClusterFile;
+
+/// The election lease: how long a dead active hub blocks a take-over.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a standby tries to become active.
+const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the active hub's lease keeper wakes.
+const KEEPER_TICK: Duration = Duration::from_millis(200);
+
+/// The election state of this process, shared with `status`.
+#[derive(Clone)]
+pub(crate) struct Election {
+    leadership: Arc<Mutex<Leadership>>,
+}
+
+impl Election {
+    /// What this hub can do now.
+    pub(crate) fn health(&self) -> Health {
+        self.leadership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .health(Instant::now())
+    }
+
+    /// Why a commit must not be sent now, if so.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        match self.health() {
+            Health::Active => None,
+            Health::Degraded => Some(
+                "etcd has not renewed this hub's lease in time (no quorum, or unreachable): \
+                 changes are refused until it does; traffic goes on with the keys in force"
+                    .into(),
+            ),
+            Health::Standby | Health::SteppedDown(_) => {
+                Some("this hub is not the active one of its cluster".into())
+            }
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Leadership) -> R) -> R {
+        f(&mut self
+            .leadership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A new token for this process: its endpoint (for people reading etcd)
+/// and 16 random bytes (two runs of one machine never share one).
+fn new_token(endpoint: &str) -> String {
+    use rand_core::RngCore;
+    let mut nonce = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{endpoint} {hex}")
+}
+
+/// Waits until this process holds the leader record, then fences `store`
+/// with it. Waits through an etcd that is unreachable (logged).
+pub(crate) async fn campaign(file: &ClusterFile, store: &Store) -> Result<(Election, Client)> {
+    let etcd = store
+        .etcd()
+        .context("a hub on etcd without an etcd store")?;
+    let leader_key = etcd.leader_key();
+    let token = new_token(&file.endpoint);
+    let mut told = None::<String>;
+    loop {
+        match try_once(file, &leader_key, &token).await {
+            Ok(Ok((client, lease, asked))) => {
+                etcd.lead_with(token.clone().into_bytes())?;
+                let mut leadership = Leadership::new(LEASE_TTL);
+                leadership.elected(lease, asked, LEASE_TTL);
+                tracing::info!(%token, "elected: this hub is the active one");
+                return Ok((
+                    Election {
+                        leadership: Arc::new(Mutex::new(leadership)),
+                    },
+                    client,
+                ));
+            }
+            Ok(Err(holder)) => {
+                if told.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(active = %holder, "standby: another hub is active");
+                    tasuki_shell::service::ready(&format!("standby; active: {holder}"));
+                    told = Some(holder);
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                if told.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "standby: cannot reach etcd; trying again");
+                    told = Some(e);
+                }
+            }
+        }
+        tokio::time::sleep(CAMPAIGN_EVERY).await;
+    }
+}
+
+/// One attempt: the client, lease and when it was asked for on a win, the
+/// holder's token otherwise.
+async fn try_once(
+    file: &ClusterFile,
+    leader_key: &[u8],
+    token: &str,
+) -> Result<Result<(Client, i64, Instant), String>> {
+    let mut client = file.etcd().connect().await?;
+    let asked = Instant::now();
+    let lease = client
+        .lease_grant(LEASE_TTL.as_secs() as i64, None)
+        .await
+        .context("cannot get a lease from etcd")?
+        .id();
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            leader_key.to_vec(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([TxnOp::put(
+            leader_key.to_vec(),
+            token.as_bytes().to_vec(),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(leader_key.to_vec(), None)]);
+    let resp = client.txn(txn).await.context("cannot campaign in etcd")?;
+    if resp.succeeded() {
+        return Ok(Ok((client, lease, asked)));
+    }
+    if let Err(e) = client.lease_revoke(lease).await {
+        // It lapses on its own within its TTL.
+        tracing::debug!(error = %e, "an unused lease was not revoked");
+    }
+    let holder = resp
+        .op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "(gone meanwhile)".into());
+    Ok(Err(holder))
+}
+
+/// Keeps the lease of an active hub alive; returns why it stepped down.
+/// Meanwhile an unrenewed lease makes the hub refuse changes (its data
+/// plane carries on), and says so once in the log.
+pub(crate) async fn keep(election: Election, mut client: Client, store: Store) -> StepDown {
+    let lease = match election.with(|l| l.role()) {
+        tasuki_core::leadership::Role::Active { lease, .. } => lease,
+        _ => return StepDown::Replaced,
+    };
+    let mut stream = None;
+    let mut was = Health::Active;
+    let mut tick = tokio::time::interval(KEEPER_TICK);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        if store.etcd().and_then(|e| e.fenced()).is_some() {
+            election.with(|l| l.replaced());
+        }
+        if election.with(|l| l.poll_renewal(now)) {
+            let answer = renew(&mut client, &mut stream, lease).await;
+            election.with(|l| match answer {
+                Ok(ttl) => l.renewed(now, ttl),
+                Err(_) => l.renewal_failed(now),
+            });
+            if let Err(e) = answer {
+                tracing::debug!(error = %format!("{e:#}"), "lease renewal failed");
+                stream = None;
+            }
+        }
+        let health = election.health();
+        if health != was {
+            match health {
+                Health::Degraded => tracing::error!(
+                    "etcd does not answer: this hub keeps relaying with the keys it holds and \
+                     refuses changes until it does"
+                ),
+                Health::Active => tracing::info!("etcd answers again: changes go ahead"),
+                _ => {}
+            }
+            was = health;
+        }
+        if let Health::SteppedDown(why) = health {
+            return why;
+        }
+    }
+}
+
+type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// One renewal: the TTL the servers answered with (zero: the lease is gone).
+async fn renew(
+    client: &mut Client,
+    stream: &mut Option<KeepAlive>,
+    lease: i64,
+) -> Result<Duration> {
+    let wait = LEASE_TTL / 3;
+    let renewal = async {
+        if stream.is_none() {
+            // Opening the stream renews the lease once (to its full TTL).
+            return match client.lease_keep_alive(lease).await {
+                Ok(s) => {
+                    *stream = Some(s);
+                    Ok(LEASE_TTL)
+                }
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => {
+                    Ok(Duration::ZERO)
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        let (keeper, answers) = stream.as_mut().context("no keep-alive stream")?;
+        keeper.keep_alive().await?;
+        let answer = answers
+            .message()
+            .await?
+            .context("etcd closed the keep-alive stream")?;
+        Ok::<_, anyhow::Error>(Duration::from_secs(answer.ttl().max(0) as u64))
+    };
+    tokio::time::timeout(wait, renewal)
+        .await
+        .context("etcd did not answer a lease renewal in time")?
+}
