@@ -51,6 +51,37 @@ impl From<LegacySpokeConfig> for crate::control::SpokeConfig {
             mtu: c.mtu,
             keepalive_secs: c.keepalive_secs,
             ipv6: None,
+            hub_endpoints: Vec::new(),
+        }
+    }
+}
+
+/// A spoke's configuration as versions before hub clusters stored it: read
+/// from an older spoke store and taken as one of a hub of one machine.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct SpokeConfigBeforeClusters {
+    spoke_id: u32,
+    name: String,
+    tunnel_addr: Ipv4Net,
+    hub_tunnel_addr: Ipv4Addr,
+    routes: Vec<Ipv4Net>,
+    mtu: u16,
+    keepalive_secs: u16,
+    ipv6: Option<SpokeIpv6>,
+}
+
+impl From<SpokeConfigBeforeClusters> for crate::control::SpokeConfig {
+    fn from(c: SpokeConfigBeforeClusters) -> Self {
+        Self {
+            spoke_id: c.spoke_id,
+            name: c.name,
+            tunnel_addr: c.tunnel_addr,
+            hub_tunnel_addr: c.hub_tunnel_addr,
+            routes: c.routes,
+            mtu: c.mtu,
+            keepalive_secs: c.keepalive_secs,
+            ipv6: c.ipv6,
+            hub_endpoints: Vec::new(),
         }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::invitation::InvitationId;
@@ -18,6 +17,8 @@ use crate::pair_schedule::PairDelivery;
 
 pub use crate::group_messages::{GroupMulticast, HubGroup, SpokeGroup};
 use zeroize::Zeroizing;
+
+pub use crate::spoke_config::SpokeConfig;
 
 /// Which exchange a control connection is for; the first byte a spoke sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,27 +482,6 @@ pub enum UserReply {
         /// Waiting for the user's approval.
         to_decide: Vec<crate::requests::Request>,
     },
-}
-
-/// What a spoke needs to run its data plane.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpokeConfig {
-    /// Spoke id assigned by the hub.
-    pub spoke_id: u32,
-    /// The spoke's name at the hub.
-    pub name: String,
-    /// The spoke's tunnel address and the tunnel network's prefix length.
-    pub tunnel_addr: Ipv4Net,
-    /// The hub's own address inside the tunnel network.
-    pub hub_tunnel_addr: Ipv4Addr,
-    /// Subnets routed behind the hub (company LAN), besides the tunnel network.
-    pub routes: Vec<Ipv4Net>,
-    /// MTU to set on the spoke's TUN interface.
-    pub mtu: u16,
-    /// WireGuard persistent keepalive, seconds (0 = off).
-    pub keepalive_secs: u16,
-    /// IPv6 in the tunnel, where the hub has an IPv6 plan.
-    pub ipv6: Option<crate::address_plan::SpokeIpv6>,
 }
 
 /// How a delivered key travels.

@@ -46,6 +46,7 @@ pub mod routing;
 pub mod scope_schedule;
 pub mod scope_seal;
 pub mod seal;
+pub mod spoke_config;
 pub mod spoke_groups;
 pub mod spoke_keys;
 pub mod spoke_pairs;

@@ -13,6 +13,7 @@ pub(crate) fn spoke_config(id: u32) -> crate::control::SpokeConfig {
         mtu: 1420,
         keepalive_secs: 25,
         ipv6: None,
+        hub_endpoints: Vec::new(),
     }
 }
 

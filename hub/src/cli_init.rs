@@ -136,6 +136,9 @@ pub(crate) fn init(args: InitArgs) -> Result<()> {
                 value: key.to_base64().as_bytes().to_vec(),
             };
             state::write_settings(&opened.store, &settings, plan.as_ref(), vec![identity])?;
+            if let Some(etcd) = opened.store.etcd() {
+                etcd.add_member(&file.endpoint)?;
+            }
             engine::write_cluster_key(&dir.join(engine::CLUSTER_KEY_FILE), &storage_key)?;
             file.write(&dir)?;
         }
@@ -187,6 +190,9 @@ fn join(dir: &Path, cluster: ClusterFile, key_file: Option<&Path>) -> Result<()>
         .store
         .get(state::SETTINGS_TREE, b"hub")?
         .with_context(|| format!("{describe} has a hub identity but no settings"))?;
+    if let Some(etcd) = opened.store.etcd() {
+        etcd.add_member(&cluster.endpoint)?;
+    }
     tasuki_shell::files::ensure_private_dir(dir)?;
     engine::write_cluster_key(&dir.join(engine::CLUSTER_KEY_FILE), &storage_key)?;
     let endpoint = cluster.endpoint.clone();

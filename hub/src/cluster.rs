@@ -25,6 +25,10 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(3);
 /// How often a standby tries to become active.
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
 
+/// How often the active hub reads the cluster's members (one that joined
+/// is told to the spokes within this).
+const MEMBERS_EVERY: Duration = Duration::from_secs(5);
+
 /// How often the active hub's lease keeper wakes.
 const KEEPER_TICK: Duration = Duration::from_millis(200);
 
@@ -246,4 +250,20 @@ async fn renew(
     tokio::time::timeout(wait, renewal)
         .await
         .context("etcd did not answer a lease renewal in time")?
+}
+
+/// Follows the cluster's members for as long as the hub runs.
+pub(crate) async fn follow_members(store: Store, state: crate::state::SharedState) {
+    let mut tick = tokio::time::interval(MEMBERS_EVERY);
+    loop {
+        tick.tick().await;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.etcd().map(|e| e.members())).await {
+            Ok(Some(Ok(members))) => state.with(|st| st.set_cluster_endpoints(members)),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot read the cluster's members")
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
 }

@@ -233,6 +233,12 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         tokio::spawn(serve_admin(state.clone(), admin, access)),
         routes_task,
     ];
+    if cluster.is_some() {
+        tasks.push(tokio::spawn(crate::cluster::follow_members(
+            store.clone(),
+            state.clone(),
+        )));
+    }
     if let Some(addr) = opts.metrics {
         let listener = crate::metrics::bind(addr).await?;
         tracing::info!(%addr, "metrics endpoint");

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod cluster;
 mod daemons;
 mod direct;
 mod faults;
@@ -42,6 +43,7 @@ mod nat;
 mod procs;
 mod stream;
 mod tree;
+pub use cluster::Etcd;
 pub use daemons::TwoSpokes;
 pub use direct::UPGRADE_WITHIN;
 pub use faults::FaultRng;

@@ -18,6 +18,50 @@ pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// Most addresses tried for one name.
 const MAX_ADDRESSES: usize = 8;
 
+/// The endpoints a hub's `HOST:PORT` text names: one, or a cluster's
+/// members separated by commas.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A connection to the first of `endpoints` that answers, tried in turn
+/// from index `first` (the one that answered last time), each within an
+/// equal share of `timeout` (at least [`MEMBER_TIMEOUT`]); returns it and
+/// the index of the one that answered.
+pub async fn connect_first(
+    endpoints: &[String],
+    first: usize,
+    timeout: Duration,
+) -> Result<(TcpStream, usize)> {
+    let n = endpoints.len();
+    if n == 0 {
+        bail!("no hub endpoint to connect to");
+    }
+    if n == 1 {
+        return Ok((connect(&endpoints[0], timeout).await?, 0));
+    }
+    let each = (timeout / n as u32).max(MEMBER_TIMEOUT);
+    let mut failures = Vec::new();
+    for k in 0..n {
+        let i = (first + k) % n;
+        match connect(&endpoints[i], each).await {
+            Ok(stream) => return Ok((stream, i)),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    bail!(
+        "no member of the hub cluster answers: {}",
+        failures.join("; ")
+    )
+}
+
+/// The least time one member of a cluster is given to answer.
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A TCP connection to `endpoint` (`host:port`, `[v6]:port`), made within
 /// `timeout` (name resolution included).
 pub async fn connect(endpoint: &str, timeout: Duration) -> Result<TcpStream> {

@@ -34,6 +34,8 @@ use crate::state::{Enrolment, SpokeStore};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(IDLE_SECS);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest wait between attempts when the hub is a cluster.
+const CLUSTER_BACKOFF: Duration = Duration::from_secs(1);
 const PENDING_RETRY: Duration = Duration::from_secs(2);
 
 /// What the control loop reports for `status`.
@@ -89,6 +91,17 @@ pub(crate) struct Control {
     /// A child hub's uplink: what its branch serves, told to the parent
     /// after each attach and at each change (`None` for a device).
     pub(crate) serves: Option<tokio::sync::Mutex<watch::Receiver<ServedNets>>>,
+    /// The member of the hub's cluster that answered last (tried first).
+    pub(crate) last_member: std::sync::Mutex<Option<String>>,
+}
+
+/// Where the hub is: its cluster's members as the hub last said (`config`),
+/// or what the invitation named.
+pub(crate) fn hub_members(config: Option<&SpokeConfig>, enrolment: &Enrolment) -> Vec<String> {
+    match config {
+        Some(c) if !c.hub_endpoints.is_empty() => c.hub_endpoints.clone(),
+        _ => tasuki_shell::connect::endpoints(&enrolment.hub_endpoint),
+    }
 }
 
 /// An attached control channel: the Noise channel, both halves of its
@@ -172,7 +185,13 @@ impl Control {
                 Some(AfterRefusal::BackOff) | None => {}
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            // A cluster's next member takes over within seconds: look soon.
+            let most = if self.hub_members().len() > 1 {
+                CLUSTER_BACKOFF
+            } else {
+                MAX_BACKOFF
+            };
+            backoff = (backoff * 2).min(most);
         }
     }
 
@@ -253,11 +272,34 @@ impl Control {
         }
     }
 
+    /// Where the hub is: its cluster's members as the hub last said, or
+    /// what the invitation named.
+    fn hub_members(&self) -> Vec<String> {
+        hub_members(self.config.borrow().as_ref(), &self.enrolment)
+    }
+
     /// Connects to the hub, runs the Noise handshake and points the data
     /// plane at the address the hub's name resolved to this time.
     async fn attach(&self) -> Result<Attached> {
-        let endpoint = &self.enrolment.hub_endpoint;
-        let stream = tasuki_shell::connect::connect(endpoint, CONNECT_TIMEOUT).await?;
+        let members = self.hub_members();
+        let last = self
+            .last_member
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let first = last
+            .and_then(|l| members.iter().position(|m| *m == l))
+            .unwrap_or(0);
+        let (stream, answered) =
+            tasuki_shell::connect::connect_first(&members, first, CONNECT_TIMEOUT).await?;
+        let endpoint = &members[answered];
+        if answered != first {
+            tracing::info!(member = %endpoint, "another member of the hub cluster answers");
+        }
+        *self
+            .last_member
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint.clone());
         let _ = stream.set_nodelay(true);
         // The name is resolved anew on every connection: if the hub moved,
         // the data plane follows it (UDP on the same address and port).

@@ -176,6 +176,7 @@ pub(crate) fn connect(
         multicast_routes: std::sync::Mutex::default(),
         routes: routes.clone(),
         serves: serves.map(tokio::sync::Mutex::new),
+        last_member: std::sync::Mutex::new(None),
     };
     let api = LocalApi {
         interface: interface.to_owned(),
@@ -269,13 +270,21 @@ impl PlaneStart {
     }
 
     /// The hub's address, as its name resolves now.
+    /// The first member of a cluster that resolves (the control channel
+    /// points the data plane at the one that answers).
     pub(crate) async fn resolve_hub(&self) -> Result<SocketAddr> {
-        let endpoint = &self.enrolment.hub_endpoint;
-        tokio::net::lookup_host(endpoint)
-            .await
-            .with_context(|| format!("cannot resolve {endpoint}"))?
-            .next()
-            .with_context(|| format!("{endpoint} resolves to no address"))
+        let members = crate::control::hub_members(self.config.borrow().as_ref(), &self.enrolment);
+        let mut failures = Vec::new();
+        for endpoint in &members {
+            match tokio::net::lookup_host(endpoint).await {
+                Ok(mut found) => match found.next() {
+                    Some(addr) => return Ok(addr),
+                    None => failures.push(format!("{endpoint} resolves to no address")),
+                },
+                Err(e) => failures.push(format!("cannot resolve {endpoint}: {e}")),
+            }
+        }
+        anyhow::bail!("the hub's address is unknown: {}", failures.join("; "))
     }
 
     /// Starts the data plane on a thread of its own (see

@@ -234,11 +234,13 @@ impl HubLink {
     /// Connects to the invitation's hub over a channel keyed by the
     /// invitation, with the hub's key pinned.
     async fn open(invitation: &Invitation, key: &StaticKey) -> Result<Self> {
-        let endpoint = &invitation.hub_endpoint;
+        // One hub, or the members of a hub cluster, tried in turn.
+        let members = tasuki_shell::connect::endpoints(&invitation.hub_endpoint);
         let fingerprint = invitation.hub_key.fingerprint();
-        let stream = tasuki_shell::connect::connect(endpoint, TIMEOUT)
+        let (stream, answered) = tasuki_shell::connect::connect_first(&members, 0, TIMEOUT)
             .await
             .context("cannot reach the hub")?;
+        let endpoint = &members[answered];
         let _ = stream.set_nodelay(true);
         let (r, mut writer) = stream.into_split();
         let mut reader = FrameReader::new(r);

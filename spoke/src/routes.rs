@@ -56,6 +56,8 @@ pub(crate) fn classify(old: Option<&SpokeConfig>, new: &SpokeConfig) -> Change {
 fn without_routes(config: &SpokeConfig) -> SpokeConfig {
     SpokeConfig {
         routes: Vec::new(),
+        // Taken at once by the control loop (the members it tries).
+        hub_endpoints: Vec::new(),
         ipv6: config.ipv6.as_ref().map(|v6| SpokeIpv6 {
             routes: Vec::new(),
             ..v6.clone()
@@ -223,6 +225,7 @@ mod tests {
                 hub_tunnel_addr: "fd00:77::1".parse().unwrap(),
                 routes: routes.iter().map(|r| net6(r)).collect(),
             }),
+            hub_endpoints: Vec::new(),
         }
     }
 

@@ -199,11 +199,27 @@ impl SpokeStore {
     }
 
     /// The configuration from the hub, if received.
+    /// One written by an older version is read through its layout.
     pub(crate) fn config(&self) -> Result<Option<SpokeConfig>> {
-        self.store
-            .get_upgrading::<SpokeConfig, tasuki_core::address_plan::LegacySpokeConfig>(
-                META_TREE, b"config",
-            )
+        use tasuki_core::address_plan::{LegacySpokeConfig, SpokeConfigBeforeClusters};
+        use tasuki_core::codec::from_bytes;
+        let Some(bytes) = self.store.get_raw(META_TREE, b"config")? else {
+            return Ok(None);
+        };
+        if let Ok(config) = from_bytes::<SpokeConfig>("spoke config", &bytes) {
+            return Ok(Some(config));
+        }
+        if let Ok(config) = from_bytes::<SpokeConfigBeforeClusters>("spoke config", &bytes) {
+            return Ok(Some(config.into()));
+        }
+        from_bytes::<LegacySpokeConfig>("spoke config", &bytes)
+            .map(|c| Some(c.into()))
+            .with_context(|| {
+                format!(
+                    "the hub's configuration in {} is damaged",
+                    self.store.describe()
+                )
+            })
     }
 
     /// Stores the configuration.

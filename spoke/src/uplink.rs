@@ -527,6 +527,7 @@ mod tests {
             mtu: 1420,
             keepalive_secs: 25,
             ipv6: None,
+            hub_endpoints: Vec::new(),
         };
         let dir = enrolled_dir("no-tun", Some(&config));
         let (_serves, rx) = watch::channel(ServedNets::default());

@@ -501,6 +501,7 @@ impl Registry {
                 .ipv6
                 .as_ref()
                 .and_then(|p| p.for_spoke(self.settings.tunnel_net, spoke.tunnel_addr)),
+            hub_endpoints: Vec::new(),
         }
     }
 

@@ -265,7 +265,13 @@ impl<T: TunSink> SpokePlane<T> {
     /// The hub moved: datagrams go to `addr` from now on (the driver's
     /// socket already sends there).
     pub fn move_hub(&mut self, addr: SocketAddr) {
+        if self.hub == addr {
+            return;
+        }
         self.hub = addr;
+        // Another member of a hub cluster has no session with us (one that
+        // only moved keeps the old one until the new is up).
+        self.rehandshake();
     }
 
     /// This machine's underlay addresses changed (a new network, a

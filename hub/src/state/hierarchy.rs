@@ -104,6 +104,7 @@ impl HubState {
     /// tree (every other branch, and what the parent says) added.
     pub(crate) fn spoke_config(&self, spoke: &SpokeRecord) -> tasuki_core::control::SpokeConfig {
         let mut config = self.registry.spoke_config(spoke);
+        config.hub_endpoints = self.cluster_endpoints.clone();
         let tree = self.tree.map.routes_for(spoke.id);
         for net in tree.v4 {
             if !config.routes.contains(&net) {
@@ -377,6 +378,12 @@ impl HubState {
         self.tree
             .announce
             .send_replace(self.tree.map.announcement(&own));
+        self.welcome_all();
+    }
+
+    /// Every active spoke is sent its configuration anew (those not
+    /// attached get it when they attach).
+    pub(crate) fn welcome_all(&mut self) {
         let configs: Vec<_> = self
             .registry
             .spokes()
@@ -385,6 +392,18 @@ impl HubState {
             .collect();
         for (id, config) in configs {
             self.tell(id, HubMessage::Welcome(config));
+        }
+    }
+
+    /// The cluster's members now: spokes are told when they changed.
+    pub(crate) fn set_cluster_endpoints(&mut self, members: Vec<String>) {
+        if members != self.cluster_endpoints {
+            tracing::info!(
+                ?members,
+                "the hub cluster's members changed: telling the spokes"
+            );
+            self.cluster_endpoints = members;
+            self.welcome_all();
         }
     }
 

@@ -5,7 +5,6 @@
 
 use tasuki_core::address_plan::{random_ula, Ipv6Plan};
 use tasuki_core::audit::{AuditKind, AuditRecord};
-use tasuki_core::control::HubMessage;
 use tasuki_core::registry::SpokeState;
 
 use super::*;
@@ -62,14 +61,6 @@ impl HubState {
     /// Every active spoke is sent its configuration with its IPv6 address
     /// (those not attached get it when they attach).
     pub(crate) fn announce_ipv6(&mut self) {
-        let configs: Vec<_> = self
-            .registry
-            .spokes()
-            .filter(|s| s.state == SpokeState::Active)
-            .map(|s| (s.id, self.spoke_config(s)))
-            .collect();
-        for (id, config) in configs {
-            self.tell(id, HubMessage::Welcome(config));
-        }
+        self.welcome_all();
     }
 }

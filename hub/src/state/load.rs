@@ -20,6 +20,10 @@ impl HubState {
     ) -> anyhow::Result<Self> {
         tasuki_shell::files::tighten_state_dir(dir)?;
         let engine::Opened { store, vault } = opened;
+        let cluster_endpoints = match store.etcd() {
+            Some(etcd) => etcd.members()?,
+            None => Vec::new(),
+        };
         let settings: HubSettings = store.get(SETTINGS_TREE, b"hub")?.with_context(|| {
             format!(
                 "{} has no hub settings; run `tasuki-hub init`",
@@ -112,6 +116,7 @@ impl HubState {
             requests,
             approvals_told: HashMap::new(),
             tree,
+            cluster_endpoints,
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

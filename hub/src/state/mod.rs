@@ -230,6 +230,9 @@ pub(crate) struct HubState {
     approvals_told: HashMap<(SpokeId, String), Vec<tasuki_core::requests::Request>>,
     /// The hub tree: child hubs, the parent's routes, the uplink (see [`hierarchy`]).
     pub(crate) tree: Tree,
+    /// Every member of this hub's cluster (empty for a hub on sled):
+    /// spokes and invitations carry them.
+    cluster_endpoints: Vec<String>,
 }
 
 impl HubState {

@@ -33,7 +33,7 @@ impl HubState {
     ) -> Result<InvitationView> {
         let hub_key = self.key.public();
         // Memory never holds what the store does not: undone if not stored.
-        let (record, invitation) = self
+        let (record, mut invitation) = self
             .registry
             .invite(
                 name,
@@ -46,6 +46,10 @@ impl HubState {
                 &mut rand_core::OsRng,
             )
             .map_err(StateError::Registry)?;
+        if !self.cluster_endpoints.is_empty() {
+            // Enrolment tries each member in turn.
+            invitation.hub_endpoint = self.cluster_endpoints.join(",");
+        }
         let stored = Write::put(INVITATIONS_TREE, record.id.0, &record)
             .and_then(|w| self.store.commit(&[w]));
         if let Err(e) = stored {

@@ -289,6 +289,41 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Records `endpoint` as a member of the cluster (a plain record
+    /// beside the fenced ones: members join while another hub is active).
+    pub fn add_member(&self, endpoint: &str) -> Result<()> {
+        let key = self.member_key(endpoint);
+        let value = endpoint.as_bytes().to_vec();
+        self.call("cannot record the member", |mut c| async move {
+            c.put(key, value, None).await
+        })?;
+        Ok(())
+    }
+
+    fn member_key(&self, endpoint: &str) -> Vec<u8> {
+        self.key(&format!("members/{endpoint}"))
+    }
+
+    /// Every member's endpoint, in the order they joined.
+    pub fn members(&self) -> Result<Vec<String>> {
+        let prefix = self.key("members/");
+        let resp = self.call("cannot read the cluster's members", |mut c| async move {
+            c.get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_sort(
+                    etcd_client::SortTarget::Create,
+                    etcd_client::SortOrder::Ascend,
+                )),
+            )
+            .await
+        })?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .collect())
+    }
+
     /// Whether anything was ever committed under the prefix (a cluster is
     /// there already).
     pub fn holds_records(&self) -> bool {
