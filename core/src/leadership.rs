@@ -11,7 +11,11 @@
 //!
 //! A renewal answered with `ttl` seconds left was renewed by the servers no
 //! earlier than it was sent, so the lease lives at least until `sent + ttl`;
-//! the hub stops issuing [`SAFETY_MARGIN`] before that.
+//! the hub stops issuing [`SAFETY_MARGIN`] before that. It was renewed no
+//! later than its answer came, so past `answered + ttl` the lease is gone
+//! unless renewed since: another hub may be active, and this one turns its
+//! spokes' control channels away (so they move to it) while its data plane
+//! carries on with the keys it holds.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +60,11 @@ pub enum Health {
     /// carries on with the keys it holds; changes are refused until the
     /// store answers again.
     Degraded,
+    /// Active, but the lease has lapsed unless the servers kept it (they
+    /// do across their own restart): another hub may hold it now. The data
+    /// plane carries on; spokes are turned away so that they find the
+    /// active one, if any.
+    Orphaned,
     /// Lost the lease; stopping.
     SteppedDown(StepDown),
 }
@@ -69,6 +78,8 @@ pub struct Leadership {
     in_flight: Option<Instant>,
     /// When the last renewal was sent (answered or not).
     last_sent: Option<Instant>,
+    /// The latest moment the lease can last without a renewal since.
+    gone_after: Option<Instant>,
 }
 
 impl Leadership {
@@ -79,6 +90,7 @@ impl Leadership {
             role: Role::Standby,
             in_flight: None,
             last_sent: None,
+            gone_after: None,
         }
     }
 
@@ -93,14 +105,15 @@ impl Leadership {
     }
 
     /// Won the election with `lease`, granted for `ttl` by a request sent
-    /// at `asked_at`.
-    pub fn elected(&mut self, lease: i64, asked_at: Instant, ttl: Duration) {
+    /// at `asked_at` and answered at `answered_at`.
+    pub fn elected(&mut self, lease: i64, asked_at: Instant, answered_at: Instant, ttl: Duration) {
         self.role = Role::Active {
             lease,
             alive_until: asked_at + ttl,
         };
         self.in_flight = None;
         self.last_sent = Some(asked_at);
+        self.gone_after = Some(answered_at + ttl);
     }
 
     /// Whether to send a renewal now (then it counts as in flight): a third
@@ -126,9 +139,9 @@ impl Leadership {
         true
     }
 
-    /// The renewal sent at `sent_at` was answered with `ttl_left` (zero: the
-    /// lease is gone).
-    pub fn renewed(&mut self, sent_at: Instant, ttl_left: Duration) {
+    /// The renewal sent at `sent_at` was answered at `answered_at` with
+    /// `ttl_left` (zero: the lease is gone).
+    pub fn renewed(&mut self, sent_at: Instant, answered_at: Instant, ttl_left: Duration) {
         if self.in_flight == Some(sent_at) {
             self.in_flight = None;
         }
@@ -143,6 +156,8 @@ impl Leadership {
             lease,
             alive_until: alive_until.max(sent_at + ttl_left),
         };
+        let until = answered_at + ttl_left;
+        self.gone_after = Some(self.gone_after.map_or(until, |g| g.max(until)));
     }
 
     /// The renewal sent at `sent_at` got no answer (the store unreachable).
@@ -174,6 +189,7 @@ impl Leadership {
             Role::Standby => Health::Standby,
             Role::SteppedDown(why) => Health::SteppedDown(why),
             Role::Active { .. } if self.may_issue(now) => Health::Active,
+            Role::Active { .. } if self.gone_after.is_some_and(|g| now >= g) => Health::Orphaned,
             Role::Active { .. } => Health::Degraded,
         }
     }
@@ -190,7 +206,7 @@ mod tests {
         let mut l = Leadership::new(TTL);
         assert_eq!(l.health(t0), Health::Standby);
         assert!(!l.may_issue(t0) && !l.poll_renewal(t0));
-        l.elected(7, t0, TTL);
+        l.elected(7, t0, t0, TTL);
         (l, t0)
     }
 
@@ -204,7 +220,7 @@ mod tests {
             t += Duration::from_secs(2);
             assert!(l.poll_renewal(t), "renewal due at {:?}", t - t0);
             assert!(!l.poll_renewal(t), "one in flight at a time");
-            l.renewed(t, TTL);
+            l.renewed(t, t, TTL);
             assert_eq!(l.health(t + Duration::from_secs(1)), Health::Active);
         }
     }
@@ -219,7 +235,10 @@ mod tests {
                 l.renewal_failed(t);
             }
             let earliest_end = t0 + TTL;
-            if t + SAFETY_MARGIN >= earliest_end {
+            if t >= earliest_end {
+                // The lease is gone unless the servers kept it.
+                assert_eq!(l.health(t), Health::Orphaned);
+            } else if t + SAFETY_MARGIN >= earliest_end {
                 assert!(!l.may_issue(t), "issuing at {:?}", t - t0);
                 assert_eq!(l.health(t), Health::Degraded);
             }
@@ -227,7 +246,7 @@ mod tests {
         }
         // The store is back and the lease survived: issuing again.
         assert!(l.poll_renewal(t));
-        l.renewed(t, Duration::from_secs(2));
+        l.renewed(t, t, Duration::from_secs(2));
         assert_eq!(l.health(t), Health::Active);
         // A renewal only counts from when it was sent, never from its answer.
         assert!(!l.may_issue(t + Duration::from_secs(2) - SAFETY_MARGIN));
@@ -238,11 +257,11 @@ mod tests {
         let (mut l, t0) = active();
         let t = t0 + Duration::from_secs(2);
         assert!(l.poll_renewal(t));
-        l.renewed(t, Duration::ZERO);
+        l.renewed(t, t, Duration::ZERO);
         assert_eq!(l.role(), Role::SteppedDown(StepDown::LeaseExpired));
         assert!(!l.may_issue(t) && !l.poll_renewal(t + TTL));
         // A late answer does not bring it back.
-        l.renewed(t, TTL);
+        l.renewed(t, t, TTL);
         assert!(!l.may_issue(t));
 
         let (mut l, t0) = active();
@@ -256,9 +275,9 @@ mod tests {
         let (mut l, t0) = active();
         let t1 = t0 + Duration::from_secs(2);
         assert!(l.poll_renewal(t1));
-        l.renewed(t1, TTL);
+        l.renewed(t1, t1, TTL);
         // An answer to an older request, with less time left.
-        l.renewed(t0, Duration::from_secs(1));
+        l.renewed(t0, t0, Duration::from_secs(1));
         assert!(l.may_issue(t1 + TTL - SAFETY_MARGIN - Duration::from_millis(10)));
     }
 }

@@ -128,6 +128,12 @@ enum Command {
         #[arg(long, global = true, env = "TASUKI_HUB_SOCKET", default_value = DEFAULT_SOCKET)]
         admin_socket: PathBuf,
     },
+    /// A hub cluster on etcd: its members, which one is active, etcd's
+    /// health (read from etcd; works with no hub running).
+    Cluster {
+        #[command(subcommand)]
+        command: crate::cli_cluster::ClusterCommand,
+    },
     /// The hub tree: child hubs (regional or branch hubs) invited,
     /// approved, revoked and listed, and this hub's parent.
     Hub {
@@ -250,6 +256,9 @@ pub(crate) fn main() -> Result<()> {
             Ok(())
         }
         Command::Manpage => manpage(),
+        Command::Cluster { command } => {
+            runtime()?.block_on(crate::cli_cluster::cluster_command(command))
+        }
         Command::Hub {
             command,
             admin_socket,

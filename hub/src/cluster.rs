@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tasuki_core::leadership::{Health, Leadership, StepDown};
+use tasuki_shell::store::etcd_members::Members;
 use tasuki_shell::store::Store;
 
 use crate::state::engine::ClusterFile;
 
 /// The election lease: how long a dead active hub blocks a take-over.
-pub(crate) const LEASE_TTL: Duration = Duration::from_secs(3);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(5);
 
 /// How often a standby tries to become active.
 const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
@@ -56,7 +57,7 @@ impl Election {
                  changes are refused until it does; traffic goes on with the keys in force"
                     .into(),
             ),
-            Health::Standby | Health::SteppedDown(_) => {
+            Health::Orphaned | Health::Standby | Health::SteppedDown(_) => {
                 Some("this hub is not the active one of its cluster".into())
             }
         }
@@ -82,25 +83,27 @@ fn new_token(endpoint: &str) -> String {
 
 /// Waits until this process holds the leader record, then fences `store`
 /// with it. Waits through an etcd that is unreachable (logged).
-pub(crate) async fn campaign(file: &ClusterFile, store: &Store) -> Result<(Election, Client)> {
+pub(crate) async fn campaign(file: &ClusterFile, store: &Store) -> Result<(Election, Members)> {
     let etcd = store
         .etcd()
         .context("a hub on etcd without an etcd store")?;
+    let members = Members::connect(&file.etcd()).await?;
     let leader_key = etcd.leader_key();
+    let presence = etcd.presence_key(&file.endpoint);
     let token = new_token(&file.endpoint);
     let mut told = None::<String>;
     loop {
-        match try_once(file, &leader_key, &token).await {
-            Ok(Ok((client, lease, asked))) => {
+        match try_once(&members, (&leader_key, &presence), &token).await {
+            Ok(Ok((lease, asked, answered))) => {
                 etcd.lead_with(token.clone().into_bytes())?;
                 let mut leadership = Leadership::new(LEASE_TTL);
-                leadership.elected(lease, asked, LEASE_TTL);
+                leadership.elected(lease, asked, answered, LEASE_TTL);
                 tracing::info!(%token, "elected: this hub is the active one");
                 return Ok((
                     Election {
                         leadership: Arc::new(Mutex::new(leadership)),
                     },
-                    client,
+                    members,
                 ));
             }
             Ok(Err(holder)) => {
@@ -122,17 +125,20 @@ pub(crate) async fn campaign(file: &ClusterFile, store: &Store) -> Result<(Elect
     }
 }
 
-/// One attempt: the client, lease and when it was asked for on a win, the
-/// holder's token otherwise.
+/// One attempt: the lease and when it was asked for and granted on a win,
+/// the holder's token otherwise. Either way this process's presence record
+/// is put with the attempt's lease (a standby's lapses unless it tries
+/// again).
 async fn try_once(
-    file: &ClusterFile,
-    leader_key: &[u8],
+    members: &Members,
+    (leader_key, presence): (&[u8], &[u8]),
     token: &str,
-) -> Result<Result<(Client, i64, Instant), String>> {
-    let mut client = file.etcd().connect().await?;
+) -> Result<Result<(i64, Instant, Instant), String>> {
     let asked = Instant::now();
-    let lease = client
-        .lease_grant(LEASE_TTL.as_secs() as i64, None)
+    let ttl = LEASE_TTL.as_secs() as i64;
+    // A lease granted with its answer lost lapses by itself.
+    let lease = members
+        .run(false, |mut c| async move { c.lease_grant(ttl, None).await })
         .await
         .context("cannot get a lease from etcd")?
         .id();
@@ -142,38 +148,61 @@ async fn try_once(
             CompareOp::Equal,
             0,
         )])
-        .and_then([TxnOp::put(
-            leader_key.to_vec(),
-            token.as_bytes().to_vec(),
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(leader_key.to_vec(), None)]);
-    let resp = client.txn(txn).await.context("cannot campaign in etcd")?;
-    if resp.succeeded() {
-        return Ok(Ok((client, lease, asked)));
-    }
-    if let Err(e) = client.lease_revoke(lease).await {
-        // It lapses on its own within its TTL.
-        tracing::debug!(error = %e, "an unused lease was not revoked");
-    }
-    let holder = resp
-        .op_responses()
-        .into_iter()
-        .find_map(|r| match r {
-            etcd_client::TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            _ => None,
+        .and_then([
+            TxnOp::put(
+                leader_key.to_vec(),
+                token.as_bytes().to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::put(
+                presence.to_vec(),
+                token.as_bytes().to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ])
+        .or_else([
+            TxnOp::get(leader_key.to_vec(), None),
+            TxnOp::put(
+                presence.to_vec(),
+                token.as_bytes().to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ]);
+    // Tried again on another member only where the first never took it: a
+    // campaign won with its answer lost is seen as "the holder is us".
+    let resp = members
+        .run(true, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
         })
-        .unwrap_or_else(|| "(gone meanwhile)".into());
-    Ok(Err(holder))
+        .await
+        .context("cannot campaign in etcd")?;
+    if resp.succeeded() {
+        return Ok(Ok((lease, asked, Instant::now())));
+    }
+    let holder = resp.op_responses().into_iter().find_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        _ => None,
+    });
+    // An earlier attempt of ours that won with its answer lost shows as
+    // our own token: not taken up (when its lease was granted is unknown,
+    // so how long it lives is too); it lapses and the next attempt wins.
+    Ok(Err(holder.unwrap_or_else(|| "(gone meanwhile)".into())))
 }
 
 /// Keeps the lease of an active hub alive; returns why it stepped down.
 /// Meanwhile an unrenewed lease makes the hub refuse changes (its data
-/// plane carries on), and says so once in the log.
-pub(crate) async fn keep(election: Election, mut client: Client, store: Store) -> StepDown {
+/// plane carries on), and says so once in the log; `on_change` hears each
+/// change of health.
+pub(crate) async fn keep(
+    election: Election,
+    members: Members,
+    store: Store,
+    mut on_change: impl FnMut(Health),
+) -> StepDown {
     let lease = match election.with(|l| l.role()) {
         tasuki_core::leadership::Role::Active { lease, .. } => lease,
         _ => return StepDown::Replaced,
@@ -188,14 +217,17 @@ pub(crate) async fn keep(election: Election, mut client: Client, store: Store) -
             election.with(|l| l.replaced());
         }
         if election.with(|l| l.poll_renewal(now)) {
-            let answer = renew(&mut client, &mut stream, lease).await;
+            let answer = renew(&members, &mut stream, lease).await;
+            let answered = Instant::now();
             election.with(|l| match answer {
-                Ok(ttl) => l.renewed(now, ttl),
+                Ok(ttl) => l.renewed(now, answered, ttl),
                 Err(_) => l.renewal_failed(now),
             });
             if let Err(e) = answer {
                 tracing::debug!(error = %format!("{e:#}"), "lease renewal failed");
+                // The next one opens a stream to the next etcd member.
                 stream = None;
+                members.skip();
             }
         }
         let health = election.health();
@@ -205,10 +237,15 @@ pub(crate) async fn keep(election: Election, mut client: Client, store: Store) -
                     "etcd does not answer: this hub keeps relaying with the keys it holds and \
                      refuses changes until it does"
                 ),
+                Health::Orphaned => tracing::error!(
+                    "this hub's lease has lapsed unless etcd kept it: another hub may be active; \
+                     spokes are turned away to find it, traffic goes on with the keys in force"
+                ),
                 Health::Active => tracing::info!("etcd answers again: changes go ahead"),
                 _ => {}
             }
             was = health;
+            on_change(health);
         }
         if let Health::SteppedDown(why) = health {
             return why;
@@ -219,16 +256,12 @@ pub(crate) async fn keep(election: Election, mut client: Client, store: Store) -
 type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 /// One renewal: the TTL the servers answered with (zero: the lease is gone).
-async fn renew(
-    client: &mut Client,
-    stream: &mut Option<KeepAlive>,
-    lease: i64,
-) -> Result<Duration> {
+async fn renew(members: &Members, stream: &mut Option<KeepAlive>, lease: i64) -> Result<Duration> {
     let wait = LEASE_TTL / 3;
     let renewal = async {
         if stream.is_none() {
             // Opening the stream renews the lease once (to its full TTL).
-            return match client.lease_keep_alive(lease).await {
+            return match members.current()?.lease_keep_alive(lease).await {
                 Ok(s) => {
                     *stream = Some(s);
                     Ok(LEASE_TTL)

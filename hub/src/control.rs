@@ -43,6 +43,11 @@ pub(crate) async fn serve(listener: TcpListener, state: SharedState, key: Arc<St
                 continue;
             }
         };
+        if !state.with(|st| st.control_open) {
+            // An orphaned cluster member: the spoke tries the next one.
+            tracing::debug!(%peer, "control channels are closed; turning a spoke away");
+            continue;
+        }
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many control connections; refusing");
             continue;

@@ -248,7 +248,12 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
     let stepped_down = Arc::new(std::sync::OnceLock::new());
-    let mut done = until_done(dp_done, elected, store, stepped_down.clone());
+    let mut done = until_done(
+        dp_done,
+        elected,
+        (store, state.clone()),
+        stepped_down.clone(),
+    );
     tasuki_shell::service::until_stopped(&mut done, || reload(opts.config.as_deref())).await?;
     tasuki_shell::service::stopping();
     for task in tasks {
@@ -270,8 +275,11 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
 /// a cluster, it stepped down (then `stepped_down` says why).
 fn until_done(
     dp_done: tokio::sync::oneshot::Receiver<()>,
-    elected: Option<(crate::cluster::Election, etcd_client::Client)>,
-    store: tasuki_shell::store::Store,
+    elected: Option<(
+        crate::cluster::Election,
+        tasuki_shell::store::etcd_members::Members,
+    )>,
+    (store, state): (tasuki_shell::store::Store, SharedState),
     stepped_down: Arc<std::sync::OnceLock<tasuki_core::leadership::StepDown>>,
 ) -> tokio::sync::oneshot::Receiver<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -286,9 +294,15 @@ fn until_done(
                 if let Some(etcd) = store.etcd() {
                     etcd.gate_with(Arc::new(move || gate.refusal()));
                 }
+                // An orphaned hub turns its spokes away (they look for the
+                // active member); its data plane carries on.
+                let on_change = |health| {
+                    let open = health != tasuki_core::leadership::Health::Orphaned;
+                    state.with(|st| st.open_control(open));
+                };
                 tokio::select! {
                     _ = dp_done => {}
-                    why = crate::cluster::keep(election, client, store) => {
+                    why = crate::cluster::keep(election, client, store, on_change) => {
                         tracing::error!(?why, "stepped down: this hub stops serving");
                         stepped_down.get_or_init(|| why);
                     }

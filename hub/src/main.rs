@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod cli;
 mod cli_access;
+mod cli_cluster;
 mod cli_hubs;
 mod cli_init;
 mod cli_ipv6;

@@ -25,6 +25,44 @@ impl Topology {
     /// Starts a single-member etcd at `172.30.0.{host}` and waits until it
     /// answers.
     pub fn start_etcd(&mut self, host: u8) -> Etcd {
+        let mut etcd = self.etcd_member(host);
+        etcd.args.push(format!(
+            "--initial-cluster=e{host}=http://172.30.0.{host}:2380"
+        ));
+        self.restart_etcd(&mut etcd);
+        etcd
+    }
+
+    /// Starts a three-member etcd at `172.30.0.{host}` for each of `hosts`
+    /// and waits until every member answers.
+    pub fn start_etcd_cluster(&mut self, hosts: [u8; 3]) -> Vec<Etcd> {
+        let peers: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("e{h}=http://172.30.0.{h}:2380"))
+            .collect();
+        let mut members: Vec<Etcd> = hosts
+            .iter()
+            .map(|&h| {
+                let mut e = self.etcd_member(h);
+                e.args
+                    .push(format!("--initial-cluster={}", peers.join(",")));
+                e
+            })
+            .collect();
+        // All start before any is waited for: none has quorum alone.
+        for e in &mut members {
+            e.proc = Some(self.spawn(&e.ns, &e.args, &e.log));
+        }
+        for e in &mut members {
+            let p = e.proc.take().expect("started");
+            self.wait_until_answers(e, &p);
+            e.proc = Some(p);
+        }
+        members
+    }
+
+    /// One member's namespace and arguments (its cluster not named yet).
+    fn etcd_member(&mut self, host: u8) -> Etcd {
         let (ns, wan) = self.add_wan_host(&format!("etcd{host}"), host);
         let data = self.dir().join(format!("etcd{host}"));
         let url = format!("http://{wan}:2379");
@@ -37,27 +75,21 @@ impl Topology {
             format!("--advertise-client-urls={url}"),
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=e{host}={peer}"),
         ];
         let log = self.dir().join(format!("etcd{host}.log"));
-        let mut etcd = Etcd {
+        Etcd {
             ns,
             url,
             data,
             proc: None,
             args,
             log,
-        };
-        self.restart_etcd(&mut etcd);
-        etcd
+        }
     }
 
-    /// Starts `etcd` (again, from its data directory) and waits until it
-    /// answers.
-    pub fn restart_etcd(&self, etcd: &mut Etcd) {
-        let p = self.spawn(&etcd.ns, &etcd.args, &etcd.log);
+    fn wait_until_answers(&self, etcd: &Etcd, p: &Proc) {
         self.wait_for("etcd to answer", Duration::from_secs(30), || {
-            self.must_be_alive(&p);
+            self.must_be_alive(p);
             self.exec(
                 &etcd.ns,
                 &["etcdctl", "--endpoints", &etcd.url, "endpoint", "health"],
@@ -65,6 +97,13 @@ impl Topology {
             .status
             .success()
         });
+    }
+
+    /// Starts `etcd` (again, from its data directory) and waits until it
+    /// answers.
+    pub fn restart_etcd(&self, etcd: &mut Etcd) {
+        let p = self.spawn(&etcd.ns, &etcd.args, &etcd.log);
+        self.wait_until_answers(etcd, &p);
         etcd.proc = Some(p);
     }
 
@@ -77,14 +116,15 @@ impl Topology {
 
     /// The topology's hub as the first member of a cluster on `etcd`
     /// (initialised here), tunnel network [`TUNNEL_NET`].
-    pub fn first_member(&self, etcd: &Etcd) -> TreeHub {
+    pub fn first_member(&self, etcd: &[Etcd]) -> TreeHub {
+        let urls = etcd_urls(etcd);
         self.hub_init_with(
             HUB_ENDPOINT,
             &[
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
-                &etcd.url,
+                &urls,
                 "--tunnel-net",
                 TUNNEL_NET,
                 "--tunnel-net",
@@ -109,7 +149,8 @@ impl Topology {
 
     /// Another member at `172.30.0.{host}`, joined with the first
     /// member's cluster key.
-    pub fn join_member(&mut self, etcd: &Etcd, first: &TreeHub, host: u8) -> TreeHub {
+    pub fn join_member(&mut self, etcd: &[Etcd], first: &TreeHub, host: u8) -> TreeHub {
+        let urls = etcd_urls(etcd);
         let name = format!("hub{host}");
         let (ns, wan) = self.add_wan_host(&name, host);
         let dir = self.dir().join(&name);
@@ -127,7 +168,7 @@ impl Topology {
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
-                &etcd.url,
+                &urls,
                 "--join",
                 "--cluster-key",
                 &key_s,
@@ -182,5 +223,51 @@ impl Topology {
                 .next()
                 .is_some_and(|run| run.contains("standby: another hub is active"))
         })
+    }
+}
+
+fn etcd_urls(etcd: &[Etcd]) -> String {
+    etcd.iter()
+        .map(|e| e.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Topology {
+    /// Cuts `ns` off from `hosts` (both ways) until [`Topology::heal`].
+    pub fn partition(&self, ns: &str, hosts: &[&str]) {
+        let set = hosts.join(", ");
+        let rules = format!(
+            "table inet tasuki_partition {{\n\
+             chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n\
+             chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n}}\n"
+        );
+        let file = self.dir().join(format!("partition-{ns}.nft"));
+        std::fs::write(&file, rules).expect("write the nft rules");
+        let f = file.display().to_string();
+        self.exec_ok(ns, &["nft", "-f", &f]);
+    }
+
+    /// Undoes [`Topology::partition`].
+    pub fn heal(&self, ns: &str) {
+        self.exec_ok(ns, &["nft", "delete", "table", "inet", "tasuki_partition"]);
+    }
+
+    /// `tasuki-hub cluster status --json` as `hub` sees it.
+    pub fn cluster_status(&self, hub: &TreeHub) -> Value {
+        let bin = binaries().hub.display().to_string();
+        let dir = hub.dir.display().to_string();
+        let out = self.exec(
+            &hub.ns,
+            &[
+                bin.as_str(),
+                "cluster",
+                "status",
+                "--state-dir",
+                &dir,
+                "--json",
+            ],
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 }

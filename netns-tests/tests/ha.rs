@@ -17,7 +17,7 @@ use tasuki_netns_tests::{loss, skip_unless_root, Etcd, Proc, Stream, Topology, T
 /// the active one and carrying traffic.
 struct Cluster {
     net: Topology,
-    etcd: Etcd,
+    etcd: Vec<Etcd>,
     first: TreeHub,
     second: TreeHub,
     first_proc: Proc,
@@ -25,7 +25,11 @@ struct Cluster {
 
 fn cluster() -> Cluster {
     let mut net = Topology::new();
-    let etcd = net.start_etcd(40);
+    let etcd = vec![net.start_etcd(40)];
+    cluster_on(net, etcd)
+}
+
+fn cluster_on(mut net: Topology, etcd: Vec<Etcd>) -> Cluster {
     let first = net.first_member(&etcd);
     let second = net.join_member(&etcd, &first, 2);
     let first_proc = net.start_member(&first);
@@ -123,10 +127,15 @@ fn kill_9_of_the_active_hub_fails_over_to_the_standby() {
 
     let stream = Stream::start(net, &net.ns_a, B_TUNNEL, 9000);
     std::thread::sleep(Duration::from_secs(2));
+    let status = net.cluster_status(&c.second);
+    assert_eq!(status["active"], c.first.endpoint().as_str(), "{status}");
     net.kill9(&c.first_proc);
     net.wait_for("the standby to take over", Duration::from_secs(30), || {
         net.member_active(&c.second)
     });
+    let status = net.cluster_status(&c.first);
+    assert_eq!(status["active"], c.second.endpoint().as_str(), "{status}");
+    assert_eq!(status["etcd"][0]["healthy"], true, "{status}");
     net.wait_for(
         "traffic from a to b through the new active hub",
         Duration::from_secs(30),
@@ -184,10 +193,30 @@ fn kill_9_of_the_active_hub_fails_over_to_the_standby() {
     );
     assert!(!net.member_active(&c.first), "two active members");
     assert!(net.ping(&net.ns_a, B_TUNNEL, 3));
+    let status = net.cluster_status(&c.first);
+    let roles: Vec<(String, String)> = status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["endpoint"].as_str().unwrap_or("").into(),
+                m["role"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (c.first.endpoint(), "standby".to_owned()),
+            (c.second.endpoint(), "active".to_owned())
+        ],
+        "{status}"
+    );
 
     // The spokes' keys are nowhere in etcd's files (sealed there).
     let mut etcd_bytes = Vec::new();
-    all_bytes(&c.etcd.data, &mut etcd_bytes);
+    all_bytes(&c.etcd[0].data, &mut etcd_bytes);
     let keys = key_files(&net.spoke_dir("a").join("keys"));
     assert!(!keys.is_empty(), "spoke a holds no key files");
     for key in keys {
@@ -204,8 +233,7 @@ fn with_etcd_down_the_active_hub_relays_on_and_refuses_changes() {
         return;
     }
     let mut c = cluster();
-    let etcd = &mut c.etcd;
-    c.net.kill_etcd(etcd);
+    c.net.kill_etcd(&mut c.etcd[0]);
     let net = &c.net;
     net.wait_for("changes to be refused", Duration::from_secs(30), || {
         let out = net.tree_cli(&c.first, &["spoke", "invite", "later"]);
@@ -220,7 +248,7 @@ fn with_etcd_down_the_active_hub_relays_on_and_refuses_changes() {
         std::thread::sleep(Duration::from_millis(500));
     }
     net.must_be_alive(&c.first_proc);
-    c.net.restart_etcd(&mut c.etcd);
+    c.net.restart_etcd(&mut c.etcd[0]);
     let net = &c.net;
     net.wait_for("changes to go ahead again", Duration::from_secs(40), || {
         let active = [&c.first, &c.second]
@@ -233,6 +261,128 @@ fn with_etcd_down_the_active_hub_relays_on_and_refuses_changes() {
         })
     });
     net.wait_for("traffic once etcd is back", Duration::from_secs(30), || {
+        net.ping(&net.ns_a, B_TUNNEL, 1)
+    });
+}
+
+/// The active hub cut off from etcd (but not from its spokes): it refuses
+/// every change, never issues a key, and once its lease has lapsed turns
+/// its spokes away, which move to the member that took over; healed, it
+/// steps down.
+#[test]
+fn a_partitioned_active_hub_never_issues_a_key_and_lets_its_spokes_go() {
+    if skip_unless_root("a_partitioned_active_hub_never_issues_a_key_and_lets_its_spokes_go") {
+        return;
+    }
+    let c = cluster();
+    let net = &c.net;
+    let etcd_host = c.etcd[0]
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches(":2379");
+    net.partition(&c.first.ns, &[etcd_host]);
+    net.wait_for(
+        "the second member to take over",
+        Duration::from_secs(30),
+        || net.member_stands_by(&c.second) && net.member_active(&c.second),
+    );
+    // The old active still runs, and issues nothing.
+    net.must_be_alive(&c.first_proc);
+    let out = net.tree_cli(&c.first, &["key", "rotate", "--spoke", "a"]);
+    assert!(
+        !out.status.success(),
+        "a partitioned hub rotated a key: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    net.wait_for(
+        "the spokes to move to the new active member",
+        Duration::from_secs(30),
+        || {
+            net.ping(&net.ns_a, B_TUNNEL, 1)
+                && hub_epoch(net, &c.second, "a") == spoke_epoch(net, "a")
+        },
+    );
+    let now = hub_epoch(net, &c.second, "a");
+    net.tree_ok(&c.second, &["key", "rotate", "--spoke", "a"]);
+    net.wait_for(
+        "a rotation at the new active member",
+        Duration::from_secs(30),
+        || {
+            hub_epoch(net, &c.second, "a") > now
+                && hub_epoch(net, &c.second, "a") == spoke_epoch(net, "a")
+        },
+    );
+    net.heal(&c.first.ns);
+    net.wait_for(
+        "the old active to step down",
+        Duration::from_secs(30),
+        || !net.is_alive(&c.first_proc),
+    );
+    assert!(
+        net.exit_status(&c.first_proc).is_some_and(|s| !s.success()),
+        "a hub that lost its lease exited as if all were well"
+    );
+    assert!(net.ping(&net.ns_a, B_TUNNEL, 3));
+}
+
+/// Three etcd members: one killed changes nothing; two killed and the
+/// active hub relays on and refuses changes; back, and changes go ahead.
+#[test]
+fn three_etcd_members_survive_one_loss_and_recover_from_two() {
+    if skip_unless_root("three_etcd_members_survive_one_loss_and_recover_from_two") {
+        return;
+    }
+    let mut net = Topology::new();
+    let etcd = net.start_etcd_cluster([40, 41, 42]);
+    let mut c = cluster_on(net, etcd);
+    c.net.kill_etcd(&mut c.etcd[0]);
+    let net = &c.net;
+    let out = net.tree_cli(&c.first, &["spoke", "invite", "one-lost"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(net.member_active(&c.first) && !net.member_active(&c.second));
+    assert!(net.ping(&net.ns_a, B_TUNNEL, 3));
+    c.net.kill_etcd(&mut c.etcd[1]);
+    let net = &c.net;
+    net.wait_for(
+        "changes to be refused without quorum",
+        Duration::from_secs(30),
+        || {
+            let out = net.tree_cli(&c.first, &["spoke", "invite", "two-lost"]);
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("etcd")
+        },
+    );
+    for _ in 0..5 {
+        assert!(
+            net.ping(&net.ns_a, B_TUNNEL, 2),
+            "the data plane stopped without quorum"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in [0, 1] {
+        let mut e = c.etcd[i].clone();
+        c.net.restart_etcd(&mut e);
+        c.etcd[i] = e;
+    }
+    let net = &c.net;
+    net.wait_for(
+        "changes to go ahead with quorum back",
+        Duration::from_secs(40),
+        || {
+            [&c.first, &c.second]
+                .into_iter()
+                .find(|h| net.member_active(h))
+                .is_some_and(|h| {
+                    net.tree_cli(h, &["spoke", "invite", "back"])
+                        .status
+                        .success()
+                })
+        },
+    );
+    net.wait_for("traffic with quorum back", Duration::from_secs(30), || {
         net.ping(&net.ns_a, B_TUNNEL, 1)
     });
 }

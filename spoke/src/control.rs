@@ -296,10 +296,23 @@ impl Control {
         if answered != first {
             tracing::info!(member = %endpoint, "another member of the hub cluster answers");
         }
+        let attached = self.handshake(stream, endpoint).await;
+        // A member that took the connection but not the handshake (one that
+        // turns spokes away) is tried last next time.
+        let next = match &attached {
+            Ok(_) => endpoint.clone(),
+            Err(_) => members[(answered + 1) % members.len()].clone(),
+        };
         *self
             .last_member
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(next);
+        attached
+    }
+
+    /// The Noise handshake on a connection to `endpoint`; then the data
+    /// plane is pointed at the address it reached.
+    async fn handshake(&self, stream: tokio::net::TcpStream, endpoint: &str) -> Result<Attached> {
         let _ = stream.set_nodelay(true);
         // The name is resolved anew on every connection: if the hub moved,
         // the data plane follows it (UDP on the same address and port).

@@ -381,32 +381,6 @@ impl HubState {
         self.welcome_all();
     }
 
-    /// Every active spoke is sent its configuration anew (those not
-    /// attached get it when they attach).
-    pub(crate) fn welcome_all(&mut self) {
-        let configs: Vec<_> = self
-            .registry
-            .spokes()
-            .filter(|s| s.state == SpokeState::Active && !s.is_wireguard())
-            .map(|s| (s.id, self.spoke_config(s)))
-            .collect();
-        for (id, config) in configs {
-            self.tell(id, HubMessage::Welcome(config));
-        }
-    }
-
-    /// The cluster's members now: spokes are told when they changed.
-    pub(crate) fn set_cluster_endpoints(&mut self, members: Vec<String>) {
-        if members != self.cluster_endpoints {
-            tracing::info!(
-                ?members,
-                "the hub cluster's members changed: telling the spokes"
-            );
-            self.cluster_endpoints = members;
-            self.welcome_all();
-        }
-    }
-
     fn store_child(&self, child: &ChildHub, what: &str) -> Result<()> {
         Write::put(CHILD_HUBS_TREE, child.name.as_bytes(), child)
             .and_then(|w| self.store.commit(&[w]))

@@ -117,6 +117,7 @@ impl HubState {
             approvals_told: HashMap::new(),
             tree,
             cluster_endpoints,
+            control_open: true,
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

@@ -58,6 +58,7 @@ pub(crate) use error::StateError;
 
 /// What a change to the hub's state returns.
 pub(crate) type Result<T, E = StateError> = std::result::Result<T, E>;
+mod cluster;
 pub(crate) mod engine;
 mod outbox;
 mod pair_usage;
@@ -233,6 +234,9 @@ pub(crate) struct HubState {
     /// Every member of this hub's cluster (empty for a hub on sled):
     /// spokes and invitations carry them.
     cluster_endpoints: Vec<String>,
+    /// Whether spokes may attach (an orphaned cluster member turns them
+    /// away, see [`crate::cluster`]).
+    pub(crate) control_open: bool,
 }
 
 impl HubState {

@@ -21,122 +21,25 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use rand_core::RngCore;
 use tasuki_core::keys::SecretKey;
 use zeroize::Zeroizing;
 
+use super::etcd_members::{CallError, Members, ATTEMPT_TIMEOUT};
+pub use super::etcd_settings::{EtcdSettings, CALL_TIMEOUT};
 use super::Write;
 
-/// How long one etcd call may take before it counts as failed.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a commit known not to have applied is sent.
+const COMMIT_TRIES: u32 = 3;
 
 /// Records read per request when a tree is scanned (etcd answers at most a
 /// few MiB at once).
 const PAGE: i64 = 500;
-
-/// Where a hub's etcd cluster is and how to reach it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdSettings {
-    /// Client URLs of the etcd members (`http://10.0.0.1:2379`, or
-    /// `https://…` with the TLS settings below).
-    pub etcd_endpoints: Vec<String>,
-    /// The key prefix of this hub cluster's records (several clusters can
-    /// share one etcd).
-    #[serde(default = "default_prefix")]
-    pub etcd_prefix: String,
-    /// PEM file of the CA that signed the etcd servers' certificates.
-    #[serde(default)]
-    pub etcd_ca: Option<PathBuf>,
-    /// PEM client certificate presented to etcd.
-    #[serde(default)]
-    pub etcd_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[serde(default)]
-    pub etcd_key: Option<PathBuf>,
-}
-
-fn default_prefix() -> String {
-    "/tasuki/".into()
-}
-
-impl EtcdSettings {
-    /// Settings for `endpoints` with the default prefix and no TLS.
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Self {
-            etcd_endpoints: endpoints,
-            etcd_prefix: default_prefix(),
-            ..Self::default()
-        }
-    }
-
-    /// Checks what can be checked without connecting.
-    pub fn check(&self) -> Result<()> {
-        if self.etcd_endpoints.is_empty() {
-            bail!("no etcd endpoints given (--etcd-endpoints http://HOST:2379,...)");
-        }
-        for e in &self.etcd_endpoints {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                bail!("etcd endpoint {e:?} must start with http:// or https://");
-            }
-        }
-        if !self.etcd_prefix.starts_with('/') || !self.etcd_prefix.ends_with('/') {
-            bail!(
-                "etcd prefix {:?} must start and end with '/'",
-                self.etcd_prefix
-            );
-        }
-        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
-            bail!("a client certificate needs both etcd_cert and etcd_key");
-        }
-        Ok(())
-    }
-
-    /// The endpoints, for messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "etcd {} (prefix {})",
-            self.etcd_endpoints.join(","),
-            self.etcd_prefix
-        )
-    }
-
-    /// Connects (from async code: the hub's election uses its own client).
-    pub async fn connect(&self) -> Result<Client> {
-        self.check()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &self.etcd_ca {
-                let pem = std::fs::read(ca)
-                    .with_context(|| format!("cannot read the etcd CA {}", ca.display()))?;
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
-                let cert_pem = std::fs::read(cert).with_context(|| {
-                    format!("cannot read the etcd client certificate {}", cert.display())
-                })?;
-                let key_pem = Zeroizing::new(std::fs::read(key).with_context(|| {
-                    format!("cannot read the etcd client key {}", key.display())
-                })?);
-                tls = tls.identity(etcd_client::Identity::from_pem(cert_pem, &*key_pem));
-            }
-            options = options.with_tls(tls);
-        }
-        Client::connect(&self.etcd_endpoints, Some(options))
-            .await
-            .with_context(|| format!("cannot connect to {}", self.describe()))
-    }
-}
 
 /// What a commit compares, and whether this process may commit at all.
 struct Fence {
@@ -146,9 +49,21 @@ struct Fence {
     leader: Option<Vec<u8>>,
     /// Why commits are refused for good (another hub changed the store).
     fenced: Option<String>,
+    /// Why the last commit's outcome is unknown (its answer was lost and
+    /// etcd could not be asked since).
+    unsettled: Option<String>,
     /// Asked before each commit: why it must not be sent now (the hub's
     /// lease is not known to be alive), if so.
     gate: Option<Gate>,
+}
+
+/// What became of a commit whose answer was lost.
+enum Outcome {
+    NotApplied,
+    /// Applied, at this revision.
+    Applied(i64),
+    /// Another hub wrote since.
+    Other,
 }
 
 /// See [`EtcdStore::gate_with`].
@@ -157,7 +72,7 @@ pub type Gate = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
 /// The etcd engine of a [`super::Store`].
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
-    client: Client,
+    members: Members,
     settings: EtcdSettings,
     storage_key: SecretKey,
     fence: Mutex<Fence>,
@@ -172,16 +87,16 @@ impl Drop for EtcdStore {
     }
 }
 
-/// Runs `fut` on `runtime` and waits for it, at most [`CALL_TIMEOUT`].
+/// Runs `fut` on `runtime` and waits for it, at most `limit`.
 fn wait<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
-    what: &str,
+    (what, limit): (&str, Duration),
     settings: &EtcdSettings,
     fut: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, fut).await;
+        let outcome = tokio::time::timeout(limit, fut).await;
         // The waiter is gone only when the whole engine is being dropped.
         if tx.send(outcome).is_err() {
             tracing::debug!("an etcd answer came after its caller had left");
@@ -192,7 +107,7 @@ fn wait<T: Send + 'static>(
         Ok(Err(_)) => Err(anyhow!(
             "{what}: {} did not answer within {}s (unreachable, or without quorum)",
             settings.describe(),
-            CALL_TIMEOUT.as_secs()
+            limit.as_secs()
         )),
         Err(_) => Err(anyhow!("{what}: the etcd client stopped")),
     }
@@ -209,18 +124,22 @@ impl EtcdStore {
             .build()
             .context("cannot start the etcd client's runtime")?;
         let s = settings.clone();
-        let client = wait(&runtime, "cannot connect", settings, async move {
-            s.connect().await
-        })?;
+        let members = wait(
+            &runtime,
+            ("cannot connect", CALL_TIMEOUT),
+            settings,
+            async move { Members::connect(&s).await },
+        )?;
         let store = Self {
             runtime: Some(runtime),
-            client,
+            members,
             settings: settings.clone(),
             storage_key,
             fence: Mutex::new(Fence {
                 revision: 0,
                 leader: None,
                 fenced: None,
+                unsettled: None,
                 gate: None,
             }),
         };
@@ -233,7 +152,27 @@ impl EtcdStore {
         self.fence.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn call<T: Send + 'static, F>(&self, what: &str, f: impl FnOnce(Client) -> F) -> Result<T>
+    /// A read (or an idempotent write), on each member in turn if need be.
+    fn call<T: Send + 'static, F>(
+        &self,
+        what: &str,
+        f: impl Fn(Client) -> F + Send + Sync + 'static,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        self.attempt(what, false, f)?
+            .map_err(|e| anyhow::Error::new(e).context(what.to_owned()))
+    }
+
+    /// Runs `f` on the members (see [`Members::run`]); the outer error is
+    /// the runtime's, the inner one says whether a write may have applied.
+    fn attempt<T: Send + 'static, F>(
+        &self,
+        what: &str,
+        write: bool,
+        f: impl Fn(Client) -> F + Send + Sync + 'static,
+    ) -> Result<Result<T, CallError>>
     where
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
@@ -241,9 +180,11 @@ impl EtcdStore {
             .runtime
             .as_ref()
             .context("the etcd client is stopping")?;
-        let fut = f(self.client.clone());
-        wait(runtime, what, &self.settings, async move {
-            fut.await.map_err(anyhow::Error::new)
+        let members = self.members.clone();
+        let n = u32::try_from(self.settings.etcd_endpoints.len()).unwrap_or(u32::MAX);
+        let limit = ATTEMPT_TIMEOUT.saturating_mul(n) + Duration::from_secs(1);
+        wait(runtime, (what, limit), &self.settings, async move {
+            Ok(members.run(write, f).await)
         })
     }
 
@@ -264,6 +205,12 @@ impl EtcdStore {
         self.key("leader")
     }
 
+    /// The etcd key of a running hub's presence record (bound to its
+    /// lease: it vanishes with the process).
+    pub fn presence_key(&self, endpoint: &str) -> Vec<u8> {
+        self.key(&format!("alive/{endpoint}"))
+    }
+
     /// The settings this engine was opened with.
     pub fn settings(&self) -> &EtcdSettings {
         &self.settings
@@ -271,8 +218,9 @@ impl EtcdStore {
 
     fn read_revision(&self) -> Result<i64> {
         let key = self.key("revision");
-        let resp = self.call("cannot read the store's revision", |mut c| async move {
-            c.get(key, None).await
+        let resp = self.call("cannot read the store's revision", move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
         })?;
         Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
     }
@@ -294,8 +242,9 @@ impl EtcdStore {
     pub fn add_member(&self, endpoint: &str) -> Result<()> {
         let key = self.member_key(endpoint);
         let value = endpoint.as_bytes().to_vec();
-        self.call("cannot record the member", |mut c| async move {
-            c.put(key, value, None).await
+        self.call("cannot record the member", move |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
         })?;
         Ok(())
     }
@@ -307,15 +256,18 @@ impl EtcdStore {
     /// Every member's endpoint, in the order they joined.
     pub fn members(&self) -> Result<Vec<String>> {
         let prefix = self.key("members/");
-        let resp = self.call("cannot read the cluster's members", |mut c| async move {
-            c.get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_sort(
-                    etcd_client::SortTarget::Create,
-                    etcd_client::SortOrder::Ascend,
-                )),
-            )
-            .await
+        let resp = self.call("cannot read the cluster's members", move |mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_sort(
+                        etcd_client::SortTarget::Create,
+                        etcd_client::SortOrder::Ascend,
+                    )),
+                )
+                .await
+            }
         })?;
         Ok(resp
             .kvs()
@@ -358,8 +310,9 @@ impl EtcdStore {
     pub(super) fn get_raw(&self, tree: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let full = self.record_key(tree, key);
         let k = full.clone();
-        let resp = self.call("cannot read the store", |mut c| async move {
-            c.get(k, None).await
+        let resp = self.call("cannot read the store", move |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
         })?;
         resp.kvs()
             .first()
@@ -378,12 +331,15 @@ impl EtcdStore {
         let mut out = Vec::new();
         loop {
             let (start, stop) = (from.clone(), end.clone());
-            let resp = self.call("cannot read the store", |mut c| async move {
-                c.get(
-                    start,
-                    Some(GetOptions::new().with_range(stop).with_limit(PAGE)),
-                )
-                .await
+            let resp = self.call("cannot read the store", move |mut c| {
+                let (start, stop) = (start.clone(), stop.clone());
+                async move {
+                    c.get(
+                        start,
+                        Some(GetOptions::new().with_range(stop).with_limit(PAGE)),
+                    )
+                    .await
+                }
             })?;
             for kv in resp.kvs() {
                 let value = self.open_value(kv.key(), kv.value())?;
@@ -403,6 +359,89 @@ impl EtcdStore {
         format!("the store in {}", self.settings.describe())
     }
 
+    /// What became of the last commit, whose answer was lost: it applied
+    /// if the revision record moved on and names this writer (commits are
+    /// one at a time), it did not if the record is where it was; else
+    /// another hub wrote.
+    fn outcome(&self, fence: &Fence, writer: &[u8]) -> Result<Outcome> {
+        let key = self.key("revision");
+        let resp = self.call("cannot read the store's revision", move |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
+        let (revision, value) = resp
+            .kvs()
+            .first()
+            .map_or((0, &[][..]), |kv| (kv.mod_revision(), kv.value()));
+        Ok(if revision == fence.revision {
+            Outcome::NotApplied
+        } else if value == writer {
+            Outcome::Applied(revision)
+        } else {
+            Outcome::Other
+        })
+    }
+
+    /// A commit whose answer was lost (`lost`): settled now if etcd can be
+    /// asked, else every later commit asks first (and is refused until
+    /// etcd answers). A lost commit that did apply leaves memory behind the
+    /// store only if the caller undid it: it is taken as done.
+    /// True: it applied; false: it did not (it may be sent again).
+    fn settle(&self, fence: &mut Fence, writer: &[u8], lost: &anyhow::Error) -> Result<bool> {
+        match self.outcome(fence, writer) {
+            Ok(Outcome::NotApplied) => {
+                tracing::warn!(error = %format!("{lost:#}"), "a commit was not applied");
+                Ok(false)
+            }
+            Ok(Outcome::Applied(revision)) => {
+                tracing::info!(revision, "a commit whose answer was lost had been applied");
+                fence.revision = revision;
+                Ok(true)
+            }
+            Ok(Outcome::Other) => self.fence_out(fence).map(|()| false),
+            Err(e) => {
+                let why = format!(
+                    "a commit's outcome is unknown ({lost:#}) and etcd cannot be asked ({e:#}): \
+                     changes are refused until etcd answers"
+                );
+                tracing::error!(%why, "store write unsettled");
+                fence.unsettled = Some(why.clone());
+                bail!("{why}");
+            }
+        }
+    }
+
+    /// Before a commit after an unsettled one: what became of it. One that
+    /// applied after all was reported as failed, so memory lags the store
+    /// and the hub must read it anew.
+    fn settle_earlier(&self, fence: &mut Fence, writer: &[u8]) -> Result<()> {
+        let Some(why) = fence.unsettled.clone() else {
+            return Ok(());
+        };
+        match self.outcome(fence, writer) {
+            Ok(Outcome::NotApplied) => {
+                tracing::info!("etcd answers again: the unsettled commit had not been applied");
+                fence.unsettled = None;
+                Ok(())
+            }
+            Ok(Outcome::Applied(_) | Outcome::Other) => self.fence_out(fence),
+            Err(e) => Err(e.context(why)),
+        }
+    }
+
+    /// Another hub wrote: this process's memory is stale for good.
+    fn fence_out(&self, fence: &mut Fence) -> Result<()> {
+        let why = format!(
+            "{} was changed by another hub since this one read it (or this hub no longer holds \
+             the leader record): this hub stops committing, its state is stale — it must restart \
+             to follow the active hub",
+            self.describe()
+        );
+        tracing::error!(%why, "commit refused by the store's fencing");
+        fence.fenced = Some(why.clone());
+        bail!("{why}")
+    }
+
     pub(super) fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
         let mut fence = self.lock_fence();
         if let Some(why) = &fence.fenced {
@@ -411,6 +450,8 @@ impl EtcdStore {
         if let Some(why) = fence.gate.as_ref().and_then(|g| g()) {
             bail!("{why}");
         }
+        let writer = fence.leader.clone().unwrap_or_else(|| b"init".to_vec());
+        self.settle_earlier(&mut fence, &writer)?;
         // One operation per key (etcd refuses a key twice in a transaction).
         let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for w in writes {
@@ -436,8 +477,7 @@ impl EtcdStore {
             })
             .collect();
         let revision_key = self.key("revision");
-        let writer = fence.leader.clone().unwrap_or_else(|| b"init".to_vec());
-        ops.push(TxnOp::put(revision_key.clone(), writer, None));
+        ops.push(TxnOp::put(revision_key.clone(), writer.clone(), None));
         let mut compares = vec![Compare::mod_revision(
             revision_key,
             CompareOp::Equal,
@@ -451,13 +491,39 @@ impl EtcdStore {
             ));
         }
         let txn = Txn::new().when(compares).and_then(ops);
-        let resp = match self.call("cannot commit to the store", |mut c| async move {
-            c.txn(txn).await
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "store write failed; nothing of it was kept");
-                return Err(e);
+        // A commit known not to have applied (its answer lost, then etcd
+        // asked) is sent again, a few times: a raft election among the etcd
+        // members holds requests for a moment.
+        let mut tries = 0;
+        let resp = loop {
+            tries += 1;
+            let sent = txn.clone();
+            let outcome = self.attempt("cannot commit to the store", true, move |mut c| {
+                let txn = sent.clone();
+                async move { c.txn(txn).await }
+            });
+            let lost = match outcome {
+                Ok(Ok(r)) => break r,
+                Ok(Err(e)) if !e.ambiguous => {
+                    let e = anyhow::Error::new(e).context(format!(
+                        "cannot commit to {}; nothing of it was kept",
+                        self.describe()
+                    ));
+                    tracing::error!(error = %format!("{e:#}"), "store write failed");
+                    return Err(e);
+                }
+                // Maybe applied, its answer lost: etcd is asked what became of it.
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Err(e) => e,
+            };
+            if self.settle(&mut fence, &writer, &lost)? {
+                return Ok(());
+            }
+            // Not again once the hub's lease is in doubt (the gate).
+            let gated = fence.gate.as_ref().and_then(|g| g());
+            if tries >= COMMIT_TRIES || gated.is_some() {
+                tracing::error!(error = %format!("{lost:#}"), "store write failed; nothing of it was kept");
+                return Err(lost.context("nothing of the commit was kept"));
             }
         };
         if resp.succeeded() {
@@ -467,14 +533,6 @@ impl EtcdStore {
                 .context("etcd answered a commit without a revision")?;
             return Ok(());
         }
-        let why = format!(
-            "{} was changed by another hub since this one read it (or this hub no longer holds \
-             the leader record): this hub stops committing, its state is stale — it must restart \
-             to follow the active hub",
-            self.describe()
-        );
-        tracing::error!(%why, "commit refused by the store's fencing");
-        fence.fenced = Some(why.clone());
-        bail!("{why}")
+        self.fence_out(&mut fence)
     }
 }

@@ -15,6 +15,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use zeroize::Zeroizing;
 
 pub mod etcd;
+pub mod etcd_members;
+mod etcd_settings;
 mod sled_engine;
 #[cfg(test)]
 mod tests;

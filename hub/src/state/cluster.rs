@@ -1,0 +1,46 @@
+//! What the hub state knows of its cluster (a hub on etcd): the members
+//! spokes are told about, and whether spokes may attach to this member.
+
+use super::*;
+
+impl HubState {
+    /// Every active spoke is sent its configuration anew (those not
+    /// attached get it when they attach).
+    pub(crate) fn welcome_all(&mut self) {
+        let configs: Vec<_> = self
+            .registry
+            .spokes()
+            .filter(|s| s.state == SpokeState::Active && !s.is_wireguard())
+            .map(|s| (s.id, self.spoke_config(s)))
+            .collect();
+        for (id, config) in configs {
+            self.tell(id, HubMessage::Welcome(config));
+        }
+    }
+
+    /// Opens or closes the control port to spokes; closing ends every
+    /// attached session (the spokes try the cluster's other members).
+    pub(crate) fn open_control(&mut self, open: bool) {
+        if open != self.control_open {
+            self.control_open = open;
+            if !open {
+                tracing::warn!(sessions = self.sessions.len(), "control channels closed");
+                self.sessions.clear();
+            } else {
+                tracing::info!("control channels open again");
+            }
+        }
+    }
+
+    /// The cluster's members now: spokes are told when they changed.
+    pub(crate) fn set_cluster_endpoints(&mut self, members: Vec<String>) {
+        if members != self.cluster_endpoints {
+            tracing::info!(
+                ?members,
+                "the hub cluster's members changed: telling the spokes"
+            );
+            self.cluster_endpoints = members;
+            self.welcome_all();
+        }
+    }
+}
