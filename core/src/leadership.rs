@@ -142,6 +142,8 @@ impl Leadership {
     /// The renewal sent at `sent_at` was answered at `answered_at` with
     /// `ttl_left` (zero: the lease is gone).
     pub fn renewed(&mut self, sent_at: Instant, answered_at: Instant, ttl_left: Duration) {
+        // Never more than was asked for (a wild answer cannot stretch it).
+        let ttl_left = ttl_left.min(self.ttl);
         if self.in_flight == Some(sent_at) {
             self.in_flight = None;
         }

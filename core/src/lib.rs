@@ -70,8 +70,8 @@ mod test_packets;
 /// Protocol version spoken on the control channel and the admin sockets.
 /// Hub and spokes of different versions refuse each other with a clear
 /// error (2: the spoke configuration carries IPv6, approvers are told
-/// what waits for them).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// what waits for them; 3: it carries the members of a hub cluster).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest inner IP packet the data plane carries (the TUN MTU).
 ///

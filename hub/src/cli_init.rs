@@ -130,6 +130,10 @@ pub(crate) fn init(args: InitArgs) -> Result<()> {
                     file.etcd().describe()
                 );
             }
+            // The key first: no record is ever sealed under a key that was
+            // not kept.
+            engine::write_cluster_key(&dir.join(engine::CLUSTER_KEY_FILE), &storage_key)?;
+            file.write(&dir)?;
             let identity = tasuki_shell::store::Write::Put {
                 tree: IDENTITY_TREE,
                 key: b"hub".to_vec(),
@@ -139,8 +143,6 @@ pub(crate) fn init(args: InitArgs) -> Result<()> {
             if let Some(etcd) = opened.store.etcd() {
                 etcd.add_member(&file.endpoint)?;
             }
-            engine::write_cluster_key(&dir.join(engine::CLUSTER_KEY_FILE), &storage_key)?;
-            file.write(&dir)?;
         }
     }
     tasuki_shell::files::write_secret_file(&key_path, key.to_base64().as_bytes())?;
@@ -207,6 +209,9 @@ fn join(dir: &Path, cluster: ClusterFile, key_file: Option<&Path>) -> Result<()>
 }
 
 fn check_endpoint(endpoint: &str) -> Result<()> {
+    if endpoint.contains(',') {
+        bail!("--endpoint is one HOST:PORT (a cluster's members each give their own), got {endpoint:?}");
+    }
     let port_ok = endpoint
         .rsplit_once(':')
         .and_then(|(host, port)| {

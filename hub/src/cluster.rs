@@ -30,6 +30,9 @@ const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
 /// is told to the spokes within this).
 const MEMBERS_EVERY: Duration = Duration::from_secs(5);
 
+/// How often the active hub compacts etcd's history.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
 /// How often the active hub's lease keeper wakes.
 const KEEPER_TICK: Duration = Duration::from_millis(200);
 
@@ -117,6 +120,7 @@ pub(crate) async fn campaign(file: &ClusterFile, store: &Store) -> Result<(Elect
                 let e = format!("{e:#}");
                 if told.as_deref() != Some(e.as_str()) {
                     tracing::warn!(error = %e, "standby: cannot reach etcd; trying again");
+                    tasuki_shell::service::ready("standby; etcd does not answer");
                     told = Some(e);
                 }
             }
@@ -285,11 +289,31 @@ async fn renew(members: &Members, stream: &mut Option<KeepAlive>, lease: i64) ->
         .context("etcd did not answer a lease renewal in time")?
 }
 
-/// Follows the cluster's members for as long as the hub runs.
+/// Follows the cluster's members for as long as the hub runs; and every
+/// [`COMPACT_EVERY`] compacts etcd's history up to the last commit seen one
+/// round earlier (recent history stays for whoever reads it).
 pub(crate) async fn follow_members(store: Store, state: crate::state::SharedState) {
     let mut tick = tokio::time::interval(MEMBERS_EVERY);
+    let mut rounds = 0u32;
+    let mut seen = None::<i64>;
     loop {
         tick.tick().await;
+        rounds = rounds.wrapping_add(1);
+        if rounds.is_multiple_of((COMPACT_EVERY.as_secs() / MEMBERS_EVERY.as_secs()) as u32) {
+            let s = store.clone();
+            let last = seen;
+            let compacted = tokio::task::spawn_blocking(move || {
+                let etcd = s.etcd()?;
+                if let Some(rev) = last.filter(|r| *r > 0) {
+                    if let Err(e) = etcd.compact(rev) {
+                        tracing::debug!(error = %format!("{e:#}"), "etcd history not compacted");
+                    }
+                }
+                etcd.last_revision().ok()
+            })
+            .await;
+            seen = compacted.ok().flatten().or(seen);
+        }
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.etcd().map(|e| e.members())).await {
             Ok(Some(Ok(members))) => state.with(|st| st.set_cluster_endpoints(members)),
@@ -297,6 +321,64 @@ pub(crate) async fn follow_members(store: Store, state: crate::state::SharedStat
                 tracing::debug!(error = %format!("{e:#}"), "cannot read the cluster's members")
             }
             Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// The active hub's lease, kept from the moment it was won: the store's
+/// gate, the health the state follows, and the step-down.
+pub(crate) struct Keeper {
+    /// The current health (changes only).
+    pub(crate) health: tokio::sync::watch::Receiver<Health>,
+    /// Ends with why the hub stepped down (until taken by who waits for it).
+    pub(crate) stepped_down: Option<tokio::task::JoinHandle<StepDown>>,
+    members: Members,
+    lease: Option<i64>,
+}
+
+impl Keeper {
+    /// Starts keeping the lease of `election` (right after it was won, so
+    /// that loading the state does not outlast the lease), and gates the
+    /// store's commits on it.
+    pub(crate) fn start(election: Election, members: Members, store: Store) -> Self {
+        let gate = election.clone();
+        if let Some(etcd) = store.etcd() {
+            etcd.gate_with(Arc::new(move || gate.refusal()));
+        }
+        let lease = match election.with(|l| l.role()) {
+            tasuki_core::leadership::Role::Active { lease, .. } => Some(lease),
+            _ => None,
+        };
+        let (tx, health) = tokio::sync::watch::channel(Health::Active);
+        let keeping = members.clone();
+        let stepped_down = tokio::spawn(async move {
+            keep(election, keeping, store, move |h| {
+                tx.send_replace(h);
+            })
+            .await
+        });
+        Self {
+            health,
+            stepped_down: Some(stepped_down),
+            members,
+            lease,
+        }
+    }
+
+    /// A planned stop: the lease is given back, so a standby takes over at
+    /// once rather than when it would have lapsed.
+    pub(crate) async fn resign(self) {
+        if let Some(keeping) = &self.stepped_down {
+            keeping.abort();
+        }
+        let Some(lease) = self.lease else { return };
+        let revoked = self
+            .members
+            .run(true, |mut c| async move { c.lease_revoke(lease).await })
+            .await;
+        match revoked {
+            Ok(_) => tracing::info!("lease given back: a standby takes over now"),
+            Err(e) => tracing::warn!(error = %e, "lease not given back; it lapses by itself"),
         }
     }
 }

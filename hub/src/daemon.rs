@@ -150,12 +150,21 @@ async fn rotate(state: SharedState) {
 /// `tasuki-hub run`: until SIGTERM (or the data plane stops).
 pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     let key = Arc::new(state::load_key(&opts.state_dir)?);
+    // From the start: a standby waits for its turn under the watchdog too.
+    let watchdog = tasuki_shell::service::spawn_watchdog();
     let cluster = state::engine::ClusterFile::read(&opts.state_dir)?;
     let opened = state::engine::open(&opts.state_dir)?;
     let store = opened.store.clone();
     // On etcd: nothing is loaded or served before this hub is the active one.
-    let elected = match &cluster {
-        Some(file) => Some(crate::cluster::campaign(file, &store).await?),
+    let mut keeper = match &cluster {
+        Some(file) => {
+            let (election, members) = crate::cluster::campaign(file, &store).await?;
+            Some(crate::cluster::Keeper::start(
+                election,
+                members,
+                store.clone(),
+            ))
+        }
         None => None,
     };
     let (dp_tx, dp_rx) = DpHandle::channel();
@@ -244,16 +253,14 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
         tracing::info!(%addr, "metrics endpoint");
         tasks.push(tokio::spawn(crate::metrics::serve(listener, state.clone())));
     }
-    tasks.extend(tasuki_shell::service::spawn_watchdog());
+    tasks.extend(watchdog);
     tasuki_shell::service::ready(&format!("serving on {listen}"));
 
     let stepped_down = Arc::new(std::sync::OnceLock::new());
-    let mut done = until_done(
-        dp_done,
-        elected,
-        (store, state.clone()),
-        stepped_down.clone(),
-    );
+    if let Some(k) = keeper.as_mut() {
+        tasks.push(tokio::spawn(follow_health(k.health.clone(), state.clone())));
+    }
+    let mut done = until_done(dp_done, keeper.as_mut(), stepped_down.clone());
     tasuki_shell::service::until_stopped(&mut done, || reload(opts.config.as_deref())).await?;
     tasuki_shell::service::stopping();
     for task in tasks {
@@ -261,6 +268,9 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     }
     // Everything acknowledged is on disk already; flush what is not.
     state.with(|st| st.flush())?;
+    if let Some(k) = keeper.filter(|_| stepped_down.get().is_none()) {
+        k.resign().await;
+    }
     tracing::info!("stopped; the TUN interface and its routes go with the process");
     match stepped_down.get() {
         Some(why) => Err(anyhow::anyhow!(
@@ -271,47 +281,52 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
     }
 }
 
+/// An orphaned cluster member turns its spokes away (they look for the
+/// active member); its data plane carries on.
+async fn follow_health(
+    mut health: tokio::sync::watch::Receiver<tasuki_core::leadership::Health>,
+    state: SharedState,
+) {
+    while health.changed().await.is_ok() {
+        let open = *health.borrow() != tasuki_core::leadership::Health::Orphaned;
+        state.with(|st| st.open_control(open));
+    }
+}
+
 /// Resolves when the hub's work has ended: its data plane stopped, or, on
 /// a cluster, it stepped down (then `stepped_down` says why).
 fn until_done(
     dp_done: tokio::sync::oneshot::Receiver<()>,
-    elected: Option<(
-        crate::cluster::Election,
-        tasuki_shell::store::etcd_members::Members,
-    )>,
-    (store, state): (tasuki_shell::store::Store, SharedState),
+    keeper: Option<&mut crate::cluster::Keeper>,
     stepped_down: Arc<std::sync::OnceLock<tasuki_core::leadership::StepDown>>,
-) -> tokio::sync::oneshot::Receiver<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        match elected {
-            None => {
-                // Ended or dropped: either way the data plane is gone.
-                drop(dp_done.await);
-            }
-            Some((election, client)) => {
-                let gate = election.clone();
-                if let Some(etcd) = store.etcd() {
-                    etcd.gate_with(Arc::new(move || gate.refusal()));
-                }
-                // An orphaned hub turns its spokes away (they look for the
-                // active member); its data plane carries on.
-                let on_change = |health| {
-                    let open = health != tasuki_core::leadership::Health::Orphaned;
-                    state.with(|st| st.open_control(open));
-                };
-                tokio::select! {
-                    _ = dp_done => {}
-                    why = crate::cluster::keep(election, client, store, on_change) => {
-                        tracing::error!(?why, "stepped down: this hub stops serving");
-                        stepped_down.get_or_init(|| why);
+) -> impl std::future::Future<Output = ()> + Unpin {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (step_tx, step_rx) = tokio::sync::oneshot::channel();
+    match keeper.and_then(|k| k.stepped_down.take()) {
+        Some(keeping) => {
+            tokio::spawn(async move {
+                if let Ok(why) = keeping.await {
+                    if step_tx.send(why).is_err() {
+                        tracing::debug!("stepped down while the daemon was stopping");
                     }
                 }
+            });
+        }
+        None => drop(step_tx),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = dp_done => {}
+            Ok(why) = step_rx => {
+                tracing::error!(?why, "stepped down: this hub stops serving");
+                stepped_down.get_or_init(|| why);
             }
         }
         if tx.send(()).is_err() {
             tracing::debug!("the daemon stopped before its work ended");
         }
     });
-    rx
+    Box::pin(async move {
+        drop(rx.await);
+    })
 }

@@ -124,12 +124,19 @@ impl EtcdStore {
             .build()
             .context("cannot start the etcd client's runtime")?;
         let s = settings.clone();
-        let members = wait(
+        let members = match wait(
             &runtime,
             ("cannot connect", CALL_TIMEOUT),
             settings,
             async move { Members::connect(&s).await },
-        )?;
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                // Called from async code too: never dropped blocking there.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let store = Self {
             runtime: Some(runtime),
             members,
@@ -288,6 +295,25 @@ impl EtcdStore {
     /// them anyway, once etcd answers).
     pub fn gate_with(&self, gate: Gate) {
         self.lock_fence().gate = Some(gate);
+    }
+
+    /// The revision of the last commit, as etcd has it now.
+    pub fn last_revision(&self) -> Result<i64> {
+        self.read_revision()
+    }
+
+    /// Drops etcd's history before `revision`: removed records (erased
+    /// keys, sealed as they were) leave etcd's database, and it stops
+    /// growing with every rotation.
+    pub fn compact(&self, revision: i64) -> Result<()> {
+        self.call("cannot compact etcd's history", move |mut c| async move {
+            c.compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+        })?;
+        Ok(())
     }
 
     /// Why commits are refused for good, if they are.
