@@ -405,7 +405,7 @@ fn fail_overs_in_a_row_keep_both_sides_on_one_epoch() {
     let c = cluster();
     let net = &c.net;
     let hubs = [&c.first, &c.second];
-    let mut procs = vec![Some(c.first_proc.clone()), Some(c.second_proc.clone())];
+    let mut procs = [Some(c.first_proc.clone()), Some(c.second_proc.clone())];
     let mut gaps = Vec::new();
     for round in 0..rounds {
         let (from, to) = ((round % 2) as usize, ((round + 1) % 2) as usize);
