@@ -287,9 +287,12 @@ async fn follow_health(
     mut health: tokio::sync::watch::Receiver<tasuki_core::leadership::Health>,
     state: SharedState,
 ) {
-    while health.changed().await.is_ok() {
-        let open = *health.borrow() != tasuki_core::leadership::Health::Orphaned;
-        state.with(|st| st.open_control(open));
+    loop {
+        let now = *health.borrow_and_update();
+        state.with(|st| st.set_cluster_health(now));
+        if health.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -92,6 +92,45 @@ fn families(snap: &Snapshot) -> Vec<Family> {
     families.extend(state_families(snap));
     families.extend(direct_families(snap));
     families.extend(group_families(snap));
+    families.extend(store_families(snap));
+    families
+}
+
+/// The store's commits, and a cluster member's standing.
+fn store_families(snap: &Snapshot) -> Vec<Family> {
+    let (counts, health) = &snap.store;
+    let mut families = vec![
+        counter(
+            "tasuki_store_commits_total",
+            "Store commits, by outcome (ok: durable when acknowledged).",
+            vec![
+                (labels(&[("outcome", "ok")]), counts.commits),
+                (labels(&[("outcome", "failed")]), counts.failed),
+            ],
+        ),
+        counter(
+            "tasuki_store_commit_microseconds_total",
+            "Time spent in store commits (sled: the flush; etcd: the transaction).",
+            single(counts.micros),
+        ),
+    ];
+    if let Some(health) = health {
+        use tasuki_core::leadership::Health;
+        let rows = [
+            ("active", *health == Health::Active),
+            ("degraded", *health == Health::Degraded),
+            ("orphaned", *health == Health::Orphaned),
+        ]
+        .iter()
+        .map(|(name, on)| (labels(&[("state", name)]), u64::from(*on)))
+        .collect();
+        families.push(gauge(
+            "tasuki_cluster_health",
+            "1 for this cluster member's standing: active (lease renewed), degraded (changes \
+             refused, etcd not answering), orphaned (lease may have lapsed: spokes turned away).",
+            rows,
+        ));
+    }
     families
 }
 
@@ -108,6 +147,11 @@ struct Snapshot {
     direct: (crate::state::DirectTotals, usize),
     /// Keyed groups, and what their members sent that was not taken.
     groups: (usize, crate::state::GroupCounters),
+    /// The store's commits, and a cluster member's health.
+    store: (
+        tasuki_shell::store::CommitCounts,
+        Option<tasuki_core::leadership::Health>,
+    ),
 }
 
 impl Snapshot {
@@ -126,6 +170,7 @@ impl Snapshot {
             pair_counters: st.pair_counters(),
             direct: st.direct_totals(),
             groups: st.group_counters(),
+            store: (st.commit_counts(), st.cluster_health),
         }
     }
 }

@@ -24,12 +24,25 @@ pub struct KeyVault {
 enum Place {
     /// A directory of 0600 files.
     Dir(PathBuf),
-    /// Records of the `vault` tree of a replicated store.
-    Store(crate::store::Store),
+    /// Records of the `vault` tree of a replicated store, and while a
+    /// daemon loads its state, all of them read at once (see
+    /// [`KeyVault::preload`]).
+    Store(crate::store::Store, std::sync::Mutex<Option<Preloaded>>),
 }
+
+/// Every key of a replicated vault, read in one scan.
+type Preloaded = std::collections::HashMap<String, Zeroizing<Vec<u8>>>;
 
 /// The store tree of a [`KeyVault::in_store`].
 const VAULT_TREE: &str = "vault";
+
+fn lock(
+    cache: &std::sync::Mutex<Option<Preloaded>>,
+) -> std::sync::MutexGuard<'_, Option<Preloaded>> {
+    cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -51,7 +64,29 @@ impl KeyVault {
     /// A vault in the replicated `store` (which seals what it holds).
     pub fn in_store(store: crate::store::Store) -> Self {
         Self {
-            place: Place::Store(store),
+            place: Place::Store(store, std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// Reads every key of a replicated vault at once (a daemon loading its
+    /// state asks for each of them: one round trip instead of thousands),
+    /// until [`KeyVault::end_preload`]; a directory needs none.
+    pub fn preload(&self) -> Result<()> {
+        if let Place::Store(store, cache) = &self.place {
+            let all: Preloaded = store
+                .scan_raw(VAULT_TREE)?
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), Zeroizing::new(v)))
+                .collect();
+            *lock(cache) = Some(all);
+        }
+        Ok(())
+    }
+
+    /// Drops what [`KeyVault::preload`] read (wiped).
+    pub fn end_preload(&self) {
+        if let Place::Store(_, cache) = &self.place {
+            lock(cache).take();
         }
     }
 
@@ -73,11 +108,17 @@ impl KeyVault {
             Place::Dir(dir) => {
                 crate::files::write_secret_file(&self.path(dir, name)?, key.expose())
             }
-            Place::Store(store) => store.commit(&[crate::store::Write::Put {
-                tree: VAULT_TREE,
-                key: Self::checked(name)?.as_bytes().to_vec(),
-                value: key.expose().to_vec(),
-            }]),
+            Place::Store(store, cache) => {
+                store.commit(&[crate::store::Write::Put {
+                    tree: VAULT_TREE,
+                    key: Self::checked(name)?.as_bytes().to_vec(),
+                    value: key.expose().to_vec(),
+                }])?;
+                if let Some(all) = lock(cache).as_mut() {
+                    all.insert(name.to_owned(), Zeroizing::new(key.expose().to_vec()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -94,8 +135,15 @@ impl KeyVault {
                     }
                 }
             }
-            Place::Store(store) => {
-                match store.get_raw(VAULT_TREE, Self::checked(name)?.as_bytes())? {
+            Place::Store(store, cache) => {
+                let name = Self::checked(name)?;
+                // Preloaded: exact (puts and erasures since are in it).
+                let preloaded = lock(cache).as_ref().map(|all| all.get(name).cloned());
+                let bytes = match preloaded {
+                    Some(found) => found,
+                    None => store.get_raw(VAULT_TREE, name.as_bytes())?,
+                };
+                match bytes {
                     Some(b) => (b, format!("key {name} in {}", store.describe())),
                     None => return Ok(None),
                 }
@@ -114,11 +162,15 @@ impl KeyVault {
     pub fn erase(&self, name: &str) -> Result<()> {
         let dir = match &self.place {
             Place::Dir(dir) => dir,
-            Place::Store(store) => {
-                return store.commit(&[crate::store::Write::remove(
+            Place::Store(store, cache) => {
+                store.commit(&[crate::store::Write::remove(
                     VAULT_TREE,
                     Self::checked(name)?.as_bytes(),
-                )])
+                )])?;
+                if let Some(all) = lock(cache).as_mut() {
+                    all.remove(name);
+                }
+                return Ok(());
             }
         };
         let path = self.path(dir, name)?;
@@ -143,7 +195,12 @@ impl KeyVault {
     pub fn names(&self) -> Result<Vec<String>> {
         let dir = match &self.place {
             Place::Dir(dir) => dir,
-            Place::Store(store) => {
+            Place::Store(store, cache) => {
+                if let Some(all) = lock(cache).as_ref() {
+                    let mut names: Vec<String> = all.keys().cloned().collect();
+                    names.sort();
+                    return Ok(names);
+                }
                 return Ok(store
                     .scan_raw(VAULT_TREE)?
                     .into_iter()
@@ -151,7 +208,7 @@ impl KeyVault {
                         drop(Zeroizing::new(v));
                         String::from_utf8_lossy(&k).into_owned()
                     })
-                    .collect())
+                    .collect());
             }
         };
         let mut out = Vec::new();

@@ -18,6 +18,14 @@ impl HubState {
         }
     }
 
+    /// The lease keeper's word on this member: the control port follows
+    /// (an orphaned member turns its spokes away so they find the active
+    /// one; its data plane carries on).
+    pub(crate) fn set_cluster_health(&mut self, health: tasuki_core::leadership::Health) {
+        self.cluster_health = Some(health);
+        self.open_control(health != tasuki_core::leadership::Health::Orphaned);
+    }
+
     /// Opens or closes the control port to spokes; closing ends every
     /// attached session (the spokes try the cluster's other members).
     pub(crate) fn open_control(&mut self, open: bool) {

@@ -20,6 +20,8 @@ impl HubState {
     ) -> anyhow::Result<Self> {
         tasuki_shell::files::tighten_state_dir(dir)?;
         let engine::Opened { store, vault } = opened;
+        // On etcd: every key in one read, not one round trip each.
+        vault.preload()?;
         let cluster_endpoints = match store.etcd() {
             Some(etcd) => etcd.members()?,
             None => Vec::new(),
@@ -50,6 +52,7 @@ impl HubState {
         let keyed = super::groups::load_keyed(&store, &vault, &mut named)?;
         let requests = super::requests::load_requests(&store)?;
         erase_unnamed(&vault, &named)?;
+        vault.end_preload();
         let policy = store.get(SETTINGS_TREE, b"policy")?.unwrap_or_default();
         let overrides: HashMap<SpokeId, RotationPolicy> = store
             .all::<(SpokeId, RotationPolicy)>(OVERRIDES_TREE)?
@@ -118,6 +121,7 @@ impl HubState {
             tree,
             cluster_endpoints,
             control_open: true,
+            cluster_health: None,
         };
         state.refresh_all_facts();
         state.unkey_orphan_groups();

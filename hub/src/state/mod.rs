@@ -237,6 +237,9 @@ pub(crate) struct HubState {
     /// Whether spokes may attach (an orphaned cluster member turns them
     /// away, see [`crate::cluster`]).
     pub(crate) control_open: bool,
+    /// A cluster member's health as its lease keeper last said (`None` on
+    /// sled).
+    pub(crate) cluster_health: Option<tasuki_core::leadership::Health>,
 }
 
 impl HubState {
@@ -270,6 +273,11 @@ impl HubState {
     /// Flushes the store (on a graceful stop).
     pub(crate) fn flush(&self) -> Result<()> {
         Ok(self.store.flush()?)
+    }
+
+    /// What the store's commits cost so far.
+    pub(crate) fn commit_counts(&self) -> tasuki_shell::store::CommitCounts {
+        self.store.commit_counts()
     }
 
     /// A spoke's name, for logs and audit records.

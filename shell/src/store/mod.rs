@@ -8,7 +8,9 @@
 //! error nothing of it is in the store, now or after a restart. Only the
 //! daemon opens its store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
@@ -29,7 +31,31 @@ pub const MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// A daemon's durable store (cheap to clone: clones share one engine).
 #[derive(Clone)]
-pub struct Store(Arc<Engine>);
+pub struct Store(Arc<Shared>);
+
+struct Shared {
+    engine: Engine,
+    stats: Stats,
+}
+
+/// Commits counted for the metrics.
+#[derive(Default)]
+struct Stats {
+    commits: AtomicU64,
+    failed: AtomicU64,
+    micros: AtomicU64,
+}
+
+/// What the store's commits cost so far (for the metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Commits that were durable when they returned.
+    pub commits: u64,
+    /// Commits that failed (nothing of them kept, or refused).
+    pub failed: u64,
+    /// Time spent in commits, both kinds, in microseconds.
+    pub micros: u64,
+}
 
 enum Engine {
     Sled(sled_engine::SledStore),
@@ -40,9 +66,9 @@ impl Store {
     /// Opens the embedded store at `path`; a store that will not open gets
     /// an error naming the path and what to do, never a silent reset.
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        Ok(Self(Arc::new(Engine::Sled(sled_engine::SledStore::open(
+        Ok(Self::with(Engine::Sled(sled_engine::SledStore::open(
             path,
-        )?))))
+        )?)))
     }
 
     /// Connects to the etcd cluster `settings` name; every value is sealed
@@ -51,14 +77,32 @@ impl Store {
         settings: &EtcdSettings,
         storage_key: tasuki_core::keys::SecretKey,
     ) -> Result<Self> {
-        Ok(Self(Arc::new(Engine::Etcd(Box::new(
-            etcd::EtcdStore::open(settings, storage_key)?,
-        )))))
+        Ok(Self::with(Engine::Etcd(Box::new(etcd::EtcdStore::open(
+            settings,
+            storage_key,
+        )?))))
+    }
+
+    fn with(engine: Engine) -> Self {
+        Self(Arc::new(Shared {
+            engine,
+            stats: Stats::default(),
+        }))
+    }
+
+    /// What the commits cost so far.
+    pub fn commit_counts(&self) -> CommitCounts {
+        let s = &self.0.stats;
+        CommitCounts {
+            commits: s.commits.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            micros: s.micros.load(Ordering::Relaxed),
+        }
     }
 
     /// The etcd engine, when this store is one.
     pub fn etcd(&self) -> Option<&etcd::EtcdStore> {
-        match &*self.0 {
+        match &self.0.engine {
             Engine::Etcd(e) => Some(e),
             Engine::Sled(_) => None,
         }
@@ -66,7 +110,7 @@ impl Store {
 
     /// The bytes of one record (wiped from memory when dropped).
     pub fn get_raw(&self, tree: &str, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        match &*self.0 {
+        match &self.0.engine {
             Engine::Sled(s) => Ok(s.get_raw(tree, key)?.map(Zeroizing::new)),
             Engine::Etcd(e) => e.get_raw(tree, key),
         }
@@ -75,7 +119,7 @@ impl Store {
     /// Every record of `tree`: its key (without the tree) and its bytes, in
     /// key order.
     pub fn scan_raw(&self, tree: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        match &*self.0 {
+        match &self.0.engine {
             Engine::Sled(s) => s.scan_raw(tree),
             Engine::Etcd(e) => e.scan_raw(tree),
         }
@@ -83,7 +127,7 @@ impl Store {
 
     /// Where the store is, for messages.
     pub fn describe(&self) -> String {
-        match &*self.0 {
+        match &self.0.engine {
             Engine::Sled(s) => s.describe(),
             Engine::Etcd(e) => e.describe(),
         }
@@ -134,16 +178,25 @@ impl Store {
     /// the error is also logged. Of several writes to one record, the last
     /// counts.
     pub fn commit(&self, writes: &[Write<'_>]) -> Result<()> {
-        match &*self.0 {
+        let started = Instant::now();
+        let result = match &self.0.engine {
             Engine::Sled(s) => s.commit(writes),
             Engine::Etcd(e) => e.commit(writes),
-        }
+        };
+        let stats = &self.0.stats;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.micros.fetch_add(micros, Ordering::Relaxed);
+        match &result {
+            Ok(()) => stats.commits.fetch_add(1, Ordering::Relaxed),
+            Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        result
     }
 
     /// Sets the free space a commit needs (tests: 0 lets sled itself hit
     /// the full disk). The etcd engine keeps no local data.
     pub fn set_min_free(&self, bytes: u64) {
-        if let Engine::Sled(s) = &*self.0 {
+        if let Engine::Sled(s) = &self.0.engine {
             s.set_min_free(bytes);
         }
     }
@@ -151,7 +204,7 @@ impl Store {
     /// Forces everything written so far to disk (etcd: every commit is
     /// durable already).
     pub fn flush(&self) -> Result<()> {
-        match &*self.0 {
+        match &self.0.engine {
             Engine::Sled(s) => s.flush(),
             Engine::Etcd(_) => Ok(()),
         }

@@ -360,4 +360,16 @@ fn a_vault_in_etcd_keeps_keys_sealed() {
     assert_eq!(vault.names().unwrap(), vec!["4-3"]);
     assert!(vault.put("../x", &k).is_err());
     assert!(!server.data_bytes().windows(32).any(|w| w == k.expose()));
+    // Read all at once while loading: the same answers, puts and erasures
+    // seen.
+    vault.preload().unwrap();
+    assert_eq!(vault.names().unwrap(), vec!["4-3"]);
+    vault.put("4-4", &k).unwrap();
+    assert_eq!(vault.get("4-4").unwrap(), Some(k.clone()));
+    vault.erase("4-3").unwrap();
+    assert_eq!(vault.get("4-3").unwrap(), None);
+    assert_eq!(vault.names().unwrap(), vec!["4-4"]);
+    vault.end_preload();
+    assert_eq!(vault.names().unwrap(), vec!["4-4"]);
+    assert_eq!(vault.get("4-4").unwrap(), Some(k));
 }
