@@ -71,6 +71,40 @@ fn cluster_on(mut net: Topology, etcd: Vec<Etcd>) -> Cluster {
     }
 }
 
+/// Waits until changes are refused at `hub` with an error naming etcd.
+fn changes_refused(net: &Topology, hub: &TreeHub, name: &str) {
+    net.wait_for("changes to be refused", Duration::from_secs(30), || {
+        let out = net.tree_cli(hub, &["spoke", "invite", name]);
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("etcd")
+    });
+}
+
+/// The data plane carries traffic for a few seconds on end.
+fn relays_on(net: &Topology) {
+    for _ in 0..5 {
+        assert!(
+            net.ping(&net.ns_a, B_TUNNEL, 2),
+            "the data plane stopped with etcd"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until the active member (whichever) takes a change again, then
+/// until traffic flows.
+fn changes_go_ahead(c: &Cluster, name: &str) {
+    let net = &c.net;
+    net.wait_for("changes to go ahead again", Duration::from_secs(40), || {
+        [&c.first, &c.second]
+            .into_iter()
+            .find(|h| net.member_active(h))
+            .is_some_and(|h| net.tree_cli(h, &["spoke", "invite", name]).status.success())
+    });
+    net.wait_for("traffic once etcd is back", Duration::from_secs(30), || {
+        net.ping(&net.ns_a, B_TUNNEL, 1)
+    });
+}
+
 /// The epoch of spoke `name`'s link at `hub`.
 fn hub_epoch(net: &Topology, hub: &TreeHub, name: &str) -> u64 {
     let out = net.tree_cli(hub, &["key", "status", "--json"]);
@@ -236,35 +270,11 @@ fn with_etcd_down_the_active_hub_relays_on_and_refuses_changes() {
     }
     let mut c = cluster();
     c.net.kill_etcd(&mut c.etcd[0]);
-    let net = &c.net;
-    net.wait_for("changes to be refused", Duration::from_secs(30), || {
-        let out = net.tree_cli(&c.first, &["spoke", "invite", "later"]);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        !out.status.success() && err.contains("etcd")
-    });
-    for _ in 0..5 {
-        assert!(
-            net.ping(&net.ns_a, B_TUNNEL, 2),
-            "the data plane stopped with etcd"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    net.must_be_alive(&c.first_proc);
+    changes_refused(&c.net, &c.first, "later");
+    relays_on(&c.net);
+    c.net.must_be_alive(&c.first_proc);
     c.net.restart_etcd(&mut c.etcd[0]);
-    let net = &c.net;
-    net.wait_for("changes to go ahead again", Duration::from_secs(40), || {
-        let active = [&c.first, &c.second]
-            .into_iter()
-            .find(|h| net.member_active(h));
-        active.is_some_and(|h| {
-            net.tree_cli(h, &["spoke", "invite", "later"])
-                .status
-                .success()
-        })
-    });
-    net.wait_for("traffic once etcd is back", Duration::from_secs(30), || {
-        net.ping(&net.ns_a, B_TUNNEL, 1)
-    });
+    changes_go_ahead(&c, "later");
 }
 
 /// The active hub cut off from etcd (but not from its spokes): it refuses
@@ -348,45 +358,14 @@ fn three_etcd_members_survive_one_loss_and_recover_from_two() {
     assert!(net.member_active(&c.first) && !net.member_active(&c.second));
     assert!(net.ping(&net.ns_a, B_TUNNEL, 3));
     c.net.kill_etcd(&mut c.etcd[1]);
-    let net = &c.net;
-    net.wait_for(
-        "changes to be refused without quorum",
-        Duration::from_secs(30),
-        || {
-            let out = net.tree_cli(&c.first, &["spoke", "invite", "two-lost"]);
-            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("etcd")
-        },
-    );
-    for _ in 0..5 {
-        assert!(
-            net.ping(&net.ns_a, B_TUNNEL, 2),
-            "the data plane stopped without quorum"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    changes_refused(&c.net, &c.first, "two-lost");
+    relays_on(&c.net);
     for i in [0, 1] {
         let mut e = c.etcd[i].clone();
         c.net.restart_etcd(&mut e);
         c.etcd[i] = e;
     }
-    let net = &c.net;
-    net.wait_for(
-        "changes to go ahead with quorum back",
-        Duration::from_secs(40),
-        || {
-            [&c.first, &c.second]
-                .into_iter()
-                .find(|h| net.member_active(h))
-                .is_some_and(|h| {
-                    net.tree_cli(h, &["spoke", "invite", "back"])
-                        .status
-                        .success()
-                })
-        },
-    );
-    net.wait_for("traffic with quorum back", Duration::from_secs(30), || {
-        net.ping(&net.ns_a, B_TUNNEL, 1)
-    });
+    changes_go_ahead(&c, "back");
 }
 
 /// Fail-overs in a row (TASUKI_FAILOVERS, 3 by default; `scripts/soak-ha`
