@@ -57,6 +57,146 @@ impl EtcdServer {
         Some(server)
     }
 
+    /// One that speaks TLS only and asks clients for a certificate signed
+    /// by its CA; returns it and the directory of `ca.pem`, `client.pem`
+    /// and `client.key`.
+    pub(crate) fn start_tls(name: &str) -> Option<(Self, PathBuf)> {
+        if Command::new("etcd").arg("--version").output().is_err()
+            || Command::new("openssl").arg("version").output().is_err()
+        {
+            eprintln!("SKIPPED: no etcd or openssl binary");
+            return None;
+        }
+        let pki = std::env::temp_dir().join(format!("tasuki-pki-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&pki);
+        std::fs::create_dir_all(&pki).unwrap();
+        let ssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&pki)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        ssl(&[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tasuki test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ][..],
+            &ec[..],
+            &[
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        ]
+        .concat());
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+            ),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            let (key, csr, pem, extfile) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+                format!("{who}.ext"),
+            );
+            std::fs::write(pki.join(&extfile), ext).unwrap();
+            ssl(&[
+                &[
+                    "req",
+                    "-new",
+                    "-subj",
+                    &format!("/CN={who}"),
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                ][..],
+                &ec[..],
+            ]
+            .concat());
+            ssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ]);
+        }
+        for f in ["client.key", "server.key", "ca.key"] {
+            std::fs::set_permissions(
+                pki.join(f),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let dir = std::env::temp_dir().join(format!("tasuki-etcd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=t={peer_url}"))
+            .arg(format!("--cert-file={}", pki.join("server.pem").display()))
+            .arg(format!("--key-file={}", pki.join("server.key").display()))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                pki.join("ca.pem").display()
+            ))
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        let server = Self { child, dir, url };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(server.url.trim_start_matches("https://")).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some((server, pki))
+    }
+
     fn settings(&self, prefix: &str) -> EtcdSettings {
         EtcdSettings {
             etcd_prefix: prefix.into(),
@@ -372,4 +512,40 @@ fn a_vault_in_etcd_keeps_keys_sealed() {
     vault.end_preload();
     assert_eq!(vault.names().unwrap(), vec!["4-4"]);
     assert_eq!(vault.get("4-4").unwrap(), Some(k));
+}
+
+/// TLS to etcd with a client certificate: the store works over it; without
+/// the certificate, or with another CA, it is a clear error.
+#[test]
+fn etcd_over_tls_with_a_client_certificate() {
+    let Some((server, pki)) = EtcdServer::start_tls("tls") else {
+        return;
+    };
+    let with_cert = EtcdSettings {
+        etcd_ca: Some(pki.join("ca.pem")),
+        etcd_cert: Some(pki.join("client.pem")),
+        etcd_key: Some(pki.join("client.key")),
+        ..server.settings("/tls/")
+    };
+    let s = Store::open_etcd(&with_cert, key(4)).unwrap();
+    s.commit(&[Write::put("t", *b"k", &7u32).unwrap()]).unwrap();
+    assert_eq!(s.get::<u32>("t", b"k").unwrap(), Some(7));
+    drop(s);
+    let no_cert = EtcdSettings {
+        etcd_ca: Some(pki.join("ca.pem")),
+        ..server.settings("/tls/")
+    };
+    assert!(
+        Store::open_etcd(&no_cert, key(4)).is_err(),
+        "etcd took a client without a certificate"
+    );
+    let wrong_ca = EtcdSettings {
+        etcd_ca: Some(pki.join("client.pem")),
+        ..with_cert.clone()
+    };
+    assert!(
+        Store::open_etcd(&wrong_ca, key(4)).is_err(),
+        "a server signed by another CA was trusted"
+    );
+    let _ = std::fs::remove_dir_all(&pki);
 }
