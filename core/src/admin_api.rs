@@ -450,6 +450,19 @@ pub struct HubStatus {
     /// Child hubs here (invited or joined).
     #[serde(default)]
     pub child_hubs: usize,
+    /// Where this hub stands in its cluster, when its state is on etcd.
+    #[serde(default)]
+    pub cluster: Option<ClusterStanding>,
+}
+
+/// A cluster member's standing, for `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStanding {
+    /// `active` (lease renewed), `degraded` (changes refused: etcd does not
+    /// answer), `orphaned` (the lease may have lapsed: spokes turned away).
+    pub health: String,
+    /// Every member's endpoint.
+    pub members: Vec<String>,
 }
 
 /// The spoke's status.

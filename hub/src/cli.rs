@@ -454,6 +454,14 @@ pub(crate) fn print_status(s: &HubStatus) {
         Some(p) => println!("  hub tree:     child of {p}; {} child hubs", s.child_hubs),
         None => println!("  hub tree:     root; {} child hubs", s.child_hubs),
     }
+    if let Some(c) = &s.cluster {
+        println!(
+            "  cluster:      {} member of {} ({})",
+            c.health,
+            c.members.len(),
+            c.members.join(", ")
+        );
+    }
     println!(
         "  access:       {} ({} rules; {} flows tracked)",
         s.access_mode.name(),

@@ -71,6 +71,11 @@ fn cluster_on(mut net: Topology, etcd: Vec<Etcd>) -> Cluster {
     }
 }
 
+/// `tasuki-hub status --json` at `hub`.
+fn member_status(net: &Topology, hub: &TreeHub) -> Value {
+    serde_json::from_slice(&net.tree_cli(hub, &["status", "--json"]).stdout).unwrap_or(Value::Null)
+}
+
 /// Waits until changes are refused at `hub` with an error naming etcd.
 fn changes_refused(net: &Topology, hub: &TreeHub, name: &str) {
     net.wait_for("changes to be refused", Duration::from_secs(30), || {
@@ -171,6 +176,13 @@ fn kill_9_of_the_active_hub_fails_over_to_the_standby() {
     });
     let status = net.cluster_status(&c.first);
     assert_eq!(status["active"], c.second.endpoint().as_str(), "{status}");
+    let st = member_status(net, &c.second);
+    assert_eq!(st["cluster"]["health"], "active", "{st}");
+    assert_eq!(
+        st["cluster"]["members"].as_array().map(Vec::len),
+        Some(2),
+        "{st}"
+    );
     assert_eq!(status["etcd"][0]["healthy"], true, "{status}");
     net.wait_for(
         "traffic from a to b through the new active hub",
@@ -272,6 +284,12 @@ fn with_etcd_down_the_active_hub_relays_on_and_refuses_changes() {
     c.net.kill_etcd(&mut c.etcd[0]);
     changes_refused(&c.net, &c.first, "later");
     relays_on(&c.net);
+    let st = member_status(&c.net, &c.first);
+    assert!(
+        st["warnings"].to_string().contains("etcd does not answer")
+            || st["cluster"]["health"] == "orphaned",
+        "status says nothing of etcd: {st}"
+    );
     c.net.must_be_alive(&c.first_proc);
     c.net.restart_etcd(&mut c.etcd[0]);
     changes_go_ahead(&c, "later");

@@ -51,4 +51,37 @@ impl HubState {
             self.welcome_all();
         }
     }
+
+    /// Where this member stands, for `status` (`None` on sled).
+    pub(crate) fn cluster_standing(&self) -> Option<tasuki_core::admin_api::ClusterStanding> {
+        use tasuki_core::leadership::Health;
+        let health = match self.cluster_health? {
+            Health::Active => "active",
+            Health::Degraded => "degraded",
+            Health::Orphaned => "orphaned",
+            Health::Standby => "standby",
+            Health::SteppedDown(_) => "stepping down",
+        };
+        Some(tasuki_core::admin_api::ClusterStanding {
+            health: health.into(),
+            members: self.cluster_endpoints.clone(),
+        })
+    }
+
+    /// What an admin must know of this member's standing, if anything.
+    pub(crate) fn cluster_warning(&self) -> Option<String> {
+        use tasuki_core::leadership::Health;
+        match self.cluster_health? {
+            Health::Degraded => Some(
+                "etcd does not answer: traffic goes on with the keys in force, changes are refused"
+                    .into(),
+            ),
+            Health::Orphaned => Some(
+                "this member's lease may have lapsed: spokes are turned away to find the active \
+                 member; traffic goes on with the keys in force"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
 }

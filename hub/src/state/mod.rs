@@ -398,9 +398,11 @@ impl HubState {
                 .wireguard_warnings(tasuki_shell::unix_now())
                 .into_iter()
                 .chain(self.tree.uplink_error.clone())
+                .chain(self.cluster_warning())
                 .collect(),
             parent: self.tree.parent_endpoint.clone(),
             child_hubs: self.tree.map.children().count(),
+            cluster: self.cluster_standing(),
         }
     }
 }
