@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use etcd_client::{GetOptions, SortOrder, SortTarget};
 use serde::Serialize;
 
@@ -26,6 +26,15 @@ pub(crate) enum ClusterCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Take a member out for good (a machine decommissioned): spokes are
+    /// no longer told to try it. Run `init --join` there to bring it back.
+    Remove {
+        /// The member's HOST:PORT, as `cluster status` lists it.
+        endpoint: String,
+        /// State directory of any member (its cluster.toml names etcd).
+        #[arg(long, default_value = "/var/lib/tasuki-hub")]
+        state_dir: PathBuf,
     },
 }
 
@@ -66,15 +75,57 @@ struct EtcdView {
 
 /// Runs a `cluster` subcommand.
 pub(crate) async fn cluster_command(command: ClusterCommand) -> Result<()> {
-    let ClusterCommand::Status { state_dir, json } = command;
-    let file = ClusterFile::read(&state_dir)?.with_context(|| {
+    match command {
+        ClusterCommand::Status { state_dir, json } => {
+            let view = status(&cluster_file(&state_dir)?).await?;
+            crate::cli::print_json_or(&view, json, print)
+        }
+        ClusterCommand::Remove {
+            endpoint,
+            state_dir,
+        } => remove(&cluster_file(&state_dir)?, &endpoint).await,
+    }
+}
+
+fn cluster_file(state_dir: &std::path::Path) -> Result<ClusterFile> {
+    ClusterFile::read(state_dir)?.with_context(|| {
         format!(
             "{} holds a hub on sled (no cluster.toml): it has no cluster",
             state_dir.display()
         )
-    })?;
-    let view = status(&file).await?;
-    crate::cli::print_json_or(&view, json, print)
+    })
+}
+
+/// `cluster remove`: the member record goes; the active member is refused
+/// (stop it first: a standby takes over).
+async fn remove(file: &ClusterFile, endpoint: &str) -> Result<()> {
+    let view = status(file).await?;
+    let Some(member) = view.members.iter().find(|m| m.endpoint == endpoint) else {
+        let known: Vec<&str> = view.members.iter().map(|m| m.endpoint.as_str()).collect();
+        bail!(
+            "no member {endpoint:?} in the cluster (members: {})",
+            known.join(", ")
+        );
+    };
+    if member.role == "active" {
+        bail!(
+            "{endpoint} is the active member: stop it first (a standby takes over), then remove it"
+        );
+    }
+    if view.members.len() == 1 {
+        bail!("{endpoint} is the cluster's only member");
+    }
+    let settings = file.etcd();
+    let mut client = settings.connect().await?;
+    client
+        .delete(format!("{}members/{endpoint}", settings.etcd_prefix), None)
+        .await
+        .with_context(|| format!("cannot remove {endpoint} from {}", settings.describe()))?;
+    println!(
+        "removed {endpoint}: spokes stop trying it within seconds (it was {})",
+        member.role
+    );
+    Ok(())
 }
 
 async fn status(file: &ClusterFile) -> Result<ClusterView> {

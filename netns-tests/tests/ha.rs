@@ -490,4 +490,35 @@ fn two_members_started_at_once_make_one_active() {
     let mut sorted = roles.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, ["active", "standby"], "{status}");
+    // The active member cannot be removed; a standby can, and is gone.
+    let (active, standby) = if net.member_active(&first) {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    let bin = tasuki_netns_tests::binaries().hub.display().to_string();
+    let dir = active.dir.display().to_string();
+    let remove = |who: &TreeHub| {
+        net.exec(
+            &active.ns,
+            &[
+                bin.as_str(),
+                "cluster",
+                "remove",
+                &who.endpoint(),
+                "--state-dir",
+                &dir,
+            ],
+        )
+    };
+    let out = remove(active);
+    assert!(!out.status.success(), "the active member was removed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("active member"));
+    assert!(remove(standby).status.success());
+    let status = net.cluster_status(&first);
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
 }
