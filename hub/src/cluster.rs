@@ -325,13 +325,17 @@ pub(crate) async fn follow_members(store: Store, state: crate::state::SharedStat
     }
 }
 
-/// The active hub's lease, kept from the moment it was won: the store's
-/// gate, the health the state follows, and the step-down.
+/// The active hub's lease, kept from the moment it was won, on a thread
+/// and runtime of its own with its own etcd clients: a commit that waits on
+/// etcd, or tasks waiting for the state, never hold up a renewal. Also the
+/// store's gate, the health the state follows, and the step-down.
 pub(crate) struct Keeper {
     /// The current health (changes only).
     pub(crate) health: tokio::sync::watch::Receiver<Health>,
-    /// Ends with why the hub stepped down (until taken by who waits for it).
-    pub(crate) stepped_down: Option<tokio::task::JoinHandle<StepDown>>,
+    /// Resolves with why the hub stepped down (until taken by who waits).
+    pub(crate) stepped_down: Option<tokio::sync::oneshot::Receiver<StepDown>>,
+    /// Dropped to stop the keeper's thread.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     members: Members,
     lease: Option<i64>,
 }
@@ -339,8 +343,14 @@ pub(crate) struct Keeper {
 impl Keeper {
     /// Starts keeping the lease of `election` (right after it was won, so
     /// that loading the state does not outlast the lease), and gates the
-    /// store's commits on it.
-    pub(crate) fn start(election: Election, members: Members, store: Store) -> Self {
+    /// store's commits on it. `members` (the campaign's clients) gives the
+    /// lease back at a planned stop.
+    pub(crate) fn start(
+        election: Election,
+        members: Members,
+        settings: tasuki_shell::store::EtcdSettings,
+        store: Store,
+    ) -> Result<Self> {
         let gate = election.clone();
         if let Some(etcd) = store.etcd() {
             etcd.gate_with(Arc::new(move || gate.refusal()));
@@ -350,27 +360,52 @@ impl Keeper {
             _ => None,
         };
         let (tx, health) = tokio::sync::watch::channel(Health::Active);
-        let keeping = members.clone();
-        let stepped_down = tokio::spawn(async move {
-            keep(election, keeping, store, move |h| {
-                tx.send_replace(h);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the lease keeper's runtime")?;
+        std::thread::Builder::new()
+            .name("tasuki-lease".into())
+            .spawn(move || {
+                let why = runtime.block_on(async move {
+                    let keeping = match Members::connect(&settings).await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "the lease keeper cannot reach etcd");
+                            return Some(StepDown::LeaseExpired);
+                        }
+                    };
+                    let keeping = keep(election, keeping, store, move |h| {
+                        tx.send_replace(h);
+                    });
+                    tokio::select! {
+                        why = keeping => Some(why),
+                        _ = stop_rx => None,
+                    }
+                });
+                if let Some(why) = why {
+                    if done_tx.send(why).is_err() {
+                        tracing::debug!("stepped down while the daemon was stopping");
+                    }
+                }
             })
-            .await
-        });
-        Self {
+            .context("cannot start the lease keeper's thread")?;
+        Ok(Self {
             health,
-            stepped_down: Some(stepped_down),
+            stepped_down: Some(done_rx),
+            stop: Some(stop_tx),
             members,
             lease,
-        }
+        })
     }
 
     /// A planned stop: the lease is given back, so a standby takes over at
     /// once rather than when it would have lapsed.
-    pub(crate) async fn resign(self) {
-        if let Some(keeping) = &self.stepped_down {
-            keeping.abort();
-        }
+    pub(crate) async fn resign(mut self) {
+        // The keeper's thread ends with its sender.
+        drop(self.stop.take());
         let Some(lease) = self.lease else { return };
         let revoked = self
             .members

@@ -162,8 +162,9 @@ pub(crate) async fn run(opts: RunOptions) -> Result<()> {
             Some(crate::cluster::Keeper::start(
                 election,
                 members,
+                file.etcd(),
                 store.clone(),
-            ))
+            )?)
         }
         None => None,
     };
@@ -308,6 +309,7 @@ fn until_done(
     match keeper.and_then(|k| k.stepped_down.take()) {
         Some(keeping) => {
             tokio::spawn(async move {
+                // Closed without a word: the daemon is stopping.
                 if let Ok(why) = keeping.await {
                     if step_tx.send(why).is_err() {
                         tracing::debug!("stepped down while the daemon was stopping");

@@ -76,6 +76,8 @@ pub struct EtcdStore {
     settings: EtcdSettings,
     storage_key: SecretKey,
     fence: Mutex<Fence>,
+    /// [`Fence::fenced`], readable while a commit holds the fence.
+    fenced_for_good: std::sync::OnceLock<String>,
 }
 
 impl Drop for EtcdStore {
@@ -149,6 +151,7 @@ impl EtcdStore {
                 unsettled: None,
                 gate: None,
             }),
+            fenced_for_good: std::sync::OnceLock::new(),
         };
         let revision = store.read_revision()?;
         store.lock_fence().revision = revision;
@@ -317,8 +320,9 @@ impl EtcdStore {
     }
 
     /// Why commits are refused for good, if they are.
+    /// Read without waiting for a commit in flight (the lease keeper asks).
     pub fn fenced(&self) -> Option<String> {
-        self.lock_fence().fenced.clone()
+        self.fenced_for_good.get().cloned()
     }
 
     fn open_value(&self, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
@@ -465,6 +469,9 @@ impl EtcdStore {
         );
         tracing::error!(%why, "commit refused by the store's fencing");
         fence.fenced = Some(why.clone());
+        if self.fenced_for_good.set(why.clone()).is_err() {
+            tracing::debug!("the store was fenced already");
+        }
         bail!("{why}")
     }
 
