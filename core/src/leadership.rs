@@ -162,10 +162,12 @@ impl Leadership {
         self.gone_after = Some(self.gone_after.map_or(until, |g| g.max(until)));
     }
 
-    /// The renewal sent at `sent_at` got no answer (the store unreachable).
+    /// The renewal sent at `sent_at` got no answer (the store unreachable):
+    /// the next goes out at once (to another store member).
     pub fn renewal_failed(&mut self, sent_at: Instant) {
         if self.in_flight == Some(sent_at) {
             self.in_flight = None;
+            self.last_sent = None;
         }
     }
 

@@ -107,9 +107,11 @@ async fn remove(file: &ClusterFile, endpoint: &str) -> Result<()> {
             known.join(", ")
         );
     };
-    if member.role == "active" {
+    if member.role != "down" {
         bail!(
-            "{endpoint} is the active member: stop it first (a standby takes over), then remove it"
+            "{endpoint} is {} (the active member, or a standby that could become it): stop it \
+             first, then remove it",
+            member.role
         );
     }
     if view.members.len() == 1 {

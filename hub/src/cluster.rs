@@ -362,30 +362,47 @@ impl Keeper {
         let (tx, health) = tokio::sync::watch::channel(Health::Active);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the lease keeper's runtime")?;
+        let watching = election.clone();
         std::thread::Builder::new()
             .name("tasuki-lease".into())
             .spawn(move || {
-                let why = runtime.block_on(async move {
-                    let keeping = match Members::connect(&settings).await {
-                        Ok(m) => m,
+                // Whatever ends the keeper other than a stop (a panic, a
+                // runtime or etcd client that cannot start) ends the lease
+                // as far as this hub knows.
+                let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
                         Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "the lease keeper cannot reach etcd");
+                            tracing::error!(error = %e, "no runtime for the lease keeper");
                             return Some(StepDown::LeaseExpired);
                         }
                     };
-                    let keeping = keep(election, keeping, store, move |h| {
-                        tx.send_replace(h);
-                    });
-                    tokio::select! {
-                        why = keeping => Some(why),
-                        _ = stop_rx => None,
-                    }
-                });
+                    runtime.block_on(async move {
+                        let keeping = match Members::connect(&settings).await {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::error!(error = %format!("{e:#}"), "the lease keeper cannot reach etcd");
+                                return Some(StepDown::LeaseExpired);
+                            }
+                        };
+                        let keeping = keep(election, keeping, store, move |h| {
+                            tx.send_replace(h);
+                        });
+                        tokio::select! {
+                            why = keeping => Some(why),
+                            _ = stop_rx => None,
+                        }
+                    })
+                }));
+                let why = match kept {
+                    Ok(why) => why,
+                    Err(_) => Some(StepDown::LeaseExpired),
+                };
                 if let Some(why) = why {
+                    watching.with(|l| l.replaced());
                     if done_tx.send(why).is_err() {
                         tracing::debug!("stepped down while the daemon was stopping");
                     }

@@ -292,6 +292,8 @@ async fn follow_health(
         let now = *health.borrow_and_update();
         state.with(|st| st.set_cluster_health(now));
         if health.changed().await.is_err() {
+            // The keeper is gone: nothing says the lease holds.
+            state.with(|st| st.open_control(false));
             return;
         }
     }

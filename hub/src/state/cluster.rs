@@ -23,7 +23,12 @@ impl HubState {
     /// one; its data plane carries on).
     pub(crate) fn set_cluster_health(&mut self, health: tasuki_core::leadership::Health) {
         self.cluster_health = Some(health);
-        self.open_control(health != tasuki_core::leadership::Health::Orphaned);
+        // Only while it holds (or may still hold) the lease: an orphaned
+        // member or one stepping down turns spokes away.
+        self.open_control(matches!(
+            health,
+            tasuki_core::leadership::Health::Active | tasuki_core::leadership::Health::Degraded
+        ));
     }
 
     /// Opens or closes the control port to spokes; closing ends every

@@ -49,9 +49,10 @@ struct Fence {
     leader: Option<Vec<u8>>,
     /// Why commits are refused for good (another hub changed the store).
     fenced: Option<String>,
-    /// Why the last commit's outcome is unknown (its answer was lost and
-    /// etcd could not be asked since).
-    unsettled: Option<String>,
+    /// A commit reported failed whose transaction may still be applied
+    /// (its answer was lost): its id in the revision record, and why. The
+    /// next commit looks first; one that landed after all fences the store.
+    pending: Option<(Vec<u8>, String)>,
     /// Asked before each commit: why it must not be sent now (the hub's
     /// lease is not known to be alive), if so.
     gate: Option<Gate>,
@@ -148,7 +149,7 @@ impl EtcdStore {
                 revision: 0,
                 leader: None,
                 fenced: None,
-                unsettled: None,
+                pending: None,
                 gate: None,
             }),
             fenced_for_good: std::sync::OnceLock::new(),
@@ -389,11 +390,11 @@ impl EtcdStore {
         format!("the store in {}", self.settings.describe())
     }
 
-    /// What became of the last commit, whose answer was lost: it applied
-    /// if the revision record moved on and names this writer (commits are
-    /// one at a time), it did not if the record is where it was; else
-    /// another hub wrote.
-    fn outcome(&self, fence: &Fence, writer: &[u8]) -> Result<Outcome> {
+    /// What became of the commit `id`, whose answer was lost: it applied
+    /// if the revision record holds its id (each commit writes its own), it
+    /// has not (yet) if the record is where it was; else another writer's
+    /// commit is there.
+    fn outcome(&self, fence: &Fence, id: &[u8]) -> Result<Outcome> {
         let key = self.key("revision");
         let resp = self.call("cannot read the store's revision", move |mut c| {
             let key = key.clone();
@@ -405,7 +406,7 @@ impl EtcdStore {
             .map_or((0, &[][..]), |kv| (kv.mod_revision(), kv.value()));
         Ok(if revision == fence.revision {
             Outcome::NotApplied
-        } else if value == writer {
+        } else if value == id {
             Outcome::Applied(revision)
         } else {
             Outcome::Other
@@ -417,8 +418,8 @@ impl EtcdStore {
     /// etcd answers). A lost commit that did apply leaves memory behind the
     /// store only if the caller undid it: it is taken as done.
     /// True: it applied; false: it did not (it may be sent again).
-    fn settle(&self, fence: &mut Fence, writer: &[u8], lost: &anyhow::Error) -> Result<bool> {
-        match self.outcome(fence, writer) {
+    fn settle(&self, fence: &mut Fence, id: &[u8], lost: &anyhow::Error) -> Result<bool> {
+        match self.outcome(fence, id) {
             Ok(Outcome::NotApplied) => {
                 tracing::warn!(error = %format!("{lost:#}"), "a commit was not applied");
                 Ok(false)
@@ -435,7 +436,7 @@ impl EtcdStore {
                      changes are refused until etcd answers"
                 );
                 tracing::error!(%why, "store write unsettled");
-                fence.unsettled = Some(why.clone());
+                fence.pending = Some((id.to_vec(), why.clone()));
                 bail!("{why}");
             }
         }
@@ -444,14 +445,16 @@ impl EtcdStore {
     /// Before a commit after an unsettled one: what became of it. One that
     /// applied after all was reported as failed, so memory lags the store
     /// and the hub must read it anew.
-    fn settle_earlier(&self, fence: &mut Fence, writer: &[u8]) -> Result<()> {
-        let Some(why) = fence.unsettled.clone() else {
+    fn settle_earlier(&self, fence: &mut Fence) -> Result<()> {
+        let Some((id, why)) = fence.pending.clone() else {
             return Ok(());
         };
-        match self.outcome(fence, writer) {
+        match self.outcome(fence, &id) {
+            // Should it land later still, the next commit's compare fails
+            // and shows it (see `commit`).
             Ok(Outcome::NotApplied) => {
-                tracing::info!("etcd answers again: the unsettled commit had not been applied");
-                fence.unsettled = None;
+                tracing::info!("the commit reported failed has not been applied");
+                fence.pending = None;
                 Ok(())
             }
             Ok(Outcome::Applied(_) | Outcome::Other) => self.fence_out(fence),
@@ -483,8 +486,14 @@ impl EtcdStore {
         if let Some(why) = fence.gate.as_ref().and_then(|g| g()) {
             bail!("{why}");
         }
-        let writer = fence.leader.clone().unwrap_or_else(|| b"init".to_vec());
-        self.settle_earlier(&mut fence, &writer)?;
+        self.settle_earlier(&mut fence)?;
+        // This commit's own id in the revision record: whoever reads it
+        // there knows which commit landed (the leader token, and a nonce).
+        let mut id = fence.leader.clone().unwrap_or_else(|| b"init".to_vec());
+        let mut nonce = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        id.push(b' ');
+        id.extend(nonce.iter().flat_map(|b| format!("{b:02x}").into_bytes()));
         // One operation per key (etcd refuses a key twice in a transaction).
         let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for w in writes {
@@ -510,9 +519,9 @@ impl EtcdStore {
             })
             .collect();
         let revision_key = self.key("revision");
-        ops.push(TxnOp::put(revision_key.clone(), writer.clone(), None));
+        ops.push(TxnOp::put(revision_key.clone(), id.clone(), None));
         let mut compares = vec![Compare::mod_revision(
-            revision_key,
+            revision_key.clone(),
             CompareOp::Equal,
             fence.revision,
         )];
@@ -523,7 +532,12 @@ impl EtcdStore {
                 token.clone(),
             ));
         }
-        let txn = Txn::new().when(compares).and_then(ops);
+        // Refused: the revision record says whether an earlier try of this
+        // same commit landed meanwhile.
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops)
+            .or_else([TxnOp::get(revision_key, None)]);
         // A commit known not to have applied (its answer lost, then etcd
         // asked) is sent again, a few times: a raft election among the etcd
         // members holds requests for a moment.
@@ -549,13 +563,16 @@ impl EtcdStore {
                 Ok(Err(e)) => anyhow::Error::new(e),
                 Err(e) => e,
             };
-            if self.settle(&mut fence, &writer, &lost)? {
+            if self.settle(&mut fence, &id, &lost)? {
                 return Ok(());
             }
             // Not again once the hub's lease is in doubt (the gate).
             let gated = fence.gate.as_ref().and_then(|g| g());
             if tries >= COMMIT_TRIES || gated.is_some() {
                 tracing::error!(error = %format!("{lost:#}"), "store write failed; nothing of it was kept");
+                // Its transaction may still be queued in etcd: looked for
+                // before the next commit.
+                fence.pending = Some((id, format!("{lost:#}")));
                 return Err(lost.context("nothing of the commit was kept"));
             }
         };
@@ -564,6 +581,19 @@ impl EtcdStore {
                 .header()
                 .map(|h| h.revision())
                 .context("etcd answered a commit without a revision")?;
+            return Ok(());
+        }
+        let landed = resp.op_responses().into_iter().find_map(|r| match r {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .filter(|kv| kv.value() == id.as_slice())
+                .map(|kv| kv.mod_revision()),
+            _ => None,
+        });
+        if let Some(revision) = landed {
+            tracing::info!(revision, "an earlier try of this commit had landed");
+            fence.revision = revision;
             return Ok(());
         }
         self.fence_out(&mut fence)

@@ -57,13 +57,22 @@ enum Failed {
     Final,
 }
 
-fn classify(e: &etcd_client::Error) -> Failed {
+fn classify(e: &etcd_client::Error, write: bool) -> Failed {
     use tonic::Code;
     match e {
         etcd_client::Error::GRpcStatus(s) => match s.code() {
             // No connection, or a member without a leader (with
-            // require-leader set): nothing was applied.
-            Code::Unavailable => Failed::Definite,
+            // require-leader set): nothing was applied. Other answers of
+            // the kind (a member stopping, a keep-alive ping lost) may
+            // come after a write was proposed.
+            Code::Unavailable
+                if !write
+                    || s.message().contains("no leader")
+                    || s.message().contains("tcp connect error") =>
+            {
+                Failed::Definite
+            }
+            Code::Unavailable => Failed::Ambiguous,
             Code::Cancelled | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
                 Failed::Ambiguous
             }
@@ -117,7 +126,7 @@ impl Members {
                 }
                 Ok(Err(e)) => {
                     said.push(format!("{url}: {e}"));
-                    classify(&e)
+                    classify(&e, write)
                 }
                 Err(_) => {
                     said.push(format!(
