@@ -31,10 +31,16 @@ impl EtcdServer {
             eprintln!("SKIPPED: no etcd binary (apt install etcd-server)");
             return None;
         }
+        Some(Self::spawn(name, "http", &[]))
+    }
+
+    /// Starts `etcd` on free loopback ports, clients on `scheme`, with
+    /// `extra` arguments, and waits until it takes connections.
+    fn spawn(name: &str, scheme: &str, extra: &[String]) -> Self {
         let dir = std::env::temp_dir().join(format!("tasuki-etcd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
             .arg("--name=t")
@@ -44,17 +50,17 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=t={peer_url}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd starts");
-        let server = Self { child, dir, url };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(server)
+        Self { child, dir, url }
     }
 
     /// One that speaks TLS only and asks clients for a certificate signed
@@ -164,36 +170,14 @@ impl EtcdServer {
             )
             .unwrap();
         }
-        let dir = std::env::temp_dir().join(format!("tasuki-etcd-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("https://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--name=t")
-            .arg(format!("--data-dir={}", dir.display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=t={peer_url}"))
-            .arg(format!("--cert-file={}", pki.join("server.pem").display()))
-            .arg(format!("--key-file={}", pki.join("server.key").display()))
-            .arg(format!(
-                "--trusted-ca-file={}",
-                pki.join("ca.pem").display()
-            ))
-            .arg("--client-cert-auth")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts");
-        let server = Self { child, dir, url };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(server.url.trim_start_matches("https://")).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let file = |f: &str| pki.join(f).display().to_string();
+        let tls = [
+            format!("--cert-file={}", file("server.pem")),
+            format!("--key-file={}", file("server.key")),
+            format!("--trusted-ca-file={}", file("ca.pem")),
+            "--client-cert-auth".to_owned(),
+        ];
+        let server = Self::spawn(name, "https", &tls);
         Some((server, pki))
     }
 
