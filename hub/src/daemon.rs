@@ -306,34 +306,22 @@ fn until_done(
     keeper: Option<&mut crate::cluster::Keeper>,
     stepped_down: Arc<std::sync::OnceLock<tasuki_core::leadership::StepDown>>,
 ) -> impl std::future::Future<Output = ()> + Unpin {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (step_tx, step_rx) = tokio::sync::oneshot::channel();
-    match keeper.and_then(|k| k.stepped_down.take()) {
-        Some(keeping) => {
-            tokio::spawn(async move {
-                // Closed without a word: the daemon is stopping.
-                if let Ok(why) = keeping.await {
-                    if step_tx.send(why).is_err() {
-                        tracing::debug!("stepped down while the daemon was stopping");
-                    }
-                }
-            });
-        }
-        None => drop(step_tx),
-    }
-    tokio::spawn(async move {
+    let keeping = keeper.and_then(|k| k.stepped_down.take());
+    Box::pin(async move {
+        // No keeper, or one closed without a word (the daemon is stopping):
+        // only the data plane's end counts.
+        let step = async {
+            match keeping {
+                Some(keeping) => keeping.await.ok(),
+                None => None,
+            }
+        };
         tokio::select! {
             _ = dp_done => {}
-            Ok(why) = step_rx => {
+            Some(why) = step => {
                 tracing::error!(?why, "stepped down: this hub stops serving");
                 stepped_down.get_or_init(|| why);
             }
         }
-        if tx.send(()).is_err() {
-            tracing::debug!("the daemon stopped before its work ended");
-        }
-    });
-    Box::pin(async move {
-        drop(rx.await);
     })
 }
